@@ -1,0 +1,229 @@
+// Trampolines from libfuse's low-level ops to the Swift handler table, plus session plumbing.
+// Nothing here knows what vexfs does with a request.
+#include "cfuse.h"
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+
+struct vexfs_session {
+    struct fuse_session *se;
+    struct vexfs_handlers handlers;
+    struct vexfs_session_config config;
+    void *userdata;
+    int mounted;
+    int signals;
+};
+
+// libfuse passes our userdata to every request; the session pointer is reached through it.
+static inline const struct vexfs_handlers *H(fuse_req_t req) {
+    return &((struct vexfs_session *)fuse_req_userdata(req))->handlers;
+}
+
+static void vx_init(void *data, struct fuse_conn_info *conn) {
+    struct vexfs_session *s = data;
+    if (s->config.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
+        conn->want |= FUSE_CAP_WRITEBACK_CACHE;
+    if (conn->capable & FUSE_CAP_FLOCK_LOCKS)
+        conn->want |= FUSE_CAP_FLOCK_LOCKS;
+    if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
+        conn->want |= FUSE_CAP_PARALLEL_DIROPS;
+    if (conn->capable & FUSE_CAP_ASYNC_DIO)
+        conn->want |= FUSE_CAP_ASYNC_DIO;
+    if (s->config.splice) {
+        conn->want |= conn->capable & (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+    } else {
+        conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
+    }
+    // Directory entries come with attributes when `ls -l` wants them, names only otherwise.
+    if (conn->capable & FUSE_CAP_READDIRPLUS)
+        conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
+}
+
+static void vx_destroy(void *data) {
+    struct vexfs_session *s = data;
+    if (s->handlers.destroy) s->handlers.destroy(s->userdata);
+}
+
+#define FWD(op, ...) H(req)->op(req, __VA_ARGS__)
+
+static void vx_lookup(fuse_req_t req, fuse_ino_t p, const char *n) { FWD(lookup, p, n); }
+static void vx_forget(fuse_req_t req, fuse_ino_t i, uint64_t n) { FWD(forget, i, n); }
+static void vx_forget_multi(fuse_req_t req, size_t c, struct fuse_forget_data *f) { FWD(forget_multi, c, f); }
+static void vx_getattr(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(getattr, i, fi); }
+static void vx_setattr(fuse_req_t req, fuse_ino_t i, struct stat *a, int s, struct fuse_file_info *fi) {
+    FWD(setattr, i, a, s, fi);
+}
+static void vx_readlink(fuse_req_t req, fuse_ino_t i) { H(req)->readlink(req, i); }
+static void vx_mknod(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, dev_t r) { FWD(mknod, p, n, m, r); }
+static void vx_mkdir(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m) { FWD(mkdir, p, n, m); }
+static void vx_unlink(fuse_req_t req, fuse_ino_t p, const char *n) { FWD(unlink, p, n); }
+static void vx_rmdir(fuse_req_t req, fuse_ino_t p, const char *n) { FWD(rmdir, p, n); }
+static void vx_symlink(fuse_req_t req, const char *l, fuse_ino_t p, const char *n) { FWD(symlink, l, p, n); }
+static void vx_rename(fuse_req_t req, fuse_ino_t p, const char *n, fuse_ino_t np, const char *nn,
+                      unsigned int f) {
+    FWD(rename, p, n, np, nn, f);
+}
+static void vx_link(fuse_req_t req, fuse_ino_t i, fuse_ino_t np, const char *nn) { FWD(link, i, np, nn); }
+static void vx_open(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(open, i, fi); }
+static void vx_read(fuse_req_t req, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *fi) {
+    FWD(read, i, s, o, fi);
+}
+static void vx_write_buf(fuse_req_t req, fuse_ino_t i, struct fuse_bufvec *b, off_t o, struct fuse_file_info *fi) {
+    FWD(write_buf, i, b, o, fi);
+}
+static void vx_flush(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(flush, i, fi); }
+static void vx_release(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(release, i, fi); }
+static void vx_fsync(fuse_req_t req, fuse_ino_t i, int d, struct fuse_file_info *fi) { FWD(fsync, i, d, fi); }
+static void vx_opendir(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(opendir, i, fi); }
+static void vx_readdir(fuse_req_t req, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *fi) {
+    FWD(readdir, i, s, o, fi);
+}
+static void vx_readdirplus(fuse_req_t req, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *fi) {
+    FWD(readdirplus, i, s, o, fi);
+}
+static void vx_releasedir(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(releasedir, i, fi); }
+static void vx_fsyncdir(fuse_req_t req, fuse_ino_t i, int d, struct fuse_file_info *fi) { FWD(fsyncdir, i, d, fi); }
+static void vx_statfs(fuse_req_t req, fuse_ino_t i) { H(req)->statfs(req, i); }
+static void vx_setxattr(fuse_req_t req, fuse_ino_t i, const char *n, const char *v, size_t s, int f) {
+    FWD(setxattr, i, n, v, s, f);
+}
+static void vx_getxattr(fuse_req_t req, fuse_ino_t i, const char *n, size_t s) { FWD(getxattr, i, n, s); }
+static void vx_listxattr(fuse_req_t req, fuse_ino_t i, size_t s) { FWD(listxattr, i, s); }
+static void vx_removexattr(fuse_req_t req, fuse_ino_t i, const char *n) { FWD(removexattr, i, n); }
+static void vx_access(fuse_req_t req, fuse_ino_t i, int m) { FWD(access, i, m); }
+static void vx_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi) {
+    FWD(create, p, n, m, fi);
+}
+static void vx_flock(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi, int op) { FWD(flock, i, fi, op); }
+static void vx_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_info *fi) {
+    FWD(fallocate, i, m, o, l, fi);
+}
+static void vx_copy_file_range(fuse_req_t req, fuse_ino_t ii, off_t oi, struct fuse_file_info *fii,
+                               fuse_ino_t io, off_t oo, struct fuse_file_info *fio, size_t len, int flags) {
+    FWD(copy_file_range, ii, oi, fii, io, oo, fio, len, flags);
+}
+static void vx_lseek(fuse_req_t req, fuse_ino_t i, off_t o, int w, struct fuse_file_info *fi) { FWD(lseek, i, o, w, fi); }
+
+static const struct fuse_lowlevel_ops vx_ops = {
+    .init = vx_init,
+    .destroy = vx_destroy,
+    .lookup = vx_lookup,
+    .forget = vx_forget,
+    .forget_multi = vx_forget_multi,
+    .getattr = vx_getattr,
+    .setattr = vx_setattr,
+    .readlink = vx_readlink,
+    .mknod = vx_mknod,
+    .mkdir = vx_mkdir,
+    .unlink = vx_unlink,
+    .rmdir = vx_rmdir,
+    .symlink = vx_symlink,
+    .rename = vx_rename,
+    .link = vx_link,
+    .open = vx_open,
+    .read = vx_read,
+    .write_buf = vx_write_buf,
+    .flush = vx_flush,
+    .release = vx_release,
+    .fsync = vx_fsync,
+    .opendir = vx_opendir,
+    .readdir = vx_readdir,
+    .readdirplus = vx_readdirplus,
+    .releasedir = vx_releasedir,
+    .fsyncdir = vx_fsyncdir,
+    .statfs = vx_statfs,
+    .setxattr = vx_setxattr,
+    .getxattr = vx_getxattr,
+    .listxattr = vx_listxattr,
+    .removexattr = vx_removexattr,
+    .access = vx_access,
+    .create = vx_create,
+    .flock = vx_flock,
+    .fallocate = vx_fallocate,
+    .copy_file_range = vx_copy_file_range,
+    .lseek = vx_lseek,
+};
+
+vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs_handlers *handlers,
+                                 const struct vexfs_session_config *config, void *userdata) {
+    struct vexfs_session *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->handlers = *handlers;
+    s->config = *config;
+    s->userdata = userdata;
+    // libfuse keeps pointers into args only during fuse_session_new; a copy of argv suffices.
+    char **copy = calloc((size_t)argc + 1, sizeof(char *));
+    if (!copy) { free(s); return NULL; }
+    for (int i = 0; i < argc; i++) copy[i] = (char *)argv[i];
+    struct fuse_args args = FUSE_ARGS_INIT(argc, copy);
+    s->se = fuse_session_new(&args, &vx_ops, sizeof vx_ops, s);
+    fuse_opt_free_args(&args);
+    free(copy);
+    if (!s->se) { free(s); return NULL; }
+    return s;
+}
+
+int vexfs_session_mount(vexfs_session *s, const char *mountpoint) {
+    if (fuse_session_mount(s->se, mountpoint) != 0) return -1;
+    s->mounted = 1;
+    return 0;
+}
+
+int vexfs_session_set_signal_handlers(vexfs_session *s) {
+    if (fuse_set_signal_handlers(s->se) != 0) return -1;
+    s->signals = 1;
+    return 0;
+}
+
+int vexfs_session_loop(vexfs_session *s) {
+    struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+    if (!cfg) return -ENOMEM;
+    fuse_loop_cfg_set_clone_fd(cfg, (unsigned)s->config.clone_fd);
+    if (s->config.max_threads > 0) fuse_loop_cfg_set_max_threads(cfg, s->config.max_threads);
+    int ret = fuse_session_loop_mt(s->se, cfg);
+    fuse_loop_cfg_destroy(cfg);
+    return ret;
+}
+
+void vexfs_session_exit(vexfs_session *s) { fuse_session_exit(s->se); }
+
+void vexfs_session_destroy(vexfs_session *s) {
+    if (!s) return;
+    if (s->signals) fuse_remove_signal_handlers(s->se);
+    if (s->mounted) fuse_session_unmount(s->se);
+    fuse_session_destroy(s->se);
+    free(s);
+}
+
+void *vexfs_req_context(fuse_req_t req) {
+    return ((struct vexfs_session *)fuse_req_userdata(req))->userdata;
+}
+
+int vexfs_reply_read_fd(fuse_req_t req, int fd, size_t size, off_t off) {
+    struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
+    buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    buf.buf[0].fd = fd;
+    buf.buf[0].pos = off;
+    return fuse_reply_data(req, &buf, FUSE_BUF_SPLICE_MOVE);
+}
+
+ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off) {
+    struct fuse_bufvec out = FUSE_BUFVEC_INIT(fuse_buf_size(in));
+    out.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+    out.buf[0].fd = fd;
+    out.buf[0].pos = off;
+    return fuse_buf_copy(&out, in, 0);
+}
+
+size_t vexfs_bufvec_size(const struct fuse_bufvec *bufv) { return fuse_buf_size(bufv); }
+
+void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache) {
+    fi->direct_io = direct_io ? 1 : 0;
+    fi->keep_cache = keep_cache ? 1 : 0;
+}
+
+void vexfs_fi_set_cache_readdir(struct fuse_file_info *fi, int cache_readdir) {
+    fi->cache_readdir = cache_readdir ? 1 : 0;
+}
+
+int vexfs_fi_flock_release(const struct fuse_file_info *fi) { return fi->flock_release; }

@@ -1,0 +1,100 @@
+// The C side of the FUSE bridge. libfuse3's low-level callbacks live in cfuse.c; each one forwards its
+// request, unchanged, to a Swift handler in `struct vexfs_handlers`. Swift fills that table and never
+// sees libfuse's own ops table. The helpers below cover what Swift cannot express directly: macros
+// (FUSE_BUFVEC_INIT, FUSE_ARGS_INIT, fuse_session_loop_mt) and the zero-copy data path.
+#ifndef VEXFS_CFUSE_H
+#define VEXFS_CFUSE_H
+
+#define FUSE_USE_VERSION 312
+#include <fuse3/fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <stdint.h>
+
+struct vexfs_handlers {
+    void (*lookup)(fuse_req_t, fuse_ino_t parent, const char *name);
+    void (*forget)(fuse_req_t, fuse_ino_t ino, uint64_t nlookup);
+    void (*forget_multi)(fuse_req_t, size_t count, struct fuse_forget_data *forgets);
+    void (*getattr)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi);
+    void (*setattr)(fuse_req_t, fuse_ino_t ino, struct stat *attr, int to_set, struct fuse_file_info *fi);
+    void (*readlink)(fuse_req_t, fuse_ino_t ino);
+    void (*mknod)(fuse_req_t, fuse_ino_t parent, const char *name, mode_t mode, dev_t rdev);
+    void (*mkdir)(fuse_req_t, fuse_ino_t parent, const char *name, mode_t mode);
+    void (*unlink)(fuse_req_t, fuse_ino_t parent, const char *name);
+    void (*rmdir)(fuse_req_t, fuse_ino_t parent, const char *name);
+    void (*symlink)(fuse_req_t, const char *link, fuse_ino_t parent, const char *name);
+    void (*rename)(fuse_req_t, fuse_ino_t parent, const char *name, fuse_ino_t newparent,
+                   const char *newname, unsigned int flags);
+    void (*link)(fuse_req_t, fuse_ino_t ino, fuse_ino_t newparent, const char *newname);
+    void (*open)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi);
+    void (*read)(fuse_req_t, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+    void (*write_buf)(fuse_req_t, fuse_ino_t ino, struct fuse_bufvec *bufv, off_t off,
+                      struct fuse_file_info *fi);
+    void (*flush)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi);
+    void (*release)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi);
+    void (*fsync)(fuse_req_t, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+    void (*opendir)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi);
+    void (*readdir)(fuse_req_t, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+    void (*readdirplus)(fuse_req_t, fuse_ino_t ino, size_t size, off_t off, struct fuse_file_info *fi);
+    void (*releasedir)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi);
+    void (*fsyncdir)(fuse_req_t, fuse_ino_t ino, int datasync, struct fuse_file_info *fi);
+    void (*statfs)(fuse_req_t, fuse_ino_t ino);
+    void (*setxattr)(fuse_req_t, fuse_ino_t ino, const char *name, const char *value, size_t size,
+                     int flags);
+    void (*getxattr)(fuse_req_t, fuse_ino_t ino, const char *name, size_t size);
+    void (*listxattr)(fuse_req_t, fuse_ino_t ino, size_t size);
+    void (*removexattr)(fuse_req_t, fuse_ino_t ino, const char *name);
+    void (*access)(fuse_req_t, fuse_ino_t ino, int mask);
+    void (*create)(fuse_req_t, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi);
+    void (*flock)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi, int op);
+    void (*fallocate)(fuse_req_t, fuse_ino_t ino, int mode, off_t offset, off_t length,
+                      struct fuse_file_info *fi);
+    void (*copy_file_range)(fuse_req_t, fuse_ino_t ino_in, off_t off_in, struct fuse_file_info *fi_in,
+                            fuse_ino_t ino_out, off_t off_out, struct fuse_file_info *fi_out,
+                            size_t len, int flags);
+    void (*lseek)(fuse_req_t, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
+    /// Called once, on the loop thread, after the kernel has stopped sending requests.
+    void (*destroy)(void *userdata);
+};
+
+/// What the session asks of the kernel at INIT. Filled by Swift from the mount options.
+struct vexfs_session_config {
+    int writeback;      // FUSE_CAP_WRITEBACK_CACHE
+    int splice;         // splice read/write/move
+    unsigned max_threads;
+    int clone_fd;
+};
+
+/// A session owns the libfuse session, its handler table and its config.
+typedef struct vexfs_session vexfs_session;
+
+/// Creates a session from FUSE mount options (e.g. "-o", "fsname=...,allow_other"); NULL on bad options.
+vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs_handlers *handlers,
+                                 const struct vexfs_session_config *config, void *userdata);
+/// Mounts; 0 on success, -1 on failure (libfuse has printed why).
+int vexfs_session_mount(vexfs_session *s, const char *mountpoint);
+/// Installs SIGINT/SIGTERM/SIGHUP handlers that end the loop; 0 on success.
+int vexfs_session_set_signal_handlers(vexfs_session *s);
+/// Runs the multi-threaded loop until unmount or a signal; returns libfuse's result.
+int vexfs_session_loop(vexfs_session *s);
+/// Unmounts (if still mounted), removes signal handlers and frees the session.
+void vexfs_session_destroy(vexfs_session *s);
+/// Asks the loop to stop (from any thread).
+void vexfs_session_exit(vexfs_session *s);
+
+/// The userdata given to vexfs_session_new, from inside a request.
+void *vexfs_req_context(fuse_req_t req);
+
+/// Answers a read straight from `fd` (splice where the kernel allows it): no copy through user space.
+int vexfs_reply_read_fd(fuse_req_t req, int fd, size_t size, off_t off);
+/// Copies a write request's buffer (possibly a pipe, when spliced) into `fd` at `off`; returns bytes or -errno.
+ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off);
+/// Size of the data carried by a write request.
+size_t vexfs_bufvec_size(const struct fuse_bufvec *bufv);
+
+/// fuse_file_info bit-fields, set from Swift.
+void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache);
+void vexfs_fi_set_cache_readdir(struct fuse_file_info *fi, int cache_readdir);
+int vexfs_fi_flock_release(const struct fuse_file_info *fi);
+
+#endif

@@ -1,0 +1,84 @@
+#define _GNU_SOURCE
+#include "clinux.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+const int vx_O_PATH = O_PATH;
+const int vx_AT_EMPTY_PATH = AT_EMPTY_PATH;
+const unsigned vx_RENAME_NOREPLACE = RENAME_NOREPLACE;
+const unsigned vx_RENAME_EXCHANGE = RENAME_EXCHANGE;
+const int vx_SEEK_DATA = SEEK_DATA;
+const int vx_SEEK_HOLE = SEEK_HOLE;
+const long vx_UTIME_NOW = UTIME_NOW;
+const long vx_UTIME_OMIT = UTIME_OMIT;
+
+#define PROC_PATH(buf, fd) char buf[32]; snprintf(buf, sizeof buf, "/proc/self/fd/%d", fd)
+
+int vx_renameat2(int olddirfd, const char *oldname, int newdirfd, const char *newname, unsigned flags) {
+    return renameat2(olddirfd, oldname, newdirfd, newname, flags);
+}
+
+ssize_t vx_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_out, size_t len, unsigned flags) {
+    loff_t in = *off_in, out = *off_out;
+    ssize_t n = copy_file_range(fd_in, &in, fd_out, &out, len, flags);
+    *off_in = in; *off_out = out;
+    return n;
+}
+
+int vx_flock(int fd, int operation) { return flock(fd, operation); }
+
+int vx_fallocate(int fd, int mode, int64_t offset, int64_t len) { return fallocate(fd, mode, offset, len); }
+
+int vx_reopen(int opath_fd, int flags) {
+    PROC_PATH(p, opath_fd);
+    return open(p, flags & ~O_NOFOLLOW);
+}
+
+int vx_chmod(int opath_fd, mode_t mode) {
+    PROC_PATH(p, opath_fd);
+    return chmod(p, mode);
+}
+
+int vx_utimens(int opath_fd, int is_symlink, int64_t asec, long ansec, int64_t msec, long mnsec) {
+    struct timespec ts[2] = {{asec, ansec}, {msec, mnsec}};
+    if (is_symlink) return utimensat(opath_fd, "", ts, AT_EMPTY_PATH);
+    PROC_PATH(p, opath_fd);
+    return utimensat(AT_FDCWD, p, ts, 0);
+}
+
+int vx_futimens(int fd, int64_t asec, long ansec, int64_t msec, long mnsec) {
+    struct timespec ts[2] = {{asec, ansec}, {msec, mnsec}};
+    return futimens(fd, ts);
+}
+
+int vx_link(int opath_fd, int newdirfd, const char *newname) {
+    if (linkat(opath_fd, "", newdirfd, newname, AT_EMPTY_PATH) == 0) return 0;
+    if (errno != EPERM && errno != ENOENT && errno != EINVAL) return -1;
+    PROC_PATH(p, opath_fd);  // without CAP_DAC_READ_SEARCH, follow the magic link instead
+    return linkat(AT_FDCWD, p, newdirfd, newname, AT_SYMLINK_FOLLOW);
+}
+
+ssize_t vx_getxattr(int opath_fd, const char *name, void *value, size_t size) {
+    PROC_PATH(p, opath_fd);
+    return getxattr(p, name, value, size);
+}
+
+int vx_setxattr(int opath_fd, const char *name, const void *value, size_t size, int flags) {
+    PROC_PATH(p, opath_fd);
+    return setxattr(p, name, value, size, flags);
+}
+
+ssize_t vx_listxattr(int opath_fd, char *list, size_t size) {
+    PROC_PATH(p, opath_fd);
+    return listxattr(p, list, size);
+}
+
+int vx_removexattr(int opath_fd, const char *name) {
+    PROC_PATH(p, opath_fd);
+    return removexattr(p, name);
+}

@@ -1,0 +1,93 @@
+import CFuse
+import Glibc
+import SystemPackage
+import VexStore
+
+/// SystemPackage has an `Inode` too; ours is the store's.
+typealias Inode = VexStore.Inode
+
+/// The state every handler reaches through the request: the store and the mount's options.
+final class Filesystem: Sendable {
+    let store: Store
+    let options: MountOptions
+
+    init(store: Store, options: MountOptions) {
+        self.store = store
+        self.options = options
+    }
+
+    // MARK: node ids and handles
+
+    @inline(__always)
+    func inode(_ id: fuse_ino_t) -> Inode {
+        if id == fuse_ino_t(FUSE_ROOT_ID) { return store.root }
+        return Unmanaged<Inode>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(id))!).takeUnretainedValue()
+    }
+
+    @inline(__always)
+    func nodeID(_ inode: Inode) -> fuse_ino_t {
+        if inode === store.root { return fuse_ino_t(FUSE_ROOT_ID) }
+        return fuse_ino_t(UInt(bitPattern: Unmanaged.passUnretained(inode).toOpaque()))
+    }
+
+    static func handle<T: AnyObject>(_ fi: UnsafeMutablePointer<fuse_file_info>?, as: T.Type) -> T {
+        Unmanaged<T>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).takeUnretainedValue()
+    }
+
+    static func store<T: AnyObject>(_ object: T, in fi: UnsafeMutablePointer<fuse_file_info>?) {
+        fi!.pointee.fh = UInt64(UInt(bitPattern: Unmanaged.passRetained(object).toOpaque()))
+    }
+
+    static func releaseHandle<T: AnyObject>(_ fi: UnsafeMutablePointer<fuse_file_info>?, as: T.Type) {
+        Unmanaged<T>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(fi!.pointee.fh))!).release()
+    }
+
+    // MARK: replies
+
+    func entryParam(_ entry: Entry) -> fuse_entry_param {
+        var ep = fuse_entry_param()
+        ep.ino = nodeID(entry.inode)
+        ep.attr = entry.attributes
+        ep.attr_timeout = options.attrTimeout
+        ep.entry_timeout = options.entryTimeout
+        return ep
+    }
+
+    /// Replies with a new entry; if the kernel no longer wants it, the lookup it carried is undone.
+    func reply(_ req: fuse_req_t?, entry: Entry) {
+        var ep = entryParam(entry)
+        if fuse_reply_entry(req, &ep) != 0 { store.forget(entry.inode, 1) }
+    }
+
+    func reply(_ req: fuse_req_t?, attributes: stat) {
+        var st = attributes
+        fuse_reply_attr(req, &st, options.attrTimeout)
+    }
+
+    /// Adjusts open flags for the writeback cache: the kernel may read to fill pages of a file opened
+    /// write-only, and it handles O_APPEND itself.
+    func backingOpenFlags(_ flags: Int32) -> Int32 {
+        var f = flags
+        if options.writeback {
+            if f & O_ACCMODE == O_WRONLY { f = (f & ~O_ACCMODE) | O_RDWR }
+            f &= ~O_APPEND
+        }
+        return f
+    }
+}
+
+@inline(__always)
+func reply(_ req: fuse_req_t?, error: Errno) {
+    fuse_reply_err(req, error.rawValue)
+}
+
+@inline(__always)
+func reply(_ req: fuse_req_t?, status: Int32) {
+    fuse_reply_err(req, status == 0 ? 0 : errno)
+}
+
+@inline(__always)
+func caller(_ req: fuse_req_t?) -> Caller {
+    let ctx = fuse_req_ctx(req)!.pointee
+    return Caller(uid: ctx.uid, gid: ctx.gid)
+}

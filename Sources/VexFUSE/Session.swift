@@ -1,0 +1,58 @@
+import CFuse
+import Glibc
+import VexStore
+
+/// One mount of a store: creates the libfuse session, mounts, detaches unless asked not to, serves
+/// requests until unmount or a signal, and unmounts.
+public enum Session {
+    public enum Failure: Error, CustomStringConvertible {
+        case badOptions(String)
+        case mountFailed(String)
+        case signalHandlers
+        public var description: String {
+            switch self {
+            case .badOptions(let o): "libfuse rejected the mount options: \(o)"
+            case .mountFailed(let m): "cannot mount on \(m)"
+            case .signalHandlers: "cannot install signal handlers"
+            }
+        }
+    }
+
+    /// Serves `store` on `mountpoint` (both absolute) until unmounted. Without `foreground` the
+    /// calling process detaches: the parent exits 0 once the mount is in place.
+    public static func run(store: Store, mountpoint: String, options: MountOptions) throws(Failure) {
+        let fs = Filesystem(store: store, options: options)
+        let context = Unmanaged.passRetained(fs)
+        defer { context.release() }
+
+        let kernelOptions = ["fsname=\(escape(store.rootPath))", "subtype=vexfs", "default_permissions"]
+            + options.kernelOptions
+        let arguments: [String] = ["vexfs", "-o", kernelOptions.joined(separator: ",")]
+        var argv: [UnsafePointer<CChar>?] = arguments.map { UnsafePointer(strdup($0)) }
+        defer { argv.forEach { free(UnsafeMutablePointer(mutating: $0)) } }
+        var config = vexfs_session_config(writeback: options.writeback ? 1 : 0, splice: options.splice ? 1 : 0,
+                                          max_threads: UInt32(options.threads), clone_fd: options.cloneFD ? 1 : 0)
+        var handlers = Handlers.table
+        let session = vexfs_session_new(Int32(argv.count), &argv, &handlers, &config, context.toOpaque())
+        guard let session else { throw .badOptions(kernelOptions.joined(separator: ",")) }
+        defer { vexfs_session_destroy(session) }
+        guard vexfs_session_set_signal_handlers(session) == 0 else { throw .signalHandlers }
+        guard vexfs_session_mount(session, mountpoint) == 0 else { throw .mountFailed(mountpoint) }
+        // Forks here unless in the foreground; nothing before this point may have started a thread.
+        fuse_daemonize(options.foreground ? 1 : 0)
+        _ = vexfs_session_loop(session)
+    }
+
+    /// libfuse's destroy: the kernel sends nothing more. Pending work would be flushed here.
+    static func finish(_ userdata: UnsafeMutableRawPointer?) {}
+
+    /// fsname is part of a comma-separated option list.
+    private static func escape(_ path: String) -> String {
+        var out = ""
+        for c in path {
+            if c == "\\" || c == "," { out.append("\\") }
+            out.append(c)
+        }
+        return out
+    }
+}

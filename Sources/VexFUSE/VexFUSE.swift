@@ -1,0 +1,74 @@
+// VexFUSE answers the kernel's FUSE requests for a vexfs mount.
+//
+// How FUSE works, in the words this module uses. The kernel turns every system call on the mount into
+// a *request* and sends it to this process through /dev/fuse; libfuse's low-level API hands each
+// request to a callback in the C bridge (CShims/CFuse), which forwards it unchanged to a handler in
+// `Handlers`. Every request is answered exactly once, with data or an errno (`forget` alone gets no
+// answer). Files are named by *node ids*: the kernel learns one from every lookup, create, mkdir,
+// link, symlink, mknod and readdirplus entry, counts how many times it learnt it, and later *forgets*
+// that many; only then may the id be reused. Our node id is the address of the `Inode` object (the
+// root is always id 1), so no table is consulted on the hot path. Open files and directories are
+// *handles*: the kernel stores the number we give at open (`fi->fh`) and passes it back on read,
+// write, flush and release; ours is the address of a retained `OpenFile` or `DirectoryStream`.
+//
+// What the kernel caches, and for how long: entries (name -> node id) for `entry_timeout` seconds,
+// attributes for `attr_timeout`, file content across opens when `keep_cache` is set, and with the
+// writeback cache it also buffers writes and owns size and mtime while a file is open. vexfs is a
+// single-writer local store, so it asks for long timeouts and the writeback cache by default.
+// Requests run in parallel on the worker threads of libfuse's multi-threaded loop; readdir on one
+// handle is serialised by the kernel. Filesystem logic is in VexStore; this module only translates.
+import CFuse
+import Glibc
+
+/// What a mount asks of the kernel, parsed once from `-o` and the command line.
+public struct MountOptions: Sendable, Equatable {
+    public var foreground = false
+    /// Upper bound on libfuse worker threads; 0 keeps libfuse's default.
+    public var threads = 0
+    public var writeback = true
+    public var keepCache = true
+    public var splice = true
+    public var cloneFD = true
+    public var attrTimeout = 60.0
+    public var entryTimeout = 60.0
+    /// How long a "no such name" answer is cached; 0 because files may appear in STORE meanwhile.
+    public var negativeTimeout = 0.0
+    /// Options passed on to the kernel mount (allow_other, ro, ...).
+    public var kernelOptions: [String] = []
+
+    public init() {}
+
+    public enum ParseError: Error, CustomStringConvertible {
+        case badValue(String)
+        public var description: String {
+            switch self { case .badValue(let o): "bad mount option value: \(o)" }
+        }
+    }
+
+    /// Reads a comma-separated `-o` list. Names vexfs does not own go to the kernel mount.
+    public mutating func apply(_ list: String) throws(ParseError) {
+        for option in list.split(separator: ",").map(String.init) where !option.isEmpty {
+            let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
+            let key = parts[0], value = parts.count > 1 ? parts[1] : nil
+            func seconds() throws(ParseError) -> Double {
+                guard let value, let s = Double(value), s >= 0, s.isFinite else { throw .badValue(option) }
+                return s
+            }
+            switch key {
+            case "writeback": writeback = true
+            case "no_writeback": writeback = false
+            case "keep_cache": keepCache = true
+            case "no_keep_cache": keepCache = false
+            case "splice": splice = true
+            case "no_splice": splice = false
+            case "clone_fd": cloneFD = true
+            case "no_clone_fd": cloneFD = false
+            case "attr_timeout": attrTimeout = try seconds()
+            case "entry_timeout": entryTimeout = try seconds()
+            case "negative_timeout": negativeTimeout = try seconds()
+            case "timeout": attrTimeout = try seconds(); entryTimeout = attrTimeout
+            default: kernelOptions.append(option)
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+import Glibc
+import SystemPackage
+import Synchronization
+
+/// A file opened through the mount: a real descriptor of the backing file. Keeps its inode alive,
+/// so a file unlinked while open stays readable and writable until the last close.
+public final class OpenFile: Sendable {
+    public let fd: Int32
+    public let inode: Inode
+    /// Whether anything was written through this handle (the index cares on close).
+    public let wasWritten = Atomic<Bool>(false)
+
+    init(fd: Int32, inode: Inode) {
+        self.fd = fd
+        self.inode = inode
+    }
+
+    deinit { close(fd) }
+}
+
+/// An open directory: readdir's position is the backing directory's telldir cookie, so the kernel
+/// can resume a listing at any offset it was given.
+public final class DirectoryStream: @unchecked Sendable {
+    // The kernel serialises readdir on one open directory, so this needs no lock.
+    private let dir: OpaquePointer
+    private let hidesReserved: Bool
+    private var position: Int = 0
+
+    init(dir: OpaquePointer, hidesReserved: Bool) {
+        self.dir = dir
+        self.hidesReserved = hidesReserved
+    }
+
+    deinit { closedir(dir) }
+
+    public struct Item {
+        /// Valid until the next call to `next()`.
+        public let name: UnsafePointer<CChar>
+        public let inodeNumber: UInt64
+        public let type: UInt8
+        /// Where the listing continues after this item.
+        public let nextOffset: Int
+    }
+
+    /// Moves to `offset` (0, or an item's `nextOffset`), then returns items one by one; nil at the end.
+    public func seek(_ offset: Int) {
+        if offset != position {
+            seekdir(dir, offset)
+            position = offset
+        }
+    }
+
+    public func next() throws(Errno) -> Item? {
+        while true {
+            errno = 0
+            guard let ent = readdir(dir) else {
+                if errno != 0 { throw Errno.current }
+                return nil
+            }
+            let nextOffset = Int(ent.pointee.d_off)
+            position = nextOffset
+            let name = UnsafeRawPointer(ent).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
+                .assumingMemoryBound(to: CChar.self)
+            if hidesReserved && strcmp(name, Store.reservedName) == 0 { continue }
+            return Item(name: name, inodeNumber: UInt64(ent.pointee.d_ino), type: ent.pointee.d_type, nextOffset: nextOffset)
+        }
+    }
+
+    /// Steps back so the last item is returned again (it did not fit in the reply).
+    public func rewind(to offset: Int) {
+        seekdir(dir, offset)
+        position = offset
+    }
+}
+

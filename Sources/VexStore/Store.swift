@@ -1,0 +1,288 @@
+// VexStore owns the backing store: an ordinary directory (STORE) whose files are the truth. Every file
+// seen through the mount is the file at the same relative path under STORE, byte for byte. An `Inode`
+// holds an O_PATH descriptor of its backing file, found by (st_dev, st_ino) so hard links share one
+// inode; every operation works with `*at()` calls relative to those descriptors and never rebuilds
+// path strings, so renames made elsewhere cannot confuse it. STORE/.vexfs/ is reserved for vexfs's own
+// state and is invisible here. Nothing in this module knows about FUSE: callers pass names as C
+// strings and a `Caller` for ownership, and get back inodes, `stat`s and typed `Errno`s.
+import CLinux
+import Glibc
+import SystemPackage
+
+/// Who asked: new files belong to the caller, as on a local filesystem, even when the daemon is root.
+public struct Caller: Sendable {
+    public var uid: uid_t
+    public var gid: gid_t
+    public init(uid: uid_t, gid: gid_t) { self.uid = uid; self.gid = gid }
+}
+
+/// A looked-up name: the inode (its lookup count already raised by one) and its attributes.
+public struct Entry {
+    public let inode: Inode
+    public let attributes: stat
+}
+
+public final class Store: Sendable {
+    /// The one name at the top of STORE that belongs to vexfs and is hidden from the mount.
+    public static let reservedName = ".vexfs"
+
+    public let rootPath: String
+    public let inodes: InodeTable
+    /// Whether the daemon may give new files to their caller (it can when it is root).
+    private let canChown: Bool
+
+    /// Opens STORE, an existing directory; creates STORE/.vexfs/.
+    public init(rootPath: String) throws(Errno) {
+        self.rootPath = rootPath
+        let fd = Glibc.open(rootPath, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno.current }
+        var st = stat()
+        guard fstatat(fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {
+            let e = Errno.current
+            close(fd)
+            throw e
+        }
+        inodes = InodeTable(root: Inode(fd: fd, attributes: st, isStoreRoot: true))
+        canChown = geteuid() == 0
+        if mkdirat(fd, Store.reservedName, 0o755) != 0 && errno != EEXIST { throw Errno.current }
+    }
+
+    public var root: Inode { inodes.root }
+
+    static func isReserved(_ parent: Inode, _ name: UnsafePointer<CChar>) -> Bool {
+        parent.isStoreRoot && strcmp(name, reservedName) == 0
+    }
+
+    // MARK: names
+
+    public func lookup(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) -> Entry {
+        if Store.isReserved(parent, name) { throw .noSuchFileOrDirectory }
+        let fd = openat(parent.fd, name, vx_O_PATH | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno.current }
+        var st = stat()
+        guard fstatat(fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {
+            let e = Errno.current
+            close(fd)
+            throw e
+        }
+        return Entry(inode: inodes.adopt(fd: fd, attributes: st), attributes: st)
+    }
+
+    public func forget(_ inode: Inode, _ count: UInt64) { inodes.forget(inode, count) }
+
+    public func attributes(_ inode: Inode) throws(Errno) -> stat {
+        var st = stat()
+        try check(fstatat(inode.fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+        return st
+    }
+
+    public func mkdir(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, caller: Caller) throws(Errno) -> Entry {
+        try refuseReserved(parent, name)
+        try check(mkdirat(parent.fd, name, mode))
+        giveToCaller(parent, name, caller)
+        return try lookup(parent, name)
+    }
+
+    public func mknod(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, device: dev_t, caller: Caller) throws(Errno) -> Entry {
+        try refuseReserved(parent, name)
+        try check(mknodat(parent.fd, name, mode, device))
+        giveToCaller(parent, name, caller)
+        return try lookup(parent, name)
+    }
+
+    public func symlink(_ target: UnsafePointer<CChar>, _ parent: Inode, _ name: UnsafePointer<CChar>, caller: Caller) throws(Errno) -> Entry {
+        try refuseReserved(parent, name)
+        try check(symlinkat(target, parent.fd, name))
+        giveToCaller(parent, name, caller)
+        return try lookup(parent, name)
+    }
+
+    public func link(_ inode: Inode, _ newParent: Inode, _ newName: UnsafePointer<CChar>) throws(Errno) -> Entry {
+        try refuseReserved(newParent, newName)
+        try check(vx_link(inode.fd, newParent.fd, newName))
+        return try lookup(newParent, newName)
+    }
+
+    public func unlink(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
+        try refuseReserved(parent, name)
+        try check(unlinkat(parent.fd, name, 0))
+    }
+
+    public func rmdir(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
+        try refuseReserved(parent, name)
+        try check(unlinkat(parent.fd, name, AT_REMOVEDIR))
+    }
+
+    /// `flags` are renameat2's: RENAME_NOREPLACE, RENAME_EXCHANGE.
+    public func rename(_ parent: Inode, _ name: UnsafePointer<CChar>, _ newParent: Inode, _ newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
+        try refuseReserved(parent, name)
+        try refuseReserved(newParent, newName)
+        guard flags & ~(vx_RENAME_NOREPLACE | vx_RENAME_EXCHANGE) == 0 else { throw .invalidArgument }
+        try check(vx_renameat2(parent.fd, name, newParent.fd, newName, flags))
+    }
+
+    public func readlink(_ inode: Inode) throws(Errno) -> [CChar] {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = readlinkat(inode.fd, "", &buffer, buffer.count - 1)
+        guard n >= 0 else { throw Errno.current }
+        buffer.removeSubrange(n...)
+        buffer.append(0)
+        return buffer
+    }
+
+    // MARK: attributes
+
+    public struct AttributeChange {
+        public var mode: mode_t?
+        public var uid: uid_t?
+        public var gid: gid_t?
+        public var size: off_t?
+        public var atime: TimeChange = .omit
+        public var mtime: TimeChange = .omit
+        public init() {}
+    }
+
+    public enum TimeChange {
+        case omit, now
+        case set(timespec)
+        var parts: (Int64, Int) {
+            switch self {
+            case .omit: (0, vx_UTIME_OMIT)
+            case .now: (0, vx_UTIME_NOW)
+            case .set(let ts): (Int64(ts.tv_sec), ts.tv_nsec)
+            }
+        }
+    }
+
+    /// Applies `change`, using the open file when the caller has one (ftruncate on a file that was
+    /// unlinked while open must still work), and returns the new attributes.
+    public func setAttributes(_ inode: Inode, _ change: AttributeChange, openFile: OpenFile?) throws(Errno) -> stat {
+        if let mode = change.mode {
+            try check(vx_chmod(inode.fd, mode))
+        }
+        if change.uid != nil || change.gid != nil {
+            let uid = change.uid ?? uid_t.max, gid = change.gid ?? gid_t.max
+            try check(fchownat(inode.fd, "", uid, gid, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+        }
+        if let size = change.size {
+            if let openFile {
+                try check(ftruncate(openFile.fd, size))
+            } else {
+                let fd = vx_reopen(inode.fd, O_WRONLY | O_CLOEXEC)
+                guard fd >= 0 else { throw Errno.current }
+                defer { close(fd) }
+                try check(ftruncate(fd, size))
+            }
+        }
+        switch (change.atime, change.mtime) {
+        case (.omit, .omit): break
+        default:
+            let (asec, ansec) = change.atime.parts, (msec, mnsec) = change.mtime.parts
+            if let openFile {
+                try check(vx_futimens(openFile.fd, asec, ansec, msec, mnsec))
+            } else {
+                try check(vx_utimens(inode.fd, inode.isSymlink ? 1 : 0, asec, ansec, msec, mnsec))
+            }
+        }
+        return try attributes(inode)
+    }
+
+    public func statfs(_ inode: Inode) throws(Errno) -> statvfs {
+        var sv = statvfs()
+        try check(fstatvfs(inode.fd, &sv))
+        return sv
+    }
+
+    // MARK: files
+
+    /// Opens the file behind `inode`; `flags` are open(2)'s, already adjusted by the caller.
+    public func open(_ inode: Inode, flags: Int32) throws(Errno) -> OpenFile {
+        let fd = vx_reopen(inode.fd, (flags & ~O_CREAT) | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno.current }
+        return OpenFile(fd: fd, inode: inode)
+    }
+
+    /// Creates and opens `name`; the new file belongs to `caller`.
+    public func create(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, flags: Int32, caller: Caller) throws(Errno) -> (Entry, OpenFile) {
+        try refuseReserved(parent, name)
+        let fd = openat(parent.fd, name, (flags | O_CREAT) & ~O_NOFOLLOW | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw Errno.current }
+        if canChown { _ = fchown(fd, caller.uid, inheritedGroup(parent, caller)) }
+        do throws(Errno) {
+            let entry = try lookup(parent, name)
+            return (entry, OpenFile(fd: fd, inode: entry.inode))
+        } catch {
+            close(fd)
+            throw error
+        }
+    }
+
+    public func openDirectory(_ inode: Inode) throws(Errno) -> DirectoryStream {
+        let fd = openat(inode.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno.current }
+        guard let dir = fdopendir(fd) else {
+            let e = Errno.current
+            close(fd)
+            throw e
+        }
+        return DirectoryStream(dir: dir, hidesReserved: inode.isStoreRoot)
+    }
+
+    // MARK: extended attributes (on the backing file)
+
+    public func getxattr(_ inode: Inode, _ name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer?) throws(Errno) -> Int {
+        let n = vx_getxattr(inode.fd, name, buffer?.baseAddress, buffer?.count ?? 0)
+        guard n >= 0 else { throw Errno.current }
+        return n
+    }
+
+    public func setxattr(_ inode: Inode, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+        try check(vx_setxattr(inode.fd, name, value.baseAddress, value.count, flags))
+    }
+
+    public func listxattr(_ inode: Inode, into buffer: UnsafeMutableRawBufferPointer?) throws(Errno) -> Int {
+        let n = vx_listxattr(inode.fd, buffer?.baseAddress?.assumingMemoryBound(to: CChar.self), buffer?.count ?? 0)
+        guard n >= 0 else { throw Errno.current }
+        return n
+    }
+
+    public func removexattr(_ inode: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
+        try check(vx_removexattr(inode.fd, name))
+    }
+
+    // MARK: helpers
+
+    private func refuseReserved(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
+        if Store.isReserved(parent, name) { throw .notPermitted }
+    }
+
+    /// A set-group-ID directory hands its group down (the kernel already did, as we create as root).
+    private func inheritedGroup(_ parent: Inode, _ caller: Caller) -> gid_t {
+        var st = stat()
+        if fstatat(parent.fd, "", &st, vx_AT_EMPTY_PATH) == 0, st.st_mode & S_ISGID != 0 { return st.st_gid }
+        return caller.gid
+    }
+
+    private func giveToCaller(_ parent: Inode, _ name: UnsafePointer<CChar>, _ caller: Caller) {
+        guard canChown else { return }
+        _ = fchownat(parent.fd, name, caller.uid, inheritedGroup(parent, caller), AT_SYMLINK_NOFOLLOW)
+    }
+}
+
+@inline(__always)
+func check(_ result: Int32) throws(Errno) {
+    if result != 0 { throw Errno.current }
+}
+
+extension Errno {
+    static var current: Errno { Errno(rawValue: errno) }
+}
+
+extension Store {
+    public func syncDirectory(_ inode: Inode, dataOnly: Bool) throws(Errno) {
+        let fd = openat(inode.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno.current }
+        defer { close(fd) }
+        try check(dataOnly ? fdatasync(fd) : fsync(fd))
+    }
+}

@@ -1,0 +1,109 @@
+// The `vexfs` command: mount a store, unmount it. Checks what a user can get wrong (a missing store, a
+// busy or missing mountpoint, no /dev/fuse) before libfuse is involved, and says so in one line.
+import ArgumentParser
+import Glibc
+import VexFUSE
+import VexStore
+
+@main
+struct VexCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "vexfs",
+        abstract: "A vector filesystem: mount a directory of files, keep vectors in it, ask for neighbours.",
+        subcommands: [Mount.self, Unmount.self]
+    )
+}
+
+/// A one-line error and a non-zero exit.
+struct UserError: Error, CustomStringConvertible {
+    let description: String
+    init(_ message: String) { description = message }
+}
+
+struct Mount: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Mount STORE on MOUNTPOINT.")
+
+    @Argument(help: "The backing directory; its files are the truth.") var store: String
+    @Argument(help: "Where the filesystem appears.") var mountpoint: String
+    @Flag(name: .short, help: "Stay in the foreground.") var foreground = false
+    @Option(help: "Most FUSE worker threads (default: libfuse's).") var threads: Int?
+    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, and kernel options such as allow_other or ro.")
+    var options: [String] = []
+
+    func run() throws {
+        var mountOptions = MountOptions()
+        mountOptions.foreground = foreground
+        if let threads {
+            guard threads > 0 && threads <= 1024 else { throw UserError("--threads must be between 1 and 1024") }
+            mountOptions.threads = threads
+        }
+        do {
+            for list in options { try mountOptions.apply(list) }
+        } catch { throw UserError(error.description) }
+
+        let storePath = try directory(store, role: "store")
+        let mountPath = try directory(mountpoint, role: "mountpoint")
+        guard storePath != mountPath, !storePath.hasPrefix(mountPath + "/"), !mountPath.hasPrefix(storePath + "/") else {
+            throw UserError("store and mountpoint must not contain each other")
+        }
+        if MountTable.entry(at: mountPath) != nil { throw UserError("mountpoint \(mountPath) is busy: something is mounted there") }
+        guard access("/dev/fuse", R_OK | W_OK) == 0 else { throw UserError("/dev/fuse is missing or not usable: is the fuse module loaded?") }
+
+        let store: Store
+        do { store = try Store(rootPath: storePath) } catch {
+            throw UserError("cannot open store \(storePath): \(error)")
+        }
+        let lock: Int32
+        do { lock = try MountLock.acquire(storePath: storePath) } catch .held {
+            throw UserError("store \(storePath) is already mounted by another vexfs")
+        } catch { throw UserError("cannot lock store \(storePath): \(error)") }
+        defer { close(lock) }
+
+        // The kernel has applied the caller's umask already; ours must not apply a second one.
+        umask(0)
+        do { try Session.run(store: store, mountpoint: mountPath, options: mountOptions) } catch {
+            throw UserError(error.description)
+        }
+    }
+
+    /// The absolute, resolved path of an existing directory (fuse_daemonize changes to /).
+    private func directory(_ path: String, role: String) throws -> String {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw UserError("\(role) \(path) does not exist") }
+        guard st.st_mode & S_IFMT == S_IFDIR else { throw UserError("\(role) \(path) is not a directory") }
+        guard let resolved = realpath(path, nil) else { throw UserError("cannot resolve \(role) \(path)") }
+        defer { free(resolved) }
+        return String(cString: resolved)
+    }
+}
+
+struct Unmount: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Unmount MOUNTPOINT, waiting until the daemon has finished its work.")
+
+    @Argument var mountpoint: String
+    @Option(help: "Seconds to wait for the daemon to finish.") var timeout: Double = 60
+
+    func run() throws {
+        guard let resolved = realpath(mountpoint, nil) else { throw UserError("mountpoint \(mountpoint) does not exist") }
+        let path = String(cString: resolved)
+        free(resolved)
+        guard let entry = MountTable.entry(at: path), entry.type == "fuse.vexfs" else {
+            throw UserError("\(path) is not a vexfs mount")
+        }
+        let status = runProcess("/bin/fusermount3", ["-u", path])
+        guard status == 0 else { throw UserError("fusermount3 -u \(path) failed (is the filesystem busy?)") }
+        guard MountLock.waitForRelease(storePath: entry.source, timeoutSeconds: timeout) else {
+            throw UserError("unmounted, but the daemon for \(entry.source) did not exit within \(timeout)s")
+        }
+    }
+}
+
+func runProcess(_ path: String, _ arguments: [String]) -> Int32 {
+    var pid: pid_t = 0
+    let argv = ([path] + arguments).map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    guard posix_spawn(&pid, path, nil, nil, argv, environ) == 0 else { return -1 }
+    var status: Int32 = 0
+    while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+    return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
+}
