@@ -19,8 +19,10 @@ public enum Session {
     }
 
     /// Serves `store` on `mountpoint` (both absolute) until unmounted. Without `foreground` the
-    /// calling process detaches: the parent exits 0 once the mount is in place.
-    public static func run(store: Store, mountpoint: String, options: MountOptions) throws(Failure) {
+    /// calling process detaches: the parent exits 0 once the mount is in place, and `detached` runs
+    /// in the process that serves.
+    public static func run(store: Store, mountpoint: String, options: MountOptions,
+                           detached: () -> Void = {}) throws(Failure) {
         let fs = Filesystem(store: store, options: options)
         let context = Unmanaged.passRetained(fs)
         defer { context.release() }
@@ -40,6 +42,7 @@ public enum Session {
         guard vexfs_session_mount(session, mountpoint) == 0 else { throw .mountFailed(mountpoint) }
         // Forks here unless in the foreground; nothing before this point may have started a thread.
         fuse_daemonize(options.foreground ? 1 : 0)
+        detached()
         _ = vexfs_session_loop(session)
     }
 

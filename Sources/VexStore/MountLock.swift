@@ -23,6 +23,13 @@ public enum MountLock {
         return fd
     }
 
+    /// Writes the serving daemon's pid into the lock file, for people and tests that need to find it.
+    public static func record(pid: pid_t, in fd: Int32) {
+        let text = "\(pid)\n"
+        _ = ftruncate(fd, 0)
+        _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
+    }
+
     /// Waits until no daemon holds the lock; false on time-out.
     public static func waitForRelease(storePath: String, timeoutSeconds: Double) -> Bool {
         let fd = open(path(storePath), O_RDONLY | O_CLOEXEC)

@@ -61,7 +61,11 @@ struct Mount: ParsableCommand {
 
         // The kernel has applied the caller's umask already; ours must not apply a second one.
         umask(0)
-        do { try Session.run(store: store, mountpoint: mountPath, options: mountOptions) } catch {
+        do {
+            try Session.run(store: store, mountpoint: mountPath, options: mountOptions) {
+                MountLock.record(pid: getpid(), in: lock)
+            }
+        } catch {
             throw UserError(error.description)
         }
     }
