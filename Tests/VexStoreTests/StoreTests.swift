@@ -1,0 +1,121 @@
+import Glibc
+import SystemPackage
+import Testing
+@testable import VexStore
+
+/// A fresh store in a temporary directory, removed afterwards.
+final class TemporaryStore {
+    let path: String
+    let store: Store
+
+    init() throws {
+        var template = Array("/tmp/vexfs-store-XXXXXX".utf8CString)
+        let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
+        path = String(cString: made!)
+        store = try Store(rootPath: path)
+    }
+
+    deinit { _ = system("rm -rf '\(path)'") }
+
+    func write(_ name: String, _ text: String) {
+        let fd = open(path + "/" + name, O_CREAT | O_WRONLY | O_TRUNC, 0o644)
+        _ = text.withCString { Glibc.write(fd, $0, strlen($0)) }
+        close(fd)
+    }
+}
+
+@Suite struct StoreTests {
+    @Test func lookupCountsAndForget() throws {
+        let t = try TemporaryStore()
+        t.write("a", "x")
+        let first = try t.store.lookup(t.store.root, "a")
+        let second = try t.store.lookup(t.store.root, "a")
+        #expect(first.inode === second.inode)
+        #expect(t.store.inodes.count == 1)
+        t.store.forget(first.inode, 1)
+        #expect(t.store.inodes.count == 1)
+        t.store.forget(first.inode, 1)
+        #expect(t.store.inodes.count == 0)
+    }
+
+    @Test func hardLinksShareOneInode() throws {
+        let t = try TemporaryStore()
+        t.write("a", "x")
+        let a = try t.store.lookup(t.store.root, "a")
+        let b = try t.store.link(a.inode, t.store.root, "b")
+        #expect(a.inode === b.inode)
+        #expect(b.attributes.st_nlink == 2)
+        t.store.forget(a.inode, 2)
+        #expect(t.store.inodes.count == 0)
+    }
+
+    @Test func inodeFollowsItsFileAcrossRenames() throws {
+        let t = try TemporaryStore()
+        let dir = try t.store.mkdir(t.store.root, "d", mode: 0o755, caller: Caller(uid: 0, gid: 0))
+        t.write("d/f", "hello")
+        let f = try t.store.lookup(dir.inode, "f")
+        try t.store.rename(t.store.root, "d", t.store.root, "e", flags: 0)
+        #expect(try t.store.attributes(f.inode).st_size == 5)
+        #expect(throws: Errno.noSuchFileOrDirectory) { try t.store.lookup(t.store.root, "d") }
+        let again = try t.store.lookup(t.store.root, "e")
+        #expect(again.inode === dir.inode)
+    }
+
+    @Test func reservedNameIsHiddenAndProtected() throws {
+        let t = try TemporaryStore()
+        #expect(throws: Errno.noSuchFileOrDirectory) { try t.store.lookup(t.store.root, ".vexfs") }
+        #expect(throws: Errno.notPermitted) {
+            try t.store.mkdir(t.store.root, ".vexfs", mode: 0o755, caller: Caller(uid: 0, gid: 0))
+        }
+        t.write("x", "")
+        #expect(throws: Errno.notPermitted) { try t.store.rename(t.store.root, "x", t.store.root, ".vexfs", flags: 0) }
+        let stream = try t.store.openDirectory(t.store.root)
+        var names: [String] = []
+        while let item = try stream.next() { names.append(String(cString: item.name)) }
+        #expect(names.sorted() == [".", "..", "x"])
+    }
+
+    @Test func directoryStreamResumesAtAnyOffset() throws {
+        let t = try TemporaryStore()
+        for i in 0..<50 { t.write("f\(i)", "") }
+        let stream = try t.store.openDirectory(t.store.root)
+        var all: [(String, Int)] = []
+        while let item = try stream.next() { all.append((String(cString: item.name), item.nextOffset)) }
+        #expect(all.count == 52)
+        // Resume after the 20th item, as the kernel does with a saved offset.
+        stream.seek(all[19].1)
+        let resumed = try stream.next()
+        #expect(resumed.map { String(cString: $0.name) } == all[20].0)
+        stream.rewind(to: 0)
+        #expect(try stream.next().map { String(cString: $0.name) } == all[0].0)
+    }
+
+    @Test func renameRejectsUnknownFlags() throws {
+        let t = try TemporaryStore()
+        t.write("a", "")
+        #expect(throws: Errno.invalidArgument) { try t.store.rename(t.store.root, "a", t.store.root, "b", flags: 1 << 7) }
+    }
+
+    @Test func setAttributesTruncatesAndSetsTimes() throws {
+        let t = try TemporaryStore()
+        t.write("a", "0123456789")
+        let a = try t.store.lookup(t.store.root, "a")
+        var change = Store.AttributeChange()
+        change.size = 3
+        change.mtime = .set(timespec(tv_sec: 1_000_000, tv_nsec: 7))
+        change.mode = 0o600
+        let st = try t.store.setAttributes(a.inode, change, openFile: nil)
+        #expect(st.st_size == 3)
+        #expect(st.st_mtim.tv_sec == 1_000_000 && st.st_mtim.tv_nsec == 7)
+        #expect(st.st_mode & 0o7777 == 0o600)
+    }
+
+    @Test func mountLockAdmitsOneDaemon() throws {
+        let t = try TemporaryStore()
+        let fd = try MountLock.acquire(storePath: t.path)
+        #expect(throws: MountLock.Failure.self) { try MountLock.acquire(storePath: t.path) }
+        #expect(!MountLock.waitForRelease(storePath: t.path, timeoutSeconds: 0.05))
+        close(fd)
+        #expect(MountLock.waitForRelease(storePath: t.path, timeoutSeconds: 1))
+    }
+}
