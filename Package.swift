@@ -1,7 +1,8 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-// Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore; CFuse is the C side of the FUSE bridge.
+// Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore; VexKernels stands apart (no filesystem).
+// CShims holds the C: the FUSE bridge (CFuse), Linux calls (CLinux), the SIMD kernels (CKernels).
 let package = Package(
     name: "vexfs",
     platforms: [.macOS(.v15)],
@@ -20,6 +21,8 @@ let package = Package(
             linkerSettings: [.linkedLibrary("fuse3"), .linkedLibrary("pthread")]
         ),
         .target(name: "CLinux", path: "CShims/CLinux"),
+        .target(name: "CKernels", path: "CShims/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "VexKernels", dependencies: ["CKernels"]),
         .target(
             name: "VexStore",
             dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
@@ -31,11 +34,12 @@ let package = Package(
         .executableTarget(
             name: "vexfs",
             dependencies: [
-                "VexFUSE", "VexStore",
+                "VexFUSE", "VexStore", "VexKernels",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels"]),
         .testTarget(name: "VexStoreTests", dependencies: ["VexStore"]),
         .testTarget(name: "VexFUSETests", dependencies: ["VexFUSE"]),
     ]

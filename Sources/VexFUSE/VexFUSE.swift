@@ -13,8 +13,8 @@
 //
 // What the kernel caches, and for how long: entries (name -> node id) for `entry_timeout` seconds,
 // attributes for `attr_timeout`, file content across opens when `keep_cache` is set, and with the
-// writeback cache it also buffers writes and owns size and mtime while a file is open. vexfs is a
-// single-writer local store, so it asks for long timeouts and the writeback cache by default.
+// writeback cache (`-o writeback`) it also buffers writes and owns size and mtime while a file is open.
+// vexfs is a single-writer local store, so it asks for long timeouts and keeps the page cache.
 // Requests run in parallel on the worker threads of libfuse's multi-threaded loop; readdir on one
 // handle is serialised by the kernel. Filesystem logic is in VexStore; this module only translates.
 import CFuse
@@ -25,7 +25,10 @@ public struct MountOptions: Sendable, Equatable {
     public var foreground = false
     /// Upper bound on libfuse worker threads; 0 keeps libfuse's default.
     public var threads = 0
-    public var writeback = true
+    /// Off by default: libfuse 3.14 cannot negotiate HANDLE_KILLPRIV_V2, so under writeback the kernel
+    /// sends a security.capability probe before every write(2), and sequential writes measured about
+    /// half as fast as write-through (BENCHMARKS.md).
+    public var writeback = false
     public var keepCache = true
     public var splice = true
     public var cloneFD = true

@@ -4,15 +4,15 @@ import Testing
 @Suite struct MountOptionsTests {
     @Test func defaultsSuitASingleWriterStore() {
         let o = MountOptions()
-        #expect(o.writeback && o.keepCache && o.splice)
+        #expect(!o.writeback && o.keepCache && o.splice)
         #expect(o.attrTimeout >= 1 && o.entryTimeout >= 1 && o.negativeTimeout == 0)
     }
 
     @Test func parsesOursAndPassesTheRestToTheKernel() throws {
         var o = MountOptions()
-        try o.apply("no_writeback,attr_timeout=2.5,entry_timeout=0,allow_other,no_keep_cache")
+        try o.apply("writeback,attr_timeout=2.5,entry_timeout=0,allow_other,no_keep_cache")
         try o.apply("ro")
-        #expect(!o.writeback && !o.keepCache)
+        #expect(o.writeback && !o.keepCache)
         #expect(o.attrTimeout == 2.5 && o.entryTimeout == 0)
         #expect(o.kernelOptions == ["allow_other", "ro"])
     }

@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Runs the fio jobs and the metadata run on three targets side by side, in one run:
+the native backing directory, vexfs, and libfuse's own passthrough_ll example (compiled here from the
+source Debian's libfuse3-dev ships). Prints medians over the repetitions and the ratios
+vexfs/passthrough_ll and vexfs/native.
+
+    python3 benchmarks/fio/run.py [--reps 3] [--runtime 5] [--size 512M] [--files 20000]
+
+All three targets live on one fresh ext4 image (with a journal), loop-mounted for the run, so that
+the disk's history cannot favour one of them: on an ext4 without a journal, every create scans past
+the inodes freed in the last 60 seconds, which punishes whichever target runs after another's
+unlinks. --workdir DIR uses an existing directory instead.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+EXAMPLE = Path("/usr/share/doc/libfuse3-dev/examples/passthrough_ll.c")
+JOBS = ["seq-read", "seq-write", "rand-read", "rand-write"]
+UNITS = {"seq-read": "MiB/s", "seq-write": "MiB/s", "rand-read": "MiB/s", "rand-write": "MiB/s"}
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def is_mounted(path):
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == str(path) for line in f)
+
+
+def wait_mounted(path):
+    for _ in range(400):
+        if is_mounted(path):
+            return
+        time.sleep(0.025)
+    raise RuntimeError(f"{path} did not mount")
+
+
+def build_vexfs():
+    sh("swift", "build", "-c", "release", cwd=REPO, stdout=subprocess.DEVNULL)
+    return REPO / ".build" / "release" / "vexfs"
+
+
+def build_passthrough_ll(work):
+    pll = work / "passthrough_ll"
+    cflags = subprocess.run(["pkg-config", "fuse3", "--cflags", "--libs"], check=True,
+                            capture_output=True, text=True).stdout.split()
+    sh("gcc", "-O2", "-o", str(pll), str(EXAMPLE), "-I", str(EXAMPLE.parent), *cflags)
+    return pll
+
+
+def fio(job, target, numjobs, size, runtime):
+    env = dict(os.environ, TARGET=str(target), NUMJOBS=str(numjobs), SIZE=size, RUNTIME=str(runtime))
+    run = subprocess.run(["fio", "--output-format=json", str(HERE / f"{job}.fio")], env=env,
+                         capture_output=True, text=True)
+    if run.returncode != 0:
+        raise RuntimeError(f"fio {job} on {target} failed: {run.stderr.strip()}")
+    out = run.stdout
+    j = json.loads(out[out.index("{"):])["jobs"][0]
+    side = j["read"] if "read" in job else j["write"]
+    return side["bw_bytes"] / (1 << 20)
+
+
+def metadata(target, files, phase):
+    out = subprocess.run([sys.executable, str(HERE / "metadata.py"), str(target), str(files), phase],
+                         check=True, capture_output=True, text=True).stdout
+    return json.loads(out)[phase]
+
+
+def size_bytes(text):
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
+
+
+def make_disk(size):
+    """A fresh journaled ext4 image, loop-mounted; returns (mountpoint, image)."""
+    image = Path(tempfile.mkstemp(prefix="vexfs-fio.", suffix=".img", dir="/var/tmp")[1])
+    sh("truncate", "-s", size, str(image))
+    sh("mkfs.ext4", "-q", "-F", str(image))
+    mnt = Path(tempfile.mkdtemp(prefix="vexfs-fio-disk.", dir="/var/tmp"))
+    sh("mount", "-o", "loop", str(image), str(mnt))
+    return mnt, image
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--runtime", type=int, default=5)
+    ap.add_argument("--size", default="512M")
+    ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--workdir", default=None, help="a directory on the disk to test (default: under /var/tmp)")
+    args = ap.parse_args()
+
+    vexfs = build_vexfs()
+    disk = None
+    if args.workdir:
+        work = Path(tempfile.mkdtemp(prefix="vexfs-fio.", dir=args.workdir))
+    else:
+        # Four jobs, two files each, on three targets, plus room for the metadata run.
+        disk = make_disk(str(3 * 8 * size_bytes(args.size) + (4 << 30)))
+        work = disk[0] / "work"
+        work.mkdir()
+    native = work / "native"
+    vstore, vmnt = work / "vexfs-store", work / "vexfs-mnt"
+    psrc, pmnt = work / "pll-src", work / "pll-mnt"
+    for d in (native, vstore, vmnt, psrc, pmnt):
+        d.mkdir()
+    targets = {"native": native, "vexfs": vmnt, "passthrough_ll": pmnt}
+    try:
+        pll = build_passthrough_ll(work)
+        sh(str(vexfs), "mount", str(vstore), str(vmnt))
+        sh(str(pll), "-o", f"source={psrc}", str(pmnt))  # its own defaults, as shipped
+        wait_mounted(pmnt)
+
+        results = {}  # (row, target) -> [values]
+        # Lay out and warm the read files once, unmeasured, on every target.
+        for job in ("seq-read", "rand-read"):
+            for name, t in targets.items():
+                fio(job, t, 2, args.size, 1)
+        for rep in range(args.reps):
+            for job in JOBS:
+                for numjobs in (1, 2):
+                    for name, t in targets.items():
+                        v = fio(job, t, numjobs, args.size, args.runtime)
+                        results.setdefault((f"{job} x{numjobs}", name), []).append(v)
+            # Each phase on every target before the next phase, so no target creates right after
+            # another's unlinks (matters with --workdir on an ext4 without a journal).
+            for phase in ("create", "stat", "unlink"):
+                for name, t in targets.items():
+                    v = metadata(t, args.files, phase)
+                    results.setdefault((f"{phase} ({args.files} files)", name), []).append(v)
+            print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
+    finally:
+        for m in (vmnt, pmnt):
+            if is_mounted(m):
+                subprocess.run(["fusermount3", "-u", str(m)])
+        time.sleep(0.5)
+        shutil.rmtree(work, ignore_errors=True)
+        if disk:
+            subprocess.run(["umount", str(disk[0])])
+            disk[0].rmdir()
+            disk[1].unlink()
+
+    rows = list(dict.fromkeys(r for r, _ in results))
+    print(f"fio {args.size} per job, {args.runtime}s per run, median of {args.reps}; "
+          f"throughput in MiB/s (fio) and ops/s (metadata)\n")
+    print(f"| workload | native | vexfs | passthrough_ll | vexfs/passthrough_ll | vexfs/native |")
+    print(f"|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        med = {t: statistics.median(results[(r, t)]) for t in targets}
+        print(f"| {r} | {med['native']:.0f} | {med['vexfs']:.0f} | {med['passthrough_ll']:.0f} | "
+              f"{med['vexfs'] / med['passthrough_ll']:.2f} | {med['vexfs'] / med['native']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
