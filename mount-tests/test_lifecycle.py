@@ -140,3 +140,14 @@ def test_relative_paths_and_options(make_mount, tmp_path):
     # With no caching, a change made in STORE shows through at once.
     (m.store / "rel").write_text("changed")
     assert (m.root / "rel").read_text() == "changed"
+
+
+def test_missing_dev_fuse(tmp_path):
+    """In a mount namespace whose /dev has no fuse device."""
+    (tmp_path / "s").mkdir()
+    (tmp_path / "mp").mkdir()
+    script = f"mount -t tmpfs none /dev && exec {VEXFS} mount {tmp_path / 's'} {tmp_path / 'mp'}"
+    r = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0
+    assert "/dev/fuse" in r.stderr and r.stderr.strip().count("\n") == 0
+    assert not is_mounted(tmp_path / "mp")

@@ -477,3 +477,56 @@ def test_many_concurrent_readers_and_writers(mnt):
     assert outs == {hashlib.sha256(payload).hexdigest().encode() + b"\n"}
     for i in range(8):
         assert (mnt.store / f"w{i}").read_bytes() == bytes([i]) * (1 << 20)
+
+
+def test_directory_handles_take_attribute_changes(mnt, plain):
+    def steps(root):
+        os.mkdir(root / "d", 0o755)
+        fd = os.open(root / "d", os.O_RDONLY | os.O_DIRECTORY)
+        os.fchmod(fd, 0o700)
+        os.utime(fd, ns=(7_000_000_000, 8_000_000_000))
+        st = os.fstat(fd)
+        os.close(fd)
+        return [stat.S_IMODE(st.st_mode), st.st_mtime_ns]
+
+    same_on_both(steps, mnt, plain)
+
+
+def test_kernel_forgets_and_relearns_inodes(mnt):
+    """Dropping the kernel's caches makes it forget (forget_multi) every inode; all must come back."""
+    for i in range(500):
+        (mnt.root / f"f{i}").write_text(str(i))
+    os.link(mnt.root / "f1", mnt.root / "hard")
+    held = open(mnt.root / "f2")
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")
+    assert all((mnt.root / f"f{i}").read_text() == str(i) for i in range(500))
+    assert os.stat(mnt.root / "hard").st_ino == os.stat(mnt.root / "f1").st_ino
+    assert held.read() == "2"
+    held.close()
+
+
+def test_more_files_in_use_than_descriptors(make_mount):
+    """With a budget of 64 descriptors, thousands of remembered files still work (reopened by handle)."""
+    m = make_mount("-o", "descriptor_budget=64")
+    m.mount()
+    for d in range(4):
+        os.mkdir(m.root / f"d{d}")
+        for i in range(500):
+            (m.root / f"d{d}" / f"f{i}").write_text(f"{d}/{i}")
+    os.link(m.root / "d0" / "f0", m.root / "hard")
+    os.rename(m.root / "d1", m.root / "moved")
+    held = open(m.root / "d2" / "f7")
+    os.unlink(m.root / "d2" / "f7")
+    for d in (0, 2, 3):
+        for i in range(500):
+            if (d, i) != (2, 7):
+                assert (m.root / f"d{d}" / f"f{i}").read_text() == f"{d}/{i}"
+                os.chmod(m.root / f"d{d}" / f"f{i}", 0o600)
+    assert all((m.root / "moved" / f"f{i}").read_text() == f"1/{i}" for i in range(500))
+    assert held.read() == "2/7"
+    held.close()
+    assert os.stat(m.root / "hard").st_nlink == 2
+    fds = len(os.listdir(f"/proc/{m.pid}/fd"))
+    assert fds < 64 + 40, f"the daemon holds {fds} descriptors"

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -81,4 +82,21 @@ ssize_t vx_listxattr(int opath_fd, char *list, size_t size) {
 int vx_removexattr(int opath_fd, const char *name) {
     PROC_PATH(p, opath_fd);
     return removexattr(p, name);
+}
+
+int vx_handle_of(int fd, unsigned char *blob, int *mount_id) {
+    struct { struct file_handle h; unsigned char bytes[VX_HANDLE_MAX]; } fh;
+    fh.h.handle_bytes = VX_HANDLE_MAX;
+    if (name_to_handle_at(fd, "", &fh.h, mount_id, AT_EMPTY_PATH) != 0) return -1;
+    int length = (int)(sizeof(struct file_handle) + fh.h.handle_bytes);
+    if (length > VX_HANDLE_MAX) { errno = EOVERFLOW; return -1; }
+    memcpy(blob, &fh, (size_t)length);
+    return length;
+}
+
+int vx_open_handle(int mount_fd, const unsigned char *blob, int length) {
+    struct { struct file_handle h; unsigned char bytes[VX_HANDLE_MAX]; } fh;
+    if (length < (int)sizeof(struct file_handle) || length > VX_HANDLE_MAX) { errno = EINVAL; return -1; }
+    memcpy(&fh, blob, (size_t)length);
+    return open_by_handle_at(mount_fd, &fh.h, O_PATH | O_CLOEXEC);
 }

@@ -126,10 +126,11 @@ enum Handlers {
         if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { change.mtime = .now }
         else if toSet & FUSE_SET_ATTR_MTIME != 0 { change.mtime = .set(a.st_mtim) }
         let inode = fs.inode(ino)
-        // A handle comes with the request when the kernel had the file open (ftruncate, futimens).
-        let file = fi.map { _ in Filesystem.handle(fi, as: OpenFile.self) }
+        // A handle comes with the request when the kernel had the file open (ftruncate, futimens);
+        // on a directory it is a DirectoryStream, which the store does not need.
+        let file = fi != nil && !inode.isDirectory ? Filesystem.handle(fi, as: OpenFile.self) : nil
         do throws(Errno) {
-            fs.reply(req, attributes: try fs.store.setAttributes(inode, change, openFile: inode.isDirectory ? nil : file))
+            fs.reply(req, attributes: try fs.store.setAttributes(inode, change, openFile: file))
         } catch { reply(req, error: error) }
     }
 
@@ -199,9 +200,10 @@ enum Handlers {
     static func flush(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         // Closing a duplicate releases the caller's POSIX locks and reports delayed write errors,
         // as close(2) would on the backing file, while the handle stays open.
+        // If no descriptor is left for the duplicate, the close itself must still succeed.
         let file = Filesystem.handle(fi, as: OpenFile.self)
         let dup = Glibc.dup(file.fd)
-        reply(req, status: dup < 0 ? -1 : close(dup))
+        reply(req, status: dup < 0 ? 0 : close(dup))
     }
 
     static func release(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {

@@ -36,6 +36,8 @@ public struct MountOptions: Sendable, Equatable {
     public var entryTimeout = 60.0
     /// How long a "no such name" answer is cached; 0 because files may appear in STORE meanwhile.
     public var negativeTimeout = 0.0
+    /// Most descriptors kept open for idle inodes; nil: three quarters of the process's limit.
+    public var descriptorBudget: Int?
     /// Options passed on to the kernel mount (allow_other, ro, ...).
     public var kernelOptions: [String] = []
 
@@ -70,6 +72,9 @@ public struct MountOptions: Sendable, Equatable {
             case "entry_timeout": entryTimeout = try seconds()
             case "negative_timeout": negativeTimeout = try seconds()
             case "timeout": attrTimeout = try seconds(); entryTimeout = attrTimeout
+            case "descriptor_budget":
+                guard let value, let n = Int(value), n >= 16 else { throw .badValue(option) }
+                descriptorBudget = n
             default: kernelOptions.append(option)
             }
         }

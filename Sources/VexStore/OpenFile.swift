@@ -10,12 +10,19 @@ public final class OpenFile: Sendable {
     /// Whether anything was written through this handle (the index cares on close).
     public let wasWritten = Atomic<Bool>(false)
 
-    init(fd: Int32, inode: Inode) {
+    private let table: InodeTable
+
+    /// Takes over a pin of `inode`'s descriptor, released when the file is closed.
+    init(fd: Int32, inode: Inode, table: InodeTable) {
         self.fd = fd
         self.inode = inode
+        self.table = table
     }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        table.unpin(inode)
+    }
 }
 
 /// An open directory: readdir's position is the backing directory's telldir cookie, so the kernel
@@ -23,6 +30,7 @@ public final class OpenFile: Sendable {
 public final class DirectoryStream: @unchecked Sendable {
     // The kernel serialises readdir on one open directory, so this needs no lock.
     private let dir: OpaquePointer
+    var fd: Int32 { dirfd(dir) }
     private let hidesReserved: Bool
     private var position: Int = 0
 

@@ -31,8 +31,9 @@ public final class Store: Sendable {
     /// Whether the daemon may give new files to their caller (it can when it is root).
     private let canChown: Bool
 
-    /// Opens STORE, an existing directory; creates STORE/.vexfs/.
-    public init(rootPath: String) throws(Errno) {
+    /// Opens STORE, an existing directory; creates STORE/.vexfs/. At most `descriptorBudget`
+    /// descriptors are kept open for idle inodes (see `Descriptors`).
+    public init(rootPath: String, descriptorBudget: Int = Store.defaultDescriptorBudget) throws(Errno) {
         self.rootPath = rootPath
         let fd = Glibc.open(rootPath, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw Errno.current }
@@ -42,12 +43,26 @@ public final class Store: Sendable {
             close(fd)
             throw e
         }
-        inodes = InodeTable(root: Inode(fd: fd, attributes: st, isStoreRoot: true))
+        do {
+            inodes = InodeTable(root: Inode(fd: fd, attributes: st, handle: nil, isStoreRoot: true),
+                                descriptors: try Descriptors(rootPath: rootPath, budget: descriptorBudget))
+        } catch {
+            close(fd)
+            throw error
+        }
         canChown = geteuid() == 0
         if mkdirat(fd, Store.reservedName, 0o755) != 0 && errno != EEXIST { throw Errno.current }
     }
 
     public var root: Inode { inodes.root }
+    var descriptors: Descriptors { inodes.descriptors }
+
+    /// Three quarters of what the process may open, leaving the rest to open files and directories.
+    public static var defaultDescriptorBudget: Int {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 768 }
+        return max(64, Int(min(limit.rlim_cur, 1 << 24)) * 3 / 4 - 256)
+    }
 
     static func isReserved(_ parent: Inode, _ name: UnsafePointer<CChar>) -> Bool {
         parent.isStoreRoot && strcmp(name, reservedName) == 0
@@ -57,8 +72,11 @@ public final class Store: Sendable {
 
     public func lookup(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) -> Entry {
         if Store.isReserved(parent, name) { throw .noSuchFileOrDirectory }
-        let fd = openat(parent.fd, name, vx_O_PATH | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else { throw Errno.current }
+        let fd = try inodes.using(parent) { dir throws(Errno) in
+            let fd = openat(dir, name, vx_O_PATH | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { throw Errno.current }
+            return fd
+        }
         var st = stat()
         guard fstatat(fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {
             let e = Errno.current
@@ -72,45 +90,47 @@ public final class Store: Sendable {
 
     public func attributes(_ inode: Inode) throws(Errno) -> stat {
         var st = stat()
-        try check(fstatat(inode.fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+        try inodes.using(inode) { fd throws(Errno) in try check(fstatat(fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)) }
         return st
     }
 
     public func mkdir(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, caller: Caller) throws(Errno) -> Entry {
         try refuseReserved(parent, name)
-        try check(mkdirat(parent.fd, name, mode))
+        try inodes.using(parent) { dir throws(Errno) in try check(mkdirat(dir, name, mode)) }
         giveToCaller(parent, name, caller)
         return try lookup(parent, name)
     }
 
     public func mknod(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, device: dev_t, caller: Caller) throws(Errno) -> Entry {
         try refuseReserved(parent, name)
-        try check(mknodat(parent.fd, name, mode, device))
+        try inodes.using(parent) { dir throws(Errno) in try check(mknodat(dir, name, mode, device)) }
         giveToCaller(parent, name, caller)
         return try lookup(parent, name)
     }
 
     public func symlink(_ target: UnsafePointer<CChar>, _ parent: Inode, _ name: UnsafePointer<CChar>, caller: Caller) throws(Errno) -> Entry {
         try refuseReserved(parent, name)
-        try check(symlinkat(target, parent.fd, name))
+        try inodes.using(parent) { dir throws(Errno) in try check(symlinkat(target, dir, name)) }
         giveToCaller(parent, name, caller)
         return try lookup(parent, name)
     }
 
     public func link(_ inode: Inode, _ newParent: Inode, _ newName: UnsafePointer<CChar>) throws(Errno) -> Entry {
         try refuseReserved(newParent, newName)
-        try check(vx_link(inode.fd, newParent.fd, newName))
+        try inodes.using(inode) { fd throws(Errno) in
+            try inodes.using(newParent) { dir throws(Errno) in try check(vx_link(fd, dir, newName)) }
+        }
         return try lookup(newParent, newName)
     }
 
     public func unlink(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
         try refuseReserved(parent, name)
-        try check(unlinkat(parent.fd, name, 0))
+        try inodes.using(parent) { dir throws(Errno) in try check(unlinkat(dir, name, 0)) }
     }
 
     public func rmdir(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
         try refuseReserved(parent, name)
-        try check(unlinkat(parent.fd, name, AT_REMOVEDIR))
+        try inodes.using(parent) { dir throws(Errno) in try check(unlinkat(dir, name, AT_REMOVEDIR)) }
     }
 
     /// `flags` are renameat2's: RENAME_NOREPLACE, RENAME_EXCHANGE.
@@ -118,13 +138,18 @@ public final class Store: Sendable {
         try refuseReserved(parent, name)
         try refuseReserved(newParent, newName)
         guard flags & ~(vx_RENAME_NOREPLACE | vx_RENAME_EXCHANGE) == 0 else { throw .invalidArgument }
-        try check(vx_renameat2(parent.fd, name, newParent.fd, newName, flags))
+        try inodes.using(parent) { from throws(Errno) in
+            try inodes.using(newParent) { to throws(Errno) in try check(vx_renameat2(from, name, to, newName, flags)) }
+        }
     }
 
     public func readlink(_ inode: Inode) throws(Errno) -> [CChar] {
         var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
-        let n = readlinkat(inode.fd, "", &buffer, buffer.count - 1)
-        guard n >= 0 else { throw Errno.current }
+        let n = try inodes.using(inode) { fd throws(Errno) in
+            let n = readlinkat(fd, "", &buffer, buffer.count - 1)
+            guard n >= 0 else { throw Errno.current }
+            return n
+        }
         buffer.removeSubrange(n...)
         buffer.append(0)
         return buffer
@@ -157,18 +182,23 @@ public final class Store: Sendable {
     /// Applies `change`, using the open file when the caller has one (ftruncate on a file that was
     /// unlinked while open must still work), and returns the new attributes.
     public func setAttributes(_ inode: Inode, _ change: AttributeChange, openFile: OpenFile?) throws(Errno) -> stat {
+        try inodes.using(inode) { fd throws(Errno) in try setAttributes(inode, fd, change, openFile) }
+        return try attributes(inode)
+    }
+
+    private func setAttributes(_ inode: Inode, _ path: Int32, _ change: AttributeChange, _ openFile: OpenFile?) throws(Errno) {
         if let mode = change.mode {
-            try check(vx_chmod(inode.fd, mode))
+            try check(vx_chmod(path, mode))
         }
         if change.uid != nil || change.gid != nil {
             let uid = change.uid ?? uid_t.max, gid = change.gid ?? gid_t.max
-            try check(fchownat(inode.fd, "", uid, gid, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+            try check(fchownat(path, "", uid, gid, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
         }
         if let size = change.size {
             if let openFile {
                 try check(ftruncate(openFile.fd, size))
             } else {
-                let fd = vx_reopen(inode.fd, O_WRONLY | O_CLOEXEC)
+                let fd = vx_reopen(path, O_WRONLY | O_CLOEXEC)
                 guard fd >= 0 else { throw Errno.current }
                 defer { close(fd) }
                 try check(ftruncate(fd, size))
@@ -181,15 +211,14 @@ public final class Store: Sendable {
             if let openFile {
                 try check(vx_futimens(openFile.fd, asec, ansec, msec, mnsec))
             } else {
-                try check(vx_utimens(inode.fd, inode.isSymlink ? 1 : 0, asec, ansec, msec, mnsec))
+                try check(vx_utimens(path, inode.isSymlink ? 1 : 0, asec, ansec, msec, mnsec))
             }
         }
-        return try attributes(inode)
     }
 
     public func statfs(_ inode: Inode) throws(Errno) -> statvfs {
         var sv = statvfs()
-        try check(fstatvfs(inode.fd, &sv))
+        try inodes.using(inode) { fd throws(Errno) in try check(fstatvfs(fd, &sv)) }
         return sv
     }
 
@@ -197,20 +226,31 @@ public final class Store: Sendable {
 
     /// Opens the file behind `inode`; `flags` are open(2)'s, already adjusted by the caller.
     public func open(_ inode: Inode, flags: Int32) throws(Errno) -> OpenFile {
-        let fd = vx_reopen(inode.fd, (flags & ~O_CREAT) | O_CLOEXEC)
-        guard fd >= 0 else { throw Errno.current }
-        return OpenFile(fd: fd, inode: inode)
+        // The open file keeps its inode's descriptor pinned: a file unlinked while open cannot be
+        // reopened from its handle.
+        let path = try inodes.pin(inode)
+        let fd = vx_reopen(path, (flags & ~O_CREAT) | O_CLOEXEC)
+        guard fd >= 0 else {
+            let e = Errno.current
+            inodes.unpin(inode)
+            throw e
+        }
+        return OpenFile(fd: fd, inode: inode, table: inodes)
     }
 
     /// Creates and opens `name`; the new file belongs to `caller`.
     public func create(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, flags: Int32, caller: Caller) throws(Errno) -> (Entry, OpenFile) {
         try refuseReserved(parent, name)
-        let fd = openat(parent.fd, name, (flags | O_CREAT) & ~O_NOFOLLOW | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw Errno.current }
+        let fd = try inodes.using(parent) { dir throws(Errno) in
+            let fd = openat(dir, name, (flags | O_CREAT) & ~O_NOFOLLOW | O_CLOEXEC, mode)
+            guard fd >= 0 else { throw Errno.current }
+            return fd
+        }
         if canChown { _ = fchown(fd, caller.uid, inheritedGroup(parent, caller)) }
         do throws(Errno) {
             let entry = try lookup(parent, name)
-            return (entry, OpenFile(fd: fd, inode: entry.inode))
+            _ = try inodes.pin(entry.inode)
+            return (entry, OpenFile(fd: fd, inode: entry.inode, table: inodes))
         } catch {
             close(fd)
             throw error
@@ -218,8 +258,11 @@ public final class Store: Sendable {
     }
 
     public func openDirectory(_ inode: Inode) throws(Errno) -> DirectoryStream {
-        let fd = openat(inode.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw Errno.current }
+        let fd = try inodes.using(inode) { path throws(Errno) in
+            let fd = openat(path, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw Errno.current }
+            return fd
+        }
         guard let dir = fdopendir(fd) else {
             let e = Errno.current
             close(fd)
@@ -231,23 +274,27 @@ public final class Store: Sendable {
     // MARK: extended attributes (on the backing file)
 
     public func getxattr(_ inode: Inode, _ name: UnsafePointer<CChar>, into buffer: UnsafeMutableRawBufferPointer?) throws(Errno) -> Int {
-        let n = vx_getxattr(inode.fd, name, buffer?.baseAddress, buffer?.count ?? 0)
-        guard n >= 0 else { throw Errno.current }
-        return n
+        try inodes.using(inode) { fd throws(Errno) in
+            let n = vx_getxattr(fd, name, buffer?.baseAddress, buffer?.count ?? 0)
+            guard n >= 0 else { throw Errno.current }
+            return n
+        }
     }
 
     public func setxattr(_ inode: Inode, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
-        try check(vx_setxattr(inode.fd, name, value.baseAddress, value.count, flags))
+        try inodes.using(inode) { fd throws(Errno) in try check(vx_setxattr(fd, name, value.baseAddress, value.count, flags)) }
     }
 
     public func listxattr(_ inode: Inode, into buffer: UnsafeMutableRawBufferPointer?) throws(Errno) -> Int {
-        let n = vx_listxattr(inode.fd, buffer?.baseAddress?.assumingMemoryBound(to: CChar.self), buffer?.count ?? 0)
-        guard n >= 0 else { throw Errno.current }
-        return n
+        try inodes.using(inode) { fd throws(Errno) in
+            let n = vx_listxattr(fd, buffer?.baseAddress?.assumingMemoryBound(to: CChar.self), buffer?.count ?? 0)
+            guard n >= 0 else { throw Errno.current }
+            return n
+        }
     }
 
     public func removexattr(_ inode: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
-        try check(vx_removexattr(inode.fd, name))
+        try inodes.using(inode) { fd throws(Errno) in try check(vx_removexattr(fd, name)) }
     }
 
     // MARK: helpers
@@ -258,14 +305,14 @@ public final class Store: Sendable {
 
     /// A set-group-ID directory hands its group down (the kernel already did, as we create as root).
     private func inheritedGroup(_ parent: Inode, _ caller: Caller) -> gid_t {
-        var st = stat()
-        if fstatat(parent.fd, "", &st, vx_AT_EMPTY_PATH) == 0, st.st_mode & S_ISGID != 0 { return st.st_gid }
+        if let st = try? attributes(parent), st.st_mode & S_ISGID != 0 { return st.st_gid }
         return caller.gid
     }
 
     private func giveToCaller(_ parent: Inode, _ name: UnsafePointer<CChar>, _ caller: Caller) {
         guard canChown else { return }
-        _ = fchownat(parent.fd, name, caller.uid, inheritedGroup(parent, caller), AT_SYMLINK_NOFOLLOW)
+        let gid = inheritedGroup(parent, caller)
+        _ = try? inodes.using(parent) { dir throws(Errno) in _ = fchownat(dir, name, caller.uid, gid, AT_SYMLINK_NOFOLLOW) }
     }
 }
 
@@ -280,9 +327,7 @@ extension Errno {
 
 extension Store {
     public func syncDirectory(_ inode: Inode, dataOnly: Bool) throws(Errno) {
-        let fd = openat(inode.fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw Errno.current }
-        defer { close(fd) }
-        try check(dataOnly ? fdatasync(fd) : fsync(fd))
+        let stream = try openDirectory(inode)
+        try check(dataOnly ? fdatasync(stream.fd) : fsync(stream.fd))
     }
 }

@@ -27,7 +27,7 @@ struct Mount: ParsableCommand {
     @Argument(help: "Where the filesystem appears.") var mountpoint: String
     @Flag(name: .short, help: "Stay in the foreground.") var foreground = false
     @Option(help: "Most FUSE worker threads (default: libfuse's).") var threads: Int?
-    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, and kernel options such as allow_other or ro.")
+    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, descriptor_budget=N, and kernel options such as allow_other or ro.")
     var options: [String] = []
 
     func run() throws {
@@ -49,8 +49,14 @@ struct Mount: ParsableCommand {
         if MountTable.entry(at: mountPath) != nil { throw UserError("mountpoint \(mountPath) is busy: something is mounted there") }
         guard access("/dev/fuse", R_OK | W_OK) == 0 else { throw UserError("/dev/fuse is missing or not usable: is the fuse module loaded?") }
 
+        // The kernel has applied the caller's umask already; ours must not apply a second one.
+        // The descriptor limit decides the default budget, so it is raised first.
+        umask(0)
+        raiseDescriptorLimit()
         let store: Store
-        do { store = try Store(rootPath: storePath) } catch {
+        do {
+            store = try Store(rootPath: storePath, descriptorBudget: mountOptions.descriptorBudget ?? Store.defaultDescriptorBudget)
+        } catch {
             throw UserError("cannot open store \(storePath): \(error)")
         }
         let lock: Int32
@@ -59,8 +65,6 @@ struct Mount: ParsableCommand {
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
         defer { close(lock) }
 
-        // The kernel has applied the caller's umask already; ours must not apply a second one.
-        umask(0)
         do {
             try Session.run(store: store, mountpoint: mountPath, options: mountOptions) {
                 MountLock.record(pid: getpid(), in: lock)
@@ -78,6 +82,35 @@ struct Mount: ParsableCommand {
         guard let resolved = realpath(path, nil) else { throw UserError("cannot resolve \(role) \(path)") }
         defer { free(resolved) }
         return String(cString: resolved)
+    }
+}
+
+/// Every inode the kernel remembers holds a descriptor, so the daemon's limit bounds how many files
+/// can be in use at once: raise it as far as the system allows (root may raise the hard limit too).
+func raiseDescriptorLimit() {
+    let RLIMIT_NOFILE_VALUE = __rlimit_resource_t(RLIMIT_NOFILE.rawValue)
+    var limit = rlimit()
+    guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return }
+    var ceiling = limit.rlim_max
+    if let text = try? String(contentsOfProcFile: "/proc/sys/fs/nr_open"), let systemMax = rlim_t(text) {
+        ceiling = max(ceiling, systemMax)
+    }
+    var wanted = rlimit(rlim_cur: ceiling, rlim_max: ceiling)
+    if setrlimit(RLIMIT_NOFILE_VALUE, &wanted) != 0 {
+        wanted = rlimit(rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max)
+        _ = setrlimit(RLIMIT_NOFILE_VALUE, &wanted)
+    }
+}
+
+extension String {
+    /// A small text file from /proc, trimmed.
+    init(contentsOfProcFile path: String) throws {
+        guard let f = fopen(path, "r") else { throw UserError("cannot read \(path)") }
+        defer { fclose(f) }
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard fgets(&buffer, Int32(buffer.count), f) != nil else { throw UserError("cannot read \(path)") }
+        let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
+        self = String(decoding: bytes.filter { $0 > 0x20 }, as: UTF8.self)
     }
 }
 

@@ -8,11 +8,11 @@ final class TemporaryStore {
     let path: String
     let store: Store
 
-    init() throws {
+    init(descriptorBudget: Int = Store.defaultDescriptorBudget) throws {
         var template = Array("/tmp/vexfs-store-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         path = String(cString: made!)
-        store = try Store(rootPath: path)
+        store = try Store(rootPath: path, descriptorBudget: descriptorBudget)
     }
 
     deinit { _ = system("rm -rf '\(path)'") }
@@ -108,6 +108,26 @@ final class TemporaryStore {
         #expect(st.st_size == 3)
         #expect(st.st_mtim.tv_sec == 1_000_000 && st.st_mtim.tv_nsec == 7)
         #expect(st.st_mode & 0o7777 == 0o600)
+    }
+
+    @Test func idleDescriptorsAreEvictedAndReopened() throws {
+        let t = try TemporaryStore(descriptorBudget: 16)
+        var entries: [Entry] = []
+        for i in 0..<200 {
+            t.write("f\(i)", "\(i)")
+            entries.append(try t.store.lookup(t.store.root, "f\(i)"))
+        }
+        #expect(t.store.descriptors.openCount <= 16)
+        // Every inode still answers, through a descriptor reopened from its handle.
+        for (i, e) in entries.enumerated() {
+            #expect(try t.store.attributes(e.inode).st_size == off_t(String(i).utf8.count))
+        }
+        // A pinned (open) file is never evicted, even after it is unlinked.
+        let file = try t.store.open(entries[0].inode, flags: O_RDWR)
+        try t.store.unlink(t.store.root, "f0")
+        for e in entries.dropFirst() { _ = try t.store.attributes(e.inode) }
+        #expect(try t.store.attributes(entries[0].inode).st_nlink == 0)
+        _ = file
     }
 
     @Test func mountLockAdmitsOneDaemon() throws {

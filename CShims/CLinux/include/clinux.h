@@ -36,4 +36,12 @@ int vx_setxattr(int opath_fd, const char *name, const void *value, size_t size, 
 ssize_t vx_listxattr(int opath_fd, char *list, size_t size);
 int vx_removexattr(int opath_fd, const char *name);
 
+/// The kernel's handle for the file behind `fd` (an opaque blob of at most VX_HANDLE_MAX bytes), and
+/// the id of the mount it lives on. Returns the blob's length, or -1.
+enum { VX_HANDLE_MAX = 128 };
+int vx_handle_of(int fd, unsigned char *blob, int *mount_id);
+/// Reopens a file from its handle blob, as an O_PATH descriptor; mount_fd is a real descriptor of any
+/// directory on the same mount. Needs CAP_DAC_READ_SEARCH.
+int vx_open_handle(int mount_fd, const unsigned char *blob, int length);
+
 #endif
