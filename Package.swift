@@ -23,13 +23,16 @@ let package = Package(
         .target(name: "CLinux", path: "CShims/CLinux"),
         .target(name: "CKernels", path: "CShims/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "VexKernels", dependencies: ["CKernels"]),
+        .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
+                linkerSettings: [.linkedLibrary("numa")]),
+        .target(name: "VexMemory", dependencies: ["CMemory"]),
         .target(
             name: "VexStore",
             dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .target(
             name: "VexFUSE",
-            dependencies: ["CFuse", "VexStore", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["CFuse", "VexStore", "VexMemory", .product(name: "SystemPackage", package: "swift-system")]
         ),
         .executableTarget(
             name: "vexfs",
@@ -40,6 +43,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels"]),
+        .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory"]),
         .testTarget(name: "VexStoreTests", dependencies: ["VexStore"]),
         .testTarget(name: "VexFUSETests", dependencies: ["VexFUSE"]),
     ]

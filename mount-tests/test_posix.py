@@ -5,6 +5,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import re
 import stat
 import subprocess
 from pathlib import Path
@@ -70,11 +71,15 @@ def digest(path, limit=64 << 20):
 
 
 def same_on_both(scenario, mnt, plain):
-    ours = scenario(mnt.root)
-    theirs = scenario(plain)
+    """Runs `scenario` in a fresh directory on each side (the mount's top also shows .vexfs/)."""
+    ours_dir, theirs_dir = mnt.root / "work", plain / "work"
+    ours_dir.mkdir()
+    theirs_dir.mkdir()
+    ours = scenario(ours_dir)
+    theirs = scenario(theirs_dir)
     assert ours == theirs
-    assert tree(mnt.root) == tree(plain)
-    assert tree(mnt.store) == tree(plain), "the backing store must hold what was written"
+    assert tree(ours_dir) == tree(theirs_dir)
+    assert tree(mnt.store / "work") == tree(theirs_dir), "the backing store must hold what was written"
     return ours
 
 
@@ -388,7 +393,7 @@ def test_xattrs(mnt, plain):
         return r
 
     same_on_both(steps, mnt, plain)
-    assert os.getxattr(mnt.store / "x", "user.shape") == b"round", "xattrs live on the backing file"
+    assert os.getxattr(mnt.store / "work" / "x", "user.shape") == b"round", "xattrs live on the backing file"
 
 
 def test_statfs_and_access(mnt, plain):
@@ -441,21 +446,80 @@ def test_new_files_belong_to_the_caller(mnt, plain):
     assert stat.S_IMODE(os.stat(mnt.root / "maskeddir").st_mode) == 0o750
 
 
-def test_reserved_state_directory_is_hidden(mnt):
-    assert (mnt.store / ".vexfs").is_dir()
-    assert ".vexfs" not in os.listdir(mnt.root)
-    assert not os.path.exists(mnt.root / ".vexfs")
-    with pytest.raises(PermissionError):
-        os.mkdir(mnt.root / ".vexfs")
-    with pytest.raises(PermissionError):
-        open(mnt.root / ".vexfs", "w")
+def test_state_directory_is_virtual(mnt):
+    """The mount's .vexfs/ is vexfs's own (stats), never STORE/.vexfs, and nothing can be written there."""
+    assert (mnt.store / ".vexfs" / "mount.lock").exists()
+    assert ".vexfs" in os.listdir(mnt.root)
+    assert sorted(os.listdir(mnt.root / ".vexfs")) == ["stats"]
+    assert not os.path.exists(mnt.root / ".vexfs" / "mount.lock")
+    ls = subprocess.run(["ls", "-la", str(mnt.root / ".vexfs")], capture_output=True, text=True, check=True).stdout
+    assert "stats" in ls
+    st = os.stat(mnt.root / ".vexfs")
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555
+    for attempt in (lambda: os.mkdir(mnt.root / ".vexfs" / "x"),
+                    lambda: open(mnt.root / ".vexfs" / "new", "w"),
+                    lambda: open(mnt.root / ".vexfs" / "stats", "w"),
+                    lambda: os.unlink(mnt.root / ".vexfs" / "stats"),
+                    lambda: os.rmdir(mnt.root / ".vexfs"),
+                    lambda: os.chmod(mnt.root / ".vexfs" / "stats", 0o666),
+                    lambda: os.setxattr(mnt.root / ".vexfs" / "stats", "user.x", b"1"),
+                    lambda: os.mkdir(mnt.root / ".vexfs")):
+        with pytest.raises(OSError) as e:
+            attempt()
+        assert e.value.errno in (errno.EPERM, errno.EACCES, errno.EEXIST), e.value
+    assert os.listxattr(mnt.root / ".vexfs" / "stats") == []
     (mnt.root / "f").write_text("")
-    with pytest.raises(PermissionError):
+    with pytest.raises(OSError):
         os.rename(mnt.root / "f", mnt.root / ".vexfs")
     # Only at the top: a sub-directory may hold its own .vexfs file.
     os.mkdir(mnt.root / "sub")
     (mnt.root / "sub" / ".vexfs").write_text("ok")
     assert os.listdir(mnt.root / "sub") == [".vexfs"]
+    assert (mnt.store / "sub" / ".vexfs").read_text() == "ok"
+
+
+def parse_prometheus(text):
+    """{(name, labels): value}; fails on any line that is not the text exposition format."""
+    samples = {}
+    for line in text.splitlines():
+        if line.startswith("# HELP ") or line.startswith("# TYPE "):
+            continue
+        m = re.fullmatch(r'([a-z_]+)(?:\{([^}]*)\})? (-?\d+(?:\.\d+)?)', line)
+        assert m, f"not Prometheus text: {line!r}"
+        samples[(m.group(1), m.group(2) or "")] = float(m.group(3))
+    return samples
+
+
+def test_stats_report_pool_and_stack(mnt):
+    for i in range(50):
+        (mnt.root / f"f{i}").write_text("x")
+        os.setxattr(mnt.root / f"f{i}", "user.k", b"v" * 100)
+        os.getxattr(mnt.root / f"f{i}", "user.k")
+    subprocess.run(["ls", "-la", str(mnt.root)], check=True, capture_output=True)
+    text = subprocess.run(["cat", str(mnt.root / ".vexfs" / "stats")], capture_output=True, text=True, check=True).stdout
+    s = parse_prometheus(text)
+    hits = sum(v for (name, _), v in s.items() if name == "vexfs_buffer_pool_hits_total")
+    assert hits >= 50, "readdir and getxattr take their buffers from the pool"
+    assert s[("vexfs_buffer_pool_buffers", 'tier="4k"')] > 0
+    for handler in ("lookup", "getattr", "getxattr", "readdirplus", "create"):
+        mark = s[("vexfs_stack_high_water_bytes", f'handler="{handler}"')]
+        assert 0 < mark < s[("vexfs_stack_budget_bytes", "")], handler
+    assert s[("vexfs_stack_budget_exceeded_total", "")] == 0
+    assert s[("vexfs_inodes", "")] >= 50
+    # Made anew at each open.
+    (mnt.root / "more").write_text("")
+    again = parse_prometheus((mnt.root / ".vexfs" / "stats").read_text())
+    assert again[("vexfs_inodes", "")] >= s[("vexfs_inodes", "")]
+
+
+def test_tiny_stack_budget_counts_excesses(make_mount):
+    m = make_mount("-o", "stack_budget=4096")
+    m.mount()
+    for i in range(20):
+        (m.root / f"f{i}").write_text("x")
+    s = parse_prometheus((m.root / ".vexfs" / "stats").read_text())
+    assert s[("vexfs_stack_budget_exceeded_total", "")] > 0
+    assert any(name == "vexfs_stack_first_excess_bytes" for name, _ in s)
 
 
 def test_many_concurrent_readers_and_writers(mnt):

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
 #include <unistd.h>
@@ -99,4 +100,18 @@ int vx_open_handle(int mount_fd, const unsigned char *blob, int length) {
     if (length < (int)sizeof(struct file_handle) || length > VX_HANDLE_MAX) { errno = EINVAL; return -1; }
     memcpy(&fh, blob, (size_t)length);
     return open_by_handle_at(mount_fd, &fh.h, O_PATH | O_CLOEXEC);
+}
+
+int vx_memfd_with(const char *name, const void *data, size_t length) {
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    if (fd < 0) return -1;
+    const char *p = data;
+    size_t left = length;
+    while (left > 0) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0) { if (errno == EINTR) continue; close(fd); return -1; }
+        p += n; left -= (size_t)n;
+    }
+    lseek(fd, 0, SEEK_SET);
+    return fd;
 }

@@ -1,6 +1,7 @@
 import CFuse
 import Glibc
 import SystemPackage
+import VexMemory
 import VexStore
 
 /// SystemPackage has an `Inode` too; ours is the store's.
@@ -10,17 +11,25 @@ typealias Inode = VexStore.Inode
 final class Filesystem: Sendable {
     let store: Store
     let options: MountOptions
+    /// Scratch memory for the handlers (directory listings, xattr answers).
+    let pool: BufferPool
+    let stack: StackBudget
 
     init(store: Store, options: MountOptions) {
         self.store = store
         self.options = options
+        pool = BufferPool()
+        stack = StackBudget(budget: options.stackBudget, handlerNames: Operation.names)
     }
 
     // MARK: node ids and handles
 
+    /// The inode behind a node id. The `.vexfs/` nodes have none: requests that reach this for them
+    /// (a write, a rename, a new name in `.vexfs/`) are refused.
     @inline(__always)
-    func inode(_ id: fuse_ino_t) -> Inode {
+    func inode(_ id: fuse_ino_t) throws(Errno) -> Inode {
         if id == fuse_ino_t(FUSE_ROOT_ID) { return store.root }
+        if VirtualNode.contains(id) { throw .notPermitted }
         return Unmanaged<Inode>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(id))!).takeUnretainedValue()
     }
 
@@ -48,6 +57,16 @@ final class Filesystem: Sendable {
         var ep = fuse_entry_param()
         ep.ino = nodeID(entry.inode)
         ep.attr = entry.attributes
+        ep.attr_timeout = options.attrTimeout
+        ep.entry_timeout = options.entryTimeout
+        return ep
+    }
+
+    /// An entry for a `.vexfs/` node (the kernel's lookups of them need no forgetting).
+    func virtualEntryParam(_ id: fuse_ino_t) -> fuse_entry_param {
+        var ep = fuse_entry_param()
+        ep.ino = id
+        if let root = try? store.attributes(store.root) { ep.attr = VirtualNode.attributes(id, root: root) }
         ep.attr_timeout = options.attrTimeout
         ep.entry_timeout = options.entryTimeout
         return ep

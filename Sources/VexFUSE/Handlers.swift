@@ -17,8 +17,16 @@ enum Handlers {
 
     static func lookup(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
+        if let id = virtualChild(parent, name!) {
+            replyVirtual(req, fs, id)
+            return
+        }
+        if parent == VirtualNode.directory {
+            fuse_reply_err(req, ENOENT)
+            return
+        }
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.lookup(fs.inode(parent), name!))
+            fs.reply(req, entry: try fs.store.lookup(try fs.inode(parent), name!))
         } catch .noSuchFileOrDirectory where fs.options.negativeTimeout > 0 {
             var ep = fuse_entry_param()  // node id 0: a cacheable "no such name"
             ep.entry_timeout = fs.options.negativeTimeout
@@ -30,14 +38,14 @@ enum Handlers {
 
     static func forget(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ count: UInt64) {
         let fs = fs(req)
-        fs.store.forget(fs.inode(ino), count)
+        if let inode = try? fs.inode(ino) { fs.store.forget(inode, count) }
         fuse_reply_none(req)
     }
 
     static func forgetMulti(_ req: fuse_req_t?, _ count: Int, _ forgets: UnsafeMutablePointer<fuse_forget_data>?) {
         let fs = fs(req)
         for f in UnsafeBufferPointer(start: forgets, count: count) {
-            fs.store.forget(fs.inode(fuse_ino_t(f.ino)), f.nlookup)
+            if let inode = try? fs.inode(fuse_ino_t(f.ino)) { fs.store.forget(inode, f.nlookup) }
         }
         fuse_reply_none(req)
     }
@@ -45,35 +53,35 @@ enum Handlers {
     static func mkdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t) {
         let fs = fs(req)
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.mkdir(fs.inode(parent), name!, mode: mode, caller: caller(req)))
+            fs.reply(req, entry: try fs.store.mkdir(try fs.inode(parent), name!, mode: mode, caller: caller(req)))
         } catch { reply(req, error: error) }
     }
 
     static func mknod(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t, _ rdev: dev_t) {
         let fs = fs(req)
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.mknod(fs.inode(parent), name!, mode: mode, device: rdev, caller: caller(req)))
+            fs.reply(req, entry: try fs.store.mknod(try fs.inode(parent), name!, mode: mode, device: rdev, caller: caller(req)))
         } catch { reply(req, error: error) }
     }
 
     static func symlink(_ req: fuse_req_t?, _ target: UnsafePointer<CChar>?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.symlink(target!, fs.inode(parent), name!, caller: caller(req)))
+            fs.reply(req, entry: try fs.store.symlink(target!, try fs.inode(parent), name!, caller: caller(req)))
         } catch { reply(req, error: error) }
     }
 
     static func link(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ newParent: fuse_ino_t, _ newName: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.link(fs.inode(ino), fs.inode(newParent), newName!))
+            fs.reply(req, entry: try fs.store.link(try fs.inode(ino), try fs.inode(newParent), newName!))
         } catch { reply(req, error: error) }
     }
 
     static func unlink(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.unlink(fs.inode(parent), name!)
+            try fs.store.unlink(try fs.inode(parent), name!)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -81,7 +89,7 @@ enum Handlers {
     static func rmdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.rmdir(fs.inode(parent), name!)
+            try fs.store.rmdir(try fs.inode(parent), name!)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -90,7 +98,7 @@ enum Handlers {
                        _ newName: UnsafePointer<CChar>?, _ flags: UInt32) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.rename(fs.inode(parent), name!, fs.inode(newParent), newName!, flags: flags)
+            try fs.store.rename(try fs.inode(parent), name!, try fs.inode(newParent), newName!, flags: flags)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -98,7 +106,7 @@ enum Handlers {
     static func readlink(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
         let fs = fs(req)
         do throws(Errno) {
-            let target = try fs.store.readlink(fs.inode(ino))
+            let target = try fs.store.readlink(try fs.inode(ino))
             target.withUnsafeBufferPointer { _ = fuse_reply_readlink(req, $0.baseAddress) }
         } catch { reply(req, error: error) }
     }
@@ -107,8 +115,14 @@ enum Handlers {
 
     static func getattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let fs = fs(req)
+        if VirtualNode.contains(ino) {
+            do throws(Errno) {
+                fs.reply(req, attributes: VirtualNode.attributes(ino, root: try fs.store.attributes(fs.store.root)))
+            } catch { reply(req, error: error) }
+            return
+        }
         do throws(Errno) {
-            fs.reply(req, attributes: try fs.store.attributes(fs.inode(ino)))
+            fs.reply(req, attributes: try fs.store.attributes(try fs.inode(ino)))
         } catch { reply(req, error: error) }
     }
 
@@ -125,11 +139,11 @@ enum Handlers {
         else if toSet & FUSE_SET_ATTR_ATIME != 0 { change.atime = .set(a.st_atim) }
         if toSet & FUSE_SET_ATTR_MTIME_NOW != 0 { change.mtime = .now }
         else if toSet & FUSE_SET_ATTR_MTIME != 0 { change.mtime = .set(a.st_mtim) }
-        let inode = fs.inode(ino)
-        // A handle comes with the request when the kernel had the file open (ftruncate, futimens);
-        // on a directory it is a DirectoryStream, which the store does not need.
-        let file = fi != nil && !inode.isDirectory ? Filesystem.handle(fi, as: OpenFile.self) : nil
         do throws(Errno) {
+            let inode = try fs.inode(ino)
+            // A handle comes with the request when the kernel had the file open (ftruncate, futimens);
+            // on a directory it is a DirectoryStream, which the store does not need.
+            let file = fi != nil && !inode.isDirectory ? Filesystem.handle(fi, as: OpenFile.self) : nil
             fs.reply(req, attributes: try fs.store.setAttributes(inode, change, openFile: file))
         } catch { reply(req, error: error) }
     }
@@ -137,7 +151,7 @@ enum Handlers {
     static func statfs(_ req: fuse_req_t?, _ ino: fuse_ino_t) {
         let fs = fs(req)
         do throws(Errno) {
-            var sv = try fs.store.statfs(fs.inode(ino))
+            var sv = try fs.store.statfs(VirtualNode.contains(ino) ? fs.store.root : fs.inode(ino))
             fuse_reply_statfs(req, &sv)
         } catch { reply(req, error: error) }
     }
@@ -147,7 +161,7 @@ enum Handlers {
         // access only to ask whether the file is there.
         let fs = fs(req)
         do throws(Errno) {
-            _ = try fs.store.attributes(fs.inode(ino))
+            if !VirtualNode.contains(ino) { _ = try fs.store.attributes(try fs.inode(ino)) }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -157,7 +171,14 @@ enum Handlers {
     static func open(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let fs = fs(req)
         do throws(Errno) {
-            let file = try fs.store.open(fs.inode(ino), flags: fs.backingOpenFlags(fi!.pointee.flags))
+            if ino == VirtualNode.stats {
+                guard fi!.pointee.flags & O_ACCMODE == O_RDONLY, fi!.pointee.flags & O_TRUNC == 0 else { throw .permissionDenied }
+                Filesystem.store(try fs.openStats(), in: fi)
+                vexfs_fi_set_open_flags(fi, 1, 0)  // made anew at each open: no page cache, no size
+                if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
+                return
+            }
+            let file = try fs.store.open(try fs.inode(ino), flags: fs.backingOpenFlags(fi!.pointee.flags))
             Filesystem.store(file, in: fi)
             vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
             if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
@@ -168,7 +189,7 @@ enum Handlers {
                        _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let fs = fs(req)
         do throws(Errno) {
-            let (entry, file) = try fs.store.create(fs.inode(parent), name!, mode: mode,
+            let (entry, file) = try fs.store.create(try fs.inode(parent), name!, mode: mode,
                                                     flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
             Filesystem.store(file, in: fi)
             vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
@@ -256,8 +277,13 @@ enum Handlers {
 
     static func opendir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let fs = fs(req)
+        if ino == VirtualNode.directory {  // listed from nothing: no handle
+            fi!.pointee.fh = 0
+            fuse_reply_open(req, fi)
+            return
+        }
         do throws(Errno) {
-            Filesystem.store(try fs.store.openDirectory(fs.inode(ino)), in: fi)
+            Filesystem.store(try fs.store.openDirectory(try fs.inode(ino)), in: fi)
             if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: DirectoryStream.self) }
         } catch { reply(req, error: error) }
     }
@@ -265,10 +291,18 @@ enum Handlers {
     static func readdir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int, _ off: off_t,
                         _ fi: UnsafeMutablePointer<fuse_file_info>?, plus: Bool) {
         let fs = fs(req)
+        let scratch = fs.pool.acquire(size)
+        defer { fs.pool.release(scratch) }
+        let buffer = scratch.pointer.assumingMemoryBound(to: CChar.self)
+        if ino == VirtualNode.directory {
+            fuse_reply_buf(req, buffer, listVirtualDirectory(req, fs, buffer, size, Int(off), plus: plus))
+            return
+        }
         let dir = Filesystem.handle(fi, as: DirectoryStream.self)
-        let parent = fs.inode(ino)
-        let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: size)
-        defer { buffer.deallocate() }
+        guard let parent = try? fs.inode(ino) else {
+            fuse_reply_err(req, EPERM)
+            return
+        }
         var used = 0
         var resumeAt = Int(off)
         dir.seek(resumeAt)
@@ -279,7 +313,9 @@ enum Handlers {
                 if plus {
                     var ep = fuse_entry_param()
                     var looked: Inode?
-                    if isDotOrDotDot(item.name) {
+                    if item.isStateDirectory {
+                        ep = fs.virtualEntryParam(VirtualNode.directory)
+                    } else if isDotOrDotDot(item.name) {
                         ep.attr.st_ino = ino_t(item.inodeNumber)
                         ep.attr.st_mode = mode_t(item.type) << 12
                     } else {
@@ -291,7 +327,7 @@ enum Handlers {
                     if added > room, let looked { fs.store.forget(looked, 1) }
                 } else {
                     var st = stat()
-                    st.st_ino = ino_t(item.inodeNumber)
+                    st.st_ino = item.isStateDirectory ? ino_t(UInt64.max - VirtualNode.directory) : ino_t(item.inodeNumber)
                     st.st_mode = mode_t(item.type) << 12
                     added = fuse_add_direntry(req, buffer + used, room, item.name, &st, off_t(item.nextOffset))
                 }
@@ -310,14 +346,14 @@ enum Handlers {
     }
 
     static func releasedir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        Filesystem.releaseHandle(fi, as: DirectoryStream.self)
+        if ino != VirtualNode.directory { Filesystem.releaseHandle(fi, as: DirectoryStream.self) }
         fuse_reply_err(req, 0)
     }
 
     static func fsyncdir(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.syncDirectory(fs.inode(ino), dataOnly: datasync != 0)
+            try fs.store.syncDirectory(try fs.inode(ino), dataOnly: datasync != 0)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -328,7 +364,10 @@ enum Handlers {
 
     static func getxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ size: Int) {
         let fs = fs(req)
-        let inode = fs.inode(ino)
+        guard let inode = try? fs.inode(ino) else {
+            fuse_reply_err(req, ENODATA)
+            return
+        }
         let isCapability = strcmp(name!, securityCapability) == 0
         if isCapability && inode.knownWithoutCapability.load(ordering: .relaxed) {
             fuse_reply_err(req, ENODATA)
@@ -338,10 +377,10 @@ enum Handlers {
             if size == 0 {
                 fuse_reply_xattr(req, try fs.store.getxattr(inode, name!, into: nil))
             } else {
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
-                defer { buffer.deallocate() }
-                let n = try fs.store.getxattr(inode, name!, into: buffer)
-                fuse_reply_buf(req, buffer.baseAddress, n)
+                let scratch = fs.pool.acquire(size)
+                defer { fs.pool.release(scratch) }
+                let n = try fs.store.getxattr(inode, name!, into: UnsafeMutableRawBufferPointer(start: scratch.pointer, count: size))
+                fuse_reply_buf(req, scratch.pointer, n)
             }
         } catch {
             if isCapability && error == .noData { inode.knownWithoutCapability.store(true, ordering: .relaxed) }
@@ -352,9 +391,9 @@ enum Handlers {
     static func setxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ value: UnsafePointer<CChar>?,
                          _ size: Int, _ flags: Int32) {
         let fs = fs(req)
-        let inode = fs.inode(ino)
-        if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
         do throws(Errno) {
+            let inode = try fs.inode(ino)
+            if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
             try fs.store.setxattr(inode, name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
@@ -362,14 +401,18 @@ enum Handlers {
 
     static func listxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ size: Int) {
         let fs = fs(req)
+        if VirtualNode.contains(ino) {  // no attributes at all
+            if size == 0 { fuse_reply_xattr(req, 0) } else { fuse_reply_buf(req, nil, 0) }
+            return
+        }
         do throws(Errno) {
             if size == 0 {
-                fuse_reply_xattr(req, try fs.store.listxattr(fs.inode(ino), into: nil))
+                fuse_reply_xattr(req, try fs.store.listxattr(try fs.inode(ino), into: nil))
             } else {
-                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: size, alignment: 64)
-                defer { buffer.deallocate() }
-                let n = try fs.store.listxattr(fs.inode(ino), into: buffer)
-                fuse_reply_buf(req, buffer.baseAddress, n)
+                let scratch = fs.pool.acquire(size)
+                defer { fs.pool.release(scratch) }
+                let n = try fs.store.listxattr(try fs.inode(ino), into: UnsafeMutableRawBufferPointer(start: scratch.pointer, count: size))
+                fuse_reply_buf(req, scratch.pointer, n)
             }
         } catch { reply(req, error: error) }
     }
@@ -377,53 +420,93 @@ enum Handlers {
     static func removexattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.removexattr(fs.inode(ino), name!)
+            try fs.store.removexattr(try fs.inode(ino), name!)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
 
     // MARK: the table
 
+    /// Every handler runs under the stack-budget monitor.
+    @inline(__always)
+    static func monitored(_ req: fuse_req_t?, _ op: Operation, _ body: () -> Void) {
+        fs(req).stack.measure(op.rawValue, body)
+    }
+
     static var table: vexfs_handlers {
         var h = vexfs_handlers()
-        h.lookup = { Handlers.lookup($0, $1, $2) }
-        h.forget = { Handlers.forget($0, $1, $2) }
-        h.forget_multi = { Handlers.forgetMulti($0, $1, $2) }
-        h.getattr = { Handlers.getattr($0, $1, $2) }
-        h.setattr = { Handlers.setattr($0, $1, $2, $3, $4) }
-        h.readlink = { Handlers.readlink($0, $1) }
-        h.mknod = { Handlers.mknod($0, $1, $2, $3, $4) }
-        h.mkdir = { Handlers.mkdir($0, $1, $2, $3) }
-        h.unlink = { Handlers.unlink($0, $1, $2) }
-        h.rmdir = { Handlers.rmdir($0, $1, $2) }
-        h.symlink = { Handlers.symlink($0, $1, $2, $3) }
-        h.rename = { Handlers.rename($0, $1, $2, $3, $4, $5) }
-        h.link = { Handlers.link($0, $1, $2, $3) }
-        h.open = { Handlers.open($0, $1, $2) }
-        h.read = { Handlers.read($0, $1, $2, $3, $4) }
-        h.write_buf = { Handlers.writeBuf($0, $1, $2, $3, $4) }
-        h.flush = { Handlers.flush($0, $1, $2) }
-        h.release = { Handlers.release($0, $1, $2) }
-        h.fsync = { Handlers.fsync($0, $1, $2, $3) }
-        h.opendir = { Handlers.opendir($0, $1, $2) }
-        h.readdir = { Handlers.readdir($0, $1, $2, $3, $4, plus: false) }
-        h.readdirplus = { Handlers.readdir($0, $1, $2, $3, $4, plus: true) }
-        h.releasedir = { Handlers.releasedir($0, $1, $2) }
-        h.fsyncdir = { Handlers.fsyncdir($0, $1, $2, $3) }
-        h.statfs = { Handlers.statfs($0, $1) }
-        h.setxattr = { Handlers.setxattr($0, $1, $2, $3, $4, $5) }
-        h.getxattr = { Handlers.getxattr($0, $1, $2, $3) }
-        h.listxattr = { Handlers.listxattr($0, $1, $2) }
-        h.removexattr = { Handlers.removexattr($0, $1, $2) }
-        h.access = { Handlers.access($0, $1, $2) }
-        h.create = { Handlers.create($0, $1, $2, $3, $4) }
-        h.flock = { Handlers.flock($0, $1, $2, $3) }
-        h.fallocate = { Handlers.fallocate($0, $1, $2, $3, $4, $5) }
-        h.copy_file_range = { Handlers.copyFileRange($0, $1, $2, $3, $4, $5, $6, $7, $8) }
-        h.lseek = { Handlers.lseek($0, $1, $2, $3, $4) }
+        h.lookup = { a0, a1, a2 in Handlers.monitored(a0, .lookup) { Handlers.lookup(a0, a1, a2) } }
+        h.forget = { a0, a1, a2 in Handlers.monitored(a0, .forget) { Handlers.forget(a0, a1, a2) } }
+        h.forget_multi = { a0, a1, a2 in Handlers.monitored(a0, .forgetMulti) { Handlers.forgetMulti(a0, a1, a2) } }
+        h.getattr = { a0, a1, a2 in Handlers.monitored(a0, .getattr) { Handlers.getattr(a0, a1, a2) } }
+        h.setattr = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .setattr) { Handlers.setattr(a0, a1, a2, a3, a4) } }
+        h.readlink = { a0, a1 in Handlers.monitored(a0, .readlink) { Handlers.readlink(a0, a1) } }
+        h.mknod = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .mknod) { Handlers.mknod(a0, a1, a2, a3, a4) } }
+        h.mkdir = { a0, a1, a2, a3 in Handlers.monitored(a0, .mkdir) { Handlers.mkdir(a0, a1, a2, a3) } }
+        h.unlink = { a0, a1, a2 in Handlers.monitored(a0, .unlink) { Handlers.unlink(a0, a1, a2) } }
+        h.rmdir = { a0, a1, a2 in Handlers.monitored(a0, .rmdir) { Handlers.rmdir(a0, a1, a2) } }
+        h.symlink = { a0, a1, a2, a3 in Handlers.monitored(a0, .symlink) { Handlers.symlink(a0, a1, a2, a3) } }
+        h.rename = { a0, a1, a2, a3, a4, a5 in Handlers.monitored(a0, .rename) { Handlers.rename(a0, a1, a2, a3, a4, a5) } }
+        h.link = { a0, a1, a2, a3 in Handlers.monitored(a0, .link) { Handlers.link(a0, a1, a2, a3) } }
+        h.open = { a0, a1, a2 in Handlers.monitored(a0, .open) { Handlers.open(a0, a1, a2) } }
+        h.read = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .read) { Handlers.read(a0, a1, a2, a3, a4) } }
+        h.write_buf = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .writeBuf) { Handlers.writeBuf(a0, a1, a2, a3, a4) } }
+        h.flush = { a0, a1, a2 in Handlers.monitored(a0, .flush) { Handlers.flush(a0, a1, a2) } }
+        h.release = { a0, a1, a2 in Handlers.monitored(a0, .release) { Handlers.release(a0, a1, a2) } }
+        h.fsync = { a0, a1, a2, a3 in Handlers.monitored(a0, .fsync) { Handlers.fsync(a0, a1, a2, a3) } }
+        h.opendir = { a0, a1, a2 in Handlers.monitored(a0, .opendir) { Handlers.opendir(a0, a1, a2) } }
+        h.readdir = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .readdir) { Handlers.readdir(a0, a1, a2, a3, a4, plus: false) } }
+        h.readdirplus = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .readdirplus) { Handlers.readdir(a0, a1, a2, a3, a4, plus: true) } }
+        h.releasedir = { a0, a1, a2 in Handlers.monitored(a0, .releasedir) { Handlers.releasedir(a0, a1, a2) } }
+        h.fsyncdir = { a0, a1, a2, a3 in Handlers.monitored(a0, .fsyncdir) { Handlers.fsyncdir(a0, a1, a2, a3) } }
+        h.statfs = { a0, a1 in Handlers.monitored(a0, .statfs) { Handlers.statfs(a0, a1) } }
+        h.setxattr = { a0, a1, a2, a3, a4, a5 in Handlers.monitored(a0, .setxattr) { Handlers.setxattr(a0, a1, a2, a3, a4, a5) } }
+        h.getxattr = { a0, a1, a2, a3 in Handlers.monitored(a0, .getxattr) { Handlers.getxattr(a0, a1, a2, a3) } }
+        h.listxattr = { a0, a1, a2 in Handlers.monitored(a0, .listxattr) { Handlers.listxattr(a0, a1, a2) } }
+        h.removexattr = { a0, a1, a2 in Handlers.monitored(a0, .removexattr) { Handlers.removexattr(a0, a1, a2) } }
+        h.access = { a0, a1, a2 in Handlers.monitored(a0, .access) { Handlers.access(a0, a1, a2) } }
+        h.create = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .create) { Handlers.create(a0, a1, a2, a3, a4) } }
+        h.flock = { a0, a1, a2, a3 in Handlers.monitored(a0, .flock) { Handlers.flock(a0, a1, a2, a3) } }
+        h.fallocate = { a0, a1, a2, a3, a4, a5 in Handlers.monitored(a0, .fallocate) { Handlers.fallocate(a0, a1, a2, a3, a4, a5) } }
+        h.copy_file_range = { a0, a1, a2, a3, a4, a5, a6, a7, a8 in Handlers.monitored(a0, .copyFileRange) { Handlers.copyFileRange(a0, a1, a2, a3, a4, a5, a6, a7, a8) } }
+        h.lseek = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .lseek) { Handlers.lseek(a0, a1, a2, a3, a4) } }
         h.destroy = { Session.finish($0) }
         return h
     }
+}
+
+/// The `.vexfs/` node named `name` under `parent`, if there is one.
+private func virtualChild(_ parent: fuse_ino_t, _ name: UnsafePointer<CChar>) -> fuse_ino_t? {
+    if parent == fuse_ino_t(FUSE_ROOT_ID) && strcmp(name, VirtualNode.directoryName) == 0 { return VirtualNode.directory }
+    if parent == VirtualNode.directory && strcmp(name, VirtualNode.statsName) == 0 { return VirtualNode.stats }
+    return nil
+}
+
+private func replyVirtual(_ req: fuse_req_t?, _ fs: Filesystem, _ id: fuse_ino_t) {
+    var ep = fs.virtualEntryParam(id)
+    fuse_reply_entry(req, &ep)
+}
+
+/// `.vexfs/` holds ".", ".." and "stats"; offsets are the entries' positions.
+private func listVirtualDirectory(_ req: fuse_req_t?, _ fs: Filesystem, _ buffer: UnsafeMutablePointer<CChar>,
+                                  _ size: Int, _ offset: Int, plus: Bool) -> Int {
+    let entries: [(String, fuse_ino_t)] = [(".", VirtualNode.directory), ("..", fuse_ino_t(FUSE_ROOT_ID)),
+                                           (VirtualNode.statsName, VirtualNode.stats)]
+    var used = 0
+    for (index, (name, id)) in entries.enumerated().dropFirst(offset) {
+        var ep = fuse_entry_param()
+        if id == VirtualNode.stats { ep = fs.virtualEntryParam(id) } else {
+            ep.attr.st_ino = ino_t(UInt64.max - id)
+            ep.attr.st_mode = S_IFDIR
+        }
+        let added = name.withCString { cname in
+            plus ? fuse_add_direntry_plus(req, buffer + used, size - used, cname, &ep, off_t(index + 1))
+                 : fuse_add_direntry(req, buffer + used, size - used, cname, &ep.attr, off_t(index + 1))
+        }
+        if added > size - used { break }
+        used += added
+    }
+    return used
 }
 
 @inline(__always)

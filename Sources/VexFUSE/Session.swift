@@ -39,6 +39,8 @@ public enum Session {
         guard let session else { throw .badOptions(kernelOptions.joined(separator: ",")) }
         defer { vexfs_session_destroy(session) }
         guard vexfs_session_set_signal_handlers(session) == 0 else { throw .signalHandlers }
+        // libfuse sizes its worker threads' stacks from this variable when it starts them.
+        setenv("FUSE_THREAD_STACK", String(options.stackSize), 1)
         guard vexfs_session_mount(session, mountpoint) == 0 else { throw .mountFailed(mountpoint) }
         // Forks here unless in the foreground; nothing before this point may have started a thread.
         fuse_daemonize(options.foreground ? 1 : 0)

@@ -38,6 +38,10 @@ public struct MountOptions: Sendable, Equatable {
     public var negativeTimeout = 0.0
     /// Most descriptors kept open for idle inodes; nil: three quarters of the process's limit.
     public var descriptorBudget: Int?
+    /// Stack size of the worker threads, and how much of it a handler may use before it counts as
+    /// an excess in `.vexfs/stats`.
+    public var stackSize = 256 * 1024
+    public var stackBudget = 64 * 1024
     /// Options passed on to the kernel mount (allow_other, ro, ...).
     public var kernelOptions: [String] = []
 
@@ -72,6 +76,12 @@ public struct MountOptions: Sendable, Equatable {
             case "entry_timeout": entryTimeout = try seconds()
             case "negative_timeout": negativeTimeout = try seconds()
             case "timeout": attrTimeout = try seconds(); entryTimeout = attrTimeout
+            case "stack_size":
+                guard let value, let n = Int(value), n >= 64 * 1024, n <= 64 << 20 else { throw .badValue(option) }
+                stackSize = n
+            case "stack_budget":
+                guard let value, let n = Int(value), n >= 4096 else { throw .badValue(option) }
+                stackBudget = n
             case "descriptor_budget":
                 guard let value, let n = Int(value), n >= 16 else { throw .badValue(option) }
                 descriptorBudget = n

@@ -143,7 +143,7 @@ public final class Descriptors: Sendable {
 public final class InodeTable: Sendable {
     public let root: Inode
     private let inodesByKey = Mutex<[InodeKey: Inode]>([:])
-    let descriptors: Descriptors
+    public let descriptors: Descriptors
 
     init(root: Inode, descriptors: Descriptors) {
         self.root = root

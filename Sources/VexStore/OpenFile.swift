@@ -6,11 +6,12 @@ import Synchronization
 /// so a file unlinked while open stays readable and writable until the last close.
 public final class OpenFile: Sendable {
     public let fd: Int32
-    public let inode: Inode
+    /// nil for contents that are not a file of the store (a virtual file).
+    public let inode: Inode?
     /// Whether anything was written through this handle (the index cares on close).
     public let wasWritten = Atomic<Bool>(false)
 
-    private let table: InodeTable
+    private let table: InodeTable?
 
     /// Takes over a pin of `inode`'s descriptor, released when the file is closed.
     init(fd: Int32, inode: Inode, table: InodeTable) {
@@ -19,9 +20,16 @@ public final class OpenFile: Sendable {
         self.table = table
     }
 
+    /// Contents vexfs made itself (held in `fd`), not a file of the store.
+    public init(contents fd: Int32) {
+        self.fd = fd
+        inode = nil
+        table = nil
+    }
+
     deinit {
         close(fd)
-        table.unpin(inode)
+        if let inode { table?.unpin(inode) }
     }
 }
 
@@ -31,12 +39,12 @@ public final class DirectoryStream: @unchecked Sendable {
     // The kernel serialises readdir on one open directory, so this needs no lock.
     private let dir: OpaquePointer
     var fd: Int32 { dirfd(dir) }
-    private let hidesReserved: Bool
+    private let atStoreRoot: Bool
     private var position: Int = 0
 
-    init(dir: OpaquePointer, hidesReserved: Bool) {
+    init(dir: OpaquePointer, atStoreRoot: Bool) {
         self.dir = dir
-        self.hidesReserved = hidesReserved
+        self.atStoreRoot = atStoreRoot
     }
 
     deinit { closedir(dir) }
@@ -48,6 +56,8 @@ public final class DirectoryStream: @unchecked Sendable {
         public let type: UInt8
         /// Where the listing continues after this item.
         public let nextOffset: Int
+        /// STORE/.vexfs: not a file of the store; the layer above shows its own directory here.
+        public let isStateDirectory: Bool
     }
 
     /// Moves to `offset` (0, or an item's `nextOffset`), then returns items one by one; nil at the end.
@@ -69,8 +79,9 @@ public final class DirectoryStream: @unchecked Sendable {
             position = nextOffset
             let name = UnsafeRawPointer(ent).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
                 .assumingMemoryBound(to: CChar.self)
-            if hidesReserved && strcmp(name, Store.reservedName) == 0 { continue }
-            return Item(name: name, inodeNumber: UInt64(ent.pointee.d_ino), type: ent.pointee.d_type, nextOffset: nextOffset)
+            let isState = atStoreRoot && strcmp(name, Store.reservedName) == 0
+            return Item(name: name, inodeNumber: UInt64(ent.pointee.d_ino), type: ent.pointee.d_type,
+                        nextOffset: nextOffset, isStateDirectory: isState)
         }
     }
 

@@ -268,7 +268,7 @@ public final class Store: Sendable {
             close(fd)
             throw e
         }
-        return DirectoryStream(dir: dir, hidesReserved: inode.isStoreRoot)
+        return DirectoryStream(dir: dir, atStoreRoot: inode.isStoreRoot)
     }
 
     // MARK: extended attributes (on the backing file)

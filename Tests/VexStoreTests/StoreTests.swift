@@ -71,8 +71,12 @@ final class TemporaryStore {
         #expect(throws: Errno.notPermitted) { try t.store.rename(t.store.root, "x", t.store.root, ".vexfs", flags: 0) }
         let stream = try t.store.openDirectory(t.store.root)
         var names: [String] = []
-        while let item = try stream.next() { names.append(String(cString: item.name)) }
+        var flagged: [String] = []
+        while let item = try stream.next() {
+            (item.isStateDirectory ? { flagged.append(String(cString: item.name)) } : { names.append(String(cString: item.name)) })()
+        }
         #expect(names.sorted() == [".", "..", "x"])
+        #expect(flagged == [".vexfs"])
     }
 
     @Test func directoryStreamResumesAtAnyOffset() throws {
@@ -81,7 +85,7 @@ final class TemporaryStore {
         let stream = try t.store.openDirectory(t.store.root)
         var all: [(String, Int)] = []
         while let item = try stream.next() { all.append((String(cString: item.name), item.nextOffset)) }
-        #expect(all.count == 52)
+        #expect(all.count == 53)  // 50 files, ".", ".." and the flagged state directory
         // Resume after the 20th item, as the kernel does with a saved offset.
         stream.seek(all[19].1)
         let resumed = try stream.next()

@@ -44,4 +44,7 @@ int vx_handle_of(int fd, unsigned char *blob, int *mount_id);
 /// directory on the same mount. Needs CAP_DAC_READ_SEARCH.
 int vx_open_handle(int mount_fd, const unsigned char *blob, int length);
 
+/// An anonymous in-memory file holding `length` bytes of `data`, positioned at 0; -1 on failure.
+int vx_memfd_with(const char *name, const void *data, size_t length);
+
 #endif

@@ -1,0 +1,96 @@
+import CFuse
+import CLinux
+import Glibc
+import VexMemory
+import VexStore
+
+/// The `.vexfs/` directory at the top of the mount is vexfs's own, made up on demand; it is not
+/// STORE/.vexfs (which holds state and stays hidden). Its nodes have fixed ids that no `Inode`
+/// address can take, and every request on them is answered here.
+enum VirtualNode {
+    static let directory: fuse_ino_t = 2
+    static let stats: fuse_ino_t = 3
+    static let directoryName = Store.reservedName
+    static let statsName = "stats"
+
+    @inline(__always)
+    static func contains(_ id: fuse_ino_t) -> Bool { id == directory || id == stats }
+
+    /// Read-only: a directory of 0555 and a file of 0444 owned by whoever owns STORE. The file's
+    /// size is 0: it is opened with direct I/O, so readers read until the end of what was made.
+    static func attributes(_ id: fuse_ino_t, root: stat) -> stat {
+        var st = stat()
+        st.st_ino = ino_t(UInt64.max - id)
+        st.st_uid = root.st_uid
+        st.st_gid = root.st_gid
+        st.st_atim = root.st_atim
+        st.st_mtim = root.st_mtim
+        st.st_ctim = root.st_ctim
+        st.st_blksize = 4096
+        if id == directory {
+            st.st_mode = S_IFDIR | 0o555
+            st.st_nlink = 2
+        } else {
+            st.st_mode = S_IFREG | 0o444
+            st.st_nlink = 1
+        }
+        return st
+    }
+}
+
+/// Every FUSE operation, for per-handler figures. The order is the stats' order.
+enum Operation: Int, CaseIterable {
+    case lookup, forget, forgetMulti, getattr, setattr, readlink, mknod, mkdir, unlink, rmdir, symlink
+    case rename, link, open, read, writeBuf, flush, release, fsync, opendir, readdir, readdirplus
+    case releasedir, fsyncdir, statfs, setxattr, getxattr, listxattr, removexattr, access, create
+    case flock, fallocate, copyFileRange, lseek
+
+    static let names = allCases.map { "\($0)" }
+}
+
+extension Filesystem {
+    /// `.vexfs/stats`: Prometheus text exposition, made when the file is opened.
+    func renderStats() -> String {
+        var out = ""
+        func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: Int)]) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
+            for s in samples { out += "\(name)\(s.labels.isEmpty ? "" : "{\(s.labels)}") \(s.value)\n" }
+        }
+        let (tiers, fallthroughs) = pool.statistics()
+        let tierLabel = { (t: BufferPool.Tier) in "tier=\"\(t)\"" }
+        family("vexfs_buffer_pool_hits_total", "counter", "Scratch buffers served from the pool.",
+               BufferPool.Tier.allCases.map { (tierLabel($0), tiers[$0.rawValue].hits) })
+        family("vexfs_buffer_pool_misses_total", "counter", "Requests that found the tier empty and grew it.",
+               BufferPool.Tier.allCases.map { (tierLabel($0), tiers[$0.rawValue].misses) })
+        family("vexfs_buffer_pool_buffers", "gauge", "Buffers the pool owns.",
+               BufferPool.Tier.allCases.map { (tierLabel($0), tiers[$0.rawValue].buffers) })
+        family("vexfs_buffer_pool_fallthroughs_total", "counter", "Requests larger than 16 KiB, served by the system allocator.",
+               [("", fallthroughs)])
+        let report = stack.report()
+        family("vexfs_stack_budget_bytes", "gauge", "Stack a handler may use, from the top of its worker thread's stack.",
+               [("", stack.budget)])
+        family("vexfs_stack_size_bytes", "gauge", "Stack size of the FUSE worker threads.", [("", options.stackSize)])
+        family("vexfs_stack_high_water_bytes", "gauge", "Deepest stack use seen per handler.",
+               report.highWater.map { ("handler=\"\($0.handler)\"", $0.bytes) })
+        family("vexfs_stack_budget_exceeded_total", "counter", "Handler runs that used more stack than the budget.",
+               [("", report.excesses)])
+        if let first = report.firstExcess {
+            family("vexfs_stack_first_excess_bytes", "gauge", "The first handler run over the budget, and how deep it went.",
+                   [("handler=\"\(first.handler)\"", first.bytes)])
+        }
+        family("vexfs_inodes", "gauge", "Files and directories the kernel currently remembers.", [("", store.inodes.count)])
+        family("vexfs_inode_descriptors_open", "gauge", "O_PATH descriptors held for them (bounded by the budget).",
+               [("", store.inodes.descriptors.openCount)])
+        return out
+    }
+
+    /// The stats, frozen at open, as an open file of their own.
+    func openStats() throws(Errno) -> OpenFile {
+        let text = renderStats()
+        let fd = text.withCString { vx_memfd_with("vexfs-stats", $0, strlen($0)) }
+        guard fd >= 0 else { throw Errno(rawValue: errno) }
+        return OpenFile(contents: fd)
+    }
+}
+
+import SystemPackage
