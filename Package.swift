@@ -37,7 +37,7 @@ let package = Package(
         .executableTarget(
             name: "vexfs",
             dependencies: [
-                "VexFUSE", "VexStore", "VexKernels",
+                "VexFUSE", "VexStore", "VexKernels", "VexMemory", "CMemory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

@@ -1,4 +1,5 @@
 """Mounting, detaching, signals, unmounting, persistence across remounts, and the errors a user can make."""
+import json
 import os
 import signal
 import subprocess
@@ -151,3 +152,12 @@ def test_missing_dev_fuse(tmp_path):
     assert r.returncode != 0
     assert "/dev/fuse" in r.stderr and r.stderr.strip().count("\n") == 0
     assert not is_mounted(tmp_path / "mp")
+
+
+def test_simd_path_can_be_forced_and_a_missing_one_is_an_error():
+    fast = ["bench", "kernels", "--scan-rows", "1000", "--dims", "16", "--trials", "1", "--json"]
+    r = subprocess.run([VEXFS, *fast], capture_output=True, text=True, timeout=120, env={**os.environ, "VEXFS_SIMD": "scalar"})
+    assert r.returncode == 0, r.stderr
+    assert {json.loads(l)["path"] for l in r.stdout.splitlines() if '"scan"' in l} == {"scalar"}
+    r = subprocess.run([VEXFS, *fast], capture_output=True, text=True, timeout=120, env={**os.environ, "VEXFS_SIMD": "sse9"})
+    assert r.returncode != 0 and "VEXFS_SIMD=sse9" in r.stderr and "Traceback" not in r.stderr

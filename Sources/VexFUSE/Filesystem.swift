@@ -18,7 +18,9 @@ final class Filesystem: Sendable {
     init(store: Store, options: MountOptions) {
         self.store = store
         self.options = options
-        pool = BufferPool()
+        var poolConfiguration = BufferPool.Configuration()
+        poolConfiguration.preallocated = options.poolBuffers
+        pool = BufferPool(poolConfiguration)
         stack = StackBudget(budget: options.stackBudget, handlerNames: Operation.names)
     }
 

@@ -19,6 +19,7 @@
 // handle is serialised by the kernel. Filesystem logic is in VexStore; this module only translates.
 import CFuse
 import Glibc
+import VexMemory
 
 /// What a mount asks of the kernel, parsed once from `-o` and the command line.
 public struct MountOptions: Sendable, Equatable {
@@ -42,6 +43,8 @@ public struct MountOptions: Sendable, Equatable {
     /// an excess in `.vexfs/stats`.
     public var stackSize = 256 * 1024
     public var stackBudget = 64 * 1024
+    /// Buffers preallocated in the 1, 4 and 16 KiB tiers of the scratch pool.
+    public var poolBuffers = BufferPool.Configuration().preallocated
     /// Options passed on to the kernel mount (allow_other, ro, ...).
     public var kernelOptions: [String] = []
 
@@ -82,6 +85,10 @@ public struct MountOptions: Sendable, Equatable {
             case "stack_budget":
                 guard let value, let n = Int(value), n >= 4096 else { throw .badValue(option) }
                 stackBudget = n
+            case "pool_buffers":
+                let counts = (value ?? "").split(separator: ":").compactMap { Int($0) }
+                guard counts.count == 3, counts.allSatisfy({ $0 >= 0 && $0 <= 1 << 20 }) else { throw .badValue(option) }
+                poolBuffers = counts
             case "descriptor_budget":
                 guard let value, let n = Int(value), n >= 16 else { throw .badValue(option) }
                 descriptorBudget = n

@@ -7,6 +7,7 @@
 // is zero) for float32; squared L2 and inner product for int8, exactly, in Int32. Each comes in a
 // one-to-one form and a one-query-against-N-contiguous-vectors form (the flat-scan shape).
 import CKernels
+import Glibc
 
 public enum SIMDPath: String, CaseIterable, Sendable, CustomStringConvertible {
     case scalar, avx2, avx512
@@ -84,6 +85,12 @@ public struct DistanceKernels: Sendable {
                 l2SquaredInt8Scan = vx_l2sq_i8_many_avx512; dotInt8Scan = vx_dot_i8_many_avx512
             }
         }
+    }
+
+    /// This process's kernels: VEXFS_SIMD's path, or the widest this machine supports; read once.
+    public static let forProcess: Result<DistanceKernels, KernelError> = Result {
+        () throws(KernelError) -> DistanceKernels in
+        try select(environment: getenv("VEXFS_SIMD").map { String(cString: $0) })
     }
 
     /// The path named by VEXFS_SIMD in `environment`, or the widest this machine supports.

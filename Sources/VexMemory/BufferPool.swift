@@ -53,16 +53,19 @@ public final class BufferPool: @unchecked Sendable {
     private let outstanding = Mutex<Set<UInt>>([])
     private let caches = Mutex<[ThreadCache]>([])
     private let fallthroughs = Atomic<Int>(0)
-    private var key = pthread_key_t()
+    /// Set once in init; a `let`, as a stored `var` would cost an exclusivity check per access.
+    private let key: pthread_key_t
 
     public init(_ configuration: Configuration = Configuration()) {
         self.configuration = configuration
         nodeLocal = vx_numa_nodes() > 1
         shared = Tier.allCases.map { _ in SharedList() }
+        var key = pthread_key_t()
         pthread_key_create(&key) { cache in
             // The thread is ending: its buffers go back to the shared lists.
             Unmanaged<ThreadCache>.fromOpaque(cache!).takeRetainedValue().returnAll()
         }
+        self.key = key
         for tier in Tier.allCases where configuration.preallocated[tier.rawValue] > 0 {
             giveShared(tier, grow(tier, count: configuration.preallocated[tier.rawValue])[...])
         }
@@ -77,7 +80,7 @@ public final class BufferPool: @unchecked Sendable {
             guard posix_memalign(&p, 64, bytes) == 0, let p else { fatalError("out of memory (\(bytes) bytes)") }
             return Buffer(pointer: p, capacity: bytes, tier: nil)
         }
-        let pointer = threadCache().take(tier)
+        let pointer = withThreadCache { $0.take(tier) }
         #if DEBUG
         let address = UInt(bitPattern: pointer)
         outstanding.withLock { _ = $0.insert(address) }
@@ -97,7 +100,7 @@ public final class BufferPool: @unchecked Sendable {
         let address = UInt(bitPattern: buffer.pointer)
         outstanding.withLock { _ = $0.remove(address) }
         #endif
-        threadCache().put(buffer.pointer, tier)
+        withThreadCache { $0.put(buffer.pointer, tier) }
     }
 
     /// Runs `body` with a buffer of at least `bytes`, returned afterwards.
@@ -144,13 +147,20 @@ public final class BufferPool: @unchecked Sendable {
 
     // MARK: internals
 
+    /// Runs `body` on this thread's cache without retaining it: the thread-specific slot owns it.
     @inline(__always)
-    private func threadCache() -> ThreadCache {
-        if let raw = pthread_getspecific(key) { return Unmanaged<ThreadCache>.fromOpaque(raw).takeUnretainedValue() }
+    private func withThreadCache<R>(_ body: (ThreadCache) -> R) -> R {
+        let raw = pthread_getspecific(key) ?? makeThreadCache()
+        return Unmanaged<ThreadCache>.fromOpaque(raw)._withUnsafeGuaranteedRef(body)
+    }
+
+    @inline(never)
+    private func makeThreadCache() -> UnsafeMutableRawPointer {
         let cache = ThreadCache(pool: self)
-        pthread_setspecific(key, Unmanaged.passRetained(cache).toOpaque())
+        let raw = Unmanaged.passRetained(cache).toOpaque()
+        pthread_setspecific(key, raw)
         caches.withLock { $0.append(cache) }
-        return cache
+        return raw
     }
 
     /// New buffers for `tier`, carved from one new slab.
@@ -177,58 +187,92 @@ public final class BufferPool: @unchecked Sendable {
     }
 }
 
-/// One thread's buffers, per tier; only its thread touches the lists, so no lock. The counters are
-/// atomics with a single writer, read by `statistics()`.
+/// One thread's buffers: a fixed stack of addresses per tier. Only its thread touches the stacks,
+/// so no lock and no reference counting on the fast path. The counters have a single writer
+/// (plain load and store) and are read by `statistics()`.
 final class ThreadCache: @unchecked Sendable {
     private let pool: BufferPool
-    private var lists: [[UnsafeMutableRawPointer]]
+    private let capacity: Int
+    /// Three stacks of `capacity` slots each, tier after tier; `counts[t]` are in use. Raw memory,
+    /// not stored `var`s: a class's stored properties pay a run-time exclusivity check per access.
+    private let slots: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    private let counts: UnsafeMutablePointer<Int>
     let hits = TierCounters()
     let misses = TierCounters()
 
     init(pool: BufferPool) {
         self.pool = pool
-        lists = BufferPool.Tier.allCases.map { _ in
-            var l: [UnsafeMutableRawPointer] = []
-            l.reserveCapacity(pool.configuration.threadCacheCapacity)
-            return l
-        }
+        capacity = max(2, pool.configuration.threadCacheCapacity)
+        slots = .allocate(capacity: 3 * capacity)
+        slots.initialize(repeating: nil, count: 3 * capacity)
+        counts = .allocate(capacity: 3)
+        counts.initialize(repeating: 0, count: 3)
     }
+
+    deinit {
+        slots.deallocate()
+        counts.deallocate()
+    }
+
+    @inline(__always) private func count(_ t: Int) -> Int { counts[t] }
+    @inline(__always) private func setCount(_ t: Int, _ n: Int) { counts[t] = n }
 
     @inline(__always)
     func take(_ tier: BufferPool.Tier) -> UnsafeMutableRawPointer {
         let t = tier.rawValue
-        if let p = lists[t].popLast() {
+        let n = count(t)
+        if n > 0 {
+            setCount(t, n - 1)
             hits.bump(t)
-            return p
+            return slots[t * capacity + n - 1].unsafelyUnwrapped
         }
-        // Refill half a cache from the shared list; only when that is empty is it a miss (new slab).
-        var refill = pool.takeShared(tier, upTo: max(1, pool.configuration.threadCacheCapacity / 2))
-        if refill.isEmpty {
+        return refill(tier)
+    }
+
+    /// The cache is empty: take half a cache from the shared list; only when that is empty too is it
+    /// a miss (a new slab).
+    @inline(never)
+    private func refill(_ tier: BufferPool.Tier) -> UnsafeMutableRawPointer {
+        let t = tier.rawValue
+        var fresh = pool.takeShared(tier, upTo: capacity / 2)
+        if fresh.isEmpty {
             misses.bump(t)
-            refill = pool.grow(tier, count: max(1, pool.configuration.threadCacheCapacity / 2))
+            fresh = pool.grow(tier, count: capacity / 2)
         } else {
             hits.bump(t)
         }
-        let p = refill.removeLast()
-        lists[t].append(contentsOf: refill)
+        let p = fresh.removeLast()
+        for (k, q) in fresh.enumerated() { slots[t * capacity + k] = q }
+        setCount(t, fresh.count)
         return p
     }
 
     @inline(__always)
     func put(_ p: UnsafeMutableRawPointer, _ tier: BufferPool.Tier) {
         let t = tier.rawValue
-        lists[t].append(p)
-        let capacity = pool.configuration.threadCacheCapacity
-        if lists[t].count > capacity {
-            pool.giveShared(tier, lists[t][(capacity / 2)...])
-            lists[t].removeLast(lists[t].count - capacity / 2)
-        }
+        let n = count(t)
+        if n == capacity { spill(tier) }
+        let m = count(t)
+        slots[t * capacity + m] = p
+        setCount(t, m + 1)
+    }
+
+    /// The cache is full: hand the top half back to the shared list.
+    @inline(never)
+    private func spill(_ tier: BufferPool.Tier) {
+        let t = tier.rawValue
+        let keep = capacity / 2
+        let base = slots + t * capacity
+        pool.giveShared(tier, (keep..<capacity).map { base[$0].unsafelyUnwrapped }[...])
+        setCount(t, keep)
     }
 
     func returnAll() {
-        for tier in BufferPool.Tier.allCases where !lists[tier.rawValue].isEmpty {
-            pool.giveShared(tier, lists[tier.rawValue][...])
-            lists[tier.rawValue].removeAll()
+        for tier in BufferPool.Tier.allCases {
+            let t = tier.rawValue
+            let base = slots + t * capacity
+            pool.giveShared(tier, (0..<count(t)).map { base[$0].unsafelyUnwrapped }[...])
+            setCount(t, 0)
         }
     }
 }

@@ -15,7 +15,8 @@ public final class StackBudget: @unchecked Sendable {
     private let highWater: Mutex<[Int]>
     private let excesses = Atomic<Int>(0)
     private let firstExcess = Mutex<(handler: String, bytes: Int)?>(nil)
-    private var key = pthread_key_t()
+    /// Set once in init; a `let`, as a stored `var` would cost an exclusivity check per access.
+    private let key: pthread_key_t
     /// Stay clear of the monitor's own frame and of the red zone below it.
     private static let margin: UInt = 512
     private static let intactRun = 1024
@@ -24,9 +25,11 @@ public final class StackBudget: @unchecked Sendable {
         self.budget = budget
         self.handlerNames = handlerNames
         highWater = Mutex(Array(repeating: 0, count: handlerNames.count))
+        var key = pthread_key_t()
         pthread_key_create(&key) { state in
             Unmanaged<ThreadStack>.fromOpaque(state!).release()
         }
+        self.key = key
     }
 
     /// Runs handler number `handler`'s `body` and records its stack depth.
@@ -69,8 +72,9 @@ public final class StackBudget: @unchecked Sendable {
                 return true
             }
             if first {
-                let line = "vexfs: handler \(handlerNames[handler]) used \(depth) bytes of stack, over the budget of \(budget)\n"
-                _ = line.withCString { write(2, $0, strlen($0)) }
+                let line = "vexfs: handler \(handlerNames[handler]) used \(depth) bytes of stack, over the budget of \(budget)"
+                vx_log_warning(line)
+                _ = (line + "\n").withCString { write(2, $0, strlen($0)) }
             }
         }
         // Only a new per-thread maximum reaches the shared table.
@@ -98,7 +102,7 @@ public final class StackBudget: @unchecked Sendable {
 final class ThreadStack: @unchecked Sendable {
     let floor: UInt
     let top: UInt
-    var published: [Int]
+    var published: [Int]  // touched only when a handler went deeper than the thread's last mark
 
     init(floor: UInt, top: UInt, handlers: Int) {
         self.floor = floor

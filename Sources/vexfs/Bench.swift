@@ -5,9 +5,11 @@
 import ArgumentParser
 import Glibc
 import VexKernels
+import CMemory
+import VexMemory
 
 struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Micro-benchmarks.", subcommands: [Kernels.self])
+    static let configuration = CommandConfiguration(abstract: "Micro-benchmarks.", subcommands: [Kernels.self, Pool.self])
 }
 
 struct Kernels: ParsableCommand {
@@ -25,7 +27,13 @@ struct Kernels: ParsableCommand {
 
     func run() throws {
         var rows: [Row] = []
-        let paths = DistanceKernels.supportedPaths.map { try! DistanceKernels(path: $0) }
+        // VEXFS_SIMD narrows the run to one path; without it, every path this machine has.
+        let paths: [DistanceKernels]
+        if getenv("VEXFS_SIMD") != nil {
+            do { paths = [try DistanceKernels.forProcess.get()] } catch { throw UserError(error.description) }
+        } else {
+            paths = DistanceKernels.supportedPaths.map { try! DistanceKernels(path: $0) }
+        }
         func emit(_ r: Row) {
             rows.append(r)
             if json {
@@ -64,13 +72,16 @@ struct Kernels: ParsableCommand {
             }
         }
 
-        // In cache: 64 vectors against one query, repeated; both vectors' bytes count.
+        // In cache: one query against as many vectors as fit in 256 KiB (at least 64), repeated;
+        // both vectors' bytes count. benchmarks/kernels/run.py gives SimSIMD the same shape.
         for dim in dims {
-            let count = 64
+            let count = inCacheRows(dim: dim, elementSize: 4)
+            let count8 = inCacheRows(dim: dim, elementSize: 1)
             let a = (0..<dim).map { _ in Float.random(in: -1...1, using: &rng) }
-            let b = (0..<count * dim).map { _ in Float.random(in: -1...1, using: &rng) }
+            let b = (0..<max(count, count8) * dim).map { _ in Float.random(in: -1...1, using: &rng) }
             let a8 = a.map { Int8(clamping: Int($0 * 127)) }, b8 = b.map { Int8(clamping: Int($0 * 127)) }
             let calls = max(1, 40_000_000 / (dim * count))
+            let calls8 = max(1, 40_000_000 / (dim * count8))
             for k in paths {
                 let floats: [(String, FloatKernel)] = [("l2sq_f32", k.l2Squared), ("dot_f32", k.dot), ("cos_f32", k.cosineDistance)]
                 for (name, kernel) in floats {
@@ -98,15 +109,15 @@ struct Kernels: ParsableCommand {
                         b8.withUnsafeBufferPointer { pb in
                             median((0..<trials).map { _ in
                                 time {
-                                    for _ in 0..<calls {
-                                        for i in 0..<count { sink &+= kernel(pa.baseAddress, pb.baseAddress! + i * dim, dim) }
+                                    for _ in 0..<calls8 {
+                                        for i in 0..<count8 { sink &+= kernel(pa.baseAddress, pb.baseAddress! + i * dim, dim) }
                                     }
                                 }
                             })
                         }
                     }
                     keep(Float(sink))
-                    let pairs = Double(calls * count)
+                    let pairs = Double(calls8 * count8)
                     emit(Row(test: "in-cache", kernel: name, path: k.path.rawValue, dim: dim,
                              vectorsPerSecond: pairs / t, gigabytesPerSecond: pairs * Double(2 * dim) / t / 1e9))
                 }
@@ -119,6 +130,9 @@ func pad(_ s: String, _ width: Int, right: Bool = false) -> String {
     let fill = String(repeating: " ", count: max(0, width - s.count))
     return right ? fill + s : s + fill
 }
+
+/// Vectors of `dim` elements that fit in 256 KiB (an L2 cache's share), at least 64.
+func inCacheRows(dim: Int, elementSize: Int) -> Int { max(64, 262_144 / (dim * elementSize)) }
 
 /// Seconds taken by `body`, from the monotonic clock.
 func time(_ body: () -> Void) -> Double {
@@ -137,4 +151,70 @@ func median(_ xs: [Double]) -> Double {
 /// Keeps a result alive so the optimiser cannot drop the work that made it.
 @inline(never) func keep(_ x: Float) {
     if x.isNaN && x.sign == .minus && x.significandBitPattern == 1 { print("") }
+}
+
+/// `vexfs bench pool`: acquire+release of one buffer per tier, against malloc+free and
+/// posix_memalign(64)+free of the same size, on 1 and 2 threads at once (nanoseconds per pair,
+/// median of the trials; each thread runs the same loop).
+struct Pool: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Buffer pool against malloc and posix_memalign.")
+
+    @Option(help: "Acquire/release pairs per thread per trial.") var pairs = 5_000_000
+    @Option(help: "Timed trials per figure; the median is reported.") var trials = 5
+
+    func run() throws {
+        let pool = BufferPool()
+        print("| size | threads | pool ns | malloc ns | posix_memalign ns | pool vs malloc | pool vs posix_memalign |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for tier in BufferPool.Tier.allCases {
+            let size = tier.size
+            for threads in [1, 2] {
+                let n = pairs
+                let poolNs = measurePairs(threads, n, trials) {
+                    for _ in 0..<n {
+                        let b = pool.acquire(size)
+                        vx_escape(b.pointer)
+                        pool.release(b)
+                    }
+                }
+                let mallocNs = measurePairs(threads, n, trials) {
+                    for _ in 0..<n {
+                        let p = malloc(size)!
+                        vx_escape(p)
+                        free(p)
+                    }
+                }
+                let alignedNs = measurePairs(threads, n, trials) {
+                    for _ in 0..<n {
+                        var p: UnsafeMutableRawPointer?
+                        _ = posix_memalign(&p, 64, size)
+                        vx_escape(p)
+                        free(p)
+                    }
+                }
+                func f(_ x: Double) -> String { String(Double(Int(x * 10)) / 10) }
+                print("| \(size) | \(threads) | \(f(poolNs)) | \(f(mallocNs)) | \(f(alignedNs)) | \(f(mallocNs / poolNs))x | \(f(alignedNs / poolNs))x |")
+            }
+        }
+    }
+
+    /// Median nanoseconds per pair with `threads` threads each running `body` (n pairs).
+    private func measurePairs(_ threads: Int, _ n: Int, _ trials: Int, _ body: @escaping @Sendable () -> Void) -> Double {
+        median((0..<trials).map { _ in time { runThreads(threads, body) } * 1e9 / Double(n) })
+    }
+}
+
+/// Runs `body` on `count` threads at once and waits for them.
+func runThreads(_ count: Int, _ body: @escaping @Sendable () -> Void) {
+    final class Box: @unchecked Sendable { let f: @Sendable () -> Void; init(_ f: @escaping @Sendable () -> Void) { self.f = f } }
+    var ids: [pthread_t] = []
+    for _ in 0..<count {
+        var t = pthread_t()
+        pthread_create(&t, nil, { arg in
+            Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().f()
+            return nil
+        }, Unmanaged.passRetained(Box(body)).toOpaque())
+        ids.append(t)
+    }
+    for t in ids { pthread_join(t, nil) }
 }

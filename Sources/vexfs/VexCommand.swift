@@ -27,7 +27,7 @@ struct Mount: ParsableCommand {
     @Argument(help: "Where the filesystem appears.") var mountpoint: String
     @Flag(name: .short, help: "Stay in the foreground.") var foreground = false
     @Option(help: "Most FUSE worker threads (default: libfuse's).") var threads: Int?
-    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, descriptor_budget=N, and kernel options such as allow_other or ro.")
+    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, and kernel options such as allow_other or ro.")
     var options: [String] = []
 
     func run() throws {

@@ -13,8 +13,10 @@ unlinks. --workdir DIR uses an existing directory instead.
 """
 import argparse
 import json
+import re
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -94,6 +96,8 @@ def make_disk(size):
 
 
 def main():
+    # Ctrl-C and kill both leave through the finally below, which unmounts and removes the disk.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ap = argparse.ArgumentParser()
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--runtime", type=int, default=5)
@@ -147,6 +151,7 @@ def main():
             subprocess.run(["sync"])
             Path("/proc/sys/vm/drop_caches").write_text("2\n")
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
+        stats = (vmnt / ".vexfs" / "stats").read_text()
     finally:
         for m in (vmnt, pmnt):
             if is_mounted(m):
@@ -181,6 +186,13 @@ def main():
     for n in notes:
         print(f"\n- {n}", end="")
     print()
+    # What the stack-budget monitor saw on vexfs's worker threads over the whole run.
+    marks = sorted(((int(float(v)), h) for h, v in re.findall(r'vexfs_stack_high_water_bytes\{handler="(\w+)"\} (\S+)', stats)
+                    if float(v) > 0), reverse=True)
+    budget = re.search(r"^vexfs_stack_budget_bytes (\S+)", stats, re.M).group(1)
+    excess = re.search(r"^vexfs_stack_budget_exceeded_total (\S+)", stats, re.M).group(1)
+    print(f"\nvexfs stack high-water marks over this run (budget {budget} bytes, runs over budget: {excess}):")
+    print(", ".join(f"{h} {b}" for b, h in marks))
 
 
 if __name__ == "__main__":

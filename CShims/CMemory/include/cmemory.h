@@ -23,4 +23,10 @@ void vx_stack_paint(uintptr_t low, uintptr_t high);
 /// first `run` bytes of intact paint, or at `low`. Returns `from` when nothing below was touched.
 uintptr_t vx_stack_deepest(uintptr_t low, uintptr_t from, size_t run);
 
+/// Makes `p` escape, so a benchmark's malloc/free pair cannot be optimised away.
+void vx_escape(void *p);
+
+/// One warning line to syslog (a detached daemon has no terminal).
+void vx_log_warning(const char *line);
+
 #endif
