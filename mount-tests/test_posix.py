@@ -7,6 +7,7 @@ import hashlib
 import os
 import re
 import stat
+import struct
 import subprocess
 from pathlib import Path
 
@@ -484,7 +485,7 @@ def parse_prometheus(text):
     for line in text.splitlines():
         if line.startswith("# HELP ") or line.startswith("# TYPE "):
             continue
-        m = re.fullmatch(r'([a-z_]+)(?:\{([^}]*)\})? (-?\d+(?:\.\d+)?)', line)
+        m = re.fullmatch(r'([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{([^}]*)\})? (-?\d+(?:\.\d+)?)', line)
         assert m, f"not Prometheus text: {line!r}"
         samples[(m.group(1), m.group(2) or "")] = float(m.group(3))
     return samples
@@ -506,6 +507,7 @@ def test_stats_report_pool_and_stack(mnt):
         assert 0 < mark < s[("vexfs_stack_budget_bytes", "")], handler
     assert s[("vexfs_stack_budget_exceeded_total", "")] == 0
     assert s[("vexfs_inodes", "")] >= 50
+    assert s[("vexfs_fuse_killpriv_v2", "")] == 1, "this kernel offers FUSE_HANDLE_KILLPRIV_V2"
     # Made anew at each open.
     (mnt.root / "more").write_text("")
     again = parse_prometheus((mnt.root / ".vexfs" / "stats").read_text())
@@ -594,3 +596,46 @@ def test_more_files_in_use_than_descriptors(make_mount):
     assert os.stat(m.root / "hard").st_nlink == 2
     fds = len(os.listdir(f"/proc/{m.pid}/fd"))
     assert fds < 64 + 40, f"the daemon holds {fds} descriptors"
+
+
+# A VFS capability blob (revision 2, effective, CAP_NET_BIND_SERVICE permitted).
+CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
+
+
+def test_unprivileged_writes_drop_set_id_bits_and_capabilities(mnt, plain):
+    """vexfs takes over dropping privileges from the kernel (FUSE_HANDLE_KILLPRIV_V2): an
+    unprivileged write, truncate or truncating open must drop them exactly as on a local filesystem."""
+    for d in list(mnt.root.parents)[:3]:
+        os.chmod(d, 0o755)
+    os.chmod(plain.parent, 0o755)
+    as_user = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
+
+    def steps(root):
+        os.chmod(root, 0o777)
+        r = []
+        for name, how in [("w", "echo more >> {}"), ("t", "truncate -s 1 {}"), ("o", ": > {}")]:
+            p = root / name
+            p.write_text("data\n")
+            os.chmod(p, 0o6777)
+            os.setxattr(p, "security.capability", CAPABILITY)
+            # Writes by root keep them.
+            with open(p, "a") as f:
+                f.write("root\n")
+            r.append((name, "root", oct(stat.S_IMODE(os.stat(p).st_mode)), "security.capability" in os.listxattr(p)))
+            subprocess.run(as_user + ["sh", "-c", how.format(p)], check=True)
+            r.append((name, "user", oct(stat.S_IMODE(os.stat(p).st_mode)), "security.capability" in os.listxattr(p)))
+            # Set again through the mount: the next unprivileged write must see them again.
+            os.chmod(p, 0o6777)
+            subprocess.run(as_user + ["sh", "-c", f"echo again >> {p}"], check=True)
+            r.append((name, "again", oct(stat.S_IMODE(os.stat(p).st_mode))))
+        return r
+
+    same_on_both(steps, mnt, plain)
+
+
+def test_killpriv_can_be_turned_off(make_mount):
+    m = make_mount("-o", "no_killpriv")
+    m.mount()
+    (m.root / "f").write_text("x")
+    assert (m.root / "f").read_text() == "x"
+    assert parse_prometheus((m.root / ".vexfs" / "stats").read_text())[("vexfs_fuse_killpriv_v2", "")] == 0

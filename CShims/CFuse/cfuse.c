@@ -1,9 +1,16 @@
 // Trampolines from libfuse's low-level ops to the Swift handler table, plus session plumbing.
 // Nothing here knows what vexfs does with a request.
+#define _GNU_SOURCE
 #include "cfuse.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fuse.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 struct vexfs_session {
     struct fuse_session *se;
@@ -12,6 +19,10 @@ struct vexfs_session {
     void *userdata;
     int mounted;
     int signals;
+    // The INIT exchange, seen on the device (see "killpriv" below).
+    _Atomic uint64_t init_unique;
+    _Atomic int kernel_offers_killpriv_v2;
+    _Atomic int killpriv_v2;
 };
 
 // libfuse passes our userdata to every request; the session pointer is reached through it.
@@ -163,10 +174,82 @@ vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs
     return s;
 }
 
+// killpriv: with writeback or write-through caching alike, the kernel asks the filesystem for
+// "security.capability" before every write(2), to know whether the write must drop privileges.
+// When the filesystem takes that duty itself (FUSE_HANDLE_KILLPRIV_V2), the kernel marks the
+// superblock SB_NOSEC and stops asking: one round trip less per write. libfuse 3.14 cannot
+// negotiate that flag, so the bridge does it on the device: it watches for the kernel's INIT
+// request and, if the kernel offers the flag, adds it to libfuse's INIT reply. The handlers then
+// drop set-id bits and capabilities themselves (vexfs_session_killpriv_v2 tells them to).
+static ssize_t vx_dev_read(int fd, void *buf, size_t len, void *userdata) {
+    struct vexfs_session *s = userdata;
+    ssize_t n = read(fd, buf, len);
+    if (n >= (ssize_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in))) {
+        const struct fuse_in_header *in = buf;
+        if (in->opcode == FUSE_INIT) {
+            const struct fuse_init_in *init = (const void *)(in + 1);
+            atomic_store(&s->kernel_offers_killpriv_v2, (init->flags & FUSE_HANDLE_KILLPRIV_V2) != 0);
+            atomic_store(&s->init_unique, in->unique);
+        }
+    }
+    return n;
+}
+
+static ssize_t vx_dev_writev(int fd, struct iovec *iov, int count, void *userdata) {
+    struct vexfs_session *s = userdata;
+    uint64_t init_unique = atomic_load(&s->init_unique);
+    if (init_unique != 0 && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
+        const struct fuse_out_header *out = iov[0].iov_base;
+        if (out->unique == init_unique && out->error == 0 && iov[1].iov_len >= offsetof(struct fuse_init_out, max_background)) {
+            atomic_store(&s->init_unique, 0);
+            if (s->config.killpriv_v2 && atomic_load(&s->kernel_offers_killpriv_v2)) {
+                struct fuse_init_out patched;
+                size_t len = iov[1].iov_len < sizeof patched ? iov[1].iov_len : sizeof patched;
+                memcpy(&patched, iov[1].iov_base, len);
+                patched.flags |= FUSE_HANDLE_KILLPRIV_V2;
+                struct iovec copy[count];
+                memcpy(copy, iov, sizeof(struct iovec) * (size_t)count);
+                copy[1].iov_base = &patched;
+                ssize_t n = writev(fd, copy, count);
+                if (n >= 0) atomic_store(&s->killpriv_v2, 1);
+                return n;
+            }
+        }
+    }
+    return writev(fd, iov, count);
+}
+
+static ssize_t vx_dev_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
+                                     unsigned int flags, void *userdata) {
+    (void)userdata;
+    return splice(fdin, offin, fdout, offout, len, flags);
+}
+
+static ssize_t vx_dev_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
+                                  unsigned int flags, void *userdata) {
+    (void)userdata;
+    return splice(fdin, offin, fdout, offout, len, flags);
+}
+
+static const struct fuse_custom_io vx_dev_io = {
+    .writev = vx_dev_writev,
+    .read = vx_dev_read,
+    .splice_receive = vx_dev_splice_receive,
+    .splice_send = vx_dev_splice_send,
+};
+
 int vexfs_session_mount(vexfs_session *s, const char *mountpoint) {
     if (fuse_session_mount(s->se, mountpoint) != 0) return -1;
     s->mounted = 1;
+    // The device is open now; route its traffic through the bridge to see INIT.
+    if (fuse_session_custom_io(s->se, &vx_dev_io, fuse_session_fd(s->se)) != 0) return -1;
     return 0;
+}
+
+int vexfs_session_killpriv_v2(const vexfs_session *s) { return atomic_load(&((struct vexfs_session *)s)->killpriv_v2); }
+
+int vexfs_req_killpriv_v2(fuse_req_t req) {
+    return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->killpriv_v2);
 }
 
 int vexfs_session_set_signal_handlers(vexfs_session *s) {

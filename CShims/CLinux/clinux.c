@@ -115,3 +115,6 @@ int vx_memfd_with(const char *name, const void *data, size_t length) {
     lseek(fd, 0, SEEK_SET);
     return fd;
 }
+
+int vx_fremovexattr(int fd, const char *name) { return fremovexattr(fd, name); }
+ssize_t vx_fgetxattr(int fd, const char *name, void *value, size_t size) { return fgetxattr(fd, name, value, size); }

@@ -144,6 +144,9 @@ enum Handlers {
             // A handle comes with the request when the kernel had the file open (ftruncate, futimens);
             // on a directory it is a DirectoryStream, which the store does not need.
             let file = fi != nil && !inode.isDirectory ? Filesystem.handle(fi, as: OpenFile.self) : nil
+            if change.size != nil && vexfs_req_killpriv_v2(req) != 0 && caller(req).uid != 0 {
+                try fs.store.dropPrivileges(inode, openFile: file?.fd)
+            }
             fs.reply(req, attributes: try fs.store.setAttributes(inode, change, openFile: file))
         } catch { reply(req, error: error) }
     }
@@ -173,12 +176,13 @@ enum Handlers {
         do throws(Errno) {
             if ino == VirtualNode.stats {
                 guard fi!.pointee.flags & O_ACCMODE == O_RDONLY, fi!.pointee.flags & O_TRUNC == 0 else { throw .permissionDenied }
-                Filesystem.store(try fs.openStats(), in: fi)
+                Filesystem.store(try fs.openStats(req), in: fi)
                 vexfs_fi_set_open_flags(fi, 1, 0)  // made anew at each open: no page cache, no size
                 if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
                 return
             }
             let file = try fs.store.open(try fs.inode(ino), flags: fs.backingOpenFlags(fi!.pointee.flags))
+            if fi!.pointee.flags & O_TRUNC != 0, let error = dropPrivilegesIfOurs(req, file) { throw error }
             Filesystem.store(file, in: fi)
             vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
             if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
@@ -209,6 +213,10 @@ enum Handlers {
     static func writeBuf(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ bufv: UnsafeMutablePointer<fuse_bufvec>?, _ off: off_t,
                          _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let file = Filesystem.handle(fi, as: OpenFile.self)
+        if let error = dropPrivilegesIfOurs(req, file) {
+            reply(req, error: error)
+            return
+        }
         let n = vexfs_write_bufvec_to_fd(bufv, file.fd, off)
         if n < 0 {
             fuse_reply_err(req, Int32(-n))
@@ -248,6 +256,10 @@ enum Handlers {
     static func fallocate(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ mode: Int32, _ off: off_t, _ len: off_t,
                           _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let file = Filesystem.handle(fi, as: OpenFile.self)
+        if let error = dropPrivilegesIfOurs(req, file) {
+            reply(req, error: error)
+            return
+        }
         let status = vx_fallocate(file.fd, mode, Int64(off), Int64(len))
         if status == 0 { file.wasWritten.store(true, ordering: .relaxed) }
         reply(req, status: status)
@@ -257,6 +269,10 @@ enum Handlers {
                               _ inoOut: fuse_ino_t, _ offOut: off_t, _ fiOut: UnsafeMutablePointer<fuse_file_info>?,
                               _ len: Int, _ flags: Int32) {
         let source = Filesystem.handle(fiIn, as: OpenFile.self), target = Filesystem.handle(fiOut, as: OpenFile.self)
+        if let error = dropPrivilegesIfOurs(req, target) {
+            reply(req, error: error)
+            return
+        }
         var from = Int64(offIn), to = Int64(offOut)
         let n = vx_copy_file_range(source.fd, &from, target.fd, &to, len, UInt32(flags))
         if n < 0 {
@@ -271,6 +287,18 @@ enum Handlers {
         let file = Filesystem.handle(fi, as: OpenFile.self)
         let pos = Glibc.lseek(file.fd, off, whence)
         if pos < 0 { fuse_reply_err(req, errno) } else { fuse_reply_lseek(req, pos) }
+    }
+
+    /// Under FUSE_HANDLE_KILLPRIV_V2 the kernel no longer drops privileges when an unprivileged
+    /// caller writes; vexfs does. (The kernel's test is CAP_FSETID; root's uid stands for it here.)
+    @inline(__always)
+    static func dropPrivilegesIfOurs(_ req: fuse_req_t?, _ file: OpenFile) -> Errno? {
+        guard let inode = file.inode, !inode.knownUnprivileged.load(ordering: .relaxed),
+              vexfs_req_killpriv_v2(req) != 0, caller(req).uid != 0 else { return nil }
+        do throws(Errno) {
+            try fs(req).store.dropPrivileges(inode, openFile: file.fd)
+            return nil
+        } catch { return error }
     }
 
     // MARK: directories

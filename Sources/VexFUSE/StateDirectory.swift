@@ -50,7 +50,7 @@ enum Operation: Int, CaseIterable {
 
 extension Filesystem {
     /// `.vexfs/stats`: Prometheus text exposition, made when the file is opened.
-    func renderStats() -> String {
+    func renderStats(_ req: fuse_req_t?) -> String {
         var out = ""
         func family(_ name: String, _ type: String, _ help: String, _ samples: [(labels: String, value: Int)]) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
@@ -78,6 +78,8 @@ extension Filesystem {
             family("vexfs_stack_first_excess_bytes", "gauge", "The first handler run over the budget, and how deep it went.",
                    [("handler=\"\(first.handler)\"", first.bytes)])
         }
+        family("vexfs_fuse_killpriv_v2", "gauge", "1 when vexfs drops privileges on write itself, sparing the kernel's per-write security.capability probe.",
+               [("", Int(vexfs_req_killpriv_v2(req)))])
         family("vexfs_inodes", "gauge", "Files and directories the kernel currently remembers.", [("", store.inodes.count)])
         family("vexfs_inode_descriptors_open", "gauge", "O_PATH descriptors held for them (bounded by the budget).",
                [("", store.inodes.descriptors.openCount)])
@@ -85,8 +87,8 @@ extension Filesystem {
     }
 
     /// The stats, frozen at open, as an open file of their own.
-    func openStats() throws(Errno) -> OpenFile {
-        let text = renderStats()
+    func openStats(_ req: fuse_req_t?) throws(Errno) -> OpenFile {
+        let text = renderStats(req)
         let fd = text.withCString { vx_memfd_with("vexfs-stats", $0, strlen($0)) }
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         return OpenFile(contents: fd)

@@ -33,6 +33,9 @@ public struct MountOptions: Sendable, Equatable {
     public var keepCache = true
     public var splice = true
     public var cloneFD = true
+    /// Take over dropping privileges on write (FUSE_HANDLE_KILLPRIV_V2), sparing the kernel's
+    /// security.capability probe before every write.
+    public var killprivV2 = true
     public var attrTimeout = 60.0
     public var entryTimeout = 60.0
     /// How long a "no such name" answer is cached; 0 because files may appear in STORE meanwhile.
@@ -73,6 +76,8 @@ public struct MountOptions: Sendable, Equatable {
             case "no_keep_cache": keepCache = false
             case "splice": splice = true
             case "no_splice": splice = false
+            case "killpriv": killprivV2 = true
+            case "no_killpriv": killprivV2 = false
             case "clone_fd": cloneFD = true
             case "no_clone_fd": cloneFD = false
             case "attr_timeout": attrTimeout = try seconds()

@@ -28,6 +28,9 @@ public final class Inode: @unchecked Sendable {
     /// The kernel asks for security.capability before every write under writeback caching; once the
     /// backing file is known to have none, the answer comes from here instead of a syscall.
     public let knownWithoutCapability = Atomic<Bool>(false)
+    /// Known to have neither set-id bits nor a security.capability attribute, so an unprivileged
+    /// write has nothing to drop (see `Store.dropPrivileges`).
+    public let knownUnprivileged = Atomic<Bool>(false)
 
     struct DescriptorState {
         var fd: Int32

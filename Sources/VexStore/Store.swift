@@ -188,6 +188,7 @@ public final class Store: Sendable {
 
     private func setAttributes(_ inode: Inode, _ path: Int32, _ change: AttributeChange, _ openFile: OpenFile?) throws(Errno) {
         if let mode = change.mode {
+            if mode & (S_ISUID | S_ISGID) != 0 { inode.knownUnprivileged.store(false, ordering: .relaxed) }
             try check(vx_chmod(path, mode))
         }
         if change.uid != nil || change.gid != nil {
@@ -215,6 +216,30 @@ public final class Store: Sendable {
             }
         }
     }
+
+    /// What a local filesystem does when an unprivileged user writes to or truncates a file: drop
+    /// set-user-id, set-group-id (where group execution is on) and security.capability. The kernel
+    /// leaves this to vexfs when it negotiated FUSE_HANDLE_KILLPRIV_V2. `fd` is the open file's
+    /// descriptor, or nil to reach the file through its inode.
+    public func dropPrivileges(_ inode: Inode, openFile fd: Int32?) throws(Errno) {
+        if inode.knownUnprivileged.load(ordering: .relaxed) || inode.fileType != S_IFREG { return }
+        try inodes.using(inode) { path throws(Errno) in
+            var st = stat()
+            try check(fd.map { fstat($0, &st) } ?? fstatat(path, "", &st, vx_AT_EMPTY_PATH))
+            var kill: mode_t = st.st_mode & S_ISUID
+            if st.st_mode & S_ISGID != 0 && st.st_mode & S_IXGRP != 0 { kill |= S_ISGID }
+            if kill != 0 {
+                let mode = st.st_mode & 0o7777 & ~kill
+                try check(fd.map { fchmod($0, mode) } ?? vx_chmod(path, mode))
+            }
+            let removed = fd.map { vx_fremovexattr($0, Store.capabilityName) } ?? vx_removexattr(path, Store.capabilityName)
+            if removed != 0 && errno != ENODATA && errno != ENOTSUP { throw Errno.current }
+        }
+        inode.knownWithoutCapability.store(true, ordering: .relaxed)
+        inode.knownUnprivileged.store(true, ordering: .relaxed)
+    }
+
+    public static let capabilityName = "security.capability"
 
     public func statfs(_ inode: Inode) throws(Errno) -> statvfs {
         var sv = statvfs()
@@ -282,6 +307,7 @@ public final class Store: Sendable {
     }
 
     public func setxattr(_ inode: Inode, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+        if strcmp(name, Store.capabilityName) == 0 { inode.knownUnprivileged.store(false, ordering: .relaxed) }
         try inodes.using(inode) { fd throws(Errno) in try check(vx_setxattr(fd, name, value.baseAddress, value.count, flags)) }
     }
 

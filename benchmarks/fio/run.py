@@ -159,7 +159,8 @@ def main():
         time.sleep(0.5)
         shutil.rmtree(work, ignore_errors=True)
         if disk:
-            subprocess.run(["umount", str(disk[0])])
+            if subprocess.run(["umount", str(disk[0])]).returncode != 0:
+                subprocess.run(["umount", "-l", str(disk[0])])  # a killed run may leave fio behind
             disk[0].rmdir()
             disk[1].unlink()
 

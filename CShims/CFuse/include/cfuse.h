@@ -63,6 +63,7 @@ struct vexfs_session_config {
     int splice;         // splice read/write/move
     unsigned max_threads;
     int clone_fd;
+    int killpriv_v2;    // take over dropping privileges on write, if the kernel offers (see cfuse.c)
 };
 
 /// A session owns the libfuse session, its handler table and its config.
@@ -75,6 +76,10 @@ vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs
 int vexfs_session_mount(vexfs_session *s, const char *mountpoint);
 /// Installs SIGINT/SIGTERM/SIGHUP handlers that end the loop; 0 on success.
 int vexfs_session_set_signal_handlers(vexfs_session *s);
+/// Whether the kernel agreed that vexfs drops set-id bits and capabilities on write and truncate.
+int vexfs_session_killpriv_v2(const vexfs_session *s);
+/// The same, from inside a request.
+int vexfs_req_killpriv_v2(fuse_req_t req);
 /// Runs the multi-threaded loop until unmount or a signal; returns libfuse's result.
 int vexfs_session_loop(vexfs_session *s);
 /// Unmounts (if still mounted), removes signal handlers and frees the session.

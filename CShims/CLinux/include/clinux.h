@@ -44,6 +44,10 @@ int vx_handle_of(int fd, unsigned char *blob, int *mount_id);
 /// directory on the same mount. Needs CAP_DAC_READ_SEARCH.
 int vx_open_handle(int mount_fd, const unsigned char *blob, int length);
 
+/// removexattr on an open descriptor.
+int vx_fremovexattr(int fd, const char *name);
+ssize_t vx_fgetxattr(int fd, const char *name, void *value, size_t size);
+
 /// An anonymous in-memory file holding `length` bytes of `data`, positioned at 0; -1 on failure.
 int vx_memfd_with(const char *name, const void *data, size_t length);
 
