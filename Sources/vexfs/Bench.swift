@@ -85,41 +85,15 @@ struct Kernels: ParsableCommand {
             for k in paths {
                 let floats: [(String, FloatKernel)] = [("l2sq_f32", k.l2Squared), ("dot_f32", k.dot), ("cos_f32", k.cosineDistance)]
                 for (name, kernel) in floats {
-                    var sink: Float = 0
-                    let t = a.withUnsafeBufferPointer { pa in
-                        b.withUnsafeBufferPointer { pb in
-                            median((0..<trials).map { _ in
-                                time {
-                                    for _ in 0..<calls {
-                                        for i in 0..<count { sink += kernel(pa.baseAddress, pb.baseAddress! + i * dim, dim) }
-                                    }
-                                }
-                            })
-                        }
-                    }
-                    keep(sink)
-                    let pairs = Double(calls * count)
+                    let rate = pairsPerSecond(a, b, dim: dim, count: count, calls: calls, trials: trials, kernel: kernel, combine: +)
                     emit(Row(test: "in-cache", kernel: name, path: k.path.rawValue, dim: dim,
-                             vectorsPerSecond: pairs / t, gigabytesPerSecond: pairs * Double(2 * dim * 4) / t / 1e9))
+                             vectorsPerSecond: rate, gigabytesPerSecond: rate * Double(2 * dim * 4) / 1e9))
                 }
                 let ints: [(String, Int8Kernel)] = [("l2sq_i8", k.l2SquaredInt8), ("dot_i8", k.dotInt8)]
                 for (name, kernel) in ints {
-                    var sink: Int32 = 0
-                    let t = a8.withUnsafeBufferPointer { pa in
-                        b8.withUnsafeBufferPointer { pb in
-                            median((0..<trials).map { _ in
-                                time {
-                                    for _ in 0..<calls8 {
-                                        for i in 0..<count8 { sink &+= kernel(pa.baseAddress, pb.baseAddress! + i * dim, dim) }
-                                    }
-                                }
-                            })
-                        }
-                    }
-                    keep(Float(sink))
-                    let pairs = Double(calls8 * count8)
+                    let rate = pairsPerSecond(a8, b8, dim: dim, count: count8, calls: calls8, trials: trials, kernel: kernel, combine: &+)
                     emit(Row(test: "in-cache", kernel: name, path: k.path.rawValue, dim: dim,
-                             vectorsPerSecond: pairs / t, gigabytesPerSecond: pairs * Double(2 * dim) / t / 1e9))
+                             vectorsPerSecond: rate, gigabytesPerSecond: rate * Double(2 * dim) / 1e9))
                 }
             }
         }
@@ -129,6 +103,27 @@ struct Kernels: ParsableCommand {
 func pad(_ s: String, _ width: Int, right: Bool = false) -> String {
     let fill = String(repeating: " ", count: max(0, width - s.count))
     return right ? fill + s : s + fill
+}
+
+/// One query against `count` vectors of `b`, `calls` times over: pairs per second, median of the
+/// trials. Results are folded with `combine` and kept, so the work cannot be optimised away.
+func pairsPerSecond<T, R: Numeric>(_ a: [T], _ b: [T], dim: Int, count: Int, calls: Int, trials: Int,
+                                   kernel: (UnsafePointer<T>?, UnsafePointer<T>?, Int) -> R,
+                                   combine: (R, R) -> R) -> Double {
+    var sink: R = 0
+    let t = a.withUnsafeBufferPointer { pa in
+        b.withUnsafeBufferPointer { pb in
+            median((0..<trials).map { _ in
+                time {
+                    for _ in 0..<calls {
+                        for i in 0..<count { sink = combine(sink, kernel(pa.baseAddress, pb.baseAddress! + i * dim, dim)) }
+                    }
+                }
+            })
+        }
+    }
+    withUnsafeMutablePointer(to: &sink) { vx_escape($0) }
+    return Double(calls * count) / t
 }
 
 /// Vectors of `dim` elements that fit in 256 KiB (an L2 cache's share), at least 64.
@@ -146,11 +141,6 @@ func time(_ body: () -> Void) -> Double {
 func median(_ xs: [Double]) -> Double {
     let s = xs.sorted()
     return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
-}
-
-/// Keeps a result alive so the optimiser cannot drop the work that made it.
-@inline(never) func keep(_ x: Float) {
-    if x.isNaN && x.sign == .minus && x.significandBitPattern == 1 { print("") }
 }
 
 /// `vexfs bench pool`: acquire+release of one buffer per tier, against malloc+free and

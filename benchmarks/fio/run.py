@@ -104,6 +104,8 @@ def main():
     ap.add_argument("--size", default="512M")
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--workdir", default=None, help="a directory on the disk to test (default: under /var/tmp)")
+    ap.add_argument("--also", default=None, metavar="OPTIONS",
+                    help="a second vexfs mount with these -o options (e.g. writeback), as one more column")
     args = ap.parse_args()
 
     vexfs = build_vexfs()
@@ -112,18 +114,24 @@ def main():
         work = Path(tempfile.mkdtemp(prefix="vexfs-fio.", dir=args.workdir))
     else:
         # Four jobs, two files each, on three targets, plus room for the metadata run.
-        disk = make_disk(str(3 * 8 * size_bytes(args.size) + (4 << 30)))
+        disk = make_disk(str((4 if args.also else 3) * 8 * size_bytes(args.size) + (4 << 30)))
         work = disk[0] / "work"
         work.mkdir()
     native = work / "native"
     vstore, vmnt = work / "vexfs-store", work / "vexfs-mnt"
     psrc, pmnt = work / "pll-src", work / "pll-mnt"
-    for d in (native, vstore, vmnt, psrc, pmnt):
+    astore, amnt = work / "also-store", work / "also-mnt"
+    for d in (native, vstore, vmnt, psrc, pmnt, astore, amnt):
         d.mkdir()
     targets = {"native": native, "vexfs": vmnt, "passthrough_ll": pmnt}
+    also = f"vexfs -o {args.also}" if args.also else None
+    if also:
+        targets[also] = amnt
     try:
         pll = build_passthrough_ll(work)
         sh(str(vexfs), "mount", str(vstore), str(vmnt))
+        if also:
+            sh(str(vexfs), "mount", str(astore), str(amnt), "-o", args.also)
         sh(str(pll), "-o", f"source={psrc}", str(pmnt))  # its own defaults, as shipped
         wait_mounted(pmnt)
 
@@ -153,7 +161,7 @@ def main():
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
         stats = (vmnt / ".vexfs" / "stats").read_text()
     finally:
-        for m in (vmnt, pmnt):
+        for m in (vmnt, pmnt, amnt):
             if is_mounted(m):
                 subprocess.run(["fusermount3", "-u", str(m)])
         time.sleep(0.5)
@@ -167,8 +175,9 @@ def main():
     rows = list(dict.fromkeys(r for r, _ in results))
     print(f"fio {args.size} per job, {args.runtime}s per run, median of {args.reps}; "
           f"throughput in MiB/s (fio) and ops/s (metadata)\n")
-    print(f"| workload | native | vexfs | passthrough_ll | vexfs/passthrough_ll | vexfs/native |")
-    print(f"|---|---:|---:|---:|---:|---:|")
+    extra = f" {also} | {also}/passthrough_ll |" if also else ""
+    print(f"| workload | native | vexfs | passthrough_ll | vexfs/passthrough_ll | vexfs/native |{extra}")
+    print(f"|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if also else ""))
     notes = []
     for r in rows:
         med = {}
@@ -182,8 +191,9 @@ def main():
                 med[t] = statistics.median(values)
         cell = lambda t: "failed" if med[t] is None else f"{med[t]:.0f}"
         ratio = lambda a, b: "—" if med[a] is None or med[b] is None else f"{med[a] / med[b]:.2f}"
+        extra = f" {cell(also)} | {ratio(also, 'passthrough_ll')} |" if also else ""
         print(f"| {r} | {cell('native')} | {cell('vexfs')} | {cell('passthrough_ll')} | "
-              f"{ratio('vexfs', 'passthrough_ll')} | {ratio('vexfs', 'native')} |")
+              f"{ratio('vexfs', 'passthrough_ll')} | {ratio('vexfs', 'native')} |{extra}")
     for n in notes:
         print(f"\n- {n}", end="")
     print()
