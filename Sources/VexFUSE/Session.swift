@@ -49,9 +49,6 @@ public enum Session {
         _ = vexfs_session_loop(session)
     }
 
-    /// libfuse's destroy: the kernel sends nothing more. Pending work would be flushed here.
-    static func finish(_ userdata: UnsafeMutableRawPointer?) {}
-
     /// fsname is part of a comma-separated option list.
     private static func escape(_ path: String) -> String {
         var out = ""

@@ -53,7 +53,7 @@ struct vexfs_handlers {
                             fuse_ino_t ino_out, off_t off_out, struct fuse_file_info *fi_out,
                             size_t len, int flags);
     void (*lseek)(fuse_req_t, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
-    /// Called once, on the loop thread, after the kernel has stopped sending requests.
+    /// Optional: called once, on the loop thread, after the kernel has stopped sending requests.
     void (*destroy)(void *userdata);
 };
 
