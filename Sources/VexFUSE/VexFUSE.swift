@@ -16,7 +16,10 @@
 // writeback cache (`-o writeback`) it also buffers writes and owns size and mtime while a file is open.
 // vexfs is a single-writer local store, so it asks for long timeouts and keeps the page cache.
 // Requests run in parallel on the worker threads of libfuse's multi-threaded loop; readdir on one
-// handle is serialised by the kernel. Filesystem logic is in VexStore; this module only translates.
+// handle is serialised by the kernel. Each handler runs under the stack-budget monitor and takes its
+// scratch memory (listings, xattr answers) from the buffer pool (VexMemory). The `.vexfs/` directory
+// at the top of the mount and its `stats` file are made up here, with the fixed node ids 2 and 3
+// (StateDirectory.swift). Filesystem logic is in VexStore; this module only translates.
 import CFuse
 import Glibc
 import VexMemory

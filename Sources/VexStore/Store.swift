@@ -1,10 +1,13 @@
 // VexStore owns the backing store: an ordinary directory (STORE) whose files are the truth. Every file
 // seen through the mount is the file at the same relative path under STORE, byte for byte. An `Inode`
-// holds an O_PATH descriptor of its backing file, found by (st_dev, st_ino) so hard links share one
-// inode; every operation works with `*at()` calls relative to those descriptors and never rebuilds
-// path strings, so renames made elsewhere cannot confuse it. STORE/.vexfs/ is reserved for vexfs's own
-// state and is invisible here. Nothing in this module knows about FUSE: callers pass names as C
-// strings and a `Caller` for ownership, and get back inodes, `stat`s and typed `Errno`s.
+// is reached through an O_PATH descriptor of its backing file, found by (st_dev, st_ino) so hard
+// links share one inode; every operation works with `*at()` calls relative to those descriptors and
+// never rebuilds path strings, so renames made elsewhere cannot confuse it. The descriptors are a
+// bounded cache (`Descriptors`): idle ones are reopened from the kernel's file handle when needed, so
+// any number of remembered files fits in the process's descriptor limit. STORE/.vexfs/ holds vexfs's
+// own state: lookups do not find it and listings flag it. Nothing in this module knows about FUSE:
+// callers pass names as C strings and a `Caller` for ownership, and get back inodes, `stat`s and
+// typed `Errno`s.
 import CLinux
 import Glibc
 import SystemPackage
