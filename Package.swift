@@ -23,6 +23,7 @@ let package = Package(
         .target(name: "CLinux", path: "CShims/CLinux"),
         .target(name: "CKernels", path: "CShims/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "VexKernels", dependencies: ["CKernels"]),
+        .target(name: "VexIndex", dependencies: ["VexKernels"]),
         .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("numa")]),
         .target(name: "VexMemory", dependencies: ["CMemory"]),
@@ -43,6 +44,7 @@ let package = Package(
             ]
         ),
         .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels"]),
+        .testTarget(name: "VexIndexTests", dependencies: ["VexIndex", "VexKernels"]),
         .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory"]),
         .testTarget(name: "VexStoreTests", dependencies: ["VexStore"]),
         .testTarget(name: "VexFUSETests", dependencies: ["VexFUSE"]),
