@@ -639,3 +639,14 @@ def test_killpriv_can_be_turned_off(make_mount):
     (m.root / "f").write_text("x")
     assert (m.root / "f").read_text() == "x"
     assert parse_prometheus((m.root / ".vexfs" / "stats").read_text())[("vexfs_fuse_killpriv_v2", "")] == 0
+
+
+def test_closing_a_file_releases_its_flock_at_once(mnt):
+    """As on a local filesystem: after close(2) returns, the lock is gone (no wait for RELEASE)."""
+    p = mnt.root / "lock"
+    p.write_text("")
+    for _ in range(300):
+        with open(p) as a:
+            fcntl.flock(a, fcntl.LOCK_EX)
+        with open(p) as b:
+            fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -34,8 +34,11 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
     struct vexfs_session *s = data;
     if (s->config.writeback && (conn->capable & FUSE_CAP_WRITEBACK_CACHE))
         conn->want |= FUSE_CAP_WRITEBACK_CACHE;
-    if (conn->capable & FUSE_CAP_FLOCK_LOCKS)
-        conn->want |= FUSE_CAP_FLOCK_LOCKS;
+    // flock(2) stays with the kernel: when the filesystem takes it over, the kernel releases a lock
+    // only in the asynchronous RELEASE after close(2), so a close-then-lock sequence could still
+    // find it held. Kept in the kernel, locks behave as on a local filesystem for every user of the
+    // mount (all access to the store goes through it).
+    conn->want &= ~FUSE_CAP_FLOCK_LOCKS;
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
         conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_ASYNC_DIO)
@@ -105,7 +108,6 @@ static void vx_access(fuse_req_t req, fuse_ino_t i, int m) { FWD(access, i, m); 
 static void vx_create(fuse_req_t req, fuse_ino_t p, const char *n, mode_t m, struct fuse_file_info *fi) {
     FWD(create, p, n, m, fi);
 }
-static void vx_flock(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi, int op) { FWD(flock, i, fi, op); }
 static void vx_fallocate(fuse_req_t req, fuse_ino_t i, int m, off_t o, off_t l, struct fuse_file_info *fi) {
     FWD(fallocate, i, m, o, l, fi);
 }
@@ -149,7 +151,6 @@ static const struct fuse_lowlevel_ops vx_ops = {
     .removexattr = vx_removexattr,
     .access = vx_access,
     .create = vx_create,
-    .flock = vx_flock,
     .fallocate = vx_fallocate,
     .copy_file_range = vx_copy_file_range,
     .lseek = vx_lseek,
@@ -308,5 +309,3 @@ void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_
 void vexfs_fi_set_cache_readdir(struct fuse_file_info *fi, int cache_readdir) {
     fi->cache_readdir = cache_readdir ? 1 : 0;
 }
-
-int vexfs_fi_flock_release(const struct fuse_file_info *fi) { return fi->flock_release; }

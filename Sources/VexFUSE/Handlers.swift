@@ -236,9 +236,6 @@ enum Handlers {
     }
 
     static func release(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
-        if vexfs_fi_flock_release(fi) != 0 {
-            _ = vx_flock(Filesystem.handle(fi, as: OpenFile.self).fd, LOCK_UN)
-        }
         Filesystem.releaseHandle(fi, as: OpenFile.self)
         fuse_reply_err(req, 0)
     }
@@ -246,11 +243,6 @@ enum Handlers {
     static func fsync(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let file = Filesystem.handle(fi, as: OpenFile.self)
         reply(req, status: datasync != 0 ? fdatasync(file.fd) : Glibc.fsync(file.fd))
-    }
-
-    static func flock(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ op: Int32) {
-        let file = Filesystem.handle(fi, as: OpenFile.self)
-        reply(req, status: vx_flock(file.fd, op))
     }
 
     static func fallocate(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ mode: Int32, _ off: off_t, _ len: off_t,
@@ -494,7 +486,6 @@ enum Handlers {
         h.removexattr = { a0, a1, a2 in Handlers.monitored(a0, .removexattr) { Handlers.removexattr(a0, a1, a2) } }
         h.access = { a0, a1, a2 in Handlers.monitored(a0, .access) { Handlers.access(a0, a1, a2) } }
         h.create = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .create) { Handlers.create(a0, a1, a2, a3, a4) } }
-        h.flock = { a0, a1, a2, a3 in Handlers.monitored(a0, .flock) { Handlers.flock(a0, a1, a2, a3) } }
         h.fallocate = { a0, a1, a2, a3, a4, a5 in Handlers.monitored(a0, .fallocate) { Handlers.fallocate(a0, a1, a2, a3, a4, a5) } }
         h.copy_file_range = { a0, a1, a2, a3, a4, a5, a6, a7, a8 in Handlers.monitored(a0, .copyFileRange) { Handlers.copyFileRange(a0, a1, a2, a3, a4, a5, a6, a7, a8) } }
         h.lseek = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .lseek) { Handlers.lseek(a0, a1, a2, a3, a4) } }

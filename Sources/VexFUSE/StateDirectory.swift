@@ -43,7 +43,7 @@ enum Operation: Int, CaseIterable {
     case lookup, forget, forgetMulti, getattr, setattr, readlink, mknod, mkdir, unlink, rmdir, symlink
     case rename, link, open, read, writeBuf, flush, release, fsync, opendir, readdir, readdirplus
     case releasedir, fsyncdir, statfs, setxattr, getxattr, listxattr, removexattr, access, create
-    case flock, fallocate, copyFileRange, lseek
+    case fallocate, copyFileRange, lseek
 
     static let names = allCases.map { "\($0)" }
 }

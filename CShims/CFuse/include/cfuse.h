@@ -46,7 +46,6 @@ struct vexfs_handlers {
     void (*removexattr)(fuse_req_t, fuse_ino_t ino, const char *name);
     void (*access)(fuse_req_t, fuse_ino_t ino, int mask);
     void (*create)(fuse_req_t, fuse_ino_t parent, const char *name, mode_t mode, struct fuse_file_info *fi);
-    void (*flock)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi, int op);
     void (*fallocate)(fuse_req_t, fuse_ino_t ino, int mode, off_t offset, off_t length,
                       struct fuse_file_info *fi);
     void (*copy_file_range)(fuse_req_t, fuse_ino_t ino_in, off_t off_in, struct fuse_file_info *fi_in,
@@ -100,6 +99,5 @@ size_t vexfs_bufvec_size(const struct fuse_bufvec *bufv);
 /// fuse_file_info bit-fields, set from Swift.
 void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache);
 void vexfs_fi_set_cache_readdir(struct fuse_file_info *fi, int cache_readdir);
-int vexfs_fi_flock_release(const struct fuse_file_info *fi);
 
 #endif
