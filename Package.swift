@@ -1,7 +1,8 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-// Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore; VexKernels stands apart (no filesystem).
+// Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore, VexMemory; VexIndex -> VexKernels stand
+// apart (no filesystem in them).
 // CShims holds the C: the FUSE bridge (CFuse), Linux calls (CLinux), the SIMD kernels (CKernels).
 let package = Package(
     name: "vexfs",
