@@ -44,9 +44,10 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
-        .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels"]),
-        .testTarget(name: "VexIndexTests", dependencies: ["VexIndex", "VexKernels"]),
-        .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory"]),
+        .target(name: "VexTestSupport", path: "Tests/VexTestSupport"),
+        .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels", "VexTestSupport"]),
+        .testTarget(name: "VexIndexTests", dependencies: ["VexIndex", "VexKernels", "VexTestSupport"]),
+        .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory", "VexTestSupport"]),
         .testTarget(name: "VexStoreTests", dependencies: ["VexStore"]),
         .testTarget(name: "VexFUSETests", dependencies: ["VexFUSE"]),
     ]

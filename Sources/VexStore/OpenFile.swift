@@ -38,7 +38,6 @@ public final class OpenFile: Sendable {
 public final class DirectoryStream: @unchecked Sendable {
     // The kernel serialises readdir on one open directory, so this needs no lock.
     private let dir: OpaquePointer
-    var fd: Int32 { dirfd(dir) }
     private let atStoreRoot: Bool
     private var position: Int = 0
 

@@ -356,7 +356,11 @@ extension Errno {
 
 extension Store {
     public func syncDirectory(_ inode: Inode, dataOnly: Bool) throws(Errno) {
-        let stream = try openDirectory(inode)
-        try check(dataOnly ? fdatasync(stream.fd) : fsync(stream.fd))
+        try inodes.using(inode) { path throws(Errno) in
+            let fd = openat(path, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw Errno.current }
+            defer { close(fd) }
+            try check(dataOnly ? fdatasync(fd) : fsync(fd))
+        }
     }
 }

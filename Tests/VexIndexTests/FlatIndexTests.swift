@@ -1,19 +1,9 @@
-import Glibc
 import Synchronization
 import Testing
 import VexKernels
+import VexTestSupport
 @testable import VexIndex
 
-struct Seeded: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 /// The answer computed the long way, in double precision.
 func bruteForce(_ data: [UInt64: [Float]], _ q: [Float], _ metric: Metric, k: Int, excluding: UInt64? = nil) -> [(UInt64, Double)] {
@@ -38,7 +28,7 @@ func bruteForce(_ data: [UInt64: [Float]], _ q: [Float], _ metric: Metric, k: In
 
     @Test(arguments: Metric.allCases)
     func equalsBruteForce(_ metric: Metric) throws {
-        var rng = Seeded(state: 5)
+        var rng = SplitMix64(state: 5)
         let dim = 37
         let index = FlatIndex(dimension: dim, metric: metric, kernels: Self.kernels, capacity: 16)
         var data: [UInt64: [Float]] = [:]
@@ -109,31 +99,20 @@ func bruteForce(_ data: [UInt64: [Float]], _ q: [Float], _ metric: Metric, k: In
         let index = FlatIndex(dimension: 8, metric: .l2, kernels: Self.kernels, capacity: 16)
         for label in 0..<UInt64(100) { try index.insert(label: label, vector: [Float](repeating: Float(label), count: 8)) }
         let wrong = Atomic<Int>(0)
-        var threads: [pthread_t] = []
-        final class Job: @unchecked Sendable { let f: () -> Void; init(_ f: @escaping () -> Void) { self.f = f } }
-        let jobs: [Job] = [
-            Job {  // the writer: adds labels 100..<3000 and removes odd ones, growing the block
+        runOnThreads([
+            {  // the writer: adds labels 100..<3000 and removes odd ones, growing the block
                 for label in 100..<UInt64(3000) {
                     try? index.insert(label: label, vector: [Float](repeating: Float(label), count: 8))
                     if label % 2 == 1 { index.remove(label: label) }
                 }
             },
-            Job {  // a reader: the first 100 labels are never touched, so label 0's neighbours are fixed
+            {  // a reader: the first 100 labels are never touched, so label 0's neighbours are fixed
                 for _ in 0..<2000 {
                     let got = (try? index.search([Float](repeating: 0, count: 8), k: 3).map(\.label)) ?? []
                     if got != [0, 1, 2] { wrong.add(1, ordering: .relaxed) }
                 }
             },
-        ]
-        for job in jobs {
-            var t = pthread_t()
-            pthread_create(&t, nil, { arg in
-                Unmanaged<Job>.fromOpaque(arg!).takeRetainedValue().f()
-                return nil
-            }, Unmanaged.passRetained(job).toOpaque())
-            threads.append(t)
-        }
-        for t in threads { pthread_join(t, nil) }
+        ])
         #expect(wrong.load(ordering: .relaxed) == 0)
         #expect(index.count == 100 + 1450)
     }

@@ -1,24 +1,8 @@
 import Glibc
 import Synchronization
 import Testing
+import VexTestSupport
 @testable import VexMemory
-
-/// Runs `body` on a new thread with a stack of `stackSize` bytes and waits for it.
-func onThread(stackSize: Int = 512 * 1024, _ body: @escaping @Sendable () -> Void) {
-    final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
-    var attr = pthread_attr_t()
-    pthread_attr_init(&attr)
-    pthread_attr_setstacksize(&attr, stackSize)
-    var thread = pthread_t()
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    let rc = pthread_create(&thread, &attr, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, box)
-    precondition(rc == 0)
-    pthread_join(thread, nil)
-    pthread_attr_destroy(&attr)
-}
 
 @Suite struct BufferPoolTests {
     @Test func tiersHandOutAlignedBuffersOfTheRightSize() {
@@ -72,7 +56,7 @@ func onThread(stackSize: Int = 512 * 1024, _ body: @escaping @Sendable () -> Voi
         let owners = Mutex<[UnsafeMutableRawPointer: Int]>([:])
         let clashes = Atomic<Int>(0)
         let threads = 4
-        DispatchLessGroup.run(threads) { id in
+        runOnThreads((0..<threads).map { id in { @Sendable in
             for round in 0..<20_000 {
                 let size = [100, 2000, 9000][(round + id) % 3]
                 let b = pool.acquire(size)
@@ -87,26 +71,8 @@ func onThread(stackSize: Int = 512 * 1024, _ body: @escaping @Sendable () -> Voi
                 owners.withLock { _ = $0.removeValue(forKey: b.pointer) }
                 pool.release(b)
             }
-        }
+        } })
         #expect(clashes.load(ordering: .relaxed) == 0)
-    }
-}
-
-/// Starts `count` threads running `body(index)` and waits for all of them.
-enum DispatchLessGroup {
-    static func run(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
-        final class Box: @unchecked Sendable { let f: @Sendable () -> Void; init(_ f: @escaping @Sendable () -> Void) { self.f = f } }
-        var threads: [pthread_t] = []
-        for i in 0..<count {
-            var t = pthread_t()
-            let box = Unmanaged.passRetained(Box { body(i) }).toOpaque()
-            pthread_create(&t, nil, { arg in
-                Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().f()
-                return nil
-            }, box)
-            threads.append(t)
-        }
-        for t in threads { pthread_join(t, nil) }
     }
 }
 
@@ -130,11 +96,11 @@ func deep(_ frames: Int) -> Int {
 @Suite struct StackBudgetTests {
     @Test func deepHandlerRaisesTheMarkAndCountsAsExcess() {
         let monitor = StackBudget(budget: 64 * 1024, handlerNames: ["shallow", "deep"])
-        onThread {
+        runOnThreads(stackSize: 512 * 1024, [{
             for _ in 0..<3 { _ = monitor.measure(0) { deep(1) } }
             _ = monitor.measure(1) { deep(40) }  // ~160 KiB
             _ = monitor.measure(0) { deep(1) }
-        }
+        }])
         let r = monitor.report()
         let shallow = r.highWater[0].bytes, deepMark = r.highWater[1].bytes
         #expect(shallow > 4096 && shallow < 64 * 1024, "shallow used \(shallow)")
@@ -145,10 +111,10 @@ func deep(_ frames: Int) -> Int {
 
     @Test func markIsPerHandlerAndRepaintedBetweenCalls() {
         let monitor = StackBudget(budget: 1 << 20, handlerNames: ["a", "b"])
-        onThread {
+        runOnThreads(stackSize: 512 * 1024, [{
             _ = monitor.measure(0) { deep(20) }
             _ = monitor.measure(1) { deep(2) }  // runs after a deeper handler on the same thread
-        }
+        }])
         let r = monitor.report()
         #expect(r.highWater[0].bytes > r.highWater[1].bytes + 10 * 4096)
         #expect(r.excesses == 0)
