@@ -24,7 +24,9 @@ let package = Package(
         .target(name: "CLinux", path: "CShims/CLinux"),
         .target(name: "CKernels", path: "CShims/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
         .target(name: "VexKernels", dependencies: ["CKernels"]),
-        .target(name: "VexIndex", dependencies: ["VexKernels"]),
+        .target(name: "CCompress", path: "CShims/CCompress", cSettings: [.unsafeFlags(["-O2"])],
+                linkerSettings: [.linkedLibrary("lz4")]),
+        .target(name: "VexIndex", dependencies: ["VexKernels", "CKernels", "CCompress"]),
         .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("numa")]),
         .target(name: "VexMemory", dependencies: ["CMemory"]),
@@ -39,7 +41,7 @@ let package = Package(
         .executableTarget(
             name: "vexfs",
             dependencies: [
-                "VexFUSE", "VexStore", "VexKernels", "VexMemory", "CMemory",
+                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexMemory", "CMemory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

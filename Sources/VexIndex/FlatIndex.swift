@@ -9,13 +9,13 @@ public final class FlatIndex: VectorIndex, @unchecked Sendable {
     public let metric: Metric
     private let kernels: DistanceKernels
     /// Rows are `stride` floats apart (dimension rounded up to 16), so every row starts aligned.
-    private let stride: Int
+    let stride: Int
     // Guarded by `rows` (read for searches, write for changes).
-    private var storage: UnsafeMutablePointer<Float>
+    var storage: UnsafeMutablePointer<Float>
     private var capacity: Int
-    private var labels: [UInt64] = []
-    private var slotOfLabel: [UInt64: Int] = [:]
-    private let rows = ReadWriteLock()
+    var labels: [UInt64] = []
+    var slotOfLabel: [UInt64: Int] = [:]
+    let rows = ReadWriteLock()
 
     public init(dimension: Int, metric: Metric, kernels: DistanceKernels, capacity: Int = 1024) {
         precondition(dimension > 0)
@@ -132,10 +132,46 @@ final class ReadWriteLock: @unchecked Sendable {
         return try body()
     }
 
-    func writing<R>(_ body: () throws -> R) rethrows -> R {
+    func writing<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         pthread_rwlock_wrlock(lock)
         defer { pthread_rwlock_unlock(lock) }
         return try body()
     }
 }
 
+
+extension FlatIndex {
+    /// The snapshot sections: labels, and the stored rows (already normalised for cosine).
+    func sections() -> [(String, [UInt8])] {
+        rows.reading {
+            var labelBytes = ByteWriter(), vectorBytes = ByteWriter()
+            for (slot, label) in labels.enumerated() {
+                labelBytes.put(label)
+                vectorBytes.put(UnsafeRawBufferPointer(start: storage + slot * stride, count: dimension * 4))
+            }
+            return [("LABL", labelBytes.bytes), ("VECS", vectorBytes.bytes)]
+        }
+    }
+
+    /// Rebuilds from `sections()`, row for row, without preparing the vectors again.
+    static func restore(_ s: [String: [UInt8]], dimension: Int, metric: Metric, kernels: DistanceKernels) throws(ByteReader.Short) -> FlatIndex {
+        guard let l = s["LABL"], let v = s["VECS"], l.count % 8 == 0, v.count == l.count / 8 * dimension * 4 else { throw ByteReader.Short() }
+        let n = l.count / 8
+        let index = FlatIndex(dimension: dimension, metric: metric, kernels: kernels, capacity: n)
+        var labels = ByteReader(l), vectors = ByteReader(v)
+        try index.rows.writing { () throws(ByteReader.Short) in
+            for slot in 0..<n {
+                let label = try labels.get(UInt64.self)
+                try vectors.copy(dimension * 4, to: index.storage + slot * index.stride)
+                index.labels.append(label)
+                index.slotOfLabel[label] = slot
+            }
+        }
+        return index
+    }
+
+    /// Every (label, stored vector), in slot order.
+    public func forEach(_ body: (UInt64, UnsafePointer<Float>) -> Void) {
+        rows.reading { for (slot, label) in labels.enumerated() { body(label, storage + slot * stride) } }
+    }
+}

@@ -9,7 +9,7 @@ import CMemory
 import VexMemory
 
 struct Bench: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Micro-benchmarks.", subcommands: [Kernels.self, Pool.self])
+    static let configuration = CommandConfiguration(abstract: "Micro-benchmarks.", subcommands: [Kernels.self, Pool.self, IndexBench.self])
 }
 
 struct Kernels: ParsableCommand {

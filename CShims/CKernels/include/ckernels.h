@@ -43,4 +43,18 @@ void vx_dot_i8_many_avx512(const int8_t *q, const int8_t *base, size_t count, si
 void vx_l2sq_i8_many_vnni(const int8_t *q, const int8_t *base, size_t count, size_t dim, size_t stride, int32_t *out);
 void vx_dot_i8_many_vnni(const int8_t *q, const int8_t *base, size_t count, size_t dim, size_t stride, int32_t *out);
 
+// For the graph index: a prefetch hint, and the relaxed/acquire/release loads and stores that let
+// searches read link lists while the one writer changes them (each 32-bit id is read whole).
+static inline void vx_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
+static inline uint32_t vx_load_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline uint32_t vx_load_acquire_u32(const uint32_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void vx_store_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline void vx_store_release_u32(uint32_t *p, uint32_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline uint8_t vx_load_u8(const uint8_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static inline void vx_store_u8(uint8_t *p, uint8_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t vx_load_acquire_u64(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void vx_store_release_u64(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+static inline void *vx_load_acquire_ptr(void *const *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void vx_store_release_ptr(void **p, void *v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+
 #endif

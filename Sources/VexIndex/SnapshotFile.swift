@@ -1,0 +1,190 @@
+import CCompress
+import Glibc
+
+/// Why a snapshot or log could not be used. The index is derived data, so the owner's answer to any of
+/// these is to rebuild from the files, never to stop.
+public enum PersistenceError: Error, Equatable, CustomStringConvertible {
+    case io(path: String, errno: Int32)
+    case corrupt(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .io(let path, let e): "\(path): \(String(cString: strerror(e)))"
+        case .corrupt(let path, let reason): "\(path): \(reason)"
+        }
+    }
+}
+
+/// Bytes appended to a growing buffer; the encoding of snapshots and log records (little-endian).
+struct ByteWriter {
+    var bytes: [UInt8] = []
+    mutating func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func put(_ v: Float) { put(v.bitPattern) }
+    mutating func put(_ raw: UnsafeRawBufferPointer) { bytes.append(contentsOf: raw) }
+}
+
+/// Reads what ByteWriter wrote; every read is bounds-checked, so damage is an error, not a crash.
+struct ByteReader {
+    let bytes: [UInt8]
+    var offset = 0
+    init(_ bytes: [UInt8]) { self.bytes = bytes }
+    var remaining: Int { bytes.count - offset }
+
+    mutating func get<T: FixedWidthInteger>(_: T.Type) throws(ByteReader.Short) -> T {
+        guard remaining >= MemoryLayout<T>.size else { throw Short() }
+        var v: T = 0
+        withUnsafeMutableBytes(of: &v) { dst in bytes.withUnsafeBytes { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + MemoryLayout<T>.size])) } }
+        offset += MemoryLayout<T>.size
+        return T(littleEndian: v)
+    }
+    mutating func getFloat() throws(ByteReader.Short) -> Float { Float(bitPattern: try get(UInt32.self)) }
+    mutating func copy(_ count: Int, to dst: UnsafeMutableRawPointer) throws(ByteReader.Short) {
+        guard count >= 0, remaining >= count else { throw Short() }
+        bytes.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress! + offset, byteCount: count) }
+        offset += count
+    }
+    struct Short: Error {}
+}
+
+/// A snapshot: a header, then named sections, each cut into pieces of at most 4 MiB that are
+/// LZ4-compressed and checksummed (CRC-32C) on their own. Written to `NAME.tmp`, fsynced, renamed over
+/// NAME and the directory fsynced, so a crash leaves either the old snapshot or the new one whole.
+///
+///     file    = "VEXSNAP1" section* end
+///     section = tag:u32 pieces:u32 piece*          end = tag 0
+///     piece   = raw:u32 packed:u32 crc32c(packed):u32 packed-bytes
+struct SnapshotWriter {
+    static let magic: [UInt8] = Array("VEXSNAP1".utf8)
+    static let pieceSize = 4 << 20
+    let path: String
+    private var out: [UInt8] = SnapshotWriter.magic
+
+    init(path: String) { self.path = path }
+
+    mutating func section(_ tag: String, _ data: [UInt8]) {
+        data.withUnsafeBytes { section(tag, [$0]) }
+    }
+
+    /// One section made of `parts` laid end to end.
+    mutating func section(_ tag: String, _ parts: [UnsafeRawBufferPointer]) {
+        var whole: [UInt8] = []
+        whole.reserveCapacity(parts.reduce(0) { $0 + $1.count })
+        for p in parts { whole.append(contentsOf: p) }
+        var w = ByteWriter()
+        w.put(fourCC(tag))
+        let pieces = (whole.count + SnapshotWriter.pieceSize - 1) / SnapshotWriter.pieceSize
+        w.put(UInt32(pieces))
+        out.append(contentsOf: w.bytes)
+        whole.withUnsafeBytes { all in
+            for i in 0..<pieces {
+                let piece = UnsafeRawBufferPointer(rebasing: all[(i * SnapshotWriter.pieceSize)..<min(all.count, (i + 1) * SnapshotWriter.pieceSize)])
+                var packed = [UInt8](repeating: 0, count: vx_lz4_bound(piece.count))
+                let size = packed.withUnsafeMutableBytes { vx_lz4_compress(piece.baseAddress, piece.count, $0.baseAddress, $0.count) }
+                precondition(size > 0, "LZ4 refused a 4 MiB piece")
+                packed.removeLast(packed.count - size)
+                var h = ByteWriter()
+                h.put(UInt32(piece.count)); h.put(UInt32(size)); h.put(vx_crc32c(0, packed, size))
+                out.append(contentsOf: h.bytes)
+                out.append(contentsOf: packed)
+            }
+        }
+    }
+
+    /// Writes the file durably and puts it in place.
+    mutating func commit() throws(PersistenceError) {
+        out.append(contentsOf: [0, 0, 0, 0])
+        let tmp = path + ".tmp"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .io(path: tmp, errno: errno) }
+        var done = 0
+        let failure: Int32? = out.withUnsafeBytes { buf in
+            while done < buf.count {
+                let n = write(fd, buf.baseAddress! + done, buf.count - done)
+                if n < 0 { if errno == EINTR { continue }; return errno }
+                done += n
+            }
+            return fsync(fd) == 0 ? nil : errno
+        }
+        close(fd)
+        if let failure { unlink(tmp); throw .io(path: tmp, errno: failure) }
+        guard rename(tmp, path) == 0 else { let e = errno; unlink(tmp); throw .io(path: path, errno: e) }
+        try syncDirectory(of: path)
+    }
+}
+
+/// Reads a snapshot whole and checks every piece; sections come back decompressed, by tag.
+func readSnapshot(path: String) throws(PersistenceError) -> [String: [UInt8]] {
+    let file = try readFile(path)
+    guard file.count >= 8, Array(file[0..<8]) == SnapshotWriter.magic else { throw .corrupt(path: path, reason: "not a vexfs snapshot") }
+    var r = ByteReader(file)
+    r.offset = 8
+    var sections: [String: [UInt8]] = [:]
+    do {
+        while true {
+            let tag = try r.get(UInt32.self)
+            if tag == 0 { break }
+            let pieces = Int(try r.get(UInt32.self))
+            var data: [UInt8] = []
+            for _ in 0..<pieces {
+                let raw = Int(try r.get(UInt32.self)), size = Int(try r.get(UInt32.self)), crc = try r.get(UInt32.self)
+                guard size <= r.remaining, raw <= SnapshotWriter.pieceSize else { throw ByteReader.Short() }
+                let start = r.offset
+                let ok = file.withUnsafeBytes { all -> Bool in
+                    guard vx_crc32c(0, all.baseAddress! + start, size) == crc else { return false }
+                    let at = data.count
+                    data.append(contentsOf: repeatElement(0, count: raw))
+                    return data.withUnsafeMutableBytes { vx_lz4_decompress(all.baseAddress! + start, size, $0.baseAddress! + at, raw) == 0 }
+                }
+                guard ok else { throw PersistenceError.corrupt(path: path, reason: "section \(fourCCName(tag)) fails its checksum") }
+                r.offset += size
+            }
+            sections[fourCCName(tag)] = data
+        }
+    } catch let e as PersistenceError {
+        throw e
+    } catch {
+        throw .corrupt(path: path, reason: "ends inside a section")
+    }
+    return sections
+}
+
+func fourCC(_ s: String) -> UInt32 {
+    var v: UInt32 = 0
+    for (i, b) in s.utf8.prefix(4).enumerated() { v |= UInt32(b) << (8 * UInt32(i)) }
+    return v
+}
+
+func fourCCName(_ v: UInt32) -> String {
+    String(decoding: (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }.filter { $0 != 0 }, as: UTF8.self)
+}
+
+func readFile(_ path: String) throws(PersistenceError) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw .io(path: path, errno: errno) }
+    defer { close(fd) }
+    var st = stat()
+    guard fstat(fd, &st) == 0 else { throw .io(path: path, errno: errno) }
+    var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
+    var done = 0
+    let failure: Int32? = bytes.withUnsafeMutableBytes { buf in
+        while done < buf.count {
+            let n = read(fd, buf.baseAddress! + done, buf.count - done)
+            if n < 0 { if errno == EINTR { continue }; return errno }
+            if n == 0 { break }
+            done += n
+        }
+        return nil
+    }
+    if let failure { throw .io(path: path, errno: failure) }
+    bytes.removeLast(bytes.count - done)
+    return bytes
+}
+
+/// fsync of the directory holding `path`, so a rename or a new file survives a crash.
+func syncDirectory(of path: String) throws(PersistenceError) {
+    let dir = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? "."
+    let fd = open(dir.isEmpty ? "/" : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { throw .io(path: dir, errno: errno) }
+    defer { close(fd) }
+    guard fsync(fd) == 0 else { throw .io(path: dir, errno: errno) }
+}
