@@ -157,10 +157,15 @@ public final class WriteAheadLog: @unchecked Sendable {
             fileBytes += batch.count
             if let error, failure == nil { failure = error }
             durable += count
+            batchCount += 1
             pthread_cond_broadcast(written)
         }
         pthread_mutex_unlock(state)
     }
+
+    /// Batches written so far (each one write and one fdatasync).
+    public var batches: Int { locked { batchCount } }
+    private var batchCount = 0
 
     /// Set by `flush` so the writer does not wait out the batch delay.
     private var flushRequested = false
