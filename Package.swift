@@ -1,9 +1,10 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-// Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore, VexMemory; VexIndex -> VexKernels stand
-// apart (no filesystem in them).
-// CShims holds the C: the FUSE bridge (CFuse), Linux calls (CLinux), the SIMD kernels (CKernels).
+// Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore, VexMemory, VexSemantic; VexSemantic ->
+// VexIndex -> VexKernels hold the vectors and know nothing of FUSE.
+// CShims holds the C: the FUSE bridge (CFuse), Linux calls (CLinux), the SIMD kernels (CKernels),
+// LZ4 and CRC-32C (CCompress), libnuma and stack probing (CMemory).
 let package = Package(
     name: "vexfs",
     platforms: [.macOS(.v15)],
@@ -27,6 +28,7 @@ let package = Package(
         .target(name: "CCompress", path: "CShims/CCompress", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("lz4")]),
         .target(name: "VexIndex", dependencies: ["VexKernels", "CKernels", "CCompress"]),
+        .target(name: "VexSemantic", dependencies: ["VexIndex", "VexKernels", "CCompress", "CLinux"]),
         .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("numa")]),
         .target(name: "VexMemory", dependencies: ["CMemory"]),
@@ -36,12 +38,13 @@ let package = Package(
         ),
         .target(
             name: "VexFUSE",
-            dependencies: ["CFuse", "VexStore", "VexMemory", .product(name: "SystemPackage", package: "swift-system")]
+            dependencies: ["CFuse", "VexStore", "VexMemory", "VexSemantic", "VexIndex", "VexKernels",
+                           .product(name: "SystemPackage", package: "swift-system")]
         ),
         .executableTarget(
             name: "vexfs",
             dependencies: [
-                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexMemory", "CMemory",
+                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexMemory", "CMemory",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
@@ -49,6 +52,7 @@ let package = Package(
         .target(name: "VexTestSupport", path: "Tests/VexTestSupport"),
         .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels", "VexTestSupport"]),
         .testTarget(name: "VexIndexTests", dependencies: ["VexIndex", "VexKernels", "VexTestSupport"]),
+        .testTarget(name: "VexSemanticTests", dependencies: ["VexSemantic", "VexIndex", "VexKernels"]),
         .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory", "VexTestSupport"]),
         .testTarget(name: "VexStoreTests", dependencies: ["VexStore"]),
         .testTarget(name: "VexFUSETests", dependencies: ["VexFUSE"]),

@@ -118,3 +118,11 @@ int vx_memfd_with(const char *name, const void *data, size_t length) {
 
 int vx_fremovexattr(int fd, const char *name) { return fremovexattr(fd, name); }
 ssize_t vx_fgetxattr(int fd, const char *name, void *value, size_t size) { return fgetxattr(fd, name, value, size); }
+
+ssize_t vx_lgetxattr(const char *path, const char *name, void *value, size_t size) {
+    return lgetxattr(path, name, value, size);
+}
+
+int vx_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags) {
+    return lsetxattr(path, name, value, size, flags);
+}

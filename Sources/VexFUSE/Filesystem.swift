@@ -2,6 +2,7 @@ import CFuse
 import Glibc
 import SystemPackage
 import VexMemory
+import VexSemantic
 import VexStore
 
 /// SystemPackage has an `Inode` too; ours is the store's.
@@ -14,6 +15,9 @@ final class Filesystem: Sendable {
     /// Scratch memory for the handlers (directory listings, xattr answers).
     let pool: BufferPool
     let stack: StackBudget
+    let operations = OperationMetrics()
+    /// The vector layer. Set once, before the request loop starts its threads, and only read after.
+    nonisolated(unsafe) var semantic: SemanticLayer?
 
     init(store: Store, options: MountOptions) {
         self.store = store
@@ -22,6 +26,20 @@ final class Filesystem: Sendable {
         poolConfiguration.preallocated = options.poolBuffers
         pool = BufferPool(poolConfiguration)
         stack = StackBudget(budget: options.stackBudget, handlerNames: Operation.names)
+    }
+
+    // MARK: the vector layer's names for things
+
+    /// A directory as the vector layer names it; nil when its path is not known.
+    func directoryRef(_ inode: Inode) -> DirectoryRef? {
+        guard let path = store.relativePath(inode) else { return nil }
+        return DirectoryRef(key: inode.key.number, path: path)
+    }
+
+    /// Where a file is: its directory and its name.
+    func place(of inode: Inode) -> (DirectoryRef, String)? {
+        guard let location = inode.location.withLock({ $0 }), let dir = directoryRef(location.parent) else { return nil }
+        return (dir, location.name)
     }
 
     // MARK: node ids and handles

@@ -3,6 +3,7 @@ import CLinux
 import Glibc
 import Synchronization
 import SystemPackage
+import VexSemantic
 import VexStore
 
 /// One function per FUSE operation: unpack the request, call the store, answer exactly once.
@@ -81,16 +82,23 @@ enum Handlers {
     static func unlink(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.unlink(try fs.inode(parent), name!)
+            let dir = try fs.inode(parent)
+            try fs.store.unlink(dir, name!)
             fuse_reply_err(req, 0)
+            if let semantic = fs.semantic, let ref = fs.directoryRef(dir) { semantic.removed(ref, String(cString: name!)) }
         } catch { reply(req, error: error) }
     }
 
     static func rmdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.rmdir(try fs.inode(parent), name!)
+            let dir = try fs.inode(parent)
+            let removed = fs.semantic == nil ? nil : fs.store.child(dir, name!)
+            try fs.store.rmdir(dir, name!)
             fuse_reply_err(req, 0)
+            if let semantic = fs.semantic, let removed, let ref = fs.directoryRef(dir) {
+                semantic.directoryRemoved(key: removed.key.number, path: ref.path.isEmpty ? String(cString: name!) : ref.path + "/" + String(cString: name!))
+            }
         } catch { reply(req, error: error) }
     }
 
@@ -98,8 +106,24 @@ enum Handlers {
                        _ newName: UnsafePointer<CChar>?, _ flags: UInt32) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.rename(try fs.inode(parent), name!, try fs.inode(newParent), newName!, flags: flags)
+            let from = try fs.inode(parent), to = try fs.inode(newParent)
+            guard let semantic = fs.semantic, let fromRef = fs.directoryRef(from), let toRef = fs.directoryRef(to),
+                  let moving = fs.store.child(from, name!) else {
+                try fs.store.rename(from, name!, to, newName!, flags: flags)
+                fuse_reply_err(req, 0)
+                return
+            }
+            let oldName = String(cString: name!), newNameText = String(cString: newName!)
+            // A directory's pending index work names files by its path: apply it before the path changes.
+            if moving.isDirectory { semantic.settleAll() }
+            try fs.store.rename(from, name!, to, newName!, flags: flags)
             fuse_reply_err(req, 0)
+            if moving.isDirectory {
+                func join(_ d: DirectoryRef, _ n: String) -> String { d.path.isEmpty ? n : d.path + "/" + n }
+                semantic.directoryMoved(from: join(fromRef, oldName), to: join(toRef, newNameText))
+            } else {
+                semantic.renamed(from: fromRef, oldName, to: toRef, newNameText, exchange: flags & vx_RENAME_EXCHANGE != 0)
+            }
         } catch { reply(req, error: error) }
     }
 
@@ -148,6 +172,13 @@ enum Handlers {
                 try fs.store.dropPrivileges(inode, openFile: file?.fd)
             }
             fs.reply(req, attributes: try fs.store.setAttributes(inode, change, openFile: file))
+            // Truncation changes what a vector file holds (to nothing: it leaves the index). Through
+            // an open handle the change is indexed at its close, like a write.
+            if change.size != nil, !inode.isDirectory, let semantic = fs.semantic {
+                if let file { file.wasWritten.store(true, ordering: .relaxed) } else if let (dir, name) = fs.place(of: inode) {
+                    semantic.written(dir, name)
+                }
+            }
         } catch { reply(req, error: error) }
     }
 
@@ -174,9 +205,9 @@ enum Handlers {
     static func open(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let fs = fs(req)
         do throws(Errno) {
-            if ino == VirtualNode.stats {
+            if ino == VirtualNode.stats || ino == VirtualNode.journal {
                 guard fi!.pointee.flags & O_ACCMODE == O_RDONLY, fi!.pointee.flags & O_TRUNC == 0 else { throw .permissionDenied }
-                Filesystem.store(try fs.openStats(req), in: fi)
+                Filesystem.store(try fs.openVirtual(req, ino), in: fi)
                 vexfs_fi_set_open_flags(fi, 1, 0)  // made anew at each open: no page cache, no size
                 if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
                 return
@@ -201,6 +232,8 @@ enum Handlers {
             if fuse_reply_create(req, &ep, fi) != 0 {
                 Filesystem.releaseHandle(fi, as: OpenFile.self)
                 fs.store.forget(entry.inode, 1)
+            } else if let semantic = fs.semantic, let ref = fs.directoryRef(try fs.inode(parent)) {
+                semantic.created(ref, String(cString: name!))
             }
         } catch { reply(req, error: error) }
     }
@@ -232,6 +265,13 @@ enum Handlers {
         // If no descriptor is left for the duplicate, the close itself must still succeed.
         let file = Filesystem.handle(fi, as: OpenFile.self)
         let dup = Glibc.dup(file.fd)
+        // Indexing is posted before the answer: close(2) returns only after it, so a query that
+        // follows the close finds the change queued (and settles it first).
+        let fs = fs(req)
+        if let semantic = fs.semantic, file.wasWritten.exchange(false, ordering: .relaxed), let inode = file.inode,
+           let (dir, name) = fs.place(of: inode) {
+            semantic.written(dir, name)
+        }
         reply(req, status: dup < 0 ? 0 : close(dup))
     }
 
@@ -388,6 +428,19 @@ enum Handlers {
             fuse_reply_err(req, ENODATA)
             return
         }
+        if SemanticLayer.owns(name!) {
+            replyComputed(req, size) { () throws(SemanticError) -> [UInt8] in
+                guard let semantic = fs.semantic else { throw .noData }
+                let attribute = String(cString: name!)
+                if inode.isDirectory {
+                    guard let dir = fs.directoryRef(inode) else { throw .noData }
+                    return try semantic.directoryAttribute(attribute, dir: dir)
+                }
+                guard let (dir, file) = fs.place(of: inode) else { throw .noData }
+                return try semantic.fileAttribute(attribute, dir: dir, name: file, inode: inode.key.number)
+            }
+            return
+        }
         let isCapability = strcmp(name!, securityCapability) == 0
         if isCapability && inode.knownWithoutCapability.load(ordering: .relaxed) {
             fuse_reply_err(req, ENODATA)
@@ -408,14 +461,47 @@ enum Handlers {
         }
     }
 
+    /// Answers a computed attribute as getxattr(2) expects: its size for a size probe, ERANGE when
+    /// the caller's buffer is too small.
+    private static func replyComputed(_ req: fuse_req_t?, _ size: Int, _ compute: () throws(SemanticError) -> [UInt8]) {
+        do throws(SemanticError) {
+            let bytes = try compute()
+            if size == 0 {
+                fuse_reply_xattr(req, bytes.count)
+            } else if bytes.count > size {
+                fuse_reply_err(req, ERANGE)
+            } else {
+                bytes.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+            }
+        } catch { fuse_reply_err(req, error.errno) }
+    }
+
     static func setxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ value: UnsafePointer<CChar>?,
                          _ size: Int, _ flags: Int32) {
         let fs = fs(req)
         do throws(Errno) {
             let inode = try fs.inode(ino)
+            if SemanticLayer.owns(name!) {
+                // Settings of a collection; everything else of ours is computed and read-only.
+                guard inode.isDirectory, let semantic = fs.semantic, let dir = fs.directoryRef(inode) else { throw .invalidArgument }
+                do throws(SemanticError) {
+                    try semantic.setDirectoryAttribute(String(cString: name!), dir: dir,
+                                                       value: Array(UnsafeRawBufferPointer(start: value, count: size)))
+                } catch { throw Errno(rawValue: error.errno) }
+                fuse_reply_err(req, 0)
+                return
+            }
+            let isVector = strcmp(name!, SemanticLayer.vectorAttribute) == 0
+            if isVector {
+                // A vector that cannot be indexed is refused, so the attribute never holds one.
+                guard !inode.isDirectory else { throw .invalidArgument }
+                let parsed = VectorParser.parse(UnsafeRawBufferPointer(start: value, count: size), as: .text)
+                guard case .success = parsed else { throw .invalidArgument }
+            }
             if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
             try fs.store.setxattr(inode, name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
             fuse_reply_err(req, 0)
+            if isVector, let semantic = fs.semantic, let (dir, file) = fs.place(of: inode) { semantic.vectorAttributeChanged(dir, file) }
         } catch { reply(req, error: error) }
     }
 
@@ -426,13 +512,40 @@ enum Handlers {
             return
         }
         do throws(Errno) {
+            let inode = try fs.inode(ino)
+            // The whole list, with the settings vexfs keeps on directories left out: listed, they
+            // would be copied by cp -a and rsync -X as if they were the user's.
+            var full = 0
+            var scratch = fs.pool.acquire(1)
+            defer { fs.pool.release(scratch) }
+            while true {
+                full = try fs.store.listxattr(inode, into: nil)
+                if full == 0 { break }
+                if full > scratch.capacity {
+                    fs.pool.release(scratch)
+                    scratch = fs.pool.acquire(full)
+                }
+                do throws(Errno) {
+                    full = try fs.store.listxattr(inode, into: UnsafeMutableRawBufferPointer(start: scratch.pointer, count: full))
+                    break
+                } catch .outOfRange { continue }  // grew in between
+            }
+            let names = scratch.pointer.assumingMemoryBound(to: CChar.self)
+            var kept = 0, at = 0
+            while at < full {
+                let length = strlen(names + at) + 1
+                if !SemanticLayer.hidesFromListing(names + at) {
+                    if kept != at { memmove(names + kept, names + at, length) }
+                    kept += length
+                }
+                at += length
+            }
             if size == 0 {
-                fuse_reply_xattr(req, try fs.store.listxattr(try fs.inode(ino), into: nil))
+                fuse_reply_xattr(req, kept)
+            } else if kept > size {
+                fuse_reply_err(req, ERANGE)
             } else {
-                let scratch = fs.pool.acquire(size)
-                defer { fs.pool.release(scratch) }
-                let n = try fs.store.listxattr(try fs.inode(ino), into: UnsafeMutableRawBufferPointer(start: scratch.pointer, count: size))
-                fuse_reply_buf(req, scratch.pointer, n)
+                fuse_reply_buf(req, names, kept)
             }
         } catch { reply(req, error: error) }
     }
@@ -440,8 +553,13 @@ enum Handlers {
     static func removexattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            try fs.store.removexattr(try fs.inode(ino), name!)
+            if SemanticLayer.owns(name!) { throw .noData }
+            let inode = try fs.inode(ino)
+            try fs.store.removexattr(inode, name!)
             fuse_reply_err(req, 0)
+            if strcmp(name!, SemanticLayer.vectorAttribute) == 0, let semantic = fs.semantic, let (dir, file) = fs.place(of: inode) {
+                semantic.vectorAttributeChanged(dir, file)
+            }
         } catch { reply(req, error: error) }
     }
 
@@ -450,7 +568,12 @@ enum Handlers {
     /// Every handler runs under the stack-budget monitor.
     @inline(__always)
     static func monitored(_ req: fuse_req_t?, _ op: Operation, _ body: () -> Void) {
-        fs(req).stack.measure(op.rawValue, body)
+        let fs = fs(req)
+        var t0 = timespec(), t1 = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        fs.stack.measure(op.rawValue, body)
+        clock_gettime(CLOCK_MONOTONIC, &t1)
+        fs.operations.record(op, nanoseconds: UInt64(max(0, (t1.tv_sec - t0.tv_sec) * 1_000_000_000 + (t1.tv_nsec - t0.tv_nsec))))
     }
 
     static var table: vexfs_handlers {
@@ -496,7 +619,7 @@ enum Handlers {
 /// The `.vexfs/` node named `name` under `parent`, if there is one.
 private func virtualChild(_ parent: fuse_ino_t, _ name: UnsafePointer<CChar>) -> fuse_ino_t? {
     if parent == fuse_ino_t(FUSE_ROOT_ID) && strcmp(name, VirtualNode.directoryName) == 0 { return VirtualNode.directory }
-    if parent == VirtualNode.directory && strcmp(name, VirtualNode.statsName) == 0 { return VirtualNode.stats }
+    if parent == VirtualNode.directory { return VirtualNode.file(named: name) }
     return nil
 }
 
@@ -505,15 +628,15 @@ private func replyVirtual(_ req: fuse_req_t?, _ fs: Filesystem, _ id: fuse_ino_t
     fuse_reply_entry(req, &ep)
 }
 
-/// `.vexfs/` holds ".", ".." and "stats"; offsets are the entries' positions.
+/// `.vexfs/` holds ".", "..", "stats" and "journal"; offsets are the entries' positions.
 private func listVirtualDirectory(_ req: fuse_req_t?, _ fs: Filesystem, _ buffer: UnsafeMutablePointer<CChar>,
                                   _ size: Int, _ offset: Int, plus: Bool) -> Int {
     let entries: [(String, fuse_ino_t)] = [(".", VirtualNode.directory), ("..", fuse_ino_t(FUSE_ROOT_ID)),
-                                           (VirtualNode.statsName, VirtualNode.stats)]
+                                           (VirtualNode.statsName, VirtualNode.stats), (VirtualNode.journalName, VirtualNode.journal)]
     var used = 0
     for (index, (name, id)) in entries.enumerated().dropFirst(offset) {
         var ep = fuse_entry_param()
-        if id == VirtualNode.stats { ep = fs.virtualEntryParam(id) } else {
+        if id == VirtualNode.stats || id == VirtualNode.journal { ep = fs.virtualEntryParam(id) } else {
             ep.attr.st_ino = ino_t(UInt64.max - id)
             ep.attr.st_mode = S_IFDIR
         }

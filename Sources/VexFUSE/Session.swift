@@ -1,5 +1,6 @@
 import CFuse
 import Glibc
+import VexSemantic
 import VexStore
 
 /// One mount of a store: creates the libfuse session, mounts, detaches unless asked not to, serves
@@ -22,7 +23,7 @@ public enum Session {
     /// calling process detaches: the parent exits 0 once the mount is in place, and `detached` runs
     /// in the process that serves.
     public static func run(store: Store, mountpoint: String, options: MountOptions,
-                           detached: () -> Void = {}) throws(Failure) {
+                           detached: () -> Void = {}, prepare: () -> SemanticLayer? = { nil }) throws(Failure) {
         let fs = Filesystem(store: store, options: options)
         let context = Unmanaged.passRetained(fs)
         defer { context.release() }
@@ -43,10 +44,39 @@ public enum Session {
         // libfuse sizes its worker threads' stacks from this variable when it starts them.
         setenv("FUSE_THREAD_STACK", String(options.stackSize), 1)
         guard vexfs_session_mount(session, mountpoint) == 0 else { throw .mountFailed(mountpoint) }
-        // Forks here unless in the foreground; nothing before this point may have started a thread.
-        fuse_daemonize(options.foreground ? 1 : 0)
+        // Detach unless in the foreground; nothing before this point may have started a thread. The
+        // parent returns only when the child is ready to serve, after reconciliation, so a query
+        // made right after `vexfs mount` returns sees every file.
+        var ready: [Int32] = [-1, -1]
+        if !options.foreground {
+            guard pipe(&ready) == 0 else { throw .mountFailed(mountpoint) }
+            let pid = fork()
+            if pid < 0 { throw .mountFailed(mountpoint) }
+            if pid > 0 {
+                close(ready[1])
+                var status: UInt8 = 1
+                let n = read(ready[0], &status, 1)
+                _exit(n == 1 && status == 0 ? 0 : 1)
+            }
+            close(ready[0])
+            setsid()
+        }
         detached()
+        fs.semantic = prepare()
+        if !options.foreground {
+            var ok: UInt8 = 0
+            _ = write(ready[1], &ok, 1)
+            close(ready[1])
+            _ = chdir("/")
+            let null = open("/dev/null", O_RDWR)
+            if null >= 0 {
+                for fd in [Int32(0), 1, 2] { dup2(null, fd) }
+                if null > 2 { close(null) }
+            }
+        }
         _ = vexfs_session_loop(session)
+        // Unmounted: finish the index work and persist it before the store is released.
+        fs.semantic?.close()
     }
 
     /// fsname is part of a comma-separated option list.

@@ -1,5 +1,6 @@
 import CFuse
 import CLinux
+import CMemory
 import Glibc
 import VexMemory
 import VexStore
@@ -10,11 +11,20 @@ import VexStore
 enum VirtualNode {
     static let directory: fuse_ino_t = 2
     static let stats: fuse_ino_t = 3
+    static let journal: fuse_ino_t = 4
     static let directoryName = Store.reservedName
     static let statsName = "stats"
+    static let journalName = "journal"
 
     @inline(__always)
-    static func contains(_ id: fuse_ino_t) -> Bool { id == directory || id == stats }
+    static func contains(_ id: fuse_ino_t) -> Bool { id >= directory && id <= journal }
+
+    /// The files of `.vexfs/`, by name.
+    static func file(named name: UnsafePointer<CChar>) -> fuse_ino_t? {
+        if strcmp(name, statsName) == 0 { return stats }
+        if strcmp(name, journalName) == 0 { return journal }
+        return nil
+    }
 
     /// Read-only: a directory of 0555 and a file of 0444 owned by whoever owns STORE. The file's
     /// size is 0: it is opened with direct I/O, so readers read until the end of what was made.
@@ -48,7 +58,35 @@ enum Operation: Int, CaseIterable {
     static let names = allCases.map { "\($0)" }
 }
 
+/// Requests and time spent per operation: two relaxed counters each, in raw memory (no locks, no
+/// exclusivity checks on the request path).
+final class OperationMetrics: @unchecked Sendable {
+    private let counters: UnsafeMutablePointer<UInt64>
+    init() {
+        counters = .allocate(capacity: 2 * Operation.allCases.count)
+        counters.initialize(repeating: 0, count: 2 * Operation.allCases.count)
+    }
+    deinit { counters.deallocate() }
+
+    @inline(__always) func record(_ op: Operation, nanoseconds: UInt64) {
+        vx_counter_add(counters + 2 * op.rawValue, 1)
+        vx_counter_add(counters + 2 * op.rawValue + 1, nanoseconds)
+    }
+
+    func read(_ op: Operation) -> (count: UInt64, nanoseconds: UInt64) {
+        (vx_counter_load(counters + 2 * op.rawValue), vx_counter_load(counters + 2 * op.rawValue + 1))
+    }
+}
+
 extension Filesystem {
+    func renderOperations(_ family: (String, String, String, [(labels: String, value: Int)]) -> Void) {
+        let used = Operation.allCases.map { ($0, operations.read($0)) }.filter { $0.1.count > 0 }
+        family("vexfs_fuse_requests_total", "counter", "FUSE requests answered, per operation.",
+               used.map { ("op=\"\($0.0)\"", Int($0.1.count)) })
+        family("vexfs_fuse_request_microseconds_total", "counter", "Time spent in the handlers, per operation (divide by the requests for the mean latency).",
+               used.map { ("op=\"\($0.0)\"", Int($0.1.nanoseconds / 1000)) })
+    }
+
     /// `.vexfs/stats`: Prometheus text exposition, made when the file is opened.
     func renderStats(_ req: fuse_req_t?) -> String {
         var out = ""
@@ -80,16 +118,36 @@ extension Filesystem {
         }
         family("vexfs_fuse_killpriv_v2", "gauge", "1 when vexfs drops privileges on write itself, sparing the kernel's per-write security.capability probe.",
                [("", Int(vexfs_req_killpriv_v2(req)))])
+        renderOperations(family)
+        if let semantic {
+            let f = semantic.figures
+            family("vexfs_collections", "gauge", "Directories holding vectors.", [("", f.collections)])
+            family("vexfs_index_vectors", "gauge", "Vectors in all indexes.", [("", f.vectors)])
+            family("vexfs_bridge_queue_depth", "gauge", "Files with index work waiting in the bridge.", [("", f.bridgeDepth)])
+            family("vexfs_bridge_events_total", "counter", "Events posted to the bridge.", [("", f.bridgePosted)])
+            family("vexfs_bridge_coalesced_total", "counter", "Events merged into one already waiting for the same file.", [("", f.bridgeCoalesced)])
+            family("vexfs_bridge_batches_total", "counter", "Batches applied to the indexes.", [("", f.bridgeBatches)])
+            family("vexfs_bridge_applied_total", "counter", "Events applied (the sum of all batch sizes).", [("", f.bridgeApplied)])
+            family("vexfs_bridge_largest_batch", "gauge", "The largest batch applied.", [("", f.bridgeLargestBatch)])
+            family("vexfs_bridge_full_waits_total", "counter", "Posts that waited for room in a full queue.", [("", f.bridgeFullWaits)])
+            family("vexfs_journal_bytes", "gauge", "Journal size: compressed segments on disk plus lines in memory.", [("", f.journalBytes)])
+            let q = semantic.metrics.read()
+            out += "# HELP vexfs_query_seconds Similarity queries through getxattr, from request to answer.\n# TYPE vexfs_query_seconds histogram\n"
+            for (bound, count) in q.buckets { out += "vexfs_query_seconds_bucket{le=\"\(Double(bound) / 1e9)\"} \(count)\n" }
+            out += "vexfs_query_seconds_bucket{le=\"+Inf\"} \(q.count)\nvexfs_query_seconds_sum \(Double(q.totalNanoseconds) / 1e9)\nvexfs_query_seconds_count \(q.count)\n"
+            family("vexfs_query_cached_total", "counter", "Queries answered from the previous identical request (getfattr's size probe, then fetch).",
+                   [("", semantic.metrics.cached.load(ordering: .relaxed))])
+        }
         family("vexfs_inodes", "gauge", "Files and directories the kernel currently remembers.", [("", store.inodes.count)])
         family("vexfs_inode_descriptors_open", "gauge", "O_PATH descriptors held for them (bounded by the budget).",
                [("", store.inodes.descriptors.openCount)])
         return out
     }
 
-    /// The stats, frozen at open, as an open file of their own.
-    func openStats(_ req: fuse_req_t?) throws(Errno) -> OpenFile {
-        let text = renderStats(req)
-        let fd = text.withCString { vx_memfd_with("vexfs-stats", $0, strlen($0)) }
+    /// A `.vexfs/` file, made at open, as an open file of its own.
+    func openVirtual(_ req: fuse_req_t?, _ id: fuse_ino_t) throws(Errno) -> OpenFile {
+        let bytes: [UInt8] = id == VirtualNode.stats ? Array(renderStats(req).utf8) : (semantic?.journal.contents() ?? [])
+        let fd = bytes.withUnsafeBytes { vx_memfd_with(id == VirtualNode.stats ? "vexfs-stats" : "vexfs-journal", $0.baseAddress, $0.count) }
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         return OpenFile(contents: fd)
     }

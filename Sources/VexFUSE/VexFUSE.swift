@@ -22,6 +22,7 @@
 // (StateDirectory.swift). Filesystem logic is in VexStore; this module only translates.
 import CFuse
 import Glibc
+import VexIndex
 import VexMemory
 
 /// What a mount asks of the kernel, parsed once from `-o` and the command line.
@@ -51,6 +52,9 @@ public struct MountOptions: Sendable, Equatable {
     public var stackBudget = 64 * 1024
     /// Buffers preallocated in the 1, 4 and 16 KiB tiers of the scratch pool.
     public var poolBuffers = BufferPool.Configuration().preallocated
+    /// Which index collections use, and the HNSW knobs.
+    public var indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold)
+    public var hnsw = HNSWParameters()
     /// Options passed on to the kernel mount (allow_other, ro, ...).
     public var kernelOptions: [String] = []
 
@@ -100,6 +104,12 @@ public struct MountOptions: Sendable, Equatable {
             case "descriptor_budget":
                 guard let value, let n = Int(value), n >= 16 else { throw .badValue(option) }
                 descriptorBudget = n
+            case "index":
+                guard let value, let kind = IndexKind(value) else { throw .badValue(option) }
+                indexKind = kind
+            case "hnsw_m", "ef_construction", "ef_search":
+                guard let value, let n = Int(value), n >= 2, n <= 4096 else { throw .badValue(option) }
+                if key == "hnsw_m" { hnsw.m = min(n, 128) } else if key == "ef_construction" { hnsw.efConstruction = n } else { hnsw.efSearch = n }
             default: kernelOptions.append(option)
             }
         }

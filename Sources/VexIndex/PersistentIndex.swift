@@ -30,6 +30,8 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     public let directory: String
     public let index: AdaptiveIndex
     public let recovery: RecoveryReport
+    /// Sections the owner stored beside the index at the last checkpoint (see `checkpoint`).
+    public let attachments: [String: [UInt8]]
     let logBound: Int
     public var dimension: Int { index.dimension }
     public var metric: Metric { index.metric }
@@ -42,10 +44,12 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         var generation: UInt64
     }
 
-    private init(directory: String, index: AdaptiveIndex, log: WriteAheadLog, generation: UInt64, recovery: RecoveryReport, logBound: Int) {
+    private init(directory: String, index: AdaptiveIndex, log: WriteAheadLog, generation: UInt64, recovery: RecoveryReport,
+                 attachments: [String: [UInt8]], logBound: Int) {
         self.directory = directory
         self.index = index
         self.recovery = recovery
+        self.attachments = attachments
         self.logBound = logBound
         writer = Mutex(LogState(log: log, generation: generation))
     }
@@ -63,9 +67,11 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         var generation: UInt64 = 0
         var index = AdaptiveIndex(dimension: dimension, metric: metric, kind: kind, parameters: parameters, kernels: kernels)
         let snapshotPath = directory + "/snapshot"
-        if let (restored, g) = loadSnapshot(snapshotPath, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
+        var attachments: [String: [UInt8]] = [:]
+        if let (restored, g, extra) = loadSnapshot(snapshotPath, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
             index = AdaptiveIndex(restoring: restored, kind: kind, parameters: parameters, kernels: kernels)
             generation = g
+            attachments = extra
             report.snapshotLoaded = true
         }
         if !report.snapshotLoaded {
@@ -92,13 +98,14 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             last = max(last, g)
         }
         let log = try WriteAheadLog(path: logPath(directory, last))
-        return PersistentIndex(directory: directory, index: index, log: log, generation: last, recovery: report, logBound: logBound)
+        return PersistentIndex(directory: directory, index: index, log: log, generation: last, recovery: report,
+                               attachments: attachments, logBound: logBound)
     }
 
     /// The index in the snapshot at `path` and the first log generation it lacks; nil when there is
     /// none or it cannot be used (said in `report`).
     private static func loadSnapshot(_ path: String, dimension: Int, metric: Metric, kernels: DistanceKernels,
-                                     report: inout RecoveryReport) -> ((any VectorIndex), UInt64)? {
+                                     report: inout RecoveryReport) -> ((any VectorIndex), UInt64, [String: [UInt8]])? {
         let sections: [String: [UInt8]]
         do { sections = try readSnapshot(path: path) } catch {
             if case .io(_, ENOENT) = error { return nil }
@@ -116,7 +123,9 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             let restored: any VectorIndex = isGraph
                 ? try HNSWIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels)
                 : try FlatIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels)
-            return (restored, generation)
+            var extra: [String: [UInt8]] = [:]
+            for (tag, bytes) in sections where tag.hasPrefix("X") { extra[String(tag.dropFirst())] = bytes }
+            return (restored, generation, extra)
         } catch {
             report.problems.append("\(path): its sections do not fit together; set aside")
             return nil
@@ -149,12 +158,17 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         if let e = writer.withLock({ $0.log?.flush() }) { throw e }
     }
 
-    /// Writes a snapshot of the index and starts a new log.
-    public func checkpoint() throws(PersistenceError) {
-        try writer.withLock { (state) throws(PersistenceError) in try checkpoint(&state) }
+    /// Bytes in the current log.
+    public var logSize: Int { writer.withLock { $0.log?.size ?? 0 } }
+
+    /// Writes a snapshot of the index and starts a new log. `attachments` (tags of up to 3 letters)
+    /// are stored with it and come back in `attachments` at the next open: the owner's own state that
+    /// must agree with the index.
+    public func checkpoint(attachments: [(String, [UInt8])] = []) throws(PersistenceError) {
+        try writer.withLock { (state) throws(PersistenceError) in try checkpoint(&state, attachments) }
     }
 
-    private func checkpoint(_ state: inout LogState) throws(PersistenceError) {
+    private func checkpoint(_ state: inout LogState, _ attachments: [(String, [UInt8])] = []) throws(PersistenceError) {
         guard let old = state.log else { return }
         if let e = old.flush() { throw e }
         old.close()
@@ -168,14 +182,15 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         w.section("META", meta.bytes)
         let sections = (now as? HNSWIndex)?.sections() ?? (now as! FlatIndex).sections()
         for (tag, bytes) in sections { w.section(tag, bytes) }
+        for (tag, bytes) in attachments { w.section("X" + tag.prefix(3), bytes) }
         try w.commit()
         for (g, path) in try PersistentIndex.logs(in: directory) where g < next { unlink(path) }
     }
 
-    /// Flushes, snapshots and closes the log; the index stays usable for searches.
-    public func close() {
+    /// Flushes, snapshots (with `attachments`) and closes the log; the index stays usable for searches.
+    public func close(attachments: [(String, [UInt8])] = []) {
         writer.withLock { state in
-            try? checkpoint(&state)
+            try? checkpoint(&state, attachments)
             state.log?.close()
             state.log = nil
         }

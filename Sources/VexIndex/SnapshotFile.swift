@@ -16,34 +16,48 @@ public enum PersistenceError: Error, Equatable, CustomStringConvertible {
 }
 
 /// Bytes appended to a growing buffer; the encoding of snapshots and log records (little-endian).
-struct ByteWriter {
-    var bytes: [UInt8] = []
-    mutating func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
-    mutating func put(_ v: Float) { put(v.bitPattern) }
-    mutating func put(_ raw: UnsafeRawBufferPointer) { bytes.append(contentsOf: raw) }
+public struct ByteWriter {
+    public var bytes: [UInt8] = []
+    public init() {}
+    public mutating func put<T: FixedWidthInteger>(_ v: T) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    public mutating func put(_ v: Float) { put(v.bitPattern) }
+    public mutating func put(_ raw: UnsafeRawBufferPointer) { bytes.append(contentsOf: raw) }
+    /// A length-prefixed UTF-8 string.
+    public mutating func put(_ s: String) {
+        let utf8 = Array(s.utf8)
+        put(UInt32(utf8.count))
+        bytes.append(contentsOf: utf8)
+    }
 }
 
 /// Reads what ByteWriter wrote; every read is bounds-checked, so damage is an error, not a crash.
-struct ByteReader {
+public struct ByteReader {
     let bytes: [UInt8]
     var offset = 0
-    init(_ bytes: [UInt8]) { self.bytes = bytes }
-    var remaining: Int { bytes.count - offset }
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public var remaining: Int { bytes.count - offset }
 
-    mutating func get<T: FixedWidthInteger>(_: T.Type) throws(ByteReader.Short) -> T {
+    public mutating func getString() throws(ByteReader.Short) -> String {
+        let n = Int(try get(UInt32.self))
+        guard n <= remaining else { throw Short() }
+        defer { offset += n }
+        return String(decoding: bytes[offset..<(offset + n)], as: UTF8.self)
+    }
+
+    public mutating func get<T: FixedWidthInteger>(_: T.Type) throws(ByteReader.Short) -> T {
         guard remaining >= MemoryLayout<T>.size else { throw Short() }
         var v: T = 0
         withUnsafeMutableBytes(of: &v) { dst in bytes.withUnsafeBytes { dst.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<offset + MemoryLayout<T>.size])) } }
         offset += MemoryLayout<T>.size
         return T(littleEndian: v)
     }
-    mutating func getFloat() throws(ByteReader.Short) -> Float { Float(bitPattern: try get(UInt32.self)) }
+    public mutating func getFloat() throws(ByteReader.Short) -> Float { Float(bitPattern: try get(UInt32.self)) }
     mutating func copy(_ count: Int, to dst: UnsafeMutableRawPointer) throws(ByteReader.Short) {
         guard count >= 0, remaining >= count else { throw Short() }
         bytes.withUnsafeBytes { dst.copyMemory(from: $0.baseAddress! + offset, byteCount: count) }
         offset += count
     }
-    struct Short: Error {}
+    public struct Short: Error { public init() {} }
 }
 
 /// A snapshot: a header, then named sections, each cut into pieces of at most 4 MiB that are

@@ -31,6 +31,14 @@ public final class Inode: @unchecked Sendable {
     /// Known to have neither set-id bits nor a security.capability attribute, so an unprivileged
     /// write has nothing to drop (see `Store.dropPrivileges`).
     public let knownUnprivileged = Atomic<Bool>(false)
+    /// Where the file was last seen: its directory and name (the last lookup, create or rename; for
+    /// a file with several hard links, one of them). The vector layer names files by it.
+    public let location = Mutex<Location?>(nil)
+
+    public struct Location: Sendable {
+        public let parent: Inode
+        public let name: String
+    }
 
     struct DescriptorState {
         var fd: Int32
@@ -219,6 +227,12 @@ public final class InodeTable: Sendable {
         let fd = try pin(inode)
         defer { unpin(inode) }
         return try body(fd)
+    }
+
+    /// The inode the kernel knows for `key`, without counting a lookup.
+    public func existing(_ key: InodeKey) -> Inode? {
+        if key == root.key { return root }
+        return inodesByKey.withLock { $0[key] }
     }
 
     func forEach(_ body: (Inode) -> Void) {

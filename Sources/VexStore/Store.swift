@@ -86,7 +86,38 @@ public final class Store: Sendable {
             close(fd)
             throw e
         }
-        return Entry(inode: inodes.adopt(fd: fd, attributes: st), attributes: st)
+        let inode = inodes.adopt(fd: fd, attributes: st)
+        if inode !== root { inode.location.withLock { $0 = Inode.Location(parent: parent, name: String(cString: name)) } }
+        return Entry(inode: inode, attributes: st)
+    }
+
+    /// The path of `inode` relative to the store's root ("" for the root), from the locations the
+    /// inodes remember; nil when a link of the chain is unknown.
+    public func relativePath(_ inode: Inode) -> String? {
+        var parts: [String] = []
+        var current = inodes.existing(inode.key) ?? inode
+        while !current.isStoreRoot {
+            guard let location = current.location.withLock({ $0 }), parts.count < 4096 else { return nil }
+            parts.append(location.name)
+            current = inodes.existing(location.parent.key) ?? location.parent
+        }
+        return parts.reversed().joined(separator: "/")
+    }
+
+    /// Identity and type of what is at (parent, name), known to the kernel or not.
+    public func child(_ parent: Inode, _ name: UnsafePointer<CChar>) -> (key: InodeKey, isDirectory: Bool)? {
+        var st = stat()
+        let found = try? inodes.using(parent) { dir throws(Errno) in try check(fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW)) }
+        guard found != nil else { return nil }
+        return (InodeKey(device: UInt64(st.st_dev), number: UInt64(st.st_ino)), st.st_mode & S_IFMT == S_IFDIR)
+    }
+
+    /// The inode the kernel knows at (parent, name), if any.
+    public func known(_ parent: Inode, _ name: UnsafePointer<CChar>) -> Inode? {
+        var st = stat()
+        let found = try? inodes.using(parent) { dir throws(Errno) in try check(fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW)) }
+        guard found != nil else { return nil }
+        return inodes.existing(InodeKey(device: UInt64(st.st_dev), number: UInt64(st.st_ino)))
     }
 
     public func forget(_ inode: Inode, _ count: UInt64) { inodes.forget(inode, count) }
@@ -143,6 +174,12 @@ public final class Store: Sendable {
         guard flags & ~(vx_RENAME_NOREPLACE | vx_RENAME_EXCHANGE) == 0 else { throw .invalidArgument }
         try inodes.using(parent) { from throws(Errno) in
             try inodes.using(newParent) { to throws(Errno) in try check(vx_renameat2(from, name, to, newName, flags)) }
+        }
+        // The moved files' locations follow them.
+        let target = String(cString: newName), source = String(cString: name)
+        known(newParent, newName)?.location.withLock { $0 = Inode.Location(parent: newParent, name: target) }
+        if flags & vx_RENAME_EXCHANGE != 0 {
+            known(parent, name)?.location.withLock { $0 = Inode.Location(parent: parent, name: source) }
         }
     }
 

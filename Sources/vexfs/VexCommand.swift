@@ -3,6 +3,8 @@
 import ArgumentParser
 import Glibc
 import VexFUSE
+import VexKernels
+import VexSemantic
 import VexStore
 
 @main
@@ -65,10 +67,20 @@ struct Mount: ParsableCommand {
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
         defer { close(lock) }
 
+        let kernels: DistanceKernels
+        do { kernels = try DistanceKernels.forProcess.get() } catch { throw UserError(error.description) }
         do {
-            try Session.run(store: store, mountpoint: mountPath, options: mountOptions) {
+            try Session.run(store: store, mountpoint: mountPath, options: mountOptions, detached: {
                 MountLock.record(pid: getpid(), in: lock)
-            }
+            }, prepare: {
+                let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.indexKind,
+                                             parameters: mountOptions.hnsw)
+                _ = semantic.reconcile { line in
+                    let text = line + "\n"
+                    _ = text.withCString { write(2, $0, strlen($0)) }
+                }
+                return semantic
+            })
         } catch {
             throw UserError(error.description)
         }

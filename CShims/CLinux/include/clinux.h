@@ -47,6 +47,9 @@ int vx_open_handle(int mount_fd, const unsigned char *blob, int length);
 /// removexattr on an open descriptor.
 int vx_fremovexattr(int fd, const char *name);
 ssize_t vx_fgetxattr(int fd, const char *name, void *value, size_t size);
+/// xattrs by path, not following a final symlink.
+ssize_t vx_lgetxattr(const char *path, const char *name, void *value, size_t size);
+int vx_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags);
 
 /// An anonymous in-memory file holding `length` bytes of `data`, positioned at 0; -1 on failure.
 int vx_memfd_with(const char *name, const void *data, size_t length);

@@ -29,4 +29,8 @@ void vx_escape(void *p);
 /// One warning line to syslog (a detached daemon has no terminal).
 void vx_log_warning(const char *line);
 
+/// Relaxed counters for per-operation figures.
+static inline void vx_counter_add(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+static inline uint64_t vx_counter_load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+
 #endif

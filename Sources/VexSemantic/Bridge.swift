@@ -1,0 +1,191 @@
+import Glibc
+
+/// The cross-layer bridge: the filesystem posts what changed, a worker thread brings the indexes up to
+/// date in batches.
+///
+/// Pending work is keyed by file (collection, name) and coalesced: a later event for the same file
+/// replaces an earlier one, which is correct because applying means "make the index agree with the
+/// file as it is now" (`refresh`) or "forget it" (`remove`). A batch closes at `batchSize` events or
+/// `batchDelay` after its first; within it, removes go before refreshes. A query never waits behind
+/// other collections: it marks its collection urgent, the worker takes that collection's events
+/// first, and the query proceeds once none is pending or in flight (read-your-writes). The queue
+/// holds at most `capacity` files; posting to a full queue waits (backpressure).
+final class Bridge: @unchecked Sendable {
+    enum Op: Sendable { case refresh, remove }
+    struct Key: Hashable, Sendable {
+        let collection: UInt64
+        let name: String
+    }
+    struct Event: Sendable {
+        let key: Key
+        let op: Op
+    }
+
+    let capacity: Int
+    let batchSize: Int
+    let batchDelayNanoseconds: Int
+    private let apply: @Sendable ([Event]) -> Void
+
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private let progress = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    // Guarded by `lock`.
+    private var pending: [Key: Op] = [:]
+    private var pendingPerCollection: [UInt64: Int] = [:]
+    private var inFlight: [UInt64: Int] = [:]
+    private var urgent: Set<UInt64> = []
+    private var firstPendingAt = timespec()
+    private var stopping = false
+    private var thread = pthread_t()
+    private(set) var statistics = Statistics()
+
+    struct Statistics: Sendable {
+        var posted = 0
+        var coalesced = 0
+        var batches = 0
+        var applied = 0
+        var fullWaits = 0
+        var largestBatch = 0
+    }
+
+    init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 500, apply: @escaping @Sendable ([Event]) -> Void) {
+        self.capacity = capacity
+        self.batchSize = batchSize
+        batchDelayNanoseconds = batchDelayMicroseconds * 1000
+        self.apply = apply
+        pthread_mutex_init(lock, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(wake, &attr)
+        pthread_condattr_destroy(&attr)
+        pthread_cond_init(progress, nil)
+        let rc = pthread_create(&thread, nil, { arg in
+            Unmanaged<Bridge>.fromOpaque(arg!).takeUnretainedValue().work()
+            return nil
+        }, Unmanaged.passUnretained(self).toOpaque())
+        precondition(rc == 0, "cannot start the bridge worker")
+    }
+
+    deinit {
+        stop()
+        pthread_mutex_destroy(lock); pthread_cond_destroy(wake); pthread_cond_destroy(progress)
+        lock.deallocate(); wake.deallocate(); progress.deallocate()
+    }
+
+    /// Events waiting, for stats.
+    var depth: Int { locked { pending.count } }
+    var snapshot: Statistics { locked { statistics } }
+
+    func post(_ op: Op, collection: UInt64, name: String) {
+        let key = Key(collection: collection, name: name)
+        locked {
+            statistics.posted += 1
+            if pending.updateValue(op, forKey: key) != nil {
+                statistics.coalesced += 1
+                return
+            }
+            while pending.count >= capacity && !stopping {
+                statistics.fullWaits += 1
+                pthread_cond_wait(progress, lock)
+            }
+            if pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
+            pendingPerCollection[collection, default: 0] += 1
+            if pending.count == 0 || pending.count + 1 >= batchSize { pthread_cond_signal(wake) }
+            pending[key] = op
+        }
+    }
+
+    /// Returns once nothing posted for `collection` before the call is still unapplied.
+    func settle(_ collection: UInt64) {
+        locked {
+            guard pendingPerCollection[collection] != nil || inFlight[collection] != nil else { return }
+            urgent.insert(collection)
+            pthread_cond_signal(wake)
+            while pendingPerCollection[collection] != nil || inFlight[collection] != nil {
+                pthread_cond_wait(progress, lock)
+            }
+        }
+    }
+
+    /// Returns once every event posted before the call is applied.
+    func settleAll() {
+        locked {
+            while !pending.isEmpty || !inFlight.isEmpty {
+                urgent.formUnion(pendingPerCollection.keys)
+                pthread_cond_signal(wake)
+                pthread_cond_wait(progress, lock)
+            }
+        }
+    }
+
+    /// Applies what is pending, then stops the worker.
+    func stop() {
+        let running: Bool = locked {
+            guard !stopping else { return false }
+            stopping = true
+            pthread_cond_signal(wake)
+            return true
+        }
+        if running { pthread_join(thread, nil) }
+    }
+
+    private func work() {
+        pthread_mutex_lock(lock)
+        while true {
+            while pending.isEmpty && !stopping { pthread_cond_wait(wake, lock) }
+            if pending.isEmpty && stopping { break }
+            // Let the batch fill, unless a query is waiting or the queue is closing.
+            var deadline = firstPendingAt
+            deadline.tv_nsec += batchDelayNanoseconds
+            if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
+            while pending.count < batchSize && urgent.isEmpty && !stopping {
+                if pthread_cond_timedwait(wake, lock, &deadline) == ETIMEDOUT { break }
+            }
+            let batch = takeBatch()
+            pthread_mutex_unlock(lock)
+            apply(batch)
+            pthread_mutex_lock(lock)
+            for e in batch {
+                inFlight[e.key.collection]! -= 1
+                if inFlight[e.key.collection] == 0 { inFlight[e.key.collection] = nil }
+            }
+            statistics.batches += 1
+            statistics.applied += batch.count
+            statistics.largestBatch = max(statistics.largestBatch, batch.count)
+            if !pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
+            pthread_cond_broadcast(progress)
+        }
+        pthread_mutex_unlock(lock)
+    }
+
+    /// Up to `batchSize` events: urgent collections' first, then removes, then refreshes.
+    private func takeBatch() -> [Event] {
+        var chosen: [Event] = []
+        chosen.reserveCapacity(min(batchSize, pending.count))
+        func take(_ keys: [Key]) {
+            for key in keys where chosen.count < batchSize {
+                guard let op = pending.removeValue(forKey: key) else { continue }
+                chosen.append(Event(key: key, op: op))
+                let c = key.collection
+                pendingPerCollection[c]! -= 1
+                if pendingPerCollection[c] == 0 { pendingPerCollection[c] = nil }
+                inFlight[c, default: 0] += 1
+            }
+        }
+        if !urgent.isEmpty {
+            take(pending.keys.filter { urgent.contains($0.collection) })
+            urgent = urgent.filter { pendingPerCollection[$0] != nil }
+        }
+        take(pending.filter { $0.value == .remove }.map(\.key))
+        take(Array(pending.keys))
+        // Within the batch, removes first (they free labels and make room).
+        return chosen.filter { $0.op == .remove } + chosen.filter { $0.op == .refresh }
+    }
+
+    private func locked<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return body()
+    }
+}

@@ -1,0 +1,383 @@
+import CLinux
+import Glibc
+import Synchronization
+import VexIndex
+import VexKernels
+
+/// What the collection knows of one file: the signature it was read with (so an unchanged file is
+/// not read again), the labels of its vectors, and the one-line status users read.
+struct FileRecord: Equatable, Sendable {
+    var inode: UInt64
+    var size: Int64
+    var mtime: Int64
+    var ctime: Int64
+    var firstLabel: UInt64
+    var rows: Int
+    var status: String
+
+    func sameSignature(_ st: stat) -> Bool {
+        inode == UInt64(st.st_ino) && size == Int64(st.st_size) && mtime == nanoseconds(st.st_mtim) && ctime == nanoseconds(st.st_ctim)
+    }
+}
+
+func nanoseconds(_ t: timespec) -> Int64 { Int64(t.tv_sec) * 1_000_000_000 + Int64(t.tv_nsec) }
+
+/// The settings of a collection, kept as attributes of the backing directory, so they belong to the
+/// files (the truth), not to the index.
+enum DirectorySetting: String {
+    case dimension = "user.vexfs.dim"
+    case metric = "user.vexfs.metric"
+}
+
+/// One directory's vectors: its index (persisted under STORE/.vexfs/index/INODE) and the catalog
+/// that names what the index holds. Changed only by the bridge worker, or by a settings change with
+/// the bridge settled; read by queries, which hold the lock only to look names up, never to search.
+final class Collection: @unchecked Sendable {
+    /// The directory's inode number: stays the same across renames.
+    let key: UInt64
+    let layer: SemanticLayer
+    let state: Mutex<State>
+    /// Bumped on every change; cached answers are valid only for the version they were made at.
+    let version = Atomic<UInt64>(0)
+
+    struct State {
+        var path: String
+        var dimension: Int?
+        var metric: Metric = .l2
+        var index: PersistentIndex?
+        var files: [String: FileRecord] = [:]
+        var owner: [UInt64: String] = [:]
+        var nextLabel: UInt64 = 1
+    }
+
+    init(key: UInt64, path: String, layer: SemanticLayer) {
+        self.key = key
+        self.layer = layer
+        state = Mutex(State(path: path))
+    }
+
+    var indexDirectory: String { "\(layer.stateRoot)/index/\(key)" }
+
+    /// The backing directory, absolute.
+    func directoryPath(_ s: borrowing State) -> String { s.path.isEmpty ? layer.storeRoot : layer.storeRoot + "/" + s.path }
+
+    // MARK: opening and reconciling
+
+    /// Reads the settings, opens the persisted index and makes it agree with the files: what changed
+    /// while unmounted (or was lost in a crash) is read again, what is gone is removed.
+    func open() -> (changed: Int, problems: [String]) {
+        state.withLock { s in
+            let dir = directoryPath(s)
+            if let text = readSetting(dir, .metric), let m = Metric(rawValue: text) { s.metric = m }
+            if let text = readSetting(dir, .dimension), let d = Int(text), d > 0, d <= VectorParser.maxDimension {
+                s.dimension = d
+            }
+            var problems: [String] = []
+            if s.dimension != nil {
+                problems += openIndex(&s)
+                if let index = s.index, let catalog = index.attachments["CAT"], let decoded = Collection.decode(catalog) {
+                    (s.files, s.nextLabel) = decoded
+                    for (name, r) in s.files where r.rows > 0 {
+                        for l in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) { s.owner[l] = name }
+                    }
+                }
+            }
+            // The index and the catalog must hold the same labels: after a crash the log may hold
+            // changes the catalog never saw, and the other way round.
+            var changed = 0
+            if let index = s.index {
+                var live = Set<UInt64>()
+                index.index.forEach { label, _ in live.insert(label) }
+                for (name, r) in s.files where r.rows > 0 {
+                    let labels = r.firstLabel..<(r.firstLabel + UInt64(r.rows))
+                    if !labels.allSatisfy({ live.contains($0) }) { forget(name, &s); changed += 1 }
+                }
+                for label in live where s.owner[label] == nil { index.remove(label: label); changed += 1 }
+            } else {
+                s.files = [:]
+            }
+            // Every file now: new or changed ones are read, vanished ones removed.
+            var seen = Set<String>()
+            for name in listFiles(dir) {
+                seen.insert(name)
+                if let r = s.files[name], let st = statFile(dir + "/" + name), r.sameSignature(st) { continue }
+                if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir + "/" + name) || s.files[name] != nil {
+                    refresh(name, &s)
+                    changed += 1
+                }
+            }
+            for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
+            if changed > 0 { checkpoint(&s) }
+            return (changed, problems)
+        }
+    }
+
+    private func openIndex(_ s: inout State) -> [String] {
+        guard let d = s.dimension else { return [] }
+        do {
+            let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.metric, kind: layer.indexKind,
+                                                 parameters: layer.parameters, kernels: layer.kernels, logBound: .max)
+            s.index = index
+            return index.recovery.problems.map { "\(s.path.isEmpty ? "." : s.path): \($0)" }
+        } catch {
+            return ["\(s.path): the index cannot be opened: \(error)"]
+        }
+    }
+
+    // MARK: applying changes (bridge worker)
+
+    func apply(_ events: [Bridge.Event]) {
+        state.withLock { s in
+            for e in events {
+                switch e.op {
+                case .remove: forget(e.key.name, &s)
+                case .refresh: refresh(e.key.name, &s)
+                }
+            }
+            if let index = s.index, index.logSize > layer.logBound { checkpoint(&s) }
+        }
+    }
+
+    /// Makes the index agree with the file `name` as it is now.
+    private func refresh(_ name: String, _ s: inout State) {
+        let path = directoryPath(s) + "/" + name
+        guard !name.hasSuffix(".query"), let st = statFile(path), st.st_mode & S_IFMT == S_IFREG else {
+            forget(name, &s)
+            return
+        }
+        if let r = s.files[name], r.sameSignature(st) { return }
+        var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
+                                ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
+        let parsed: Result<ParsedVectors, FormatError>
+        if let format = VectorFormat(fileName: name) {
+            parsed = layer.readVectors(path, format: format, size: Int(st.st_size))
+        } else if let text = readAttribute(path, SemanticLayer.vectorAttribute) {
+            parsed = text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
+        } else {
+            forget(name, &s)
+            return
+        }
+        let old = s.files[name]
+        switch parsed {
+        case .failure(let reason):
+            record.status = "not indexed: \(reason)"
+            release(old, &s)
+        case .success(let vectors):
+            if s.dimension == nil {
+                s.dimension = vectors.dimension
+                writeSetting(directoryPath(s), .dimension, String(vectors.dimension))
+                layer.log(problems: openIndex(&s))
+            }
+            guard vectors.dimension == s.dimension, let index = s.index else {
+                record.status = "not indexed: \(vectors.dimension) numbers, the collection's dimension is \(s.dimension ?? 0)"
+                release(old, &s)
+                break
+            }
+            // Same number of rows: the labels are kept and the vectors replaced in place.
+            if let old, old.rows == vectors.rows {
+                record.firstLabel = old.firstLabel
+            } else {
+                release(old, &s)
+                record.firstLabel = s.nextLabel
+                s.nextLabel += UInt64(vectors.rows)
+            }
+            record.rows = vectors.rows
+            vectors.values.withUnsafeBufferPointer { all in
+                for row in 0..<vectors.rows {
+                    let label = record.firstLabel + UInt64(row)
+                    try? index.insert(label: label, vector: UnsafeBufferPointer(rebasing: all[(row * vectors.dimension)..<((row + 1) * vectors.dimension)]))
+                    s.owner[label] = name
+                }
+            }
+            record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
+        }
+        s.files[name] = record
+        version.add(1, ordering: .releasing)
+        layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+    }
+
+    /// Removes `name` and its vectors.
+    private func forget(_ name: String, _ s: inout State) {
+        guard let old = s.files.removeValue(forKey: name) else { return }
+        release(old, &s)
+        version.add(1, ordering: .releasing)
+        if old.rows > 0 { layer.journal.record("index", path: relative(s, name), detail: ["status": "removed"]) }
+    }
+
+    private func release(_ record: FileRecord?, _ s: inout State) {
+        guard let record, record.rows > 0 else { return }
+        for l in record.firstLabel..<(record.firstLabel + UInt64(record.rows)) {
+            s.index?.remove(label: l)
+            s.owner[l] = nil
+        }
+    }
+
+    private func checkpoint(_ s: inout State) {
+        guard let index = s.index else { return }
+        do { try index.checkpoint(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))]) } catch {
+            layer.log(problems: ["\(s.path): snapshot failed: \(error)"])
+        }
+    }
+
+    /// Snapshots the index with its catalog and closes it (unmount).
+    func close() {
+        state.withLock { s in
+            s.index?.close(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))])
+        }
+    }
+
+    func relative(_ s: borrowing State, _ name: String) -> String { s.path.isEmpty ? name : s.path + "/" + name }
+
+    // MARK: settings
+
+    /// Changes the metric (re-indexing every file) or the dimension (only while nothing is indexed).
+    func change(_ setting: DirectorySetting, to text: String) throws(SemanticError) {
+        try state.withLock { (s) throws(SemanticError) in
+            let dir = directoryPath(s)
+            switch setting {
+            case .metric:
+                guard let metric = Metric(rawValue: text) else { throw .invalid("metric must be l2, cosine or dot") }
+                writeSetting(dir, .metric, text)
+                guard metric != s.metric else { return }
+                s.metric = metric
+                rebuild(&s)
+            case .dimension:
+                guard let d = Int(text), d > 0, d <= VectorParser.maxDimension else {
+                    throw .invalid("dim must be a whole number from 1 to \(VectorParser.maxDimension)")
+                }
+                guard d != s.dimension else { return }
+                guard s.files.values.allSatisfy({ $0.rows == 0 }) else { throw .busy("the collection holds vectors of dimension \(s.dimension ?? 0)") }
+                writeSetting(dir, .dimension, text)
+                s.dimension = d
+                rebuild(&s)
+            }
+        }
+    }
+
+    /// Throws the index away and reads every file again (a new metric or dimension).
+    private func rebuild(_ s: inout State) {
+        s.index?.close()
+        s.index = nil
+        _ = system("rm -rf '\(indexDirectory)'")
+        layer.log(problems: openIndex(&s))
+        let names = Array(s.files.keys)
+        s.files = [:]
+        s.owner = [:]
+        for name in names { refresh(name, &s) }
+        checkpoint(&s)
+        version.add(1, ordering: .releasing)
+    }
+
+    // MARK: reading (queries and attributes)
+
+    struct Summary {
+        let dimension: Int?
+        let metric: Metric
+        let count: Int
+        let index: String
+    }
+
+    var summary: Summary {
+        state.withLock { s in
+            Summary(dimension: s.dimension, metric: s.metric, count: s.index?.count ?? 0,
+                    index: s.index.map { "\($0.index.summary)" } ?? "none (no vectors yet)")
+        }
+    }
+
+    func record(of name: String) -> FileRecord? { state.withLock { $0.files[name] } }
+    var dimension: Int? { state.withLock { $0.dimension } }
+
+    /// The k nearest to `query`, leaving out the vectors of `excluding` (a file of this collection).
+    func nearest(_ query: ArraySlice<Float>, k: Int, excluding: String?) throws(SemanticError) -> [(String, Float)] {
+        let (index, excluded, dimension) = state.withLock { s -> (PersistentIndex?, Set<UInt64>, Int?) in
+            var ex = Set<UInt64>()
+            if let name = excluding, let r = s.files[name], r.rows > 0 { ex = Set(r.firstLabel..<(r.firstLabel + UInt64(r.rows))) }
+            return (s.index, ex, s.dimension)
+        }
+        guard let index, let dimension else { return [] }
+        guard query.count == dimension else { throw .invalid("the query has \(query.count) numbers, the collection's dimension is \(dimension)") }
+        let found: [Neighbor]
+        do {
+            found = try query.withUnsafeBufferPointer { q throws(IndexError) in
+                try index.search(q, k: min(k + excluded.count, 1000 + excluded.count), ef: nil, excluding: nil)
+            }
+        } catch { throw .invalid(error.description) }
+        return state.withLock { s in
+            var out: [(String, Float)] = []
+            for n in found where !excluded.contains(n.label) && out.count < k {
+                guard let name = s.owner[n.label], let r = s.files[name] else { continue }
+                out.append((r.rows > 1 ? "\(name)#\(n.label - r.firstLabel)" : name, n.distance))
+            }
+            return out
+        }
+    }
+
+    // MARK: catalog encoding
+
+    static func encode(_ files: [String: FileRecord], nextLabel: UInt64) -> [UInt8] {
+        var w = ByteWriter()
+        w.put(UInt32(1)); w.put(nextLabel); w.put(UInt64(files.count))
+        for (name, r) in files.sorted(by: { $0.key < $1.key }) {
+            w.put(name); w.put(r.inode); w.put(r.size); w.put(r.mtime); w.put(r.ctime)
+            w.put(r.firstLabel); w.put(UInt64(r.rows)); w.put(r.status)
+        }
+        return w.bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) -> ([String: FileRecord], UInt64)? {
+        var r = ByteReader(bytes)
+        do {
+            guard try r.get(UInt32.self) == 1 else { return nil }
+            let next = try r.get(UInt64.self), count = try r.get(UInt64.self)
+            guard count < 1 << 32 else { return nil }
+            var files: [String: FileRecord] = [:]
+            for _ in 0..<count {
+                let name = try r.getString()
+                files[name] = FileRecord(inode: try r.get(UInt64.self), size: try r.get(Int64.self), mtime: try r.get(Int64.self),
+                                         ctime: try r.get(Int64.self), firstLabel: try r.get(UInt64.self),
+                                         rows: Int(try r.get(UInt64.self)), status: try r.getString())
+            }
+            return (files, next)
+        } catch { return nil }
+    }
+}
+
+// MARK: backing-file helpers (absolute paths in STORE; never the mount)
+
+func statFile(_ path: String) -> stat? {
+    var st = stat()
+    return lstat(path, &st) == 0 ? st : nil
+}
+
+func readAttribute(_ path: String, _ name: String) -> [UInt8]? {
+    let size = vx_lgetxattr(path, name, nil, 0)
+    guard size >= 0 else { return nil }
+    var bytes = [UInt8](repeating: 0, count: size)
+    let n = bytes.withUnsafeMutableBytes { vx_lgetxattr(path, name, $0.baseAddress, size) }
+    guard n >= 0 else { return nil }
+    bytes.removeLast(size - n)
+    return bytes
+}
+
+func hasVectorAttribute(_ path: String) -> Bool { vx_lgetxattr(path, SemanticLayer.vectorAttribute, nil, 0) >= 0 }
+
+func readSetting(_ dir: String, _ setting: DirectorySetting) -> String? {
+    readAttribute(dir, setting.rawValue).map { String(decoding: $0, as: UTF8.self).trimmingCharacters() }
+}
+
+func writeSetting(_ dir: String, _ setting: DirectorySetting, _ value: String) {
+    _ = value.withCString { vx_lsetxattr(dir, setting.rawValue, $0, strlen($0), 0) }
+}
+
+/// Names of the regular files in `dir` (not `.vexfs`).
+func listFiles(_ dir: String) -> [String] {
+    guard let d = opendir(dir) else { return [] }
+    defer { closedir(d) }
+    var names: [String] = []
+    while let e = readdir(d) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name == "." || name == ".." { continue }
+        if e.pointee.d_type == UInt8(DT_REG) || e.pointee.d_type == UInt8(DT_UNKNOWN) { names.append(name) }
+    }
+    return names
+}

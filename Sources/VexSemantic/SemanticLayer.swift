@@ -1,0 +1,418 @@
+// VexSemantic is what makes the store a vector filesystem (PRODUCT.md §2-§4), with no FUSE in it.
+// It owns the collections (one per directory, keyed by the directory's inode number so a rename keeps
+// its index), the parsing of vector files, the bridge that carries the filesystem's events to the
+// indexes in batches, the answers to the `user.vexfs.*` attributes (queries, settings, status), the
+// semantic journal and the reconciliation at mount. It reads STORE only through its own absolute
+// paths, never through the mount (the daemon must not call into itself). The files are the truth: a
+// collection's index and catalog are rebuilt from them whenever they disagree.
+import Glibc
+import Synchronization
+import VexIndex
+import VexKernels
+
+/// A collection's directory as the filesystem layer sees it now.
+public struct DirectoryRef: Sendable, Equatable {
+    public let key: UInt64
+    /// Relative to the store's root; "" for the root.
+    public let path: String
+    public init(key: UInt64, path: String) {
+        self.key = key
+        self.path = path
+    }
+    func child(_ name: String) -> String { path.isEmpty ? name : path + "/" + name }
+}
+
+/// A refused request, with the errno the caller answers.
+public enum SemanticError: Error, Equatable, CustomStringConvertible {
+    case noData
+    case invalid(String)
+    case busy(String)
+    case range
+
+    public var errno: Int32 {
+        switch self {
+        case .noData: ENODATA
+        case .invalid: EINVAL
+        case .busy: ENOTEMPTY
+        case .range: ERANGE
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .noData: "no such attribute"
+        case .invalid(let s), .busy(let s): s
+        case .range: "the buffer is too small"
+        }
+    }
+}
+
+public final class SemanticLayer: @unchecked Sendable {
+    public static let vectorAttribute = "user.vexfs.vector"
+    public static let ownPrefix = "user.vexfs."
+    public let storeRoot: String
+    let stateRoot: String
+    let kernels: DistanceKernels
+    let indexKind: IndexKind
+    let parameters: HNSWParameters
+    /// A collection's log is folded into a snapshot past this many bytes.
+    let logBound = 32 << 20
+    public let journal: Journal
+    private(set) var bridge: Bridge!
+    /// Collections by directory inode number.
+    private let collections = Mutex<[UInt64: Collection]>([:])
+    /// getfattr asks twice (the size, then the value): the second ask is served from here.
+    private let answers = Mutex<[AnswerKey: Answer]>([:])
+    private let problems = Mutex<[String]>([])
+    public let metrics = QueryMetrics()
+
+    struct AnswerKey: Hashable {
+        let inode: UInt64
+        let attribute: String
+    }
+    struct Answer {
+        let version: UInt64
+        let collection: UInt64
+        let signature: [Int64]
+        let bytes: [UInt8]
+    }
+
+    public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
+                parameters: HNSWParameters = HNSWParameters()) {
+        self.storeRoot = storeRoot
+        stateRoot = storeRoot + "/.vexfs"
+        self.kernels = kernels
+        self.indexKind = indexKind
+        self.parameters = parameters
+        mkdir(stateRoot, 0o755)
+        mkdir(stateRoot + "/index", 0o755)
+        journal = Journal(directory: stateRoot + "/journal")
+        bridge = Bridge { [unowned self] events in self.apply(events) }
+    }
+
+    // MARK: mount and unmount
+
+    /// Makes every collection's index agree with STORE: walks the tree, opens each directory that
+    /// holds vectors (or had an index), re-reads what changed, and deletes the indexes of directories
+    /// that are gone. `progress` hears about long runs.
+    public func reconcile(progress: (String) -> Void) -> (collections: Int, changed: Int) {
+        var start = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &start)
+        var lastReport = start.tv_sec
+        var indexed = Set(listDirectories(stateRoot + "/index").compactMap { UInt64($0) })
+        var pending: [String] = [""]
+        var opened = 0, changed = 0, directories = 0
+        while let rel = pending.popLast() {
+            let dir = rel.isEmpty ? storeRoot : storeRoot + "/" + rel
+            guard let st = statFile(dir) else { continue }
+            directories += 1
+            for sub in listDirectories(dir) where !(rel.isEmpty && sub == ".vexfs") { pending.append(rel.isEmpty ? sub : rel + "/" + sub) }
+            let key = UInt64(st.st_ino)
+            let hadIndex = indexed.remove(key) != nil
+            let files = listFiles(dir)
+            let wanted = hadIndex || readSetting(dir, .dimension) != nil
+                || files.contains { VectorFormat(fileName: $0) != nil || hasVectorAttribute(dir + "/" + $0) }
+            guard wanted else { continue }
+            let c = collection(DirectoryRef(key: key, path: rel))
+            let result = c.open()
+            opened += 1
+            changed += result.changed
+            log(problems: result.problems)
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            if now.tv_sec - lastReport >= 2 {
+                lastReport = now.tv_sec
+                progress("vexfs: reconciling: \(directories) directories, \(opened) collections, \(changed) files re-read")
+            }
+        }
+        for stale in indexed { _ = system("rm -rf '\(stateRoot)/index/\(stale)'") }
+        return (opened, changed)
+    }
+
+    /// Applies what is pending, snapshots every index with its catalog, and flushes the journal.
+    public func close() {
+        bridge.stop()
+        for c in collections.withLock({ Array($0.values) }) { c.close() }
+        journal.flush()
+    }
+
+    func log(problems new: [String]) {
+        guard !new.isEmpty else { return }
+        for p in new {
+            let line = "vexfs: \(p)\n"
+            _ = line.withCString { write(2, $0, strlen($0)) }
+        }
+        problems.withLock { $0.append(contentsOf: new) }
+    }
+
+    /// Problems met while opening indexes (for tests and stats).
+    public var reportedProblems: [String] { problems.withLock { $0 } }
+
+    // MARK: events from the filesystem
+
+    public func created(_ dir: DirectoryRef, _ name: String) {
+        journal.record("create", path: dir.child(name))
+    }
+
+    /// A file was closed after writing (or truncated): index what it holds now.
+    public func written(_ dir: DirectoryRef, _ name: String) {
+        if name.hasSuffix(".query") { return }
+        journal.record("write-close", path: dir.child(name))
+        if VectorFormat(fileName: name) != nil || existing(dir.key)?.record(of: name) != nil {
+            bridge.post(.refresh, collection: collection(dir).key, name: name)
+        }
+    }
+
+    public func removed(_ dir: DirectoryRef, _ name: String) {
+        journal.record("unlink", path: dir.child(name))
+        if existing(dir.key) != nil { bridge.post(.remove, collection: dir.key, name: name) }
+    }
+
+    /// `user.vexfs.vector` was set or removed on a file.
+    public func vectorAttributeChanged(_ dir: DirectoryRef, _ name: String) {
+        journal.record("setxattr", path: dir.child(name), detail: ["name": SemanticLayer.vectorAttribute])
+        bridge.post(.refresh, collection: collection(dir).key, name: name)
+    }
+
+    /// A file moved: its vectors leave the old collection and join the new one (the target's old
+    /// vectors, if it replaced a file, are replaced). With `exchange`, both names are refreshed.
+    public func renamed(from: DirectoryRef, _ fromName: String, to: DirectoryRef, _ toName: String, exchange: Bool) {
+        journal.record("rename", path: from.child(fromName), to: to.child(toName))
+        if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
+        if VectorFormat(fileName: toName) != nil || existing(to.key) != nil || hasVectorAttribute(storeRoot + "/" + to.child(toName)) {
+            bridge.post(.refresh, collection: collection(to).key, name: toName)
+        }
+    }
+
+    /// Call before renaming a directory: nothing may still be pending under the old path.
+    public func settleAll() { bridge.settleAll() }
+
+    /// A directory moved: collections at or under it follow.
+    public func directoryMoved(from old: String, to new: String) {
+        journal.record("rename", path: old, to: new)
+        for c in collections.withLock({ Array($0.values) }) {
+            c.state.withLock { s in
+                if s.path == old { s.path = new } else if old.isEmpty || s.path.hasPrefix(old + "/") {
+                    s.path = new + s.path.dropFirst(old.count)
+                }
+            }
+        }
+    }
+
+    /// A directory was removed: its collection and index go with it.
+    public func directoryRemoved(key: UInt64, path: String) {
+        journal.record("unlink", path: path)
+        guard existing(key) != nil else { return }
+        bridge.settle(key)
+        guard let c = collections.withLock({ $0.removeValue(forKey: key) }) else { return }
+        c.close()
+        _ = system("rm -rf '\(c.indexDirectory)'")
+    }
+
+    private func apply(_ events: [Bridge.Event]) {
+        var byCollection: [UInt64: [Bridge.Event]] = [:]
+        for e in events { byCollection[e.key.collection, default: []].append(e) }
+        for (key, list) in byCollection { existing(key)?.apply(list) }
+    }
+
+    func existing(_ key: UInt64) -> Collection? { collections.withLock { $0[key] } }
+
+    /// The collection of `dir`, made (and opened) on first use.
+    func collection(_ dir: DirectoryRef) -> Collection {
+        if let c = existing(dir.key) { return c }
+        let fresh = Collection(key: dir.key, path: dir.path, layer: self)
+        let (c, isNew) = collections.withLock { table -> (Collection, Bool) in
+            if let c = table[dir.key] { return (c, false) }
+            table[dir.key] = fresh
+            return (fresh, true)
+        }
+        if isNew { log(problems: c.open().problems) }
+        return c
+    }
+
+    /// Reads and parses a vector file of STORE, refusing absurd sizes unread.
+    func readVectors(_ path: String, format: VectorFormat?, size: Int) -> Result<ParsedVectors, FormatError> {
+        guard size <= VectorParser.maxFileBytes else { return .failure(FormatError("absurd size: \(size) bytes")) }
+        guard size > 0 else { return .failure(FormatError("empty file")) }
+        guard let bytes = try? readWhole(path) else { return .failure(FormatError("cannot be read")) }
+        return bytes.withUnsafeBytes { VectorParser.parse($0, as: format ?? VectorFormat.sniff($0)) }
+    }
+
+    // MARK: attributes
+
+    /// Whether a listed attribute name is one of ours that listxattr hides (settings and answers;
+    /// `user.vexfs.vector` is a real attribute and is listed).
+    public static func hidesFromListing(_ name: UnsafePointer<CChar>) -> Bool {
+        strncmp(name, ownPrefix, 11) == 0 && strcmp(name, vectorAttribute) != 0
+    }
+
+    /// Whether `name` is ours to answer (all of `user.vexfs.*` but the stored vector).
+    public static func owns(_ name: UnsafePointer<CChar>) -> Bool { hidesFromListing(name) }
+
+    /// The value of our attribute `attribute` of the file `name` in `dir`.
+    public func fileAttribute(_ attribute: String, dir: DirectoryRef, name: String, inode: UInt64) throws(SemanticError) -> [UInt8] {
+        let suffix = attribute.dropFirst(SemanticLayer.ownPrefix.count)
+        switch suffix {
+        case "knn":
+            return try query(dir: dir, name: name, inode: inode, attribute: attribute, k: 10)
+        case _ where suffix.hasPrefix("knn."):
+            guard let k = Int(suffix.dropFirst(4)), (1...1000).contains(k) else { throw .invalid("K must be from 1 to 1000") }
+            return try query(dir: dir, name: name, inode: inode, attribute: attribute, k: k)
+        case "status":
+            bridge.settle(dir.key)
+            if name.hasSuffix(".query") { return Array("query file: never indexed".utf8) }
+            guard let r = existing(dir.key)?.record(of: name) else {
+                if VectorFormat(fileName: name) == nil { throw .noData }
+                return Array("not indexed".utf8)
+            }
+            return Array(r.status.utf8)
+        case "dim":
+            guard let v = try? queryVector(dir: dir, name: name) else { throw .noData }
+            return Array(String(v.dimension).utf8)
+        default:
+            throw .noData
+        }
+    }
+
+    /// The value of our attribute of the collection `dir` itself.
+    public func directoryAttribute(_ attribute: String, dir: DirectoryRef) throws(SemanticError) -> [UInt8] {
+        bridge.settle(dir.key)
+        let summary = existing(dir.key)?.summary
+        switch attribute.dropFirst(SemanticLayer.ownPrefix.count) {
+        case "dim":
+            guard let d = summary?.dimension ?? readSetting(storeRoot + "/" + dir.path, .dimension).flatMap(Int.init) else { throw .noData }
+            return Array(String(d).utf8)
+        case "metric": return Array((summary?.metric ?? .l2).rawValue.utf8)
+        case "count": return Array(String(summary?.count ?? 0).utf8)
+        case "index": return Array((summary?.index ?? "none (no vectors yet)").utf8)
+        default: throw .noData
+        }
+    }
+
+    /// Sets `user.vexfs.dim` or `user.vexfs.metric` on a collection; other names of ours are refused.
+    public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
+        let text = String(decoding: value, as: UTF8.self).trimmingCharacters().filter { $0 != "\n" }
+        guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
+        bridge.settle(dir.key)
+        try collection(dir).change(setting, to: text)
+        journal.record("setxattr", path: dir.path, detail: ["name": attribute, "value": text])
+        answers.withLock { $0.removeAll() }
+    }
+
+    /// A file's own vector: a vector file's (or query file's) content, else its `user.vexfs.vector`.
+    func queryVector(dir: DirectoryRef, name: String) throws(SemanticError) -> ParsedVectors {
+        let path = storeRoot + "/" + dir.child(name)
+        guard let st = statFile(path) else { throw .noData }
+        let parsed: Result<ParsedVectors, FormatError>
+        if let format = VectorFormat(fileName: name) {
+            parsed = readVectors(path, format: format, size: Int(st.st_size))
+        } else if name.hasSuffix(".query") {
+            parsed = readVectors(path, format: nil, size: Int(st.st_size))
+        } else if let text = readAttribute(path, SemanticLayer.vectorAttribute) {
+            parsed = text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
+        } else {
+            throw .noData
+        }
+        guard case .success(let v) = parsed else { throw .noData }
+        return v
+    }
+
+    private func query(dir: DirectoryRef, name: String, inode: UInt64, attribute: String, k: Int) throws(SemanticError) -> [UInt8] {
+        var t0 = timespec(), t1 = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        bridge.settle(dir.key)
+        let c = existing(dir.key)
+        let version = c?.version.load(ordering: .acquiring) ?? 0
+        let path = storeRoot + "/" + dir.child(name)
+        guard let st = statFile(path) else { throw .noData }
+        let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)]
+        let key = AnswerKey(inode: inode, attribute: attribute)
+        if let cached = answers.withLock({ $0[key] }), cached.version == version, cached.collection == dir.key, cached.signature == signature {
+            metrics.cached.add(1, ordering: .relaxed)
+            return cached.bytes
+        }
+        let vector = try queryVector(dir: dir, name: name)
+        var out: [UInt8] = []
+        if let c {
+            for (n, d) in try c.nearest(vector.row(0), k: k, excluding: name) {
+                out.append(contentsOf: "\(n)\t\(d)\n".utf8)
+            }
+        }
+        answers.withLock { table in
+            if table.count > 4096 { table.removeAll() }
+            table[key] = Answer(version: version, collection: dir.key, signature: signature, bytes: out)
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1)
+        metrics.observe(nanoseconds(t1) - nanoseconds(t0))
+        journal.record("query", path: dir.child(name), detail: ["k": String(k)])
+        return out
+    }
+
+    // MARK: stats
+
+    public struct Figures: Sendable {
+        public var collections = 0
+        public var vectors = 0
+        public var bridgeDepth = 0
+        public var bridgePosted = 0
+        public var bridgeCoalesced = 0
+        public var bridgeBatches = 0
+        public var bridgeApplied = 0
+        public var bridgeLargestBatch = 0
+        public var bridgeFullWaits = 0
+        public var journalBytes = 0
+    }
+
+    public var figures: Figures {
+        var f = Figures()
+        let all = collections.withLock { Array($0.values) }
+        f.collections = all.count
+        f.vectors = all.reduce(0) { $0 + $1.summary.count }
+        let b = bridge.snapshot
+        f.bridgeDepth = bridge.depth
+        f.bridgePosted = b.posted
+        f.bridgeCoalesced = b.coalesced
+        f.bridgeBatches = b.batches
+        f.bridgeApplied = b.applied
+        f.bridgeLargestBatch = b.largestBatch
+        f.bridgeFullWaits = b.fullWaits
+        f.journalBytes = journal.size
+        return f
+    }
+}
+
+/// Query latency: a count, a sum and cumulative buckets, as Prometheus histograms want them.
+public final class QueryMetrics: Sendable {
+    public static let bounds: [Int64] = [50_000, 100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, 50_000_000]
+    public let cached = Atomic<Int>(0)
+    /// Guards the figures: count, total nanoseconds, then one count per bound.
+    private let figures = Mutex<[Int]>([Int](repeating: 0, count: 2 + QueryMetrics.bounds.count))
+
+    func observe(_ ns: Int64) {
+        figures.withLock { f in
+            f[0] += 1
+            f[1] += Int(ns)
+            for (i, bound) in QueryMetrics.bounds.enumerated() where ns <= bound { f[2 + i] += 1 }
+        }
+    }
+
+    /// (count, total nanoseconds, cumulative count per bound).
+    public func read() -> (count: Int, totalNanoseconds: Int, buckets: [(Int64, Int)]) {
+        let f = figures.withLock { $0 }
+        return (f[0], f[1], QueryMetrics.bounds.enumerated().map { ($0.element, f[2 + $0.offset]) })
+    }
+}
+
+/// Names of the sub-directories of `dir`.
+func listDirectories(_ dir: String) -> [String] {
+    guard let d = opendir(dir) else { return [] }
+    defer { closedir(d) }
+    var names: [String] = []
+    while let e = readdir(d) {
+        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        if name == "." || name == ".." { continue }
+        if e.pointee.d_type == UInt8(DT_DIR) { names.append(name) }
+        else if e.pointee.d_type == UInt8(DT_UNKNOWN), let st = statFile(dir + "/" + name), st.st_mode & S_IFMT == S_IFDIR { names.append(name) }
+    }
+    return names
+}
