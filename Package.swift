@@ -44,7 +44,7 @@ let package = Package(
         .executableTarget(
             name: "vexfs",
             dependencies: [
-                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexMemory", "CMemory",
+                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexMemory", "CMemory", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

@@ -451,7 +451,7 @@ def test_state_directory_is_virtual(mnt):
     """The mount's .vexfs/ is vexfs's own (stats), never STORE/.vexfs, and nothing can be written there."""
     assert (mnt.store / ".vexfs" / "mount.lock").exists()
     assert ".vexfs" in os.listdir(mnt.root)
-    assert sorted(os.listdir(mnt.root / ".vexfs")) == ["stats"]
+    assert sorted(os.listdir(mnt.root / ".vexfs")) == ["journal", "stats"]
     assert not os.path.exists(mnt.root / ".vexfs" / "mount.lock")
     ls = subprocess.run(["ls", "-la", str(mnt.root / ".vexfs")], capture_output=True, text=True, check=True).stdout
     assert "stats" in ls

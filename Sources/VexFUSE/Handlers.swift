@@ -84,8 +84,10 @@ enum Handlers {
         do throws(Errno) {
             let dir = try fs.inode(parent)
             try fs.store.unlink(dir, name!)
-            fuse_reply_err(req, 0)
+            // Every change is posted to the index before the answer: a query made after the system
+            // call returns is then sure to wait for it.
             if let semantic = fs.semantic, let ref = fs.directoryRef(dir) { semantic.removed(ref, String(cString: name!)) }
+            fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
 
@@ -95,10 +97,11 @@ enum Handlers {
             let dir = try fs.inode(parent)
             let removed = fs.semantic == nil ? nil : fs.store.child(dir, name!)
             try fs.store.rmdir(dir, name!)
-            fuse_reply_err(req, 0)
+            // Its index goes before the answer, so nothing of it outlives the rmdir(2).
             if let semantic = fs.semantic, let removed, let ref = fs.directoryRef(dir) {
                 semantic.directoryRemoved(key: removed.key.number, path: ref.path.isEmpty ? String(cString: name!) : ref.path + "/" + String(cString: name!))
             }
+            fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
 
@@ -117,13 +120,13 @@ enum Handlers {
             // A directory's pending index work names files by its path: apply it before the path changes.
             if moving.isDirectory { semantic.settleAll() }
             try fs.store.rename(from, name!, to, newName!, flags: flags)
-            fuse_reply_err(req, 0)
             if moving.isDirectory {
                 func join(_ d: DirectoryRef, _ n: String) -> String { d.path.isEmpty ? n : d.path + "/" + n }
                 semantic.directoryMoved(from: join(fromRef, oldName), to: join(toRef, newNameText))
             } else {
                 semantic.renamed(from: fromRef, oldName, to: toRef, newNameText, exchange: flags & vx_RENAME_EXCHANGE != 0)
             }
+            fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
 
@@ -171,7 +174,7 @@ enum Handlers {
             if change.size != nil && vexfs_req_killpriv_v2(req) != 0 && caller(req).uid != 0 {
                 try fs.store.dropPrivileges(inode, openFile: file?.fd)
             }
-            fs.reply(req, attributes: try fs.store.setAttributes(inode, change, openFile: file))
+            let attributes = try fs.store.setAttributes(inode, change, openFile: file)
             // Truncation changes what a vector file holds (to nothing: it leaves the index). Through
             // an open handle the change is indexed at its close, like a write.
             if change.size != nil, !inode.isDirectory, let semantic = fs.semantic {
@@ -179,6 +182,7 @@ enum Handlers {
                     semantic.written(dir, name)
                 }
             }
+            fs.reply(req, attributes: attributes)
         } catch { reply(req, error: error) }
     }
 
@@ -234,6 +238,7 @@ enum Handlers {
                 fs.store.forget(entry.inode, 1)
             } else if let semantic = fs.semantic, let ref = fs.directoryRef(try fs.inode(parent)) {
                 semantic.created(ref, String(cString: name!))
+                file.wasWritten.store(true, ordering: .relaxed)  // an empty new file is news too
             }
         } catch { reply(req, error: error) }
     }
@@ -500,8 +505,8 @@ enum Handlers {
             }
             if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
             try fs.store.setxattr(inode, name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
-            fuse_reply_err(req, 0)
             if isVector, let semantic = fs.semantic, let (dir, file) = fs.place(of: inode) { semantic.vectorAttributeChanged(dir, file) }
+            fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
 
@@ -556,10 +561,10 @@ enum Handlers {
             if SemanticLayer.owns(name!) { throw .noData }
             let inode = try fs.inode(ino)
             try fs.store.removexattr(inode, name!)
-            fuse_reply_err(req, 0)
             if strcmp(name!, SemanticLayer.vectorAttribute) == 0, let semantic = fs.semantic, let (dir, file) = fs.place(of: inode) {
                 semantic.vectorAttributeChanged(dir, file)
             }
+            fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
 

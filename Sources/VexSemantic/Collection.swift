@@ -258,7 +258,7 @@ final class Collection: @unchecked Sendable {
     private func rebuild(_ s: inout State) {
         s.index?.close()
         s.index = nil
-        _ = system("rm -rf '\(indexDirectory)'")
+        removeTree(indexDirectory)
         layer.log(problems: openIndex(&s))
         let names = Array(s.files.keys)
         s.files = [:]
@@ -298,8 +298,10 @@ final class Collection: @unchecked Sendable {
         guard query.count == dimension else { throw .invalid("the query has \(query.count) numbers, the collection's dimension is \(dimension)") }
         let found: [Neighbor]
         do {
+            // One row of our own is left out by the index itself; more are filtered from a wider answer.
             found = try query.withUnsafeBufferPointer { q throws(IndexError) in
-                try index.search(q, k: min(k + excluded.count, 1000 + excluded.count), ef: nil, excluding: nil)
+                excluded.count == 1 ? try index.search(q, k: k, ef: nil, excluding: excluded.first)
+                    : try index.search(q, k: min(k + excluded.count, 1000), ef: nil, excluding: nil)
             }
         } catch { throw .invalid(error.description) }
         return state.withLock { s in
@@ -380,4 +382,16 @@ func listFiles(_ dir: String) -> [String] {
         if e.pointee.d_type == UInt8(DT_REG) || e.pointee.d_type == UInt8(DT_UNKNOWN) { names.append(name) }
     }
     return names
+}
+
+/// Deletes `path` and everything under it (an index directory: plain files, no links to follow).
+func removeTree(_ path: String) {
+    guard let st = statFile(path) else { return }
+    if st.st_mode & S_IFMT == S_IFDIR {
+        for name in listFiles(path) { unlink(path + "/" + name) }
+        for name in listDirectories(path) { removeTree(path + "/" + name) }
+        rmdir(path)
+    } else {
+        unlink(path)
+    }
 }

@@ -125,7 +125,7 @@ public final class SemanticLayer: @unchecked Sendable {
                 progress("vexfs: reconciling: \(directories) directories, \(opened) collections, \(changed) files re-read")
             }
         }
-        for stale in indexed { _ = system("rm -rf '\(stateRoot)/index/\(stale)'") }
+        for stale in indexed { removeTree("\(stateRoot)/index/\(stale)") }
         return (opened, changed)
     }
 
@@ -206,7 +206,7 @@ public final class SemanticLayer: @unchecked Sendable {
         bridge.settle(key)
         guard let c = collections.withLock({ $0.removeValue(forKey: key) }) else { return }
         c.close()
-        _ = system("rm -rf '\(c.indexDirectory)'")
+        removeTree(c.indexDirectory)
     }
 
     private func apply(_ events: [Bridge.Event]) {
@@ -307,7 +307,8 @@ public final class SemanticLayer: @unchecked Sendable {
         if let format = VectorFormat(fileName: name) {
             parsed = readVectors(path, format: format, size: Int(st.st_size))
         } else if name.hasSuffix(".query") {
-            parsed = readVectors(path, format: nil, size: Int(st.st_size))
+            // `q.npy.query` says its format; a bare `q.query` is recognised from its bytes.
+            parsed = readVectors(path, format: VectorFormat(fileName: String(name.dropLast(6))), size: Int(st.st_size))
         } else if let text = readAttribute(path, SemanticLayer.vectorAttribute) {
             parsed = text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
         } else {
@@ -364,6 +365,7 @@ public final class SemanticLayer: @unchecked Sendable {
     }
 
     public var figures: Figures {
+        bridge.settleAll()  // figures read after a change include it
         var f = Figures()
         let all = collections.withLock { Array($0.values) }
         f.collections = all.count

@@ -26,6 +26,27 @@ enum MountTable {
         return found
     }
 
+    /// The mount that holds `path` (absolute and resolved): the one with the longest mountpoint
+    /// that is `path` or a parent of it.
+    static func containing(_ path: String) -> Entry? {
+        guard let file = fopen("/proc/self/mountinfo", "r") else { return nil }
+        defer { fclose(file) }
+        var line: UnsafeMutablePointer<CChar>?
+        var capacity = 0
+        defer { free(line) }
+        var best: Entry?
+        while getline(&line, &capacity, file) > 0 {
+            let fields = String(cString: line!).split(separator: " ", omittingEmptySubsequences: true).map(String.init)
+            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
+            let point = unescape(fields[4])
+            guard path == point || path.hasPrefix(point == "/" ? "/" : point + "/") else { continue }
+            if best == nil || point.count >= best!.mountpoint.count {
+                best = Entry(mountpoint: point, type: fields[dash + 1], source: unescape(fields[dash + 2]))
+            }
+        }
+        return best
+    }
+
     /// The kernel writes space, tab, newline and backslash as \ooo.
     static func unescape(_ field: String) -> String {
         var bytes: [UInt8] = []

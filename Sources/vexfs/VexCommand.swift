@@ -12,7 +12,7 @@ struct VexCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vexfs",
         abstract: "A vector filesystem: mount a directory of files, keep vectors in it, ask for neighbours.",
-        subcommands: [Mount.self, Unmount.self, Bench.self]
+        subcommands: [Mount.self, Unmount.self, Search.self, Bench.self]
     )
 }
 
