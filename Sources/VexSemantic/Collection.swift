@@ -64,8 +64,10 @@ final class Collection: @unchecked Sendable {
     // MARK: opening and reconciling
 
     /// Reads the settings, opens the persisted index and makes it agree with the files: what changed
-    /// while unmounted (or was lost in a crash) is read again, what is gone is removed.
-    func open() -> (changed: Int, problems: [String]) {
+    /// while unmounted (or was lost in a crash) is read again, what is gone is removed. With
+    /// `deferring`, files to read are returned instead (for the bridge to apply) and nothing is read
+    /// here: a collection first met by a FUSE request must not index a directory inside it.
+    func open(deferring: Bool = false) -> (changed: Int, problems: [String], toRead: [String]) {
         state.withLock { s in
             let dir = directoryPath(s)
             if let text = readSetting(dir, .metric), let m = Metric(rawValue: text) { s.metric = m }
@@ -98,17 +100,18 @@ final class Collection: @unchecked Sendable {
             }
             // Every file now: new or changed ones are read, vanished ones removed.
             var seen = Set<String>()
+            var toRead: [String] = []
             for name in listFiles(dir) {
                 seen.insert(name)
                 if let r = s.files[name], let st = statFile(dir + "/" + name), r.sameSignature(st) { continue }
                 if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir + "/" + name) || s.files[name] != nil {
-                    refresh(name, &s)
+                    if deferring { toRead.append(name) } else { refresh(name, &s) }
                     changed += 1
                 }
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
-            if changed > 0 { checkpoint(&s) }
-            return (changed, problems)
+            if changed > 0 && !deferring { checkpoint(&s) }
+            return (changed, problems, toRead)
         }
     }
 

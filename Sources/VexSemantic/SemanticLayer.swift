@@ -226,7 +226,11 @@ public final class SemanticLayer: @unchecked Sendable {
             table[dir.key] = fresh
             return (fresh, true)
         }
-        if isNew { log(problems: c.open().problems) }
+        if isNew {
+            let opened = c.open(deferring: true)
+            log(problems: opened.problems)
+            for name in opened.toRead { bridge.post(.refresh, collection: c.key, name: name) }
+        }
         return c
     }
 

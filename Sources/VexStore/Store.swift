@@ -306,14 +306,25 @@ public final class Store: Sendable {
     /// Creates and opens `name`; the new file belongs to `caller`.
     public func create(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, flags: Int32, caller: Caller) throws(Errno) -> (Entry, OpenFile) {
         try refuseReserved(parent, name)
+        // Exclusive first: a file we made ourselves is known to carry no capability and (without
+        // set-id bits in `mode`) nothing a write must drop, which spares the kernel's per-file probe.
+        var fresh = true
         let fd = try inodes.using(parent) { dir throws(Errno) in
-            let fd = openat(dir, name, (flags | O_CREAT) & ~O_NOFOLLOW | O_CLOEXEC, mode)
+            var fd = openat(dir, name, (flags | O_CREAT | O_EXCL) & ~O_NOFOLLOW | O_CLOEXEC, mode)
+            if fd < 0 && errno == EEXIST && flags & O_EXCL == 0 {
+                fresh = false
+                fd = openat(dir, name, (flags | O_CREAT) & ~O_NOFOLLOW | O_CLOEXEC, mode)
+            }
             guard fd >= 0 else { throw Errno.current }
             return fd
         }
         if canChown { _ = fchown(fd, caller.uid, inheritedGroup(parent, caller)) }
         do throws(Errno) {
             let entry = try lookup(parent, name)
+            if fresh {
+                entry.inode.knownWithoutCapability.store(true, ordering: .relaxed)
+                if mode & (S_ISUID | S_ISGID) == 0 { entry.inode.knownUnprivileged.store(true, ordering: .relaxed) }
+            }
             _ = try inodes.pin(entry.inode)
             return (entry, OpenFile(fd: fd, inode: entry.inode, table: inodes))
         } catch {

@@ -56,11 +56,16 @@ struct IndexBench: ParsableCommand {
             // Recall, single-threaded.
             var hits = 0
             var answers = [[Neighbor]](repeating: [], count: nq)
+            var latencies = [Double](repeating: 0, count: nq)
             queryData.withUnsafeBufferPointer { q in
                 for i in 0..<nq {
-                    answers[i] = try! index.search(UnsafeBufferPointer(rebasing: q[(i * dim)..<((i + 1) * dim)]), k: 10, ef: e == 0 ? nil : e, excluding: nil)
+                    latencies[i] = time {
+                        answers[i] = try! index.search(UnsafeBufferPointer(rebasing: q[(i * dim)..<((i + 1) * dim)]), k: 10, ef: e == 0 ? nil : e, excluding: nil)
+                    }
                 }
             }
+            latencies.sort()
+            let p50 = latencies[nq / 2] * 1e6, p99 = latencies[min(nq - 1, nq * 99 / 100)] * 1e6
             for i in 0..<nq {
                 let want = Set(truthData[(i * 10)..<(i * 10 + 10)].map { UInt64($0) })
                 hits += answers[i].filter { want.contains($0.label) }.count
@@ -82,7 +87,7 @@ struct IndexBench: ParsableCommand {
                     }
                     return Double(nq) / seconds
                 })
-                print(#"{"engine":"vexfs","kind":"\#(kind)","ef":\#(e),"threads":\#(t),"recall":\#(recall),"qps":\#(qps)}"#)
+                print(#"{"engine":"vexfs","kind":"\#(kind)","ef":\#(e),"threads":\#(t),"recall":\#(recall),"qps":\#(qps),"p50_us":\#(p50),"p99_us":\#(p99)}"#)
                 fflush(nil)
             }
         }
