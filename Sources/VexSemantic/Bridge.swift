@@ -81,18 +81,22 @@ final class Bridge: @unchecked Sendable {
         let key = Key(collection: collection, name: name)
         locked {
             statistics.posted += 1
-            if pending.updateValue(op, forKey: key) != nil {
-                statistics.coalesced += 1
-                return
-            }
-            while pending.count >= capacity && !stopping {
-                statistics.fullWaits += 1
+            var waited = false
+            while true {
+                if pending[key] != nil {
+                    pending[key] = op
+                    statistics.coalesced += 1
+                    return
+                }
+                guard pending.count >= capacity && !stopping else { break }
+                if !waited { statistics.fullWaits += 1 }
+                waited = true
                 pthread_cond_wait(progress, lock)
             }
             if pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pendingPerCollection[collection, default: 0] += 1
-            if pending.count == 0 || pending.count + 1 >= batchSize { pthread_cond_signal(wake) }
             pending[key] = op
+            if pending.count == 1 || pending.count >= batchSize { pthread_cond_signal(wake) }
         }
     }
 

@@ -1,0 +1,103 @@
+import Glibc
+import Synchronization
+import Testing
+@testable import VexSemantic
+
+/// Records what the bridge applies; can hold the worker until released.
+final class Recorder: @unchecked Sendable {
+    let batches = Mutex<[[Bridge.Event]]>([])
+    let gate = Mutex<Bool>(true)
+
+    func apply(_ events: [Bridge.Event]) {
+        while !gate.withLock({ $0 }) { usleep(1000) }
+        batches.withLock { $0.append(events) }
+    }
+    var all: [Bridge.Event] { batches.withLock { $0.flatMap { $0 } } }
+}
+
+@Suite struct BridgeTests {
+    @Test func aLaterEventForTheSameFileReplacesTheEarlier() {
+        let r = Recorder()
+        let bridge = Bridge(batchDelayMicroseconds: 50_000) { r.apply($0) }
+        bridge.post(.refresh, collection: 1, name: "a")
+        bridge.post(.remove, collection: 1, name: "a")
+        bridge.post(.refresh, collection: 1, name: "a")
+        bridge.settle(1)
+        let events = r.all
+        #expect(events.count == 1 && events[0].op == .refresh && events[0].key.name == "a")
+        #expect(bridge.snapshot.coalesced == 2)
+        bridge.stop()
+    }
+
+    @Test func removesGoBeforeRefreshesInABatch() {
+        let r = Recorder()
+        let bridge = Bridge(batchDelayMicroseconds: 50_000) { r.apply($0) }
+        for i in 0..<10 { bridge.post(i % 2 == 0 ? .refresh : .remove, collection: 1, name: "f\(i)") }
+        bridge.settleAll()
+        let ops = r.all.map(\.op)
+        #expect(ops.count == 10)
+        #expect(ops == Array(repeating: .remove, count: 5) + Array(repeating: .refresh, count: 5))
+    }
+
+    @Test func settleWaitsForItsCollectionAndTakesItFirst() {
+        let r = Recorder()
+        let bridge = Bridge(batchSize: 4, batchDelayMicroseconds: 200_000) { r.apply($0) }
+        for i in 0..<8 { bridge.post(.refresh, collection: 2, name: "other\(i)") }
+        bridge.post(.refresh, collection: 1, name: "mine")
+        bridge.settle(1)  // a query on collection 1
+        let applied = r.all
+        #expect(applied.contains { $0.key == Bridge.Key(collection: 1, name: "mine") })
+        // The query's collection did not wait behind all of collection 2.
+        let position = applied.firstIndex { $0.key.collection == 1 } ?? 99
+        #expect(position < 8)
+        bridge.settleAll()
+        #expect(r.all.count == 9)
+        bridge.stop()
+    }
+
+    @Test func aFullQueueMakesPostersWait() {
+        let r = Recorder()
+        r.gate.withLock { $0 = false }
+        let bridge = Bridge(capacity: 4, batchSize: 2, batchDelayMicroseconds: 100) { r.apply($0) }
+        let posted = Atomic<Int>(0)
+        let t = Thread {
+            for i in 0..<20 {
+                bridge.post(.refresh, collection: 1, name: "f\(i)")
+                posted.add(1, ordering: .relaxed)
+            }
+        }
+        t.start()
+        usleep(100_000)
+        let whileBlocked = posted.load(ordering: .relaxed)
+        #expect(whileBlocked <= 4 + 2)  // the queue plus one batch in the worker's hands
+        #expect(bridge.depth <= 4)
+        r.gate.withLock { $0 = true }
+        t.join()
+        bridge.settleAll()
+        #expect(r.all.count == 20)
+        #expect(bridge.snapshot.fullWaits > 0)
+        bridge.stop()
+    }
+
+    @Test func stopAppliesWhatIsPending() {
+        let r = Recorder()
+        let bridge = Bridge(batchDelayMicroseconds: 1_000_000) { r.apply($0) }
+        for i in 0..<100 { bridge.post(.refresh, collection: UInt64(i % 3), name: "f\(i)") }
+        bridge.stop()
+        #expect(r.all.count == 100)
+    }
+}
+
+/// A joinable thread for tests.
+final class Thread: @unchecked Sendable {
+    let body: @Sendable () -> Void
+    var id = pthread_t()
+    init(_ body: @escaping @Sendable () -> Void) { self.body = body }
+    func start() {
+        pthread_create(&id, nil, { arg in
+            Unmanaged<Thread>.fromOpaque(arg!).takeRetainedValue().body()
+            return nil
+        }, Unmanaged.passRetained(self).toOpaque())
+    }
+    func join() { pthread_join(id, nil) }
+}
