@@ -30,7 +30,9 @@ final class Bridge: @unchecked Sendable {
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private let progress = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     // Guarded by `lock`.
-    private var pending: [Key: Op] = [:]
+    /// Each waiting file's latest event, and when it was first posted (the order it is applied in).
+    private var pending: [Key: (op: Op, order: UInt64)] = [:]
+    private var nextOrder: UInt64 = 0
     private var pendingPerCollection: [UInt64: Int] = [:]
     private var inFlight: [UInt64: Int] = [:]
     private var urgent: Set<UInt64> = []
@@ -83,8 +85,8 @@ final class Bridge: @unchecked Sendable {
             statistics.posted += 1
             var waited = false
             while true {
-                if pending[key] != nil {
-                    pending[key] = op
+                if let waiting = pending[key] {
+                    pending[key] = (op, waiting.order)
                     statistics.coalesced += 1
                     return
                 }
@@ -95,7 +97,8 @@ final class Bridge: @unchecked Sendable {
             }
             if pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pendingPerCollection[collection, default: 0] += 1
-            pending[key] = op
+            nextOrder += 1
+            pending[key] = (op, nextOrder)
             if pending.count == 1 || pending.count >= batchSize { pthread_cond_signal(wake) }
         }
     }
@@ -163,28 +166,33 @@ final class Bridge: @unchecked Sendable {
         pthread_mutex_unlock(lock)
     }
 
-    /// Up to `batchSize` events: urgent collections' first, then removes, then refreshes.
+    /// Up to `batchSize` events: urgent collections' first, then removes, then refreshes, each
+    /// group oldest first (so the first vector written to a new collection is the first indexed).
     private func takeBatch() -> [Event] {
-        var chosen: [Event] = []
+        var chosen: [(Event, UInt64)] = []
         chosen.reserveCapacity(min(batchSize, pending.count))
         func take(_ keys: [Key]) {
             for key in keys where chosen.count < batchSize {
-                guard let op = pending.removeValue(forKey: key) else { continue }
-                chosen.append(Event(key: key, op: op))
+                guard let waiting = pending.removeValue(forKey: key) else { continue }
+                chosen.append((Event(key: key, op: waiting.op), waiting.order))
                 let c = key.collection
                 pendingPerCollection[c]! -= 1
                 if pendingPerCollection[c] == 0 { pendingPerCollection[c] = nil }
                 inFlight[c, default: 0] += 1
             }
         }
+        func oldestFirst(_ entries: [(key: Key, value: (op: Op, order: UInt64))]) -> [Key] {
+            entries.sorted { $0.value.order < $1.value.order }.map(\.key)
+        }
         if !urgent.isEmpty {
-            take(pending.keys.filter { urgent.contains($0.collection) })
+            take(oldestFirst(pending.filter { urgent.contains($0.key.collection) }))
             urgent = urgent.filter { pendingPerCollection[$0] != nil }
         }
-        take(pending.filter { $0.value == .remove }.map(\.key))
-        take(Array(pending.keys))
-        // Within the batch, removes first (they free labels and make room).
-        return chosen.filter { $0.op == .remove } + chosen.filter { $0.op == .refresh }
+        take(oldestFirst(pending.filter { $0.value.op == .remove }))
+        take(oldestFirst(Array(pending)))
+        // Within the batch, removes first (they free labels and make room), then oldest first.
+        chosen.sort { ($0.0.op == .remove ? 0 : 1, $0.1) < ($1.0.op == .remove ? 0 : 1, $1.1) }
+        return chosen.map(\.0)
     }
 
     private func locked<R>(_ body: () -> R) -> R {

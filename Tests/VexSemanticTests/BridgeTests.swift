@@ -39,6 +39,17 @@ final class Recorder: @unchecked Sendable {
         #expect(ops == Array(repeating: .remove, count: 5) + Array(repeating: .refresh, count: 5))
     }
 
+    @Test func filesAreAppliedInTheOrderTheyWereFirstPosted() {
+        let r = Recorder()
+        let bridge = Bridge(batchDelayMicroseconds: 50_000) { r.apply($0) }
+        let names = (0..<200).map { "f\(($0 * 7919) % 200)" }
+        for name in names { bridge.post(.refresh, collection: 1, name: name) }
+        bridge.post(.refresh, collection: 1, name: names[0])  // coalesced: keeps its first place
+        bridge.settleAll()
+        #expect(r.all.map(\.key.name) == names)
+        bridge.stop()
+    }
+
     @Test func settleWaitsForItsCollectionAndTakesItFirst() {
         let r = Recorder()
         let bridge = Bridge(batchSize: 4, batchDelayMicroseconds: 200_000) { r.apply($0) }
