@@ -374,18 +374,26 @@ func writeSetting(_ dir: String, _ setting: DirectorySetting, _ value: String) {
     _ = value.withCString { vx_lsetxattr(dir, setting.rawValue, $0, strlen($0), 0) }
 }
 
-/// Names of the regular files in `dir` (not `.vexfs`).
-func listFiles(_ dir: String) -> [String] {
-    guard let d = opendir(dir) else { return [] }
+/// The regular files and the sub-directories of `dir`, by name (a file system that does not say an
+/// entry's type in readdir is asked with lstat).
+func entries(_ dir: String) -> (files: [String], directories: [String]) {
+    guard let d = opendir(dir) else { return ([], []) }
     defer { closedir(d) }
-    var names: [String] = []
+    var files: [String] = [], directories: [String] = []
     while let e = readdir(d) {
         let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
         if name == "." || name == ".." { continue }
-        if e.pointee.d_type == UInt8(DT_REG) || e.pointee.d_type == UInt8(DT_UNKNOWN) { names.append(name) }
+        var type = e.pointee.d_type
+        if type == UInt8(DT_UNKNOWN), let st = statFile(dir + "/" + name) {
+            type = st.st_mode & S_IFMT == S_IFDIR ? UInt8(DT_DIR) : st.st_mode & S_IFMT == S_IFREG ? UInt8(DT_REG) : type
+        }
+        if type == UInt8(DT_REG) { files.append(name) } else if type == UInt8(DT_DIR) { directories.append(name) }
     }
-    return names
+    return (files, directories)
 }
+
+func listFiles(_ dir: String) -> [String] { entries(dir).files }
+func listDirectories(_ dir: String) -> [String] { entries(dir).directories }
 
 /// Deletes `path` and everything under it (an index directory: plain files, no links to follow).
 func removeTree(_ path: String) {

@@ -128,7 +128,7 @@ func readWhole(_ path: String) throws -> [UInt8] {
 }
 
 /// A JSON string literal.
-func jsonString(_ s: String) -> String {
+public func jsonString(_ s: String) -> String {
     var out = "\""
     for u in s.unicodeScalars {
         switch u {

@@ -408,17 +408,3 @@ public final class QueryMetrics: Sendable {
         return (f[0], f[1], QueryMetrics.bounds.enumerated().map { ($0.element, f[2 + $0.offset]) })
     }
 }
-
-/// Names of the sub-directories of `dir`.
-func listDirectories(_ dir: String) -> [String] {
-    guard let d = opendir(dir) else { return [] }
-    defer { closedir(d) }
-    var names: [String] = []
-    while let e = readdir(d) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if name == "." || name == ".." { continue }
-        if e.pointee.d_type == UInt8(DT_DIR) { names.append(name) }
-        else if e.pointee.d_type == UInt8(DT_UNKNOWN), let st = statFile(dir + "/" + name), st.st_mode & S_IFMT == S_IFDIR { names.append(name) }
-    }
-    return names
-}

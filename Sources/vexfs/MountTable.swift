@@ -8,43 +8,30 @@ enum MountTable {
         let source: String
     }
 
-    static func entry(at mountpoint: String) -> Entry? {
-        guard let file = fopen("/proc/self/mountinfo", "r") else { return nil }
+    /// Every mount, in the order of /proc/self/mountinfo (later mounts over earlier ones).
+    static func all() -> [Entry] {
+        guard let file = fopen("/proc/self/mountinfo", "r") else { return [] }
         defer { fclose(file) }
         var line: UnsafeMutablePointer<CChar>?
         var capacity = 0
         defer { free(line) }
-        var found: Entry?
+        var found: [Entry] = []
         while getline(&line, &capacity, file) > 0 {
             let fields = String(cString: line!).split(separator: " ", omittingEmptySubsequences: true).map(String.init)
             guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
-            if unescape(fields[4]) == mountpoint {
-                // The last mount at a path is the one visible there.
-                found = Entry(mountpoint: mountpoint, type: fields[dash + 1], source: unescape(fields[dash + 2]))
-            }
+            found.append(Entry(mountpoint: unescape(fields[4]), type: fields[dash + 1], source: unescape(fields[dash + 2])))
         }
         return found
     }
 
-    /// The mount that holds `path` (absolute and resolved): the one with the longest mountpoint
-    /// that is `path` or a parent of it.
+    /// The mount visible at `mountpoint` (the last one made there).
+    static func entry(at mountpoint: String) -> Entry? { all().last { $0.mountpoint == mountpoint } }
+
+    /// The mount that holds `path` (absolute and resolved): the deepest mountpoint that is `path` or
+    /// a parent of it, the last made there.
     static func containing(_ path: String) -> Entry? {
-        guard let file = fopen("/proc/self/mountinfo", "r") else { return nil }
-        defer { fclose(file) }
-        var line: UnsafeMutablePointer<CChar>?
-        var capacity = 0
-        defer { free(line) }
-        var best: Entry?
-        while getline(&line, &capacity, file) > 0 {
-            let fields = String(cString: line!).split(separator: " ", omittingEmptySubsequences: true).map(String.init)
-            guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
-            let point = unescape(fields[4])
-            guard path == point || path.hasPrefix(point == "/" ? "/" : point + "/") else { continue }
-            if best == nil || point.count >= best!.mountpoint.count {
-                best = Entry(mountpoint: point, type: fields[dash + 1], source: unescape(fields[dash + 2]))
-            }
-        }
-        return best
+        let holding = all().filter { path == $0.mountpoint || path.hasPrefix($0.mountpoint == "/" ? "/" : $0.mountpoint + "/") }
+        return holding.last { $0.mountpoint.count == holding.map(\.mountpoint.count).max() }
     }
 
     /// The kernel writes space, tab, newline and backslash as \ooo.

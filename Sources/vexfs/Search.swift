@@ -4,6 +4,7 @@
 import ArgumentParser
 import CLinux
 import Glibc
+import VexSemantic
 
 struct Search: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The K nearest neighbours in COLLECTION (a directory of a vexfs mount).")
@@ -67,24 +68,11 @@ struct Search: ParsableCommand {
             let items = lines.compactMap { line -> String? in
                 let parts = line.split(separator: "\t")
                 guard parts.count == 2 else { return nil }
-                return "{\"name\":\(jsonQuote(String(parts[0]))),\"distance\":\(parts[1])}"
+                return "{\"name\":\(jsonString(String(parts[0]))),\"distance\":\(parts[1])}"
             }
             print("[" + items.joined(separator: ",") + "]")
         } else {
             for line in lines { print(line) }
         }
     }
-}
-
-func jsonQuote(_ s: String) -> String {
-    var out = "\""
-    for u in s.unicodeScalars {
-        switch u {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        default:
-            if u.value < 0x20 { out += "\\u" + String(repeating: "0", count: 4 - String(u.value, radix: 16).count) + String(u.value, radix: 16) } else { out.unicodeScalars.append(u) }
-        }
-    }
-    return out + "\""
 }
