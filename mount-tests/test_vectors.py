@@ -350,6 +350,29 @@ def test_attributes_we_own_and_those_we_do_not(mnt):
     assert os.getxattr(mnt / "copy", "user.vexfs.count") == b"1"
 
 
+def stat_value(mnt, name):
+    for line in (mnt / ".vexfs" / "stats").read_text().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_getfattr_probe_and_fetch_are_one_computation(mnt):
+    c = mnt / "c"
+    c.mkdir()
+    for i in range(20):
+        write_vec(c / f"v{i:02}.vec", [i, 1])
+    queries, cached = stat_value(mnt, "vexfs_query_seconds_count"), stat_value(mnt, "vexfs_query_cached_total")
+    rc, out, _ = getfattr(c / "v03.vec", "user.vexfs.knn.5")  # asks the size, then the value
+    assert rc == 0 and out.splitlines()[0].startswith("v02.vec\t")
+    assert stat_value(mnt, "vexfs_query_seconds_count") == queries + 1
+    assert stat_value(mnt, "vexfs_query_cached_total") == cached + 1
+    # A change in between makes the next fetch compute afresh.
+    os.getxattr(c / "v03.vec", "user.vexfs.knn.5")
+    write_vec(c / "v99.vec", [3, 1.1])
+    assert knn(c / "v03.vec", 5)[0][0] == "v99.vec"
+
+
 def test_erange_only_when_the_buffer_is_too_small(mnt):
     c = mnt / "c"
     c.mkdir()

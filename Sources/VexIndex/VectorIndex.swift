@@ -3,9 +3,12 @@
 // `dimension` floats. Every index speaks `VectorIndex`: insert (which also updates an existing
 // label), remove, search for the k nearest. Distances are those users see (PRODUCT.md §3): the
 // Euclidean distance for `l2`, 1 - cosine similarity for `cosine`, and 1 - inner product for `dot`;
-// nearest first, ties in label order, so an answer is the same every time. Indexes compute through
-// VexKernels and never copy a query. `FlatIndex` is exact: it scans every vector, and is the
-// reference the approximate indexes are tested against.
+// nearest first, ties in label order, so an answer is the same every time. The module owns:
+// `FlatIndex`, exact, the reference the approximate index is tested against; `HNSWIndex`, the graph
+// (int8 traversal, float32 re-ranking, lock-free searches beside one writer); `AdaptiveIndex`, which
+// picks one by size and switches or compacts without losing a vector; and `PersistentIndex`, which
+// keeps an index in a directory as a checksummed LZ4 snapshot plus a group-committed write-ahead
+// log (SnapshotFile.swift, WriteAheadLog.swift). All distance arithmetic goes through VexKernels.
 import VexKernels
 
 public enum Metric: String, CaseIterable, Sendable {

@@ -26,10 +26,10 @@ final class Bridge: @unchecked Sendable {
     let batchDelayNanoseconds: Int
     private let apply: @Sendable ([Event]) -> Void
 
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    /// Guards the queue: everything below down to `statistics`.
+    private let queueLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private let progress = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    // Guarded by `lock`.
     /// Each waiting file's latest event, and when it was first posted (the order it is applied in).
     private var pending: [Key: (op: Op, order: UInt64)] = [:]
     private var nextOrder: UInt64 = 0
@@ -55,7 +55,7 @@ final class Bridge: @unchecked Sendable {
         self.batchSize = batchSize
         batchDelayNanoseconds = batchDelayMicroseconds * 1000
         self.apply = apply
-        pthread_mutex_init(lock, nil)
+        pthread_mutex_init(queueLock, nil)
         var attr = pthread_condattr_t()
         pthread_condattr_init(&attr)
         pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
@@ -71,8 +71,8 @@ final class Bridge: @unchecked Sendable {
 
     deinit {
         stop()
-        pthread_mutex_destroy(lock); pthread_cond_destroy(wake); pthread_cond_destroy(progress)
-        lock.deallocate(); wake.deallocate(); progress.deallocate()
+        pthread_mutex_destroy(queueLock); pthread_cond_destroy(wake); pthread_cond_destroy(progress)
+        queueLock.deallocate(); wake.deallocate(); progress.deallocate()
     }
 
     /// Events waiting, for stats.
@@ -93,7 +93,7 @@ final class Bridge: @unchecked Sendable {
                 guard pending.count >= capacity && !stopping else { break }
                 if !waited { statistics.fullWaits += 1 }
                 waited = true
-                pthread_cond_wait(progress, lock)
+                pthread_cond_wait(progress, queueLock)
             }
             if pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pendingPerCollection[collection, default: 0] += 1
@@ -110,7 +110,7 @@ final class Bridge: @unchecked Sendable {
             urgent.insert(collection)
             pthread_cond_signal(wake)
             while pendingPerCollection[collection] != nil || inFlight[collection] != nil {
-                pthread_cond_wait(progress, lock)
+                pthread_cond_wait(progress, queueLock)
             }
         }
     }
@@ -121,7 +121,7 @@ final class Bridge: @unchecked Sendable {
             while !pending.isEmpty || !inFlight.isEmpty {
                 urgent.formUnion(pendingPerCollection.keys)
                 pthread_cond_signal(wake)
-                pthread_cond_wait(progress, lock)
+                pthread_cond_wait(progress, queueLock)
             }
         }
     }
@@ -138,21 +138,21 @@ final class Bridge: @unchecked Sendable {
     }
 
     private func work() {
-        pthread_mutex_lock(lock)
+        pthread_mutex_lock(queueLock)
         while true {
-            while pending.isEmpty && !stopping { pthread_cond_wait(wake, lock) }
+            while pending.isEmpty && !stopping { pthread_cond_wait(wake, queueLock) }
             if pending.isEmpty && stopping { break }
             // Let the batch fill, unless a query is waiting or the queue is closing.
             var deadline = firstPendingAt
             deadline.tv_nsec += batchDelayNanoseconds
             if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
             while pending.count < batchSize && urgent.isEmpty && !stopping {
-                if pthread_cond_timedwait(wake, lock, &deadline) == ETIMEDOUT { break }
+                if pthread_cond_timedwait(wake, queueLock, &deadline) == ETIMEDOUT { break }
             }
             let batch = takeBatch()
-            pthread_mutex_unlock(lock)
+            pthread_mutex_unlock(queueLock)
             apply(batch)
-            pthread_mutex_lock(lock)
+            pthread_mutex_lock(queueLock)
             for e in batch {
                 inFlight[e.key.collection]! -= 1
                 if inFlight[e.key.collection] == 0 { inFlight[e.key.collection] = nil }
@@ -163,7 +163,7 @@ final class Bridge: @unchecked Sendable {
             if !pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pthread_cond_broadcast(progress)
         }
-        pthread_mutex_unlock(lock)
+        pthread_mutex_unlock(queueLock)
     }
 
     /// Up to `batchSize` events: urgent collections' first, then removes, then refreshes, each
@@ -196,8 +196,8 @@ final class Bridge: @unchecked Sendable {
     }
 
     private func locked<R>(_ body: () -> R) -> R {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
+        pthread_mutex_lock(queueLock)
+        defer { pthread_mutex_unlock(queueLock) }
         return body()
     }
 }
