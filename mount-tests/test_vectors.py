@@ -431,6 +431,7 @@ def test_stats_and_journal(mnt):
     os.rename(c / "b.vec", c / "d.vec")
     knn(c / "a.vec")
     os.unlink(c / "d.vec")
+    assert os.getxattr(c, "user.vexfs.count") == b"1"  # stats never wait for the bridge; this does
     stats = (mnt / ".vexfs" / "stats").read_text()
     for family in ["vexfs_fuse_requests_total{op=\"create\"}", "vexfs_fuse_request_microseconds_total",
                    "vexfs_index_vectors 1", "vexfs_query_seconds_count 1", "vexfs_bridge_queue_depth",

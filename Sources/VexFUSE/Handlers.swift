@@ -122,7 +122,8 @@ enum Handlers {
             try fs.store.rename(from, name!, to, newName!, flags: flags)
             if moving.isDirectory {
                 func join(_ d: DirectoryRef, _ n: String) -> String { d.path.isEmpty ? n : d.path + "/" + n }
-                semantic.directoryMoved(from: join(fromRef, oldName), to: join(toRef, newNameText))
+                semantic.directoryMoved(from: join(fromRef, oldName), to: join(toRef, newNameText),
+                                        exchange: flags & vx_RENAME_EXCHANGE != 0)
             } else {
                 semantic.renamed(from: fromRef, oldName, to: toRef, newNameText, exchange: flags & vx_RENAME_EXCHANGE != 0)
             }

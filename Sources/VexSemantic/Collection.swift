@@ -39,6 +39,11 @@ final class Collection: @unchecked Sendable {
     let state: Mutex<State>
     /// Bumped on every change; cached answers are valid only for the version they were made at.
     let version = Atomic<UInt64>(0)
+    /// Vectors held, for stats that must not wait for a batch being applied.
+    let vectorCount = Atomic<Int>(0)
+    /// Files without a vector file name that carry `user.vexfs.vector`: their writes must reach the
+    /// bridge too. Guarded by its own lock so a write never waits for a batch.
+    let attributeCarriers = Mutex<Set<String>>([])
 
     struct State {
         var path: String
@@ -82,6 +87,8 @@ final class Collection: @unchecked Sendable {
                     for (name, r) in s.files where r.rows > 0 {
                         for l in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) { s.owner[l] = name }
                     }
+                    let carriers = Set(s.files.keys.filter { VectorFormat(fileName: $0) == nil })
+                    attributeCarriers.withLock { $0 = carriers }
                 }
             }
             // The index and the catalog must hold the same labels: after a crash the log may hold
@@ -111,6 +118,7 @@ final class Collection: @unchecked Sendable {
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
             if changed > 0 && !deferring { checkpoint(&s) }
+            published(s)
             return (changed, problems, toRead)
         }
     }
@@ -195,7 +203,8 @@ final class Collection: @unchecked Sendable {
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }
         s.files[name] = record
-        version.add(1, ordering: .releasing)
+        if VectorFormat(fileName: name) == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
+        published(s)
         layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
     }
 
@@ -203,8 +212,15 @@ final class Collection: @unchecked Sendable {
     private func forget(_ name: String, _ s: inout State) {
         guard let old = s.files.removeValue(forKey: name) else { return }
         release(old, &s)
-        version.add(1, ordering: .releasing)
+        attributeCarriers.withLock { _ = $0.remove(name) }
+        published(s)
         if old.rows > 0 { layer.journal.record("index", path: relative(s, name), detail: ["status": "removed"]) }
+    }
+
+    /// Makes a change visible to cached answers and stats.
+    private func published(_ s: borrowing State) {
+        vectorCount.store(s.index?.count ?? 0, ordering: .relaxed)
+        version.add(1, ordering: .releasing)
     }
 
     private func release(_ record: FileRecord?, _ s: inout State) {
@@ -268,7 +284,7 @@ final class Collection: @unchecked Sendable {
         s.owner = [:]
         for name in names { refresh(name, &s) }
         checkpoint(&s)
-        version.add(1, ordering: .releasing)
+        published(s)
     }
 
     // MARK: reading (queries and attributes)

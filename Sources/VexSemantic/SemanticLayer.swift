@@ -158,7 +158,7 @@ public final class SemanticLayer: @unchecked Sendable {
     public func written(_ dir: DirectoryRef, _ name: String) {
         if name.hasSuffix(".query") { return }
         journal.record("write-close", path: dir.child(name))
-        if VectorFormat(fileName: name) != nil || existing(dir.key)?.record(of: name) != nil {
+        if VectorFormat(fileName: name) != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true {
             bridge.post(.refresh, collection: collection(dir).key, name: name)
         }
     }
@@ -187,14 +187,17 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Call before renaming a directory: nothing may still be pending under the old path.
     public func settleAll() { bridge.settleAll() }
 
-    /// A directory moved: collections at or under it follow.
-    public func directoryMoved(from old: String, to new: String) {
+    /// A directory moved: collections at or under it follow (with `exchange`, those under `new`
+    /// move to `old` at the same time).
+    public func directoryMoved(from old: String, to new: String, exchange: Bool = false) {
         journal.record("rename", path: old, to: new)
+        func moved(_ path: String, _ from: String, _ to: String) -> String? {
+            if path == from { return to }
+            return path.hasPrefix(from + "/") ? to + path.dropFirst(from.count) : nil
+        }
         for c in collections.withLock({ Array($0.values) }) {
             c.state.withLock { s in
-                if s.path == old { s.path = new } else if old.isEmpty || s.path.hasPrefix(old + "/") {
-                    s.path = new + s.path.dropFirst(old.count)
-                }
+                if let p = moved(s.path, old, new) { s.path = p } else if exchange, let p = moved(s.path, new, old) { s.path = p }
             }
         }
     }
@@ -368,12 +371,12 @@ public final class SemanticLayer: @unchecked Sendable {
         public var journalBytes = 0
     }
 
+    /// A snapshot that never waits: not for the bridge, not for a batch being applied.
     public var figures: Figures {
-        bridge.settleAll()  // figures read after a change include it
         var f = Figures()
         let all = collections.withLock { Array($0.values) }
         f.collections = all.count
-        f.vectors = all.reduce(0) { $0 + $1.summary.count }
+        f.vectors = all.reduce(0) { $0 + $1.vectorCount.load(ordering: .relaxed) }
         let b = bridge.snapshot
         f.bridgeDepth = bridge.depth
         f.bridgePosted = b.posted
