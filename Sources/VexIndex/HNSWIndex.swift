@@ -12,6 +12,8 @@ public struct HNSWParameters: Equatable, Sendable, CustomStringConvertible {
     public var efSearch: Int
     /// Seeds the level draw, so a build is reproducible.
     public var seed: UInt64
+    /// Searches walk the graph on int8 codes (then re-rank in float32); off: on the float32 vectors.
+    public var int8Traversal = true
 
     public init(m: Int = 16, efConstruction: Int = 200, efSearch: Int = 64, seed: UInt64 = 0x5eed) {
         self.m = m
@@ -344,7 +346,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         defer { putScratch(s) }
         metric.prepare(query, into: s.query, kernels: kernels)
         let breadth = max(ef ?? defaultEf, k)
-        if quantized.load(ordering: .acquiring) {
+        if parameters.int8Traversal && quantized.load(ordering: .acquiring) {
             quantizer.encode(s.query, into: s.code)
             let measure = CodeMeasure(index: self, query: s.code, l2: metric == .l2)
             walk(top: top, ef: breadth, limit: limit, measure: measure, excluding: excluding, scratch: s)

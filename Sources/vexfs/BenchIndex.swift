@@ -21,6 +21,7 @@ struct IndexBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Search breadths.") var ef: [Int] = [16, 32, 64, 128]
     @Option(parsing: .upToNextOption, help: "Thread counts.") var threads: [Int] = [1, 2]
     @Option(help: "Timed passes over the queries; the median is reported.") var passes = 3
+    @Flag(help: "Walk the graph on the float32 vectors instead of the int8 codes.") var floatTraversal = false
 
     func run() throws {
         guard let metric = Metric(rawValue: metric) else { throw UserError("unknown metric \(metric)") }
@@ -36,8 +37,9 @@ struct IndexBench: ParsableCommand {
         if kind == "flat" {
             index = FlatIndex(dimension: dim, metric: metric, kernels: kernels, capacity: n)
         } else {
-            let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels,
-                              parameters: HNSWParameters(m: m, efConstruction: efConstruction))
+            var p = HNSWParameters(m: m, efConstruction: efConstruction)
+            p.int8Traversal = !floatTraversal
+            let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels, parameters: p)
             hnsw = h
             index = h
         }
@@ -87,7 +89,7 @@ struct IndexBench: ParsableCommand {
                     }
                     return Double(nq) / seconds
                 })
-                print(#"{"engine":"vexfs","kind":"\#(kind)","ef":\#(e),"threads":\#(t),"recall":\#(recall),"qps":\#(qps),"p50_us":\#(p50),"p99_us":\#(p99)}"#)
+                print(#"{"engine":"vexfs","kind":"\#(kind)\#(floatTraversal ? "-float" : "")","ef":\#(e),"threads":\#(t),"recall":\#(recall),"qps":\#(qps),"p50_us":\#(p50),"p99_us":\#(p99)}"#)
                 fflush(nil)
             }
         }
