@@ -114,6 +114,7 @@ final class Collection: @unchecked Sendable {
                 if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir + "/" + name) || s.files[name] != nil {
                     if deferring { toRead.append(name) } else { refresh(name, &s) }
                     changed += 1
+                    layer.progressed("\(s.path.isEmpty ? "." : s.path): \(changed) files read again")
                 }
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }

@@ -95,10 +95,9 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Makes every collection's index agree with STORE: walks the tree, opens each directory that
     /// holds vectors (or had an index), re-reads what changed, and deletes the indexes of directories
     /// that are gone. `progress` hears about long runs.
-    public func reconcile(progress: (String) -> Void) -> (collections: Int, changed: Int) {
-        var start = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &start)
-        var lastReport = start.tv_sec
+    public func reconcile(progress: @escaping @Sendable (String) -> Void) -> (collections: Int, changed: Int) {
+        reporter.withLock { $0 = Reporter(say: progress) }
+        defer { reporter.withLock { $0 = nil } }
         var indexed = Set(listDirectories(stateRoot + "/index").compactMap { UInt64($0) })
         var pending: [String] = [""]
         var opened = 0, changed = 0, directories = 0
@@ -118,12 +117,7 @@ public final class SemanticLayer: @unchecked Sendable {
             opened += 1
             changed += result.changed
             log(problems: result.problems)
-            var now = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &now)
-            if now.tv_sec - lastReport >= 2 {
-                lastReport = now.tv_sec
-                progress("vexfs: reconciling: \(directories) directories, \(opened) collections, \(changed) files re-read")
-            }
+            progressed("\(directories) directories, \(opened) collections, \(changed) files re-read")
         }
         for stale in indexed { removeTree("\(stateRoot)/index/\(stale)") }
         return (opened, changed)
@@ -134,6 +128,21 @@ public final class SemanticLayer: @unchecked Sendable {
         bridge.stop()
         for c in collections.withLock({ Array($0.values) }) { c.close() }
         journal.flush()
+    }
+
+    /// Says how a long reconciliation is going, at most every two seconds.
+    private let reporter = Mutex<Reporter?>(nil)
+    struct Reporter {
+        let say: @Sendable (String) -> Void
+        var last = Int(time(nil))
+    }
+
+    func progressed(_ what: @autoclosure () -> String) {
+        reporter.withLock { r in
+            guard r != nil, Int(time(nil)) - r!.last >= 2 else { return }
+            r!.last = Int(time(nil))
+            r!.say("vexfs: reconciling: " + what())
+        }
     }
 
     func log(problems new: [String]) {
