@@ -14,6 +14,8 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .target(
@@ -28,7 +30,8 @@ let package = Package(
         .target(name: "CCompress", path: "CShims/CCompress", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("lz4")]),
         .target(name: "VexIndex", dependencies: ["VexKernels", "CKernels", "CCompress"]),
-        .target(name: "VexSemantic", dependencies: ["VexIndex", "VexKernels", "CCompress", "CLinux"]),
+        .target(name: "VexSemantic", dependencies: ["VexIndex", "VexKernels", "CCompress", "CLinux",
+                                                   .product(name: "CoreMetrics", package: "swift-metrics")]),
         .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("numa")]),
         .target(name: "VexMemory", dependencies: ["CMemory"]),
@@ -39,6 +42,8 @@ let package = Package(
         .target(
             name: "VexFUSE",
             dependencies: ["CFuse", "VexStore", "VexMemory", "VexSemantic", "VexIndex", "VexKernels",
+                           .product(name: "CoreMetrics", package: "swift-metrics"),
+                           .product(name: "Prometheus", package: "swift-prometheus"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .executableTarget(

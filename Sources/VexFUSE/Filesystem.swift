@@ -1,5 +1,7 @@
 import CFuse
+import CoreMetrics
 import Glibc
+import Prometheus
 import SystemPackage
 import VexMemory
 import VexSemantic
@@ -16,6 +18,15 @@ final class Filesystem: Sendable {
     let pool: BufferPool
     let stack: StackBudget
     let operations = OperationMetrics()
+    /// This mount's swift-metrics backend: what the vector layer counts, emitted by `.vexfs/stats`.
+    let registry = PrometheusCollectorRegistry()
+    var metricsFactory: PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.durationHistogramBuckets[SemanticMetrics.queryLabel] =
+            [50, 100, 250, 500, 1000, 2000, 5000, 10_000, 50_000].map { Duration.microseconds($0) }
+        factory.valueHistogramBuckets[SemanticMetrics.batchLabel] = [1, 4, 16, 64, 256, 1024]
+        return factory
+    }
     /// The vector layer. Set once, before the request loop starts its threads, and only read after.
     nonisolated(unsafe) var semantic: SemanticLayer?
 

@@ -119,24 +119,10 @@ extension Filesystem {
         family("vexfs_fuse_killpriv_v2", "gauge", "1 when vexfs drops privileges on write itself, sparing the kernel's per-write security.capability probe.",
                [("", Int(vexfs_req_killpriv_v2(req)))])
         renderOperations(family)
+        // The vector layer's figures go through swift-metrics into this mount's Prometheus registry.
         if let semantic {
-            let f = semantic.figures
-            family("vexfs_collections", "gauge", "Directories holding vectors.", [("", f.collections)])
-            family("vexfs_index_vectors", "gauge", "Vectors in all indexes.", [("", f.vectors)])
-            family("vexfs_bridge_queue_depth", "gauge", "Files with index work waiting in the bridge.", [("", f.bridgeDepth)])
-            family("vexfs_bridge_events_total", "counter", "Events posted to the bridge.", [("", f.bridgePosted)])
-            family("vexfs_bridge_coalesced_total", "counter", "Events merged into one already waiting for the same file.", [("", f.bridgeCoalesced)])
-            family("vexfs_bridge_batches_total", "counter", "Batches applied to the indexes.", [("", f.bridgeBatches)])
-            family("vexfs_bridge_applied_total", "counter", "Events applied (the sum of all batch sizes).", [("", f.bridgeApplied)])
-            family("vexfs_bridge_largest_batch", "gauge", "The largest batch applied.", [("", f.bridgeLargestBatch)])
-            family("vexfs_bridge_full_waits_total", "counter", "Posts that waited for room in a full queue.", [("", f.bridgeFullWaits)])
-            family("vexfs_journal_bytes", "gauge", "Journal size: compressed segments on disk plus lines in memory.", [("", f.journalBytes)])
-            let q = semantic.metrics.read()
-            out += "# HELP vexfs_query_seconds Similarity queries through getxattr, from request to answer.\n# TYPE vexfs_query_seconds histogram\n"
-            for (bound, count) in q.buckets { out += "vexfs_query_seconds_bucket{le=\"\(Double(bound) / 1e9)\"} \(count)\n" }
-            out += "vexfs_query_seconds_bucket{le=\"+Inf\"} \(q.count)\nvexfs_query_seconds_sum \(Double(q.totalNanoseconds) / 1e9)\nvexfs_query_seconds_count \(q.count)\n"
-            family("vexfs_query_cached_total", "counter", "Queries answered from the previous identical request (getfattr's size probe, then fetch).",
-                   [("", semantic.metrics.cached.load(ordering: .relaxed))])
+            semantic.refreshGauges()
+            out += registry.emitToString()
         }
         family("vexfs_inodes", "gauge", "Files and directories the kernel currently remembers.", [("", store.inodes.count)])
         family("vexfs_inode_descriptors_open", "gauge", "O_PATH descriptors held for them (bounded by the budget).",

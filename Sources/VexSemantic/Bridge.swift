@@ -1,3 +1,4 @@
+import CoreMetrics
 import Glibc
 
 /// The cross-layer bridge: the filesystem posts what changed, a worker thread brings the indexes up to
@@ -41,6 +42,16 @@ final class Bridge: @unchecked Sendable {
     private var thread = pthread_t()
     private(set) var statistics = Statistics()
 
+    /// The figures `.vexfs/stats` shows, through swift-metrics.
+    struct Counters: Sendable {
+        let posted: Counter
+        let coalesced: Counter
+        let batches: Counter
+        let fullWaits: Counter
+        let batchSizes: Recorder
+    }
+    private let counters: Counters?
+
     struct Statistics: Sendable {
         var posted = 0
         var coalesced = 0
@@ -50,7 +61,9 @@ final class Bridge: @unchecked Sendable {
         var largestBatch = 0
     }
 
-    init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 500, apply: @escaping @Sendable ([Event]) -> Void) {
+    init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 500, counters: Counters? = nil,
+         apply: @escaping @Sendable ([Event]) -> Void) {
+        self.counters = counters
         self.capacity = capacity
         self.batchSize = batchSize
         batchDelayNanoseconds = batchDelayMicroseconds * 1000
@@ -83,15 +96,17 @@ final class Bridge: @unchecked Sendable {
         let key = Key(collection: collection, name: name)
         locked {
             statistics.posted += 1
+            counters?.posted.increment()
             var waited = false
             while true {
                 if let waiting = pending[key] {
                     pending[key] = (op, waiting.order)
                     statistics.coalesced += 1
+                    counters?.coalesced.increment()
                     return
                 }
                 guard pending.count >= capacity && !stopping else { break }
-                if !waited { statistics.fullWaits += 1 }
+                if !waited { statistics.fullWaits += 1; counters?.fullWaits.increment() }
                 waited = true
                 pthread_cond_wait(progress, queueLock)
             }
@@ -159,6 +174,8 @@ final class Bridge: @unchecked Sendable {
             }
             statistics.batches += 1
             statistics.applied += batch.count
+            counters?.batches.increment()
+            counters?.batchSizes.record(batch.count)
             statistics.largestBatch = max(statistics.largestBatch, batch.count)
             if !pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pthread_cond_broadcast(progress)

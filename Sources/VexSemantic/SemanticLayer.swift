@@ -5,6 +5,7 @@
 // semantic journal and the reconciliation at mount. It reads STORE only through its own absolute
 // paths, never through the mount (the daemon must not call into itself). The files are the truth: a
 // collection's index and catalog are rebuilt from them whenever they disagree.
+import CoreMetrics
 import Glibc
 import Synchronization
 import VexIndex
@@ -64,7 +65,7 @@ public final class SemanticLayer: @unchecked Sendable {
     /// getfattr asks twice (the size, then the value): the second ask is served from here.
     private let answers = Mutex<[AnswerKey: Answer]>([:])
     private let problems = Mutex<[String]>([])
-    public let metrics = QueryMetrics()
+    public let metrics: SemanticMetrics
 
     struct AnswerKey: Hashable {
         let inode: UInt64
@@ -78,8 +79,9 @@ public final class SemanticLayer: @unchecked Sendable {
     }
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
-                parameters: HNSWParameters = HNSWParameters()) {
+                parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics()) {
         self.storeRoot = storeRoot
+        self.metrics = metrics
         stateRoot = storeRoot + "/.vexfs"
         self.kernels = kernels
         self.indexKind = indexKind
@@ -87,7 +89,7 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot, 0o755)
         mkdir(stateRoot + "/index", 0o755)
         journal = Journal(directory: stateRoot + "/journal")
-        bridge = Bridge { [unowned self] events in self.apply(events) }
+        bridge = Bridge(counters: metrics.bridge) { [unowned self] events in self.apply(events) }
     }
 
     // MARK: mount and unmount
@@ -345,7 +347,7 @@ public final class SemanticLayer: @unchecked Sendable {
         let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)]
         let key = AnswerKey(inode: inode, attribute: attribute)
         if let cached = answers.withLock({ $0[key] }), cached.version == version, cached.collection == dir.key, cached.signature == signature {
-            metrics.cached.add(1, ordering: .relaxed)
+            metrics.cached.increment()
             return cached.bytes
         }
         let vector = try queryVector(dir: dir, name: name)
@@ -360,63 +362,49 @@ public final class SemanticLayer: @unchecked Sendable {
             table[key] = Answer(version: version, collection: dir.key, signature: signature, bytes: out)
         }
         clock_gettime(CLOCK_MONOTONIC, &t1)
-        metrics.observe(nanoseconds(t1) - nanoseconds(t0))
+        metrics.queries.recordNanoseconds(nanoseconds(t1) - nanoseconds(t0))
         journal.record("query", path: dir.child(name), detail: ["k": String(k)])
         return out
     }
 
     // MARK: stats
 
-    public struct Figures: Sendable {
-        public var collections = 0
-        public var vectors = 0
-        public var bridgeDepth = 0
-        public var bridgePosted = 0
-        public var bridgeCoalesced = 0
-        public var bridgeBatches = 0
-        public var bridgeApplied = 0
-        public var bridgeLargestBatch = 0
-        public var bridgeFullWaits = 0
-        public var journalBytes = 0
-    }
-
-    /// A snapshot that never waits: not for the bridge, not for a batch being applied.
-    public var figures: Figures {
-        var f = Figures()
+    /// Sets the gauges from the state now, without waiting for the bridge or a batch.
+    public func refreshGauges() {
         let all = collections.withLock { Array($0.values) }
-        f.collections = all.count
-        f.vectors = all.reduce(0) { $0 + $1.vectorCount.load(ordering: .relaxed) }
-        let b = bridge.snapshot
-        f.bridgeDepth = bridge.depth
-        f.bridgePosted = b.posted
-        f.bridgeCoalesced = b.coalesced
-        f.bridgeBatches = b.batches
-        f.bridgeApplied = b.applied
-        f.bridgeLargestBatch = b.largestBatch
-        f.bridgeFullWaits = b.fullWaits
-        f.journalBytes = journal.size
-        return f
+        metrics.collections.set(all.count)
+        metrics.vectors.set(all.reduce(0) { $0 + $1.vectorCount.load(ordering: .relaxed) })
+        metrics.depth.set(bridge.depth)
+        metrics.journalBytes.set(journal.size)
     }
 }
 
-/// Query latency: a count, a sum and cumulative buckets, as Prometheus histograms want them.
-public final class QueryMetrics: Sendable {
-    public static let bounds: [Int64] = [50_000, 100_000, 250_000, 500_000, 1_000_000, 2_000_000, 5_000_000, 10_000_000, 50_000_000]
-    public let cached = Atomic<Int>(0)
-    /// Guards the figures: count, total nanoseconds, then one count per bound.
-    private let figures = Mutex<[Int]>([Int](repeating: 0, count: 2 + QueryMetrics.bounds.count))
+/// The vector layer's figures, made through swift-metrics with whatever factory the owner gives
+/// (the mount's is a Prometheus registry that `.vexfs/stats` emits; tests use the no-op one).
+/// Gauges are set when the stats are read, never on the request path.
+public final class SemanticMetrics: Sendable {
+    public static let queryLabel = "vexfs_query_seconds"
+    public static let batchLabel = "vexfs_bridge_batch_size"
+    let queries: CoreMetrics.Timer
+    let cached: Counter
+    let bridge: Bridge.Counters
+    let collections: Meter
+    let vectors: Meter
+    let depth: Meter
+    let journalBytes: Meter
 
-    func observe(_ ns: Int64) {
-        figures.withLock { f in
-            f[0] += 1
-            f[1] += Int(ns)
-            for (i, bound) in QueryMetrics.bounds.enumerated() where ns <= bound { f[2 + i] += 1 }
-        }
-    }
-
-    /// (count, total nanoseconds, cumulative count per bound).
-    public func read() -> (count: Int, totalNanoseconds: Int, buckets: [(Int64, Int)]) {
-        let f = figures.withLock { $0 }
-        return (f[0], f[1], QueryMetrics.bounds.enumerated().map { ($0.element, f[2 + $0.offset]) })
+    public init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
+        queries = CoreMetrics.Timer(label: SemanticMetrics.queryLabel, dimensions: [], factory: factory)
+        cached = Counter(label: "vexfs_query_cached_total", dimensions: [], factory: factory)
+        bridge = Bridge.Counters(
+            posted: Counter(label: "vexfs_bridge_events_total", dimensions: [], factory: factory),
+            coalesced: Counter(label: "vexfs_bridge_coalesced_total", dimensions: [], factory: factory),
+            batches: Counter(label: "vexfs_bridge_batches_total", dimensions: [], factory: factory),
+            fullWaits: Counter(label: "vexfs_bridge_full_waits_total", dimensions: [], factory: factory),
+            batchSizes: Recorder(label: SemanticMetrics.batchLabel, dimensions: [], aggregate: true, factory: factory))
+        collections = Meter(label: "vexfs_collections", dimensions: [], factory: factory)
+        vectors = Meter(label: "vexfs_index_vectors", dimensions: [], factory: factory)
+        depth = Meter(label: "vexfs_bridge_queue_depth", dimensions: [], factory: factory)
+        journalBytes = Meter(label: "vexfs_journal_bytes", dimensions: [], factory: factory)
     }
 }

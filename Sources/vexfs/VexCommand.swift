@@ -72,9 +72,9 @@ struct Mount: ParsableCommand {
         do {
             try Session.run(store: store, mountpoint: mountPath, options: mountOptions, detached: {
                 MountLock.record(pid: getpid(), in: lock)
-            }, prepare: {
+            }, prepare: { factory in
                 let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.indexKind,
-                                             parameters: mountOptions.hnsw)
+                                             parameters: mountOptions.hnsw, metrics: SemanticMetrics(factory: factory))
                 _ = semantic.reconcile { line in
                     let text = line + "\n"
                     _ = text.withCString { write(2, $0, strlen($0)) }
