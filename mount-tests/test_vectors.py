@@ -550,3 +550,29 @@ def test_a_renamed_collection_keeps_its_index(mnt):
     assert [n for n, _ in knn(b / "sub" / "s0.vec", 1)] == ["s2.vec"]
     shutil.rmtree(b / "sub")
     assert len(os.listdir(mnt.store / ".vexfs" / "index")) == 1
+
+
+def test_a_collection_switches_to_hnsw_and_stays_accurate(make_mount):
+    m = make_mount("-o", "index=auto:300")
+    m.mount()
+    c = m / "c"
+    c.mkdir()
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(-1, 1, (20, 24))
+    data = (centres[rng.integers(0, 20, 1500)] + rng.normal(0, 0.3, (1500, 24))).astype(np.float32)
+    np.save(c / "part1.npy", data[:200])
+    assert os.getxattr(c, "user.vexfs.index").startswith(b"flat")
+    np.save(c / "part2.npy", data[200:])
+    assert os.getxattr(c, "user.vexfs.index").startswith(b"hnsw")
+    names = {f"part1.npy#{i}": data[i] for i in range(200)} | {f"part2.npy#{i - 200}": data[i] for i in range(200, 1500)}
+    hits = 0
+    for i in range(0, 1500, 30):
+        q = data[i] + rng.normal(0, 0.05, 24).astype(np.float32)
+        q.tofile(c / "q.f32.query")
+        got = [n for n, _ in knn(c / "q.f32.query")]
+        hits += len(set(got) & {n for n, _ in brute(names, q, "l2", 10)})
+    assert hits / (50 * 10) >= 0.95
+    m.unmount()
+    m.mount()  # the graph comes back from its snapshot
+    assert os.getxattr(c, "user.vexfs.index").startswith(b"hnsw")
+    assert os.getxattr(c, "user.vexfs.count") == b"1500"
