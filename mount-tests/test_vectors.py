@@ -165,6 +165,9 @@ def test_rename_unlink_truncate_and_overwrite_keep_the_index_true(mnt):
     assert b"empty" in os.getxattr(c / "v3.vec", "user.vexfs.status")
     write_vec(c / "v4.vec", [9, 9])  # overwrite: the new vector replaces the old
     assert knn(c / "q.query", 5) == [("v4.vec", pytest.approx(np.hypot(9, 9), rel=1e-6))]
+    open(c / "v4.vec", "w").close()  # O_TRUNC and nothing written: no vector any more
+    assert knn(c / "q.query", 5) == []
+    write_vec(c / "v4.vec", [9, 9])
     with open(c / "v4.vec", "r+") as f:  # truncate through an open handle, then write
         f.truncate(0)
         f.write("1 1")

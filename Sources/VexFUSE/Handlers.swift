@@ -218,7 +218,10 @@ enum Handlers {
                 return
             }
             let file = try fs.store.open(try fs.inode(ino), flags: fs.backingOpenFlags(fi!.pointee.flags))
-            if fi!.pointee.flags & O_TRUNC != 0, let error = dropPrivilegesIfOurs(req, file) { throw error }
+            if fi!.pointee.flags & O_TRUNC != 0 {
+                if let error = dropPrivilegesIfOurs(req, file) { throw error }
+                file.wasWritten.store(true, ordering: .relaxed)  // emptied: its close must reach the index
+            }
             Filesystem.store(file, in: fi)
             vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
             if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
@@ -229,17 +232,21 @@ enum Handlers {
                        _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let fs = fs(req)
         do throws(Errno) {
-            let (entry, file) = try fs.store.create(try fs.inode(parent), name!, mode: mode,
+            let dir = try fs.inode(parent)
+            let (entry, file) = try fs.store.create(dir, name!, mode: mode,
                                                     flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
+            // Before the answer: the FLUSH of the caller's close(2) may run on another thread as soon
+            // as the answer is out, and must find the new file marked (an empty new file is news too).
+            if let semantic = fs.semantic, let ref = fs.directoryRef(dir) {
+                semantic.created(ref, String(cString: name!))
+                file.wasWritten.store(true, ordering: .relaxed)
+            }
             Filesystem.store(file, in: fi)
             vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
             var ep = fs.entryParam(entry)
             if fuse_reply_create(req, &ep, fi) != 0 {
                 Filesystem.releaseHandle(fi, as: OpenFile.self)
                 fs.store.forget(entry.inode, 1)
-            } else if let semantic = fs.semantic, let ref = fs.directoryRef(try fs.inode(parent)) {
-                semantic.created(ref, String(cString: name!))
-                file.wasWritten.store(true, ordering: .relaxed)  // an empty new file is news too
             }
         } catch { reply(req, error: error) }
     }
