@@ -65,7 +65,9 @@ struct Mount: ParsableCommand {
         do { lock = try MountLock.acquire(storePath: storePath) } catch .held {
             throw UserError("store \(storePath) is already mounted by another vexfs")
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
-        defer { close(lock) }
+        // The lock is never closed here: the kernel drops it when this process's files are closed
+        // in exit, after its threads and memory are gone, so `vexfs unmount` (which waits on the
+        // lock) returns only once the daemon has truly finished.
 
         let kernels: DistanceKernels
         do { kernels = try DistanceKernels.forProcess.get() } catch { throw UserError(error.description) }
