@@ -76,7 +76,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         }
         if !report.snapshotLoaded {
             // Logs from before a lost snapshot would replay onto nothing: drop them all.
-            if FileManagerLite.exists(snapshotPath) { rename(snapshotPath, snapshotPath + ".bad") }
+            if access(snapshotPath, F_OK) == 0 { rename(snapshotPath, snapshotPath + ".bad") }
             if !report.problems.isEmpty {
                 for (_, path) in try logs(in: directory) { unlink(path) }
             }
@@ -226,8 +226,4 @@ extension Metric {
     init?(code: UInt8) {
         switch code { case 0: self = .l2; case 1: self = .cosine; case 2: self = .dot; default: return nil }
     }
-}
-
-enum FileManagerLite {
-    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 }
