@@ -29,7 +29,7 @@ final class Bridge: @unchecked Sendable {
     let batchDelayNanoseconds: Int
     private let apply: @Sendable ([Event]) -> Void
 
-    /// Guards the queue: everything below down to `statistics`.
+    /// Guards the queue: everything below down to `thread`.
     private let queueLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private let progress = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -67,28 +67,26 @@ final class Bridge: @unchecked Sendable {
     private var firstPendingAt = timespec()
     private var stopping = false
     private var thread = pthread_t()
-    private(set) var statistics = Statistics()
 
-    /// The figures `.vexfs/stats` shows, through swift-metrics.
+    /// The figures `.vexfs/stats` shows, through swift-metrics (the only count the bridge keeps).
     struct Counters: Sendable {
         let posted: Counter
         let coalesced: Counter
         let batches: Counter
         let fullWaits: Counter
         let batchSizes: Recorder
-    }
-    private let counters: Counters?
 
-    struct Statistics: Sendable {
-        var posted = 0
-        var coalesced = 0
-        var batches = 0
-        var applied = 0
-        var fullWaits = 0
-        var largestBatch = 0
+        init(factory: any MetricsFactory) {
+            posted = Counter(label: "vexfs_bridge_events_total", dimensions: [], factory: factory)
+            coalesced = Counter(label: "vexfs_bridge_coalesced_total", dimensions: [], factory: factory)
+            batches = Counter(label: "vexfs_bridge_batches_total", dimensions: [], factory: factory)
+            fullWaits = Counter(label: "vexfs_bridge_full_waits_total", dimensions: [], factory: factory)
+            batchSizes = Recorder(label: SemanticMetrics.batchLabel, dimensions: [], aggregate: true, factory: factory)
+        }
     }
+    private let counters: Counters
 
-    init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 20_000, counters: Counters? = nil,
+    init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 20_000, counters: Counters = Counters(factory: NOOPMetricsHandler.instance),
          apply: @escaping @Sendable ([Event]) -> Void) {
         self.counters = counters
         self.capacity = capacity
@@ -117,24 +115,21 @@ final class Bridge: @unchecked Sendable {
 
     /// Events waiting, for stats.
     var depth: Int { locked { pending.count } }
-    var snapshot: Statistics { locked { statistics } }
 
     func post(_ op: Op, collection: UInt64, name: String) {
         let key = Key(collection: collection, name: name)
         locked {
-            statistics.posted += 1
-            counters?.posted.increment()
+            counters.posted.increment()
             var waited = false
             while true {
                 if let waiting = pending[key] {
                     pending[key] = (op, waiting.order)
                     if waiting.op != op { op == .remove ? removes.append(key) : refreshes.append(key) }
-                    statistics.coalesced += 1
-                    counters?.coalesced.increment()
+                    counters.coalesced.increment()
                     return
                 }
                 guard pending.count >= capacity && !stopping else { break }
-                if !waited { statistics.fullWaits += 1; counters?.fullWaits.increment() }
+                if !waited { counters.fullWaits.increment() }
                 waited = true
                 pthread_cond_wait(progress, queueLock)
             }
@@ -201,11 +196,8 @@ final class Bridge: @unchecked Sendable {
                 inFlight[e.key.collection]! -= 1
                 if inFlight[e.key.collection] == 0 { inFlight[e.key.collection] = nil }
             }
-            statistics.batches += 1
-            statistics.applied += batch.count
-            counters?.batches.increment()
-            counters?.batchSizes.record(batch.count)
-            statistics.largestBatch = max(statistics.largestBatch, batch.count)
+            counters.batches.increment()
+            counters.batchSizes.record(batch.count)
             if !pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pthread_cond_broadcast(progress)
         }

@@ -396,12 +396,7 @@ public final class SemanticMetrics: Sendable {
     public init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
         queries = CoreMetrics.Timer(label: SemanticMetrics.queryLabel, dimensions: [], factory: factory)
         cached = Counter(label: "vexfs_query_cached_total", dimensions: [], factory: factory)
-        bridge = Bridge.Counters(
-            posted: Counter(label: "vexfs_bridge_events_total", dimensions: [], factory: factory),
-            coalesced: Counter(label: "vexfs_bridge_coalesced_total", dimensions: [], factory: factory),
-            batches: Counter(label: "vexfs_bridge_batches_total", dimensions: [], factory: factory),
-            fullWaits: Counter(label: "vexfs_bridge_full_waits_total", dimensions: [], factory: factory),
-            batchSizes: Recorder(label: SemanticMetrics.batchLabel, dimensions: [], aggregate: true, factory: factory))
+        bridge = Bridge.Counters(factory: factory)
         collections = Meter(label: "vexfs_collections", dimensions: [], factory: factory)
         vectors = Meter(label: "vexfs_index_vectors", dimensions: [], factory: factory)
         depth = Meter(label: "vexfs_bridge_queue_depth", dimensions: [], factory: factory)

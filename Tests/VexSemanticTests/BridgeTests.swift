@@ -1,4 +1,5 @@
 import Glibc
+import MetricsTestKit
 import Synchronization
 import Testing
 @testable import VexSemantic
@@ -16,16 +17,18 @@ final class Recorder: @unchecked Sendable {
 }
 
 @Suite struct BridgeTests {
-    @Test func aLaterEventForTheSameFileReplacesTheEarlier() {
+    @Test func aLaterEventForTheSameFileReplacesTheEarlier() throws {
         let r = Recorder()
-        let bridge = Bridge(batchDelayMicroseconds: 50_000) { r.apply($0) }
+        let metrics = TestMetrics()
+        let bridge = Bridge(batchDelayMicroseconds: 50_000, counters: Bridge.Counters(factory: metrics)) { r.apply($0) }
         bridge.post(.refresh, collection: 1, name: "a")
         bridge.post(.remove, collection: 1, name: "a")
         bridge.post(.refresh, collection: 1, name: "a")
         bridge.settle(1)
         let events = r.all
         #expect(events.count == 1 && events[0].op == .refresh && events[0].key.name == "a")
-        #expect(bridge.snapshot.coalesced == 2)
+        #expect(try metrics.expectCounter("vexfs_bridge_coalesced_total").totalValue == 2)
+        #expect(try metrics.expectCounter("vexfs_bridge_events_total").totalValue == 3)
         bridge.stop()
     }
 
@@ -66,10 +69,11 @@ final class Recorder: @unchecked Sendable {
         bridge.stop()
     }
 
-    @Test func aFullQueueMakesPostersWait() {
+    @Test func aFullQueueMakesPostersWait() throws {
         let r = Recorder()
         r.gate.withLock { $0 = false }
-        let bridge = Bridge(capacity: 4, batchSize: 2, batchDelayMicroseconds: 100) { r.apply($0) }
+        let metrics = TestMetrics()
+        let bridge = Bridge(capacity: 4, batchSize: 2, batchDelayMicroseconds: 100, counters: Bridge.Counters(factory: metrics)) { r.apply($0) }
         let posted = Atomic<Int>(0)
         let t = Thread {
             for i in 0..<20 {
@@ -86,7 +90,7 @@ final class Recorder: @unchecked Sendable {
         t.join()
         bridge.settleAll()
         #expect(r.all.count == 20)
-        #expect(bridge.snapshot.fullWaits > 0)
+        #expect(try metrics.expectCounter("vexfs_bridge_full_waits_total").totalValue > 0)
         bridge.stop()
     }
 
