@@ -99,7 +99,7 @@ enum Handlers {
             try fs.store.rmdir(dir, name!)
             // Its index goes before the answer, so nothing of it outlives the rmdir(2).
             if let semantic = fs.semantic, let removed, let ref = fs.directoryRef(dir) {
-                semantic.directoryRemoved(key: removed.key.number, path: ref.path.isEmpty ? String(cString: name!) : ref.path + "/" + String(cString: name!))
+                semantic.directoryRemoved(key: removed.key.number, path: ref.child(String(cString: name!)))
             }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
@@ -121,8 +121,7 @@ enum Handlers {
             if moving.isDirectory { semantic.settleAll() }
             try fs.store.rename(from, name!, to, newName!, flags: flags)
             if moving.isDirectory {
-                func join(_ d: DirectoryRef, _ n: String) -> String { d.path.isEmpty ? n : d.path + "/" + n }
-                semantic.directoryMoved(from: join(fromRef, oldName), to: join(toRef, newNameText),
+                semantic.directoryMoved(from: fromRef.child(oldName), to: toRef.child(newNameText),
                                         exchange: flags & vx_RENAME_EXCHANGE != 0)
             } else {
                 semantic.renamed(from: fromRef, oldName, to: toRef, newNameText, exchange: flags & vx_RENAME_EXCHANGE != 0)

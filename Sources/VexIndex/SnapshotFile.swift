@@ -172,7 +172,8 @@ func fourCCName(_ v: UInt32) -> String {
     String(decoding: (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }.filter { $0 != 0 }, as: UTF8.self)
 }
 
-func readFile(_ path: String) throws(PersistenceError) -> [UInt8] {
+/// The whole of the file at `path`, as it is now.
+public func readFile(_ path: String) throws(PersistenceError) -> [UInt8] {
     let fd = open(path, O_RDONLY | O_CLOEXEC)
     guard fd >= 0 else { throw .io(path: path, errno: errno) }
     defer { close(fd) }

@@ -246,7 +246,7 @@ final class Collection: @unchecked Sendable {
         }
     }
 
-    func relative(_ s: borrowing State, _ name: String) -> String { s.path.isEmpty ? name : s.path + "/" + name }
+    func relative(_ s: borrowing State, _ name: String) -> String { DirectoryRef(key: key, path: s.path).child(name) }
 
     // MARK: settings
 

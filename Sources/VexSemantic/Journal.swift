@@ -1,6 +1,7 @@
 import CCompress
 import Glibc
 import Synchronization
+import VexIndex
 
 /// The semantic event log: one JSON object a line (create, write-close, rename, unlink, setxattr,
 /// index, query), kept in memory until a segment's worth has gathered, then written LZ4-compressed
@@ -63,7 +64,7 @@ public final class Journal: Sendable {
         buffer.withLock { s in
             var out: [UInt8] = []
             for n in s.segments {
-                guard let file = try? readWhole(Journal.path(directory, n)), file.count >= 8 else { continue }
+                guard let file = try? readFile(Journal.path(directory, n)), file.count >= 8 else { continue }
                 let raw = Int(file.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self) })
                 let crc = file.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 4, as: UInt32.self) }
                 guard raw <= 64 << 20, vx_crc32c(0, Array(file[8...]), file.count - 8) == crc else { continue }
@@ -110,21 +111,6 @@ public final class Journal: Sendable {
             unlink(old)
         }
     }
-}
-
-func readWhole(_ path: String) throws -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw SemanticError.noData }
-    defer { close(fd) }
-    var out: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let n = read(fd, &chunk, chunk.count)
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        out.append(contentsOf: chunk[0..<n])
-    }
-    return out
 }
 
 /// A JSON string literal.

@@ -20,7 +20,8 @@ public struct DirectoryRef: Sendable, Equatable {
         self.key = key
         self.path = path
     }
-    func child(_ name: String) -> String { path.isEmpty ? name : path + "/" + name }
+    /// The path of `name` in this directory, relative to the store's root.
+    public func child(_ name: String) -> String { path.isEmpty ? name : path + "/" + name }
 }
 
 /// A refused request, with the errno the caller answers.
@@ -252,7 +253,7 @@ public final class SemanticLayer: @unchecked Sendable {
     func readVectors(_ path: String, format: VectorFormat?, size: Int) -> Result<ParsedVectors, FormatError> {
         guard size <= VectorParser.maxFileBytes else { return .failure(FormatError("absurd size: \(size) bytes")) }
         guard size > 0 else { return .failure(FormatError("empty file")) }
-        guard let bytes = try? readWhole(path) else { return .failure(FormatError("cannot be read")) }
+        guard let bytes = try? readFile(path) else { return .failure(FormatError("cannot be read")) }
         return bytes.withUnsafeBytes { VectorParser.parse($0, as: format ?? VectorFormat.sniff($0)) }
     }
 
