@@ -72,7 +72,8 @@ final class Collection: @unchecked Sendable {
     /// while unmounted (or was lost in a crash) is read again, what is gone is removed. With
     /// `deferring`, files to read are returned instead (for the bridge to apply) and nothing is read
     /// here: a collection first met by a FUSE request must not index a directory inside it.
-    func open(deferring: Bool = false) -> (changed: Int, problems: [String], toRead: [String]) {
+    /// `files` is the directory's listing when the caller has just made it.
+    func open(deferring: Bool = false, files listed: [String]? = nil) -> (changed: Int, problems: [String], toRead: [String]) {
         state.withLock { s in
             let dir = directoryPath(s)
             if let text = readSetting(dir, .metric), let m = Metric(rawValue: text) { s.metric = m }
@@ -108,7 +109,7 @@ final class Collection: @unchecked Sendable {
             // Every file now: new or changed ones are read, vanished ones removed.
             var seen = Set<String>()
             var toRead: [String] = []
-            for name in listFiles(dir) {
+            for name in listed ?? listFiles(dir) {
                 seen.insert(name)
                 if let r = s.files[name], let st = statFile(dir + "/" + name), r.sameSignature(st) { continue }
                 if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir + "/" + name) || s.files[name] != nil {
@@ -160,12 +161,7 @@ final class Collection: @unchecked Sendable {
         if let r = s.files[name], r.sameSignature(st) { return }
         var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
                                 ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
-        let parsed: Result<ParsedVectors, FormatError>
-        if let format = VectorFormat(fileName: name) {
-            parsed = layer.readVectors(path, format: format, size: Int(st.st_size))
-        } else if let text = readAttribute(path, SemanticLayer.vectorAttribute) {
-            parsed = text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
-        } else {
+        guard let parsed = layer.vectors(at: path, name: name, size: Int(st.st_size)) else {
             forget(name, &s)
             return
         }

@@ -108,15 +108,16 @@ public final class SemanticLayer: @unchecked Sendable {
             let dir = rel.isEmpty ? storeRoot : storeRoot + "/" + rel
             guard let st = statFile(dir) else { continue }
             directories += 1
-            for sub in listDirectories(dir) where !(rel.isEmpty && sub == ".vexfs") { pending.append(rel.isEmpty ? sub : rel + "/" + sub) }
-            let key = UInt64(st.st_ino)
-            let hadIndex = indexed.remove(key) != nil
-            let files = listFiles(dir)
+            let here = DirectoryRef(key: UInt64(st.st_ino), path: rel)
+            let (files, subdirectories) = entries(dir)
+            for sub in subdirectories where !(rel.isEmpty && sub == ".vexfs") { pending.append(here.child(sub)) }
+            let hadIndex = indexed.remove(here.key) != nil
             let wanted = hadIndex || readSetting(dir, .dimension) != nil
                 || files.contains { VectorFormat(fileName: $0) != nil || hasVectorAttribute(dir + "/" + $0) }
             guard wanted else { continue }
-            let c = collection(DirectoryRef(key: key, path: rel))
-            let result = c.open()
+            // Opened here, in full, once: `collection(_:)` would open it a second time, deferred.
+            let (c, _) = register(here)
+            let result = c.open(files: files)
             opened += 1
             changed += result.changed
             log(problems: result.problems)
@@ -234,19 +235,24 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// The collection of `dir`, made (and opened) on first use.
     func collection(_ dir: DirectoryRef) -> Collection {
-        if let c = existing(dir.key) { return c }
-        let fresh = Collection(key: dir.key, path: dir.path, layer: self)
-        let (c, isNew) = collections.withLock { table -> (Collection, Bool) in
-            if let c = table[dir.key] { return (c, false) }
-            table[dir.key] = fresh
-            return (fresh, true)
-        }
+        let (c, isNew) = register(dir)
         if isNew {
             let opened = c.open(deferring: true)
             log(problems: opened.problems)
             for name in opened.toRead { bridge.post(.refresh, collection: c.key, name: name) }
         }
         return c
+    }
+
+    /// The collection of `dir`, made (unopened) if there is none yet; true when this call made it.
+    private func register(_ dir: DirectoryRef) -> (Collection, Bool) {
+        if let c = existing(dir.key) { return (c, false) }
+        let fresh = Collection(key: dir.key, path: dir.path, layer: self)
+        return collections.withLock { table -> (Collection, Bool) in
+            if let c = table[dir.key] { return (c, false) }
+            table[dir.key] = fresh
+            return (fresh, true)
+        }
     }
 
     /// Reads and parses a vector file of STORE, refusing absurd sizes unread.
@@ -286,7 +292,8 @@ public final class SemanticLayer: @unchecked Sendable {
             }
             return Array(r.status.utf8)
         case "dim":
-            guard let v = try? queryVector(dir: dir, name: name) else { throw .noData }
+            let path = storeRoot + "/" + dir.child(name)
+            guard let st = statFile(path), let v = try? queryVector(path, name: name, st) else { throw .noData }
             return Array(String(v.dimension).utf8)
         default:
             throw .noData
@@ -318,22 +325,21 @@ public final class SemanticLayer: @unchecked Sendable {
         answers.withLock { $0.removeAll() }
     }
 
-    /// A file's own vector: a vector file's (or query file's) content, else its `user.vexfs.vector`.
-    func queryVector(dir: DirectoryRef, name: String) throws(SemanticError) -> ParsedVectors {
-        let path = storeRoot + "/" + dir.child(name)
-        guard let st = statFile(path) else { throw .noData }
-        let parsed: Result<ParsedVectors, FormatError>
-        if let format = VectorFormat(fileName: name) {
-            parsed = readVectors(path, format: format, size: Int(st.st_size))
-        } else if name.hasSuffix(".query") {
-            // `q.npy.query` says its format; a bare `q.query` is recognised from its bytes.
-            parsed = readVectors(path, format: VectorFormat(fileName: String(name.dropLast(6))), size: Int(st.st_size))
-        } else if let text = readAttribute(path, SemanticLayer.vectorAttribute) {
-            parsed = text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
-        } else {
-            throw .noData
+    /// What a file holds as vectors: the content of a vector or query file (`q.npy.query` says its
+    /// format; a bare `q.query` is recognised from its bytes), else its `user.vexfs.vector`; nil when
+    /// it has neither.
+    func vectors(at path: String, name: String, size: Int) -> Result<ParsedVectors, FormatError>? {
+        if let format = VectorFormat(fileName: name) { return readVectors(path, format: format, size: size) }
+        if name.hasSuffix(".query") {
+            return readVectors(path, format: VectorFormat(fileName: String(name.dropLast(6))), size: size)
         }
-        guard case .success(let v) = parsed else { throw .noData }
+        guard let text = readAttribute(path, SemanticLayer.vectorAttribute) else { return nil }
+        return text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
+    }
+
+    /// A file's own vector, for queries; `st` is the file's lstat, already taken by the caller.
+    func queryVector(_ path: String, name: String, _ st: stat) throws(SemanticError) -> ParsedVectors {
+        guard case .success(let v) = vectors(at: path, name: name, size: Int(st.st_size)) else { throw .noData }
         return v
     }
 
@@ -351,7 +357,7 @@ public final class SemanticLayer: @unchecked Sendable {
             metrics.cached.increment()
             return cached.bytes
         }
-        let vector = try queryVector(dir: dir, name: name)
+        let vector = try queryVector(path, name: name, st)
         var out: [UInt8] = []
         if let c {
             for (n, d) in try c.nearest(vector.row(0), k: k, excluding: name) {
