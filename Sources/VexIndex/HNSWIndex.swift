@@ -117,7 +117,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         var c = 0
         while c < HNSWIndex.maxChunks, let chunk = chunks[c] { free(chunk); c += 1 }
         chunks.deallocate()
-        for s in scratch.withLock({ $0 }) { s.release() }
     }
 
     // MARK: Node access (raw memory; valid for any published node)
@@ -600,7 +599,7 @@ final class SearchScratch: @unchecked Sendable {
         return epoch
     }
 
-    func release() {
+    deinit {
         tags.deallocate()
         results.base.deallocate()
         candidates.base.deallocate()
