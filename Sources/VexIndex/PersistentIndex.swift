@@ -214,7 +214,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         var prefix = path.hasPrefix("/") ? "/" : ""
         for part in path.split(separator: "/") {
             prefix += (prefix.isEmpty || prefix == "/" ? "" : "/") + part
-            if mkdir(prefix, 0o755) != 0 && errno != EEXIST { throw .io(path: prefix, errno: errno) }
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST { throw .io(path: prefix, errno: errno) }
         }
     }
 }

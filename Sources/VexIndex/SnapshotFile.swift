@@ -108,7 +108,7 @@ struct SnapshotWriter {
     mutating func commit() throws(PersistenceError) {
         out.append(contentsOf: [0, 0, 0, 0])
         let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io(path: tmp, errno: errno) }
         var done = 0
         let failure: Int32? = out.withUnsafeBytes { buf in

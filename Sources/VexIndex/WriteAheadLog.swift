@@ -53,7 +53,7 @@ public final class WriteAheadLog: @unchecked Sendable {
         self.batchRecords = batchRecords
         batchDelayNanoseconds = batchDelayMilliseconds * 1_000_000
         self.maxPendingBytes = maxPendingBytes
-        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .io(path: path, errno: errno) }
         let size = lseek(fd, 0, SEEK_END)
         if size == 0 {

@@ -26,7 +26,7 @@ public final class Journal: Sendable {
         self.directory = directory
         self.segmentBytes = segmentBytes
         self.maxSegments = maxSegments
-        mkdir(directory, 0o755)
+        mkdir(directory, 0o700)
         var state = State()
         for name in listFiles(directory) where name.hasSuffix(".lz4") {
             if let n = UInt64(name.dropLast(4)) { state.segments.append(n) }
@@ -97,7 +97,7 @@ public final class Journal: Sendable {
         }
         let number = (s.segments.last ?? 0) + 1
         let path = Journal.path(directory, number)
-        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { return }
         let written = write(fd, packed, packed.count)
         close(fd)

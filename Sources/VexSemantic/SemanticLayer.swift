@@ -87,8 +87,8 @@ public final class SemanticLayer: @unchecked Sendable {
         self.kernels = kernels
         self.indexKind = indexKind
         self.parameters = parameters
-        mkdir(stateRoot, 0o755)
-        mkdir(stateRoot + "/index", 0o755)
+        mkdir(stateRoot, 0o700)
+        mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
         bridge = Bridge(counters: metrics.bridge) { [unowned self] events in self.apply(events) }
     }

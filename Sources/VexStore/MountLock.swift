@@ -13,7 +13,7 @@ public enum MountLock {
     /// Takes the lock, or fails with `.held` when another daemon serves the store. Keep the returned
     /// descriptor open for the life of the daemon.
     public static func acquire(storePath: String) throws(Failure) -> Int32 {
-        let fd = open(path(storePath), O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        let fd = open(path(storePath), O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .system(Errno.current) }
         if vx_flock(fd, LOCK_EX | LOCK_NB) != 0 {
             let e = errno

@@ -54,7 +54,14 @@ public final class Store: Sendable {
             throw error
         }
         canChown = geteuid() == 0
-        if mkdirat(fd, Store.reservedName, 0o755) != 0 && errno != EEXIST { throw Errno.current }
+        // vexfs's state holds every user's vectors and paths: root's alone, whatever it was before.
+        if mkdirat(fd, Store.reservedName, 0o700) != 0 && errno != EEXIST { throw Errno.current }
+        if geteuid() == 0 {
+            var st = stat()
+            if fstatat(fd, Store.reservedName, &st, AT_SYMLINK_NOFOLLOW) == 0, st.st_mode & S_IFMT == S_IFDIR {
+                _ = fchmodat(fd, Store.reservedName, 0o700, 0)
+            }
+        }
     }
 
     public var root: Inode { inodes.root }
@@ -310,15 +317,18 @@ public final class Store: Sendable {
         // set-id bits in `mode`) nothing a write must drop, which spares the kernel's per-file probe.
         var fresh = true
         let fd = try inodes.using(parent) { dir throws(Errno) in
-            var fd = openat(dir, name, (flags | O_CREAT | O_EXCL) & ~O_NOFOLLOW | O_CLOEXEC, mode)
+            var fd = openat(dir, name, flags | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
+            // The name was taken in between: open what is there, never through a symlink (a user's
+            // link may point anywhere the root daemon can reach).
             if fd < 0 && errno == EEXIST && flags & O_EXCL == 0 {
                 fresh = false
-                fd = openat(dir, name, (flags | O_CREAT) & ~O_NOFOLLOW | O_CLOEXEC, mode)
+                fd = openat(dir, name, (flags & ~O_CREAT) | O_NOFOLLOW | O_CLOEXEC)
             }
             guard fd >= 0 else { throw Errno.current }
             return fd
         }
-        if canChown { _ = fchown(fd, caller.uid, inheritedGroup(parent, caller)) }
+        // Only a file this request made is given away: chown of someone else's file is theirs to do.
+        if canChown && fresh { _ = fchown(fd, caller.uid, inheritedGroup(parent, caller)) }
         do throws(Errno) {
             let entry = try lookup(parent, name)
             if fresh {
