@@ -41,16 +41,21 @@ final class Filesystem: Sendable {
 
     // MARK: the vector layer's names for things
 
-    /// A directory as the vector layer names it; nil when its path is not known.
-    func directoryRef(_ inode: Inode) -> DirectoryRef? {
-        guard let path = store.relativePath(inode) else { return nil }
-        return DirectoryRef(key: inode.key.number, path: path)
+    /// Runs `body` with directory `inode` as the vector layer sees it: its descriptor pinned for the
+    /// call, and its path (for messages only). nil when the descriptor cannot be had.
+    func withDirectory<R>(_ inode: Inode, _ body: (DirectoryRef) -> R) -> R? {
+        let path = FileName(store.relativePath(inode) ?? Array("?".utf8))
+        return try? store.inodes.using(inode) { fd throws(Errno) in body(DirectoryRef(key: inode.key.number, path: path, fd: fd)) }
     }
 
-    /// Where a file is: its directory and its name.
-    func place(of inode: Inode) -> (DirectoryRef, String)? {
-        guard let location = inode.location.withLock({ $0 }), let dir = directoryRef(location.parent) else { return nil }
-        return (dir, location.name)
+    /// Runs `body` with the file `inode` where it was last seen (its directory and name), both
+    /// descriptors pinned; nil when it has no known name (unlinked, or never looked up).
+    func withFile<R>(_ inode: Inode, _ body: (FileRef) -> R) -> R? {
+        guard let location = inode.location.withLock({ $0 }) else { return nil }
+        let name = FileName(location.name)
+        return withDirectory(location.parent) { dir in
+            try? store.inodes.using(inode) { fd throws(Errno) in body(FileRef(dir: dir, name: name, fd: fd)) }
+        } ?? nil
     }
 
     // MARK: node ids and handles
@@ -134,6 +139,20 @@ func reply(_ req: fuse_req_t?, error: Errno) {
 @inline(__always)
 func reply(_ req: fuse_req_t?, status: Int32) {
     fuse_reply_err(req, status == 0 ? 0 : errno)
+}
+
+/// Who asks, with their supplementary groups (read from /proc by libfuse: only for the requests
+/// whose answers depend on what the caller may read).
+func requester(_ req: fuse_req_t?) -> Requester {
+    let ctx = fuse_req_ctx(req)!.pointee
+    guard ctx.uid != 0 else { return .root }
+    var groups = [gid_t](repeating: 0, count: 64)
+    var n = Int(fuse_req_getgroups(req, Int32(groups.count), &groups))
+    if n > groups.count {
+        groups = [gid_t](repeating: 0, count: n)
+        n = Int(fuse_req_getgroups(req, Int32(groups.count), &groups))
+    }
+    return Requester(uid: ctx.uid, gid: ctx.gid, groups: n > 0 ? Array(groups.prefix(min(n, groups.count))) : [])
 }
 
 @inline(__always)

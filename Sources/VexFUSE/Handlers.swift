@@ -75,7 +75,11 @@ enum Handlers {
     static func link(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ newParent: fuse_ino_t, _ newName: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.link(try fs.inode(ino), try fs.inode(newParent), newName!))
+            let dir = try fs.inode(newParent)
+            let entry = try fs.store.link(try fs.inode(ino), dir, newName!)
+            // Every name of a vector file is a vector, posted before the answer like any change.
+            if let semantic = fs.semantic { fs.withDirectory(dir) { semantic.linked($0, FileName(cString: newName!)) } }
+            fs.reply(req, entry: entry)
         } catch { reply(req, error: error) }
     }
 
@@ -86,7 +90,7 @@ enum Handlers {
             try fs.store.unlink(dir, name!)
             // Every change is posted to the index before the answer: a query made after the system
             // call returns is then sure to wait for it.
-            if let semantic = fs.semantic, let ref = fs.directoryRef(dir) { semantic.removed(ref, String(cString: name!)) }
+            if let semantic = fs.semantic { fs.withDirectory(dir) { semantic.removed($0, FileName(cString: name!)) } }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -98,8 +102,9 @@ enum Handlers {
             let removed = fs.semantic == nil ? nil : fs.store.child(dir, name!)
             try fs.store.rmdir(dir, name!)
             // Its index goes before the answer, so nothing of it outlives the rmdir(2).
-            if let semantic = fs.semantic, let removed, let ref = fs.directoryRef(dir) {
-                semantic.directoryRemoved(key: removed.key.number, path: ref.child(String(cString: name!)))
+            if let semantic = fs.semantic, let removed {
+                let path = FileName(fs.store.relativePath(dir) ?? []).child(FileName(cString: name!))
+                semantic.directoryRemoved(key: removed.key.number, path: path)
             }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
@@ -110,21 +115,23 @@ enum Handlers {
         let fs = fs(req)
         do throws(Errno) {
             let from = try fs.inode(parent), to = try fs.inode(newParent)
-            guard let semantic = fs.semantic, let fromRef = fs.directoryRef(from), let toRef = fs.directoryRef(to),
-                  let moving = fs.store.child(from, name!) else {
+            guard let semantic = fs.semantic, let moving = fs.store.child(from, name!) else {
                 try fs.store.rename(from, name!, to, newName!, flags: flags)
                 fuse_reply_err(req, 0)
                 return
             }
-            let oldName = String(cString: name!), newNameText = String(cString: newName!)
-            // A directory's pending index work names files by its path: apply it before the path changes.
-            if moving.isDirectory { semantic.settleAll() }
-            try fs.store.rename(from, name!, to, newName!, flags: flags)
+            let oldName = FileName(cString: name!), newNameBytes = FileName(cString: newName!)
+            let exchange = flags & vx_RENAME_EXCHANGE != 0
             if moving.isDirectory {
-                semantic.directoryMoved(from: fromRef.child(oldName), to: toRef.child(newNameText),
-                                        exchange: flags & vx_RENAME_EXCHANGE != 0)
+                // Collections hold their directories by descriptor; only their names for messages move.
+                let fromPath = FileName(fs.store.relativePath(from) ?? []), toPath = FileName(fs.store.relativePath(to) ?? [])
+                try fs.store.rename(from, name!, to, newName!, flags: flags)
+                semantic.directoryMoved(from: fromPath.child(oldName), to: toPath.child(newNameBytes), exchange: exchange)
             } else {
-                semantic.renamed(from: fromRef, oldName, to: toRef, newNameText, exchange: flags & vx_RENAME_EXCHANGE != 0)
+                try fs.store.rename(from, name!, to, newName!, flags: flags)
+                fs.withDirectory(from) { fromRef in
+                    fs.withDirectory(to) { toRef in semantic.renamed(from: fromRef, oldName, to: toRef, newNameBytes, exchange: exchange) }
+                }
             }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
@@ -178,8 +185,8 @@ enum Handlers {
             // Truncation changes what a vector file holds (to nothing: it leaves the index). Through
             // an open handle the change is indexed at its close, like a write.
             if change.size != nil, !inode.isDirectory, let semantic = fs.semantic {
-                if let file { file.wasWritten.store(true, ordering: .relaxed) } else if let (dir, name) = fs.place(of: inode) {
-                    semantic.written(dir, name)
+                if let file { file.wasWritten.store(true, ordering: .relaxed) } else {
+                    fs.withFile(inode) { semantic.written($0.dir, $0.name, inode: inode.key.number) }
                 }
             }
             fs.reply(req, attributes: attributes)
@@ -236,8 +243,8 @@ enum Handlers {
                                                     flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
             // Before the answer: the FLUSH of the caller's close(2) may run on another thread as soon
             // as the answer is out, and must find the new file marked (an empty new file is news too).
-            if let semantic = fs.semantic, let ref = fs.directoryRef(dir) {
-                semantic.created(ref, String(cString: name!))
+            if let semantic = fs.semantic {
+                fs.withDirectory(dir) { semantic.created($0, FileName(cString: name!)) }
                 file.wasWritten.store(true, ordering: .relaxed)
             }
             Filesystem.store(file, in: fi)
@@ -280,9 +287,8 @@ enum Handlers {
         // Indexing is posted before the answer: close(2) returns only after it, so a query that
         // follows the close finds the change queued (and settles it first).
         let fs = fs(req)
-        if let semantic = fs.semantic, file.wasWritten.exchange(false, ordering: .relaxed), let inode = file.inode,
-           let (dir, name) = fs.place(of: inode) {
-            semantic.written(dir, name)
+        if let semantic = fs.semantic, file.wasWritten.exchange(false, ordering: .relaxed), let inode = file.inode {
+            fs.withFile(inode) { semantic.written($0.dir, $0.name, inode: inode.key.number) }
         }
         reply(req, status: dup < 0 ? 0 : close(dup))
     }
@@ -445,11 +451,18 @@ enum Handlers {
                 guard let semantic = fs.semantic else { throw .noData }
                 let attribute = String(cString: name!)
                 if inode.isDirectory {
-                    guard let dir = fs.directoryRef(inode) else { throw .noData }
-                    return try semantic.directoryAttribute(attribute, dir: dir)
+                    guard let r = fs.withDirectory(inode, { dir in
+                        Result { () throws(SemanticError) in try semantic.directoryAttribute(attribute, dir: dir) }
+                    }) else { throw .noData }
+                    return try r.get()
                 }
-                guard let (dir, file) = fs.place(of: inode) else { throw .noData }
-                return try semantic.fileAttribute(attribute, dir: dir, name: file, inode: inode.key.number)
+                // Answered for the file the request names (its inode), read through its own descriptor.
+                guard inode.fileType == S_IFREG else { throw .noData }
+                let who = requester(req)
+                guard let r = fs.withFile(inode, { file in
+                    Result { () throws(SemanticError) in try semantic.fileAttribute(attribute, file: file, requester: who) }
+                }) else { throw .noData }
+                return try r.get()
             }
             return
         }
@@ -495,11 +508,13 @@ enum Handlers {
             let inode = try fs.inode(ino)
             if SemanticLayer.owns(name!) {
                 // Settings of a collection; everything else of ours is computed and read-only.
-                guard inode.isDirectory, let semantic = fs.semantic, let dir = fs.directoryRef(inode) else { throw .invalidArgument }
-                do throws(SemanticError) {
-                    try semantic.setDirectoryAttribute(String(cString: name!), dir: dir,
-                                                       value: Array(UnsafeRawBufferPointer(start: value, count: size)))
-                } catch { throw Errno(rawValue: error.errno) }
+                guard inode.isDirectory, let semantic = fs.semantic else { throw .invalidArgument }
+                let bytes = Array(UnsafeRawBufferPointer(start: value, count: size))
+                let done = fs.withDirectory(inode) { dir in
+                    Result { () throws(SemanticError) in try semantic.setDirectoryAttribute(String(cString: name!), dir: dir, value: bytes) }
+                }
+                guard let done else { throw .invalidArgument }
+                if case .failure(let error) = done { throw Errno(rawValue: error.errno) }
                 fuse_reply_err(req, 0)
                 return
             }
@@ -512,7 +527,7 @@ enum Handlers {
             }
             if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
             try fs.store.setxattr(inode, name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
-            if isVector, let semantic = fs.semantic, let (dir, file) = fs.place(of: inode) { semantic.vectorAttributeChanged(dir, file) }
+            if isVector, let semantic = fs.semantic { fs.withFile(inode) { semantic.vectorAttributeChanged($0.dir, $0.name) } }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -568,8 +583,8 @@ enum Handlers {
             if SemanticLayer.owns(name!) { throw .noData }
             let inode = try fs.inode(ino)
             try fs.store.removexattr(inode, name!)
-            if strcmp(name!, SemanticLayer.vectorAttribute) == 0, let semantic = fs.semantic, let (dir, file) = fs.place(of: inode) {
-                semantic.vectorAttributeChanged(dir, file)
+            if strcmp(name!, SemanticLayer.vectorAttribute) == 0, let semantic = fs.semantic {
+                fs.withFile(inode) { semantic.vectorAttributeChanged($0.dir, $0.name) }
             }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }

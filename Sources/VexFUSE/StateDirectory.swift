@@ -136,7 +136,8 @@ extension Filesystem {
         // The kernel checks the journal's 0400 already; this holds should permissions ever be off.
         if id == VirtualNode.journal {
             let who = caller(req).uid
-            guard who == 0 || who == (try store.attributes(store.root)).st_uid else { throw .permissionDenied }
+            let owner = try store.attributes(store.root).st_uid
+            guard who == 0 || who == owner else { throw .permissionDenied }
         }
         let bytes: [UInt8] = id == VirtualNode.stats ? Array(renderStats(req).utf8) : (semantic?.journal.contents() ?? [])
         let fd = bytes.withUnsafeBytes { vx_memfd_with(id == VirtualNode.stats ? "vexfs-stats" : "vexfs-journal", $0.baseAddress, $0.count) }

@@ -96,8 +96,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, excluding: UInt64?) throws(IndexError) -> [Neighbor] {
-        try active.search(query, k: k, ef: ef, excluding: excluding)
+    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
+        try active.search(query, k: k, ef: ef, filter: filter)
     }
 
     /// Switches or compacts when the collection calls for it; called by the writer.

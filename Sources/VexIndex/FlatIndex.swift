@@ -17,13 +17,16 @@ public final class FlatIndex: VectorIndex, @unchecked Sendable {
     var slotOfLabel: [UInt64: Int] = [:]
     let rows = ReadWriteLock()
 
-    public init(dimension: Int, metric: Metric, kernels: DistanceKernels, capacity: Int = 1024) {
+    /// Memory follows the vectors held, never the dimension declared: `capacity` rows are reserved
+    /// only up to about 1 MiB, and an empty index holds none (a user may declare 65,536 dimensions
+    /// in as many directories as they like).
+    public init(dimension: Int, metric: Metric, kernels: DistanceKernels, capacity: Int = 0) {
         precondition(dimension > 0)
         self.dimension = dimension
         self.metric = metric
         self.kernels = kernels
         stride = (dimension + 15) / 16 * 16
-        self.capacity = max(capacity, 16)
+        self.capacity = max(0, min(capacity, max(16, (1 << 20) / (stride * 4))))
         storage = FlatIndex.allocate(rows: self.capacity, stride: stride)
     }
 
@@ -68,7 +71,7 @@ public final class FlatIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, excluding: UInt64?) throws(IndexError) -> [Neighbor] {
+    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
         guard (1...1000).contains(k) else { throw .badK(k) }
         try validate(query, dimension: dimension)
         let q = UnsafeMutablePointer<Float>.allocate(capacity: dimension)
@@ -88,7 +91,7 @@ public final class FlatIndex: VectorIndex, @unchecked Sendable {
                 for i in 0..<n { scores[i] = -scores[i] }
             }
             var best = TopK(k: k)
-            for i in 0..<n where labels[i] != excluding {
+            for i in 0..<n where filter.allows(labels[i]) {
                 if scores[i] <= best.bound { best.offer(Neighbor(label: labels[i], distance: scores[i])) }
             }
             return best.sorted().map { n in
@@ -99,11 +102,12 @@ public final class FlatIndex: VectorIndex, @unchecked Sendable {
 
     /// Doubles the block; called with the write lock held.
     private func grow() {
-        let bigger = FlatIndex.allocate(rows: capacity * 2, stride: stride)
+        let rows = max(capacity * 2, 4)
+        let bigger = FlatIndex.allocate(rows: rows, stride: stride)
         bigger.update(from: storage, count: labels.count * stride)
         storage.deallocate()
         storage = bigger
-        capacity *= 2
+        capacity = rows
     }
 
     /// The stored vector of `label` (normalised for cosine), for tests and snapshots.

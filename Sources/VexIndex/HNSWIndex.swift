@@ -271,7 +271,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
         for l in stride(from: min(level, topLevel), through: 0, by: -1) {
             searchLayer(from: current, distance: currentDistance, ef: parameters.efConstruction, level: l,
-                        limit: Int(node), measure: measure, excluding: nil, scratch: s)
+                        limit: Int(node), measure: measure, filter: SearchFilter(), scratch: s)
             let found = s.results.drainSorted()
             let chosen = selectNeighbors(found, max: parameters.m)
             write(chosen, to: links(node, l))
@@ -335,7 +335,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     // MARK: Searching
 
-    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, excluding: UInt64?) throws(IndexError) -> [Neighbor] {
+    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
         guard (1...1000).contains(k) else { throw .badK(k) }
         try validate(query, dimension: dimension)
         let limit = published.load(ordering: .acquiring)
@@ -345,12 +345,14 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         defer { putScratch(s) }
         metric.prepare(query, into: s.query, kernels: kernels)
         let breadth = max(ef ?? defaultEf, k)
-        if parameters.int8Traversal && quantized.load(ordering: .acquiring) {
+        // Past the dimension where the int8 sums stay exact the walk is in float32.
+        let exact = dimension <= (metric == .l2 ? Int8Exactness.l2Dimensions : Int8Exactness.dotDimensions)
+        if parameters.int8Traversal && exact && quantized.load(ordering: .acquiring) {
             quantizer.encode(s.query, into: s.code)
             let measure = CodeMeasure(index: self, query: s.code, l2: metric == .l2)
-            walk(top: top, ef: breadth, limit: limit, measure: measure, excluding: excluding, scratch: s)
+            walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
         } else {
-            walk(top: top, ef: breadth, limit: limit, measure: FloatMeasure(index: self, query: s.query), excluding: excluding, scratch: s)
+            walk(top: top, ef: breadth, limit: limit, measure: FloatMeasure(index: self, query: s.query), filter: filter, scratch: s)
         }
         // Re-rank what the traversal found with the float vectors.
         var best = TopK(k: k)
@@ -366,13 +368,13 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    private func walk<M: NodeMeasure>(top: UInt64, ef: Int, limit: Int, measure: M, excluding: UInt64?, scratch s: SearchScratch) {
+    private func walk<M: NodeMeasure>(top: UInt64, ef: Int, limit: Int, measure: M, filter: SearchFilter, scratch s: SearchScratch) {
         var current = UInt32(truncatingIfNeeded: top)
         var d = measure.distance(current)
         for l in stride(from: Int(top >> 32) - 1, to: 0, by: -1) {
             greedy(&current, &d, level: l, limit: limit, measure: measure)
         }
-        searchLayer(from: current, distance: d, ef: ef, level: 0, limit: limit, measure: measure, excluding: excluding, scratch: s)
+        searchLayer(from: current, distance: d, ef: ef, level: 0, limit: limit, measure: measure, filter: filter, scratch: s)
     }
 
     /// Moves to the nearest neighbour at `level` while that gets nearer.
@@ -394,7 +396,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// The beam search of one level: leaves the `ef` nearest acceptable nodes in `scratch.results`.
     private func searchLayer<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
-                                             measure: M, excluding: UInt64?, scratch s: SearchScratch) {
+                                             measure: M, filter: SearchFilter, scratch s: SearchScratch) {
         s.reserve(nodes: limit)
         let epoch = s.nextEpoch()
         let tags = s.tags
@@ -402,7 +404,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         s.candidates.count = 0
         tags[Int(start)] = epoch
         var bound = Float.infinity
-        if accepts(start, excluding) {
+        if accepts(start, filter) {
             s.results.push(distance, start)
             bound = distance
         }
@@ -425,7 +427,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 let e = measure.distance(id)
                 if s.results.count < ef || e < bound {
                     s.candidates.push(-e, id)
-                    if accepts(id, excluding) {
+                    if accepts(id, filter) {
                         s.results.push(e, id)
                         if s.results.count > ef { s.results.pop() }
                     }
@@ -435,8 +437,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    @inline(__always) private func accepts(_ node: UInt32, _ excluding: UInt64?) -> Bool {
-        !isDeleted(node) && (excluding == nil || label(node) != excluding!)
+    @inline(__always) private func accepts(_ node: UInt32, _ filter: SearchFilter) -> Bool {
+        !isDeleted(node) && filter.allows(label(node))
     }
 
     // MARK: Scratch

@@ -44,9 +44,13 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         var generation: UInt64
     }
 
+    /// Makes the logs durable; shared by every index of a mount.
+    let committer: LogCommitter
+
     private init(directory: String, index: AdaptiveIndex, log: WriteAheadLog, generation: UInt64, recovery: RecoveryReport,
-                 attachments: [String: [UInt8]], logBound: Int) {
+                 attachments: [String: [UInt8]], logBound: Int, committer: LogCommitter) {
         self.directory = directory
+        self.committer = committer
         self.index = index
         self.recovery = recovery
         self.attachments = attachments
@@ -61,7 +65,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// it can still use.
     public static func open(directory: String, dimension: Int, metric: Metric, kind: IndexKind,
                             parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels,
-                            logBound: Int = 64 << 20) throws(PersistenceError) -> PersistentIndex {
+                            logBound: Int = 64 << 20, committer: LogCommitter = LogCommitter()) throws(PersistenceError) -> PersistentIndex {
         try makeDirectories(directory)
         var report = RecoveryReport()
         var generation: UInt64 = 0
@@ -97,9 +101,9 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             }
             last = max(last, g)
         }
-        let log = try WriteAheadLog(path: logPath(directory, last))
+        let log = try WriteAheadLog(path: logPath(directory, last), committer: committer)
         return PersistentIndex(directory: directory, index: index, log: log, generation: last, recovery: report,
-                               attachments: attachments, logBound: logBound)
+                               attachments: attachments, logBound: logBound, committer: committer)
     }
 
     /// The index in the snapshot at `path` and the first log generation it lacks; nil when there is
@@ -149,8 +153,8 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, excluding: UInt64?) throws(IndexError) -> [Neighbor] {
-        try index.search(query, k: k, ef: ef, excluding: excluding)
+    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
+        try index.search(query, k: k, ef: ef, filter: filter)
     }
 
     /// Waits until every change so far is in the log on disk.
@@ -173,7 +177,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         if let e = old.flush() { throw e }
         old.close()
         let next = state.generation + 1
-        state.log = try WriteAheadLog(path: PersistentIndex.logPath(directory, next))
+        state.log = try WriteAheadLog(path: PersistentIndex.logPath(directory, next), committer: committer)
         state.generation = next
         var w = SnapshotWriter(path: directory + "/snapshot")
         let now = index.active

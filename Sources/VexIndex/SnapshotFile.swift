@@ -44,6 +44,14 @@ public struct ByteReader {
         return String(decoding: bytes[offset..<(offset + n)], as: UTF8.self)
     }
 
+    /// Length-prefixed bytes, as `getString` reads them but not decoded.
+    public mutating func getBytes() throws(ByteReader.Short) -> [UInt8] {
+        let n = Int(try get(UInt32.self))
+        guard n <= remaining else { throw Short() }
+        defer { offset += n }
+        return Array(bytes[offset..<(offset + n)])
+    }
+
     public mutating func get<T: FixedWidthInteger>(_: T.Type) throws(ByteReader.Short) -> T {
         guard remaining >= MemoryLayout<T>.size else { throw Short() }
         var v: T = 0

@@ -48,12 +48,34 @@ public protocol VectorIndex: AnyObject, Sendable {
     func insert(label: UInt64, vector: UnsafeBufferPointer<Float>) throws(IndexError)
     /// Removes `label`; false when it was not there.
     @discardableResult func remove(label: UInt64) -> Bool
-    /// The `k` nearest vectors to `query`, nearest first, without `excluding` (a vector's own label).
-    /// `ef` is the approximate indexes' search breadth; the exact index ignores it.
-    func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, excluding: UInt64?) throws(IndexError) -> [Neighbor]
+    /// The `k` nearest vectors to `query` that `filter` allows, nearest first. `ef` is the
+    /// approximate indexes' search breadth; the exact index ignores it.
+    func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor]
+}
+
+/// Which labels a search may return: all but `excluding` (a vector's own label), and of those only
+/// what `accept` allows. The predicate is asked inside the search, before k is cut, so a filter
+/// that keeps few labels still gets k of them (the walk grows longer instead).
+public struct SearchFilter {
+    public var excluding: UInt64?
+    public var accept: ((UInt64) -> Bool)?
+
+    public init(excluding: UInt64? = nil, accept: ((UInt64) -> Bool)? = nil) {
+        self.excluding = excluding
+        self.accept = accept
+    }
+
+    @inline(__always)
+    func allows(_ label: UInt64) -> Bool {
+        label != excluding && (accept == nil || accept!(label))
+    }
 }
 
 extension VectorIndex {
+    public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, excluding: UInt64?) throws(IndexError) -> [Neighbor] {
+        try search(query, k: k, ef: ef, filter: SearchFilter(excluding: excluding))
+    }
+
     public func insert(label: UInt64, vector: [Float]) throws(IndexError) {
         try vector.withUnsafeBufferPointer { (p) throws(IndexError) in try insert(label: label, vector: p) }
     }

@@ -16,10 +16,122 @@ public struct LogReplay: Equatable, Sendable {
     public var reason: String?
 }
 
+/// Makes logs durable in the background: one thread for every log that names it, so a thousand
+/// collections cost one thread, not a thousand. The thread starts with the first log and ends when
+/// the last one closes. Each log's batch is closed after `batchRecords` records or `batchDelay`
+/// after its first record, then written with one write and one fdatasync (group commit).
+public final class LogCommitter: @unchecked Sendable {
+    /// Guards every registered log's queue and counters, and `logs`/`running`.
+    fileprivate let queues = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    fileprivate let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    fileprivate let written = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var logs: [ObjectIdentifier: WriteAheadLog] = [:]
+    private var running = false
+
+    public init() {
+        pthread_mutex_init(queues, nil)
+        var attr = pthread_condattr_t()
+        pthread_condattr_init(&attr)
+        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
+        pthread_cond_init(wake, &attr)
+        pthread_cond_init(written, nil)
+        pthread_condattr_destroy(&attr)
+    }
+
+    deinit {
+        pthread_mutex_destroy(queues); pthread_cond_destroy(wake); pthread_cond_destroy(written)
+        queues.deallocate(); wake.deallocate(); written.deallocate()
+    }
+
+    fileprivate func locked<R>(_ body: () throws(PersistenceError) -> R) throws(PersistenceError) -> R {
+        pthread_mutex_lock(queues)
+        defer { pthread_mutex_unlock(queues) }
+        return try body()
+    }
+
+    /// Call with `queues` held. Fails (instead of aborting) when no thread can be started.
+    fileprivate func register(_ log: WriteAheadLog) throws(PersistenceError) {
+        logs[ObjectIdentifier(log)] = log
+        guard !running else { return }
+        var thread = pthread_t()
+        let me = Unmanaged.passRetained(self).toOpaque()
+        let rc = pthread_create(&thread, nil, { arg in
+            let committer = Unmanaged<LogCommitter>.fromOpaque(arg!).takeRetainedValue()
+            committer.commitLoop()
+            return nil
+        }, me)
+        guard rc == 0 else {
+            Unmanaged<LogCommitter>.fromOpaque(me).release()
+            logs[ObjectIdentifier(log)] = nil
+            throw .io(path: log.path, errno: rc)
+        }
+        pthread_detach(thread)
+        running = true
+    }
+
+    /// Call with `queues` held.
+    fileprivate func unregister(_ log: WriteAheadLog) {
+        logs[ObjectIdentifier(log)] = nil
+        pthread_cond_broadcast(wake)
+    }
+
+    private func commitLoop() {
+        pthread_mutex_lock(queues)
+        while true {
+            if logs.isEmpty {
+                running = false
+                break
+            }
+            var now = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            var due: [(WriteAheadLog, [UInt8], Int)] = []
+            var earliest: timespec?
+            for log in logs.values where !log.pending.isEmpty {
+                let deadline = log.firstPendingAt.adding(nanoseconds: log.batchDelayNanoseconds)
+                if log.pendingRecords >= log.batchRecords || log.stopping || log.flushRequested || !now.isBefore(deadline) {
+                    due.append((log, log.pending, log.pendingRecords))
+                    log.pending = []
+                    log.pendingRecords = 0
+                    log.flushRequested = false
+                } else if earliest.map({ deadline.isBefore($0) }) ?? true {
+                    earliest = deadline
+                }
+            }
+            if due.isEmpty {
+                if var until = earliest { pthread_cond_timedwait(wake, queues, &until) } else { pthread_cond_wait(wake, queues) }
+                continue
+            }
+            pthread_mutex_unlock(queues)
+            let outcomes = due.map { log, batch, _ in log.writeOut(batch) }
+            pthread_mutex_lock(queues)
+            for ((log, batch, count), error) in zip(due, outcomes) {
+                log.fileBytes += batch.count
+                if let error, log.failure == nil { log.failure = error }
+                log.durable += count
+                log.batchCount += 1
+            }
+            pthread_cond_broadcast(written)
+        }
+        pthread_mutex_unlock(queues)
+    }
+}
+
+extension timespec {
+    fileprivate func adding(nanoseconds: Int) -> timespec {
+        var t = self
+        t.tv_nsec += nanoseconds
+        while t.tv_nsec >= 1_000_000_000 { t.tv_sec += 1; t.tv_nsec -= 1_000_000_000 }
+        return t
+    }
+
+    fileprivate func isBefore(_ other: timespec) -> Bool {
+        tv_sec < other.tv_sec || (tv_sec == other.tv_sec && tv_nsec < other.tv_nsec)
+    }
+}
+
 /// The write-ahead log of one index: inserts and removes appended by the writer, made durable in
-/// batches by a background thread (group commit: one write and one fdatasync per batch, a batch
-/// closed after `batchRecords` records or `batchDelay` after its first). A bounded queue: append
-/// waits while `maxPendingBytes` are not yet written.
+/// batches by a `LogCommitter` shared with other logs. A bounded queue: append waits while
+/// `maxPendingBytes` are not yet written.
 ///
 ///     file   = "VEXWAL01" record*
 ///     record = length:u32 crc32c(payload):u32 payload
@@ -30,26 +142,29 @@ public final class WriteAheadLog: @unchecked Sendable {
     let batchRecords: Int
     let batchDelayNanoseconds: Int
     let maxPendingBytes: Int
+    let committer: LogCommitter
 
     private let fd: Int32
-    private let state = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private let written = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    // Guarded by `state`.
-    private var pending: [UInt8] = []
-    private var pendingRecords = 0
-    private var firstPendingAt = timespec()
-    private var appended = 0        // records handed to append
-    private var durable = 0         // records written and fdatasynced
-    private var failure: Int32?
-    private var stopping = false
-    private var fileBytes: Int
-    private var thread = pthread_t()
+    // Guarded by the committer's `queues`.
+    fileprivate var pending: [UInt8] = []
+    fileprivate var pendingRecords = 0
+    fileprivate var firstPendingAt = timespec()
+    fileprivate var appended = 0        // records handed to append
+    fileprivate var durable = 0         // records written and fdatasynced
+    fileprivate var failure: Int32?
+    fileprivate var stopping = false
+    fileprivate var closed = false
+    fileprivate var fileBytes: Int
+    fileprivate var batchCount = 0
+    /// Set by `flush` so the committer does not wait out the batch delay.
+    fileprivate var flushRequested = false
 
     /// Opens (creating when missing) the log at `path` for appending; `replay` must have cut a
     /// damaged tail first.
-    public init(path: String, batchRecords: Int = 512, batchDelayMilliseconds: Int = 2, maxPendingBytes: Int = 32 << 20) throws(PersistenceError) {
+    public init(path: String, committer: LogCommitter = LogCommitter(), batchRecords: Int = 512, batchDelayMilliseconds: Int = 2,
+                maxPendingBytes: Int = 32 << 20) throws(PersistenceError) {
         self.path = path
+        self.committer = committer
         self.batchRecords = batchRecords
         batchDelayNanoseconds = batchDelayMilliseconds * 1_000_000
         self.maxPendingBytes = maxPendingBytes
@@ -58,27 +173,21 @@ public final class WriteAheadLog: @unchecked Sendable {
         let size = lseek(fd, 0, SEEK_END)
         if size == 0 {
             guard write(fd, WriteAheadLog.magic, 8) == 8, fdatasync(fd) == 0 else { let e = errno; Glibc.close(fd); throw .io(path: path, errno: e) }
-            try syncDirectory(of: path)
+            do { try syncDirectory(of: path) } catch { Glibc.close(fd); throw error }
         }
         fileBytes = max(Int(size), 8)
-        pthread_mutex_init(state, nil)
-        var attr = pthread_condattr_t()
-        pthread_condattr_init(&attr)
-        pthread_condattr_setclock(&attr, CLOCK_MONOTONIC)
-        pthread_cond_init(wake, &attr)
-        pthread_cond_init(written, nil)
-        pthread_condattr_destroy(&attr)
-        let rc = pthread_create(&thread, nil, { arg in
-            Unmanaged<WriteAheadLog>.fromOpaque(arg!).takeUnretainedValue().commitLoop()
-            return nil
-        }, Unmanaged.passUnretained(self).toOpaque())
-        precondition(rc == 0, "cannot start the log writer")
+        do { try committer.locked { () throws(PersistenceError) in try committer.register(self) } } catch {
+            Glibc.close(fd)
+            throw error
+        }
     }
 
-    deinit {
-        close()
-        pthread_mutex_destroy(state); pthread_cond_destroy(wake); pthread_cond_destroy(written)
-        state.deallocate(); wake.deallocate(); written.deallocate()
+    deinit { close() }
+
+    private func locked<R>(_ body: () -> R) -> R {
+        pthread_mutex_lock(committer.queues)
+        defer { pthread_mutex_unlock(committer.queues) }
+        return body()
     }
 
     /// Bytes in the file plus those waiting: what decides when to snapshot.
@@ -90,13 +199,13 @@ public final class WriteAheadLog: @unchecked Sendable {
         let bytes = WriteAheadLog.encode(record)
         return locked {
             while pending.count + bytes.count > maxPendingBytes && pending.count > 0 && !stopping {
-                pthread_cond_wait(written, state)
+                pthread_cond_wait(committer.written, committer.queues)
             }
             if pendingRecords == 0 { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pending.append(contentsOf: bytes)
             pendingRecords += 1
             appended += 1
-            if pendingRecords == 1 || pendingRecords >= batchRecords { pthread_cond_signal(wake) }
+            if pendingRecords == 1 || pendingRecords >= batchRecords { pthread_cond_signal(committer.wake) }
             return appended
         }
     }
@@ -107,74 +216,43 @@ public final class WriteAheadLog: @unchecked Sendable {
         locked {
             let target = appended
             if durable < target { flushRequested = true }
-            pthread_cond_signal(wake)
-            while durable < target && failure == nil { pthread_cond_wait(written, state) }
+            pthread_cond_broadcast(committer.wake)
+            while durable < target && failure == nil { pthread_cond_wait(committer.written, committer.queues) }
             return failure.map { .io(path: path, errno: $0) }
         }
     }
 
-    /// Flushes and stops the writer thread; the file stays.
+    /// Writes out what is queued and leaves the committer; the file stays.
     public func close() {
-        let running: Bool = locked {
-            guard !stopping else { return false }
+        let first: Bool = locked {
+            guard !closed else { return false }
+            closed = true
             stopping = true
-            pthread_cond_signal(wake)
+            pthread_cond_broadcast(committer.wake)
+            while durable < appended && failure == nil { pthread_cond_wait(committer.written, committer.queues) }
+            committer.unregister(self)
             return true
         }
-        guard running else { return }
-        pthread_join(thread, nil)
-        Glibc.close(fd)
+        if first { Glibc.close(fd) }
     }
 
-    private func commitLoop() {
-        pthread_mutex_lock(state)
-        while true {
-            while pending.isEmpty && !stopping { pthread_cond_wait(wake, state) }
-            if pending.isEmpty && stopping { break }
-            // Hold the batch open until it is full or old enough (or the log is closing / flushed).
-            var deadline = firstPendingAt
-            deadline.tv_nsec += batchDelayNanoseconds
-            if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
-            while pendingRecords < batchRecords && !stopping && !flushRequested {
-                if pthread_cond_timedwait(wake, state, &deadline) == ETIMEDOUT { break }
+    /// One batch to the file: one write, one fdatasync. Runs on the committer's thread, unlocked.
+    fileprivate func writeOut(_ batch: [UInt8]) -> Int32? {
+        var error: Int32?
+        batch.withUnsafeBytes { buf in
+            var done = 0
+            while done < buf.count {
+                let n = write(fd, buf.baseAddress! + done, buf.count - done)
+                if n < 0 { if errno == EINTR { continue }; error = errno; return }
+                done += n
             }
-            let batch = pending, count = pendingRecords
-            pending = []
-            pendingRecords = 0
-            flushRequested = false
-            pthread_mutex_unlock(state)
-            var error: Int32?
-            batch.withUnsafeBytes { buf in
-                var done = 0
-                while done < buf.count {
-                    let n = write(fd, buf.baseAddress! + done, buf.count - done)
-                    if n < 0 { if errno == EINTR { continue }; error = errno; return }
-                    done += n
-                }
-                if fdatasync(fd) != 0 { error = errno }
-            }
-            pthread_mutex_lock(state)
-            fileBytes += batch.count
-            if let error, failure == nil { failure = error }
-            durable += count
-            batchCount += 1
-            pthread_cond_broadcast(written)
+            if fdatasync(fd) != 0 { error = errno }
         }
-        pthread_mutex_unlock(state)
+        return error
     }
 
     /// Batches written so far (each one write and one fdatasync).
     public var batches: Int { locked { batchCount } }
-    private var batchCount = 0
-
-    /// Set by `flush` so the writer does not wait out the batch delay.
-    private var flushRequested = false
-
-    private func locked<R>(_ body: () -> R) -> R {
-        pthread_mutex_lock(state)
-        defer { pthread_mutex_unlock(state) }
-        return body()
-    }
 
     static func encode(_ record: LogRecord) -> [UInt8] {
         var payload = ByteWriter()

@@ -9,6 +9,13 @@
 import CKernels
 import Glibc
 
+/// Largest dimensions at which the int8 kernels' Int32 sums cannot overflow, for codes in
+/// [-127, 127]: a squared difference is at most 254², a product at most 127².
+public enum Int8Exactness {
+    public static let l2Dimensions = Int(Int32.max) / (254 * 254)
+    public static let dotDimensions = Int(Int32.max) / (127 * 127)
+}
+
 public enum SIMDPath: String, CaseIterable, Sendable, CustomStringConvertible {
     case scalar, avx2, avx512
     public var description: String { rawValue }

@@ -17,7 +17,7 @@ final class Bridge: @unchecked Sendable {
     enum Op: Sendable { case refresh, remove }
     struct Key: Hashable, Sendable {
         let collection: UInt64
-        let name: String
+        let name: FileName
     }
     struct Event: Sendable {
         let key: Key
@@ -116,7 +116,7 @@ final class Bridge: @unchecked Sendable {
     /// Events waiting, for stats.
     var depth: Int { locked { pending.count } }
 
-    func post(_ op: Op, collection: UInt64, name: String) {
+    func post(_ op: Op, collection: UInt64, name: FileName) {
         let key = Key(collection: collection, name: name)
         locked {
             counters.posted.increment()

@@ -43,28 +43,35 @@ final class Collection: @unchecked Sendable {
     let vectorCount = Atomic<Int>(0)
     /// Files without a vector file name that carry `user.vexfs.vector`: their writes must reach the
     /// bridge too. Guarded by its own lock so a write never waits for a batch.
-    let attributeCarriers = Mutex<Set<String>>([])
+    let attributeCarriers = Mutex<Set<FileName>>([])
+    /// The backing directory, held (O_PATH) for the collection's life: every file is reached
+    /// relative to it, so a rename of the directory, or of one above it, changes nothing here.
+    let directory: Int32
 
     struct State {
-        var path: String
+        /// For messages and the journal only.
+        var path: FileName
         var dimension: Int?
         var metric: Metric = .l2
         var index: PersistentIndex?
-        var files: [String: FileRecord] = [:]
-        var owner: [UInt64: String] = [:]
+        var files: [FileName: FileRecord] = [:]
+        var owner: [UInt64: FileName] = [:]
         var nextLabel: UInt64 = 1
     }
 
-    init(key: UInt64, path: String, layer: SemanticLayer) {
+    /// Takes over `directory`, a descriptor of the collection's directory.
+    init(key: UInt64, path: FileName, directory: Int32, layer: SemanticLayer) {
         self.key = key
         self.layer = layer
+        self.directory = directory
         state = Mutex(State(path: path))
     }
 
+    deinit { Glibc.close(directory) }
+
     var indexDirectory: String { "\(layer.stateRoot)/index/\(key)" }
 
-    /// The backing directory, absolute.
-    func directoryPath(_ s: borrowing State) -> String { s.path.isEmpty ? layer.storeRoot : layer.storeRoot + "/" + s.path }
+    func shown(_ s: borrowing State) -> String { s.path.isEmpty ? "." : s.path.escaped }
 
     // MARK: opening and reconciling
 
@@ -73,9 +80,9 @@ final class Collection: @unchecked Sendable {
     /// `deferring`, files to read are returned instead (for the bridge to apply) and nothing is read
     /// here: a collection first met by a FUSE request must not index a directory inside it.
     /// `files` is the directory's listing when the caller has just made it.
-    func open(deferring: Bool = false, files listed: [String]? = nil) -> (changed: Int, problems: [String], toRead: [String]) {
+    func open(deferring: Bool = false, files listed: [FileName]? = nil) -> (changed: Int, problems: [String], toRead: [FileName]) {
         state.withLock { s in
-            let dir = directoryPath(s)
+            let dir = directory
             if let text = readSetting(dir, .metric), let m = Metric(rawValue: text) { s.metric = m }
             if let text = readSetting(dir, .dimension), let d = Int(text), d > 0, d <= VectorParser.maxDimension {
                 s.dimension = d
@@ -85,8 +92,9 @@ final class Collection: @unchecked Sendable {
                 problems += openIndex(&s)
                 if let index = s.index, let catalog = index.attachments["CAT"], let decoded = Collection.decode(catalog) {
                     (s.files, s.nextLabel) = decoded
-                    for (name, r) in s.files where r.rows > 0 {
-                        for l in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) { s.owner[l] = name }
+                    for (name, r) in s.files {
+                        if r.rows > 0 { for l in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) { s.owner[l] = name } }
+                        layer.noteLink(collection: key, name: name, from: nil, to: r.inode)
                     }
                     let carriers = Set(s.files.keys.filter { VectorFormat(fileName: $0) == nil })
                     attributeCarriers.withLock { $0 = carriers }
@@ -107,15 +115,15 @@ final class Collection: @unchecked Sendable {
                 s.files = [:]
             }
             // Every file now: new or changed ones are read, vanished ones removed.
-            var seen = Set<String>()
-            var toRead: [String] = []
-            for name in listed ?? listFiles(dir) {
+            var seen = Set<FileName>()
+            var toRead: [FileName] = []
+            for name in listed ?? StoreFiles.entries(dir).files {
                 seen.insert(name)
-                if let r = s.files[name], let st = statFile(dir + "/" + name), r.sameSignature(st) { continue }
-                if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir + "/" + name) || s.files[name] != nil {
+                if let r = s.files[name], let st = StoreFiles.stat(dir, name), r.sameSignature(st) { continue }
+                if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir, name) || s.files[name] != nil {
                     if deferring { toRead.append(name) } else { refresh(name, &s) }
                     changed += 1
-                    layer.progressed("\(s.path.isEmpty ? "." : s.path): \(changed) files read again")
+                    layer.progressed("\(shown(s)): \(changed) files read again")
                 }
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
@@ -129,11 +137,12 @@ final class Collection: @unchecked Sendable {
         guard let d = s.dimension else { return [] }
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.metric, kind: layer.indexKind,
-                                                 parameters: layer.parameters, kernels: layer.kernels, logBound: .max)
+                                                 parameters: layer.parameters, kernels: layer.kernels, logBound: .max,
+                                                 committer: layer.committer)
             s.index = index
-            return index.recovery.problems.map { "\(s.path.isEmpty ? "." : s.path): \($0)" }
+            return index.recovery.problems.map { "\(shown(s)): \($0)" }
         } catch {
-            return ["\(s.path): the index cannot be opened: \(error)"]
+            return ["\(shown(s)): the index cannot be opened: \(error)"]
         }
     }
 
@@ -152,16 +161,24 @@ final class Collection: @unchecked Sendable {
     }
 
     /// Makes the index agree with the file `name` as it is now.
-    private func refresh(_ name: String, _ s: inout State) {
-        let path = directoryPath(s) + "/" + name
-        guard !name.hasSuffix(".query"), let st = statFile(path), st.st_mode & S_IFMT == S_IFREG else {
+    private func refresh(_ name: FileName, _ s: inout State) {
+        guard !name.hasSuffix(".query"), let st = StoreFiles.stat(directory, name) else {
             forget(name, &s)
             return
         }
         if let r = s.files[name], r.sameSignature(st) { return }
         var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
                                 ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
-        guard let parsed = layer.vectors(at: path, name: name, size: Int(st.st_size)) else {
+        let parsed: Result<ParsedVectors, FormatError>?
+        if StoreFiles.isRegular(st) {
+            let dir = directory
+            parsed = layer.vectors(name: name, read: { StoreFiles.read(dir, name, limit: $0) },
+                                   attribute: { StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute) })
+        } else {
+            // A symlink, a directory, a device: never read; a vector name says why it is not one.
+            parsed = VectorFormat(fileName: name) != nil ? .failure(FormatError(StoreFiles.notRegular(st))) : nil
+        }
+        guard let parsed else {
             forget(name, &s)
             return
         }
@@ -173,7 +190,7 @@ final class Collection: @unchecked Sendable {
         case .success(let vectors):
             if s.dimension == nil {
                 s.dimension = vectors.dimension
-                writeSetting(directoryPath(s), .dimension, String(vectors.dimension))
+                writeSetting(directory, .dimension, String(vectors.dimension))
                 layer.log(problems: openIndex(&s))
             }
             guard vectors.dimension == s.dimension, let index = s.index else {
@@ -199,6 +216,7 @@ final class Collection: @unchecked Sendable {
             }
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }
+        layer.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
         s.files[name] = record
         if VectorFormat(fileName: name) == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
         published(s)
@@ -206,8 +224,9 @@ final class Collection: @unchecked Sendable {
     }
 
     /// Removes `name` and its vectors.
-    private func forget(_ name: String, _ s: inout State) {
+    private func forget(_ name: FileName, _ s: inout State) {
         guard let old = s.files.removeValue(forKey: name) else { return }
+        layer.noteLink(collection: key, name: name, from: old.inode, to: nil)
         release(old, &s)
         attributeCarriers.withLock { _ = $0.remove(name) }
         published(s)
@@ -231,7 +250,7 @@ final class Collection: @unchecked Sendable {
     private func checkpoint(_ s: inout State) {
         guard let index = s.index else { return }
         do { try index.checkpoint(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))]) } catch {
-            layer.log(problems: ["\(s.path): snapshot failed: \(error)"])
+            layer.log(problems: ["\(shown(s)): snapshot failed: \(error)"])
         }
     }
 
@@ -242,14 +261,21 @@ final class Collection: @unchecked Sendable {
         }
     }
 
-    func relative(_ s: borrowing State, _ name: String) -> String { DirectoryRef(key: key, path: s.path).child(name) }
+    func relative(_ s: borrowing State, _ name: FileName) -> String { s.path.child(name).escaped }
+
+    /// Drops this collection's names from the hard-link table (its directory is gone).
+    func forgetAllLinks() {
+        state.withLock { s in
+            for (name, r) in s.files { layer.noteLink(collection: key, name: name, from: r.inode, to: nil) }
+        }
+    }
 
     // MARK: settings
 
     /// Changes the metric (re-indexing every file) or the dimension (only while nothing is indexed).
     func change(_ setting: DirectorySetting, to text: String) throws(SemanticError) {
         try state.withLock { (s) throws(SemanticError) in
-            let dir = directoryPath(s)
+            let dir = directory
             switch setting {
             case .metric:
                 guard let metric = Metric(rawValue: text) else { throw .invalid("metric must be l2, cosine or dot") }
@@ -277,6 +303,7 @@ final class Collection: @unchecked Sendable {
         removeTree(indexDirectory)
         layer.log(problems: openIndex(&s))
         let names = Array(s.files.keys)
+        for (name, r) in s.files { layer.noteLink(collection: key, name: name, from: r.inode, to: nil) }
         s.files = [:]
         s.owner = [:]
         for name in names { refresh(name, &s) }
@@ -300,31 +327,49 @@ final class Collection: @unchecked Sendable {
         }
     }
 
-    func record(of name: String) -> FileRecord? { state.withLock { $0.files[name] } }
+    func record(of name: FileName) -> FileRecord? { state.withLock { $0.files[name] } }
     var dimension: Int? { state.withLock { $0.dimension } }
 
-    /// The k nearest to `query`, leaving out the vectors of `excluding` (a file of this collection).
-    func nearest(_ query: ArraySlice<Float>, k: Int, excluding: String?) throws(SemanticError) -> [(String, Float)] {
+    /// The k nearest to `query` that `requester` may read (by the mode bits of the file each comes
+    /// from, checked now, inside the search, so the caller still gets k of what they may see),
+    /// leaving out the vectors of the file `excludingFile` (an inode number) under every name.
+    func nearest(_ query: ArraySlice<Float>, k: Int, excludingFile: UInt64?, requester: Requester = .root) throws(SemanticError) -> [(String, Float)] {
         let (index, excluded, dimension) = state.withLock { s -> (PersistentIndex?, Set<UInt64>, Int?) in
             var ex = Set<UInt64>()
-            if let name = excluding, let r = s.files[name], r.rows > 0 { ex = Set(r.firstLabel..<(r.firstLabel + UInt64(r.rows))) }
+            if let inode = excludingFile {
+                for name in layer.names(of: inode, in: key) {
+                    if let r = s.files[name], r.rows > 0, r.inode == inode { ex.formUnion(r.firstLabel..<(r.firstLabel + UInt64(r.rows))) }
+                }
+            }
             return (s.index, ex, s.dimension)
         }
         guard let index, let dimension else { return [] }
         guard query.count == dimension else { throw .invalid("the query has \(query.count) numbers, the collection's dimension is \(dimension)") }
+        var filter = SearchFilter()
+        if excluded.count == 1 { filter.excluding = excluded.first }
+        let mustCheck = !requester.seesEverything
+        if excluded.count > 1 || mustCheck {
+            var readable: [FileName: Bool] = [:]
+            let dir = directory
+            filter.accept = { [self] label in
+                if excluded.count > 1 && excluded.contains(label) { return false }
+                guard mustCheck else { return true }
+                guard let name = state.withLock({ $0.owner[label] }) else { return false }
+                if let known = readable[name] { return known }
+                let ok = StoreFiles.stat(dir, name).map { StoreFiles.isRegular($0) && requester.mayRead($0) } ?? false
+                readable[name] = ok
+                return ok
+            }
+        }
         let found: [Neighbor]
         do {
-            // One row of our own is left out by the index itself; more are filtered from a wider answer.
-            found = try query.withUnsafeBufferPointer { q throws(IndexError) in
-                excluded.count == 1 ? try index.search(q, k: k, ef: nil, excluding: excluded.first)
-                    : try index.search(q, k: min(k + excluded.count, 1000), ef: nil, excluding: nil)
-            }
+            found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.search(q, k: k, ef: nil, filter: filter) }
         } catch { throw .invalid(error.description) }
         return state.withLock { s in
             var out: [(String, Float)] = []
-            for n in found where !excluded.contains(n.label) && out.count < k {
+            for n in found where out.count < k {
                 guard let name = s.owner[n.label], let r = s.files[name] else { continue }
-                out.append((r.rows > 1 ? "\(name)#\(n.label - r.firstLabel)" : name, n.distance))
+                out.append((r.rows > 1 ? "\(name.escaped)#\(n.label - r.firstLabel)" : name.escaped, n.distance))
             }
             return out
         }
@@ -332,25 +377,25 @@ final class Collection: @unchecked Sendable {
 
     // MARK: catalog encoding
 
-    static func encode(_ files: [String: FileRecord], nextLabel: UInt64) -> [UInt8] {
+    static func encode(_ files: [FileName: FileRecord], nextLabel: UInt64) -> [UInt8] {
         var w = ByteWriter()
         w.put(UInt32(1)); w.put(nextLabel); w.put(UInt64(files.count))
         for (name, r) in files.sorted(by: { $0.key < $1.key }) {
-            w.put(name); w.put(r.inode); w.put(r.size); w.put(r.mtime); w.put(r.ctime)
+            w.put(UInt32(name.bytes.count)); w.bytes.append(contentsOf: name.bytes); w.put(r.inode); w.put(r.size); w.put(r.mtime); w.put(r.ctime)
             w.put(r.firstLabel); w.put(UInt64(r.rows)); w.put(r.status)
         }
         return w.bytes
     }
 
-    static func decode(_ bytes: [UInt8]) -> ([String: FileRecord], UInt64)? {
+    static func decode(_ bytes: [UInt8]) -> ([FileName: FileRecord], UInt64)? {
         var r = ByteReader(bytes)
         do {
             guard try r.get(UInt32.self) == 1 else { return nil }
             let next = try r.get(UInt64.self), count = try r.get(UInt64.self)
             guard count < 1 << 32 else { return nil }
-            var files: [String: FileRecord] = [:]
+            var files: [FileName: FileRecord] = [:]
             for _ in 0..<count {
-                let name = try r.getString()
+                let name = FileName(try r.getBytes())
                 files[name] = FileRecord(inode: try r.get(UInt64.self), size: try r.get(Int64.self), mtime: try r.get(Int64.self),
                                          ctime: try r.get(Int64.self), firstLabel: try r.get(UInt64.self),
                                          rows: Int(try r.get(UInt64.self)), status: try r.getString())
@@ -367,25 +412,19 @@ func statFile(_ path: String) -> stat? {
     return lstat(path, &st) == 0 ? st : nil
 }
 
-func readAttribute(_ path: String, _ name: String) -> [UInt8]? {
-    let size = vx_lgetxattr(path, name, nil, 0)
-    guard size >= 0 else { return nil }
-    var bytes = [UInt8](repeating: 0, count: size)
-    let n = bytes.withUnsafeMutableBytes { vx_lgetxattr(path, name, $0.baseAddress, size) }
-    guard n >= 0 else { return nil }
-    bytes.removeLast(size - n)
-    return bytes
+func hasVectorAttribute(_ dir: Int32, _ name: FileName) -> Bool {
+    StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute) != nil
 }
 
-func hasVectorAttribute(_ path: String) -> Bool { vx_lgetxattr(path, SemanticLayer.vectorAttribute, nil, 0) >= 0 }
-
-func readSetting(_ dir: String, _ setting: DirectorySetting) -> String? {
-    readAttribute(dir, setting.rawValue).map { String(decoding: $0, as: UTF8.self).trimmingCharacters() }
+func readSetting(_ dir: Int32, _ setting: DirectorySetting) -> String? {
+    StoreFiles.attribute(opath: dir, setting.rawValue, limit: 64).map { String(decoding: $0, as: UTF8.self).trimmingCharacters() }
 }
 
-func writeSetting(_ dir: String, _ setting: DirectorySetting, _ value: String) {
-    _ = value.withCString { vx_lsetxattr(dir, setting.rawValue, $0, strlen($0), 0) }
+func writeSetting(_ dir: Int32, _ setting: DirectorySetting, _ value: String) {
+    StoreFiles.setAttribute(opath: dir, setting.rawValue, value)
 }
+
+// The state directory (STORE/.vexfs, root's alone) is the only place read by path.
 
 /// The regular files and the sub-directories of `dir`, by name (a file system that does not say an
 /// entry's type in readdir is asked with lstat).

@@ -2,26 +2,47 @@
 // It owns the collections (one per directory, keyed by the directory's inode number so a rename keeps
 // its index), the parsing of vector files, the bridge that carries the filesystem's events to the
 // indexes in batches, the answers to the `user.vexfs.*` attributes (queries, settings, status), the
-// semantic journal and the reconciliation at mount. It reads STORE only through its own absolute
-// paths, never through the mount (the daemon must not call into itself). The files are the truth: a
+// semantic journal and the reconciliation at mount. It reads STORE only through descriptors (a
+// collection holds its directory's; a request lends the file's), never by a path rebuilt from names
+// and never through the mount (the daemon must not call into itself); see StoreFiles.swift. The files are the truth: a
 // collection's index and catalog are rebuilt from them whenever they disagree.
+import CLinux
 import CoreMetrics
 import Glibc
 import Synchronization
 import VexIndex
 import VexKernels
 
-/// A collection's directory as the filesystem layer sees it now.
-public struct DirectoryRef: Sendable, Equatable {
+/// A collection's directory as the filesystem layer sees it now: its inode number (the key, stable
+/// across renames), its path from the store's root (for the journal and messages only: nothing is
+/// ever opened by it) and a descriptor of it, valid for the duration of the call.
+public struct DirectoryRef: Sendable {
     public let key: UInt64
-    /// Relative to the store's root; "" for the root.
-    public let path: String
-    public init(key: UInt64, path: String) {
+    /// Relative to the store's root; empty for the root.
+    public let path: FileName
+    /// An O_PATH (or any) descriptor of the directory, owned by the caller.
+    public let fd: Int32
+    public init(key: UInt64, path: FileName, fd: Int32) {
         self.key = key
         self.path = path
+        self.fd = fd
     }
     /// The path of `name` in this directory, relative to the store's root.
-    public func child(_ name: String) -> String { path.isEmpty ? name : path + "/" + name }
+    public func child(_ name: FileName) -> FileName { path.child(name) }
+}
+
+/// A file a request is about: where it is and a descriptor of the file itself (O_PATH, owned by the
+/// caller, valid for the call). Its contents are read through `fd`, so the answer is about the file
+/// the caller holds, even if its name now points elsewhere.
+public struct FileRef: Sendable {
+    public let dir: DirectoryRef
+    public let name: FileName
+    public let fd: Int32
+    public init(dir: DirectoryRef, name: FileName, fd: Int32) {
+        self.dir = dir
+        self.name = name
+        self.fd = fd
+    }
 }
 
 /// A refused request, with the errno the caller answers.
@@ -52,25 +73,42 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
 public final class SemanticLayer: @unchecked Sendable {
     public static let vectorAttribute = "user.vexfs.vector"
     public static let ownPrefix = "user.vexfs."
+    /// Collections at most (each holds two descriptors: its directory and its log).
+    public static let maxCollections = 10_000
+    /// Query files are read whole for every query: larger ones are refused unread.
+    public static let maxQueryBytes = 16 << 20
     public let storeRoot: String
+    /// The store's root, held: every collection's directory is reached from it or from the request.
+    let rootFD: Int32
     let stateRoot: String
     let kernels: DistanceKernels
     let indexKind: IndexKind
     let parameters: HNSWParameters
     /// A collection's log is folded into a snapshot past this many bytes.
     let logBound = 32 << 20
+    /// One thread makes every collection's log durable.
+    let committer = LogCommitter()
     public let journal: Journal
     private(set) var bridge: Bridge!
     /// Collections by directory inode number.
     private let collections = Mutex<[UInt64: Collection]>([:])
+    /// Every indexed name of each file, by inode number: a write through one hard link refreshes all.
+    private let links = Mutex<[UInt64: Set<Link>]>([:])
     /// getfattr asks twice (the size, then the value): the second ask is served from here.
-    private let answers = Mutex<[AnswerKey: Answer]>([:])
+    private let answers = Mutex<AnswerCache>(AnswerCache())
     private let problems = Mutex<[String]>([])
     public let metrics: SemanticMetrics
+
+    struct Link: Hashable {
+        let collection: UInt64
+        let name: FileName
+    }
 
     struct AnswerKey: Hashable {
         let inode: UInt64
         let attribute: String
+        /// Answers depend on who asks (they name only what the asker may read).
+        let asker: [UInt32]
     }
     struct Answer {
         let version: UInt64
@@ -78,11 +116,23 @@ public final class SemanticLayer: @unchecked Sendable {
         let signature: [Int64]
         let bytes: [UInt8]
     }
+    /// Bounded by bytes, since K and names are the caller's to choose.
+    struct AnswerCache {
+        static let maxBytes = 8 << 20
+        var table: [AnswerKey: Answer] = [:]
+        var bytes = 0
+        mutating func put(_ key: AnswerKey, _ answer: Answer) {
+            if bytes + answer.bytes.count > AnswerCache.maxBytes || table.count >= 4096 { table.removeAll(); bytes = 0 }
+            if let old = table.updateValue(answer, forKey: key) { bytes -= old.bytes.count }
+            bytes += answer.bytes.count
+        }
+    }
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics()) {
         self.storeRoot = storeRoot
         self.metrics = metrics
+        rootFD = Glibc.open(storeRoot, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
         stateRoot = storeRoot + "/.vexfs"
         self.kernels = kernels
         self.indexKind = indexKind
@@ -93,30 +143,36 @@ public final class SemanticLayer: @unchecked Sendable {
         bridge = Bridge(counters: metrics.bridge) { [unowned self] events in self.apply(events) }
     }
 
+    deinit { if rootFD >= 0 { Glibc.close(rootFD) } }
+
     // MARK: mount and unmount
 
-    /// Makes every collection's index agree with STORE: walks the tree, opens each directory that
-    /// holds vectors (or had an index), re-reads what changed, and deletes the indexes of directories
-    /// that are gone. `progress` hears about long runs.
+    /// Makes every collection's index agree with STORE: walks the tree (by descriptors, never into
+    /// a symlink), opens each directory that holds vectors (or had an index), re-reads what changed,
+    /// and deletes the indexes of directories that are gone. `progress` hears about long runs.
     public func reconcile(progress: @escaping @Sendable (String) -> Void) -> (collections: Int, changed: Int) {
         reporter.withLock { $0 = Reporter(say: progress) }
         defer { reporter.withLock { $0 = nil } }
         var indexed = Set(listDirectories(stateRoot + "/index").compactMap { UInt64($0) })
-        var pending: [String] = [""]
+        guard let top = StoreFiles.holdDirectory(rootFD, ".") else { return (0, 0) }
+        var pending: [(FileName, Int32)] = [(FileName([]), top)]
         var opened = 0, changed = 0, directories = 0
-        while let rel = pending.popLast() {
-            let dir = rel.isEmpty ? storeRoot : storeRoot + "/" + rel
-            guard let st = statFile(dir) else { continue }
+        while let (rel, fd) = pending.popLast() {
+            defer { Glibc.close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0 else { continue }
             directories += 1
-            let here = DirectoryRef(key: UInt64(st.st_ino), path: rel)
-            let (files, subdirectories) = entries(dir)
-            for sub in subdirectories where !(rel.isEmpty && sub == ".vexfs") { pending.append(here.child(sub)) }
+            let here = DirectoryRef(key: UInt64(st.st_ino), path: rel, fd: fd)
+            let (files, subdirectories) = StoreFiles.entries(fd)
+            for sub in subdirectories where !(rel.isEmpty && sub == FileName(".vexfs")) {
+                if let child = StoreFiles.holdDirectory(fd, sub) { pending.append((rel.child(sub), child)) }
+            }
             let hadIndex = indexed.remove(here.key) != nil
-            let wanted = hadIndex || readSetting(dir, .dimension) != nil
-                || files.contains { VectorFormat(fileName: $0) != nil || hasVectorAttribute(dir + "/" + $0) }
+            let wanted = hadIndex || readSetting(fd, .dimension) != nil
+                || files.contains { VectorFormat(fileName: $0) != nil || hasVectorAttribute(fd, $0) }
             guard wanted else { continue }
             // Opened here, in full, once: `collection(_:)` would open it a second time, deferred.
-            let (c, _) = register(here)
+            guard let (c, _) = register(here) else { continue }
             let result = c.open(files: files)
             opened += 1
             changed += result.changed
@@ -155,58 +211,96 @@ public final class SemanticLayer: @unchecked Sendable {
             let line = "vexfs: \(p)\n"
             _ = line.withCString { write(2, $0, strlen($0)) }
         }
-        problems.withLock { $0.append(contentsOf: new) }
+        // Kept for tests and stats, bounded: users can cause problems at will.
+        problems.withLock { list in
+            list.append(contentsOf: new)
+            if list.count > 1000 { list.removeFirst(list.count - 1000) }
+        }
     }
 
     /// Problems met while opening indexes (for tests and stats).
     public var reportedProblems: [String] { problems.withLock { $0 } }
 
-    // MARK: events from the filesystem
+    // MARK: hard links
 
-    public func created(_ dir: DirectoryRef, _ name: String) {
-        journal.record("create", path: dir.child(name))
-    }
-
-    /// A file was closed after writing (or truncated): index what it holds now.
-    public func written(_ dir: DirectoryRef, _ name: String) {
-        if name.hasSuffix(".query") { return }
-        journal.record("write-close", path: dir.child(name))
-        if VectorFormat(fileName: name) != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true {
-            bridge.post(.refresh, collection: collection(dir).key, name: name)
+    /// Called by a collection when it indexes `name` as the file `inode` (nil: no longer).
+    func noteLink(collection: UInt64, name: FileName, from old: UInt64?, to new: UInt64?) {
+        guard old != new else { return }
+        let link = Link(collection: collection, name: name)
+        links.withLock { table in
+            if let old {
+                table[old]?.remove(link)
+                if table[old]?.isEmpty == true { table[old] = nil }
+            }
+            if let new { table[new, default: []].insert(link) }
         }
     }
 
-    public func removed(_ dir: DirectoryRef, _ name: String) {
-        journal.record("unlink", path: dir.child(name))
+    /// The names of `inode` indexed in `collection`.
+    func names(of inode: UInt64, in collection: UInt64) -> [FileName] {
+        links.withLock { $0[inode].map { $0.filter { $0.collection == collection }.map(\.name) } ?? [] }
+    }
+
+    // MARK: events from the filesystem
+
+    public func created(_ dir: DirectoryRef, _ name: FileName) {
+        journal.record("create", path: dir.child(name).escaped)
+    }
+
+    /// A file was closed after writing (or truncated): index what it holds now, under this name and
+    /// every other name it is indexed by (hard links), in every collection.
+    public func written(_ dir: DirectoryRef, _ name: FileName, inode: UInt64) {
+        if name.hasSuffix(".query") { return }
+        journal.record("write-close", path: dir.child(name).escaped)
+        if VectorFormat(fileName: name) != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true {
+            if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
+        }
+        let others = links.withLock { $0[inode] ?? [] }
+        for link in others where !(link.collection == dir.key && link.name == name) {
+            bridge.post(.refresh, collection: link.collection, name: link.name)
+        }
+    }
+
+    /// A new name for an existing file (link(2)): it is a vector wherever its name says so.
+    public func linked(_ dir: DirectoryRef, _ name: FileName) {
+        journal.record("link", path: dir.child(name).escaped)
+        guard !name.hasSuffix(".query") else { return }
+        if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir.fd, name), let c = collection(dir) {
+            bridge.post(.refresh, collection: c.key, name: name)
+        }
+    }
+
+    public func removed(_ dir: DirectoryRef, _ name: FileName) {
+        journal.record("unlink", path: dir.child(name).escaped)
         if existing(dir.key) != nil { bridge.post(.remove, collection: dir.key, name: name) }
     }
 
     /// `user.vexfs.vector` was set or removed on a file.
-    public func vectorAttributeChanged(_ dir: DirectoryRef, _ name: String) {
-        journal.record("setxattr", path: dir.child(name), detail: ["name": SemanticLayer.vectorAttribute])
-        bridge.post(.refresh, collection: collection(dir).key, name: name)
+    public func vectorAttributeChanged(_ dir: DirectoryRef, _ name: FileName) {
+        journal.record("setxattr", path: dir.child(name).escaped, detail: ["name": SemanticLayer.vectorAttribute])
+        if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
     }
 
     /// A file moved: its vectors leave the old collection and join the new one (the target's old
     /// vectors, if it replaced a file, are replaced). With `exchange`, both names are refreshed.
-    public func renamed(from: DirectoryRef, _ fromName: String, to: DirectoryRef, _ toName: String, exchange: Bool) {
-        journal.record("rename", path: from.child(fromName), to: to.child(toName))
+    public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
+        journal.record("rename", path: from.child(fromName).escaped, to: to.child(toName).escaped)
         if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
-        if VectorFormat(fileName: toName) != nil || existing(to.key) != nil || hasVectorAttribute(storeRoot + "/" + to.child(toName)) {
-            bridge.post(.refresh, collection: collection(to).key, name: toName)
+        if VectorFormat(fileName: toName) != nil || existing(to.key) != nil || hasVectorAttribute(to.fd, toName), let c = collection(to) {
+            bridge.post(.refresh, collection: c.key, name: toName)
         }
     }
 
-    /// Call before renaming a directory: nothing may still be pending under the old path.
+    /// Call before renaming a directory, so messages name it by where it was.
     public func settleAll() { bridge.settleAll() }
 
     /// A directory moved: collections at or under it follow (with `exchange`, those under `new`
-    /// move to `old` at the same time).
-    public func directoryMoved(from old: String, to new: String, exchange: Bool = false) {
-        journal.record("rename", path: old, to: new)
-        func moved(_ path: String, _ from: String, _ to: String) -> String? {
-            if path == from { return to }
-            return path.hasPrefix(from + "/") ? to + path.dropFirst(from.count) : nil
+    /// move to `old` at the same time). Only their names for messages change: they hold their
+    /// directories by descriptor.
+    public func directoryMoved(from old: FileName, to new: FileName, exchange: Bool = false) {
+        journal.record("rename", path: old.escaped, to: new.escaped)
+        func moved(_ path: FileName, _ from: FileName, _ to: FileName) -> FileName? {
+            path.relative(to: from).map { FileName(to.bytes + $0) }
         }
         for c in collections.withLock({ Array($0.values) }) {
             c.state.withLock { s in
@@ -216,12 +310,13 @@ public final class SemanticLayer: @unchecked Sendable {
     }
 
     /// A directory was removed: its collection and index go with it.
-    public func directoryRemoved(key: UInt64, path: String) {
-        journal.record("unlink", path: path)
+    public func directoryRemoved(key: UInt64, path: FileName) {
+        journal.record("unlink", path: path.escaped)
         guard existing(key) != nil else { return }
         bridge.settle(key)
         guard let c = collections.withLock({ $0.removeValue(forKey: key) }) else { return }
         c.close()
+        c.forgetAllLinks()
         removeTree(c.indexDirectory)
     }
 
@@ -233,9 +328,9 @@ public final class SemanticLayer: @unchecked Sendable {
 
     func existing(_ key: UInt64) -> Collection? { collections.withLock { $0[key] } }
 
-    /// The collection of `dir`, made (and opened) on first use.
-    func collection(_ dir: DirectoryRef) -> Collection {
-        let (c, isNew) = register(dir)
+    /// The collection of `dir`, made (and opened) on first use; nil past `maxCollections`.
+    func collection(_ dir: DirectoryRef) -> Collection? {
+        guard let (c, isNew) = register(dir) else { return nil }
         if isNew {
             let opened = c.open(deferring: true)
             log(problems: opened.problems)
@@ -245,9 +340,14 @@ public final class SemanticLayer: @unchecked Sendable {
     }
 
     /// The collection of `dir`, made (unopened) if there is none yet; true when this call made it.
-    private func register(_ dir: DirectoryRef) -> (Collection, Bool) {
+    private func register(_ dir: DirectoryRef) -> (Collection, Bool)? {
         if let c = existing(dir.key) { return (c, false) }
-        let fresh = Collection(key: dir.key, path: dir.path, layer: self)
+        guard collections.withLock({ $0.count }) < SemanticLayer.maxCollections else {
+            log(problems: ["\(dir.path.isEmpty ? "." : dir.path.escaped): not a collection: there are \(SemanticLayer.maxCollections) already"])
+            return nil
+        }
+        guard let fd = StoreFiles.holdDirectory(dir.fd, ".") else { return nil }
+        let fresh = Collection(key: dir.key, path: dir.path, directory: fd, layer: self)
         return collections.withLock { table -> (Collection, Bool) in
             if let c = table[dir.key] { return (c, false) }
             table[dir.key] = fresh
@@ -255,12 +355,26 @@ public final class SemanticLayer: @unchecked Sendable {
         }
     }
 
-    /// Reads and parses a vector file of STORE, refusing absurd sizes unread.
-    func readVectors(_ path: String, format: VectorFormat?, size: Int) -> Result<ParsedVectors, FormatError> {
-        guard size <= VectorParser.maxFileBytes else { return .failure(FormatError("absurd size: \(size) bytes")) }
-        guard size > 0 else { return .failure(FormatError("empty file")) }
-        guard let bytes = try? readFile(path) else { return .failure(FormatError("cannot be read")) }
-        return bytes.withUnsafeBytes { VectorParser.parse($0, as: format ?? VectorFormat.sniff($0)) }
+    /// What a file holds as vectors: the content of a vector or query file (`q.npy.query` says its
+    /// format; a bare `q.query` is recognised from its bytes), else its `user.vexfs.vector`; nil when
+    /// it has neither. `read` reads the file's bytes within a limit; `attribute` its vector attribute.
+    func vectors(name: FileName, read: (Int) -> Result<[UInt8], FormatError>, attribute: () -> [UInt8]?) -> Result<ParsedVectors, FormatError>? {
+        let isQuery = name.hasSuffix(".query")
+        let format = VectorFormat(fileName: isQuery ? name.dropLast(6) : name)
+        if format != nil || isQuery {
+            switch read(isQuery ? SemanticLayer.maxQueryBytes : VectorParser.maxFileBytes) {
+            case .failure(let e): return .failure(e)
+            case .success(let bytes): return bytes.withUnsafeBytes { VectorParser.parse($0, as: format ?? VectorFormat.sniff($0)) }
+            }
+        }
+        guard let text = attribute() else { return nil }
+        return text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
+    }
+
+    /// What `file` holds as vectors, read through its own descriptor.
+    func vectors(of file: FileRef) -> Result<ParsedVectors, FormatError>? {
+        vectors(name: file.name, read: { StoreFiles.read(opath: file.fd, limit: $0) },
+                attribute: { StoreFiles.attribute(opath: file.fd, SemanticLayer.vectorAttribute) })
     }
 
     // MARK: attributes
@@ -274,26 +388,28 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Whether `name` is ours to answer (all of `user.vexfs.*` but the stored vector).
     public static func owns(_ name: UnsafePointer<CChar>) -> Bool { hidesFromListing(name) }
 
-    /// The value of our attribute `attribute` of the file `name` in `dir`.
-    public func fileAttribute(_ attribute: String, dir: DirectoryRef, name: String, inode: UInt64) throws(SemanticError) -> [UInt8] {
+    /// The value of our attribute `attribute` of `file`, for `requester`.
+    public func fileAttribute(_ attribute: String, file: FileRef, requester: Requester = .root) throws(SemanticError) -> [UInt8] {
         let suffix = attribute.dropFirst(SemanticLayer.ownPrefix.count)
         switch suffix {
         case "knn":
-            return try query(dir: dir, name: name, inode: inode, attribute: attribute, k: 10)
+            return try query(file, attribute: attribute, k: 10, requester: requester)
         case _ where suffix.hasPrefix("knn."):
             guard let k = Int(suffix.dropFirst(4)), (1...1000).contains(k) else { throw .invalid("K must be from 1 to 1000") }
-            return try query(dir: dir, name: name, inode: inode, attribute: attribute, k: k)
+            return try query(file, attribute: attribute, k: k, requester: requester)
         case "status":
-            bridge.settle(dir.key)
-            if name.hasSuffix(".query") { return Array("query file: never indexed".utf8) }
-            guard let r = existing(dir.key)?.record(of: name) else {
-                if VectorFormat(fileName: name) == nil { throw .noData }
+            bridge.settle(file.dir.key)
+            if file.name.hasSuffix(".query") { return Array("query file: never indexed".utf8) }
+            guard let r = existing(file.dir.key)?.record(of: file.name) else {
+                if VectorFormat(fileName: file.name) == nil { throw .noData }
+                if let st = StoreFiles.stat(file.dir.fd, file.name), !StoreFiles.isRegular(st) {
+                    return Array("not indexed: \(StoreFiles.notRegular(st))".utf8)
+                }
                 return Array("not indexed".utf8)
             }
             return Array(r.status.utf8)
         case "dim":
-            let path = storeRoot + "/" + dir.child(name)
-            guard let st = statFile(path), let v = try? queryVector(path, name: name, st) else { throw .noData }
+            guard case .success(let v)? = vectors(of: file) else { throw .noData }
             return Array(String(v.dimension).utf8)
         default:
             throw .noData
@@ -306,7 +422,7 @@ public final class SemanticLayer: @unchecked Sendable {
         let summary = existing(dir.key)?.summary
         switch attribute.dropFirst(SemanticLayer.ownPrefix.count) {
         case "dim":
-            guard let d = summary?.dimension ?? readSetting(storeRoot + "/" + dir.path, .dimension).flatMap(Int.init) else { throw .noData }
+            guard let d = summary?.dimension ?? readSetting(dir.fd, .dimension).flatMap(Int.init) else { throw .noData }
             return Array(String(d).utf8)
         case "metric": return Array((summary?.metric ?? .l2).rawValue.utf8)
         case "count": return Array(String(summary?.count ?? 0).utf8)
@@ -317,60 +433,43 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// Sets `user.vexfs.dim` or `user.vexfs.metric` on a collection; other names of ours are refused.
     public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
+        guard value.count <= 64 else { throw .invalid("\(attribute): the value is too long") }
         let text = String(decoding: value, as: UTF8.self).trimmingCharacters().filter { $0 != "\n" }
         guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
         bridge.settle(dir.key)
-        try collection(dir).change(setting, to: text)
-        journal.record("setxattr", path: dir.path, detail: ["name": attribute, "value": text])
-        answers.withLock { $0.removeAll() }
+        guard let c = collection(dir) else { throw .invalid("there are \(SemanticLayer.maxCollections) collections already") }
+        try c.change(setting, to: text)
+        journal.record("setxattr", path: dir.path.escaped, detail: ["name": attribute, "value": text])
+        answers.withLock { $0 = AnswerCache() }
     }
 
-    /// What a file holds as vectors: the content of a vector or query file (`q.npy.query` says its
-    /// format; a bare `q.query` is recognised from its bytes), else its `user.vexfs.vector`; nil when
-    /// it has neither.
-    func vectors(at path: String, name: String, size: Int) -> Result<ParsedVectors, FormatError>? {
-        if let format = VectorFormat(fileName: name) { return readVectors(path, format: format, size: size) }
-        if name.hasSuffix(".query") {
-            return readVectors(path, format: VectorFormat(fileName: String(name.dropLast(6))), size: size)
-        }
-        guard let text = readAttribute(path, SemanticLayer.vectorAttribute) else { return nil }
-        return text.withUnsafeBytes { VectorParser.parse($0, as: .text) }
-    }
-
-    /// A file's own vector, for queries; `st` is the file's lstat, already taken by the caller.
-    func queryVector(_ path: String, name: String, _ st: stat) throws(SemanticError) -> ParsedVectors {
-        guard case .success(let v) = vectors(at: path, name: name, size: Int(st.st_size)) else { throw .noData }
-        return v
-    }
-
-    private func query(dir: DirectoryRef, name: String, inode: UInt64, attribute: String, k: Int) throws(SemanticError) -> [UInt8] {
+    private func query(_ file: FileRef, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
-        bridge.settle(dir.key)
-        let c = existing(dir.key)
+        bridge.settle(file.dir.key)
+        let c = existing(file.dir.key)
         let version = c?.version.load(ordering: .acquiring) ?? 0
-        let path = storeRoot + "/" + dir.child(name)
-        guard let st = statFile(path) else { throw .noData }
+        var st = stat()
+        guard fstat(file.fd, &st) == 0 else { throw .noData }
         let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)]
-        let key = AnswerKey(inode: inode, attribute: attribute)
-        if let cached = answers.withLock({ $0[key] }), cached.version == version, cached.collection == dir.key, cached.signature == signature {
+        let key = AnswerKey(inode: UInt64(st.st_ino), attribute: attribute,
+                            asker: requester.seesEverything ? [] : [requester.uid, requester.gid] + requester.groups)
+        if let cached = answers.withLock({ $0.table[key] }), cached.version == version, cached.collection == file.dir.key, cached.signature == signature {
             metrics.cached.increment()
             return cached.bytes
         }
-        let vector = try queryVector(path, name: name, st)
+        guard case .success(let vector)? = vectors(of: file) else { throw .noData }
         var out: [UInt8] = []
         if let c {
-            for (n, d) in try c.nearest(vector.row(0), k: k, excluding: name) {
+            // The file itself is left out, under every name it has here.
+            for (n, d) in try c.nearest(vector.row(0), k: k, excludingFile: UInt64(st.st_ino), requester: requester) {
                 out.append(contentsOf: "\(n)\t\(d)\n".utf8)
             }
         }
-        answers.withLock { table in
-            if table.count > 4096 { table.removeAll() }
-            table[key] = Answer(version: version, collection: dir.key, signature: signature, bytes: out)
-        }
+        answers.withLock { $0.put(key, Answer(version: version, collection: file.dir.key, signature: signature, bytes: out)) }
         clock_gettime(CLOCK_MONOTONIC, &t1)
         metrics.queries.recordNanoseconds(nanoseconds(t1) - nanoseconds(t0))
-        journal.record("query", path: dir.child(name), detail: ["k": String(k)])
+        journal.record("query", path: file.dir.child(file.name).escaped, detail: ["k": String(k)])
         return out
     }
 

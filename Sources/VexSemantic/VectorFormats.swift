@@ -11,6 +11,8 @@ public enum VectorFormat: String, CaseIterable, Sendable {
         self.init(rawValue: String(name[name.index(after: dot)...]))
     }
 
+    init?(fileName name: FileName) { self.init(fileName: name.text) }
+
     /// A query file's contents may be in any format: sniffed from the bytes.
     static func sniff(_ bytes: UnsafeRawBufferPointer) -> VectorFormat {
         if bytes.count >= 6, bytes[0] == 0x93, bytes[1] == 0x4E, bytes[2] == 0x55, bytes[3] == 0x4D { return .numpy }

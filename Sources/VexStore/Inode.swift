@@ -32,12 +32,23 @@ public final class Inode: @unchecked Sendable {
     /// write has nothing to drop (see `Store.dropPrivileges`).
     public let knownUnprivileged = Atomic<Bool>(false)
     /// Where the file was last seen: its directory and name (the last lookup, create or rename; for
-    /// a file with several hard links, one of them). The vector layer names files by it.
+    /// a file with several hard links, one of them); nil once that name was unlinked or replaced.
+    /// For naming only: the file is reached by its descriptor, never by this name.
     public let location = Mutex<Location?>(nil)
 
     public struct Location: Sendable {
         public let parent: Inode
-        public let name: String
+        /// The name's bytes, as the kernel gave them (not necessarily UTF-8).
+        public let name: [UInt8]
+
+        init(parent: Inode, name: UnsafePointer<CChar>) {
+            self.parent = parent
+            self.name = Array(UnsafeRawBufferPointer(start: name, count: strlen(name)))
+        }
+
+        func isAt(_ dir: Inode, _ other: UnsafePointer<CChar>) -> Bool {
+            parent === dir && name.elementsEqual(UnsafeRawBufferPointer(start: other, count: strlen(other)))
+        }
     }
 
     struct DescriptorState {

@@ -94,21 +94,21 @@ public final class Store: Sendable {
             throw e
         }
         let inode = inodes.adopt(fd: fd, attributes: st)
-        if inode !== root { inode.location.withLock { $0 = Inode.Location(parent: parent, name: String(cString: name)) } }
+        if inode !== root { inode.location.withLock { $0 = Inode.Location(parent: parent, name: name) } }
         return Entry(inode: inode, attributes: st)
     }
 
-    /// The path of `inode` relative to the store's root ("" for the root), from the locations the
-    /// inodes remember; nil when a link of the chain is unknown.
-    public func relativePath(_ inode: Inode) -> String? {
-        var parts: [String] = []
+    /// The path of `inode` relative to the store's root (empty for the root), from the locations
+    /// the inodes remember; nil when a link of the chain is unknown. For messages: never opened.
+    public func relativePath(_ inode: Inode) -> [UInt8]? {
+        var parts: [[UInt8]] = []
         var current = inodes.existing(inode.key) ?? inode
         while !current.isStoreRoot {
             guard let location = current.location.withLock({ $0 }), parts.count < 4096 else { return nil }
             parts.append(location.name)
             current = inodes.existing(location.parent.key) ?? location.parent
         }
-        return parts.reversed().joined(separator: "/")
+        return Array(parts.reversed().joined(separator: [0x2F]))
     }
 
     /// Identity and type of what is at (parent, name), known to the kernel or not.
@@ -166,7 +166,9 @@ public final class Store: Sendable {
 
     public func unlink(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
         try refuseReserved(parent, name)
+        let gone = known(parent, name)
         try inodes.using(parent) { dir throws(Errno) in try check(unlinkat(dir, name, 0)) }
+        gone?.location.withLock { if $0?.isAt(parent, name) == true { $0 = nil } }
     }
 
     public func rmdir(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
@@ -179,14 +181,16 @@ public final class Store: Sendable {
         try refuseReserved(parent, name)
         try refuseReserved(newParent, newName)
         guard flags & ~(vx_RENAME_NOREPLACE | vx_RENAME_EXCHANGE) == 0 else { throw .invalidArgument }
+        let replaced = flags & vx_RENAME_EXCHANGE == 0 ? known(newParent, newName) : nil
         try inodes.using(parent) { from throws(Errno) in
             try inodes.using(newParent) { to throws(Errno) in try check(vx_renameat2(from, name, to, newName, flags)) }
         }
-        // The moved files' locations follow them.
-        let target = String(cString: newName), source = String(cString: name)
-        known(newParent, newName)?.location.withLock { $0 = Inode.Location(parent: newParent, name: target) }
+        // The moved files' locations follow them; a file replaced by the move has no name there now.
+        let moved = known(newParent, newName)
+        if let replaced, replaced !== moved { replaced.location.withLock { if $0?.isAt(newParent, newName) == true { $0 = nil } } }
+        moved?.location.withLock { $0 = Inode.Location(parent: newParent, name: newName) }
         if flags & vx_RENAME_EXCHANGE != 0 {
-            known(parent, name)?.location.withLock { $0 = Inode.Location(parent: parent, name: source) }
+            known(parent, name)?.location.withLock { $0 = Inode.Location(parent: parent, name: name) }
         }
     }
 

@@ -3,6 +3,7 @@
 // indexed and its name is unique to this process), and the answer is its `user.vexfs.knn.K`.
 import ArgumentParser
 import CLinux
+import Foundation
 import Glibc
 import VexSemantic
 
@@ -63,16 +64,43 @@ struct Search: ParsableCommand {
             default: throw UserError("query failed: \(String(cString: strerror(errno)))")
             }
         }
-        let lines = String(decoding: answer[0..<n], as: UTF8.self).split(separator: "\n")
-        if json {
-            let items = lines.compactMap { line -> String? in
-                let parts = line.split(separator: "\t")
-                guard parts.count == 2 else { return nil }
-                return "{\"name\":\(jsonString(String(parts[0]))),\"distance\":\(parts[1])}"
+        // Each line is NAME<TAB>DISTANCE with the name escaped (FileName.escaped): split on the last
+        // TAB, then give back the real name.
+        var hits: [Hit] = []
+        for line in answer[0..<n].split(separator: 0x0A) {
+            guard let tab = line.lastIndex(of: 0x09), let distance = Float(String(decoding: line[(tab + 1)...], as: UTF8.self)) else {
+                throw UserError("the answer has a malformed line")
             }
-            print("[" + items.joined(separator: ",") + "]")
+            let field = String(decoding: line[..<tab], as: UTF8.self)
+            guard let bytes = FileName.unescape(field) else { throw UserError("the answer has a malformed name") }
+            hits.append(Hit(bytes: bytes, escaped: field, distance: distance))
+        }
+        if json {
+            // Names that are not UTF-8 cannot be JSON strings: those keep their escaped form, and say so.
+            let items = hits.map { h in
+                let text = String(validating: h.bytes, as: UTF8.self)
+                return JSONHit(name: text ?? h.escaped, distance: h.distance, escaped: text == nil ? true : nil)
+            }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+            let data = try encoder.encode(items)
+            FileHandle.standardOutput.write(data)
+            FileHandle.standardOutput.write(Data("\n".utf8))
         } else {
-            for line in lines { print(line) }
+            // As the attribute gives it: one line per neighbour, whatever bytes the names hold.
+            FileHandle.standardOutput.write(Data(answer[0..<n]))
         }
     }
+}
+
+struct Hit {
+    let bytes: [UInt8]
+    let escaped: String
+    let distance: Float
+}
+
+struct JSONHit: Encodable {
+    let name: String
+    let distance: Float
+    let escaped: Bool?
 }

@@ -35,7 +35,7 @@ final class Recorder: @unchecked Sendable {
     @Test func removesGoBeforeRefreshesInABatch() {
         let r = Recorder()
         let bridge = Bridge(batchDelayMicroseconds: 50_000) { r.apply($0) }
-        for i in 0..<10 { bridge.post(i % 2 == 0 ? .refresh : .remove, collection: 1, name: "f\(i)") }
+        for i in 0..<10 { bridge.post(i % 2 == 0 ? .refresh : .remove, collection: 1, name: FileName("f\(i)")) }
         bridge.settleAll()
         let ops = r.all.map(\.op)
         #expect(ops.count == 10)
@@ -45,7 +45,7 @@ final class Recorder: @unchecked Sendable {
     @Test func filesAreAppliedInTheOrderTheyWereFirstPosted() {
         let r = Recorder()
         let bridge = Bridge(batchDelayMicroseconds: 50_000) { r.apply($0) }
-        let names = (0..<200).map { "f\(($0 * 7919) % 200)" }
+        let names = (0..<200).map { FileName("f\(($0 * 7919) % 200)") }
         for name in names { bridge.post(.refresh, collection: 1, name: name) }
         bridge.post(.refresh, collection: 1, name: names[0])  // coalesced: keeps its first place
         bridge.settleAll()
@@ -56,7 +56,7 @@ final class Recorder: @unchecked Sendable {
     @Test func settleWaitsForItsCollectionAndTakesItFirst() {
         let r = Recorder()
         let bridge = Bridge(batchSize: 4, batchDelayMicroseconds: 200_000) { r.apply($0) }
-        for i in 0..<8 { bridge.post(.refresh, collection: 2, name: "other\(i)") }
+        for i in 0..<8 { bridge.post(.refresh, collection: 2, name: FileName("other\(i)")) }
         bridge.post(.refresh, collection: 1, name: "mine")
         bridge.settle(1)  // a query on collection 1
         let applied = r.all
@@ -77,7 +77,7 @@ final class Recorder: @unchecked Sendable {
         let posted = Atomic<Int>(0)
         let t = Thread {
             for i in 0..<20 {
-                bridge.post(.refresh, collection: 1, name: "f\(i)")
+                bridge.post(.refresh, collection: 1, name: FileName("f\(i)"))
                 posted.add(1, ordering: .relaxed)
             }
         }
@@ -97,7 +97,7 @@ final class Recorder: @unchecked Sendable {
     @Test func stopAppliesWhatIsPending() {
         let r = Recorder()
         let bridge = Bridge(batchDelayMicroseconds: 1_000_000) { r.apply($0) }
-        for i in 0..<100 { bridge.post(.refresh, collection: UInt64(i % 3), name: "f\(i)") }
+        for i in 0..<100 { bridge.post(.refresh, collection: UInt64(i % 3), name: FileName("f\(i)")) }
         bridge.stop()
         #expect(r.all.count == 100)
     }
