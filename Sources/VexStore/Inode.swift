@@ -32,8 +32,9 @@ public final class Inode: @unchecked Sendable {
     /// write has nothing to drop (see `Store.dropPrivileges`).
     public let knownUnprivileged = Atomic<Bool>(false)
     /// Where the file was last seen: its directory and name (the last lookup, create or rename; for
-    /// a file with several hard links, one of them); nil once that name was unlinked or replaced.
-    /// For naming only: the file is reached by its descriptor, never by this name.
+    /// a file with several hard links, one of them), kept after an unlink or a rename over it: a
+    /// query through a descriptor still needs the collection and the query file's name. For
+    /// naming only: the file is reached by its descriptor, never by this name.
     public let location = Mutex<Location?>(nil)
 
     public struct Location: Sendable {
@@ -44,10 +45,6 @@ public final class Inode: @unchecked Sendable {
         init(parent: Inode, name: UnsafePointer<CChar>) {
             self.parent = parent
             self.name = Array(UnsafeRawBufferPointer(start: name, count: strlen(name)))
-        }
-
-        func isAt(_ dir: Inode, _ other: UnsafePointer<CChar>) -> Bool {
-            parent === dir && name.elementsEqual(UnsafeRawBufferPointer(start: other, count: strlen(other)))
         }
     }
 

@@ -166,9 +166,7 @@ public final class Store: Sendable {
 
     public func unlink(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
         try refuseReserved(parent, name)
-        let gone = known(parent, name)
         try inodes.using(parent) { dir throws(Errno) in try check(unlinkat(dir, name, 0)) }
-        gone?.location.withLock { if $0?.isAt(parent, name) == true { $0 = nil } }
     }
 
     public func rmdir(_ parent: Inode, _ name: UnsafePointer<CChar>) throws(Errno) {
@@ -181,14 +179,11 @@ public final class Store: Sendable {
         try refuseReserved(parent, name)
         try refuseReserved(newParent, newName)
         guard flags & ~(vx_RENAME_NOREPLACE | vx_RENAME_EXCHANGE) == 0 else { throw .invalidArgument }
-        let replaced = flags & vx_RENAME_EXCHANGE == 0 ? known(newParent, newName) : nil
         try inodes.using(parent) { from throws(Errno) in
             try inodes.using(newParent) { to throws(Errno) in try check(vx_renameat2(from, name, to, newName, flags)) }
         }
-        // The moved files' locations follow them; a file replaced by the move has no name there now.
-        let moved = known(newParent, newName)
-        if let replaced, replaced !== moved { replaced.location.withLock { if $0?.isAt(newParent, newName) == true { $0 = nil } } }
-        moved?.location.withLock { $0 = Inode.Location(parent: newParent, name: newName) }
+        // The moved files' locations follow them.
+        known(newParent, newName)?.location.withLock { $0 = Inode.Location(parent: newParent, name: newName) }
         if flags & vx_RENAME_EXCHANGE != 0 {
             known(parent, name)?.location.withLock { $0 = Inode.Location(parent: parent, name: name) }
         }

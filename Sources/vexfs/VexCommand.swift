@@ -1,6 +1,7 @@
 // The `vexfs` command: mount a store, unmount it. Checks what a user can get wrong (a missing store, a
 // busy or missing mountpoint, no /dev/fuse) before libfuse is involved, and says so in one line.
 import ArgumentParser
+import Foundation
 import Glibc
 import VexFUSE
 import VexKernels
@@ -62,7 +63,7 @@ struct Mount: ParsableCommand {
             throw UserError("cannot open store \(storePath): \(error)")
         }
         let lock: Int32
-        do { lock = try MountLock.acquire(storePath: storePath) } catch .held {
+        do { lock = try acquireLock(storePath) } catch .held {
             throw UserError("store \(storePath) is already mounted by another vexfs")
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
         // The lock is never closed here: the kernel drops it when this process's files are closed
@@ -157,4 +158,22 @@ func runProcess(_ path: String, _ arguments: [String]) -> Int32 {
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
+}
+
+/// The store's lock. A daemon whose mount is gone (just unmounted, still persisting its indexes)
+/// is waited for, up to 30 s, with a message; one still mounted somewhere is an error at once.
+func acquireLock(_ storePath: String) throws(MountLock.Failure) -> Int32 {
+    var said = false
+    for attempt in 0...300 {
+        do { return try MountLock.acquire(storePath: storePath) } catch .held {
+            let mounted = MountTable.all().contains { $0.type == "fuse.vexfs" && $0.source == storePath }
+            if mounted || attempt == 300 { throw .held }
+            if !said {
+                FileHandle.standardError.write(Data("vexfs: waiting (up to 30 s) for the previous daemon of \(storePath) to finish\n".utf8))
+                said = true
+            }
+            usleep(100_000)
+        }
+    }
+    throw .held
 }

@@ -1,0 +1,192 @@
+"""PRODUCT.md §1 (the root daemon under allow_other) tried the way a hostile local user would: an
+unprivileged account, made with useradd, against a root daemon mounted with `-o allow_other`, using
+the ordinary tools. Nothing here may read a root-only file, crash or exhaust the daemon, or forge an
+answer line."""
+import json
+import os
+import pwd
+import stat
+import subprocess
+import time
+
+import pytest
+
+from conftest import VEXFS, is_mounted
+
+USER = "vexfs-mallory"
+# Debian's Python: the one under /root is out of an unprivileged user's reach.
+PYTHON = "/usr/bin/python3"
+
+
+@pytest.fixture(scope="module")
+def mallory():
+    try:
+        pwd.getpwnam(USER)
+    except KeyError:
+        subprocess.run(["useradd", "--no-create-home", "--shell", "/usr/sbin/nologin", USER], check=True)
+    return pwd.getpwnam(USER)
+
+
+def as_user(args, **kw):
+    return subprocess.run(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", *args],
+                          capture_output=True, text=True, timeout=300, **kw)
+
+
+def py(code, *args):
+    """Runs Python as the unprivileged user; its stdout, or the test fails with its stderr."""
+    r = as_user([PYTHON, "-c", code, *map(str, args)])
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.fixture
+def shared(mnt, mallory):
+    """The mount, reachable by everyone, with a world-writable sticky directory like /tmp."""
+    for d in list(mnt.root.parents)[:4]:
+        os.chmod(d, 0o755)
+    os.chmod(mnt.root, 0o1777)
+    return mnt
+
+
+def knn_of(text):
+    return [(line.split("\t")[0], float(line.split("\t")[1])) for line in text.splitlines()]
+
+
+def test_a_symlink_moved_over_a_held_query_file_reads_nothing_of_its_target(shared):
+    secret = shared.store.parent / "secret"
+    secret.write_text("7 7 7\n")
+    os.chmod(secret, 0o600)
+    (shared / "d").mkdir()
+    os.chmod(shared / "d", 0o777)
+    out = py("""
+import os, sys
+d = sys.argv[1]
+for name, v in [("a.vec", "1 0 0"), ("b.vec", "0 1 0")]:
+    open(os.path.join(d, name), "w").write(v)
+q = os.path.join(d, "q.query")
+open(q, "w").write("0 0 1")
+fd = os.open(q, os.O_RDONLY)
+os.symlink(sys.argv[2], os.path.join(d, "link"))
+os.rename(os.path.join(d, "link"), q)
+print(os.getxattr(fd, "user.vexfs.knn.3").decode(), end="")
+try:
+    os.getxattr(q, "user.vexfs.knn.3", follow_symlinks=False)
+    print("SYMLINK ANSWERED")
+except OSError:
+    pass
+""", shared / "d", secret)
+    assert "SYMLINK ANSWERED" not in out
+    # The answer is the held file's (0 0 1): both at sqrt(2); 7 7 7 would give other distances.
+    assert [round(d, 4) for _, d in knn_of(out)] == [1.4142, 1.4142]
+    # A symlink with a vector's name is never a vector, even one pointing at a readable file.
+    as_user(["ln", "-s", str(shared / "d" / "a.vec"), str(shared / "d" / "s.vec")])
+    assert os.getxattr(shared / "d", "user.vexfs.count") == b"2"
+
+
+def test_three_hundred_huge_declared_collections_cost_little(shared):
+    pid = shared.pid
+    def rss_kib():
+        return int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")).split()[1])
+    def threads():
+        return int(next(l for l in open(f"/proc/{pid}/status") if l.startswith("Threads:")).split()[1])
+    before = rss_kib()
+    r = as_user(["sh", "-c", f"cd {shared.root} && for i in $(seq 300); do mkdir d$i && "
+                 "setfattr -n user.vexfs.dim -v 65536 d$i && echo '1 2' > d$i/x.vec || exit 1; done"])
+    assert r.returncode == 0, r.stderr
+    assert is_mounted(shared.root)
+    status = subprocess.run(["getfattr", "--only-values", "-n", "user.vexfs.status", str(shared / "d300" / "x.vec")],
+                            capture_output=True, text=True).stdout
+    assert "65536" in status and status.startswith("not indexed")
+    grown = (rss_kib() - before) / 1024
+    print(f"300 collections of dimension 65,536: daemon RSS grew {grown:.1f} MiB, {threads()} threads")
+    assert grown < 128
+    assert threads() < 32
+
+
+def test_answers_name_only_files_the_asker_may_read(shared, mallory):
+    d = shared / "mixed"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    for i in range(20):
+        p = d / f"root{i}.vec"
+        p.write_text(f"{i} 0")
+        os.chmod(p, 0o600)
+    py("""
+import sys, os
+for i in range(5):
+    open(os.path.join(sys.argv[1], f"mine{i}.vec"), "w").write(f"{i + 0.5} 0")
+open(os.path.join(sys.argv[1], "q.query"), "w").write("0 0")
+""", d)
+    # The user gets K of their own, none of root's 0600 files, though those are nearer.
+    mine = knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", d / "q.query"))
+    assert [n for n, _ in mine] == ["mine0.vec", "mine1.vec", "mine2.vec"]
+    # Root sees everything.
+    theirs = knn_of(os.getxattr(d / "q.query", "user.vexfs.knn.3").decode())
+    assert [n for n, _ in theirs] == ["root0.vec", "mine0.vec", "root1.vec"]
+    # Made readable, a file shows up for the user too.
+    os.chmod(d / "root0.vec", 0o644)
+    again = knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.2').decode(), end='')", d / "q.query"))
+    assert [n for n, _ in again] == ["root0.vec", "mine0.vec"]
+
+
+def test_the_journal_and_the_state_directory_are_not_for_other_users(shared):
+    (shared / "x.vec").write_text("1 2")
+    r = as_user(["cat", str(shared / ".vexfs" / "journal")])
+    assert r.returncode != 0 and "Permission denied" in r.stderr
+    assert b"x.vec" in (shared / ".vexfs" / "journal").read_bytes()
+    assert as_user(["cat", str(shared / ".vexfs" / "stats")]).returncode == 0
+    assert stat.S_IMODE(os.stat(shared.store / ".vexfs").st_mode) == 0o700
+
+
+def test_names_cannot_forge_answer_lines(shared):
+    d = shared / "names"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    names = [b"tab\there.vec", b"new\nline.vec", b"back\\slash.vec", b"caf\xe9.vec", b'x","evil":"1.vec']
+    py("""
+import os, sys
+d = os.fsencode(sys.argv[1])
+names = [b"tab\\there.vec", b"new\\nline.vec", b"back\\\\slash.vec", b"caf\\xe9.vec", b'x","evil":"1.vec']
+for i, n in enumerate(names):
+    open(os.path.join(d, n), "w").write(f"{i + 1} 0")
+open(os.path.join(d, b"q.query"), "w").write("0 0")
+""", d)
+    assert os.getxattr(d, "user.vexfs.count") == b"5"
+    text = os.getxattr(d / "q.query", "user.vexfs.knn.5").decode()
+    lines = text.split("\n")[:-1]
+    assert len(lines) == 5 and all(line.count("\t") == 1 for line in lines)
+    assert [l.split("\t")[0] for l in lines] == ["tab\\there.vec", "new\\nline.vec", "back\\\\slash.vec", "caf\\xe9.vec",
+                                                  'x","evil":"1.vec']
+    out = subprocess.run([VEXFS, "search", str(d), "--vector", "0,0", "-k", "5", "--json"], capture_output=True, check=True)
+    items = json.loads(out.stdout)
+    assert [i["name"] for i in items] == ["tab\there.vec", "new\nline.vec", "back\\slash.vec", "caf\\xe9.vec", 'x","evil":"1.vec']
+    assert items[3].get("escaped") is True and "evil" not in items[4]
+    assert [round(i["distance"], 3) for i in items] == [1.0, 2.0, 3.0, 4.0, 5.0]
+
+
+def test_every_hard_link_is_a_vector_and_a_write_refreshes_all(shared):
+    a, b = shared / "a", shared / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x.vec").write_text("1 0")
+    (a / "far.vec").write_text("0 9")
+    (b / "far.vec").write_text("0 9")
+    os.link(a / "x.vec", a / "y.vec")
+    os.link(a / "x.vec", b / "z.vec")
+    assert os.getxattr(a, "user.vexfs.count") == b"3" and os.getxattr(b, "user.vexfs.count") == b"2"
+    with open(a / "y.vec", "w") as f:
+        f.write("0 8")
+    (a / "q.query").write_text("0 8")
+    (b / "q.query").write_text("0 8")
+    assert sorted(knn_of(os.getxattr(a / "q.query", "user.vexfs.knn.2").decode())) == [("x.vec", 0.0), ("y.vec", 0.0)]
+    assert knn_of(os.getxattr(b / "q.query", "user.vexfs.knn.1").decode()) == [("z.vec", 0.0)]
+
+
+def test_remount_right_after_unmount_waits_for_the_old_daemon(make_mount):
+    m = make_mount()
+    m.mount()
+    for i in range(2000):
+        (m.root / f"v{i}.vec").write_text(f"{i} {i % 7} 1")
+    subprocess.run(["fusermount3", "-u", str(m.root)], check=True)
+    m.mount()
+    assert os.getxattr(m.root, "user.vexfs.count") == b"2000"
