@@ -10,6 +10,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "vexfs", targets: ["vexfs"]),
+        // For Fuzz/ (a separate package, built with -sanitize=fuzzer): the layers whose parsers it drives.
+        .library(name: "VexSemantic", targets: ["VexSemantic"]),
+        .library(name: "VexFUSE", targets: ["VexFUSE"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

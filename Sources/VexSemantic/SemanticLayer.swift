@@ -433,14 +433,31 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// Sets `user.vexfs.dim` or `user.vexfs.metric` on a collection; other names of ours are refused.
     public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
-        guard value.count <= 64 else { throw .invalid("\(attribute): the value is too long") }
-        let text = String(decoding: value, as: UTF8.self).trimmingCharacters().filter { $0 != "\n" }
+        let text = try SemanticLayer.settingValue(attribute, value)
         guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
         bridge.settle(dir.key)
         guard let c = collection(dir) else { throw .invalid("there are \(SemanticLayer.maxCollections) collections already") }
         try c.change(setting, to: text)
         journal.record("setxattr", path: dir.path.escaped, detail: ["name": attribute, "value": text])
         answers.withLock { $0 = AnswerCache() }
+    }
+
+    /// The value of a setting as the user gave it (any bytes), checked: what `setDirectoryAttribute`
+    /// stores, or why it refuses.
+    public static func settingValue(_ attribute: String, _ value: [UInt8]) throws(SemanticError) -> String {
+        guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
+        guard value.count <= 64 else { throw .invalid("\(attribute): the value is too long") }
+        guard let decoded = String(validating: value, as: UTF8.self) else { throw .invalid("\(attribute): the value is not text") }
+        let text = decoded.trimmingCharacters().filter { $0 != "\n" }
+        switch setting {
+        case .metric:
+            guard Metric(rawValue: text) != nil else { throw .invalid("metric must be l2, cosine or dot") }
+        case .dimension:
+            guard let d = Int(text), d > 0, d <= VectorParser.maxDimension else {
+                throw .invalid("dim must be a whole number from 1 to \(VectorParser.maxDimension)")
+            }
+        }
+        return text
     }
 
     private func query(_ file: FileRef, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {
