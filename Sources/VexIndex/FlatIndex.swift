@@ -91,8 +91,9 @@ public final class FlatIndex: VectorIndex, @unchecked Sendable {
                 for i in 0..<n { scores[i] = -scores[i] }
             }
             var best = TopK(k: k)
-            for i in 0..<n where filter.allows(labels[i]) {
-                if scores[i] <= best.bound { best.offer(Neighbor(label: labels[i], distance: scores[i])) }
+            // The filter may cost a syscall: asked only of rows that would enter the answer.
+            for i in 0..<n where scores[i] <= best.bound && filter.allows(labels[i]) {
+                best.offer(Neighbor(label: labels[i], distance: scores[i]))
             }
             return best.sorted().map { n in
                 Neighbor(label: n.label, distance: metric.userDistance(metric == .l2 ? n.distance : -n.distance))
