@@ -70,8 +70,10 @@ public struct MountOptions: Sendable, Equatable {
     /// Reads a comma-separated `-o` list. Names vexfs does not own go to the kernel mount.
     public mutating func apply(_ list: String) throws(ParseError) {
         for option in list.split(separator: ",").map(String.init) where !option.isEmpty {
-            let parts = option.split(separator: "=", maxSplits: 1).map(String.init)
+            // "=" alone, or "=x", has an empty key: split must keep it (found by Fuzz/Options).
+            let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
             let key = parts[0], value = parts.count > 1 ? parts[1] : nil
+            guard !key.isEmpty else { throw .badValue(option) }
             func seconds() throws(ParseError) -> Double {
                 guard let value, let s = Double(value), s >= 0, s.isFinite else { throw .badValue(option) }
                 return s

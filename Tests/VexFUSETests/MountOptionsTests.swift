@@ -17,7 +17,7 @@ import Testing
         #expect(o.kernelOptions == ["allow_other", "ro"])
     }
 
-    @Test(arguments: ["attr_timeout=-1", "entry_timeout=x", "timeout", "negative_timeout=inf"])
+    @Test(arguments: ["attr_timeout=-1", "entry_timeout=x", "timeout", "negative_timeout=inf", "=", "=x"])
     func rejectsBadValues(_ option: String) {
         var o = MountOptions()
         #expect(throws: MountOptions.ParseError.self) { try o.apply(option) }
