@@ -29,6 +29,43 @@ enum DirectorySetting: String {
     case metric = "user.vexfs.metric"
 }
 
+/// A collection setting with its value, checked: the one place a setting's bytes become a value,
+/// whether a user sets it or it is read back from the directory.
+public enum Setting: Equatable, Sendable {
+    case dimension(Int)
+    case metric(Metric)
+
+    /// Values are short; longer ones are refused.
+    static let maxValueBytes = 64
+
+    /// The setting `attribute` from its value as given (any bytes): EINVAL with the reason when it
+    /// is not a setting or not a good value.
+    public static func parse(_ attribute: String, _ value: [UInt8]) throws(SemanticError) -> Setting {
+        guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
+        guard value.count <= maxValueBytes else { throw .invalid("\(attribute): the value is too long") }
+        guard let decoded = String(validating: value, as: UTF8.self) else { throw .invalid("\(attribute): the value is not text") }
+        let text = decoded.trimmingCharacters().filter { $0 != "\n" }
+        switch setting {
+        case .metric:
+            guard let metric = Metric(rawValue: text) else { throw .invalid("metric must be l2, cosine or dot") }
+            return .metric(metric)
+        case .dimension:
+            guard let d = Int(text), d > 0, d <= VectorParser.maxDimension else {
+                throw .invalid("dim must be a whole number from 1 to \(VectorParser.maxDimension)")
+            }
+            return .dimension(d)
+        }
+    }
+
+    /// The value as it is stored on the directory.
+    public var text: String {
+        switch self {
+        case .dimension(let d): String(d)
+        case .metric(let m): m.rawValue
+        }
+    }
+}
+
 /// One directory's vectors: its index (persisted under STORE/.vexfs/index/INODE) and the catalog
 /// that names what the index holds. Changed only by the bridge worker, or by a settings change with
 /// the bridge settled; read by queries, which hold the lock only to look names up, never to search.
@@ -83,10 +120,8 @@ final class Collection: @unchecked Sendable {
     func open(deferring: Bool = false, files listed: [FileName]? = nil) -> (changed: Int, problems: [String], toRead: [FileName]) {
         state.withLock { s in
             let dir = directory
-            if let text = readSetting(dir, .metric), let m = Metric(rawValue: text) { s.metric = m }
-            if let text = readSetting(dir, .dimension), let d = Int(text), d > 0, d <= VectorParser.maxDimension {
-                s.dimension = d
-            }
+            if case .metric(let m)? = readSetting(dir, .metric) { s.metric = m }
+            if case .dimension(let d)? = readSetting(dir, .dimension) { s.dimension = d }
             var problems: [String] = []
             if s.dimension != nil {
                 problems += openIndex(&s)
@@ -190,7 +225,7 @@ final class Collection: @unchecked Sendable {
         case .success(let vectors):
             if s.dimension == nil {
                 s.dimension = vectors.dimension
-                writeSetting(directory, .dimension, String(vectors.dimension))
+                writeSetting(directory, .dimension(vectors.dimension))
                 layer.log(problems: openIndex(&s))
             }
             guard vectors.dimension == s.dimension, let index = s.index else {
@@ -264,32 +299,27 @@ final class Collection: @unchecked Sendable {
     func relative(_ s: borrowing State, _ name: FileName) -> String { s.path.child(name).escaped }
 
     /// Drops this collection's names from the hard-link table (its directory is gone).
-    func forgetAllLinks() {
-        state.withLock { s in
-            for (name, r) in s.files { layer.noteLink(collection: key, name: name, from: r.inode, to: nil) }
-        }
+    func forgetAllLinks() { state.withLock { dropLinks($0) } }
+
+    private func dropLinks(_ s: borrowing State) {
+        for (name, r) in s.files { layer.noteLink(collection: key, name: name, from: r.inode, to: nil) }
     }
 
     // MARK: settings
 
     /// Changes the metric (re-indexing every file) or the dimension (only while nothing is indexed).
-    func change(_ setting: DirectorySetting, to text: String) throws(SemanticError) {
+    func change(_ setting: Setting) throws(SemanticError) {
         try state.withLock { (s) throws(SemanticError) in
-            let dir = directory
             switch setting {
-            case .metric:
-                guard let metric = Metric(rawValue: text) else { throw .invalid("metric must be l2, cosine or dot") }
-                writeSetting(dir, .metric, text)
+            case .metric(let metric):
+                writeSetting(directory, setting)
                 guard metric != s.metric else { return }
                 s.metric = metric
                 rebuild(&s)
-            case .dimension:
-                guard let d = Int(text), d > 0, d <= VectorParser.maxDimension else {
-                    throw .invalid("dim must be a whole number from 1 to \(VectorParser.maxDimension)")
-                }
+            case .dimension(let d):
                 guard d != s.dimension else { return }
                 guard s.files.values.allSatisfy({ $0.rows == 0 }) else { throw .busy("the collection holds vectors of dimension \(s.dimension ?? 0)") }
-                writeSetting(dir, .dimension, text)
+                writeSetting(directory, setting)
                 s.dimension = d
                 rebuild(&s)
             }
@@ -303,7 +333,7 @@ final class Collection: @unchecked Sendable {
         removeTree(indexDirectory)
         layer.log(problems: openIndex(&s))
         let names = Array(s.files.keys)
-        for (name, r) in s.files { layer.noteLink(collection: key, name: name, from: r.inode, to: nil) }
+        dropLinks(s)
         s.files = [:]
         s.owner = [:]
         for name in names { refresh(name, &s) }
@@ -416,12 +446,17 @@ func hasVectorAttribute(_ dir: Int32, _ name: FileName) -> Bool {
     StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute) != nil
 }
 
-func readSetting(_ dir: Int32, _ setting: DirectorySetting) -> String? {
-    StoreFiles.attribute(opath: dir, setting.rawValue, limit: 64).map { String(decoding: $0, as: UTF8.self).trimmingCharacters() }
+/// The setting kept on the directory `dir`; nil when it has none, or none that parses.
+func readSetting(_ dir: Int32, _ setting: DirectorySetting) -> Setting? {
+    StoreFiles.attribute(opath: dir, setting.rawValue, limit: Setting.maxValueBytes).flatMap { try? Setting.parse(setting.rawValue, $0) }
 }
 
-func writeSetting(_ dir: Int32, _ setting: DirectorySetting, _ value: String) {
-    StoreFiles.setAttribute(opath: dir, setting.rawValue, value)
+func writeSetting(_ dir: Int32, _ setting: Setting) {
+    let attribute: DirectorySetting = switch setting {
+    case .dimension: .dimension
+    case .metric: .metric
+    }
+    StoreFiles.setAttribute(opath: dir, attribute.rawValue, setting.text)
 }
 
 // The state directory (STORE/.vexfs, root's alone) is the only place read by path.

@@ -291,9 +291,6 @@ public final class SemanticLayer: @unchecked Sendable {
         }
     }
 
-    /// Call before renaming a directory, so messages name it by where it was.
-    public func settleAll() { bridge.settleAll() }
-
     /// A directory moved: collections at or under it follow (with `exchange`, those under `new`
     /// move to `old` at the same time). Only their names for messages change: they hold their
     /// directories by descriptor.
@@ -422,7 +419,8 @@ public final class SemanticLayer: @unchecked Sendable {
         let summary = existing(dir.key)?.summary
         switch attribute.dropFirst(SemanticLayer.ownPrefix.count) {
         case "dim":
-            guard let d = summary?.dimension ?? readSetting(dir.fd, .dimension).flatMap(Int.init) else { throw .noData }
+            let stored: Int? = if case .dimension(let d)? = readSetting(dir.fd, .dimension) { d } else { nil }
+            guard let d = summary?.dimension ?? stored else { throw .noData }
             return Array(String(d).utf8)
         case "metric": return Array((summary?.metric ?? .l2).rawValue.utf8)
         case "count": return Array(String(summary?.count ?? 0).utf8)
@@ -433,31 +431,12 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// Sets `user.vexfs.dim` or `user.vexfs.metric` on a collection; other names of ours are refused.
     public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
-        let text = try SemanticLayer.settingValue(attribute, value)
-        guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
+        let setting = try Setting.parse(attribute, value)
         bridge.settle(dir.key)
         guard let c = collection(dir) else { throw .invalid("there are \(SemanticLayer.maxCollections) collections already") }
-        try c.change(setting, to: text)
-        journal.record("setxattr", path: dir.path.escaped, detail: ["name": attribute, "value": text])
+        try c.change(setting)
+        journal.record("setxattr", path: dir.path.escaped, detail: ["name": attribute, "value": setting.text])
         answers.withLock { $0 = AnswerCache() }
-    }
-
-    /// The value of a setting as the user gave it (any bytes), checked: what `setDirectoryAttribute`
-    /// stores, or why it refuses.
-    public static func settingValue(_ attribute: String, _ value: [UInt8]) throws(SemanticError) -> String {
-        guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
-        guard value.count <= 64 else { throw .invalid("\(attribute): the value is too long") }
-        guard let decoded = String(validating: value, as: UTF8.self) else { throw .invalid("\(attribute): the value is not text") }
-        let text = decoded.trimmingCharacters().filter { $0 != "\n" }
-        switch setting {
-        case .metric:
-            guard Metric(rawValue: text) != nil else { throw .invalid("metric must be l2, cosine or dot") }
-        case .dimension:
-            guard let d = Int(text), d > 0, d <= VectorParser.maxDimension else {
-                throw .invalid("dim must be a whole number from 1 to \(VectorParser.maxDimension)")
-            }
-        }
-        return text
     }
 
     private func query(_ file: FileRef, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {

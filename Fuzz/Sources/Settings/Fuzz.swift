@@ -1,3 +1,4 @@
+import FuzzDriver
 import VexSemantic
 
 /// Any bytes as the value of `user.vexfs.dim` and `user.vexfs.metric`: accepted and well formed, or EINVAL.
@@ -6,8 +7,9 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let value = Array(UnsafeBufferPointer(start: data, count: size))
     for attribute in ["user.vexfs.dim", "user.vexfs.metric", "user.vexfs.knn"] {
         do throws(SemanticError) {
-            let text = try SemanticLayer.settingValue(attribute, value)
-            precondition(attribute == "user.vexfs.dim" ? Int(text) != nil : ["l2", "cosine", "dot"].contains(text))
+            // What is accepted is stored as `text`, and reads back as the same setting.
+            let setting = try Setting.parse(attribute, value)
+            precondition((try? Setting.parse(attribute, Array(setting.text.utf8))) == setting)
         } catch {
             precondition(error.errno != 0)
         }
@@ -15,15 +17,5 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     return 0
 }
 
-/// SwiftPM starts an executable at `Settings_main`: hand over to libFuzzer's driver.
 @_cdecl("Settings_main")
-public func start(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
-    var count = argc
-    var vector = argv
-    return LLVMFuzzerRunDriver(&count, &vector, fuzz)
-}
-
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>,
-                         _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
+public func start(_ argc: Int32, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 { runFuzzer(argc, argv, fuzz) }
