@@ -44,9 +44,13 @@ final class Filesystem: Sendable {
     /// Runs `body` with directory `inode` as the vector layer sees it: its descriptor pinned for the
     /// call, and its path (for messages only). nil when the descriptor cannot be had.
     func withDirectory<R>(_ inode: Inode, _ body: (DirectoryRef) -> R) -> R? {
-        let path = FileName(store.relativePath(inode) ?? Array("?".utf8))
+        let path = shownPath(inode)
         return try? store.inodes.using(inode) { fd throws(Errno) in body(DirectoryRef(key: inode.key.number, path: path, fd: fd)) }
     }
+
+    /// The path of `inode` from the store's root, for messages and the journal ("?" when a link of
+    /// the chain is unknown).
+    func shownPath(_ inode: Inode) -> FileName { FileName(store.relativePath(inode) ?? Array("?".utf8)) }
 
     /// Runs `body` with the file `inode` where it was last seen (its directory and name), both
     /// descriptors pinned; nil when it has no known name (unlinked, or never looked up).
@@ -152,7 +156,7 @@ func requester(_ req: fuse_req_t?) -> Requester {
         groups = [gid_t](repeating: 0, count: n)
         n = Int(fuse_req_getgroups(req, Int32(groups.count), &groups))
     }
-    return Requester(uid: ctx.uid, gid: ctx.gid, groups: n > 0 ? Array(groups.prefix(min(n, groups.count))) : [])
+    return Requester(uid: ctx.uid, gid: ctx.gid, groups: Array(groups.prefix(max(n, 0))))
 }
 
 @inline(__always)

@@ -103,8 +103,7 @@ enum Handlers {
             try fs.store.rmdir(dir, name!)
             // Its index goes before the answer, so nothing of it outlives the rmdir(2).
             if let semantic = fs.semantic, let removed {
-                let path = FileName(fs.store.relativePath(dir) ?? []).child(FileName(cString: name!))
-                semantic.directoryRemoved(key: removed.key.number, path: path)
+                semantic.directoryRemoved(key: removed.key.number, path: fs.shownPath(dir).child(FileName(cString: name!)))
             }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
@@ -122,13 +121,13 @@ enum Handlers {
             }
             let oldName = FileName(cString: name!), newNameBytes = FileName(cString: newName!)
             let exchange = flags & vx_RENAME_EXCHANGE != 0
-            if moving.isDirectory {
-                // Collections hold their directories by descriptor; only their names for messages move.
-                let fromPath = FileName(fs.store.relativePath(from) ?? []), toPath = FileName(fs.store.relativePath(to) ?? [])
-                try fs.store.rename(from, name!, to, newName!, flags: flags)
-                semantic.directoryMoved(from: fromPath.child(oldName), to: toPath.child(newNameBytes), exchange: exchange)
+            // Collections hold their directories by descriptor; a moved directory changes only their
+            // names for messages, taken before the move changes them.
+            let moved = moving.isDirectory ? (fs.shownPath(from).child(oldName), fs.shownPath(to).child(newNameBytes)) : nil
+            try fs.store.rename(from, name!, to, newName!, flags: flags)
+            if let (old, new) = moved {
+                semantic.directoryMoved(from: old, to: new, exchange: exchange)
             } else {
-                try fs.store.rename(from, name!, to, newName!, flags: flags)
                 fs.withDirectory(from) { fromRef in
                     fs.withDirectory(to) { toRef in semantic.renamed(from: fromRef, oldName, to: toRef, newNameBytes, exchange: exchange) }
                 }
