@@ -47,6 +47,9 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     public let metric: Metric
     public let parameters: HNSWParameters
     let kernels: DistanceKernels
+    /// Whether searches walk on the int8 codes: asked for, and exact at this dimension (past the
+    /// bound where their Int32 sums could overflow, the walk is in float32).
+    let walksOnCodes: Bool
 
     // Block layout, in bytes from the block's start.
     let codeBytes: Int
@@ -95,6 +98,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         self.metric = metric
         self.kernels = kernels
         self.parameters = parameters
+        walksOnCodes = parameters.int8Traversal
+            && dimension <= (metric == .l2 ? Int8Exactness.l2Dimensions : Int8Exactness.dotDimensions)
         maxLinks0 = 2 * parameters.m
         upperStride = 1 + parameters.m
         codeBytes = (dimension + 63) / 64 * 64
@@ -345,9 +350,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         defer { putScratch(s) }
         metric.prepare(query, into: s.query, kernels: kernels)
         let breadth = max(ef ?? defaultEf, k)
-        // Past the dimension where the int8 sums stay exact the walk is in float32.
-        let exact = dimension <= (metric == .l2 ? Int8Exactness.l2Dimensions : Int8Exactness.dotDimensions)
-        if parameters.int8Traversal && exact && quantized.load(ordering: .acquiring) {
+        if walksOnCodes && quantized.load(ordering: .acquiring) {
             quantizer.encode(s.query, into: s.code)
             let measure = CodeMeasure(index: self, query: s.code, l2: metric == .l2)
             walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)

@@ -43,7 +43,7 @@ public final class LogCommitter: @unchecked Sendable {
         queues.deallocate(); wake.deallocate(); written.deallocate()
     }
 
-    fileprivate func locked<R>(_ body: () throws(PersistenceError) -> R) throws(PersistenceError) -> R {
+    fileprivate func locked<R, E: Error>(_ body: () throws(E) -> R) throws(E) -> R {
         pthread_mutex_lock(queues)
         defer { pthread_mutex_unlock(queues) }
         return try body()
@@ -152,8 +152,8 @@ public final class WriteAheadLog: @unchecked Sendable {
     fileprivate var appended = 0        // records handed to append
     fileprivate var durable = 0         // records written and fdatasynced
     fileprivate var failure: Int32?
+    /// Set by `close`: the rest is written out and no batch waits for more.
     fileprivate var stopping = false
-    fileprivate var closed = false
     fileprivate var fileBytes: Int
     fileprivate var batchCount = 0
     /// Set by `flush` so the committer does not wait out the batch delay.
@@ -184,20 +184,14 @@ public final class WriteAheadLog: @unchecked Sendable {
 
     deinit { close() }
 
-    private func locked<R>(_ body: () -> R) -> R {
-        pthread_mutex_lock(committer.queues)
-        defer { pthread_mutex_unlock(committer.queues) }
-        return body()
-    }
-
     /// Bytes in the file plus those waiting: what decides when to snapshot.
-    public var size: Int { locked { fileBytes + pending.count } }
+    public var size: Int { committer.locked { fileBytes + pending.count } }
 
     /// Queues one record; returns its sequence number (for `waitDurable`).
     @discardableResult
     public func append(_ record: LogRecord) -> Int {
         let bytes = WriteAheadLog.encode(record)
-        return locked {
+        return committer.locked {
             while pending.count + bytes.count > maxPendingBytes && pending.count > 0 && !stopping {
                 pthread_cond_wait(committer.written, committer.queues)
             }
@@ -213,7 +207,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     /// Waits until every record appended so far is on disk; the first write error, if any.
     @discardableResult
     public func flush() -> PersistenceError? {
-        locked {
+        committer.locked {
             let target = appended
             if durable < target { flushRequested = true }
             pthread_cond_broadcast(committer.wake)
@@ -224,9 +218,8 @@ public final class WriteAheadLog: @unchecked Sendable {
 
     /// Writes out what is queued and leaves the committer; the file stays.
     public func close() {
-        let first: Bool = locked {
-            guard !closed else { return false }
-            closed = true
+        let first: Bool = committer.locked {
+            guard !stopping else { return false }
             stopping = true
             pthread_cond_broadcast(committer.wake)
             while durable < appended && failure == nil { pthread_cond_wait(committer.written, committer.queues) }
@@ -252,7 +245,7 @@ public final class WriteAheadLog: @unchecked Sendable {
     }
 
     /// Batches written so far (each one write and one fdatasync).
-    public var batches: Int { locked { batchCount } }
+    public var batches: Int { committer.locked { batchCount } }
 
     static func encode(_ record: LogRecord) -> [UInt8] {
         var payload = ByteWriter()

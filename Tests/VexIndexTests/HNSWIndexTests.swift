@@ -122,4 +122,12 @@ func clusteredSet(count: Int, dimension: Int, clusters: Int, seed: UInt64) -> [[
         #expect(index.count == 50)
         for i in 350..<400 { #expect(try index.search(data[i], k: 1)[0].label == UInt64(i)) }
     }
+
+    @Test func theWalkIsOnCodesOnlyWhereTheirSumsAreExact() {
+        func walks(_ dim: Int, _ metric: Metric) -> Bool {
+            HNSWIndex(dimension: dim, metric: metric, kernels: Self.kernels).walksOnCodes
+        }
+        #expect(walks(Int8Exactness.l2Dimensions, .l2) && !walks(Int8Exactness.l2Dimensions + 1, .l2))
+        #expect(walks(65_536, .cosine) && walks(65_536, .dot) && !walks(65_536, .l2))
+    }
 }

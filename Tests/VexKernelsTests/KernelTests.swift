@@ -131,6 +131,16 @@ func close(_ got: Float, _ want: Double, scale: Double) -> Bool {
         }
     }
 
+    /// At the dimensions the index trusts the int8 kernels up to, the worst case still fits in Int32.
+    @Test(arguments: paths)
+    func int8SumsFitAtTheirExactnessBounds(_ path: SIMDPath) throws {
+        let k = try DistanceKernels(path: path)
+        let n = Int8Exactness.l2Dimensions
+        let high = [Int8](repeating: 127, count: Int8Exactness.dotDimensions), low = [Int8](repeating: -127, count: n)
+        #expect(k.l2SquaredInt8(Array(high.prefix(n)), low) == Int32(254 * 254 * n))
+        #expect(k.dotInt8(high, high) == Int32(127 * 127 * Int8Exactness.dotDimensions))
+    }
+
     @Test func selectionFollowsTheEnvironment() throws {
         #expect(try DistanceKernels.select(environment: nil).path == DistanceKernels.supportedPaths.last)
         #expect(try DistanceKernels.select(environment: "scalar").path == .scalar)
