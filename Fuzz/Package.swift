@@ -10,7 +10,7 @@ let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingL
 let main = root.lastPathComponent.lowercased()
 
 func fuzzer(_ name: String, _ product: String) -> Target {
-    .executableTarget(name: name, dependencies: [.product(name: product, package: main)], path: "Sources/\(name)",
+    .executableTarget(name: name, dependencies: ["FuzzDriver", .product(name: product, package: main)], path: "Sources/\(name)",
                       swiftSettings: [.unsafeFlags(["-parse-as-library"])])
 }
 
@@ -18,6 +18,7 @@ let package = Package(
     name: "VexFuzz",
     dependencies: [.package(path: "..")],
     targets: [
+        .target(name: "FuzzDriver", dependencies: [.product(name: "VexSemantic", package: main)]),
         fuzzer("VecText", "VexSemantic"), fuzzer("Numpy", "VexSemantic"), fuzzer("Fvecs", "VexSemantic"),
         fuzzer("Raw", "VexSemantic"), fuzzer("Settings", "VexSemantic"), fuzzer("Names", "VexSemantic"),
         fuzzer("Options", "VexFUSE"),
