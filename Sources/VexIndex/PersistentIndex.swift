@@ -208,7 +208,9 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         defer { closedir(dir) }
         var found: [(UInt64, String)] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            // Read in place: a dirent is only as long as its name, shorter than the struct.
+            let name = String(cString: UnsafeRawPointer(entry).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
+                .assumingMemoryBound(to: CChar.self))
             if name.hasPrefix("wal."), let g = UInt64(name.dropFirst(4)) { found.append((g, directory + "/" + name)) }
         }
         return found.sorted { $0.0 < $1.0 }

@@ -461,22 +461,13 @@ func writeSetting(_ dir: Int32, _ setting: Setting) {
 
 // The state directory (STORE/.vexfs, root's alone) is the only place read by path.
 
-/// The regular files and the sub-directories of `dir`, by name (a file system that does not say an
-/// entry's type in readdir is asked with lstat).
+/// The regular files and the sub-directories of the state directory `dir`, by name.
 func entries(_ dir: String) -> (files: [String], directories: [String]) {
-    guard let d = opendir(dir) else { return ([], []) }
-    defer { closedir(d) }
-    var files: [String] = [], directories: [String] = []
-    while let e = readdir(d) {
-        let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-        if name == "." || name == ".." { continue }
-        var type = e.pointee.d_type
-        if type == UInt8(DT_UNKNOWN), let st = statFile(dir + "/" + name) {
-            type = st.st_mode & S_IFMT == S_IFDIR ? UInt8(DT_DIR) : st.st_mode & S_IFMT == S_IFREG ? UInt8(DT_REG) : type
-        }
-        if type == UInt8(DT_REG) { files.append(name) } else if type == UInt8(DT_DIR) { directories.append(name) }
-    }
-    return (files, directories)
+    let fd = open(dir, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return ([], []) }
+    defer { close(fd) }
+    let (files, directories) = StoreFiles.entries(fd)
+    return (files.map(\.text), directories.map(\.text))
 }
 
 func listFiles(_ dir: String) -> [String] { entries(dir).files }

@@ -137,7 +137,9 @@ enum StoreFiles {
         defer { closedir(d) }
         var files: [FileName] = [], directories: [FileName] = []
         while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { FileName(Array($0.prefix { $0 != 0 })) }
+            // The name is read in place: a dirent is only as long as its name, shorter than the struct.
+            let name = FileName(cString: UnsafeRawPointer(e).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!)
+                .assumingMemoryBound(to: CChar.self))
             if name.bytes == [0x2E] || name.bytes == [0x2E, 0x2E] { continue }
             var type = e.pointee.d_type
             if type == UInt8(DT_UNKNOWN), let st = stat(dir, name) {
