@@ -190,3 +190,42 @@ def test_remount_right_after_unmount_waits_for_the_old_daemon(make_mount):
     subprocess.run(["fusermount3", "-u", str(m.root)], check=True)
     m.mount()
     assert os.getxattr(m.root, "user.vexfs.count") == b"2000"
+
+
+def test_hostile_settings_attributes_and_contents_are_refused_with_a_reason(shared):
+    """Attribute values and file contents chosen to hurt: each is a clear errno or a status line."""
+    d = shared / "hostile"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    out = py("""
+import errno, os, struct, sys
+d = sys.argv[1]
+codes = []
+for name, value in [("user.vexfs.dim", b"65537"), ("user.vexfs.dim", b"-1"), ("user.vexfs.dim", b"\\xff\\xfe"),
+                    ("user.vexfs.dim", b"9" * 5000), ("user.vexfs.metric", b"cosine\\x00x"), ("user.vexfs.knn", b"1"),
+                    ("user.vexfs.metric", b"hamming")]:
+    try:
+        os.setxattr(d, name, value)
+        codes.append("ok")
+    except OSError as e:
+        codes.append(errno.errorcode[e.errno])
+f = os.path.join(d, "photo.jpg")
+open(f, "w").write("x")
+for value in [b"nan 1", b"1e999 1", b"", b"[1, 2"]:
+    try:
+        os.setxattr(f, "user.vexfs.vector", value)
+        codes.append("ok")
+    except OSError as e:
+        codes.append(errno.errorcode[e.errno])
+header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296), }"
+open(os.path.join(d, "huge.npy"), "wb").write(b"\\x93NUMPY\\x01\\x00" + struct.pack("<H", len(header)) + header)
+open(os.path.join(d, "torn.fvecs"), "wb").write(struct.pack("<i", 1 << 30) + b"\\0" * 8)
+open(os.path.join(d, "ok.vec"), "w").write("1 2")
+print(" ".join(codes))
+""", d)
+    assert out.split() == ["EINVAL"] * 7 + ["EINVAL"] * 4
+    assert is_mounted(shared.root)
+    assert os.getxattr(d, "user.vexfs.count") == b"1"
+    for name in ["huge.npy", "torn.fvecs"]:
+        status = os.getxattr(d / name, "user.vexfs.status").decode()
+        assert status.startswith("not indexed: ") and "\n" not in status
