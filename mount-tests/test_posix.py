@@ -450,7 +450,10 @@ def test_new_files_belong_to_the_caller(mnt, plain):
 def test_state_directory_is_virtual(mnt):
     """The mount's .vexfs/ is vexfs's own (stats), never STORE/.vexfs, and nothing can be written there."""
     assert (mnt.store / ".vexfs" / "mount.lock").exists()
-    assert ".vexfs" in os.listdir(mnt.root)
+    # Hidden from listings, reachable by name.
+    assert ".vexfs" not in os.listdir(mnt.root)
+    walked = subprocess.run(["find", str(mnt.root)], capture_output=True, text=True, check=True).stdout
+    assert ".vexfs" not in walked
     assert sorted(os.listdir(mnt.root / ".vexfs")) == ["journal", "stats"]
     assert not os.path.exists(mnt.root / ".vexfs" / "mount.lock")
     ls = subprocess.run(["ls", "-la", str(mnt.root / ".vexfs")], capture_output=True, text=True, check=True).stdout

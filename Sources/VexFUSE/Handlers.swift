@@ -385,14 +385,18 @@ enum Handlers {
         dir.seek(resumeAt)
         do throws(Errno) {
             while let item = try dir.next() {
+                // Reachable by name, never listed (ZFS's snapdir=hidden): find, du and rsync -a of the
+                // mount do not walk the stats and the journal.
+                if item.isStateDirectory {
+                    resumeAt = item.nextOffset
+                    continue
+                }
                 let room = size - used
                 var added: Int
                 if plus {
                     var ep = fuse_entry_param()
                     var looked: Inode?
-                    if item.isStateDirectory {
-                        ep = fs.virtualEntryParam(VirtualNode.directory)
-                    } else if isDotOrDotDot(item.name) {
+                    if isDotOrDotDot(item.name) {
                         ep.attr.st_ino = ino_t(item.inodeNumber)
                         ep.attr.st_mode = mode_t(item.type) << 12
                     } else {
@@ -404,7 +408,7 @@ enum Handlers {
                     if added > room, let looked { fs.store.forget(looked, 1) }
                 } else {
                     var st = stat()
-                    st.st_ino = item.isStateDirectory ? ino_t(UInt64.max - VirtualNode.directory) : ino_t(item.inodeNumber)
+                    st.st_ino = ino_t(item.inodeNumber)
                     st.st_mode = mode_t(item.type) << 12
                     added = fuse_add_direntry(req, buffer + used, room, item.name, &st, off_t(item.nextOffset))
                 }
@@ -506,12 +510,17 @@ enum Handlers {
         do throws(Errno) {
             let inode = try fs.inode(ino)
             if SemanticLayer.owns(name!) {
-                // Settings of a collection; everything else of ours is computed and read-only.
-                guard inode.isDirectory, let semantic = fs.semantic else { throw .invalidArgument }
+                // Settings of a collection, options of a query file; the rest of ours is computed.
+                guard let semantic = fs.semantic else { throw .invalidArgument }
                 let bytes = Array(UnsafeRawBufferPointer(start: value, count: size))
-                let done = fs.withDirectory(inode) { dir in
-                    Result { () throws(SemanticError) in try semantic.setDirectoryAttribute(String(cString: name!), dir: dir, value: bytes) }
-                }
+                let attribute = String(cString: name!)
+                let done = inode.isDirectory
+                    ? fs.withDirectory(inode) { dir in
+                        Result { () throws(SemanticError) in try semantic.setDirectoryAttribute(attribute, dir: dir, value: bytes) }
+                    }
+                    : inode.fileType == S_IFREG ? fs.withFile(inode) { file in
+                        Result { () throws(SemanticError) in try semantic.setFileAttribute(attribute, file: file, value: bytes) }
+                    } : nil
                 guard let done else { throw .invalidArgument }
                 if case .failure(let error) = done { throw Errno(rawValue: error.errno) }
                 fuse_reply_err(req, 0)
@@ -579,8 +588,19 @@ enum Handlers {
     static func removexattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            if SemanticLayer.owns(name!) { throw .noData }
             let inode = try fs.inode(ino)
+            if SemanticLayer.owns(name!) {
+                // Only a query file's options are stored, and so removable.
+                guard !inode.isDirectory, inode.fileType == S_IFREG, let semantic = fs.semantic else { throw .noData }
+                let attribute = String(cString: name!)
+                let done = fs.withFile(inode) { file in
+                    Result { () throws(SemanticError) in try semantic.removeFileAttribute(attribute, file: file) }
+                }
+                guard let done else { throw .noData }
+                if case .failure(let error) = done { throw Errno(rawValue: error.errno) }
+                fuse_reply_err(req, 0)
+                return
+            }
             try fs.store.removexattr(inode, name!)
             if strcmp(name!, SemanticLayer.vectorAttribute) == 0, let semantic = fs.semantic {
                 fs.withFile(inode) { semantic.vectorAttributeChanged($0.dir, $0.name) }

@@ -360,49 +360,94 @@ final class Collection: @unchecked Sendable {
     func record(of name: FileName) -> FileRecord? { state.withLock { $0.files[name] } }
     var dimension: Int? { state.withLock { $0.dimension } }
 
+    /// One answer of `nearest`: the file, the row within it when it holds several, the distance.
+    struct Hit {
+        let name: FileName
+        let row: Int?
+        let distance: Float
+    }
+
     /// The k nearest to `query` that `requester` may read (by the mode bits of the file each comes
-    /// from, checked now, inside the search, so the caller still gets k of what they may see),
-    /// leaving out the vectors of the file `excludingFile` (an inode number) under every name.
-    func nearest(_ query: ArraySlice<Float>, k: Int, excludingFile: UInt64?, requester: Requester = .root) throws(SemanticError) -> [(String, Float)] {
-        let (index, excluded, dimension) = state.withLock { s -> (PersistentIndex?, Set<UInt64>, Int?) in
+    /// from, checked now, inside the search, so the caller still gets k of what they may see) and
+    /// that pass `options`' conditions, leaving out the vectors of the file `excludingFile` (an
+    /// inode number) under every name. A filter that keeps few vectors of a graph is answered by an
+    /// exact scan of those it keeps, chosen from a sample of the files; otherwise the graph walk asks
+    /// the filter of each node it would take, once per file.
+    func nearest(_ query: ArraySlice<Float>, k: Int, excludingFile: UInt64?, requester: Requester = .root,
+                 options: QueryOptions = QueryOptions()) throws(SemanticError) -> [Hit] {
+        let filtered = !options.conditions.isEmpty
+        let (index, excluded, dimension, files) = state.withLock { s -> (PersistentIndex?, Set<UInt64>, Int?, [(FileName, FileRecord)]) in
             var ex = Set<UInt64>()
             if let inode = excludingFile {
                 for name in layer.names(of: inode, in: key) {
                     if let r = s.files[name], r.rows > 0, r.inode == inode { ex.formUnion(r.firstLabel..<(r.firstLabel + UInt64(r.rows))) }
                 }
             }
-            return (s.index, ex, s.dimension)
+            return (s.index, ex, s.dimension, filtered ? s.files.filter { $0.value.rows > 0 }.map { ($0.key, $0.value) } : [])
         }
         guard let index, let dimension else { return [] }
         guard query.count == dimension else { throw .invalid("the query has \(query.count) numbers, the collection's dimension is \(dimension)") }
-        var filter = SearchFilter()
-        if excluded.count == 1 { filter.excluding = excluded.first }
         let mustCheck = !requester.seesEverything
-        if excluded.count > 1 || mustCheck {
-            var readable: [FileName: Bool] = [:]
-            let dir = directory
-            filter.accept = { [self] label in
-                if excluded.count > 1 && excluded.contains(label) { return false }
-                guard mustCheck else { return true }
-                guard let name = state.withLock({ $0.owner[label] }) else { return false }
-                if let known = readable[name] { return known }
-                let ok = StoreFiles.stat(dir, name).map { StoreFiles.isRegular($0) && requester.mayRead($0) } ?? false
-                readable[name] = ok
-                return ok
-            }
+        let dir = directory
+        var admitted: [FileName: Bool] = [:]
+        // Whether the file `name` may answer: readable by the requester and passing every condition.
+        let admits = { (name: FileName) -> Bool in
+            if let known = admitted[name] { return known }
+            var ok = true
+            if mustCheck { ok = StoreFiles.stat(dir, name).map { StoreFiles.isRegular($0) && requester.mayRead($0) } ?? false }
+            if ok && filtered { ok = options.admits(dir, name) }
+            admitted[name] = ok
+            return ok
         }
         let found: [Neighbor]
         do {
-            found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.search(q, k: k, ef: nil, filter: filter) }
+            if filtered, index.index.active is HNSWIndex, let labels = fewAdmitted(files, total: index.count, admits: admits) {
+                found = try query.withUnsafeBufferPointer { q throws(IndexError) in
+                    try index.index.exactSearch(q, k: k, among: labels.filter { !excluded.contains($0) })
+                }
+            } else {
+                var filter = SearchFilter()
+                if excluded.count == 1 { filter.excluding = excluded.first }
+                if excluded.count > 1 || mustCheck || filtered {
+                    filter.accept = { [self] label in
+                        if excluded.count > 1 && excluded.contains(label) { return false }
+                        guard mustCheck || filtered else { return true }
+                        guard let name = state.withLock({ $0.owner[label] }) else { return false }
+                        return admits(name)
+                    }
+                }
+                found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.search(q, k: k, ef: options.ef, filter: filter) }
+            }
         } catch { throw .invalid(error.description) }
         return state.withLock { s in
-            var out: [(String, Float)] = []
+            var out: [Hit] = []
             for n in found where out.count < k {
                 guard let name = s.owner[n.label], let r = s.files[name] else { continue }
-                out.append((r.rows > 1 ? "\(name.escaped)#\(n.label - r.firstLabel)" : name.escaped, n.distance))
+                out.append(Hit(name: name, row: r.rows > 1 ? Int(n.label - r.firstLabel) : nil, distance: n.distance))
             }
             return out
         }
+    }
+
+    /// The labels of the files that pass `admits` when a sample says they are few (at most a
+    /// twentieth of the vectors, or 4,096); nil when the graph walk is the better way.
+    private func fewAdmitted(_ files: [(FileName, FileRecord)], total: Int, admits: (FileName) -> Bool) -> [UInt64]? {
+        guard !files.isEmpty else { return [] }
+        let enough = max(4096, total / 20)
+        let step = max(1, files.count / 64)
+        var sampledRows = 0, admittedRows = 0
+        for i in stride(from: 0, to: files.count, by: step) {
+            sampledRows += files[i].1.rows
+            if admits(files[i].0) { admittedRows += files[i].1.rows }
+        }
+        guard sampledRows > 0, Double(admittedRows) / Double(sampledRows) * Double(total) <= Double(enough) else { return nil }
+        var labels: [UInt64] = []
+        for (name, r) in files where admits(name) {
+            labels.append(contentsOf: r.firstLabel..<(r.firstLabel + UInt64(r.rows)))
+            // The sample was wrong: the walk is cheaper than a long scan.
+            if labels.count > 4 * enough { return nil }
+        }
+        return labels
     }
 
     // MARK: catalog encoding

@@ -51,6 +51,8 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
     case invalid(String)
     case busy(String)
     case range
+    /// The answer is longer than one attribute value can be (read it by pages).
+    case tooBig
 
     public var errno: Int32 {
         switch self {
@@ -58,6 +60,7 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .invalid: EINVAL
         case .busy: ENOTEMPTY
         case .range: ERANGE
+        case .tooBig: E2BIG
         }
     }
 
@@ -66,6 +69,7 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .noData: "no such attribute"
         case .invalid(let s), .busy(let s): s
         case .range: "the buffer is too small"
+        case .tooBig: "the answer is longer than 64 KiB: read it by pages (knn.K.from.LINE)"
         }
     }
 }
@@ -97,6 +101,8 @@ public final class SemanticLayer: @unchecked Sendable {
     /// getfattr asks twice (the size, then the value): the second ask is served from here.
     private let answers = Mutex<AnswerCache>(AnswerCache())
     private let problems = Mutex<[String]>([])
+    /// Why the last query or option set on a query file (by inode number) was refused.
+    private let queryProblems = Mutex<[UInt64: String]>([:])
     public let metrics: SemanticMetrics
 
     struct Link: Hashable {
@@ -111,7 +117,6 @@ public final class SemanticLayer: @unchecked Sendable {
         let asker: [UInt32]
     }
     struct Answer {
-        let version: UInt64
         let collection: UInt64
         let signature: [Int64]
         let bytes: [UInt8]
@@ -388,15 +393,23 @@ public final class SemanticLayer: @unchecked Sendable {
     /// The value of our attribute `attribute` of `file`, for `requester`.
     public func fileAttribute(_ attribute: String, file: FileRef, requester: Requester = .root) throws(SemanticError) -> [UInt8] {
         let suffix = attribute.dropFirst(SemanticLayer.ownPrefix.count)
+        if suffix == "knn" || suffix.hasPrefix("knn.") {
+            let (k, from) = try SemanticLayer.knnRequest(suffix.dropFirst(3))
+            return try query(file, attribute: "knn.\(k)", k: k, from: from, requester: requester)
+        }
+        if let option = QueryOptions.Option(rawValue: attribute) {
+            guard let value = StoreFiles.attribute(opath: file.fd, option.rawValue, limit: QueryOptions.maxFilterBytes) else { throw .noData }
+            return value
+        }
         switch suffix {
-        case "knn":
-            return try query(file, attribute: attribute, k: 10, requester: requester)
-        case _ where suffix.hasPrefix("knn."):
-            guard let k = Int(suffix.dropFirst(4)), (1...1000).contains(k) else { throw .invalid("K must be from 1 to 1000") }
-            return try query(file, attribute: attribute, k: k, requester: requester)
         case "status":
             bridge.settle(file.dir.key)
-            if file.name.hasSuffix(".query") { return Array("query file: never indexed".utf8) }
+            if file.name.hasSuffix(".query") {
+                if let inode = inodeNumber(file.fd), let problem = queryProblems.withLock({ $0[inode] }) {
+                    return Array("query file: never indexed; last refused: \(problem)".utf8)
+                }
+                return Array("query file: never indexed".utf8)
+            }
             guard let r = existing(file.dir.key)?.record(of: file.name) else {
                 if VectorFormat(fileName: file.name) == nil { throw .noData }
                 if let st = StoreFiles.stat(file.dir.fd, file.name), !StoreFiles.isRegular(st) {
@@ -439,34 +452,199 @@ public final class SemanticLayer: @unchecked Sendable {
         answers.withLock { $0 = AnswerCache() }
     }
 
-    private func query(_ file: FileRef, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {
-        var t0 = timespec(), t1 = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &t0)
-        bridge.settle(file.dir.key)
-        let c = existing(file.dir.key)
-        let version = c?.version.load(ordering: .acquiring) ?? 0
+    /// K and, for a page of a long answer, the line it starts at, from what follows `knn`: nothing
+    /// (10), `.K`, `.K.from.N` or `.from.N`.
+    static func knnRequest(_ rest: Substring) throws(SemanticError) -> (k: Int, from: Int?) {
+        var parts = rest.split(separator: ".", omittingEmptySubsequences: false).dropFirst()
+        guard rest.isEmpty || rest.first == "." else { throw .noData }
+        var k = 10
+        if let first = parts.first, first != "from" {
+            guard let n = Int(first), (1...1000).contains(n) else { throw .invalid("K must be from 1 to 1000") }
+            k = n
+            parts = parts.dropFirst()
+        }
+        guard !parts.isEmpty else { return (k, nil) }
+        guard parts.count == 2, parts.first == "from", let from = Int(parts.last!), from >= 0 else {
+            throw .invalid("a page of an answer is knn.K.from.LINE")
+        }
+        return (k, from)
+    }
+
+    /// The largest value an extended attribute can have (the kernel's XATTR_SIZE_MAX).
+    public static let maxAnswerBytes = 65_536
+
+    /// A collection a query searches, and where it is from the query's directory.
+    struct Scoped {
+        let collection: Collection
+        let prefix: FileName
+    }
+
+    /// The collections `options.scope` names for a query in `dir`: the directory's own, and with
+    /// `tree` every one below it that `requester` may list and enter all the way down, reached by
+    /// descriptors (never a symlink), in path order.
+    func scope(_ dir: DirectoryRef, _ options: QueryOptions, requester: Requester) throws(SemanticError) -> [Scoped] {
+        var out: [Scoped] = []
+        if let c = existing(dir.key) { out.append(Scoped(collection: c, prefix: FileName([]))) }
+        guard options.scope == .tree else { return out }
+        var pending: [(FileName, Int32)] = []
+        func below(_ fd: Int32, _ rel: FileName) {
+            for sub in StoreFiles.entries(fd).directories.sorted(by: >) {
+                if rel.isEmpty && dir.path.isEmpty && sub == FileName(".vexfs") { continue }
+                if let child = StoreFiles.holdDirectory(fd, sub) { pending.append((rel.child(sub), child)) }
+            }
+        }
+        below(dir.fd, FileName([]))
+        var visited = 0
+        while let (rel, fd) = pending.popLast() {
+            defer { Glibc.close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, requester.mayRead(st), requester.maySearch(st) else { continue }
+            visited += 1
+            guard visited <= SemanticLayer.maxTreeDirectories else {
+                for (_, other) in pending { Glibc.close(other) }
+                throw .invalid("the tree holds more than \(SemanticLayer.maxTreeDirectories) directories")
+            }
+            if let c = existing(UInt64(st.st_ino)) { out.append(Scoped(collection: c, prefix: rel)) }
+            below(fd, rel)
+        }
+        return out
+    }
+
+    /// A tree query walks at most this many directories.
+    public static let maxTreeDirectories = 100_000
+
+    private func query(_ file: FileRef, attribute: String, k: Int, from: Int?, requester: Requester) throws(SemanticError) -> [UInt8] {
         var st = stat()
         guard fstat(file.fd, &st) == 0 else { throw .noData }
-        let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)]
+        let inode = UInt64(st.st_ino)
+        do throws(SemanticError) {
+            let answer = try answer(file, st, attribute: attribute, k: k, requester: requester)
+            queryProblems.withLock { _ = $0.removeValue(forKey: inode) }
+            return try SemanticLayer.page(answer, from: from)
+        } catch {
+            if case .invalid(let why) = error { noteQueryProblem(inode, why) }
+            throw error
+        }
+    }
+
+    /// The whole answer, or, from `from` on, as many whole lines as one attribute value holds.
+    /// Without `from`, an answer too long for one value is E2BIG: ask for it by pages.
+    static func page(_ answer: [UInt8], from: Int?) throws(SemanticError) -> [UInt8] {
+        guard let from else {
+            guard answer.count <= maxAnswerBytes else { throw .tooBig }
+            return answer
+        }
+        var line = 0, start = answer.startIndex
+        while line < from, start < answer.endIndex {
+            start = (answer[start...].firstIndex(of: 0x0A) ?? answer.endIndex) + 1
+            line += 1
+        }
+        guard start < answer.endIndex else { return [] }
+        var end = start
+        while end < answer.endIndex {
+            let next = (answer[end...].firstIndex(of: 0x0A) ?? answer.endIndex - 1) + 1
+            if next - start > maxAnswerBytes { break }
+            end = next
+        }
+        guard end > start else { throw .tooBig }
+        return Array(answer[start..<end])
+    }
+
+    private func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {
+        var t0 = timespec(), t1 = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        let options = file.name.hasSuffix(".query") ? try QueryOptions.read(opath: file.fd) : QueryOptions()
+        let scoped = try scope(file.dir, options, requester: requester)
+        for s in scoped { bridge.settle(s.collection.key) }
+        let versions = scoped.map { [Int64(bitPattern: $0.collection.key), Int64(bitPattern: $0.collection.version.load(ordering: .acquiring))] }
+        let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)] + versions.flatMap { $0 }
         let key = AnswerKey(inode: UInt64(st.st_ino), attribute: attribute,
                             asker: requester.seesEverything ? [] : [requester.uid, requester.gid] + requester.groups)
-        if let cached = answers.withLock({ $0.table[key] }), cached.version == version, cached.collection == file.dir.key, cached.signature == signature {
+        if let cached = answers.withLock({ $0.table[key] }), cached.collection == file.dir.key, cached.signature == signature {
             metrics.cached.increment()
             return cached.bytes
         }
-        guard case .success(let vector)? = vectors(of: file) else { throw .noData }
-        var out: [UInt8] = []
-        if let c {
-            // The file itself is left out, under every name it has here.
-            for (n, d) in try c.nearest(vector.row(0), k: k, excludingFile: UInt64(st.st_ino), requester: requester) {
-                out.append(contentsOf: "\(n)\t\(d)\n".utf8)
-            }
+        guard case .success(let vectors)? = vectors(of: file) else { throw .noData }
+        // Every collection searched must rank by the same distance: the query directory's, else the
+        // one all candidates below share.
+        var dimension = vectors.dimension
+        var metric: Metric? = nil
+        if let own = scoped.first, own.prefix.isEmpty, let summary = Optional(own.collection.summary), let d = summary.dimension {
+            dimension = d
+            metric = summary.metric
+        } else if case .metric(let m)? = readSetting(file.dir.fd, .metric) {
+            metric = m
         }
-        answers.withLock { $0.put(key, Answer(version: version, collection: file.dir.key, signature: signature, bytes: out)) }
+        let candidates = scoped.compactMap { s -> (Scoped, Metric)? in
+            let summary = s.collection.summary
+            guard summary.dimension == dimension else { return nil }
+            return (s, summary.metric)
+        }
+        if metric == nil {
+            let metrics = Set(candidates.map(\.1))
+            guard metrics.count <= 1 else {
+                throw .invalid("the collections below use different metrics: set user.vexfs.metric on the query's directory to choose")
+            }
+            metric = metrics.first
+        }
+        let searched = candidates.filter { $0.1 == metric }.map(\.0)
+        var out: [UInt8] = []
+        for row in 0..<vectors.rows {
+            if row > 0 { out.append(0x0A) }
+            var hits: [(String, Float)] = []
+            for s in searched {
+                // The file itself is left out, under every name it has here.
+                for h in try s.collection.nearest(vectors.row(row), k: k, excludingFile: UInt64(st.st_ino), requester: requester, options: options) {
+                    if let r = options.radius, h.distance > r { continue }
+                    let shown = s.prefix.isEmpty ? h.name.escaped : s.prefix.child(h.name).escaped
+                    hits.append((h.row.map { "\(shown)#\($0)" } ?? shown, h.distance))
+                }
+            }
+            if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+            for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
+        }
+        answers.withLock { $0.put(key, Answer(collection: file.dir.key, signature: signature, bytes: out)) }
         clock_gettime(CLOCK_MONOTONIC, &t1)
         metrics.queries.recordNanoseconds(nanoseconds(t1) - nanoseconds(t0))
-        journal.record("query", path: file.dir.child(file.name).escaped, detail: ["k": String(k)])
+        var detail = ["k": String(k)]
+        if options.scope == .tree { detail["scope"] = "tree" }
+        if vectors.rows > 1 { detail["rows"] = String(vectors.rows) }
+        journal.record("query", path: file.dir.child(file.name).escaped, detail: detail)
         return out
+    }
+
+    // MARK: query options
+
+    /// Sets a query option on a query file: checked first, so a bad value is EINVAL, is never
+    /// stored, and its reason shows in the file's status.
+    public func setFileAttribute(_ attribute: String, file: FileRef, value: [UInt8]) throws(SemanticError) {
+        let inode = inodeNumber(file.fd) ?? 0
+        do throws(SemanticError) {
+            guard let option = QueryOptions.Option(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set on a file") }
+            guard file.name.hasSuffix(".query") else { throw .invalid("\(attribute) is an option of query files (NAME.query)") }
+            var options = QueryOptions()
+            try options.set(option, value)
+            guard StoreFiles.setAttribute(opath: file.fd, attribute, bytes: value) else {
+                throw .invalid("\(attribute) cannot be stored: \(String(cString: strerror(errno)))")
+            }
+            queryProblems.withLock { _ = $0.removeValue(forKey: inode) }
+        } catch {
+            noteQueryProblem(inode, error.description)
+            throw error
+        }
+    }
+
+    /// Removes a query option (the default applies again); other names of ours are computed.
+    public func removeFileAttribute(_ attribute: String, file: FileRef) throws(SemanticError) {
+        guard QueryOptions.Option(rawValue: attribute) != nil, file.name.hasSuffix(".query") else { throw .noData }
+        guard StoreFiles.removeAttribute(opath: file.fd, attribute) else { throw .noData }
+    }
+
+    private func noteQueryProblem(_ inode: UInt64, _ why: String) {
+        queryProblems.withLock { table in
+            if table.count >= 4096 { table.removeAll() }  // bounded: anyone can make queries fail
+            table[inode] = why
+        }
     }
 
     // MARK: stats

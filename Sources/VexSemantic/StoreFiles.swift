@@ -32,6 +32,20 @@ public struct Requester: Sendable {
         if st.st_gid == gid || groups.contains(st.st_gid) { return st.st_mode & S_IRGRP != 0 }
         return st.st_mode & S_IROTH != 0
     }
+
+    /// Whether the mode bits let this caller enter a directory (search permission).
+    public func maySearch(_ st: stat) -> Bool {
+        if uid == 0 { return true }
+        if st.st_uid == uid { return st.st_mode & S_IXUSR != 0 }
+        if st.st_gid == gid || groups.contains(st.st_gid) { return st.st_mode & S_IXGRP != 0 }
+        return st.st_mode & S_IXOTH != 0
+    }
+}
+
+/// The inode number of the file behind `fd`.
+func inodeNumber(_ fd: Int32) -> UInt64? {
+    var st = stat()
+    return fstat(fd, &st) == 0 ? UInt64(st.st_ino) : nil
 }
 
 enum StoreFiles {
@@ -121,6 +135,14 @@ enum StoreFiles {
 
     static func setAttribute(opath fd: Int32, _ attribute: String, _ value: String) {
         _ = value.withCString { vx_setxattr(fd, attribute, $0, strlen($0), 0) }
+    }
+
+    static func setAttribute(opath fd: Int32, _ attribute: String, bytes: [UInt8]) -> Bool {
+        bytes.withUnsafeBytes { vx_setxattr(fd, attribute, $0.baseAddress, $0.count, 0) } == 0
+    }
+
+    static func removeAttribute(opath fd: Int32, _ attribute: String) -> Bool {
+        vx_removexattr(fd, attribute) == 0
     }
 
     /// A descriptor of the directory `name` in `dir` to hold (O_PATH; `name` "." for `dir` itself).
