@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         .target(
@@ -34,10 +35,11 @@ let package = Package(
                 linkerSettings: [.linkedLibrary("lz4")]),
         .target(name: "VexIndex", dependencies: ["VexKernels", "CKernels", "CCompress"]),
         .target(name: "VexSemantic", dependencies: ["VexIndex", "VexKernels", "CCompress", "CLinux",
-                                                   .product(name: "CoreMetrics", package: "swift-metrics")]),
+                                                   .product(name: "CoreMetrics", package: "swift-metrics"),
+                                                   .product(name: "Logging", package: "swift-log")]),
         .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("numa")]),
-        .target(name: "VexMemory", dependencies: ["CMemory"]),
+        .target(name: "VexMemory", dependencies: ["CMemory", .product(name: "Logging", package: "swift-log")]),
         .target(
             name: "VexStore",
             dependencies: ["CLinux", .product(name: "SystemPackage", package: "swift-system")]
@@ -47,6 +49,7 @@ let package = Package(
             dependencies: ["CFuse", "VexStore", "VexMemory", "VexSemantic", "VexIndex", "VexKernels",
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "Prometheus", package: "swift-prometheus"),
+                           .product(name: "Logging", package: "swift-log"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
         .executableTarget(
@@ -55,6 +58,7 @@ let package = Package(
                 "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexMemory", "CMemory", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(name: "VexTestSupport", path: "Tests/VexTestSupport"),

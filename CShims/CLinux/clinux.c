@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
+#include <syslog.h>
 #include <unistd.h>
 
 const int vx_O_PATH = O_PATH;
@@ -126,3 +127,5 @@ ssize_t vx_lgetxattr(const char *path, const char *name, void *value, size_t siz
 int vx_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags) {
     return lsetxattr(path, name, value, size, flags);
 }
+
+void vx_syslog(int priority, const char *line) { syslog(priority, "%s", line); }

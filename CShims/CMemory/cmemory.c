@@ -3,7 +3,6 @@
 #include <numa.h>
 #include <pthread.h>
 #include <stdlib.h>
-#include <syslog.h>
 
 #define PAINT 0x5a17c0de5a17c0deULL
 
@@ -60,6 +59,5 @@ uintptr_t vx_stack_deepest(uintptr_t low, uintptr_t from, size_t run) {
     return deepest;
 }
 
-void vx_log_warning(const char *line) { syslog(LOG_WARNING, "%s", line); }
 
 void vx_escape(void *p) { __asm__ volatile("" : : "r"(p) : "memory"); }

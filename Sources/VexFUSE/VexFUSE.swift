@@ -57,6 +57,8 @@ public struct MountOptions: Sendable, Equatable {
     public var hnsw = HNSWParameters()
     /// Options passed on to the kernel mount (allow_other, ro, ...).
     public var kernelOptions: [String] = []
+    /// How much the daemon logs (`log_level=`): trace, debug, info (default), notice, warning, error, critical.
+    public var logLevel = "info"
 
     public init() {}
 
@@ -79,6 +81,11 @@ public struct MountOptions: Sendable, Equatable {
                 return s
             }
             switch key {
+            case "log_level":
+                guard let value, ["trace", "debug", "info", "notice", "warning", "error", "critical"].contains(value) else {
+                    throw .badValue(option)
+                }
+                logLevel = value
             case "writeback": writeback = true
             case "no_writeback": writeback = false
             case "keep_cache": keepCache = true

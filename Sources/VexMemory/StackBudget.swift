@@ -1,4 +1,5 @@
 import CMemory
+import Logging
 import Glibc
 import Synchronization
 
@@ -11,6 +12,7 @@ import Synchronization
 public final class StackBudget: @unchecked Sendable {
     /// Bytes of stack a handler may use, counted from the top of its thread's stack.
     public let budget: Int
+    private let logger = Logger(label: "vexfs")
     public let handlerNames: [String]
     private let highWater: Mutex<[Int]>
     private let excesses = Atomic<Int>(0)
@@ -72,9 +74,8 @@ public final class StackBudget: @unchecked Sendable {
                 return true
             }
             if first {
-                let line = "vexfs: handler \(handlerNames[handler]) used \(depth) bytes of stack, over the budget of \(budget)"
-                vx_log_warning(line)
-                _ = (line + "\n").withCString { write(2, $0, strlen($0)) }
+                let line = "handler \(handlerNames[handler]) used \(depth) bytes of stack, over the budget of \(budget)"
+                logger.warning("\(line)")
             }
         }
         // Only a new per-thread maximum reaches the shared table.

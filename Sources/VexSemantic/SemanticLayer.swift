@@ -9,6 +9,7 @@
 import CLinux
 import CoreMetrics
 import Glibc
+import Logging
 import Synchronization
 import VexIndex
 import VexKernels
@@ -104,6 +105,8 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Why the last query or option set on a query file (by inode number) was refused.
     private let queryProblems = Mutex<[UInt64: String]>([:])
     public let metrics: SemanticMetrics
+    /// Problems, recoveries and progress: the daemon's log (syslog when detached, stderr with -f).
+    let logger = Logger(label: "vexfs")
 
     struct Link: Hashable {
         let collection: UInt64
@@ -206,16 +209,13 @@ public final class SemanticLayer: @unchecked Sendable {
         reporter.withLock { r in
             guard r != nil, Int(time(nil)) - r!.last >= 2 else { return }
             r!.last = Int(time(nil))
-            r!.say("vexfs: reconciling: " + what())
+            r!.say("reconciling: " + what())
         }
     }
 
     func log(problems new: [String]) {
         guard !new.isEmpty else { return }
-        for p in new {
-            let line = "vexfs: \(p)\n"
-            _ = line.withCString { write(2, $0, strlen($0)) }
-        }
+        for p in new { logger.warning("\(p)") }
         // Kept for tests and stats, bounded: users can cause problems at will.
         problems.withLock { list in
             list.append(contentsOf: new)

@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import Logging
 import VexFUSE
 import VexKernels
 import VexSemantic
@@ -44,6 +45,18 @@ struct Mount: ParsableCommand {
             for list in options { try mountOptions.apply(list) }
         } catch { throw UserError(error.description) }
 
+        // Detached, the daemon has no terminal: its log goes to syslog (journald), as sshfs's does.
+        let level = Logger.Level(rawValue: mountOptions.logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            if foreground {
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            return SyslogLogHandler(level: level)
+        }
+        let logger = Logger(label: "vexfs")
+
         let storePath = try directory(store, role: "store")
         let mountPath = try directory(mountpoint, role: "mountpoint")
         guard storePath != mountPath, !storePath.hasPrefix(mountPath + "/"), !mountPath.hasPrefix(storePath + "/") else {
@@ -78,10 +91,8 @@ struct Mount: ParsableCommand {
             }, prepare: { factory in
                 let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.indexKind,
                                              parameters: mountOptions.hnsw, metrics: SemanticMetrics(factory: factory))
-                _ = semantic.reconcile { line in
-                    let text = line + "\n"
-                    _ = text.withCString { write(2, $0, strlen($0)) }
-                }
+                let reconciled = semantic.reconcile { line in logger.info("\(line)") }
+                logger.notice("serving \(storePath) on \(mountPath): \(reconciled.collections) collections, \(reconciled.changed) files re-read at mount, SIMD path \(kernels.path)\(kernels.usesVNNI ? " with VNNI" : "")")
                 return semantic
             })
         } catch {

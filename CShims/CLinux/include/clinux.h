@@ -54,4 +54,7 @@ int vx_lsetxattr(const char *path, const char *name, const void *value, size_t s
 /// An anonymous in-memory file holding `length` bytes of `data`, positioned at 0; -1 on failure.
 int vx_memfd_with(const char *name, const void *data, size_t length);
 
+/// One line to syslog(3) (variadic, so out of Swift's reach), never read as a format.
+void vx_syslog(int priority, const char *line);
+
 #endif

@@ -26,8 +26,6 @@ uintptr_t vx_stack_deepest(uintptr_t low, uintptr_t from, size_t run);
 /// Makes `p` escape, so a benchmark's malloc/free pair cannot be optimised away.
 void vx_escape(void *p);
 
-/// One warning line to syslog (a detached daemon has no terminal).
-void vx_log_warning(const char *line);
 
 /// Relaxed counters for per-operation figures.
 static inline void vx_counter_add(uint64_t *p, uint64_t v) { __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
