@@ -430,10 +430,10 @@ final class Collection: @unchecked Sendable {
     }
 
     /// The labels of the files that pass `admits` when a sample says they are few (at most a
-    /// twentieth of the vectors, or 4,096); nil when the graph walk is the better way.
+    /// twentieth of the vectors, or `exactScanRows`); nil when the graph walk is the better way.
     private func fewAdmitted(_ files: [(FileName, FileRecord)], total: Int, admits: (FileName) -> Bool) -> [UInt64]? {
         guard !files.isEmpty else { return [] }
-        let enough = max(4096, total / 20)
+        let enough = max(layer.exactScanRows, total / 20)
         let step = max(1, files.count / 64)
         var sampledRows = 0, admittedRows = 0
         for i in stride(from: 0, to: files.count, by: step) {

@@ -51,7 +51,7 @@ public struct QueryOptions: Equatable, Sendable {
             return
         }
         guard let decoded = String(validating: value, as: UTF8.self) else { throw .invalid("\(option.rawValue): the value is not text") }
-        let text = decoded.trimmingCharacters()
+        let text = decoded.trimmingCharacters().filter { $0 != "\n" }
         switch option {
         case .scope:
             guard let s = Scope(rawValue: text) else { throw .invalid("user.vexfs.scope must be dir or tree") }

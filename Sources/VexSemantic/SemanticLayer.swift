@@ -91,6 +91,9 @@ public final class SemanticLayer: @unchecked Sendable {
     let parameters: HNSWParameters
     /// A collection's log is folded into a snapshot past this many bytes.
     let logBound = 32 << 20
+    /// A filtered query on a graph scans the vectors that pass instead, when a sample says they are
+    /// at most this many (or a twentieth of the collection).
+    let exactScanRows: Int
     /// One thread makes every collection's log durable.
     let committer = LogCommitter()
     public let journal: Journal
@@ -137,8 +140,9 @@ public final class SemanticLayer: @unchecked Sendable {
     }
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
-                parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics()) {
+                parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096) {
         self.storeRoot = storeRoot
+        self.exactScanRows = exactScanRows
         self.metrics = metrics
         rootFD = Glibc.open(storeRoot, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
         stateRoot = storeRoot + "/.vexfs"

@@ -1,0 +1,157 @@
+import CLinux
+import Glibc
+import Testing
+import VexIndex
+import VexKernels
+@testable import VexSemantic
+
+@Suite struct QueryOptionsTests {
+    typealias Lent = SemanticLayerTests.Lent
+    static let kernels = SemanticLayerTests.kernels
+
+    @Test func optionValuesAreCheckedWithAReason() throws {
+        var o = QueryOptions()
+        try o.set(.scope, Array("tree\n".utf8))
+        try o.set(.radius, Array("0.25".utf8))
+        try o.set(.ef, Array("300".utf8))
+        try o.set(.filter, Array("name=*.vec\nuser.tag=red=blue\n\n".utf8))
+        #expect(o.scope == .tree && o.radius == 0.25 && o.ef == 300)
+        #expect(o.conditions == [.name(glob: Array("*.vec".utf8)), .attribute(name: "user.tag", value: Array("red=blue".utf8))])
+        for (option, value) in [(QueryOptions.Option.scope, "all"), (.radius, "-1"), (.radius, "nan"), (.radius, "inf"), (.ef, "0"),
+                                (.ef, "100001"), (.filter, "tag=red"), (.filter, "user.=x"), (.filter, "name="), (.filter, "user.vexfs.knn=1"),
+                                (.filter, "size>3")] {
+            #expect(throws: SemanticError.self) { try o.set(option, Array(value.utf8)) }
+        }
+        #expect(throws: SemanticError.self) { try o.set(.filter, [UInt8](repeating: 0x61, count: QueryOptions.maxFilterBytes + 1)) }
+        #expect(throws: SemanticError.self) { try o.set(.scope, [0xFF, 0xFE]) }
+        let many = (0...QueryOptions.maxConditions).map { "name=\($0)" }.joined(separator: "\n")
+        #expect(throws: SemanticError.self) { try o.set(.filter, Array(many.utf8)) }
+    }
+
+    @Test func knnNamesKAndPages() throws {
+        #expect(try SemanticLayer.knnRequest("") == (10, nil))
+        #expect(try SemanticLayer.knnRequest(".7") == (7, nil))
+        #expect(try SemanticLayer.knnRequest(".1000.from.35") == (1000, 35))
+        #expect(try SemanticLayer.knnRequest(".from.0") == (10, 0))
+        for bad in [".0", ".1001", ".5.from", ".5.from.-1", ".5.to.3", ".x"] {
+            #expect(throws: SemanticError.self) { try SemanticLayer.knnRequest(Substring(bad)) }
+        }
+        #expect(throws: SemanticError.noData) { try SemanticLayer.knnRequest("x") }
+    }
+
+    @Test func pagesAreWholeLinesThatAddUpToTheAnswer() throws {
+        var answer: [UInt8] = []
+        for i in 0..<1000 { answer += Array("\(String(repeating: "n", count: 250 + i % 700))\(i)\t0.\(i)\n".utf8) }
+        #expect(throws: SemanticError.tooBig) { try SemanticLayer.page(answer, from: nil) }
+        var joined: [UInt8] = [], line = 0, pages = 0
+        while true {
+            let page = try SemanticLayer.page(answer, from: line)
+            if page.isEmpty { break }
+            #expect(page.count <= SemanticLayer.maxAnswerBytes && page.last == 0x0A)
+            joined += page
+            line += page.filter { $0 == 0x0A }.count
+            pages += 1
+        }
+        #expect(joined == answer && pages > 5)
+        #expect(try SemanticLayer.page(Array("a\t1\n".utf8), from: nil) == Array("a\t1\n".utf8))
+    }
+
+    /// The exact answer: every file's vector against the query, with `admit` deciding who may answer.
+    func bruteForce(_ vectors: [String: [Float]], _ q: [Float], k: Int, admit: (String) -> Bool = { _ in true }) -> [String] {
+        var scored: [(name: String, d: Float)] = []
+        for (name, v) in vectors where admit(name) {
+            var d: Float = 0
+            for i in 0..<v.count { d += (v[i] - q[i]) * (v[i] - q[i]) }
+            scored.append((name, d))
+        }
+        scored.sort { $0.d < $1.d || ($0.d == $1.d && $0.name < $1.name) }
+        return scored.prefix(k).map(\.name)
+    }
+
+    @Test func filtersAnswerKOfWhatPassesOnTheGraphAndBySubset() throws {
+        let store = temporaryStore()
+        defer { removeTree(store) }
+        mkdir(store + "/c", 0o755)
+        let c = Lent(store, "c")
+        // Scans only below 100 vectors: the half walks the graph, the hundredth is scanned.
+        let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw, exactScanRows: 100)
+        var rng = SystemRandomNumberGenerator()
+        var vectors: [String: [Float]] = [:]
+        for i in 0..<3000 {
+            let v = (0..<8).map { _ in Float.random(in: -1...1, using: &rng) }
+            let name = "\(i % 2 == 0 ? "even" : "odd")\(i).vec"
+            vectors[name] = v
+            put(store + "/c/" + name, v.map { "\($0)" }.joined(separator: " "))
+            if i % 100 == 0 { _ = vx_lsetxattr(store + "/c/" + name, "user.tag", "rare", 4, 0) }
+            layer.written(c.ref, FileName(name), inode: c.inode(name))
+        }
+        let q = (0..<8).map { _ in Float.random(in: -1...1, using: &rng) }
+        put(store + "/c/q.query", q.map { "\($0)" }.joined(separator: " "))
+        // A half (the graph walk) and a hundredth (the subset scan), each against brute force.
+        try layer.setFileAttribute("user.vexfs.filter", file: c.file("q.query"), value: Array("name=even*\n".utf8))
+        try layer.setFileAttribute("user.vexfs.ef", file: c.file("q.query"), value: Array("400".utf8))
+        let half = try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", c.file("q.query"))
+        let exactHalf = bruteForce(vectors, q, k: 10) { $0.hasPrefix("even") }
+        #expect(Set(half).intersection(exactHalf).count >= 9)
+        #expect(half.allSatisfy { $0.hasPrefix("even") })
+        try layer.setFileAttribute("user.vexfs.filter", file: c.file("q.query"), value: Array("user.tag=rare".utf8))
+        let rare = try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", c.file("q.query"))
+        let names = Set(vectors.keys.filter { Int($0.drop { !$0.isNumber }.dropLast(4))! % 100 == 0 })
+        #expect(rare == bruteForce(vectors, q, k: 10) { names.contains($0) })
+        // Both at once: all must hold.
+        try layer.setFileAttribute("user.vexfs.filter", file: c.file("q.query"), value: Array("user.tag=rare\nname=odd*".utf8))
+        #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", c.file("q.query")).isEmpty)
+        // A bad value is refused, never stored, and the status says why.
+        #expect(throws: SemanticError.self) { try layer.setFileAttribute("user.vexfs.radius", file: c.file("q.query"), value: Array("far".utf8)) }
+        let status = String(decoding: try layer.fileAttribute("user.vexfs.status", file: c.file("q.query")), as: UTF8.self)
+        #expect(status.contains("user.vexfs.radius"))
+        #expect(throws: SemanticError.noData) { try layer.fileAttribute("user.vexfs.radius", file: c.file("q.query")) }
+        // Options belong to query files.
+        #expect(throws: SemanticError.self) { try layer.setFileAttribute("user.vexfs.scope", file: c.file("even0.vec"), value: Array("tree".utf8)) }
+        layer.close()
+    }
+
+    @Test func treeScopeRadiusAndRows() throws {
+        let store = temporaryStore()
+        defer { removeTree(store) }
+        for d in ["p", "p/2024", "p/2024/summer", "p/other", "p/secret"] { mkdir(store + "/" + d, 0o755) }
+        chmod(store + "/p/secret", 0o700)
+        let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels)
+        let files = [("p", "top.vec", "0 0"), ("p/2024", "a.vec", "1 0"), ("p/2024/summer", "img3.vec", "0.5 0"),
+                     ("p/other", "three.vec", "1 1 1"), ("p/secret", "s.vec", "0.1 0")]
+        for (d, name, v) in files {
+            put(store + "/\(d)/\(name)", v)
+            let lent = Lent(store, d)
+            layer.written(lent.ref, FileName(name), inode: lent.inode(name))
+        }
+        let p = Lent(store, "p")
+        put(store + "/p/q.query", "0 0")
+        #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", p.file("q.query")) == ["top.vec"])
+        try layer.setFileAttribute("user.vexfs.scope", file: p.file("q.query"), value: Array("tree".utf8))
+        #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", p.file("q.query"))
+                == ["top.vec", "secret/s.vec", "2024/summer/img3.vec", "2024/a.vec"])
+        // Another user does not see into a directory they may not enter.
+        let mallory = Requester(uid: 4242, gid: 4242)
+        #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", p.file("q.query"), as: mallory)
+                == ["top.vec", "2024/summer/img3.vec", "2024/a.vec"])
+        try layer.setFileAttribute("user.vexfs.radius", file: p.file("q.query"), value: Array("0.5".utf8))
+        #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", p.file("q.query")) == ["top.vec", "secret/s.vec", "2024/summer/img3.vec"])
+        // Two rows: two blocks, one empty line between.
+        var fvecs: [UInt8] = []
+        for row: [Float] in [[0, 0], [1, 0]] {
+            withUnsafeBytes(of: Int32(2)) { fvecs += $0 }
+            for x in row { withUnsafeBytes(of: x) { fvecs += $0 } }
+        }
+        let fd = open(store + "/p/rows.fvecs.query", O_WRONLY | O_CREAT, 0o644)
+        _ = fvecs.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        try layer.setFileAttribute("user.vexfs.scope", file: p.file("rows.fvecs.query"), value: Array("tree".utf8))
+        let text = String(decoding: try layer.fileAttribute("user.vexfs.knn.2", file: p.file("rows.fvecs.query")), as: UTF8.self)
+        var blocks: [[String]] = [[]]
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false).dropLast() {
+            if line.isEmpty { blocks.append([]) } else { blocks[blocks.count - 1].append(String(line.split(separator: "\t")[0])) }
+        }
+        #expect(blocks == [["top.vec", "secret/s.vec"], ["2024/a.vec", "2024/summer/img3.vec"]])
+        layer.close()
+    }
+}
