@@ -129,11 +129,25 @@ open(os.path.join(sys.argv[1], "q.query"), "w").write("0 0")
     assert [n for n, _ in again] == ["root0.vec", "mine0.vec"]
 
 
-def test_the_journal_and_the_state_directory_are_not_for_other_users(shared):
+def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     (shared / "x.vec").write_text("1 2")
+    (shared / "secret.vec").write_text("3 4")
+    os.chmod(shared / "secret.vec", 0o600)
+    (shared / "private").mkdir()
+    (shared / "private" / "p.vec").write_text("5 6")
+    os.chmod(shared / "private", 0o700)
+    (shared / "gone.vec").write_text("7 8")
+    (shared / "gone.vec").unlink()
+    (shared / "private" / "gone.vec").write_text("7 8")
+    (shared / "private" / "gone.vec").unlink()
+    py("import sys; open(sys.argv[1], 'w').write('9 9')", shared / "mine.vec")
     r = as_user(["cat", str(shared / ".vexfs" / "journal")])
-    assert r.returncode != 0 and "Permission denied" in r.stderr
-    assert b"x.vec" in (shared / ".vexfs" / "journal").read_bytes()
+    assert r.returncode == 0, r.stderr
+    seen = {json.loads(line)["path"] for line in r.stdout.splitlines()}
+    assert {"x.vec", "mine.vec", "gone.vec"} <= seen
+    assert not seen & {"secret.vec", "private/p.vec", "private/gone.vec"}
+    everything = {json.loads(line)["path"] for line in (shared / ".vexfs" / "journal").read_text().splitlines()}
+    assert {"x.vec", "secret.vec", "private/p.vec", "private/gone.vec", "mine.vec"} <= everything
     assert as_user(["cat", str(shared / ".vexfs" / "stats")]).returncode == 0
     assert stat.S_IMODE(os.stat(shared.store / ".vexfs").st_mode) == 0o700
 

@@ -26,8 +26,8 @@ enum VirtualNode {
         return nil
     }
 
-    /// Read-only, owned by whoever owns STORE: a directory of 0555, `stats` 0444 and `journal` 0400
-    /// (it names every user's files, so only the store's owner and root read it). A file's
+    /// Read-only, owned by whoever owns STORE: a directory of 0555, `stats` and `journal` 0444 (the
+    /// journal shows each reader only the events on paths they may read). A file's
     /// size is 0: it is opened with direct I/O, so readers read until the end of what was made.
     static func attributes(_ id: fuse_ino_t, root: stat) -> stat {
         var st = stat()
@@ -42,7 +42,7 @@ enum VirtualNode {
             st.st_mode = S_IFDIR | 0o555
             st.st_nlink = 2
         } else {
-            st.st_mode = S_IFREG | (id == journal ? 0o400 : 0o444)
+            st.st_mode = S_IFREG | 0o444
             st.st_nlink = 1
         }
         return st
@@ -133,13 +133,15 @@ extension Filesystem {
 
     /// A `.vexfs/` file, made at open, as an open file of its own.
     func openVirtual(_ req: fuse_req_t?, _ id: fuse_ino_t) throws(Errno) -> OpenFile {
-        // The kernel checks the journal's 0400 already; this holds should permissions ever be off.
-        if id == VirtualNode.journal {
-            let who = caller(req).uid
+        var bytes: [UInt8] = []
+        if id == VirtualNode.stats {
+            bytes = Array(renderStats(req).utf8)
+        } else if let semantic {
+            // Everything for root and the store's owner; anyone else sees the events on paths they may read.
+            let who = requester(req)
             let owner = try store.attributes(store.root).st_uid
-            guard who == 0 || who == owner else { throw .permissionDenied }
+            bytes = who.uid == owner ? semantic.journal.contents() : semantic.journal(visibleTo: who)
         }
-        let bytes: [UInt8] = id == VirtualNode.stats ? Array(renderStats(req).utf8) : (semantic?.journal.contents() ?? [])
         let fd = bytes.withUnsafeBytes { vx_memfd_with(id == VirtualNode.stats ? "vexfs-stats" : "vexfs-journal", $0.baseAddress, $0.count) }
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         return OpenFile(contents: fd)
