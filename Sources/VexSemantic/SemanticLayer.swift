@@ -129,10 +129,11 @@ public final class SemanticLayer: @unchecked Sendable {
     }
     /// Bounded by bytes, since K and names are the caller's to choose.
     struct AnswerCache {
-        static let maxBytes = 8 << 20
+        static let maxBytes = 16 << 20
         var table: [AnswerKey: Answer] = [:]
         var bytes = 0
         mutating func put(_ key: AnswerKey, _ answer: Answer) {
+            guard answer.bytes.count <= SemanticLayer.maxAnswerTotal else { return }
             if bytes + answer.bytes.count > AnswerCache.maxBytes || table.count >= 4096 { table.removeAll(); bytes = 0 }
             if let old = table.updateValue(answer, forKey: key) { bytes -= old.bytes.count }
             bytes += answer.bytes.count
@@ -514,6 +515,10 @@ public final class SemanticLayer: @unchecked Sendable {
         return out
     }
 
+    /// A query file answers at most this many rows, and an answer (all its pages) is at most this long.
+    public static let maxQueryRows = 1024
+    public static let maxAnswerTotal = 8 << 20
+
     /// A tree query walks at most this many directories.
     public static let maxTreeDirectories = 100_000
 
@@ -569,6 +574,7 @@ public final class SemanticLayer: @unchecked Sendable {
             return cached.bytes
         }
         guard case .success(let vectors)? = vectors(of: file) else { throw .noData }
+        guard vectors.rows <= SemanticLayer.maxQueryRows else { throw .invalid("a query file holds at most \(SemanticLayer.maxQueryRows) rows") }
         // Every collection searched must rank by the same distance: the query directory's, else the
         // one all candidates below share.
         var dimension = vectors.dimension
@@ -606,6 +612,7 @@ public final class SemanticLayer: @unchecked Sendable {
             }
             if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
             for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
+            guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
         }
         answers.withLock { $0.put(key, Answer(collection: file.dir.key, signature: signature, bytes: out)) }
         clock_gettime(CLOCK_MONOTONIC, &t1)

@@ -155,3 +155,38 @@ import VexKernels
         layer.close()
     }
 }
+
+@Suite struct JournalViewTests {
+    @Test func journalLinesGiveBackTheirPaths() {
+        let line = ArraySlice(Array("{\"time\":1.000,\"event\":\"rename\",\"path\":\"a\\\\x09b\\\"c\\u0001.vec\",\"to\":\"d/e.vec\"}\n".utf8))
+        #expect(JournalLine.string(after: "\"path\":", in: line) == Array("a\\x09b\"c\u{01}.vec".utf8))
+        #expect(JournalLine.string(after: "\"to\":", in: line) == Array("d/e.vec".utf8))
+        #expect(JournalLine.string(after: "\"none\":", in: line) == nil)
+        #expect(JournalLine.string(after: "\"path\":", in: ArraySlice(Array("{\"path\":\"cut".utf8))) == nil)
+    }
+
+    @Test func aUserSeesEventsOnlyOnPathsTheyMayRead() throws {
+        let store = temporaryStore()
+        defer { removeTree(store) }
+        chmod(store, 0o755)
+        mkdir(store + "/open", 0o755)
+        mkdir(store + "/closed", 0o700)
+        put(store + "/open/a.vec", "1 2")
+        put(store + "/closed/b.vec", "1 2")
+        put(store + "/mine.vec", "1 2")
+        chmod(store + "/mine.vec", 0o600)
+        chown(store + "/mine.vec", 4242, 4242)
+        let layer = SemanticLayer(storeRoot: store, kernels: SemanticLayerTests.kernels)
+        for path in ["open/a.vec", "closed/b.vec", "mine.vec", "open/gone.vec", "closed/gone.vec"] { layer.journal.record("create", path: path) }
+        layer.journal.record("rename", path: "open/a.vec", to: "closed/b.vec")
+        func paths(_ who: Requester) -> [String] {
+            String(decoding: layer.journal(visibleTo: who), as: UTF8.self).split(separator: "\n").map {
+                String(decoding: JournalLine.string(after: "\"path\":", in: ArraySlice(Array($0.utf8)))!, as: UTF8.self)
+            }
+        }
+        #expect(paths(Requester(uid: 4242, gid: 4242)) == ["open/a.vec", "mine.vec", "open/gone.vec"])
+        #expect(paths(Requester(uid: 4343, gid: 4343)) == ["open/a.vec", "open/gone.vec"])
+        #expect(paths(.root).count == 6)
+        layer.close()
+    }
+}
