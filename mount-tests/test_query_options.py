@@ -117,6 +117,12 @@ def test_filters_by_name_and_tag_keep_recall(make_mount):
             assert all(keep(int(n[4:7])) for n, _ in got), (condition, got)
             scores.append(recall(got, exact(names, matrix, q, 10)))
         assert np.mean(scores) >= 0.9, (condition, scores)
+    # A tag changed through the mount is seen by the next query (filters cache what they read).
+    os.setxattr(m / "c" / "q.query", "user.vexfs.filter", b"user.colour=red\nname=part00*")
+    assert {n[:11] for n, _ in knn(m / "c" / "q.query", 200)} == {"part000.npy"}
+    os.setxattr(m / "c" / "part001.npy", "user.colour", b"red")
+    os.removexattr(m / "c" / "part000.npy", "user.colour")
+    assert {n[:11] for n, _ in knn(m / "c" / "q.query", 200)} == {"part001.npy"}
 
 
 def test_radius_and_ef(mnt):

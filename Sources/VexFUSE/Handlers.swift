@@ -535,7 +535,12 @@ enum Handlers {
             }
             if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
             try fs.store.setxattr(inode, name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
-            if isVector, let semantic = fs.semantic { fs.withFile(inode) { semantic.vectorAttributeChanged($0.dir, $0.name) } }
+            if let semantic = fs.semantic, inode.fileType == S_IFREG {
+                fs.withFile(inode) { file in
+                    if isVector { semantic.vectorAttributeChanged(file.dir, file.name) }
+                    semantic.attributeChanged(file)
+                }
+            }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -602,8 +607,12 @@ enum Handlers {
                 return
             }
             try fs.store.removexattr(inode, name!)
-            if strcmp(name!, SemanticLayer.vectorAttribute) == 0, let semantic = fs.semantic {
-                fs.withFile(inode) { semantic.vectorAttributeChanged($0.dir, $0.name) }
+            if let semantic = fs.semantic, inode.fileType == S_IFREG {
+                let isVector = strcmp(name!, SemanticLayer.vectorAttribute) == 0
+                fs.withFile(inode) { file in
+                    if isVector { semantic.vectorAttributeChanged(file.dir, file.name) }
+                    semantic.attributeChanged(file)
+                }
             }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }

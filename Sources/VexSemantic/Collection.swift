@@ -252,6 +252,8 @@ final class Collection: @unchecked Sendable {
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }
         layer.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
+        if let old { forgetTags(of: old.inode) }
+        forgetTags(of: record.inode)
         s.files[name] = record
         if VectorFormat(fileName: name) == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
         published(s)
@@ -262,6 +264,7 @@ final class Collection: @unchecked Sendable {
     private func forget(_ name: FileName, _ s: inout State) {
         guard let old = s.files.removeValue(forKey: name) else { return }
         layer.noteLink(collection: key, name: name, from: old.inode, to: nil)
+        forgetTags(of: old.inode)
         release(old, &s)
         attributeCarriers.withLock { _ = $0.remove(name) }
         published(s)
@@ -391,17 +394,36 @@ final class Collection: @unchecked Sendable {
         let dir = directory
         var admitted: [FileName: Bool] = [:]
         // Whether the file `name` may answer: readable by the requester and passing every condition.
-        let admits = { (name: FileName) -> Bool in
+        let admits = { [self] (name: FileName, inode: UInt64) -> Bool in
             if let known = admitted[name] { return known }
             var ok = true
             if mustCheck { ok = StoreFiles.stat(dir, name).map { StoreFiles.isRegular($0) && requester.mayRead($0) } ?? false }
-            if ok && filtered { ok = options.admits(dir, name) }
+            if ok && filtered { ok = options.admits(name) { key, limit in tag(key, of: name, inode: inode, limit: limit) } }
             admitted[name] = ok
             return ok
         }
+        let total = index.count
+        let few = max(layer.exactScanRows, total / 20)
         let found: [Neighbor]
         do {
-            if filtered, index.index.active is HNSWIndex, let labels = fewAdmitted(files, total: index.count, admits: admits) {
+            if filtered && files.count <= Collection.judgedWhole {
+                // Every file judged now: the rows that pass are known exactly, as label ranges.
+                var ranges: [(UInt64, UInt64)] = []
+                var rows = 0
+                for (name, r) in files where admits(name, r.inode) {
+                    ranges.append((r.firstLabel, r.firstLabel + UInt64(r.rows)))
+                    rows += r.rows
+                }
+                if rows == 0 { return [] }
+                ranges.sort { $0.0 < $1.0 }
+                if rows <= few, index.index.active is HNSWIndex {
+                    let labels = ranges.flatMap { $0.0..<$0.1 }.filter { !excluded.contains($0) }
+                    found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.index.exactSearch(q, k: k, among: labels) }
+                } else {
+                    let filter = SearchFilter(accept: { label in !excluded.contains(label) && Collection.holds(ranges, label) })
+                    found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.search(q, k: k, ef: options.ef, filter: filter) }
+                }
+            } else if filtered, index.index.active is HNSWIndex, let labels = fewAdmitted(files, total: total, few: few, admits: admits) {
                 found = try query.withUnsafeBufferPointer { q throws(IndexError) in
                     try index.index.exactSearch(q, k: k, among: labels.filter { !excluded.contains($0) })
                 }
@@ -412,8 +434,8 @@ final class Collection: @unchecked Sendable {
                     filter.accept = { [self] label in
                         if excluded.count > 1 && excluded.contains(label) { return false }
                         guard mustCheck || filtered else { return true }
-                        guard let name = state.withLock({ $0.owner[label] }) else { return false }
-                        return admits(name)
+                        guard let (name, inode) = state.withLock({ s in s.owner[label].map { ($0, s.files[$0]?.inode ?? 0) } }) else { return false }
+                        return admits(name, inode)
                     }
                 }
                 found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.search(q, k: k, ef: options.ef, filter: filter) }
@@ -429,25 +451,69 @@ final class Collection: @unchecked Sendable {
         }
     }
 
-    /// The labels of the files that pass `admits` when a sample says they are few (at most a
-    /// twentieth of the vectors, or `exactScanRows`); nil when the graph walk is the better way.
-    private func fewAdmitted(_ files: [(FileName, FileRecord)], total: Int, admits: (FileName) -> Bool) -> [UInt64]? {
+    /// Up to this many files, a filtered query judges every file before it searches; past it, a
+    /// sample decides and the walk judges the files it meets.
+    static let judgedWhole = 20_000
+
+    /// Whether `label` falls in one of `ranges` (sorted, half-open, disjoint).
+    static func holds(_ ranges: [(UInt64, UInt64)], _ label: UInt64) -> Bool {
+        var lo = 0, hi = ranges.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if ranges[mid].1 <= label { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < ranges.count && ranges[lo].0 <= label
+    }
+
+    /// The labels of the files that pass `admits` when a sample says they are few (at most
+    /// `few` vectors); nil when the graph walk is the better way.
+    private func fewAdmitted(_ files: [(FileName, FileRecord)], total: Int, few: Int, admits: (FileName, UInt64) -> Bool) -> [UInt64]? {
         guard !files.isEmpty else { return [] }
-        let enough = max(layer.exactScanRows, total / 20)
         let step = max(1, files.count / 64)
         var sampledRows = 0, admittedRows = 0
         for i in stride(from: 0, to: files.count, by: step) {
             sampledRows += files[i].1.rows
-            if admits(files[i].0) { admittedRows += files[i].1.rows }
+            if admits(files[i].0, files[i].1.inode) { admittedRows += files[i].1.rows }
         }
-        guard sampledRows > 0, Double(admittedRows) / Double(sampledRows) * Double(total) <= Double(enough) else { return nil }
+        guard sampledRows > 0, Double(admittedRows) / Double(sampledRows) * Double(total) <= Double(few) else { return nil }
         var labels: [UInt64] = []
-        for (name, r) in files where admits(name) {
+        for (name, r) in files where admits(name, r.inode) {
             labels.append(contentsOf: r.firstLabel..<(r.firstLabel + UInt64(r.rows)))
             // The sample was wrong: the walk is cheaper than a long scan.
-            if labels.count > 4 * enough { return nil }
+            if labels.count > 4 * few { return nil }
         }
         return labels
+    }
+
+    // MARK: attributes for filters
+
+    /// The attributes filters have asked of indexed files, by inode number: read from the store
+    /// once, forgotten when the file is re-read or an attribute of it is set or removed through the
+    /// mount. Bounded: anyone may ask for any attribute name.
+    let tags = Mutex<[UInt64: [String: [UInt8]?]]>([:])
+    static let maxTags = 1 << 20
+
+    /// The attribute `key` of the file `name` (inode `inode`) if it holds at most `limit` bytes.
+    func tag(_ key: String, of name: FileName, inode: UInt64, limit: Int) -> [UInt8]? {
+        if let known = tags.withLock({ $0[inode]?[key] }) {
+            return known.flatMap { $0.count <= limit ? $0 : nil }
+        }
+        // Values longer than a filter can hold never match one: not kept.
+        let value = StoreFiles.attribute(directory, name, key, limit: QueryOptions.maxFilterBytes)
+        tags.withLock { table in
+            if table.count >= Collection.maxTags { table.removeAll() }
+            table[inode, default: [:]][key] = .some(value)
+        }
+        return value.flatMap { $0.count <= limit ? $0 : nil }
+    }
+
+    /// An attribute of the file `inode` changed: what filters read of it is read again.
+    func forgetTags(of inode: UInt64) { tags.withLock { _ = $0.removeValue(forKey: inode) } }
+
+    /// The same, from outside the bridge: cached answers (which filters may have shaped) go too.
+    func attributesChanged(of inode: UInt64) {
+        forgetTags(of: inode)
+        version.add(1, ordering: .releasing)
     }
 
     // MARK: catalog encoding

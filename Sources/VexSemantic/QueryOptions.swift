@@ -104,9 +104,9 @@ public struct QueryOptions: Equatable, Sendable {
         return options
     }
 
-    /// Whether the file `name` in `dir` passes every condition. Attribute conditions read the file's
-    /// attribute through `dir`, never following a symlink.
-    func admits(_ dir: Int32, _ name: FileName) -> Bool {
+    /// Whether the file `name` passes every condition; `attribute(NAME, LIMIT)` gives the file's
+    /// attribute NAME if it holds at most LIMIT bytes (nil when it has none or a longer one).
+    func admits(_ name: FileName, attribute: (String, Int) -> [UInt8]?) -> Bool {
         for condition in conditions {
             switch condition {
             case .name(let glob):
@@ -116,10 +116,13 @@ public struct QueryOptions: Equatable, Sendable {
                     }
                 }
                 if !matched { return false }
-            case .attribute(let attribute, let value):
-                guard StoreFiles.attribute(dir, name, attribute, limit: value.count) == value else { return false }
+            case .attribute(let key, let value):
+                guard attribute(key, value.count) == value else { return false }
             }
         }
         return true
     }
+
+    /// Whether any condition reads an attribute (those cost a look at the file, or at the cache).
+    var readsAttributes: Bool { conditions.contains { if case .attribute = $0 { true } else { false } } }
 }

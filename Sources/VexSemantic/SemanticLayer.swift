@@ -291,6 +291,16 @@ public final class SemanticLayer: @unchecked Sendable {
         if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
     }
 
+    /// An attribute of `file` was set or removed: filters read it again, in every
+    /// collection the file is indexed in (hard links share attributes).
+    public func attributeChanged(_ file: FileRef) {
+        guard let inode = inodeNumber(file.fd) else { return }
+        let dir = file.dir
+        existing(dir.key)?.attributesChanged(of: inode)
+        let others = links.withLock { $0[inode] ?? [] }
+        for link in others where link.collection != dir.key { existing(link.collection)?.attributesChanged(of: inode) }
+    }
+
     /// A file moved: its vectors leave the old collection and join the new one (the target's old
     /// vectors, if it replaced a file, are replaced). With `exchange`, both names are refreshed.
     public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
