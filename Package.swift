@@ -2,7 +2,8 @@
 import PackageDescription
 
 // Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore, VexMemory, VexSemantic; VexSemantic ->
-// VexIndex -> VexKernels hold the vectors and know nothing of FUSE.
+// VexIndex -> VexKernels hold the vectors and know nothing of FUSE; VexSemantic -> VexEmbed turns text
+// into vectors through an HTTP endpoint and knows nothing of files.
 // CShims holds the C: the FUSE bridge (CFuse), Linux calls (CLinux), the SIMD kernels (CKernels),
 // LZ4 and CRC-32C (CCompress), libnuma and stack probing (CMemory).
 let package = Package(
@@ -20,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         .target(
@@ -34,7 +36,10 @@ let package = Package(
         .target(name: "CCompress", path: "CShims/CCompress", cSettings: [.unsafeFlags(["-O2"])],
                 linkerSettings: [.linkedLibrary("lz4")]),
         .target(name: "VexIndex", dependencies: ["VexKernels", "CKernels", "CCompress"]),
-        .target(name: "VexSemantic", dependencies: ["VexIndex", "VexKernels", "CCompress", "CLinux",
+        .target(name: "VexEmbed", dependencies: [.product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                .product(name: "CoreMetrics", package: "swift-metrics"),
+                                                .product(name: "Logging", package: "swift-log")]),
+        .target(name: "VexSemantic", dependencies: ["VexIndex", "VexKernels", "VexEmbed", "CCompress", "CLinux",
                                                    .product(name: "CoreMetrics", package: "swift-metrics"),
                                                    .product(name: "Logging", package: "swift-log")]),
         .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
@@ -55,7 +60,7 @@ let package = Package(
         .executableTarget(
             name: "vexfs",
             dependencies: [
-                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexMemory", "CMemory", "CLinux",
+                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexEmbed", "VexMemory", "CMemory", "CLinux",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -66,6 +71,7 @@ let package = Package(
         .testTarget(name: "VexIndexTests", dependencies: ["VexIndex", "VexKernels", "VexTestSupport"]),
         .testTarget(name: "VexSemanticTests", dependencies: ["VexSemantic", "VexIndex", "VexKernels",
                                                          .product(name: "MetricsTestKit", package: "swift-metrics")]),
+        .testTarget(name: "VexEmbedTests", dependencies: ["VexEmbed"]),
         .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory", "VexTestSupport"]),
         .testTarget(name: "VexStoreTests", dependencies: ["VexStore"]),
         .testTarget(name: "VexFUSETests", dependencies: ["VexFUSE"]),

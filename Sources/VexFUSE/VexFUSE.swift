@@ -59,6 +59,12 @@ public struct MountOptions: Sendable, Equatable {
     public var kernelOptions: [String] = []
     /// How much the daemon logs (`log_level=`): trace, debug, info (default), notice, warning, error, critical.
     public var logLevel = "info"
+    /// An OpenAI-compatible embeddings endpoint (`embedder=URL`), the models sent for documents and
+    /// queries, and the longest passage in characters.
+    public var embedder: String?
+    public var embedModel = ""
+    public var embedQueryModel: String?
+    public var embedChunk = 2000
 
     public init() {}
 
@@ -86,6 +92,15 @@ public struct MountOptions: Sendable, Equatable {
                     throw .badValue(option)
                 }
                 logLevel = value
+            case "embedder":
+                guard let value, value.hasPrefix("http://") || value.hasPrefix("https://"), value.count <= 2048 else { throw .badValue(option) }
+                embedder = value
+            case "embed_model", "embed_query_model":
+                guard let value, !value.isEmpty, value.count <= 256 else { throw .badValue(option) }
+                if key == "embed_model" { embedModel = value } else { embedQueryModel = value }
+            case "embed_chunk":
+                guard let value, let n = Int(value), n >= 16, n <= 1_000_000 else { throw .badValue(option) }
+                embedChunk = n
             case "writeback": writeback = true
             case "no_writeback": writeback = false
             case "keep_cache": keepCache = true

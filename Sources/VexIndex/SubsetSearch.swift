@@ -10,12 +10,9 @@ extension AdaptiveIndex {
         let q = UnsafeMutablePointer<Float>.allocate(capacity: dimension)
         defer { q.deallocate() }
         metric.prepare(query, into: q, kernels: kernels)
-        let now = active
-        let lookup: (UInt64) -> [Float]? = if let flat = now as? FlatIndex { flat.vector(of:) }
-            else if let graph = now as? HNSWIndex { graph.vector(of:) } else { { _ in nil } }
         var best = TopK(k: k)
         for label in labels {
-            guard let v = lookup(label) else { continue }
+            guard let v = vector(of: label) else { continue }
             let raw = v.withUnsafeBufferPointer { v in
                 metric == .l2 ? kernels.l2Squared(q, v.baseAddress!, dimension) : -kernels.dot(q, v.baseAddress!, dimension)
             }
@@ -24,5 +21,15 @@ extension AdaptiveIndex {
         return best.sorted().map { n in
             Neighbor(label: n.label, distance: metric.userDistance(metric == .l2 ? n.distance : -n.distance))
         }
+    }
+}
+
+extension AdaptiveIndex {
+    /// The stored vector of `label` (normalised for cosine), from whichever index is in use.
+    public func vector(of label: UInt64) -> [Float]? {
+        let now = active
+        if let flat = now as? FlatIndex { return flat.vector(of: label) }
+        if let graph = now as? HNSWIndex { return graph.vector(of: label) }
+        return nil
     }
 }

@@ -1,6 +1,7 @@
 import CLinux
 import Glibc
 import Synchronization
+import VexEmbed
 import VexIndex
 import VexKernels
 
@@ -14,6 +15,8 @@ struct FileRecord: Equatable, Sendable {
     var firstLabel: UInt64
     var rows: Int
     var status: String
+    /// A text file's passages, as byte ranges (start, end) of the file; empty for vector files.
+    var passages: [Range<Int>] = []
 
     func sameSignature(_ st: stat) -> Bool {
         inode == UInt64(st.st_ino) && size == Int64(st.st_size) && mtime == nanoseconds(st.st_mtim) && ctime == nanoseconds(st.st_ctim)
@@ -27,6 +30,7 @@ func nanoseconds(_ t: timespec) -> Int64 { Int64(t.tv_sec) * 1_000_000_000 + Int
 enum DirectorySetting: String {
     case dimension = "user.vexfs.dim"
     case metric = "user.vexfs.metric"
+    case embed = "user.vexfs.embed"
 }
 
 /// A collection setting with its value, checked: the one place a setting's bytes become a value,
@@ -34,6 +38,8 @@ enum DirectorySetting: String {
 public enum Setting: Equatable, Sendable {
     case dimension(Int)
     case metric(Metric)
+    /// Which files are text to embed: globs on the base name (empty: none).
+    case embed([String])
 
     /// Values are short; longer ones are refused.
     static let maxValueBytes = 64
@@ -42,7 +48,7 @@ public enum Setting: Equatable, Sendable {
     /// is not a setting or not a good value.
     public static func parse(_ attribute: String, _ value: [UInt8]) throws(SemanticError) -> Setting {
         guard let setting = DirectorySetting(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set") }
-        guard value.count <= maxValueBytes else { throw .invalid("\(attribute): the value is too long") }
+        guard value.count <= (setting == .embed ? 1024 : maxValueBytes) else { throw .invalid("\(attribute): the value is too long") }
         guard let decoded = String(validating: value, as: UTF8.self) else { throw .invalid("\(attribute): the value is not text") }
         let text = decoded.trimmingCharacters().filter { $0 != "\n" }
         switch setting {
@@ -54,6 +60,10 @@ public enum Setting: Equatable, Sendable {
                 throw .invalid("dim must be a whole number from 1 to \(VectorParser.maxDimension)")
             }
             return .dimension(d)
+        case .embed:
+            let globs = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
+            guard globs.count <= 64, !globs.contains(where: { $0.contains("/") }) else { throw .invalid("embed is up to 64 globs on file names, separated by spaces") }
+            return .embed(globs)
         }
     }
 
@@ -62,6 +72,7 @@ public enum Setting: Equatable, Sendable {
         switch self {
         case .dimension(let d): String(d)
         case .metric(let m): m.rawValue
+        case .embed(let globs): globs.joined(separator: " ")
         }
     }
 }
@@ -94,6 +105,12 @@ final class Collection: @unchecked Sendable {
         var files: [FileName: FileRecord] = [:]
         var owner: [UInt64: FileName] = [:]
         var nextLabel: UInt64 = 1
+        /// Which files are text (`user.vexfs.embed`; nil: the mount's default).
+        var embedGlobs: [String]?
+        /// Text files waiting for their vectors, by the token of the newest request.
+        var embedding: [FileName: UInt64] = [:]
+        /// Requests made under the lock, sent after it (sending may wait for room in the queue).
+        var outbox: [(FileName, UInt64, [String])] = []
     }
 
     /// Takes over `directory`, a descriptor of the collection's directory.
@@ -118,10 +135,11 @@ final class Collection: @unchecked Sendable {
     /// here: a collection first met by a FUSE request must not index a directory inside it.
     /// `files` is the directory's listing when the caller has just made it.
     func open(deferring: Bool = false, files listed: [FileName]? = nil) -> (changed: Int, problems: [String], toRead: [FileName]) {
-        state.withLock { s in
+        let result = state.withLock { s in
             let dir = directory
             if case .metric(let m)? = readSetting(dir, .metric) { s.metric = m }
             if case .dimension(let d)? = readSetting(dir, .dimension) { s.dimension = d }
+            if case .embed(let globs)? = readSetting(dir, .embed) { s.embedGlobs = globs }
             var problems: [String] = []
             if s.dimension != nil {
                 problems += openIndex(&s)
@@ -154,8 +172,9 @@ final class Collection: @unchecked Sendable {
             var toRead: [FileName] = []
             for name in listed ?? StoreFiles.entries(dir).files {
                 seen.insert(name)
-                if let r = s.files[name], let st = StoreFiles.stat(dir, name), r.sameSignature(st) { continue }
-                if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir, name) || s.files[name] != nil {
+                // A text file whose vectors never came (the endpoint was away) is asked for again.
+                if let r = s.files[name], let st = StoreFiles.stat(dir, name), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
+                if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir, name) || s.files[name] != nil || isText(name, s) {
                     if deferring { toRead.append(name) } else { refresh(name, &s) }
                     changed += 1
                     layer.progressed("\(shown(s)): \(changed) files read again")
@@ -166,6 +185,8 @@ final class Collection: @unchecked Sendable {
             published(s)
             return (changed, problems, toRead)
         }
+        sendOutbox()
+        return result
     }
 
     private func openIndex(_ s: inout State) -> [String] {
@@ -193,6 +214,101 @@ final class Collection: @unchecked Sendable {
             }
             if let index = s.index, index.logSize > layer.logBound { checkpoint(&s) }
         }
+        sendOutbox()
+    }
+
+    /// Sends the embedding requests made under the lock; one refused (the endpoint is away and the
+    /// queue full) says so in its file's status, and the file is asked for again at its next write
+    /// or at the next mount.
+    func sendOutbox() {
+        let requests = state.withLock { s in
+            defer { s.outbox.removeAll() }
+            return s.outbox
+        }
+        guard let queue = layer.embedQueue else { return }
+        for (name, token, texts) in requests where !queue.submit(Bridge.Key(collection: key, name: name), token: token, texts: texts) {
+            state.withLock { s in
+                guard s.embedding[name] == token, var r = s.files[name] else { return }
+                r.status = "not indexed: embedder unreachable and \(queue.backlogBound) texts already wait: read again at the next write or mount"
+                s.files[name] = r
+                s.embedding[name] = nil
+            }
+        }
+    }
+
+    /// Whether `name` is a text file to embed here.
+    func isText(_ name: FileName, _ s: borrowing State) -> Bool {
+        guard layer.embedQueue != nil, !name.hasSuffix(".query"), VectorFormat(fileName: name) == nil else { return false }
+        let globs = s.embedGlobs ?? SemanticLayer.defaultEmbedGlobs
+        return name.withCString { n in globs.contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
+    }
+
+    /// A text file as it is now: cut into passages and sent to be embedded (its vectors arrive in
+    /// `embedded`); until then it holds none, and its status says so.
+    private func readText(_ name: FileName, _ st: stat, _ record: inout FileRecord, _ s: inout State) {
+        let text: [UInt8]
+        switch StoreFiles.read(directory, name, limit: SemanticLayer.maxTextBytes) {
+        case .failure(let e):
+            record.status = "not indexed: \(e)"
+            return
+        case .success(let bytes): text = bytes
+        }
+        guard String(validating: text, as: UTF8.self) != nil, !text.contains(0) else {
+            record.status = "not indexed: not UTF-8 text"
+            return
+        }
+        let ranges = Passages.split(text, limit: layer.embedChunk)
+        guard !ranges.isEmpty else {
+            record.status = "not indexed: no text"
+            return
+        }
+        record.passages = ranges
+        record.status = "not indexed yet: \(ranges.count == 1 ? "1 passage" : "\(ranges.count) passages") waiting for the embedder"
+        let token = layer.embedTokens.add(1, ordering: .relaxed).newValue
+        s.embedding[name] = token
+        s.outbox.append((name, token, ranges.map { String(decoding: text[$0], as: UTF8.self) }))
+    }
+
+    /// The vectors (or the failure) of the embedding request `token` for `name`: applied if the
+    /// request is still the newest for the file and the file has not changed since it was read.
+    func embedded(_ name: FileName, token: UInt64, _ result: Result<[[Float]], EmbedError>) {
+        state.withLock { s in
+            guard s.embedding[name] == token, var record = s.files[name] else { return }
+            switch result {
+            case .failure(let e):
+                record.status = "not indexed: \(e) (retrying)"
+                s.files[name] = record
+                return
+            case .success(let vectors):
+                s.embedding[name] = nil
+                guard let st = StoreFiles.stat(directory, name), record.sameSignature(st) else { return }
+                let d = vectors[0].count
+                if s.dimension == nil, d <= VectorParser.maxDimension {
+                    s.dimension = d
+                    writeSetting(directory, .dimension(d))
+                    layer.log(problems: openIndex(&s))
+                }
+                guard d == s.dimension, let index = s.index, vectors.count == record.passages.count else {
+                    record.status = "not indexed: the embedder gives \(d) numbers, the collection's dimension is \(s.dimension ?? 0)"
+                    s.files[name] = record
+                    published(s)
+                    return
+                }
+                record.firstLabel = s.nextLabel
+                s.nextLabel += UInt64(vectors.count)
+                record.rows = vectors.count
+                for (i, v) in vectors.enumerated() {
+                    let label = record.firstLabel + UInt64(i)
+                    try? index.insert(label: label, vector: v)
+                    s.owner[label] = name
+                }
+                record.status = vectors.count == 1 ? "indexed" : "indexed: \(vectors.count) passages"
+                s.files[name] = record
+                published(s)
+                layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+                if index.logSize > layer.logBound { checkpoint(&s) }
+            }
+        }
     }
 
     /// Makes the index agree with the file `name` as it is now.
@@ -204,6 +320,18 @@ final class Collection: @unchecked Sendable {
         if let r = s.files[name], r.sameSignature(st) { return }
         var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
                                 ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
+        if StoreFiles.isRegular(st) && isText(name, s) {
+            let old = s.files[name]
+            release(old, &s)
+            s.embedding[name] = nil
+            readText(name, st, &record, &s)
+            layer.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
+            if let old { forgetTags(of: old.inode) }
+            forgetTags(of: record.inode)
+            s.files[name] = record
+            published(s)
+            return
+        }
         let parsed: Result<ParsedVectors, FormatError>?
         if StoreFiles.isRegular(st) {
             let dir = directory
@@ -263,6 +391,7 @@ final class Collection: @unchecked Sendable {
     /// Removes `name` and its vectors.
     private func forget(_ name: FileName, _ s: inout State) {
         guard let old = s.files.removeValue(forKey: name) else { return }
+        s.embedding[name] = nil
         layer.noteLink(collection: key, name: name, from: old.inode, to: nil)
         forgetTags(of: old.inode)
         release(old, &s)
@@ -312,12 +441,18 @@ final class Collection: @unchecked Sendable {
 
     /// Changes the metric (re-indexing every file) or the dimension (only while nothing is indexed).
     func change(_ setting: Setting) throws(SemanticError) {
+        defer { sendOutbox() }
         try state.withLock { (s) throws(SemanticError) in
             switch setting {
             case .metric(let metric):
                 writeSetting(directory, setting)
                 guard metric != s.metric else { return }
                 s.metric = metric
+                rebuild(&s)
+            case .embed(let globs):
+                writeSetting(directory, setting)
+                guard globs != s.embedGlobs else { return }
+                s.embedGlobs = globs
                 rebuild(&s)
             case .dimension(let d):
                 guard d != s.dimension else { return }
@@ -335,7 +470,7 @@ final class Collection: @unchecked Sendable {
         s.index = nil
         removeTree(indexDirectory)
         layer.log(problems: openIndex(&s))
-        let names = Array(s.files.keys)
+        let names = Array(Set(s.files.keys).union(StoreFiles.entries(directory).files.filter { isText($0, s) }))
         dropLinks(s)
         s.files = [:]
         s.owner = [:]
@@ -361,6 +496,20 @@ final class Collection: @unchecked Sendable {
     }
 
     func record(of name: FileName) -> FileRecord? { state.withLock { $0.files[name] } }
+
+    /// The vectors the index holds for the text file `name` (the file `inode`), one per passage:
+    /// a text file is asked about by what it was embedded as, never by embedding it again.
+    func storedVectors(of name: FileName, inode: UInt64) -> ParsedVectors? {
+        state.withLock { s in
+            guard let r = s.files[name], r.inode == inode, r.rows > 0, !r.passages.isEmpty, let index = s.index, let d = s.dimension else { return nil }
+            var values: [Float] = []
+            for label in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) {
+                guard let v = index.index.vector(of: label) else { return nil }
+                values += v
+            }
+            return ParsedVectors(dimension: d, values: values)
+        }
+    }
     var dimension: Int? { state.withLock { $0.dimension } }
 
     /// One answer of `nearest`: the file, the row within it when it holds several, the distance.
@@ -520,10 +669,12 @@ final class Collection: @unchecked Sendable {
 
     static func encode(_ files: [FileName: FileRecord], nextLabel: UInt64) -> [UInt8] {
         var w = ByteWriter()
-        w.put(UInt32(1)); w.put(nextLabel); w.put(UInt64(files.count))
+        w.put(UInt32(2)); w.put(nextLabel); w.put(UInt64(files.count))
         for (name, r) in files.sorted(by: { $0.key < $1.key }) {
             w.put(UInt32(name.bytes.count)); w.bytes.append(contentsOf: name.bytes); w.put(r.inode); w.put(r.size); w.put(r.mtime); w.put(r.ctime)
             w.put(r.firstLabel); w.put(UInt64(r.rows)); w.put(r.status)
+            w.put(UInt32(r.passages.count))
+            for p in r.passages { w.put(UInt64(p.lowerBound)); w.put(UInt64(p.upperBound)) }
         }
         return w.bytes
     }
@@ -531,15 +682,25 @@ final class Collection: @unchecked Sendable {
     static func decode(_ bytes: [UInt8]) -> ([FileName: FileRecord], UInt64)? {
         var r = ByteReader(bytes)
         do {
-            guard try r.get(UInt32.self) == 1 else { return nil }
+            let version = try r.get(UInt32.self)
+            guard version == 1 || version == 2 else { return nil }
             let next = try r.get(UInt64.self), count = try r.get(UInt64.self)
             guard count < 1 << 32 else { return nil }
             var files: [FileName: FileRecord] = [:]
             for _ in 0..<count {
                 let name = FileName(try r.getBytes())
-                files[name] = FileRecord(inode: try r.get(UInt64.self), size: try r.get(Int64.self), mtime: try r.get(Int64.self),
-                                         ctime: try r.get(Int64.self), firstLabel: try r.get(UInt64.self),
-                                         rows: Int(try r.get(UInt64.self)), status: try r.getString())
+                var record = FileRecord(inode: try r.get(UInt64.self), size: try r.get(Int64.self), mtime: try r.get(Int64.self),
+                                        ctime: try r.get(Int64.self), firstLabel: try r.get(UInt64.self),
+                                        rows: Int(try r.get(UInt64.self)), status: try r.getString())
+                if version == 2 {
+                    let n = try r.get(UInt32.self)
+                    for _ in 0..<n {
+                        let start = Int(try r.get(UInt64.self)), end = Int(try r.get(UInt64.self))
+                        guard start <= end else { return nil }
+                        record.passages.append(start..<end)
+                    }
+                }
+                files[name] = record
             }
             return (files, next)
         } catch { return nil }
@@ -566,6 +727,7 @@ func writeSetting(_ dir: Int32, _ setting: Setting) {
     let attribute: DirectorySetting = switch setting {
     case .dimension: .dimension
     case .metric: .metric
+    case .embed: .embed
     }
     StoreFiles.setAttribute(opath: dir, attribute.rawValue, setting.text)
 }

@@ -11,6 +11,7 @@ import CoreMetrics
 import Glibc
 import Logging
 import Synchronization
+import VexEmbed
 import VexIndex
 import VexKernels
 
@@ -54,6 +55,8 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
     case range
     /// The answer is longer than one attribute value can be (read it by pages).
     case tooBig
+    /// A question in words, and the embedder cannot turn it into a vector now.
+    case embedder(String)
 
     public var errno: Int32 {
         switch self {
@@ -62,13 +65,14 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .busy: ENOTEMPTY
         case .range: ERANGE
         case .tooBig: E2BIG
+        case .embedder: EHOSTDOWN
         }
     }
 
     public var description: String {
         switch self {
         case .noData: "no such attribute"
-        case .invalid(let s), .busy(let s): s
+        case .invalid(let s), .busy(let s), .embedder(let s): s
         case .range: "the buffer is too small"
         case .tooBig: "the answer is longer than 64 KiB: read it by pages (knn.K.from.LINE)"
         }
@@ -94,6 +98,18 @@ public final class SemanticLayer: @unchecked Sendable {
     /// A filtered query on a graph scans the vectors that pass instead, when a sample says they are
     /// at most this many (or a twentieth of the collection).
     let exactScanRows: Int
+    /// Text files become vectors through this endpoint's queue (nil: no embedder configured).
+    let embedQueue: EmbedQueue<Bridge.Key>?
+    let embedClient: EmbeddingClient?
+    /// Characters a passage holds at most.
+    let embedChunk: Int
+    /// Numbers each embedding request, so a late answer for an older version of a file is dropped.
+    let embedTokens = Atomic<UInt64>(0)
+    /// Which files are text when a collection does not say (`user.vexfs.embed`).
+    public static let defaultEmbedGlobs = ["*.txt", "*.md"]
+    /// Text files larger than this are not embedded; a text query at most this long.
+    public static let maxTextBytes = 16 << 20
+    public static let maxTextQueryBytes = 64 << 10
     /// One thread makes every collection's log durable.
     let committer = LogCommitter()
     public let journal: Journal
@@ -141,9 +157,20 @@ public final class SemanticLayer: @unchecked Sendable {
     }
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
-                parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096) {
+                parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
+                embedder: EmbedderConfiguration? = nil) {
         self.storeRoot = storeRoot
         self.exactScanRows = exactScanRows
+        embedChunk = embedder?.chunk ?? 2000
+        let client = embedder.map { EmbeddingClient($0) }
+        embedClient = client
+        // The queue answers back through `embedded`, which needs `self`: a weak box breaks the cycle.
+        let back = WeakLayer()
+        embedQueue = client.map { c in
+            EmbedQueue<Bridge.Key>.start(client: c, metrics: metrics.embed) { key, token, result in
+                back.layer?.existing(key.collection)?.embedded(key.name, token: token, result)
+            }
+        }
         self.metrics = metrics
         rootFD = Glibc.open(storeRoot, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
         stateRoot = storeRoot + "/.vexfs"
@@ -154,7 +181,10 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
         bridge = Bridge(counters: metrics.bridge) { [unowned self] events in self.apply(events) }
+        back.layer = self
     }
+
+    final class WeakLayer: @unchecked Sendable { weak var layer: SemanticLayer? }
 
     deinit { if rootFD >= 0 { Glibc.close(rootFD) } }
 
@@ -199,6 +229,9 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Applies what is pending, snapshots every index with its catalog, and flushes the journal.
     public func close() {
         bridge.stop()
+        // Waiting texts are dropped: their files are asked for again at the next mount.
+        embedQueue?.stop()
+        embedClient?.shutdown()
         for c in collections.withLock({ Array($0.values) }) { c.close() }
         journal.flush()
     }
@@ -436,6 +469,12 @@ public final class SemanticLayer: @unchecked Sendable {
         case "dim":
             guard case .success(let v)? = vectors(of: file) else { throw .noData }
             return Array(String(v.dimension).utf8)
+        case "passages":
+            bridge.settle(file.dir.key)
+            guard let r = existing(file.dir.key)?.record(of: file.name), !r.passages.isEmpty else { throw .noData }
+            var out = ""
+            for (i, p) in r.passages.enumerated() { out += "\(i)\t\(p.lowerBound)\t\(p.upperBound)\n" }
+            return Array(out.utf8)
         default:
             throw .noData
         }
@@ -453,6 +492,10 @@ public final class SemanticLayer: @unchecked Sendable {
         case "metric": return Array((summary?.metric ?? .l2).rawValue.utf8)
         case "count": return Array(String(summary?.count ?? 0).utf8)
         case "index": return Array((summary?.index ?? "none (no vectors yet)").utf8)
+        case "embed":
+            guard embedQueue != nil else { throw .noData }
+            if case .embed(let globs)? = readSetting(dir.fd, .embed) { return Array(globs.joined(separator: " ").utf8) }
+            return Array(SemanticLayer.defaultEmbedGlobs.joined(separator: " ").utf8)
         default: throw .noData
         }
     }
@@ -542,6 +585,7 @@ public final class SemanticLayer: @unchecked Sendable {
             return try SemanticLayer.page(answer, from: from)
         } catch {
             if case .invalid(let why) = error { noteQueryProblem(inode, why) }
+            if case .embedder(let why) = error { noteQueryProblem(inode, why) }
             throw error
         }
     }
@@ -583,7 +627,16 @@ public final class SemanticLayer: @unchecked Sendable {
             metrics.cached.increment()
             return cached.bytes
         }
-        guard case .success(let vectors)? = vectors(of: file) else { throw .noData }
+        let vectors: ParsedVectors
+        if let words = try words(of: file) {
+            vectors = words
+        } else if case .success(let v)? = self.vectors(of: file) {
+            vectors = v
+        } else if let stored = existing(file.dir.key)?.storedVectors(of: file.name, inode: UInt64(st.st_ino)) {
+            vectors = stored
+        } else {
+            throw .noData
+        }
         guard vectors.rows <= SemanticLayer.maxQueryRows else { throw .invalid("a query file holds at most \(SemanticLayer.maxQueryRows) rows") }
         // Every collection searched must rank by the same distance: the query directory's, else the
         // one all candidates below share.
@@ -632,6 +685,28 @@ public final class SemanticLayer: @unchecked Sendable {
         if vectors.rows > 1 { detail["rows"] = String(vectors.rows) }
         journal.record("query", path: file.dir.child(file.name).escaped, detail: detail)
         return out
+    }
+
+    /// A bare `.query` file that holds words rather than numbers, as a vector of the query model;
+    /// nil for numbers (or with no embedder). The one FUSE request that waits on the network.
+    func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
+        guard let client = embedClient, file.name.hasSuffix(".query"), VectorFormat(fileName: file.name.dropLast(6)) == nil,
+              case .success(let bytes) = StoreFiles.read(opath: file.fd, limit: SemanticLayer.maxQueryBytes) else { return nil }
+        let sniffed = bytes.withUnsafeBytes { VectorFormat.sniff($0) }
+        guard sniffed == .raw, !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self),
+              text.unicodeScalars.contains(where: { $0.properties.isAlphabetic }) else { return nil }
+        guard bytes.count <= SemanticLayer.maxTextQueryBytes else { throw .invalid("a question in words is at most \(SemanticLayer.maxTextQueryBytes) bytes") }
+        var t0 = timespec(), t1 = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        do {
+            let v = try client.embed([text.trimmingCharacters()], query: true)[0]
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+            metrics.embed.note(texts: 1, nanoseconds: nanoseconds(t1) - nanoseconds(t0))
+            return ParsedVectors(dimension: v.count, values: v)
+        } catch {
+            metrics.embed.note(texts: 1, nanoseconds: nil)
+            throw .embedder("the question cannot be embedded: \(error)")
+        }
     }
 
     // MARK: query options
@@ -693,8 +768,10 @@ public final class SemanticMetrics: Sendable {
     let vectors: Meter
     let depth: Meter
     let journalBytes: Meter
+    let embed: EmbedMetrics
 
     public init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
+        embed = EmbedMetrics(factory: factory)
         queries = CoreMetrics.Timer(label: SemanticMetrics.queryLabel, dimensions: [], factory: factory)
         cached = Counter(label: "vexfs_query_cached_total", dimensions: [], factory: factory)
         bridge = Bridge.Counters(factory: factory)

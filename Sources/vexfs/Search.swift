@@ -15,6 +15,7 @@ struct Search: ParsableCommand {
     @Option(help: "A query vector: numbers separated by commas or blanks (repeat for several; one answer block each).")
     var vector: [String] = []
     @Option(help: "A file holding the query vectors, in any vector format (rows of a 2-D .npy, records of .fvecs).") var file: String?
+    @Option(help: "A question in words (the mount's embedder turns it into a vector).") var text: String?
     @Option(name: .short, help: "How many neighbours (1 to 1000).") var k = 10
     @Flag(help: "Search the whole tree under COLLECTION (every collection with the same dimension and metric).") var tree = false
     @Option(help: "name=GLOB or user.KEY=VALUE: only files that pass (repeat: all must hold).") var filter: [String] = []
@@ -23,7 +24,9 @@ struct Search: ParsableCommand {
     @Flag(help: "JSON: an array of {name, distance}; an array of those for several query vectors.") var json = false
 
     func validate() throws {
-        guard vector.isEmpty != (file == nil) else { throw ValidationError("give --vector (one or more) or --file, not both") }
+        guard [!vector.isEmpty, file != nil, text != nil].filter({ $0 }).count == 1 else {
+            throw ValidationError("give one of --vector (one or more), --file and --text")
+        }
         guard (1...1000).contains(k) else { throw ValidationError("-k must be from 1 to 1000") }
     }
 
@@ -38,7 +41,9 @@ struct Search: ParsableCommand {
 
         var query: [UInt8]
         var ext = ""
-        if vector.count == 1 {
+        if let text {
+            query = Array(text.utf8)
+        } else if vector.count == 1 {
             query = Array(vector[0].utf8)
         } else if !vector.isEmpty {
             // Several vectors travel as .fvecs records (a text file holds one vector).
@@ -122,7 +127,8 @@ struct Search: ParsableCommand {
             if n >= 0 { return Array(buffer[0..<n]) }
             if errno == E2BIG { return nil }
             switch errno {
-            case ENODATA: throw UserError("the query is not a vector (bad number, NaN, empty?)")
+            case ENODATA: throw UserError(text != nil ? "words need an embedder: mount with -o embedder=URL" : "the query is not a vector (bad number, NaN, empty?)")
+            case EHOSTDOWN: throw UserError(reason(path, EHOSTDOWN))
             case EINVAL: throw UserError("query refused: \(reason(path, EINVAL))")
             default: throw UserError("query failed: \(String(cString: strerror(errno)))")
             }

@@ -4,6 +4,7 @@ import ArgumentParser
 import Foundation
 import Glibc
 import Logging
+import VexEmbed
 import VexFUSE
 import VexKernels
 import VexSemantic
@@ -31,7 +32,7 @@ struct Mount: ParsableCommand {
     @Argument(help: "Where the filesystem appears.") var mountpoint: String
     @Flag(name: .short, help: "Stay in the foreground.") var foreground = false
     @Option(help: "Most FUSE worker threads (default: libfuse's).") var threads: Int?
-    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, and kernel options such as allow_other or ro.")
+    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, embedder=URL, embed_model=NAME, embed_query_model=NAME, embed_chunk=N, log_level=LEVEL, and kernel options such as allow_other or ro.")
     var options: [String] = []
 
     func run() throws {
@@ -89,8 +90,15 @@ struct Mount: ParsableCommand {
             try Session.run(store: store, mountpoint: mountPath, options: mountOptions, detached: {
                 MountLock.record(pid: getpid(), in: lock)
             }, prepare: { factory in
+                // Made here, after the fork: the HTTP client's threads would not survive it.
+                let embedder = mountOptions.embedder.map { url in
+                    var c = EmbedderConfiguration(url: url, documentModel: mountOptions.embedModel, queryModel: mountOptions.embedQueryModel,
+                                                  apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
+                    c.chunk = mountOptions.embedChunk
+                    return c
+                }
                 let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.indexKind,
-                                             parameters: mountOptions.hnsw, metrics: SemanticMetrics(factory: factory))
+                                             parameters: mountOptions.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder)
                 let reconciled = semantic.reconcile { line in logger.info("\(line)") }
                 logger.notice("serving \(storePath) on \(mountPath): \(reconciled.collections) collections, \(reconciled.changed) files re-read at mount, SIMD path \(kernels.path)\(kernels.usesVNNI ? " with VNNI" : "")")
                 return semantic

@@ -1,0 +1,242 @@
+import CoreMetrics
+import Glibc
+import Logging
+
+/// Texts waiting to become vectors, from many callers, turned into few requests by one thread. A
+/// job is one caller's texts under a key; a newer job for the same key replaces a waiting one. A
+/// request carries whole jobs up to the batch bounds (a larger job goes alone, in several requests).
+/// When a request fails, its jobs wait and are tried again after 1, 2, 4 ... 60 s, and the caller
+/// hears why at once (for a status line) and again when they finally succeed. While the endpoint
+/// answers, `submit` waits when the backlog is full (backpressure); while it does not, a job past
+/// the bound is refused, so a writer never waits on a dead endpoint.
+public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
+    public typealias Done = @Sendable (_ key: Key, _ token: UInt64, _ result: Result<[[Float]], EmbedError>) -> Void
+
+    struct Job {
+        let key: Key
+        let token: UInt64
+        let texts: [String]
+        var attempts = 0
+        var notBefore = 0.0
+    }
+
+    let client: EmbeddingClient
+    let metrics: EmbedMetrics
+    private let done: Done
+    /// Texts waiting at most.
+    public let backlogBound: Int
+    private let logger = Logger(label: "vexfs")
+
+    /// Guards everything below.
+    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
+    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var jobs: [Job] = []
+    private var waitingTexts = 0
+    private var reachable = true
+    private var stopping = false
+    private var thread = pthread_t()
+
+    private init(client: EmbeddingClient, metrics: EmbedMetrics, backlogBound: Int, done: @escaping Done) {
+        self.client = client
+        self.metrics = metrics
+        self.backlogBound = backlogBound
+        self.done = done
+        pthread_mutex_init(lock, nil)
+        pthread_cond_init(changed, nil)
+    }
+
+    /// A queue with its thread running.
+    public static func start(client: EmbeddingClient, metrics: EmbedMetrics, backlogBound: Int = 65_536, done: @escaping Done) -> EmbedQueue {
+        let q = EmbedQueue(client: client, metrics: metrics, backlogBound: backlogBound, done: done)
+        q.thread = spawn { q.run() }
+        return q
+    }
+
+    deinit {
+        pthread_mutex_destroy(lock)
+        pthread_cond_destroy(changed)
+        lock.deallocate()
+        changed.deallocate()
+    }
+
+    /// Queues `texts` under `key`; false when refused (the endpoint is away and the backlog full).
+    @discardableResult
+    public func submit(_ key: Key, token: UInt64, texts: [String]) -> Bool {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        cancelLocked(key)
+        while reachable && !stopping && waitingTexts > 0 && waitingTexts + texts.count > backlogBound {
+            pthread_cond_wait(changed, lock)
+        }
+        guard !stopping, reachable || waitingTexts + texts.count <= backlogBound else { return false }
+        jobs.append(Job(key: key, token: token, texts: texts))
+        waitingTexts += texts.count
+        pthread_cond_broadcast(changed)
+        return true
+    }
+
+    /// Forgets the waiting job of `key` (its file changed or went).
+    public func cancel(_ key: Key) {
+        pthread_mutex_lock(lock)
+        cancelLocked(key)
+        pthread_mutex_unlock(lock)
+    }
+
+    private func cancelLocked(_ key: Key) {
+        if let i = jobs.firstIndex(where: { $0.key == key }) {
+            waitingTexts -= jobs[i].texts.count
+            jobs.remove(at: i)
+            pthread_cond_broadcast(changed)
+        }
+    }
+
+    public var backlog: Int {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        return waitingTexts
+    }
+
+    /// Stops the thread; waiting jobs are dropped (their files are read again at the next mount).
+    public func stop() {
+        pthread_mutex_lock(lock)
+        stopping = true
+        pthread_cond_broadcast(changed)
+        pthread_mutex_unlock(lock)
+        pthread_join(thread, nil)
+    }
+
+    static func now() -> Double {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
+    private func run() {
+        while true {
+            // The jobs of the next request: ready ones, in order, up to the bounds.
+            pthread_mutex_lock(lock)
+            var batch: [Job] = []
+            while !stopping {
+                let now = EmbedQueue.now()
+                var texts = 0, bytes = 0
+                var taken: [Int] = []
+                for (i, job) in jobs.enumerated() where job.notBefore <= now {
+                    let size = job.texts.reduce(0) { $0 + $1.utf8.count }
+                    if !taken.isEmpty && (texts + job.texts.count > client.configuration.batchTexts || bytes + size > client.configuration.batchBytes) { break }
+                    taken.append(i)
+                    texts += job.texts.count
+                    bytes += size
+                }
+                if !taken.isEmpty {
+                    batch = taken.map { jobs[$0] }
+                    for i in taken.reversed() { jobs.remove(at: i) }
+                    break
+                }
+                // Nothing ready: sleep until the earliest retry, or until something arrives.
+                if let next = jobs.map(\.notBefore).min() {
+                    var until = timespec()
+                    clock_gettime(CLOCK_REALTIME, &until)
+                    let wait = max(0.001, next - now)
+                    let ns = Int(until.tv_nsec) + Int((wait - wait.rounded(.down)) * 1e9)
+                    until.tv_sec += Int(wait) + ns / 1_000_000_000
+                    until.tv_nsec = ns % 1_000_000_000
+                    pthread_cond_timedwait(changed, lock, &until)
+                } else {
+                    pthread_cond_wait(changed, lock)
+                }
+            }
+            let stop = stopping
+            pthread_mutex_unlock(lock)
+            if stop { return }
+            send(batch)
+        }
+    }
+
+    /// One request (or, for a job larger than a request, several) and its outcome for each job.
+    private func send(_ batch: [Job]) {
+        let texts = batch.flatMap(\.texts)
+        var vectors: [[Float]] = []
+        var failure: EmbedError?
+        var start = 0
+        while start < texts.count {
+            let end = min(texts.count, start + client.configuration.batchTexts)
+            let t0 = EmbedQueue.now()
+            metrics.requests.increment()
+            metrics.texts.increment(by: end - start)
+            do {
+                vectors += try client.embed(Array(texts[start..<end]))
+                metrics.latency.recordNanoseconds(Int64((EmbedQueue.now() - t0) * 1e9))
+            } catch {
+                failure = error
+                break
+            }
+            start = end
+        }
+        pthread_mutex_lock(lock)
+        for job in batch { waitingTexts -= job.texts.count }
+        if let failure {
+            metrics.failures.increment()
+            if reachable { logger.warning("\(failure): retrying with backoff") }
+            reachable = false
+            // Tried again later, unless a newer job for the same key arrived meanwhile.
+            for var job in batch where !jobs.contains(where: { $0.key == job.key }) {
+                job.attempts += 1
+                job.notBefore = EmbedQueue.now() + min(60, pow(2, Double(job.attempts - 1)))
+                jobs.append(job)
+                waitingTexts += job.texts.count
+                metrics.retries.increment()
+            }
+        } else {
+            if !reachable { logger.notice("the embedder answers again") }
+            reachable = true
+        }
+        pthread_cond_broadcast(changed)
+        pthread_mutex_unlock(lock)
+        if let failure {
+            for job in batch { done(job.key, job.token, .failure(failure)) }
+            return
+        }
+        var at = 0
+        for job in batch {
+            done(job.key, job.token, .success(Array(vectors[at..<(at + job.texts.count)])))
+            at += job.texts.count
+        }
+    }
+}
+
+/// What `.vexfs/stats` shows of embedding, through swift-metrics.
+public struct EmbedMetrics: Sendable {
+    public static let latencyLabel = "vexfs_embed_request_seconds"
+    let requests: Counter
+    let texts: Counter
+    let failures: Counter
+    let retries: Counter
+    let latency: CoreMetrics.Timer
+
+    /// One request made outside a queue (a text query): its texts, and its time if it succeeded.
+    public func note(texts count: Int, nanoseconds: Int64?) {
+        requests.increment()
+        texts.increment(by: count)
+        if let nanoseconds { latency.recordNanoseconds(nanoseconds) } else { failures.increment() }
+    }
+
+    public init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
+        requests = Counter(label: "vexfs_embed_requests_total", dimensions: [], factory: factory)
+        texts = Counter(label: "vexfs_embed_texts_total", dimensions: [], factory: factory)
+        failures = Counter(label: "vexfs_embed_failures_total", dimensions: [], factory: factory)
+        retries = Counter(label: "vexfs_embed_retries_total", dimensions: [], factory: factory)
+        latency = CoreMetrics.Timer(label: EmbedMetrics.latencyLabel, dimensions: [], factory: factory)
+    }
+}
+
+/// Runs `body` on a new thread (a class box carries the closure through pthread_create's pointer).
+func spawn(_ body: @escaping () -> Void) -> pthread_t {
+    final class Box { let body: () -> Void; init(_ b: @escaping () -> Void) { body = b } }
+    var thread = pthread_t()
+    let box = Unmanaged.passRetained(Box(body))
+    pthread_create(&thread, nil, { raw in
+        Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
+        return nil
+    }, box.toOpaque())
+    return thread
+}
