@@ -212,7 +212,7 @@ public final class SemanticLayer: @unchecked Sendable {
             }
             let hadIndex = indexed.remove(here.key) != nil
             let wanted = hadIndex || readSetting(fd, .dimension) != nil
-                || files.contains { VectorFormat(fileName: $0) != nil || hasVectorAttribute(fd, $0) }
+                || files.contains { VectorFormat(fileName: $0) != nil || hasVectorAttribute(fd, $0) || mayBeText(here, $0) }
             guard wanted else { continue }
             // Opened here, in full, once: `collection(_:)` would open it a second time, deferred.
             guard let (c, _) = register(here) else { continue }
@@ -295,7 +295,7 @@ public final class SemanticLayer: @unchecked Sendable {
     public func written(_ dir: DirectoryRef, _ name: FileName, inode: UInt64) {
         if name.hasSuffix(".query") { return }
         journal.record("write-close", path: dir.child(name).escaped)
-        if VectorFormat(fileName: name) != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true {
+        if VectorFormat(fileName: name) != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true || mayBeText(dir, name) {
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
         }
         let others = links.withLock { $0[inode] ?? [] }
@@ -304,11 +304,26 @@ public final class SemanticLayer: @unchecked Sendable {
         }
     }
 
+    /// Whether `name` in `dir` is a text file to embed: an embedder is configured and the name
+    /// matches the collection's `user.vexfs.embed` globs (the default ones when it has none).
+    func mayBeText(_ dir: DirectoryRef, _ name: FileName) -> Bool {
+        guard embedQueue != nil, !name.hasSuffix(".query"), VectorFormat(fileName: name) == nil else { return false }
+        let globs: [String]
+        if let c = existing(dir.key) {
+            globs = c.state.withLock { $0.embedGlobs } ?? SemanticLayer.defaultEmbedGlobs
+        } else if case .embed(let g)? = readSetting(dir.fd, .embed) {
+            globs = g
+        } else {
+            globs = SemanticLayer.defaultEmbedGlobs
+        }
+        return name.withCString { n in globs.contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
+    }
+
     /// A new name for an existing file (link(2)): it is a vector wherever its name says so.
     public func linked(_ dir: DirectoryRef, _ name: FileName) {
         journal.record("link", path: dir.child(name).escaped)
         guard !name.hasSuffix(".query") else { return }
-        if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir.fd, name), let c = collection(dir) {
+        if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir.fd, name) || mayBeText(dir, name), let c = collection(dir) {
             bridge.post(.refresh, collection: c.key, name: name)
         }
     }
@@ -339,7 +354,8 @@ public final class SemanticLayer: @unchecked Sendable {
     public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
         journal.record("rename", path: from.child(fromName).escaped, to: to.child(toName).escaped)
         if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
-        if VectorFormat(fileName: toName) != nil || existing(to.key) != nil || hasVectorAttribute(to.fd, toName), let c = collection(to) {
+        if VectorFormat(fileName: toName) != nil || existing(to.key) != nil || hasVectorAttribute(to.fd, toName) || mayBeText(to, toName),
+           let c = collection(to) {
             bridge.post(.refresh, collection: c.key, name: toName)
         }
     }
@@ -459,7 +475,7 @@ public final class SemanticLayer: @unchecked Sendable {
                 return Array("query file: never indexed".utf8)
             }
             guard let r = existing(file.dir.key)?.record(of: file.name) else {
-                if VectorFormat(fileName: file.name) == nil { throw .noData }
+                if VectorFormat(fileName: file.name) == nil && !mayBeText(file.dir, file.name) { throw .noData }
                 if let st = StoreFiles.stat(file.dir.fd, file.name), !StoreFiles.isRegular(st) {
                     return Array("not indexed: \(StoreFiles.notRegular(st))".utf8)
                 }
