@@ -10,7 +10,9 @@ import Logging
 /// answers, `submit` waits when the backlog is full (backpressure); while it does not, a job past
 /// the bound is refused, so a writer never waits on a dead endpoint.
 public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
-    public typealias Done = @Sendable (_ key: Key, _ token: UInt64, _ result: Result<[[Float]], EmbedError>) -> Void
+    /// `retrying`: a failure that will be tried again (the endpoint away, or busy); false for one it
+    /// refused for good (a 4xx about this text).
+    public typealias Done = @Sendable (_ key: Key, _ token: UInt64, _ result: Result<[[Float]], EmbedError>, _ retrying: Bool) -> Void
 
     struct Job {
         let key: Key
@@ -18,6 +20,8 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
         let texts: [String]
         var attempts = 0
         var notBefore = 0.0
+        /// Sent in a request of its own: a request with it was refused, and this finds out whose text.
+        var alone = false
     }
 
     let client: EmbeddingClient
@@ -122,7 +126,12 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
                 var taken: [Int] = []
                 for (i, job) in jobs.enumerated() where job.notBefore <= now {
                     let size = job.texts.reduce(0) { $0 + $1.utf8.count }
-                    if !taken.isEmpty && (texts + job.texts.count > client.configuration.batchTexts || bytes + size > client.configuration.batchBytes) { break }
+                    if !taken.isEmpty && (job.alone || texts + job.texts.count > client.configuration.batchTexts
+                                          || bytes + size > client.configuration.batchBytes) { break }
+                    if job.alone {
+                        taken.append(i)
+                        break
+                    }
                     taken.append(i)
                     texts += job.texts.count
                     bytes += size
@@ -174,6 +183,28 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
         }
         pthread_mutex_lock(lock)
         for job in batch { waitingTexts -= job.texts.count }
+        // Refused for what was sent (not for being busy or away): each job alone finds whose text it
+        // was, and a job refused alone is refused for good.
+        var refusedForGood = false
+        if case .refused(let status, _)? = failure, (400..<500).contains(status), status != 408, status != 429 {
+            if batch.count > 1 {
+                for var job in batch where !jobs.contains(where: { $0.key == job.key }) {
+                    job.alone = true
+                    jobs.append(job)
+                    waitingTexts += job.texts.count
+                }
+                pthread_cond_broadcast(changed)
+                pthread_mutex_unlock(lock)
+                return
+            }
+            refusedForGood = true
+        }
+        if let failure, refusedForGood {
+            metrics.failures.increment()
+            pthread_mutex_unlock(lock)
+            for job in batch { done(job.key, job.token, .failure(failure), false) }
+            return
+        }
         if let failure {
             metrics.failures.increment()
             if reachable { logger.warning("\(failure): retrying with backoff") }
@@ -193,12 +224,12 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
         pthread_cond_broadcast(changed)
         pthread_mutex_unlock(lock)
         if let failure {
-            for job in batch { done(job.key, job.token, .failure(failure)) }
+            for job in batch { done(job.key, job.token, .failure(failure), true) }
             return
         }
         var at = 0
         for job in batch {
-            done(job.key, job.token, .success(Array(vectors[at..<(at + job.texts.count)])))
+            done(job.key, job.token, .success(Array(vectors[at..<(at + job.texts.count)])), false)
             at += job.texts.count
         }
     }

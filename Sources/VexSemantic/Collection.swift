@@ -271,12 +271,13 @@ final class Collection: @unchecked Sendable {
 
     /// The vectors (or the failure) of the embedding request `token` for `name`: applied if the
     /// request is still the newest for the file and the file has not changed since it was read.
-    func embedded(_ name: FileName, token: UInt64, _ result: Result<[[Float]], EmbedError>) {
+    func embedded(_ name: FileName, token: UInt64, _ result: Result<[[Float]], EmbedError>, retrying: Bool) {
         state.withLock { s in
             guard s.embedding[name] == token, var record = s.files[name] else { return }
             switch result {
             case .failure(let e):
-                record.status = "not indexed: \(e) (retrying)"
+                record.status = "not indexed: \(e)" + (retrying ? " (retrying)" : "")
+                if !retrying { s.embedding[name] = nil }
                 s.files[name] = record
                 return
             case .success(let vectors):
@@ -317,7 +318,8 @@ final class Collection: @unchecked Sendable {
             forget(name, &s)
             return
         }
-        if let r = s.files[name], r.sameSignature(st) { return }
+        // Unchanged, unless it is a text file whose vectors never came and are not being asked for.
+        if let r = s.files[name], r.sameSignature(st), !(r.rows == 0 && !r.passages.isEmpty && s.embedding[name] == nil) { return }
         var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
                                 ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
         if StoreFiles.isRegular(st) && isText(name, s) {

@@ -167,8 +167,8 @@ public final class SemanticLayer: @unchecked Sendable {
         // The queue answers back through `embedded`, which needs `self`: a weak box breaks the cycle.
         let back = WeakLayer()
         embedQueue = client.map { c in
-            EmbedQueue<Bridge.Key>.start(client: c, metrics: metrics.embed) { key, token, result in
-                back.layer?.existing(key.collection)?.embedded(key.name, token: token, result)
+            EmbedQueue<Bridge.Key>.start(client: c, metrics: metrics.embed) { key, token, result, retrying in
+                back.layer?.existing(key.collection)?.embedded(key.name, token: token, result, retrying: retrying)
             }
         }
         self.metrics = metrics
