@@ -75,7 +75,7 @@ def options(server, *extra):
     return ("-o", ",".join([f"embedder={server.url}", "embed_model=e5-passage", "embed_query_model=e5-query", *extra]))
 
 
-def wait_indexed(paths, timeout=180):
+def wait_indexed(paths, timeout=300):
     deadline = time.time() + timeout
     while True:
         statuses = {p: os.getxattr(p, "user.vexfs.status").decode() for p in paths}
