@@ -63,6 +63,17 @@ struct vexfs_session_config {
     unsigned max_threads;
     int clone_fd;
     int killpriv_v2;    // take over dropping privileges on write, if the kernel offers (see cfuse.c)
+    int passthrough;    // let the kernel read and write open files itself, if it offers and we may
+};
+
+/// Whether the kernel reads and writes open files itself (FUSE passthrough), or why not.
+enum vexfs_passthrough {
+    VEXFS_PASSTHROUGH_ON = 0,
+    VEXFS_PASSTHROUGH_NOT_ASKED,      // -o no_passthrough
+    VEXFS_PASSTHROUGH_NOT_OFFERED,    // the kernel's INIT did not offer it
+    VEXFS_PASSTHROUGH_NO_PRIVILEGE,   // no CAP_SYS_ADMIN
+    VEXFS_PASSTHROUGH_WRITEBACK,      // -o writeback, which excludes it
+    VEXFS_PASSTHROUGH_REFUSED,        // a backing file registration failed with EPERM or the like
 };
 
 /// A session owns the libfuse session, its handler table and its config.
@@ -79,6 +90,25 @@ int vexfs_session_set_signal_handlers(vexfs_session *s);
 int vexfs_session_killpriv_v2(const vexfs_session *s);
 /// The same, from inside a request.
 int vexfs_req_killpriv_v2(fuse_req_t req);
+/// The passthrough state (a vexfs_passthrough), from inside a request; fixed from INIT on, except
+/// that it turns to REFUSED if the kernel refuses registrations.
+int vexfs_req_passthrough(fuse_req_t req);
+/// One line for the log and stats: "on", or why passthrough is off.
+const char *vexfs_passthrough_reason(int state);
+/// Records that the kernel refused a backing file with `error` (an errno): passthrough turns off for
+/// opens to come, said once in the log.
+void vexfs_req_passthrough_refused(fuse_req_t req, int error);
+/// Registers the open file `fd` as a backing file with the kernel: a backing id (> 0), or -errno.
+int vexfs_req_backing_open(fuse_req_t req, int fd);
+/// Releases a backing id; 0 or -errno.
+int vexfs_req_backing_close(fuse_req_t req, int backing_id);
+/// Answers OPEN with handle `fh`, read and written by the kernel through `backing_id`.
+int vexfs_reply_open_backing(fuse_req_t req, uint64_t fh, int backing_id);
+/// Answers CREATE with the new entry and handle `fh`, read and written through `backing_id`.
+int vexfs_reply_create_backing(fuse_req_t req, const struct fuse_entry_param *e, uint64_t fh, int backing_id);
+/// Tells the kernel that its cached attributes of `ino` are stale (a write it did not see the end of,
+/// such as through a shared mapping).
+int vexfs_req_invalidate_attributes(fuse_req_t req, fuse_ino_t ino);
 /// Runs the multi-threaded loop until unmount or a signal; returns libfuse's result.
 int vexfs_session_loop(vexfs_session *s);
 /// Unmounts (if still mounted), removes signal handlers and frees the session.
