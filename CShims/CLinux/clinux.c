@@ -13,6 +13,7 @@
 
 const int vx_O_PATH = O_PATH;
 const int vx_AT_EMPTY_PATH = AT_EMPTY_PATH;
+const int vx_O_DIRECT = O_DIRECT;
 const unsigned vx_RENAME_NOREPLACE = RENAME_NOREPLACE;
 const unsigned vx_RENAME_EXCHANGE = RENAME_EXCHANGE;
 const int vx_SEEK_DATA = SEEK_DATA;

@@ -10,14 +10,36 @@ public final class OpenFile: Sendable {
     public let inode: Inode?
     /// Whether anything was written through this handle (the index cares on close).
     public let wasWritten = Atomic<Bool>(false)
+    /// Opened for writing. Only such a handle can change the file without the daemon seeing each
+    /// write: the kernel writes through it itself under FUSE passthrough, and a shared mapping of it
+    /// writes pages straight to the file.
+    public let writable: Bool
+    /// What fstat said when the file was opened or last checked, for writable handles.
+    private let lastSeen: Mutex<Version?>
 
     private let table: InodeTable?
 
-    /// Takes over a pin of `inode`'s descriptor, released when the file is closed.
-    init(fd: Int32, inode: Inode, table: InodeTable) {
+    /// Size, modification and change time: every write moves at least one of them (ctime always,
+    /// to the nanosecond on the filesystems a store lives on).
+    struct Version: Equatable {
+        let size: Int
+        let mtime: timespec
+        let ctime: timespec
+        init(_ st: stat) { size = Int(st.st_size); mtime = st.st_mtim; ctime = st.st_ctim }
+        static func == (a: Version, b: Version) -> Bool {
+            a.size == b.size && a.mtime.tv_sec == b.mtime.tv_sec && a.mtime.tv_nsec == b.mtime.tv_nsec
+                && a.ctime.tv_sec == b.ctime.tv_sec && a.ctime.tv_nsec == b.ctime.tv_nsec
+        }
+    }
+
+    /// Takes over a pin of `inode`'s descriptor, released when the file is closed. `flags` are the
+    /// open(2) flags the handle was opened with.
+    init(fd: Int32, inode: Inode, table: InodeTable, flags: Int32) {
         self.fd = fd
         self.inode = inode
         self.table = table
+        writable = flags & O_ACCMODE != O_RDONLY
+        lastSeen = Mutex(writable ? OpenFile.version(of: fd) : nil)
     }
 
     /// Contents vexfs made itself (held in `fd`), not a file of the store.
@@ -25,6 +47,24 @@ public final class OpenFile: Sendable {
         self.fd = fd
         inode = nil
         table = nil
+        writable = false
+        lastSeen = Mutex(nil)
+    }
+
+    private static func version(of fd: Int32) -> Version? {
+        var st = stat()
+        return fstat(fd, &st) == 0 ? Version(st) : nil
+    }
+
+    /// Whether the file changed since it was opened or since the last call, by its size and times;
+    /// always false for a handle opened read-only. For the writes the daemon does not see.
+    public func changedSinceLastCheck() -> Bool {
+        guard writable else { return false }
+        let now = OpenFile.version(of: fd)
+        return lastSeen.withLock { seen in
+            defer { seen = now }
+            return now != seen
+        }
     }
 
     deinit {

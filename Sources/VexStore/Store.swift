@@ -306,7 +306,7 @@ public final class Store: Sendable {
             inodes.unpin(inode)
             throw e
         }
-        return OpenFile(fd: fd, inode: inode, table: inodes)
+        return OpenFile(fd: fd, inode: inode, table: inodes, flags: flags)
     }
 
     /// Creates and opens `name`; the new file belongs to `caller`.
@@ -335,7 +335,7 @@ public final class Store: Sendable {
                 if mode & (S_ISUID | S_ISGID) == 0 { entry.inode.knownUnprivileged.store(true, ordering: .relaxed) }
             }
             _ = try inodes.pin(entry.inode)
-            return (entry, OpenFile(fd: fd, inode: entry.inode, table: inodes))
+            return (entry, OpenFile(fd: fd, inode: entry.inode, table: inodes, flags: flags))
         } catch {
             close(fd)
             throw error

@@ -9,6 +9,7 @@
 
 extern const int vx_O_PATH;
 extern const int vx_AT_EMPTY_PATH;
+extern const int vx_O_DIRECT;
 extern const unsigned vx_RENAME_NOREPLACE;
 extern const unsigned vx_RENAME_EXCHANGE;
 extern const int vx_SEEK_DATA;
