@@ -1,4 +1,5 @@
 import CFuse
+import CLinux
 import CoreMetrics
 import Glibc
 import Prometheus
@@ -18,6 +19,8 @@ final class Filesystem: Sendable {
     let pool: BufferPool
     let stack: StackBudget
     let operations = OperationMetrics()
+    /// Which open inodes the kernel reads and writes itself, and through which backing ids.
+    let backing = BackingFiles()
     /// This mount's swift-metrics backend: what the vector layer counts, emitted by `.vexfs/stats`.
     let registry = PrometheusCollectorRegistry()
     var metricsFactory: PrometheusMetricsFactory {
@@ -124,9 +127,12 @@ final class Filesystem: Sendable {
     }
 
     /// Adjusts open flags for the writeback cache: the kernel may read to fill pages of a file opened
-    /// write-only, and it handles O_APPEND itself.
+    /// write-only, and it handles O_APPEND itself. The daemon's descriptor is never O_DIRECT: the
+    /// request buffers it writes from are not aligned as direct I/O wants (EINVAL), and the kernel
+    /// has already bypassed its own cache for a direct caller. (Under passthrough the kernel opens
+    /// its own backing file per open, with the caller's O_DIRECT.)
     func backingOpenFlags(_ flags: Int32) -> Int32 {
-        var f = flags
+        var f = flags & ~vx_O_DIRECT
         if options.writeback {
             if f & O_ACCMODE == O_WRONLY { f = (f & ~O_ACCMODE) | O_RDWR }
             f &= ~O_APPEND

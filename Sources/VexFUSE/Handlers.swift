@@ -227,9 +227,14 @@ enum Handlers {
                 if let error = dropPrivilegesIfOurs(req, file) { throw error }
                 file.wasWritten.store(true, ordering: .relaxed)  // emptied: its close must reach the index
             }
+            if let error = dropPrivilegesBeforePassthrough(req, file) { throw error }
             Filesystem.store(file, in: fi)
+            if let id = fs.backing.attach(req, file) {
+                if vexfs_reply_open_backing(req, fi!.pointee.fh, id) != 0 { closeUnanswered(req, fs, file, fi) }
+                return
+            }
             vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
-            if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
+            if fuse_reply_open(req, fi) != 0 { closeUnanswered(req, fs, file, fi) }
         } catch { reply(req, error: error) }
     }
 
@@ -247,10 +252,16 @@ enum Handlers {
                 file.wasWritten.store(true, ordering: .relaxed)
             }
             Filesystem.store(file, in: fi)
-            vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
             var ep = fs.entryParam(entry)
-            if fuse_reply_create(req, &ep, fi) != 0 {
-                Filesystem.releaseHandle(fi, as: OpenFile.self)
+            let answered: Int32
+            if let id = fs.backing.attach(req, file) {
+                answered = vexfs_reply_create_backing(req, &ep, fi!.pointee.fh, id)
+            } else {
+                vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
+                answered = fuse_reply_create(req, &ep, fi)
+            }
+            if answered != 0 {
+                closeUnanswered(req, fs, file, fi)
                 fs.store.forget(entry.inode, 1)
             }
         } catch { reply(req, error: error) }
@@ -283,18 +294,41 @@ enum Handlers {
         // If no descriptor is left for the duplicate, the close itself must still succeed.
         let file = Filesystem.handle(fi, as: OpenFile.self)
         let dup = Glibc.dup(file.fd)
-        // Indexing is posted before the answer: close(2) returns only after it, so a query that
-        // follows the close finds the change queued (and settles it first).
-        let fs = fs(req)
-        if let semantic = fs.semantic, file.wasWritten.exchange(false, ordering: .relaxed), let inode = file.inode {
-            fs.withFile(inode) { semantic.written($0.dir, $0.name, inode: inode.key.number) }
-        }
+        noticeChanges(req, fs(req), ino, file)
         reply(req, status: dup < 0 ? 0 : close(dup))
     }
 
     static func release(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        // A shared mapping outlives close(2): its writes are seen here, at the last reference.
+        let fs = fs(req), file = Filesystem.handle(fi, as: OpenFile.self)
+        noticeChanges(req, fs, ino, file)
+        fs.backing.detach(req, file)
         Filesystem.releaseHandle(fi, as: OpenFile.self)
         fuse_reply_err(req, 0)
+    }
+
+    /// Hands a changed file to the index. The daemon knows of writes it made (`wasWritten`); the
+    /// others (the kernel's, under passthrough, and a shared mapping's) show in the file's size and
+    /// times. Of those the kernel saw the end of a write(2), not of a page written through a mapping,
+    /// so it is told that its cached attributes are stale.
+    private static func noticeChanges(_ req: fuse_req_t?, _ fs: Filesystem, _ ino: fuse_ino_t, _ file: OpenFile) {
+        guard let inode = file.inode else { return }
+        let written = file.wasWritten.exchange(false, ordering: .relaxed)
+        let changed = file.changedSinceLastCheck()
+        guard written || changed else { return }
+        if changed && !written && BackingFiles.negotiated(req) { _ = vexfs_req_invalidate_attributes(req, ino) }
+        // Posted before the answer: close(2) returns only after it, so a query that follows the
+        // close finds the change queued (and settles it first).
+        if let semantic = fs.semantic {
+            fs.withFile(inode) { semantic.written($0.dir, $0.name, inode: inode.key.number) }
+        }
+    }
+
+    /// An open or create whose answer did not reach the kernel (the caller was interrupted): the
+    /// kernel will send no release, so the handle is closed here.
+    private static func closeUnanswered(_ req: fuse_req_t?, _ fs: Filesystem, _ file: OpenFile, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
+        fs.backing.detach(req, file)
+        Filesystem.releaseHandle(fi, as: OpenFile.self)
     }
 
     static func fsync(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
@@ -336,6 +370,19 @@ enum Handlers {
         let file = Filesystem.handle(fi, as: OpenFile.self)
         let pos = Glibc.lseek(file.fd, off, whence)
         if pos < 0 { fuse_reply_err(req, errno) } else { fuse_reply_lseek(req, pos) }
+    }
+
+    /// Under passthrough the kernel writes with the daemon's credentials, which keep set-id bits and
+    /// capabilities where an unprivileged writer's would drop them, and vexfs sees no write to drop
+    /// them at. So they go when an unprivileged caller opens the file for writing.
+    @inline(__always)
+    static func dropPrivilegesBeforePassthrough(_ req: fuse_req_t?, _ file: OpenFile) -> Errno? {
+        guard file.writable, let inode = file.inode, !inode.knownUnprivileged.load(ordering: .relaxed),
+              caller(req).uid != 0, BackingFiles.negotiated(req) else { return nil }
+        do throws(Errno) {
+            try fs(req).store.dropPrivileges(inode, openFile: file.fd)
+            return nil
+        } catch { return error }
     }
 
     /// Under FUSE_HANDLE_KILLPRIV_V2 the kernel no longer drops privileges when an unprivileged

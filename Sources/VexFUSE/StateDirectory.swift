@@ -119,6 +119,11 @@ extension Filesystem {
         }
         family("vexfs_fuse_killpriv_v2", "gauge", "1 when vexfs drops privileges on write itself, sparing the kernel's per-write security.capability probe.",
                [("", Int(vexfs_req_killpriv_v2(req)))])
+        let passthrough = vexfs_req_passthrough(req)
+        family("vexfs_fuse_passthrough", "gauge", "1 when the kernel reads and writes open files on the store itself (FUSE passthrough); 0 with the reason in the label.",
+               [("reason=\"\(String(cString: vexfs_passthrough_reason(passthrough)))\"", passthrough == Int32(VEXFS_PASSTHROUGH_ON.rawValue) ? 1 : 0)])
+        family("vexfs_fuse_passthrough_backing_files", "gauge", "Backing files registered with the kernel: one per file open in passthrough.",
+               [("", backing.registeredCount)])
         renderOperations(family)
         // The vector layer's figures go through swift-metrics into this mount's Prometheus registry.
         if let semantic {

@@ -15,6 +15,10 @@
 // attributes for `attr_timeout`, file content across opens when `keep_cache` is set, and with the
 // writeback cache (`-o writeback`) it also buffers writes and owns size and mtime while a file is open.
 // vexfs is a single-writer local store, so it asks for long timeouts and keeps the page cache.
+// Under FUSE passthrough (on by default, Passthrough.swift) the kernel reads and writes open files on
+// the store itself: no READ or WRITE reaches us, so flush and release compare the file's size and times
+// with what they were at open to learn that it changed (for the index, and to tell the kernel its
+// cached attributes are stale after writes through a shared mapping).
 // Requests run in parallel on the worker threads of libfuse's multi-threaded loop; readdir on one
 // handle is serialised by the kernel. Each handler runs under the stack-budget monitor and takes its
 // scratch memory (listings, xattr answers) from the buffer pool (VexMemory). The `.vexfs/` directory
@@ -34,6 +38,10 @@ public struct MountOptions: Sendable, Equatable {
     /// sends a security.capability probe before every write(2), and sequential writes measured about
     /// half as fast as write-through (BENCHMARKS.md).
     public var writeback = false
+    /// FUSE passthrough: the kernel reads and writes open files on the store itself, where it
+    /// offers to and the daemon may (CAP_SYS_ADMIN). Cannot be negotiated with `writeback`, which
+    /// wins when chosen.
+    public var passthrough = true
     public var keepCache = true
     public var splice = true
     public var cloneFD = true
@@ -103,6 +111,8 @@ public struct MountOptions: Sendable, Equatable {
                 embedChunk = n
             case "writeback": writeback = true
             case "no_writeback": writeback = false
+            case "passthrough": passthrough = true
+            case "no_passthrough": passthrough = false
             case "keep_cache": keepCache = true
             case "no_keep_cache": keepCache = false
             case "splice": splice = true
