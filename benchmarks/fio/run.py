@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
-"""Runs the fio jobs and the metadata run on three targets side by side, in one run:
-the native backing directory, vexfs, and libfuse's own passthrough_ll example (compiled here from the
-source Debian's libfuse3-dev ships). Prints medians over the repetitions and the ratios
-vexfs/passthrough_ll and vexfs/native.
+"""Runs the fio jobs and the metadata run on four targets side by side, in one run:
+the native backing directory, vexfs (default options: FUSE passthrough on), vexfs -o no_passthrough
+(every read and write through the daemon), and libfuse's own passthrough_ll example (compiled here
+from the source Debian's libfuse3-dev ships). Prints medians over the repetitions and the ratios of
+each vexfs to native and to passthrough_ll.
 
     python3 benchmarks/fio/run.py [--reps 3] [--runtime 5] [--size 512M] [--files 20000]
+
+Every daemon runs with the same descriptor limit: vexfs raises its own to the system's ceiling
+(fs.nr_open), and passthrough_ll, which does not, is started under prlimit with that ceiling.
 
 All three targets live on one fresh ext4 image (with a journal), loop-mounted for the run, so that
 the disk's history cannot favour one of them: on an ext4 without a journal, every create scans past
@@ -51,6 +55,14 @@ def wait_mounted(path):
 def build_vexfs():
     sh("swift", "build", "-c", "release", cwd=REPO, stdout=subprocess.DEVNULL)
     return REPO / ".build" / "release" / "vexfs"
+
+
+def descriptor_ceiling():
+    """What vexfs raises its own limit to: the larger of the hard limit and fs.nr_open."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    return nr_open if hard == resource.RLIM_INFINITY else max(hard, nr_open)
 
 
 def build_passthrough_ll(work):
@@ -114,25 +126,30 @@ def main():
         work = Path(tempfile.mkdtemp(prefix="vexfs-fio.", dir=args.workdir))
     else:
         # Four jobs, two files each, on three targets, plus room for the metadata run.
-        disk = make_disk(str((4 if args.also else 3) * 8 * size_bytes(args.size) + (4 << 30)))
+        disk = make_disk(str((5 if args.also else 4) * 8 * size_bytes(args.size) + (4 << 30)))
         work = disk[0] / "work"
         work.mkdir()
     native = work / "native"
     vstore, vmnt = work / "vexfs-store", work / "vexfs-mnt"
+    nstore, nmnt = work / "nopt-store", work / "nopt-mnt"
     psrc, pmnt = work / "pll-src", work / "pll-mnt"
     astore, amnt = work / "also-store", work / "also-mnt"
-    for d in (native, vstore, vmnt, psrc, pmnt, astore, amnt):
+    for d in (native, vstore, vmnt, nstore, nmnt, psrc, pmnt, astore, amnt):
         d.mkdir()
-    targets = {"native": native, "vexfs": vmnt, "passthrough_ll": pmnt}
+    nopt = "vexfs -o no_passthrough"
+    targets = {"native": native, "vexfs": vmnt, nopt: nmnt, "passthrough_ll": pmnt}
     also = f"vexfs -o {args.also}" if args.also else None
     if also:
         targets[also] = amnt
+    ceiling = descriptor_ceiling()
     try:
         pll = build_passthrough_ll(work)
         sh(str(vexfs), "mount", str(vstore), str(vmnt))
+        sh(str(vexfs), "mount", str(nstore), str(nmnt), "-o", "no_passthrough")
         if also:
             sh(str(vexfs), "mount", str(astore), str(amnt), "-o", args.also)
-        sh(str(pll), "-o", f"source={psrc}", str(pmnt))  # its own defaults, as shipped
+        # Its own defaults, as shipped, with the descriptor limit vexfs gives itself.
+        sh("prlimit", f"--nofile={ceiling}:{ceiling}", str(pll), "-o", f"source={psrc}", str(pmnt))
         wait_mounted(pmnt)
 
         results = {}  # (row, target) -> [values, or the error text of a failed run]
@@ -161,7 +178,7 @@ def main():
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
         stats = (vmnt / ".vexfs" / "stats").read_text()
     finally:
-        for m in (vmnt, pmnt, amnt):
+        for m in (vmnt, nmnt, pmnt, amnt):
             if is_mounted(m):
                 subprocess.run(["fusermount3", "-u", str(m)])
         time.sleep(0.5)
@@ -174,10 +191,11 @@ def main():
 
     rows = list(dict.fromkeys(r for r, _ in results))
     print(f"fio {args.size} per job, {args.runtime}s per run, median of {args.reps}; "
-          f"throughput in MiB/s (fio) and ops/s (metadata)\n")
-    extra = f" {also} | {also}/passthrough_ll |" if also else ""
-    print(f"| workload | native | vexfs | passthrough_ll | vexfs/passthrough_ll | vexfs/native |{extra}")
-    print(f"|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if also else ""))
+          f"throughput in MiB/s (fio) and ops/s (metadata); every daemon with nofile={ceiling}\n")
+    ours = [t for t in targets if t.startswith("vexfs")]
+    ratios = [(a, b) for b in ("native", "passthrough_ll") for a in ours]
+    print("| workload | " + " | ".join(targets) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
+    print("|---|" + "---:|" * (len(targets) + len(ratios)))
     notes = []
     for r in rows:
         med = {}
@@ -191,12 +209,13 @@ def main():
                 med[t] = statistics.median(values)
         cell = lambda t: "failed" if med[t] is None else f"{med[t]:.0f}"
         ratio = lambda a, b: "—" if med[a] is None or med[b] is None else f"{med[a] / med[b]:.2f}"
-        extra = f" {cell(also)} | {ratio(also, 'passthrough_ll')} |" if also else ""
-        print(f"| {r} | {cell('native')} | {cell('vexfs')} | {cell('passthrough_ll')} | "
-              f"{ratio('vexfs', 'passthrough_ll')} | {ratio('vexfs', 'native')} |{extra}")
+        print(f"| {r} | " + " | ".join(cell(t) for t in targets) + " | "
+              + " | ".join(ratio(a, b) for a, b in ratios) + " |")
     for n in notes:
         print(f"\n- {n}", end="")
     print()
+    passthrough = re.search(r'^vexfs_fuse_passthrough\{reason="([^"]*)"\} (\S+)', stats, re.M)
+    print(f"\nvexfs (default options): passthrough {passthrough.group(1) if passthrough else 'not reported'}")
     # What the stack-budget monitor saw on vexfs's worker threads over the whole run.
     marks = sorted(((int(float(v)), h) for h, v in re.findall(r'vexfs_stack_high_water_bytes\{handler="(\w+)"\} (\S+)', stats)
                     if float(v) > 0), reverse=True)
