@@ -58,11 +58,19 @@ def build_vexfs():
 
 
 def descriptor_ceiling():
-    """What vexfs raises its own limit to: the larger of the hard limit and fs.nr_open."""
+    """What vexfs raises its own limit to: fs.nr_open where the process may raise its hard limit,
+    else the hard limit (vexfs's raiseDescriptorLimit does the same)."""
     import resource
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
-    return nr_open if hard == resource.RLIM_INFINITY else max(hard, nr_open)
+    wanted = nr_open if hard == resource.RLIM_INFINITY else max(hard, nr_open)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+    except (ValueError, OSError):
+        wanted = hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    return wanted
 
 
 def build_passthrough_ll(work):
