@@ -653,3 +653,49 @@ def test_closing_a_file_releases_its_flock_at_once(mnt):
             fcntl.flock(a, fcntl.LOCK_EX)
         with open(p) as b:
             fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def posix_acl(*entries):
+    """The system.posix_acl_* value (version 2): (tag, perm, id) entries, id None for the owner's,
+    group's, mask's and others' entries."""
+    return struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF if uid is None else uid)
+                                           for tag, perm, uid in entries)
+
+
+USER_OBJ, USER, GROUP_OBJ, MASK, OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+
+
+def test_posix_acls_are_enforced_and_default_acls_replace_the_umask(mnt, plain):
+    """With FUSE_POSIX_ACL the kernel enforces ACLs kept on the backing files (before, only the
+    mode bits counted) and caches them, and a default ACL replaces the creator's umask."""
+    for d in list(mnt.root.parents)[:3]:
+        os.chmod(d, 0o755)
+    os.chmod(plain.parent, 0o755)
+    as_user = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
+
+    def steps(root):
+        os.chmod(root, 0o755)
+        r = []
+        secret = root / "secret"
+        secret.write_text("for 1000 only\n")
+        os.chmod(secret, 0o600)
+        os.setxattr(secret, "system.posix_acl_access",
+                    posix_acl((USER_OBJ, 6, None), (USER, 4, 1000), (GROUP_OBJ, 0, None), (MASK, 4, None), (OTHER, 0, None)))
+        read = subprocess.run(as_user + ["cat", str(secret)], capture_output=True, text=True)
+        r.append(("read with the ACL", read.returncode, read.stdout, oct(stat.S_IMODE(os.stat(secret).st_mode))))
+        os.chmod(secret, 0o600)  # the mask goes to ---: the named entry no longer grants anything
+        read = subprocess.run(as_user + ["cat", str(secret)], capture_output=True, text=True)
+        r.append(("read after chmod", read.returncode))
+        inherit = root / "inherit"
+        inherit.mkdir()
+        os.chmod(inherit, 0o777)
+        os.setxattr(inherit, "system.posix_acl_default",
+                    posix_acl((USER_OBJ, 7, None), (GROUP_OBJ, 5, None), (OTHER, 0, None)))
+        subprocess.run(as_user + ["sh", "-c", f"umask 077; touch {inherit}/f; mkdir {inherit}/d"], check=True)
+        for name in ("f", "d"):
+            r.append((name, oct(stat.S_IMODE(os.stat(inherit / name).st_mode))))
+        return r
+
+    result = same_on_both(steps, mnt, plain)
+    assert result[0][1] == 0 and result[1][1] != 0
+    assert result[2:] == [("f", "0o640"), ("d", "0o750")]

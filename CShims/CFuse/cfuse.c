@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <linux/capability.h>
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -55,7 +56,20 @@ struct vexfs_session {
     _Atomic int kernel_offers_passthrough;
     // A vexfs_passthrough value: decided in init, applied to the INIT reply on the device.
     _Atomic int passthrough;
+    // FUSE_POSIX_ACL was negotiated: the kernel caches and enforces ACLs, and leaves the umask to us.
+    _Atomic int posix_acl;
 };
+
+// Under FUSE_POSIX_ACL the kernel sends the caller's umask with create, mkdir and mknod instead of
+// applying it, because a default ACL on the parent replaces it. The store's filesystem makes that
+// choice itself, from the creating thread's umask; so each worker thread gets its own umask
+// (unshare(CLONE_FS), once per thread) and takes the caller's for the duration of the call.
+static __thread int vx_thread_has_own_umask;
+
+static int vx_own_umask(void) {
+    if (!vx_thread_has_own_umask && unshare(CLONE_FS) == 0) vx_thread_has_own_umask = 1;
+    return vx_thread_has_own_umask;
+}
 
 // libfuse passes our userdata to every request; the session pointer is reached through it.
 static inline const struct vexfs_handlers *H(fuse_req_t req) {
@@ -95,6 +109,14 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
     else if (conn->want & FUSE_CAP_WRITEBACK_CACHE) passthrough = VEXFS_PASSTHROUGH_WRITEBACK;
     else if (!vx_has_sys_admin()) passthrough = VEXFS_PASSTHROUGH_NO_PRIVILEGE;
     atomic_store(&s->passthrough, passthrough);
+    // ACLs: cached and enforced by the kernel (with default_permissions), stored on the backing files.
+    // With them the kernel sends modes unmasked (FUSE_DONT_MASK), for a default ACL to replace the
+    // umask as on a local filesystem; the workers apply the caller's umask (see above).
+    if (s->config.posix_acl && (conn->capable & FUSE_CAP_POSIX_ACL) && (conn->capable & FUSE_CAP_DONT_MASK) &&
+        vx_own_umask()) {
+        conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
+        atomic_store(&s->posix_acl, 1);
+    }
     if (passthrough != VEXFS_PASSTHROUGH_ON && passthrough != VEXFS_PASSTHROUGH_NOT_ASKED)
         fprintf(stderr, "vexfs: FUSE passthrough is off: %s; reads and writes go through the daemon\n",
                 vexfs_passthrough_reason(passthrough));
@@ -332,6 +354,18 @@ int vexfs_session_killpriv_v2(const vexfs_session *s) { return atomic_load(&((st
 int vexfs_req_killpriv_v2(fuse_req_t req) {
     return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->killpriv_v2);
 }
+
+int vexfs_req_posix_acl(fuse_req_t req) {
+    return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->posix_acl);
+}
+
+int vexfs_req_caller_umask_begin(fuse_req_t req) {
+    if (!vexfs_req_posix_acl(req) || !vx_own_umask()) return 0;
+    umask(fuse_req_ctx(req)->umask);
+    return 1;
+}
+
+void vexfs_caller_umask_end(void) { umask(0); }
 
 int vexfs_req_passthrough(fuse_req_t req) {
     return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->passthrough);

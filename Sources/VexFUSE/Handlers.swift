@@ -54,15 +54,28 @@ enum Handlers {
     static func mkdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t) {
         let fs = fs(req)
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.mkdir(try fs.inode(parent), name!, mode: mode, caller: caller(req)))
+            let entry = try withCallerUmask(req) { () throws(Errno) in try fs.store.mkdir(try fs.inode(parent), name!, mode: mode, caller: caller(req)) }
+            fs.reply(req, entry: entry)
         } catch { reply(req, error: error) }
     }
 
     static func mknod(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ mode: mode_t, _ rdev: dev_t) {
         let fs = fs(req)
         do throws(Errno) {
-            fs.reply(req, entry: try fs.store.mknod(try fs.inode(parent), name!, mode: mode, device: rdev, caller: caller(req)))
+            let entry = try withCallerUmask(req) { () throws(Errno) in
+                try fs.store.mknod(try fs.inode(parent), name!, mode: mode, device: rdev, caller: caller(req))
+            }
+            fs.reply(req, entry: entry)
         } catch { reply(req, error: error) }
+    }
+
+    /// Runs a create, mkdir or mknod with the caller's umask on this thread when the kernel left it
+    /// to us (FUSE_POSIX_ACL): the store's filesystem applies it, or the parent's default ACL instead.
+    @inline(__always)
+    static func withCallerUmask<R>(_ req: fuse_req_t?, _ body: () throws(Errno) -> R) throws(Errno) -> R {
+        guard vexfs_req_caller_umask_begin(req) != 0 else { return try body() }
+        defer { vexfs_caller_umask_end() }
+        return try body()
     }
 
     static func symlink(_ req: fuse_req_t?, _ target: UnsafePointer<CChar>?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
@@ -243,8 +256,9 @@ enum Handlers {
         let fs = fs(req)
         do throws(Errno) {
             let dir = try fs.inode(parent)
-            let (entry, file) = try fs.store.create(dir, name!, mode: mode,
-                                                    flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
+            let (entry, file) = try withCallerUmask(req) { () throws(Errno) in
+                try fs.store.create(dir, name!, mode: mode, flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
+            }
             // Before the answer: the FLUSH of the caller's close(2) may run on another thread as soon
             // as the answer is out, and must find the new file marked (an empty new file is news too).
             if let semantic = fs.semantic {

@@ -119,6 +119,8 @@ extension Filesystem {
         }
         family("vexfs_fuse_killpriv_v2", "gauge", "1 when vexfs drops privileges on write itself, sparing the kernel's per-write security.capability probe.",
                [("", Int(vexfs_req_killpriv_v2(req)))])
+        family("vexfs_fuse_posix_acl", "gauge", "1 when the kernel caches and enforces POSIX ACLs (FUSE_POSIX_ACL).",
+               [("", Int(vexfs_req_posix_acl(req)))])
         let passthrough = vexfs_req_passthrough(req)
         family("vexfs_fuse_passthrough", "gauge", "1 when the kernel reads and writes open files on the store itself (FUSE passthrough); 0 with the reason in the label.",
                [("reason=\"\(String(cString: vexfs_passthrough_reason(passthrough)))\"", passthrough == Int32(VEXFS_PASSTHROUGH_ON.rawValue) ? 1 : 0)])

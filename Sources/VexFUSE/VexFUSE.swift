@@ -42,6 +42,9 @@ public struct MountOptions: Sendable, Equatable {
     /// offers to and the daemon may (CAP_SYS_ADMIN). Cannot be negotiated with `writeback`, which
     /// wins when chosen.
     public var passthrough = true
+    /// FUSE_POSIX_ACL: the kernel caches ACLs (sparing `ls -l` a round trip per file for
+    /// system.posix_acl_access) and enforces them; ACLs live on the backing files.
+    public var posixACL = true
     public var keepCache = true
     public var splice = true
     public var cloneFD = true
@@ -113,6 +116,8 @@ public struct MountOptions: Sendable, Equatable {
             case "no_writeback": writeback = false
             case "passthrough": passthrough = true
             case "no_passthrough": passthrough = false
+            case "posix_acl": posixACL = true
+            case "no_posix_acl": posixACL = false
             case "keep_cache": keepCache = true
             case "no_keep_cache": keepCache = false
             case "splice": splice = true

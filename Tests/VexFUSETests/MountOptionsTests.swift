@@ -4,7 +4,7 @@ import Testing
 @Suite struct MountOptionsTests {
     @Test func defaultsSuitASingleWriterStore() {
         let o = MountOptions()
-        #expect(!o.writeback && o.keepCache && o.splice)
+        #expect(!o.writeback && o.keepCache && o.splice && o.passthrough)
         #expect(o.attrTimeout >= 1 && o.entryTimeout >= 1 && o.negativeTimeout == 0)
     }
 
@@ -15,6 +15,14 @@ import Testing
         #expect(o.writeback && !o.keepCache)
         #expect(o.attrTimeout == 2.5 && o.entryTimeout == 0)
         #expect(o.kernelOptions == ["allow_other", "ro"])
+    }
+
+    @Test func passthroughCanBeTurnedOffAndOnAgain() throws {
+        var o = MountOptions()
+        try o.apply("no_passthrough")
+        #expect(!o.passthrough && o.kernelOptions.isEmpty)
+        try o.apply("passthrough")
+        #expect(o.passthrough)
     }
 
     @Test(arguments: ["attr_timeout=-1", "entry_timeout=x", "timeout", "negative_timeout=inf", "=", "=x"])

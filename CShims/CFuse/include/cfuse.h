@@ -64,6 +64,7 @@ struct vexfs_session_config {
     int clone_fd;
     int killpriv_v2;    // take over dropping privileges on write, if the kernel offers (see cfuse.c)
     int passthrough;    // let the kernel read and write open files itself, if it offers and we may
+    int posix_acl;      // FUSE_POSIX_ACL: the kernel caches and enforces ACLs
 };
 
 /// Whether the kernel reads and writes open files itself (FUSE passthrough), or why not.
@@ -90,6 +91,14 @@ int vexfs_session_set_signal_handlers(vexfs_session *s);
 int vexfs_session_killpriv_v2(const vexfs_session *s);
 /// The same, from inside a request.
 int vexfs_req_killpriv_v2(fuse_req_t req);
+/// Whether FUSE_POSIX_ACL was negotiated (the kernel caches ACLs and enforces them).
+int vexfs_req_posix_acl(fuse_req_t req);
+/// Under FUSE_POSIX_ACL, gives the calling worker thread the caller's umask for a create, mkdir or
+/// mknod (the store's filesystem applies it unless the parent has a default ACL); returns 1 when it
+/// did, and then vexfs_caller_umask_end must follow the call.
+int vexfs_req_caller_umask_begin(fuse_req_t req);
+/// Back to the daemon's umask, 0, on this thread.
+void vexfs_caller_umask_end(void);
 /// The passthrough state (a vexfs_passthrough), from inside a request; fixed from INIT on, except
 /// that it turns to REFUSED if the kernel refuses registrations.
 int vexfs_req_passthrough(fuse_req_t req);
