@@ -457,7 +457,11 @@ enum Handlers {
                 if plus {
                     var ep = fuse_entry_param()
                     var looked: Inode?
-                    if isDotOrDotDot(item.name) {
+                    if isDotOrDotDot(item.name) || fs.store.known(in: parent, number: item.inodeNumber) != nil {
+                        // An entry without a node id is listed but not looked up. For a file the
+                        // kernel holds already that spares a lookup here and keeps what the kernel
+                        // has cached: a refresh would also drop its cached ACLs, which `ls -l`
+                        // would then ask for again, file by file. Its attributes still expire.
                         ep.attr.st_ino = ino_t(item.inodeNumber)
                         ep.attr.st_mode = mode_t(item.type) << 12
                     } else {

@@ -127,6 +127,12 @@ public final class Store: Sendable {
         return inodes.existing(InodeKey(device: UInt64(st.st_dev), number: UInt64(st.st_ino)))
     }
 
+    /// The inode the kernel knows with inode number `number` on `parent`'s filesystem (as a
+    /// directory entry names it), without a system call.
+    public func known(in parent: Inode, number: UInt64) -> Inode? {
+        inodes.existing(InodeKey(device: parent.key.device, number: number))
+    }
+
     public func forget(_ inode: Inode, _ count: UInt64) { inodes.forget(inode, count) }
 
     public func attributes(_ inode: Inode) throws(Errno) -> stat {
