@@ -10,7 +10,6 @@
 #include <stdlib.h>
 #include <linux/capability.h>
 #include <sched.h>
-#include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/syscall.h>
@@ -117,9 +116,7 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
         conn->want |= FUSE_CAP_POSIX_ACL | FUSE_CAP_DONT_MASK;
         atomic_store(&s->posix_acl, 1);
     }
-    if (passthrough != VEXFS_PASSTHROUGH_ON && passthrough != VEXFS_PASSTHROUGH_NOT_ASKED)
-        fprintf(stderr, "vexfs: FUSE passthrough is off: %s; reads and writes go through the daemon\n",
-                vexfs_passthrough_reason(passthrough));
+    if (s->handlers.negotiated) s->handlers.negotiated(s->userdata, passthrough);
     // flock(2) stays with the kernel: when the filesystem takes it over, the kernel releases a lock
     // only in the asynchronous RELEASE after close(2), so a close-then-lock sequence could still
     // find it held. Kept in the kernel, locks behave as on a local filesystem for every user of the
@@ -371,12 +368,10 @@ int vexfs_req_passthrough(fuse_req_t req) {
     return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->passthrough);
 }
 
-void vexfs_req_passthrough_refused(fuse_req_t req, int error) {
+int vexfs_req_passthrough_refused(fuse_req_t req) {
     struct vexfs_session *s = fuse_req_userdata(req);
     int expected = VEXFS_PASSTHROUGH_ON;
-    if (atomic_compare_exchange_strong(&s->passthrough, &expected, VEXFS_PASSTHROUGH_REFUSED))
-        fprintf(stderr, "vexfs: FUSE passthrough is off: %s (%s); reads and writes go through the daemon\n",
-                vexfs_passthrough_reason(VEXFS_PASSTHROUGH_REFUSED), strerror(error));
+    return atomic_compare_exchange_strong(&s->passthrough, &expected, VEXFS_PASSTHROUGH_REFUSED);
 }
 
 int vexfs_req_backing_open(fuse_req_t req, int fd) {

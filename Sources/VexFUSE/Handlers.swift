@@ -732,6 +732,7 @@ enum Handlers {
         h.fallocate = { a0, a1, a2, a3, a4, a5 in Handlers.monitored(a0, .fallocate) { Handlers.fallocate(a0, a1, a2, a3, a4, a5) } }
         h.copy_file_range = { a0, a1, a2, a3, a4, a5, a6, a7, a8 in Handlers.monitored(a0, .copyFileRange) { Handlers.copyFileRange(a0, a1, a2, a3, a4, a5, a6, a7, a8) } }
         h.lseek = { a0, a1, a2, a3, a4 in Handlers.monitored(a0, .lseek) { Handlers.lseek(a0, a1, a2, a3, a4) } }
+        h.negotiated = { _, passthrough in BackingFiles.logOff(passthrough) }
         return h
     }
 }

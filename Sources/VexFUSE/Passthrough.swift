@@ -11,6 +11,7 @@
 // joins the mode its inode is already in.
 import CFuse
 import Glibc
+import Logging
 import Synchronization
 import VexStore
 
@@ -39,6 +40,15 @@ final class BackingFiles: Sendable {
         return state == Int32(VEXFS_PASSTHROUGH_ON.rawValue) || state == Int32(VEXFS_PASSTHROUGH_REFUSED.rawValue)
     }
 
+    private static let logger = Logger(label: "vexfs")
+
+    /// Says once, in the daemon's log, that passthrough is off and why (-o no_passthrough is no news).
+    static func logOff(_ state: Int32, detail: String? = nil) {
+        guard state != Int32(VEXFS_PASSTHROUGH_ON.rawValue), state != Int32(VEXFS_PASSTHROUGH_NOT_ASKED.rawValue) else { return }
+        let reason = String(cString: vexfs_passthrough_reason(state)) + (detail.map { " (\($0))" } ?? "")
+        logger.notice("FUSE passthrough is off: \(reason); reads and writes go through the daemon")
+    }
+
     /// Counts an open of `file` and returns the backing id it must be answered with, or nil when it
     /// goes through the daemon.
     func attach(_ req: fuse_req_t?, _ file: OpenFile) -> Int32? {
@@ -60,7 +70,9 @@ final class BackingFiles: Sendable {
                 guard id > 0 else {
                     // Refused for want of privilege (a user namespace) or support: off for the rest
                     // of the mount. Anything else concerns this file alone.
-                    if [EPERM, ENOTTY, EOPNOTSUPP, ENOSYS].contains(-id) { vexfs_req_passthrough_refused(req, -id) }
+                    if [EPERM, ENOTTY, EOPNOTSUPP, ENOSYS].contains(-id), vexfs_req_passthrough_refused(req) != 0 {
+                        BackingFiles.logOff(Int32(VEXFS_PASSTHROUGH_REFUSED.rawValue), detail: String(cString: strerror(-id)))
+                    }
                     modes[inode.key] = .daemon(opens: 1)
                     return nil
                 }

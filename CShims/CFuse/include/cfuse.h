@@ -54,6 +54,8 @@ struct vexfs_handlers {
     void (*lseek)(fuse_req_t, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
     /// Optional: called once, on the loop thread, after the kernel has stopped sending requests.
     void (*destroy)(void *userdata);
+    /// Optional: called once at INIT with the passthrough state agreed (a vexfs_passthrough).
+    void (*negotiated)(void *userdata, int passthrough);
 };
 
 /// What the session asks of the kernel at INIT. Filled by Swift from the mount options.
@@ -104,9 +106,9 @@ void vexfs_caller_umask_end(void);
 int vexfs_req_passthrough(fuse_req_t req);
 /// One line for the log and stats: "on", or why passthrough is off.
 const char *vexfs_passthrough_reason(int state);
-/// Records that the kernel refused a backing file with `error` (an errno): passthrough turns off for
-/// opens to come, said once in the log.
-void vexfs_req_passthrough_refused(fuse_req_t req, int error);
+/// Records that the kernel refused to register a backing file: passthrough turns off for opens to
+/// come. Returns 1 for the call that turned it off (the one to say so), 0 after.
+int vexfs_req_passthrough_refused(fuse_req_t req);
 /// Registers the open file `fd` as a backing file with the kernel: a backing id (> 0), or -errno.
 int vexfs_req_backing_open(fuse_req_t req, int fd);
 /// Releases a backing id; 0 or -errno.
