@@ -144,6 +144,17 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    public func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
+        try writer.withLock { (state) throws(IndexError) in
+            try index.insert(batch: labels, vectors: vectors, threads: threads)
+            let d = dimension
+            for (row, label) in labels.enumerated() {
+                state.log?.append(.insert(label: label, vector: Array(vectors[(row * d)..<((row + 1) * d)])))
+            }
+            if let log = state.log, log.size > logBound { try? checkpoint(&state) }
+        }
+    }
+
     @discardableResult
     public func remove(label: UInt64) -> Bool {
         writer.withLock { state in
