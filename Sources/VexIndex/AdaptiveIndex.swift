@@ -45,6 +45,11 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     private let current: Mutex<any VectorIndex>
     /// Serialises changes: the graph and the flat index each take one writer at a time.
     let writes = Mutex<Void>(())
+    /// The breadth searches use when they name none, chosen by measuring recall (`tune`); kept
+    /// across switches and compactions (a rebuilt graph of the same vectors needs the same).
+    private let tuned = Mutex<RecallMeasurement?>(nil)
+    /// `tuned`'s ef, read by every search without a lock; 0 until measured.
+    private let tunedEf = Atomic<Int>(0)
 
     public init(dimension: Int, metric: Metric, kind: IndexKind, parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels) {
         self.dimension = dimension
@@ -77,12 +82,38 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         let now = active
         var s = now is HNSWIndex ? "hnsw \(parameters)" : "flat exact"
         if case .automatic(let t) = kind { s += " (auto: hnsw from \(t) vectors)" }
+        if now is HNSWIndex, let m = measurement { s += "; in use: \(m)" }
         return s
     }
 
     public func insert(label: UInt64, vector: UnsafeBufferPointer<Float>) throws(IndexError) {
         try writes.withLock { (_) throws(IndexError) in
             try active.insert(label: label, vector: vector)
+            adapt()
+        }
+    }
+
+    /// A batch that takes a flat index past its threshold builds the graph from both at once, in
+    /// parallel, instead of inserting into the flat index and then re-inserting one by one.
+    public func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
+        try writes.withLock { (_) throws(IndexError) in
+            if case .automatic(let threshold) = kind, let flat = active as? FlatIndex, flat.count + labels.count >= threshold {
+                var allLabels: [UInt64] = []
+                var all: [Float] = []
+                allLabels.reserveCapacity(flat.count + labels.count)
+                all.reserveCapacity((flat.count + labels.count) * dimension)
+                flat.forEach { label, v in
+                    allLabels.append(label)
+                    all.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
+                }
+                allLabels.append(contentsOf: labels)
+                all.append(contentsOf: vectors)
+                let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+                try all.withUnsafeBufferPointer { (p) throws(IndexError) in try graph.insert(batch: allLabels, vectors: p, threads: threads) }
+                swap(to: graph)
+            } else {
+                try active.insert(batch: labels, vectors: vectors, threads: threads)
+            }
             adapt()
         }
     }
@@ -97,7 +128,22 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     }
 
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
-        try active.search(query, k: k, ef: ef, filter: filter)
+        let measured = tunedEf.load(ordering: .relaxed)
+        return try active.search(query, k: k, ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
+    }
+
+    /// The last recall measurement, if the graph has been measured.
+    public var measurement: RecallMeasurement? { tuned.withLock { $0 } }
+
+    /// Measures the graph in use against `target` and makes the breadth found the default; nil
+    /// (and nothing changed) while the index is the exact one. Takes no lock of the index: the
+    /// writer and searches go on meanwhile. Meant for a background thread.
+    @discardableResult
+    public func tune(target: Double) -> RecallMeasurement? {
+        guard let graph = active as? HNSWIndex, let m = graph.measureRecall(target: target) else { return nil }
+        tuned.withLock { $0 = m }
+        tunedEf.store(m.ef, ordering: .relaxed)
+        return m
     }
 
     /// Switches or compacts when the collection calls for it; called by the writer.
@@ -121,12 +167,18 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    /// The graph of the flat index's vectors, built on every core.
     private func hnsw(from flat: FlatIndex) -> HNSWIndex {
-        var rows: [UnsafePointer<Float>] = []
-        flat.forEach { _, v in rows.append(v) }
-        let q = ScalarQuantizer.train(metric: metric, dimension: dimension, count: rows.count) { rows[$0] }
-        let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, quantizer: q)
-        flat.forEach { label, v in try? graph.insert(label: label, vector: UnsafeBufferPointer(start: v, count: dimension)) }
+        var labels: [UInt64] = []
+        var rows: [Float] = []
+        labels.reserveCapacity(flat.count)
+        rows.reserveCapacity(flat.count * dimension)
+        flat.forEach { label, v in
+            labels.append(label)
+            rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
+        }
+        let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+        rows.withUnsafeBufferPointer { try? graph.insert(batch: labels, vectors: $0, threads: availableCores) }
         return graph
     }
 
