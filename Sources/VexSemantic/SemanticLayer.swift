@@ -112,6 +112,8 @@ public final class SemanticLayer: @unchecked Sendable {
     public static let maxTextQueryBytes = 64 << 10
     /// One thread makes every collection's log durable.
     let committer = LogCommitter()
+    /// One thread measures collections' recall and sets their search breadth.
+    let tuner = RecallTuner()
     public let journal: Journal
     private(set) var bridge: Bridge!
     /// Collections by directory inode number.
@@ -232,6 +234,7 @@ public final class SemanticLayer: @unchecked Sendable {
         // Waiting texts are dropped: their files are asked for again at the next mount.
         embedQueue?.stop()
         embedClient?.shutdown()
+        tuner.stop()
         for c in collections.withLock({ Array($0.values) }) { c.close() }
         journal.flush()
     }
@@ -512,11 +515,14 @@ public final class SemanticLayer: @unchecked Sendable {
             guard embedQueue != nil else { throw .noData }
             if case .embed(let globs)? = readSetting(dir.fd, .embed) { return Array(globs.joined(separator: " ").utf8) }
             return Array(SemanticLayer.defaultEmbedGlobs.joined(separator: " ").utf8)
+        case "recall":
+            let stored: Double? = if case .recall(let r)? = readSetting(dir.fd, .recall) { r } else { nil }
+            return Array(String(summary?.recall ?? stored ?? Setting.defaultRecall).utf8)
         default: throw .noData
         }
     }
 
-    /// Sets `user.vexfs.dim` or `user.vexfs.metric` on a collection; other names of ours are refused.
+    /// Sets `user.vexfs.dim`, `user.vexfs.metric` or `user.vexfs.recall` on a collection; other names of ours are refused.
     public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
         let setting = try Setting.parse(attribute, value)
         bridge.settle(dir.key)
