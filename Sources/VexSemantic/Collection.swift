@@ -404,13 +404,13 @@ final class Collection: @unchecked Sendable {
                 s.nextLabel += UInt64(vectors.rows)
             }
             record.rows = vectors.rows
+            // A file of many rows (one big .npy) is built on every core.
+            let labels = (0..<UInt64(vectors.rows)).map { record.firstLabel + $0 }
             vectors.values.withUnsafeBufferPointer { all in
-                for row in 0..<vectors.rows {
-                    let label = record.firstLabel + UInt64(row)
-                    try? index.insert(label: label, vector: UnsafeBufferPointer(rebasing: all[(row * vectors.dimension)..<((row + 1) * vectors.dimension)]))
-                    s.owner[label] = name
-                }
+                try? index.insert(batch: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]),
+                                  threads: vectors.rows >= 1024 ? availableCores : 1)
             }
+            for label in labels { s.owner[label] = name }
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }
         layer.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
