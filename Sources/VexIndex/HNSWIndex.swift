@@ -395,6 +395,12 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     // MARK: Searching
 
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
+        try search(query, k: k, ef: ef, filter: filter, avoiding: nil)
+    }
+
+    /// A search that walks as if `avoiding` were not in the graph (recall measurement: a vector of
+    /// the graph asked as if it were new).
+    func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter, avoiding: UInt32?) throws(IndexError) -> [Neighbor] {
         guard (1...1000).contains(k) else { throw .badK(k) }
         try validate(query, dimension: dimension)
         let limit = published.load(ordering: .acquiring)
@@ -407,9 +413,18 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         if walksOnCodes && quantized.load(ordering: .acquiring) {
             quantizer.encode(s.query, into: s.code)
             let measure = CodeMeasure(index: self, query: s.code, l2: metric == .l2)
-            walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
+            if let avoiding {
+                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter, scratch: s)
+            } else {
+                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
+            }
         } else {
-            walk(top: top, ef: breadth, limit: limit, measure: FloatMeasure(index: self, query: s.query), filter: filter, scratch: s)
+            let measure = FloatMeasure(index: self, query: s.query)
+            if let avoiding {
+                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter, scratch: s)
+            } else {
+                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
+            }
         }
         // Re-rank what the traversal found with the float vectors.
         var best = TopK(k: k)
@@ -552,6 +567,15 @@ struct FloatMeasure: NodeMeasure {
             : -index.kernels.dot(query, index.vector(node), index.dimension)
     }
     @inline(__always) func prefetch(_ node: UInt32) { vx_prefetch(index.vector(node)) }
+}
+
+/// Another measure, with one node infinitely far: the walk never moves to it, so never through
+/// its links.
+struct Avoiding<Inner: NodeMeasure>: NodeMeasure {
+    let inner: Inner
+    let node: UInt32
+    @inline(__always) func distance(_ id: UInt32) -> Float { id == node ? .infinity : inner.distance(id) }
+    @inline(__always) func prefetch(_ id: UInt32) { inner.prefetch(id) }
 }
 
 struct CodeMeasure: NodeMeasure {

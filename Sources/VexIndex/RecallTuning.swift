@@ -19,15 +19,16 @@ extension HNSWIndex {
     static let efLadder = [16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1000]
 
     /// Measures recall@10 against the exact answer (a scan of every live vector) on `samples` of the
-    /// graph's own vectors, each asked with itself left out, and returns the smallest breadth on the
-    /// ladder whose recall reaches `target` (the largest when none does). Runs beside searches and the
-    /// writer: it takes no lock, and reads only nodes published when it starts (their vectors never
-    /// change).
-    ///
-    /// A vector that is in the graph is easier to answer than one that is not (the walk reaches its
-    /// own node, which links to its nearest neighbours), so the sample recall is held to a stricter
-    /// bar than `target`: half the remaining distance to 1 again (0.975 for 0.95). On GloVe-50 that
-    /// put the recall of held-out queries just above the target.
+    /// graph's own vectors, and returns the smallest breadth on the ladder whose recall reaches
+    /// `target` plus 0.4 of what remains to 1 (0.97 for 0.95; the largest breadth when none does). Each sample is asked as if it were new: left out of the answer, and the walk never
+    /// steps on its node. Its neighbours were still linked knowing it, so the sample stays easier
+    /// than a query the graph has never seen, hence the stricter bar. On GloVe-50, merely leaving
+    /// the sample out of the answer measured 0.975 at an ef whose recall on held-out words was
+    /// 0.937; avoiding its node too measured 0.951 where held-out words got 0.921 (ef 80), and
+    /// 0.9825 at ef 256 (held-out: 0.957 at 128, 0.968 at 160). The 0.4 is fitted to that one
+    /// data set. Runs beside
+    /// searches and the writer: it takes no lock, and reads only nodes published when it starts
+    /// (their vectors never change).
     public func measureRecall(target: Double, samples: Int = 200, seed: UInt64 = 0x7e57) -> RecallMeasurement? {
         let limit = published.load(ordering: .acquiring)
         guard limit > 0 else { return nil }
@@ -42,13 +43,13 @@ extension HNSWIndex {
         guard !chosen.isEmpty else { return nil }
         let k = 10
         let truths = chosen.map { Set(exactNearest(to: $0, k: k, limit: limit)) }
-        let bar = target + (1 - target) / 2
+        let bar = target + (1 - target) * 0.4
         var last: RecallMeasurement?
         for ef in HNSWIndex.efLadder {
             var hits = 0, wanted = 0
             for (i, node) in chosen.enumerated() {
                 let query = UnsafeBufferPointer(start: vector(node), count: dimension)
-                let got = (try? search(query, k: k, ef: ef, filter: SearchFilter(excluding: label(node)))) ?? []
+                let got = (try? search(query, k: k, ef: ef, filter: SearchFilter(excluding: label(node)), avoiding: node)) ?? []
                 hits += got.filter { truths[i].contains($0.label) }.count
                 wanted += truths[i].count
             }

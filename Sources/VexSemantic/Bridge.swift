@@ -33,6 +33,8 @@ final class Bridge: @unchecked Sendable {
     let batchSize: Int
     let batchDelayNanoseconds: Int
     private let apply: @Sendable ([Event]) -> Void
+    /// Background work for when the queue is empty, a little at a time; true while more remains.
+    private let idle: @Sendable () -> Bool
 
     /// Guards the queue: everything below down to `thread`.
     private let queueLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -72,7 +74,7 @@ final class Bridge: @unchecked Sendable {
     /// Collections a query waits for, with the watermark it waits for.
     private var urgent: [UInt64: UInt64] = [:]
     /// Events are applied this many at a time, so a query waits for a slice, not a whole batch.
-    let sliceSize = 16
+    let sliceSize = 8
 
     /// Increasing order numbers, finished in any order; `first` is the lowest unfinished one.
     struct Orders {
@@ -117,8 +119,9 @@ final class Bridge: @unchecked Sendable {
     private let counters: Counters
 
     init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 20_000, counters: Counters = Counters(factory: NOOPMetricsHandler.instance),
-         apply: @escaping @Sendable ([Event]) -> Void) {
+         idle: @escaping @Sendable () -> Bool = { false }, apply: @escaping @Sendable ([Event]) -> Void) {
         self.counters = counters
+        self.idle = idle
         self.capacity = capacity
         self.batchSize = batchSize
         batchDelayNanoseconds = batchDelayMicroseconds * 1000
@@ -214,7 +217,17 @@ final class Bridge: @unchecked Sendable {
     private func work() {
         pthread_mutex_lock(queueLock)
         while true {
-            while pending.isEmpty && !stopping { pthread_cond_wait(wake, queueLock) }
+            var idleWork = true
+            while pending.isEmpty && !stopping {
+                if idleWork {
+                    pthread_mutex_unlock(queueLock)
+                    idleWork = idle()
+                    pthread_mutex_lock(queueLock)
+                } else {
+                    pthread_cond_wait(wake, queueLock)
+                    idleWork = true
+                }
+            }
             if pending.isEmpty && stopping { break }
             // Let the batch fill, unless a query is waiting or the queue is closing.
             var deadline = firstPendingAt

@@ -182,7 +182,7 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot, 0o700)
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
-        bridge = Bridge(counters: metrics.bridge) { [unowned self] events in self.apply(events) }
+        bridge = Bridge(counters: metrics.bridge, idle: { [unowned self] in self.absorbSome() }) { [unowned self] events in self.apply(events) }
         back.layer = self
     }
 
@@ -393,6 +393,17 @@ public final class SemanticLayer: @unchecked Sendable {
         var byCollection: [UInt64: [Bridge.Event]] = [:]
         for e in events { byCollection[e.key.collection, default: []].append(e) }
         for (key, list) in byCollection { existing(key)?.apply(list) }
+    }
+
+    /// Links a few of one collection's waiting vectors into its graph (the bridge, when idle);
+    /// true while some collection still has some waiting.
+    private func absorbSome() -> Bool {
+        for c in collections.withLock({ Array($0.values) }) {
+            guard let index = c.state.withLock({ $0.index }), index.index.unabsorbed > 0 else { continue }
+            index.index.absorb(limit: 8)
+            return true
+        }
+        return false
     }
 
     func existing(_ key: UInt64) -> Collection? { collections.withLock { $0[key] } }

@@ -119,7 +119,7 @@ import VexTestSupport
         }
         let m = try #require(index.measureRecall(target: target))
         #expect(m.target == target && m.vectors == 6000)
-        #expect(m.recall >= target || m.ef == HNSWIndex.efLadder.last!)
+        #expect(m.recall >= target + (1 - target) * 0.4 || m.ef == HNSWIndex.efLadder.last!)
         var table: [UInt64: [Float]] = [:]
         for (i, v) in data.enumerated() { table[UInt64(i)] = v }
         var hits = 0
@@ -144,5 +144,40 @@ import VexTestSupport
         #expect(index.summary.contains("in use: ef \(m.ef) "))
         let flat = AdaptiveIndex(dimension: dim, metric: .l2, kind: .flat, kernels: Self.kernels)
         #expect(flat.tune(target: 0.95) == nil)
+    }
+}
+
+@Suite struct FreshVectorsTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+
+    @Test func singleInsertsWaitBesideTheGraphAndAreFoundUntilAndAfterTheyAreLinked() throws {
+        let dim = 16
+        let data = clusteredSet(count: 3000, dimension: dim, clusters: 20, seed: 51)
+        let index = AdaptiveIndex(dimension: dim, metric: .cosine, kind: .hnsw, kernels: Self.kernels)
+        try data[..<2000].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<2000).map { UInt64($0) }, vectors: p, threads: 2)
+        }
+        for i in 2000..<3000 { try index.insert(label: UInt64(i), vector: data[i]) }
+        #expect(index.unabsorbed == 1000 && index.count == 3000)
+        // A label moved to a new vector lives in one place only.
+        try index.insert(label: 5, vector: data[2500])
+        #expect(index.count == 3000)
+        #expect(index.remove(label: 2999) && index.count == 2999)
+        func check() throws {
+            for i in stride(from: 0, to: 2999, by: 41) where i != 5 {
+                let got = try index.search(data[i], k: 10)
+                #expect(Set(got.map(\.label)).count == got.count)  // never the same label twice
+                #expect(got.first?.distance ?? 1 < 1e-4, "\(i)")
+                #expect(!got.contains { $0.label == 2999 })
+            }
+            let moved = try index.search(data[2500], k: 2).map(\.label)
+            #expect(Set(moved) == [5, 2500])
+        }
+        try check()
+        #expect(index.absorb(limit: 100) == 900)
+        try check()
+        #expect(index.absorb() == 0)
+        #expect(index.count == 2999)
+        try check()
     }
 }
