@@ -174,6 +174,10 @@ import VexTestSupport
             #expect(Set(moved) == [5, 2500])
         }
         try check()
+        // The exact scan over chosen labels (query filters) sees the waiting vectors too.
+        #expect(index.vector(of: 2500) != nil && index.vector(of: 2999) == nil)
+        let among = try data[2500].withUnsafeBufferPointer { (q) throws(IndexError) in try index.exactSearch(q, k: 2, among: [5, 2500, 7]) }
+        #expect(Set(among.map(\.label)) == [5, 2500])
         #expect(index.absorb(limit: 100) == 900)
         try check()
         #expect(index.absorb() == 0)
