@@ -579,3 +579,74 @@ def test_a_collection_switches_to_hnsw_and_stays_accurate(make_mount):
     m.mount()  # the graph comes back from its snapshot
     assert os.getxattr(c, "user.vexfs.index").startswith(b"hnsw")
     assert os.getxattr(c, "user.vexfs.count") == b"1500"
+
+
+def test_the_recall_target_is_a_setting_and_the_collection_measures_itself(make_mount):
+    m = make_mount("-o", "index=auto:300")
+    m.mount()
+    c = m / "c"
+    c.mkdir()
+    assert os.getxattr(c, "user.vexfs.recall") == b"0.95"
+    for bad in [b"0", b"1.01", b"-0.5", b"high", b"nan", b"", b"0.9 0.8"]:
+        with pytest.raises(OSError) as e:
+            os.setxattr(c, "user.vexfs.recall", bad)
+        assert e.value.errno == errno.EINVAL, bad
+    subprocess.run(["setfattr", "-n", "user.vexfs.recall", "-v", "0.99", str(c)], check=True)
+    assert os.getxattr(c, "user.vexfs.recall") == b"0.99"
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(-1, 1, (20, 24))
+    data = (centres[rng.integers(0, 20, 2000)] + rng.normal(0, 0.3, (2000, 24))).astype(np.float32)
+    np.save(c / "base.npy", data)
+    # The measurement runs in the background: queries never wait for it.
+    deadline = time.time() + 60
+    while b"in use: ef" not in os.getxattr(c, "user.vexfs.index") and time.time() < deadline:
+        time.sleep(0.1)
+    index = os.getxattr(c, "user.vexfs.index").decode()
+    assert "in use: ef" in index and "target 0.99" in index, index
+    # It holds on queries the collection has never seen.
+    names = {f"base.npy#{i}": data[i] for i in range(2000)}
+    hits = 0
+    for i in range(0, 2000, 20):
+        q = data[i] + rng.normal(0, 0.1, 24).astype(np.float32)
+        q.tofile(c / "q.f32.query")
+        hits += len({n for n, _ in knn(c / "q.f32.query")} & {n for n, _ in brute(names, q, "l2", 10)})
+    assert hits / (100 * 10) >= 0.97
+    m.unmount()
+    m.mount()
+    assert os.getxattr(c, "user.vexfs.recall") == b"0.99"
+
+
+def test_read_your_writes_while_others_keep_writing(mnt):
+    """Queries wait for what completed before them, not for an idle queue: with two writers that
+    never stop, every probe written and then asked for is in the answer."""
+    a, b = mnt / "a", mnt / "b"
+    a.mkdir()
+    b.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(50):
+        write_vec(b / f"{i}.vec", rng.normal(0, 1, 8))
+    stop = threading.Event()
+    written = [0, 0]
+
+    def writer(who):
+        r = np.random.default_rng(who)
+        while not stop.is_set():
+            write_vec(a / f"w{who}-{written[who]}.vec", r.normal(0, 1, 8))
+            written[who] += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(60):
+            v = rng.normal(0, 1, 8) * 5  # far from the writers' vectors
+            write_vec(a / f"probe{i}.vec", v)
+            write_vec(a / "q.query", v)
+            assert knn(a / "q.query", 1)[0] == (f"probe{i}.vec", 0.0)
+            if i % 10 == 0:
+                assert len(knn(b / "0.vec")) == 10
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert sum(written) > 0

@@ -32,7 +32,13 @@ public enum IndexKind: Equatable, Sendable, CustomStringConvertible {
 }
 
 /// One collection's index: a flat or an HNSW index behind the one protocol, switched (and the graph
-/// compacted) by the writer as the collection grows, shrinks and deletes. A switch builds the new
+/// compacted) by the writer as the collection grows, shrinks and deletes.
+///
+/// While the graph is in use, single inserts land first in `fresh`, a small exact index (a copy,
+/// microseconds), and `absorb` moves them into the graph later (the bridge does it when idle):
+/// linking a node costs about as much as a hundred queries, and a query must wait for every change
+/// before it, so a writer that outpaced the graph used to make every query wait for its backlog.
+/// Searches ask both and merge. A switch builds the new
 /// index from every vector of the old one and then swaps; searches keep using the old one until the
 /// swap, and only fetch the current index under `current`'s lock, never search under it.
 public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
@@ -43,8 +49,17 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     let kernels: DistanceKernels
     /// The index searches use.
     private let current: Mutex<any VectorIndex>
+    /// Vectors inserted one by one while the graph is in use, not yet linked into it. A label is in
+    /// `fresh` or in the graph, never both, except for an instant inside `absorb` (searches drop the
+    /// duplicate).
+    let fresh: FlatIndex
     /// Serialises changes: the graph and the flat index each take one writer at a time.
     let writes = Mutex<Void>(())
+    /// The breadth searches use when they name none, chosen by measuring recall (`tune`); kept
+    /// across switches and compactions (a rebuilt graph of the same vectors needs the same).
+    private let tuned = Mutex<RecallMeasurement?>(nil)
+    /// `tuned`'s ef, read by every search without a lock; 0 until measured.
+    private let tunedEf = Atomic<Int>(0)
 
     public init(dimension: Int, metric: Metric, kind: IndexKind, parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels) {
         self.dimension = dimension
@@ -56,6 +71,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             ? HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
             : FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
         current = Mutex(first)
+        fresh = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
     }
 
     init(restoring index: any VectorIndex, kind: IndexKind, parameters: HNSWParameters, kernels: DistanceKernels) {
@@ -65,24 +81,101 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         self.parameters = parameters
         self.kernels = kernels
         current = Mutex(index)
+        fresh = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
     }
 
     /// The index in use now.
     public var active: any VectorIndex { current.withLock { $0 } }
 
-    public var count: Int { active.count }
+    public var count: Int { active.count + fresh.count }
 
     /// What `user.vexfs.index` shows: the index in use and its parameters.
     public var summary: String {
         let now = active
         var s = now is HNSWIndex ? "hnsw \(parameters)" : "flat exact"
         if case .automatic(let t) = kind { s += " (auto: hnsw from \(t) vectors)" }
+        if now is HNSWIndex, let m = measurement { s += "; in use: \(m)" }
         return s
     }
 
     public func insert(label: UInt64, vector: UnsafeBufferPointer<Float>) throws(IndexError) {
         try writes.withLock { (_) throws(IndexError) in
+            if let graph = active as? HNSWIndex {
+                try validate(vector, dimension: dimension)
+                try fresh.insert(label: label, vector: vector)
+                if graph.remove(label: label) { adapt() }
+                return
+            }
+            fresh.remove(label: label)
             try active.insert(label: label, vector: vector)
+            adapt()
+        }
+    }
+
+    /// Vectors waiting in `fresh`.
+    public var unabsorbed: Int { fresh.count }
+
+    /// Links up to `limit` waiting vectors into the graph; returns how many still wait.
+    @discardableResult
+    public func absorb(limit: Int = .max) -> Int {
+        writes.withLock { _ in absorbHeld(limit: limit) }
+    }
+
+    private func absorbHeld(limit: Int = .max) -> Int {
+        guard fresh.count > 0 else { return 0 }
+        var labels: [UInt64] = []
+        var rows: [Float] = []
+        fresh.forEach { label, v in
+            guard labels.count < limit else { return }
+            labels.append(label)
+            rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
+        }
+        if let graph = active as? HNSWIndex {
+            // Inserted first, then taken out of `fresh`: a search in between finds it twice, never
+            // not at all.
+            rows.withUnsafeBufferPointer { p in
+                try? graph.insert(batch: labels, vectors: p, threads: labels.count >= 1024 ? availableCores : 1)
+            }
+        } else {
+            rows.withUnsafeBufferPointer { p in try? active.insert(batch: labels, vectors: p, threads: 1) }
+        }
+        for label in labels { fresh.remove(label: label) }
+        adapt()
+        return fresh.count
+    }
+
+    /// The snapshot of the index in use, with every waiting vector absorbed first (one writer:
+    /// nothing lands in `fresh` between the two).
+    func snapshotSections() -> (isGraph: Bool, sections: [(String, [UInt8])]) {
+        writes.withLock { _ in
+            _ = absorbHeld()
+            let now = active
+            return (now is HNSWIndex, (now as? HNSWIndex)?.sections() ?? (now as! FlatIndex).sections())
+        }
+    }
+
+    /// A batch that takes a flat index past its threshold builds the graph from both at once, in
+    /// parallel, instead of inserting into the flat index and then re-inserting one by one.
+    public func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
+        try writes.withLock { (_) throws(IndexError) in
+            if case .automatic(let threshold) = kind, let flat = active as? FlatIndex, flat.count + labels.count >= threshold {
+                var allLabels: [UInt64] = []
+                var all: [Float] = []
+                allLabels.reserveCapacity(flat.count + labels.count)
+                all.reserveCapacity((flat.count + labels.count) * dimension)
+                flat.forEach { label, v in
+                    allLabels.append(label)
+                    all.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
+                }
+                allLabels.append(contentsOf: labels)
+                all.append(contentsOf: vectors)
+                let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+                try all.withUnsafeBufferPointer { (p) throws(IndexError) in try graph.insert(batch: allLabels, vectors: p, threads: threads) }
+                swap(to: graph)
+            } else {
+                for label in labels { fresh.remove(label: label) }
+                try active.insert(batch: labels, vectors: vectors, threads: threads)
+            }
             adapt()
         }
     }
@@ -90,6 +183,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     @discardableResult
     public func remove(label: UInt64) -> Bool {
         writes.withLock { _ in
+            if fresh.remove(label: label) { return true }
             let removed = active.remove(label: label)
             if removed { adapt() }
             return removed
@@ -97,7 +191,30 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     }
 
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
-        try active.search(query, k: k, ef: ef, filter: filter)
+        let measured = tunedEf.load(ordering: .relaxed)
+        let found = try active.search(query, k: k, ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
+        guard fresh.count > 0 else { return found }
+        let waiting = try fresh.search(query, k: k, ef: nil, filter: filter)
+        var best = TopK(k: k)
+        var seen = Set<UInt64>()
+        for n in (waiting + found).sorted(by: { TopK.worse($1, $0) }) where seen.insert(n.label).inserted {
+            best.offer(n)
+        }
+        return best.sorted()
+    }
+
+    /// The last recall measurement, if the graph has been measured.
+    public var measurement: RecallMeasurement? { tuned.withLock { $0 } }
+
+    /// Measures the graph in use against `target` and makes the breadth found the default; nil
+    /// (and nothing changed) while the index is the exact one. Takes no lock of the index: the
+    /// writer and searches go on meanwhile. Meant for a background thread.
+    @discardableResult
+    public func tune(target: Double) -> RecallMeasurement? {
+        guard let graph = active as? HNSWIndex, let m = graph.measureRecall(target: target) else { return nil }
+        tuned.withLock { $0 = m }
+        tunedEf.store(m.ef, ordering: .relaxed)
+        return m
     }
 
     /// Switches or compacts when the collection calls for it; called by the writer.
@@ -121,12 +238,18 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    /// The graph of the flat index's vectors, built on every core.
     private func hnsw(from flat: FlatIndex) -> HNSWIndex {
-        var rows: [UnsafePointer<Float>] = []
-        flat.forEach { _, v in rows.append(v) }
-        let q = ScalarQuantizer.train(metric: metric, dimension: dimension, count: rows.count) { rows[$0] }
-        let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, quantizer: q)
-        flat.forEach { label, v in try? graph.insert(label: label, vector: UnsafeBufferPointer(start: v, count: dimension)) }
+        var labels: [UInt64] = []
+        var rows: [Float] = []
+        labels.reserveCapacity(flat.count)
+        rows.reserveCapacity(flat.count * dimension)
+        flat.forEach { label, v in
+            labels.append(label)
+            rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
+        }
+        let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+        rows.withUnsafeBufferPointer { try? graph.insert(batch: labels, vectors: $0, threads: availableCores) }
         return graph
     }
 
@@ -136,6 +259,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     public func forEach(_ body: (UInt64, UnsafePointer<Float>) -> Void) {
         let now = active
         if let flat = now as? FlatIndex { flat.forEach(body) } else if let graph = now as? HNSWIndex { graph.forEachLive(body) }
+        fresh.forEach(body)
     }
 
     /// Holds off changes while `body` runs (snapshots).

@@ -14,6 +14,8 @@ public struct HNSWParameters: Equatable, Sendable, CustomStringConvertible {
     public var seed: UInt64
     /// Searches walk the graph on int8 codes (then re-rank in float32); off: on the float32 vectors.
     public var int8Traversal = true
+    /// Construction measures on the int8 codes too, once they are trained (off: on float32).
+    public var int8Construction = true
 
     public init(m: Int = 16, efConstruction: Int = 200, efSearch: Int = 64, seed: UInt64 = 0x5eed) {
         self.m = m
@@ -142,7 +144,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     @inline(__always) func isDeleted(_ node: UInt32) -> Bool {
         vx_load_u8((block(node) + headerOffset + 1).assumingMemoryBound(to: UInt8.self)) != 0
     }
-    @inline(__always) private func chunkBase(_ node: UInt32) -> UnsafeMutableRawPointer {
+    @inline(__always) func chunkBase(_ node: UInt32) -> UnsafeMutableRawPointer {
         chunks[Int(node >> UInt32(HNSWIndex.chunkShift))].unsafelyUnwrapped
     }
     @inline(__always) func label(_ node: UInt32) -> UInt64 {
@@ -204,7 +206,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     }
 
     /// Marks `node` deleted and relinks its neighbours around it.
-    private func delete(_ node: UInt32, _ state: inout WriterState) {
+    func delete(_ node: UInt32, _ state: inout WriterState) {
         vx_store_u8((block(node) + headerOffset + 1).assumingMemoryBound(to: UInt8.self), 1)
         liveCount.subtract(1, ordering: .relaxed)
         state.deleted += 1
@@ -234,15 +236,40 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// Creates `node` and links it into the graph.
     private func add(_ node: UInt32, label: UInt64, _ v: UnsafePointer<Float>, _ state: inout WriterState) {
-        let chunk = Int(node >> UInt32(HNSWIndex.chunkShift))
-        precondition(chunk < HNSWIndex.maxChunks, "the graph is full")
-        if chunk == state.chunkCount {
+        allocateChunks(through: Int(node), &state)
+        let level = drawLevel(&state)
+        place(node, label: label, v, level: level)
+        published.store(Int(node) + 1, ordering: .releasing)
+        let top = entry.load(ordering: .relaxed)
+        guard top != 0 else {
+            entry.store(UInt64(level + 1) << 32 | UInt64(node), ordering: .releasing)
+            return
+        }
+        let s = takeScratch()
+        defer { putScratch(s) }
+        link(node, level: level, top: top, limit: Int(node), locks: nil, scratch: s)
+        if level > Int(top >> 32) - 1 { entry.store(UInt64(level + 1) << 32 | UInt64(node), ordering: .releasing) }
+    }
+
+    /// Makes sure the chunks holding nodes up to `last` exist (the writer's job, before any node in
+    /// them is written: chunks never move once made).
+    func allocateChunks(through last: Int, _ state: inout WriterState) {
+        let needed = last >> HNSWIndex.chunkShift
+        precondition(needed < HNSWIndex.maxChunks, "the graph is full")
+        while state.chunkCount <= needed {
             let memory = UnsafeMutableRawPointer(aligned_alloc(64, chunkBytes))!
             memset(memory, 0, chunkBytes)
-            chunks[chunk] = memory
+            chunks[state.chunkCount] = memory
             state.chunkCount += 1
         }
-        let level = min(Int(-log(state.random.unit()) / log(Double(parameters.m))), 15)
+    }
+
+    func drawLevel(_ state: inout WriterState) -> Int {
+        min(Int(-log(state.random.unit()) / log(Double(parameters.m))), 15)
+    }
+
+    /// Writes `node`'s block, label and side links; it has no links yet and nothing points to it.
+    func place(_ node: UInt32, label: UInt64, _ v: UnsafePointer<Float>, level: Int) {
         let b = block(node)
         metric.prepare(UnsafeBufferPointer(start: v, count: dimension), into: vector(node), kernels: kernels)
         if quantized.load(ordering: .relaxed) { quantizer.encode(vector(node), into: code(node)) }
@@ -256,38 +283,55 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             upper.initialize(repeating: 0, count: level * upperStride)
             (chunkBase(node) + upperOffset).storeBytes(of: upper, toByteOffset: slot * 8, as: UnsafeMutablePointer<UInt32>?.self)
         }
-        published.store(Int(node) + 1, ordering: .releasing)
+    }
 
-        let top = entry.load(ordering: .relaxed)
-        guard top != 0 else {
-            entry.store(UInt64(level + 1) << 32 | UInt64(node), ordering: .releasing)
-            return
+    /// Whether construction measures on the int8 codes: cheaper reads (a code is a quarter of the
+    /// vector), and the graph's recall held in the GloVe-50 and clustered benchmarks.
+    var buildsOnCodes: Bool { walksOnCodes && parameters.int8Construction && quantized.load(ordering: .acquiring) }
+
+    /// Links the placed `node` (drawn at `level`) into the graph entered at `top`, considering nodes
+    /// below `limit`. With `locks`, other threads link other nodes at the same time: every change to
+    /// a link list is made under that list's lock.
+    func link(_ node: UInt32, level: Int, top: UInt64, limit: Int, locks: LinkLocks?, scratch s: SearchScratch) {
+        if buildsOnCodes {
+            link(node, level: level, top: top, limit: limit, locks: locks, scratch: s,
+                 measure: CodeMeasure(index: self, query: code(node), l2: metric == .l2), onCodes: true)
+        } else {
+            link(node, level: level, top: top, limit: limit, locks: locks, scratch: s,
+                 measure: FloatMeasure(index: self, query: vector(node)), onCodes: false)
         }
+    }
+
+    private func link<M: NodeMeasure>(_ node: UInt32, level: Int, top: UInt64, limit: Int, locks: LinkLocks?,
+                                      scratch s: SearchScratch, measure: M, onCodes: Bool) {
         let topLevel = Int(top >> 32) - 1
         var current = UInt32(truncatingIfNeeded: top)
-        let measure = FloatMeasure(index: self, query: vector(node))
         var currentDistance = measure.distance(current)
-        let s = takeScratch()
-        defer { putScratch(s) }
         if topLevel > level {
             for l in stride(from: topLevel, to: level, by: -1) {
-                greedy(&current, &currentDistance, level: l, limit: Int(node), measure: measure)
+                greedy(&current, &currentDistance, level: l, limit: limit, measure: measure)
             }
         }
         for l in stride(from: min(level, topLevel), through: 0, by: -1) {
             searchLayer(from: current, distance: currentDistance, ef: parameters.efConstruction, level: l,
-                        limit: Int(node), measure: measure, filter: SearchFilter(), scratch: s)
-            let found = s.results.drainSorted()
-            let chosen = selectNeighbors(found, max: parameters.m)
+                        limit: limit, measure: measure, filter: SearchFilter(), scratch: s)
+            var found = s.results.drainSorted()
+            found.removeAll { $0.1 == node }
+            let chosen = selectNeighbors(found, max: parameters.m, onCodes: onCodes)
+            locks?.lock(node)
             write(chosen, to: links(node, l))
-            for (_, other) in chosen { connect(other, to: node, level: l) }
+            locks?.unlock(node)
+            for (_, other) in chosen {
+                locks?.lock(other)
+                connect(other, to: node, level: l, onCodes: onCodes)
+                locks?.unlock(other)
+            }
             if let nearest = found.first { (currentDistance, current) = nearest }
         }
-        if level > topLevel { entry.store(UInt64(level + 1) << 32 | UInt64(node), ordering: .releasing) }
     }
 
     /// Adds a link other -> node at `level`, pruning other's list with the heuristic when it is full.
-    private func connect(_ other: UInt32, to node: UInt32, level l: Int) {
+    private func connect(_ other: UInt32, to node: UInt32, level l: Int, onCodes: Bool) {
         let list = links(other, l)
         let n = Int(list[0])
         if n < maxLinks(l) {
@@ -295,11 +339,14 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             vx_store_release_u32(list, UInt32(n + 1))
             return
         }
-        var candidates: [(Float, UInt32)] = [(distance(node, other), node)]
+        var candidates: [(Float, UInt32)] = [(distance(node, other, onCodes: onCodes), node)]
         candidates.reserveCapacity(n + 1)
-        for i in 0..<n { candidates.append((distance(list[1 + i], other), list[1 + i])) }
+        for i in 0..<n {
+            let id = vx_load_u32(list + 1 + i)
+            candidates.append((distance(id, other, onCodes: onCodes), id))
+        }
         candidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-        write(selectNeighbors(candidates, max: maxLinks(l)), to: list)
+        write(selectNeighbors(candidates, max: maxLinks(l), onCodes: onCodes), to: list)
     }
 
     /// Rewrites a link list in place: ids first, the count last.
@@ -314,13 +361,13 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// The HNSW heuristic: keep a candidate (nearest first) only if it is nearer to the base than to
     /// every neighbour kept so far, which spreads links across directions.
-    private func selectNeighbors(_ sorted: [(Float, UInt32)], max: Int) -> [(Float, UInt32)] {
+    private func selectNeighbors(_ sorted: [(Float, UInt32)], max: Int, onCodes: Bool = false) -> [(Float, UInt32)] {
         guard sorted.count > max else { return sorted }
         var kept: [(Float, UInt32)] = []
         kept.reserveCapacity(max)
         for candidate in sorted {
             if kept.count == max { break }
-            if kept.allSatisfy({ kept in distance(candidate.1, kept.1) >= candidate.0 }) { kept.append(candidate) }
+            if kept.allSatisfy({ kept in distance(candidate.1, kept.1, onCodes: onCodes) >= candidate.0 }) { kept.append(candidate) }
         }
         return kept
     }
@@ -330,9 +377,16 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         metric == .l2 ? kernels.l2Squared(vector(a), vector(b), dimension) : -kernels.dot(vector(a), vector(b), dimension)
     }
 
-    /// Trains the quantizer on the published nodes and codes them all; then searches use codes.
-    private func train() {
-        let n = published.load(ordering: .relaxed)
+    /// The same in the units of the int8 codes (scaled by 1/scale², up to rounding), or the float one.
+    @inline(__always) func distance(_ a: UInt32, _ b: UInt32, onCodes: Bool) -> Float {
+        guard onCodes else { return distance(a, b) }
+        return metric == .l2 ? Float(kernels.l2SquaredInt8(code(a), code(b), dimension)) : -Float(kernels.dotInt8(code(a), code(b), dimension))
+    }
+
+    /// Trains the quantizer on the first `count` nodes (the published ones by default) and codes
+    /// them all; then searches use codes.
+    func train(count: Int? = nil) {
+        let n = count ?? published.load(ordering: .relaxed)
         quantizer = ScalarQuantizer.train(metric: metric, dimension: dimension, count: n) { UnsafePointer(vector(UInt32($0))) }
         for node in 0..<n { quantizer.encode(vector(UInt32(node)), into: code(UInt32(node))) }
         quantized.store(true, ordering: .releasing)
@@ -341,6 +395,12 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     // MARK: Searching
 
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
+        try search(query, k: k, ef: ef, filter: filter, avoiding: nil)
+    }
+
+    /// A search that walks as if `avoiding` were not in the graph (recall measurement: a vector of
+    /// the graph asked as if it were new).
+    func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter, avoiding: UInt32?) throws(IndexError) -> [Neighbor] {
         guard (1...1000).contains(k) else { throw .badK(k) }
         try validate(query, dimension: dimension)
         let limit = published.load(ordering: .acquiring)
@@ -353,9 +413,18 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         if walksOnCodes && quantized.load(ordering: .acquiring) {
             quantizer.encode(s.query, into: s.code)
             let measure = CodeMeasure(index: self, query: s.code, l2: metric == .l2)
-            walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
+            if let avoiding {
+                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter, scratch: s)
+            } else {
+                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
+            }
         } else {
-            walk(top: top, ef: breadth, limit: limit, measure: FloatMeasure(index: self, query: s.query), filter: filter, scratch: s)
+            let measure = FloatMeasure(index: self, query: s.query)
+            if let avoiding {
+                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter, scratch: s)
+            } else {
+                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
+            }
         }
         // Re-rank what the traversal found with the float vectors.
         var best = TopK(k: k)
@@ -382,7 +451,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// Moves to the nearest neighbour at `level` while that gets nearer.
     @inline(__always)
-    private func greedy<M: NodeMeasure>(_ current: inout UInt32, _ d: inout Float, level: Int, limit: Int, measure: M) {
+    func greedy<M: NodeMeasure>(_ current: inout UInt32, _ d: inout Float, level: Int, limit: Int, measure: M) {
         var changed = true
         while changed {
             changed = false
@@ -398,7 +467,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     }
 
     /// The beam search of one level: leaves the `ef` nearest acceptable nodes in `scratch.results`.
-    private func searchLayer<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
+    func searchLayer<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
                                              measure: M, filter: SearchFilter, scratch s: SearchScratch) {
         s.reserve(nodes: limit)
         let epoch = s.nextEpoch()
@@ -446,11 +515,11 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     // MARK: Scratch
 
-    private func takeScratch() -> SearchScratch {
+    func takeScratch() -> SearchScratch {
         scratch.withLock { $0.popLast() } ?? SearchScratch(dimension: dimension, codeBytes: codeBytes)
     }
 
-    private func putScratch(_ s: SearchScratch) { scratch.withLock { $0.append(s) } }
+    func putScratch(_ s: SearchScratch) { scratch.withLock { $0.append(s) } }
 
     // MARK: Reading back
 
@@ -470,10 +539,16 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    /// A fresh graph of the live vectors, with a quantizer trained on them.
+    /// A fresh graph of the live vectors, with a quantizer trained on them, built on every core.
     public func compacted() -> HNSWIndex {
         let fresh = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
-        forEachLive { label, v in try? fresh.insert(label: label, vector: UnsafeBufferPointer(start: v, count: dimension)) }
+        var labels: [UInt64] = []
+        var rows: [Float] = []
+        forEachLive { label, v in
+            labels.append(label)
+            rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
+        }
+        rows.withUnsafeBufferPointer { try? fresh.insert(batch: labels, vectors: $0, threads: availableCores) }
         return fresh
     }
 }
@@ -492,6 +567,15 @@ struct FloatMeasure: NodeMeasure {
             : -index.kernels.dot(query, index.vector(node), index.dimension)
     }
     @inline(__always) func prefetch(_ node: UInt32) { vx_prefetch(index.vector(node)) }
+}
+
+/// Another measure, with one node infinitely far: the walk never moves to it, so never through
+/// its links.
+struct Avoiding<Inner: NodeMeasure>: NodeMeasure {
+    let inner: Inner
+    let node: UInt32
+    @inline(__always) func distance(_ id: UInt32) -> Float { id == node ? .infinity : inner.distance(id) }
+    @inline(__always) func prefetch(_ id: UInt32) { inner.prefetch(id) }
 }
 
 struct CodeMeasure: NodeMeasure {

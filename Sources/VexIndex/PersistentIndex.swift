@@ -144,6 +144,17 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    public func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
+        try writer.withLock { (state) throws(IndexError) in
+            try index.insert(batch: labels, vectors: vectors, threads: threads)
+            let d = dimension
+            for (row, label) in labels.enumerated() {
+                state.log?.append(.insert(label: label, vector: Array(vectors[(row * d)..<((row + 1) * d)])))
+            }
+            if let log = state.log, log.size > logBound { try? checkpoint(&state) }
+        }
+    }
+
     @discardableResult
     public func remove(label: UInt64) -> Bool {
         writer.withLock { state in
@@ -180,11 +191,10 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         state.log = try WriteAheadLog(path: PersistentIndex.logPath(directory, next), committer: committer)
         state.generation = next
         var w = SnapshotWriter(path: directory + "/snapshot")
-        let now = index.active
+        let (isGraph, sections) = index.snapshotSections()
         var meta = ByteWriter()
-        meta.put(UInt32(dimension)); meta.put(metric.code); meta.put(UInt8(now is HNSWIndex ? 1 : 0)); meta.put(next)
+        meta.put(UInt32(dimension)); meta.put(metric.code); meta.put(UInt8(isGraph ? 1 : 0)); meta.put(next)
         w.section("META", meta.bytes)
-        let sections = (now as? HNSWIndex)?.sections() ?? (now as! FlatIndex).sections()
         for (tag, bytes) in sections { w.section(tag, bytes) }
         for (tag, bytes) in attachments { w.section("X" + tag.prefix(3), bytes) }
         try w.commit()

@@ -25,8 +25,10 @@ extension AdaptiveIndex {
 }
 
 extension AdaptiveIndex {
-    /// The stored vector of `label` (normalised for cosine), from whichever index is in use.
+    /// The stored vector of `label` (normalised for cosine), from whichever index holds it (single
+    /// inserts wait in `fresh` until they are linked into the graph).
     public func vector(of label: UInt64) -> [Float]? {
+        if let v = fresh.vector(of: label) { return v }
         let now = active
         if let flat = now as? FlatIndex { return flat.vector(of: label) }
         if let graph = now as? HNSWIndex { return graph.vector(of: label) }

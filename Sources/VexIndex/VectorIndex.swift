@@ -46,6 +46,9 @@ public protocol VectorIndex: AnyObject, Sendable {
     var count: Int { get }
     /// Adds `vector` under `label`, replacing what the label held before.
     func insert(label: UInt64, vector: UnsafeBufferPointer<Float>) throws(IndexError)
+    /// Adds row i of `vectors` under `labels[i]` (a later row wins over an earlier one with the same
+    /// label), on up to `threads` threads where the index can build in parallel.
+    func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError)
     /// Removes `label`; false when it was not there.
     @discardableResult func remove(label: UInt64) -> Bool
     /// The `k` nearest vectors to `query` that `filter` allows, nearest first. `ef` is the
@@ -72,6 +75,14 @@ public struct SearchFilter {
 }
 
 extension VectorIndex {
+    /// One row at a time: the indexes that cannot build in parallel.
+    public func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
+        guard vectors.count == labels.count * dimension else { throw .wrongDimension(expected: dimension, got: vectors.count / max(labels.count, 1)) }
+        for (row, label) in labels.enumerated() {
+            try insert(label: label, vector: UnsafeBufferPointer(rebasing: vectors[(row * dimension)..<((row + 1) * dimension)]))
+        }
+    }
+
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, excluding: UInt64?) throws(IndexError) -> [Neighbor] {
         try search(query, k: k, ef: ef, filter: SearchFilter(excluding: excluding))
     }

@@ -9,10 +9,15 @@ import Glibc
 /// file as it is now" (`refresh`) or "forget it" (`remove`). A batch closes at `batchSize` events or
 /// `batchDelay` after its first; within it, removes go before refreshes. The delay (20 ms) costs
 /// queries nothing, since they settle their collection first; shorter windows woke the worker for
-/// every few files and slowed a `cp` of many small files by a fifth on two cores. A query never waits behind
-/// other collections: it marks its collection urgent, the worker takes that collection's events
-/// first, and the query proceeds once none is pending or in flight (read-your-writes). The queue
-/// holds at most `capacity` files; posting to a full queue waits (backpressure).
+/// every few files and slowed a `cp` of many small files by a fifth on two cores. The queue holds at
+/// most `capacity` files; posting to a full queue waits (backpressure).
+///
+/// Read-your-writes without waiting for the queue to drain: every event gets an order number when
+/// posted, and a query waits only until its own collection has no event left unapplied with a
+/// number at or below the last one given out when it started (a watermark), so a steady writer
+/// cannot hold it off, and other collections' work never delays it. The worker applies a batch in
+/// slices of `sliceSize`, publishing progress after each, and when a query is waiting it puts the
+/// rest of the batch back and takes the waiting collection's events first.
 final class Bridge: @unchecked Sendable {
     enum Op: Sendable { case refresh, remove }
     struct Key: Hashable, Sendable {
@@ -28,6 +33,8 @@ final class Bridge: @unchecked Sendable {
     let batchSize: Int
     let batchDelayNanoseconds: Int
     private let apply: @Sendable ([Event]) -> Void
+    /// Background work for when the queue is empty, a little at a time; true while more remains.
+    private let idle: @Sendable () -> Bool
 
     /// Guards the queue: everything below down to `thread`.
     private let queueLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
@@ -62,8 +69,33 @@ final class Bridge: @unchecked Sendable {
         }
     }
     private var pendingPerCollection: [UInt64: Int] = [:]
-    private var inFlight: [UInt64: Int] = [:]
-    private var urgent: Set<UInt64> = []
+    /// Per collection, the order numbers of its events not yet applied (pending or in flight).
+    private var unapplied: [UInt64: Orders] = [:]
+    /// Collections a query waits for, with the watermark it waits for.
+    private var urgent: [UInt64: UInt64] = [:]
+    /// Events are applied this many at a time, so a query waits for a slice, not a whole batch.
+    let sliceSize = 8
+
+    /// Increasing order numbers, finished in any order; `first` is the lowest unfinished one.
+    struct Orders {
+        private var orders: [UInt64] = []
+        private var head = 0
+        private var finished: Set<UInt64> = []
+        var isEmpty: Bool { head == orders.count }
+        mutating func append(_ order: UInt64) { orders.append(order) }
+        mutating func finish(_ order: UInt64) {
+            finished.insert(order)
+            while head < orders.count, finished.remove(orders[head]) != nil { head += 1 }
+            if head == orders.count {
+                orders.removeAll(keepingCapacity: true)
+                head = 0
+            } else if head > 4096 && head * 2 > orders.count {
+                orders.removeFirst(head)
+                head = 0
+            }
+        }
+        var first: UInt64? { head < orders.count ? orders[head] : nil }
+    }
     private var firstPendingAt = timespec()
     private var stopping = false
     private var thread = pthread_t()
@@ -87,8 +119,9 @@ final class Bridge: @unchecked Sendable {
     private let counters: Counters
 
     init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 20_000, counters: Counters = Counters(factory: NOOPMetricsHandler.instance),
-         apply: @escaping @Sendable ([Event]) -> Void) {
+         idle: @escaping @Sendable () -> Bool = { false }, apply: @escaping @Sendable ([Event]) -> Void) {
         self.counters = counters
+        self.idle = idle
         self.capacity = capacity
         self.batchSize = batchSize
         batchDelayNanoseconds = batchDelayMicroseconds * 1000
@@ -137,18 +170,20 @@ final class Bridge: @unchecked Sendable {
             pendingPerCollection[collection, default: 0] += 1
             nextOrder += 1
             pending[key] = (op, nextOrder)
+            unapplied[collection, default: Orders()].append(nextOrder)
             op == .remove ? removes.append(key) : refreshes.append(key)
             if pending.count == 1 || pending.count >= batchSize { pthread_cond_signal(wake) }
         }
     }
 
-    /// Returns once nothing posted for `collection` before the call is still unapplied.
+    /// Returns once nothing posted for `collection` before the call is still unapplied (events
+    /// posted since are not waited for).
     func settle(_ collection: UInt64) {
         locked {
-            guard pendingPerCollection[collection] != nil || inFlight[collection] != nil else { return }
-            urgent.insert(collection)
-            pthread_cond_signal(wake)
-            while pendingPerCollection[collection] != nil || inFlight[collection] != nil {
+            let watermark = nextOrder
+            while let first = unapplied[collection]?.first, first <= watermark {
+                urgent[collection] = max(urgent[collection] ?? 0, watermark)
+                pthread_cond_signal(wake)
                 pthread_cond_wait(progress, queueLock)
             }
         }
@@ -157,8 +192,11 @@ final class Bridge: @unchecked Sendable {
     /// Returns once every event posted before the call is applied.
     func settleAll() {
         locked {
-            while !pending.isEmpty || !inFlight.isEmpty {
-                urgent.formUnion(pendingPerCollection.keys)
+            let watermark = nextOrder
+            while true {
+                let behind = unapplied.filter { ($0.value.first ?? .max) <= watermark }.keys
+                if behind.isEmpty { break }
+                for c in behind { urgent[c] = max(urgent[c] ?? 0, watermark) }
                 pthread_cond_signal(wake)
                 pthread_cond_wait(progress, queueLock)
             }
@@ -179,7 +217,17 @@ final class Bridge: @unchecked Sendable {
     private func work() {
         pthread_mutex_lock(queueLock)
         while true {
-            while pending.isEmpty && !stopping { pthread_cond_wait(wake, queueLock) }
+            var idleWork = true
+            while pending.isEmpty && !stopping {
+                if idleWork {
+                    pthread_mutex_unlock(queueLock)
+                    idleWork = idle()
+                    pthread_mutex_lock(queueLock)
+                } else {
+                    pthread_cond_wait(wake, queueLock)
+                    idleWork = true
+                }
+            }
             if pending.isEmpty && stopping { break }
             // Let the batch fill, unless a query is waiting or the queue is closing.
             var deadline = firstPendingAt
@@ -189,51 +237,77 @@ final class Bridge: @unchecked Sendable {
                 if pthread_cond_timedwait(wake, queueLock, &deadline) == ETIMEDOUT { break }
             }
             let batch = takeBatch()
-            pthread_mutex_unlock(queueLock)
-            apply(batch)
-            pthread_mutex_lock(queueLock)
-            for e in batch {
-                inFlight[e.key.collection]! -= 1
-                if inFlight[e.key.collection] == 0 { inFlight[e.key.collection] = nil }
+            var done = 0
+            while done < batch.count {
+                let slice = batch[done..<min(done + sliceSize, batch.count)]
+                pthread_mutex_unlock(queueLock)
+                apply(slice.map(\.0))
+                pthread_mutex_lock(queueLock)
+                for (e, order) in slice {
+                    unapplied[e.key.collection]!.finish(order)
+                    if unapplied[e.key.collection]!.isEmpty { unapplied[e.key.collection] = nil }
+                }
+                done += slice.count
+                pthread_cond_broadcast(progress)
+                // A query arrived for a collection this batch does not serve next: it goes first.
+                if done < batch.count && !urgent.isEmpty && !urgent.keys.contains(batch[done].0.key.collection) {
+                    for (e, order) in batch[done...] { requeue(e, order) }
+                    break
+                }
             }
             counters.batches.increment()
-            counters.batchSizes.record(batch.count)
+            counters.batchSizes.record(done)
             if !pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pthread_cond_broadcast(progress)
         }
         pthread_mutex_unlock(queueLock)
     }
 
-    /// Up to `batchSize` events: urgent collections' first, then removes, then refreshes, each
-    /// group oldest first (so the first vector written to a new collection is the first indexed).
-    private func takeBatch() -> [Event] {
+    /// Puts an event taken but not applied back, under its first order number (a newer post for
+    /// the same file merges into it: applying reads the file as it is then).
+    private func requeue(_ e: Event, _ order: UInt64) {
+        let c = e.key.collection
+        if let newer = pending[e.key] {
+            pending[e.key] = (newer.op, order)
+            unapplied[c]!.finish(newer.order)
+        } else {
+            pending[e.key] = (e.op, order)
+            pendingPerCollection[c, default: 0] += 1
+        }
+        let op = pending[e.key]!.op
+        op == .remove ? removes.append(e.key) : refreshes.append(e.key)
+    }
+
+    /// Up to `batchSize` events. When queries wait: only the events they wait for, oldest first,
+    /// so the batch is short. Otherwise removes, then refreshes, each oldest first (so the first
+    /// vector written to a new collection is the first indexed); within the batch, removes first.
+    private func takeBatch() -> [(Event, UInt64)] {
         var chosen: [(Event, UInt64)] = []
         chosen.reserveCapacity(min(batchSize, pending.count))
-        func take(_ keys: [Key]) {
-            for key in keys where chosen.count < batchSize {
-                guard let waiting = pending.removeValue(forKey: key) else { continue }
-                chosen.append((Event(key: key, op: waiting.op), waiting.order))
-                let c = key.collection
-                pendingPerCollection[c]! -= 1
-                if pendingPerCollection[c] == 0 { pendingPerCollection[c] = nil }
-                inFlight[c, default: 0] += 1
-            }
+        func take(_ key: Key) {
+            guard let waiting = pending.removeValue(forKey: key) else { return }
+            chosen.append((Event(key: key, op: waiting.op), waiting.order))
+            let c = key.collection
+            pendingPerCollection[c]! -= 1
+            if pendingPerCollection[c] == 0 { pendingPerCollection[c] = nil }
         }
         if !urgent.isEmpty {
-            let waiting = pending.filter { urgent.contains($0.key.collection) }.sorted { $0.value.order < $1.value.order }
-            take(waiting.map(\.key))
-            urgent = urgent.filter { pendingPerCollection[$0] != nil }
+            let waiting = pending.filter { entry in urgent[entry.key.collection].map { entry.value.order <= $0 } ?? false }
+                .sorted { $0.value.order < $1.value.order }
+            for (key, _) in waiting.prefix(batchSize) { take(key) }
+            urgent = [:]
         }
         func drain(_ lane: inout Lane, _ op: Op) {
             while chosen.count < batchSize, let key = lane.next() {
-                if pending[key]?.op == op { take([key]) }
+                if pending[key]?.op == op { take(key) }
             }
         }
-        drain(&removes, .remove)
-        drain(&refreshes, .refresh)
-        // Within the batch, removes first (they free labels and make room), then oldest first.
+        if chosen.isEmpty {
+            drain(&removes, .remove)
+            drain(&refreshes, .refresh)
+        }
         chosen.sort { ($0.0.op == .remove ? 0 : 1, $0.1) < ($1.0.op == .remove ? 0 : 1, $1.1) }
-        return chosen.map(\.0)
+        return chosen
     }
 
     private func locked<R>(_ body: () -> R) -> R {

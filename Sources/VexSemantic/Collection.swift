@@ -31,6 +31,7 @@ enum DirectorySetting: String {
     case dimension = "user.vexfs.dim"
     case metric = "user.vexfs.metric"
     case embed = "user.vexfs.embed"
+    case recall = "user.vexfs.recall"
 }
 
 /// A collection setting with its value, checked: the one place a setting's bytes become a value,
@@ -40,6 +41,10 @@ public enum Setting: Equatable, Sendable {
     case metric(Metric)
     /// Which files are text to embed: globs on the base name (empty: none).
     case embed([String])
+    /// The recall@10 the collection tunes its search breadth to.
+    case recall(Double)
+
+    public static let defaultRecall = 0.95
 
     /// Values are short; longer ones are refused.
     static let maxValueBytes = 64
@@ -64,6 +69,9 @@ public enum Setting: Equatable, Sendable {
             let globs = text.split(whereSeparator: { $0 == " " || $0 == "\t" }).map(String.init)
             guard globs.count <= 64, !globs.contains(where: { $0.contains("/") }) else { throw .invalid("embed is up to 64 globs on file names, separated by spaces") }
             return .embed(globs)
+        case .recall:
+            guard let r = Double(text), r.isFinite, r > 0, r <= 1 else { throw .invalid("recall must be a number above 0 and at most 1") }
+            return .recall(r)
         }
     }
 
@@ -73,6 +81,7 @@ public enum Setting: Equatable, Sendable {
         case .dimension(let d): String(d)
         case .metric(let m): m.rawValue
         case .embed(let globs): globs.joined(separator: " ")
+        case .recall(let r): String(r)
         }
     }
 }
@@ -111,6 +120,9 @@ final class Collection: @unchecked Sendable {
         var embedding: [FileName: UInt64] = [:]
         /// Requests made under the lock, sent after it (sending may wait for room in the queue).
         var outbox: [(FileName, UInt64, [String])] = []
+        var recallTarget = Setting.defaultRecall
+        /// The count at the last recall measurement asked for: the next is asked at twice it.
+        var measuredAt = 0
     }
 
     /// Takes over `directory`, a descriptor of the collection's directory.
@@ -140,6 +152,7 @@ final class Collection: @unchecked Sendable {
             if case .metric(let m)? = readSetting(dir, .metric) { s.metric = m }
             if case .dimension(let d)? = readSetting(dir, .dimension) { s.dimension = d }
             if case .embed(let globs)? = readSetting(dir, .embed) { s.embedGlobs = globs }
+            if case .recall(let r)? = readSetting(dir, .recall) { s.recallTarget = r }
             var problems: [String] = []
             if s.dimension != nil {
                 problems += openIndex(&s)
@@ -183,6 +196,7 @@ final class Collection: @unchecked Sendable {
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
             if changed > 0 && !deferring { checkpoint(&s) }
             published(s)
+            considerMeasuring(&s)
             return (changed, problems, toRead)
         }
         sendOutbox()
@@ -213,6 +227,7 @@ final class Collection: @unchecked Sendable {
                 }
             }
             if let index = s.index, index.logSize > layer.logBound { checkpoint(&s) }
+            considerMeasuring(&s)
         }
         sendOutbox()
     }
@@ -312,6 +327,23 @@ final class Collection: @unchecked Sendable {
         }
     }
 
+    // MARK: recall target (measured by the layer's tuner thread)
+
+    /// Asks for a recall measurement when the graph is new or has doubled since the last one.
+    private func considerMeasuring(_ s: inout State) {
+        guard let index = s.index, index.index.active is HNSWIndex, s.measuredAt == 0 || index.count >= 2 * s.measuredAt else { return }
+        s.measuredAt = max(index.count, 1)
+        layer.tuner.request(self)
+    }
+
+    /// Measures the index against the recall target and sets its breadth (the tuner's thread).
+    func measureRecall() {
+        guard let (index, target) = state.withLock({ s in s.index.map { ($0, s.recallTarget) } }) else { return }
+        guard let m = index.index.tune(target: target) else { return }
+        version.add(1, ordering: .releasing)
+        layer.journal.record("index", path: state.withLock { shown($0) }, detail: ["recall": m.description])
+    }
+
     /// Makes the index agree with the file `name` as it is now.
     private func refresh(_ name: FileName, _ s: inout State) {
         guard !name.hasSuffix(".query"), let st = StoreFiles.stat(directory, name) else {
@@ -372,13 +404,13 @@ final class Collection: @unchecked Sendable {
                 s.nextLabel += UInt64(vectors.rows)
             }
             record.rows = vectors.rows
+            // A file of many rows (one big .npy) is built on every core.
+            let labels = (0..<UInt64(vectors.rows)).map { record.firstLabel + $0 }
             vectors.values.withUnsafeBufferPointer { all in
-                for row in 0..<vectors.rows {
-                    let label = record.firstLabel + UInt64(row)
-                    try? index.insert(label: label, vector: UnsafeBufferPointer(rebasing: all[(row * vectors.dimension)..<((row + 1) * vectors.dimension)]))
-                    s.owner[label] = name
-                }
+                try? index.insert(batch: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]),
+                                  threads: vectors.rows >= 1024 ? availableCores : 1)
             }
+            for label in labels { s.owner[label] = name }
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }
         layer.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
@@ -456,6 +488,11 @@ final class Collection: @unchecked Sendable {
                 guard globs != s.embedGlobs else { return }
                 s.embedGlobs = globs
                 rebuild(&s)
+            case .recall(let r):
+                writeSetting(directory, setting)
+                s.recallTarget = r
+                s.measuredAt = 0
+                considerMeasuring(&s)
             case .dimension(let d):
                 guard d != s.dimension else { return }
                 guard s.files.values.allSatisfy({ $0.rows == 0 }) else { throw .busy("the collection holds vectors of dimension \(s.dimension ?? 0)") }
@@ -479,6 +516,8 @@ final class Collection: @unchecked Sendable {
         for name in names { refresh(name, &s) }
         checkpoint(&s)
         published(s)
+        s.measuredAt = 0
+        considerMeasuring(&s)
     }
 
     // MARK: reading (queries and attributes)
@@ -488,12 +527,13 @@ final class Collection: @unchecked Sendable {
         let metric: Metric
         let count: Int
         let index: String
+        let recall: Double
     }
 
     var summary: Summary {
         state.withLock { s in
             Summary(dimension: s.dimension, metric: s.metric, count: s.index?.count ?? 0,
-                    index: s.index.map { "\($0.index.summary)" } ?? "none (no vectors yet)")
+                    index: s.index.map { "\($0.index.summary)" } ?? "none (no vectors yet)", recall: s.recallTarget)
         }
     }
 
@@ -730,6 +770,7 @@ func writeSetting(_ dir: Int32, _ setting: Setting) {
     case .dimension: .dimension
     case .metric: .metric
     case .embed: .embed
+    case .recall: .recall
     }
     StoreFiles.setAttribute(opath: dir, attribute.rawValue, setting.text)
 }

@@ -112,6 +112,8 @@ public final class SemanticLayer: @unchecked Sendable {
     public static let maxTextQueryBytes = 64 << 10
     /// One thread makes every collection's log durable.
     let committer = LogCommitter()
+    /// One thread measures collections' recall and sets their search breadth.
+    let tuner = RecallTuner()
     public let journal: Journal
     private(set) var bridge: Bridge!
     /// Collections by directory inode number.
@@ -180,7 +182,7 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot, 0o700)
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
-        bridge = Bridge(counters: metrics.bridge) { [unowned self] events in self.apply(events) }
+        bridge = Bridge(counters: metrics.bridge, idle: { [unowned self] in self.absorbSome() }) { [unowned self] events in self.apply(events) }
         back.layer = self
     }
 
@@ -232,6 +234,7 @@ public final class SemanticLayer: @unchecked Sendable {
         // Waiting texts are dropped: their files are asked for again at the next mount.
         embedQueue?.stop()
         embedClient?.shutdown()
+        tuner.stop()
         for c in collections.withLock({ Array($0.values) }) { c.close() }
         journal.flush()
     }
@@ -392,6 +395,17 @@ public final class SemanticLayer: @unchecked Sendable {
         for (key, list) in byCollection { existing(key)?.apply(list) }
     }
 
+    /// Links a few of one collection's waiting vectors into its graph (the bridge, when idle);
+    /// true while some collection still has some waiting.
+    private func absorbSome() -> Bool {
+        for c in collections.withLock({ Array($0.values) }) {
+            guard let index = c.state.withLock({ $0.index }), index.index.unabsorbed > 0 else { continue }
+            index.index.absorb(limit: 8)
+            return true
+        }
+        return false
+    }
+
     func existing(_ key: UInt64) -> Collection? { collections.withLock { $0[key] } }
 
     /// The collection of `dir`, made (and opened) on first use; nil past `maxCollections`.
@@ -512,11 +526,14 @@ public final class SemanticLayer: @unchecked Sendable {
             guard embedQueue != nil else { throw .noData }
             if case .embed(let globs)? = readSetting(dir.fd, .embed) { return Array(globs.joined(separator: " ").utf8) }
             return Array(SemanticLayer.defaultEmbedGlobs.joined(separator: " ").utf8)
+        case "recall":
+            let stored: Double? = if case .recall(let r)? = readSetting(dir.fd, .recall) { r } else { nil }
+            return Array(String(summary?.recall ?? stored ?? Setting.defaultRecall).utf8)
         default: throw .noData
         }
     }
 
-    /// Sets `user.vexfs.dim` or `user.vexfs.metric` on a collection; other names of ours are refused.
+    /// Sets `user.vexfs.dim`, `user.vexfs.metric` or `user.vexfs.recall` on a collection; other names of ours are refused.
     public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
         let setting = try Setting.parse(attribute, value)
         bridge.settle(dir.key)

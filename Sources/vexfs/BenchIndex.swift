@@ -22,6 +22,9 @@ struct IndexBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Thread counts.") var threads: [Int] = [1, 2]
     @Option(help: "Timed passes over the queries; the median is reported.") var passes = 3
     @Flag(help: "Walk the graph on the float32 vectors instead of the int8 codes.") var floatTraversal = false
+    @Flag(help: "Build the graph measuring on the float32 vectors instead of the int8 codes.") var floatConstruction = false
+    @Option(help: "Threads that build the graph (default: every core).") var buildThreads = availableCores
+    @Option(help: "Also measure the graph's own recall the way a collection does, for this target.") var tuneRecall: Double?
 
     func run() throws {
         guard let metric = Metric(rawValue: metric) else { throw UserError("unknown metric \(metric)") }
@@ -39,19 +42,27 @@ struct IndexBench: ParsableCommand {
         } else {
             var p = HNSWParameters(m: m, efConstruction: efConstruction)
             p.int8Traversal = !floatTraversal
+            p.int8Construction = !floatConstruction
             let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels, parameters: p)
             hnsw = h
             index = h
         }
+        let labels = (0..<n).map { UInt64($0) }
         let build = time {
             baseData.withUnsafeBufferPointer { p in
-                for i in 0..<n { try! index.insert(label: UInt64(i), vector: UnsafeBufferPointer(rebasing: p[(i * dim)..<((i + 1) * dim)])) }
+                try! index.insert(batch: labels, vectors: UnsafeBufferPointer(rebasing: p[0..<(n * dim)]), threads: buildThreads)
             }
         }
         let rss = residentBytes() - rssBefore
         let accounted = hnsw?.memoryBytes ?? (n * ((dim + 15) / 16 * 16) * 4 + n * 8)
-        print(#"{"engine":"vexfs","kind":"\#(kind)","n":\#(n),"build_s":\#(build),"rss_bytes":\#(rss),"index_bytes":\#(accounted),"raw_bytes":\#(n * dim * 4)}"#)
+        print(#"{"engine":"vexfs","kind":"\#(kind)","n":\#(n),"build_s":\#(build),"build_threads":\#(buildThreads),"rss_bytes":\#(rss),"index_bytes":\#(accounted),"raw_bytes":\#(n * dim * 4)}"#)
         fflush(nil)
+        if let target = tuneRecall, let h = hnsw {
+            var m: RecallMeasurement?
+            let seconds = time { m = h.measureRecall(target: target) }
+            if let m { print(#"{"engine":"vexfs","tune_target":\#(target),"tuned_ef":\#(m.ef),"sample_recall":\#(m.recall),"tune_s":\#(seconds)}"#) }
+            fflush(nil)
+        }
 
         let breadths = kind == "flat" ? [0] : ef
         for e in breadths {

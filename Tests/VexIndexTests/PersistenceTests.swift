@@ -40,6 +40,7 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
                                          parameters: HNSWParameters(m: 8, efConstruction: 32), kernels: Self.kernels)
         for (i, v) in data.enumerated() { try a.insert(label: UInt64(i) * 7, vector: v) }
         for i in stride(from: 0, to: 1500, by: 5) { a.remove(label: UInt64(i) * 7) }
+        a.index.absorb()  // single inserts wait beside the graph; a snapshot links them first
         let before = image(a)
         let answers = try data.prefix(20).map { try a.search($0, k: 10) }
         a.close()

@@ -69,6 +69,39 @@ final class Recorder: @unchecked Sendable {
         bridge.stop()
     }
 
+    @Test func settleWaitsForWhatCameBeforeItNotForAWriterThatNeverStops() {
+        // A slow worker (2 ms a batch of 8) and a writer that posts faster than it applies: the queue
+        // is never empty, yet a query's settle returns once what it asked for is in.
+        let r = Recorder()
+        let bridge = Bridge(batchSize: 8, batchDelayMicroseconds: 1000) { events in
+            usleep(2000)
+            r.apply(events)
+        }
+        let stop = Atomic<Bool>(false)
+        let writer = Thread {
+            var i = 0
+            while !stop.load(ordering: .relaxed) {
+                bridge.post(.refresh, collection: 1, name: FileName("w\(i)"))
+                i += 1
+                usleep(20)
+            }
+        }
+        writer.start()
+        usleep(50_000)
+        bridge.post(.refresh, collection: 1, name: "mine")
+        bridge.post(.refresh, collection: 2, name: "elsewhere")
+        bridge.settle(1)
+        let stillPending = bridge.depth
+        let applied = r.all
+        stop.store(true, ordering: .relaxed)
+        writer.join()
+        #expect(applied.contains { $0.key == Bridge.Key(collection: 1, name: "mine") })
+        #expect(stillPending > 0)  // it did not wait for the queue to drain
+        bridge.settleAll()
+        #expect(r.all.contains { $0.key.collection == 2 })
+        bridge.stop()
+    }
+
     @Test func aFullQueueMakesPostersWait() throws {
         let r = Recorder()
         r.gate.withLock { $0 = false }

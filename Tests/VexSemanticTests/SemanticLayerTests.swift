@@ -193,3 +193,55 @@ func answer(_ bytes: [UInt8]) -> [String] {
         #expect(!SemanticLayer.owns("security.capability"))
     }
 }
+
+@Suite struct RecallTargetTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+
+    /// `rows` x `dim` values around a few centres, as one `.fvecs` file.
+    func writeFvecs(_ path: String, rows: Int, dim: Int) {
+        var state: UInt64 = 77
+        func unit() -> Float {
+            state = state &* 6364136223846793005 &+ 1442695040888963407
+            return Float(state >> 40) / Float(1 << 24)
+        }
+        let centres = (0..<12).map { _ in (0..<dim).map { _ in unit() * 2 - 1 } }
+        var bytes: [UInt8] = []
+        for _ in 0..<rows {
+            let c = centres[Int(unit() * 12) % 12]
+            withUnsafeBytes(of: Int32(dim).littleEndian) { bytes += $0 }
+            for d in 0..<dim { withUnsafeBytes(of: (c[d] + unit() * 0.6 - 0.3).bitPattern.littleEndian) { bytes += $0 } }
+        }
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+    }
+
+    @Test func theRecallTargetIsValidatedStoredAndMeasured() throws {
+        let store = temporaryStore()
+        defer { removeTree(store) }
+        mkdir(store + "/c", 0o755)
+        let c = SemanticLayerTests.Lent(store, "c")
+        let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw)
+        #expect(String(decoding: try layer.directoryAttribute("user.vexfs.recall", dir: c.ref), as: UTF8.self) == "0.95")
+        for bad in ["0", "1.5", "-0.2", "x", "nan", "inf", "", "0.9 0.8"] {
+            #expect(throws: SemanticError.self) { try layer.setDirectoryAttribute("user.vexfs.recall", dir: c.ref, value: Array(bad.utf8)) }
+        }
+        writeFvecs(store + "/c/base.fvecs", rows: 3000, dim: 16)
+        layer.written(c.ref, FileName("base.fvecs"), inode: c.inode("base.fvecs"))
+        try layer.setDirectoryAttribute("user.vexfs.recall", dir: c.ref, value: Array("0.99\n".utf8))
+        layer.bridge.settleAll()
+        layer.tuner.settle()
+        #expect(String(decoding: try layer.directoryAttribute("user.vexfs.recall", dir: c.ref), as: UTF8.self) == "0.99")
+        let summary = String(decoding: try layer.directoryAttribute("user.vexfs.index", dir: c.ref), as: UTF8.self)
+        #expect(summary.contains("in use: ef "), "\(summary)")
+        #expect(summary.contains("target 0.99"), "\(summary)")
+        let m = try #require(layer.existing(c.ref.key)?.state.withLock { $0.index?.index.measurement })
+        #expect(m.vectors == 3000 && (m.recall >= 0.99 || m.ef == 1000))
+        layer.close()
+        // The target is the directory's: a new mount reads it back.
+        let again = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw)
+        _ = again.reconcile { _ in }
+        #expect(String(decoding: try again.directoryAttribute("user.vexfs.recall", dir: c.ref), as: UTF8.self) == "0.99")
+        again.close()
+    }
+}

@@ -1,0 +1,187 @@
+import Synchronization
+import Testing
+import VexKernels
+import VexTestSupport
+@testable import VexIndex
+
+/// The parallel build: the graph it makes answers as well as one built a vector at a time, and
+/// searches running during a batch see the old graph, never a half-made one.
+@Suite struct HNSWBatchTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+
+    func recall(_ index: any VectorIndex, _ data: [[Float]], _ queries: [[Float]], _ metric: Metric) throws -> Double {
+        var table: [UInt64: [Float]] = [:]
+        for (i, v) in data.enumerated() { table[UInt64(i)] = v }
+        var hits = 0
+        for q in queries {
+            let got = try index.search(q, k: 10)
+            hits += Set(got.map(\.label)).intersection(bruteForce(table, q, metric, k: 10).map(\.0)).count
+        }
+        return Double(hits) / Double(queries.count * 10)
+    }
+
+    @Test(arguments: [(Metric.l2, 1), (.cosine, 4), (.dot, 4), (.l2, 4)])
+    func aParallelBuildFindsWhatAnExactScanFinds(_ metric: Metric, _ threads: Int) throws {
+        let dim = 24
+        let all = clusteredSet(count: 4100, dimension: dim, clusters: 30, seed: 21)
+        let data = Array(all[..<4000]), queries = Array(all[4000...])
+        let index = HNSWIndex(dimension: dim, metric: metric, kernels: Self.kernels)
+        try data.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<UInt64(data.count)).map { $0 }, vectors: p, threads: threads)
+        }
+        #expect(index.count == data.count)
+        #expect(index.nodeCount == data.count)
+        let quantized = index.quantized.load(ordering: .relaxed)
+        #expect(quantized)
+        let r = try recall(index, data, queries, metric)
+        #expect(r >= 0.95, "recall@10 \(r) with \(threads) threads")
+        // Every link points inside the graph and never to the node itself.
+        for node in 0..<UInt32(index.nodeCount) {
+            for level in 0...index.level(node) {
+                let list = index.links(node, level)
+                #expect(Int(list[0]) <= index.maxLinks(level))
+                for j in 0..<Int(list[0]) {
+                    #expect(Int(list[1 + j]) < index.nodeCount && list[1 + j] != node)
+                }
+            }
+        }
+    }
+
+    @Test func aBatchReplacesLabelsAndTheLastRowWins() throws {
+        let dim = 8
+        let data = clusteredSet(count: 1500, dimension: dim, clusters: 10, seed: 5)
+        let index = HNSWIndex(dimension: dim, metric: .l2, kernels: Self.kernels)
+        for (i, v) in data.enumerated() { try index.insert(label: UInt64(i), vector: v) }
+        // Labels 0..<500 again, each twice in the batch: the second row is the one kept. (Moved
+        // within the range the quantizer was trained on: codes clamp outside it.)
+        let moved = (0..<500).map { i in data[i].map { $0 * 0.9 + 0.01 } }
+        let rows = (0..<500).map { i in data[i].map { $0 * 0.8 } } + moved
+        let labels = (0..<1000).map { UInt64($0 % 500) }
+        try rows.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: labels, vectors: p, threads: 2)
+        }
+        #expect(index.count == 1500)
+        for i in stride(from: 0, to: 500, by: 37) {
+            #expect(index.vector(of: UInt64(i)) == moved[i])
+            let got = try index.search(moved[i], k: 1)
+            #expect(got.first?.label == UInt64(i))
+        }
+    }
+
+    @Test func searchesDuringABatchSeeTheOldGraphThenAllOfIt() throws {
+        let dim = 16
+        let data = clusteredSet(count: 6000, dimension: dim, clusters: 20, seed: 9)
+        let index = HNSWIndex(dimension: dim, metric: .l2, kernels: Self.kernels)
+        for i in 0..<2000 { try index.insert(label: UInt64(i), vector: data[i]) }
+        let done = Atomic<Bool>(false)
+        let bad = Atomic<Int>(0)
+        let searched = Atomic<Int>(0)
+        let rest = Array(data[2000...]).flatMap { $0 }
+        let searcher: @Sendable () -> Void = {
+            var i = 0
+            while !done.load(ordering: .acquiring) || i < 50 {
+                let got = (try? index.search(data[i % 2000], k: 10)) ?? []
+                // Either the old graph or the whole new one: every label is real, and the vector's
+                // own label (in both) comes first.
+                if got.count != 10 || got.contains(where: { $0.label >= 6000 }) || got.first?.label != UInt64(i % 2000) {
+                    bad.add(1, ordering: .relaxed)
+                }
+                searched.add(1, ordering: .relaxed)
+                i += 1
+            }
+        }
+        runOnThreads([searcher, {
+            rest.withUnsafeBufferPointer { p in
+                try? index.insert(batch: (2000..<6000).map { UInt64($0) }, vectors: p, threads: 2)
+            }
+            done.store(true, ordering: .releasing)
+        }])
+        #expect(bad.load(ordering: .relaxed) == 0)
+        #expect(searched.load(ordering: .relaxed) >= 50)
+        #expect(index.count == 6000)
+        let r = try recall(index, data, clusteredSet(count: 50, dimension: dim, clusters: 20, seed: 9 &+ 1), .l2)
+        #expect(r >= 0.95, "recall@10 \(r)")
+    }
+}
+
+@Suite struct RecallTuningTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+
+    @Test(arguments: [0.9, 0.99])
+    func theBreadthFoundReachesTheTargetOnQueriesTheGraphHasNotSeen(_ target: Double) throws {
+        let dim = 32
+        let all = clusteredSet(count: 6200, dimension: dim, clusters: 40, seed: 31)
+        let data = Array(all[..<6000])
+        let queries = Array(all[6000...])  // the same distribution, never inserted
+        let index = HNSWIndex(dimension: dim, metric: .cosine, kernels: Self.kernels, parameters: HNSWParameters(m: 6, efConstruction: 40))
+        try data.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<UInt64(data.count)).map { $0 }, vectors: p, threads: 2)
+        }
+        let m = try #require(index.measureRecall(target: target))
+        #expect(m.target == target && m.vectors == 6000)
+        #expect(m.recall >= target + (1 - target) * 0.4 || m.ef == HNSWIndex.efLadder.last!)
+        var table: [UInt64: [Float]] = [:]
+        for (i, v) in data.enumerated() { table[UInt64(i)] = v }
+        var hits = 0
+        for q in queries {
+            let got = try index.search(q, k: 10, ef: m.ef)
+            hits += Set(got.map(\.label)).intersection(bruteForce(table, q, .cosine, k: 10).map(\.0)).count
+        }
+        let heldOut = Double(hits) / Double(queries.count * 10)
+        #expect(heldOut >= target - 0.02, "held-out recall@10 \(heldOut) at ef \(m.ef), sample \(m.recall)")
+    }
+
+    @Test func anAdaptiveIndexSearchesWithTheMeasuredBreadth() throws {
+        let dim = 16
+        let data = clusteredSet(count: 3000, dimension: dim, clusters: 20, seed: 41)
+        let index = AdaptiveIndex(dimension: dim, metric: .l2, kind: .hnsw, kernels: Self.kernels)
+        try data.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<UInt64(data.count)).map { $0 }, vectors: p, threads: 2)
+        }
+        #expect(index.measurement == nil)
+        let m = try #require(index.tune(target: 0.95))
+        #expect(index.measurement == m)
+        #expect(index.summary.contains("in use: ef \(m.ef) "))
+        let flat = AdaptiveIndex(dimension: dim, metric: .l2, kind: .flat, kernels: Self.kernels)
+        #expect(flat.tune(target: 0.95) == nil)
+    }
+}
+
+@Suite struct FreshVectorsTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+
+    @Test func singleInsertsWaitBesideTheGraphAndAreFoundUntilAndAfterTheyAreLinked() throws {
+        let dim = 16
+        let data = clusteredSet(count: 3000, dimension: dim, clusters: 20, seed: 51)
+        let index = AdaptiveIndex(dimension: dim, metric: .cosine, kind: .hnsw, kernels: Self.kernels)
+        try data[..<2000].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<2000).map { UInt64($0) }, vectors: p, threads: 2)
+        }
+        for i in 2000..<3000 { try index.insert(label: UInt64(i), vector: data[i]) }
+        #expect(index.unabsorbed == 1000 && index.count == 3000)
+        // A label moved to a new vector lives in one place only.
+        try index.insert(label: 5, vector: data[2500])
+        #expect(index.count == 3000)
+        #expect(index.remove(label: 2999) && index.count == 2999)
+        func check() throws {
+            for i in stride(from: 0, to: 2999, by: 41) where i != 5 {
+                let got = try index.search(data[i], k: 10)
+                #expect(Set(got.map(\.label)).count == got.count)  // never the same label twice
+                #expect(got.first?.distance ?? 1 < 1e-4, "\(i)")
+                #expect(!got.contains { $0.label == 2999 })
+            }
+            let moved = try index.search(data[2500], k: 2).map(\.label)
+            #expect(Set(moved) == [5, 2500])
+        }
+        try check()
+        // The exact scan over chosen labels (query filters) sees the waiting vectors too.
+        #expect(index.vector(of: 2500) != nil && index.vector(of: 2999) == nil)
+        let among = try data[2500].withUnsafeBufferPointer { (q) throws(IndexError) in try index.exactSearch(q, k: 2, among: [5, 2500, 7]) }
+        #expect(Set(among.map(\.label)) == [5, 2500])
+        #expect(index.absorb(limit: 100) == 900)
+        try check()
+        #expect(index.absorb() == 0)
+        #expect(index.count == 2999)
+        try check()
+    }
+}
