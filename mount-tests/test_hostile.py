@@ -123,6 +123,12 @@ open(os.path.join(sys.argv[1], "q.query"), "w").write("0 0")
     # Root sees everything.
     theirs = knn_of(os.getxattr(d / "q.query", "user.vexfs.knn.3").decode())
     assert [n for n, _ in theirs] == ["root0.vec", "mine0.vec", "root1.vec"]
+    # A chmod retires cached answers: the same question, asked again, follows the modes at once.
+    ask3 = "import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')"
+    os.chmod(d / "root1.vec", 0o644)
+    assert "root1.vec" in [n for n, _ in knn_of(py(ask3, d / "q.query"))]
+    os.chmod(d / "root1.vec", 0o600)
+    assert "root1.vec" not in [n for n, _ in knn_of(py(ask3, d / "q.query"))]
     # Made readable, a file shows up for the user too.
     os.chmod(d / "root0.vec", 0o644)
     again = knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.2').decode(), end='')", d / "q.query"))

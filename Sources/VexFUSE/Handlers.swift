@@ -201,6 +201,10 @@ enum Handlers {
                     fs.withFile(inode) { semantic.written($0.dir, $0.name, inode: inode.key.number) }
                 }
             }
+            // Who may read a file decides whether answers name it: cached answers go with the old modes.
+            if change.mode != nil || change.uid != nil || change.gid != nil, inode.fileType == S_IFREG, let semantic = fs.semantic {
+                fs.withFile(inode) { semantic.attributeChanged($0) }
+            }
             fs.reply(req, attributes: attributes)
         } catch { reply(req, error: error) }
     }

@@ -90,13 +90,13 @@ final class Recorder: @unchecked Sendable {
         usleep(50_000)
         bridge.post(.refresh, collection: 1, name: "mine")
         bridge.post(.refresh, collection: 2, name: "elsewhere")
+        // Returning at all, while the writer still posts, is the proof that settle did not wait for
+        // an empty queue (how much is still pending depends on how the machine schedules the writer).
         bridge.settle(1)
-        let stillPending = bridge.depth
         let applied = r.all
         stop.store(true, ordering: .relaxed)
         writer.join()
         #expect(applied.contains { $0.key == Bridge.Key(collection: 1, name: "mine") })
-        #expect(stillPending > 0)  // it did not wait for the queue to drain
         bridge.settleAll()
         #expect(r.all.contains { $0.key.collection == 2 })
         bridge.stop()
