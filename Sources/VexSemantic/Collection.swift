@@ -87,8 +87,9 @@ public enum Setting: Equatable, Sendable {
 }
 
 /// One directory's vectors: its index (persisted under STORE/.vexfs/index/INODE) and the catalog
-/// that names what the index holds. Changed only by the bridge worker, or by a settings change with
-/// the bridge settled; read by queries, which hold the lock only to look names up, never to search.
+/// that names what the index holds. Changed by the bridge worker, by a settings change with the
+/// bridge settled, and by the embedding thread when a text file's vectors come back (each under
+/// `state`'s lock); read by queries, which hold the lock only to look names up, never to search.
 final class Collection: @unchecked Sendable {
     /// The directory's inode number: stays the same across renames.
     let key: UInt64

@@ -1,8 +1,10 @@
 // VexSemantic is what makes the store a vector filesystem (PRODUCT.md §2-§4), with no FUSE in it.
 // It owns the collections (one per directory, keyed by the directory's inode number so a rename keeps
 // its index), the parsing of vector files, the bridge that carries the filesystem's events to the
-// indexes in batches, the answers to the `user.vexfs.*` attributes (queries, settings, status), the
-// semantic journal and the reconciliation at mount. It reads STORE only through descriptors (a
+// indexes in batches, the answers to the `user.vexfs.*` attributes (queries with their options in
+// QueryOptions.swift, settings, status), text files sent to VexEmbed and their vectors taken back,
+// the semantic journal (and each reader's view of it, JournalView.swift) and the reconciliation at
+// mount. It reads STORE only through descriptors (a
 // collection holds its directory's; a request lends the file's), never by a path rebuilt from names
 // and never through the mount (the daemon must not call into itself); see StoreFiles.swift. The files are the truth: a
 // collection's index and catalog are rebuilt from them whenever they disagree.
