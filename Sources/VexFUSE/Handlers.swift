@@ -604,12 +604,7 @@ enum Handlers {
             }
             if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
             try fs.store.setxattr(inode, name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
-            if let semantic = fs.semantic, inode.fileType == S_IFREG {
-                fs.withFile(inode) { file in
-                    if isVector { semantic.vectorAttributeChanged(file.dir, file.name) }
-                    semantic.attributeChanged(file)
-                }
-            }
+            if let semantic = fs.semantic, inode.fileType == S_IFREG { fs.withFile(inode) { semantic.attributeChanged($0, name: name!) } }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -676,13 +671,7 @@ enum Handlers {
                 return
             }
             try fs.store.removexattr(inode, name!)
-            if let semantic = fs.semantic, inode.fileType == S_IFREG {
-                let isVector = strcmp(name!, SemanticLayer.vectorAttribute) == 0
-                fs.withFile(inode) { file in
-                    if isVector { semantic.vectorAttributeChanged(file.dir, file.name) }
-                    semantic.attributeChanged(file)
-                }
-            }
+            if let semantic = fs.semantic, inode.fileType == S_IFREG { fs.withFile(inode) { semantic.attributeChanged($0, name: name!) } }
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }

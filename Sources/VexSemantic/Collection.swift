@@ -254,9 +254,7 @@ final class Collection: @unchecked Sendable {
 
     /// Whether `name` is a text file to embed here.
     func isText(_ name: FileName, _ s: borrowing State) -> Bool {
-        guard layer.embedQueue != nil, !name.hasSuffix(".query"), VectorFormat(fileName: name) == nil else { return false }
-        let globs = s.embedGlobs ?? SemanticLayer.defaultEmbedGlobs
-        return name.withCString { n in globs.contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
+        layer.embedQueue != nil && SemanticLayer.isTextName(name, globs: s.embedGlobs)
     }
 
     /// A text file as it is now: cut into passages and sent to be embedded (its vectors arrive in
@@ -360,10 +358,7 @@ final class Collection: @unchecked Sendable {
             release(old, &s)
             s.embedding[name] = nil
             readText(name, st, &record, &s)
-            layer.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
-            if let old { forgetTags(of: old.inode) }
-            forgetTags(of: record.inode)
-            s.files[name] = record
+            keep(record, as: name, replacing: old, &s)
             published(s)
             return
         }
@@ -414,13 +409,19 @@ final class Collection: @unchecked Sendable {
             for label in labels { s.owner[label] = name }
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }
+        keep(record, as: name, replacing: old, &s)
+        if VectorFormat(fileName: name) == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
+        published(s)
+        layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+    }
+
+    /// Puts `record` in the catalog as `name`, where `old` was: the hard-link table follows, and
+    /// what filters read of either file is read again.
+    private func keep(_ record: FileRecord, as name: FileName, replacing old: FileRecord?, _ s: inout State) {
         layer.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
         if let old { forgetTags(of: old.inode) }
         forgetTags(of: record.inode)
         s.files[name] = record
-        if VectorFormat(fileName: name) == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
-        published(s)
-        layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
     }
 
     /// Removes `name` and its vectors.

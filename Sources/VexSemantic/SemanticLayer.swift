@@ -312,16 +312,17 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Whether `name` in `dir` is a text file to embed: an embedder is configured and the name
     /// matches the collection's `user.vexfs.embed` globs (the default ones when it has none).
     func mayBeText(_ dir: DirectoryRef, _ name: FileName) -> Bool {
-        guard embedQueue != nil, !name.hasSuffix(".query"), VectorFormat(fileName: name) == nil else { return false }
-        let globs: [String]
-        if let c = existing(dir.key) {
-            globs = c.state.withLock { $0.embedGlobs } ?? SemanticLayer.defaultEmbedGlobs
-        } else if case .embed(let g)? = readSetting(dir.fd, .embed) {
-            globs = g
-        } else {
-            globs = SemanticLayer.defaultEmbedGlobs
-        }
-        return name.withCString { n in globs.contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
+        guard embedQueue != nil else { return false }
+        if let c = existing(dir.key) { return c.state.withLock { c.isText(name, $0) } }
+        let globs: [String]? = if case .embed(let g)? = readSetting(dir.fd, .embed) { g } else { nil }
+        return SemanticLayer.isTextName(name, globs: globs)
+    }
+
+    /// Whether `name` is a text file's name under `globs` (nil: the default ones): never a query
+    /// or a vector file.
+    static func isTextName(_ name: FileName, globs: [String]?) -> Bool {
+        guard !name.hasSuffix(".query"), VectorFormat(fileName: name) == nil else { return false }
+        return name.withCString { n in (globs ?? defaultEmbedGlobs).contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
     }
 
     /// A new name for an existing file (link(2)): it is a vector wherever its name says so.
@@ -338,17 +339,16 @@ public final class SemanticLayer: @unchecked Sendable {
         if existing(dir.key) != nil { bridge.post(.remove, collection: dir.key, name: name) }
     }
 
-    /// `user.vexfs.vector` was set or removed on a file.
-    public func vectorAttributeChanged(_ dir: DirectoryRef, _ name: FileName) {
-        journal.record("setxattr", path: dir.child(name).escaped, detail: ["name": SemanticLayer.vectorAttribute])
-        if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
-    }
-
-    /// An attribute of `file` was set or removed: filters read it again, in every
-    /// collection the file is indexed in (hard links share attributes).
-    public func attributeChanged(_ file: FileRef) {
-        guard let inode = inodeNumber(file.fd) else { return }
+    /// The attribute `name` of `file` was set or removed (nil: its mode or owner changed): filters
+    /// read the file's attributes again and cached answers go, in every collection it is indexed in
+    /// (hard links share attributes); `user.vexfs.vector` also re-indexes it.
+    public func attributeChanged(_ file: FileRef, name: UnsafePointer<CChar>? = nil) {
         let dir = file.dir
+        if let name, strcmp(name, SemanticLayer.vectorAttribute) == 0 {
+            journal.record("setxattr", path: dir.child(file.name).escaped, detail: ["name": SemanticLayer.vectorAttribute])
+            if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: file.name) }
+        }
+        guard let inode = inodeNumber(file.fd) else { return }
         existing(dir.key)?.attributesChanged(of: inode)
         let others = links.withLock { $0[inode] ?? [] }
         for link in others where link.collection != dir.key { existing(link.collection)?.attributesChanged(of: inode) }
@@ -526,8 +526,7 @@ public final class SemanticLayer: @unchecked Sendable {
         case "index": return Array((summary?.index ?? "none (no vectors yet)").utf8)
         case "embed":
             guard embedQueue != nil else { throw .noData }
-            if case .embed(let globs)? = readSetting(dir.fd, .embed) { return Array(globs.joined(separator: " ").utf8) }
-            return Array(SemanticLayer.defaultEmbedGlobs.joined(separator: " ").utf8)
+            return Array((readSetting(dir.fd, .embed) ?? .embed(SemanticLayer.defaultEmbedGlobs)).text.utf8)
         case "recall":
             let stored: Double? = if case .recall(let r)? = readSetting(dir.fd, .recall) { r } else { nil }
             return Array(String(summary?.recall ?? stored ?? Setting.defaultRecall).utf8)
@@ -675,19 +674,16 @@ public final class SemanticLayer: @unchecked Sendable {
         guard vectors.rows <= SemanticLayer.maxQueryRows else { throw .invalid("a query file holds at most \(SemanticLayer.maxQueryRows) rows") }
         // Every collection searched must rank by the same distance: the query directory's, else the
         // one all candidates below share.
+        let summaries = scoped.map { ($0, $0.collection.summary) }
         var dimension = vectors.dimension
         var metric: Metric? = nil
-        if let own = scoped.first, own.prefix.isEmpty, let summary = Optional(own.collection.summary), let d = summary.dimension {
+        if let (own, summary) = summaries.first, own.prefix.isEmpty, let d = summary.dimension {
             dimension = d
             metric = summary.metric
         } else if case .metric(let m)? = readSetting(file.dir.fd, .metric) {
             metric = m
         }
-        let candidates = scoped.compactMap { s -> (Scoped, Metric)? in
-            let summary = s.collection.summary
-            guard summary.dimension == dimension else { return nil }
-            return (s, summary.metric)
-        }
+        let candidates = summaries.filter { $0.1.dimension == dimension }.map { ($0.0, $0.1.metric) }
         if metric == nil {
             let metrics = Set(candidates.map(\.1))
             guard metrics.count <= 1 else {
