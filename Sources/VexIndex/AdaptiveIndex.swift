@@ -47,6 +47,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     public let kind: IndexKind
     public let parameters: HNSWParameters
     let kernels: DistanceKernels
+    /// Where every graph made here keeps its float32 vectors.
+    public let storage: VectorStorage
     /// The index searches use.
     private let current: Mutex<any VectorIndex>
     /// Vectors inserted one by one while the graph is in use, not yet linked into it. A label is in
@@ -61,25 +63,28 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// `tuned`'s ef, read by every search without a lock; 0 until measured.
     private let tunedEf = Atomic<Int>(0)
 
-    public init(dimension: Int, metric: Metric, kind: IndexKind, parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels) {
+    public init(dimension: Int, metric: Metric, kind: IndexKind, parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels,
+                storage: VectorStorage = .memory) {
         self.dimension = dimension
         self.metric = metric
         self.kind = kind
         self.parameters = parameters
         self.kernels = kernels
+        self.storage = storage
         let first: any VectorIndex = kind == .hnsw
-            ? HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+            ? HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, storage: storage)
             : FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
         current = Mutex(first)
         fresh = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
     }
 
-    init(restoring index: any VectorIndex, kind: IndexKind, parameters: HNSWParameters, kernels: DistanceKernels) {
+    init(restoring index: any VectorIndex, kind: IndexKind, parameters: HNSWParameters, kernels: DistanceKernels, storage: VectorStorage) {
         dimension = index.dimension
         metric = index.metric
         self.kind = kind
         self.parameters = parameters
         self.kernels = kernels
+        self.storage = storage
         current = Mutex(index)
         fresh = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
     }
@@ -146,11 +151,12 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
 
     /// The snapshot of the index in use, with every waiting vector absorbed first (one writer:
     /// nothing lands in `fresh` between the two).
-    func snapshotSections() -> (isGraph: Bool, sections: [(String, [UInt8])]) {
-        writes.withLock { _ in
+    func snapshotSections() throws(PersistenceError) -> (isGraph: Bool, sections: [(String, [UInt8])]) {
+        try writes.withLock { (_) throws(PersistenceError) in
             _ = absorbHeld()
             let now = active
-            return (now is HNSWIndex, (now as? HNSWIndex)?.sections() ?? (now as! FlatIndex).sections())
+            if let graph = now as? HNSWIndex { return (true, try graph.sections()) }
+            return (false, (now as! FlatIndex).sections())
         }
     }
 
@@ -169,7 +175,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
                 }
                 allLabels.append(contentsOf: labels)
                 all.append(contentsOf: vectors)
-                let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+                let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, storage: storage)
                 try all.withUnsafeBufferPointer { (p) throws(IndexError) in try graph.insert(batch: allLabels, vectors: p, threads: threads) }
                 swap(to: graph)
             } else {
@@ -248,7 +254,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             labels.append(label)
             rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
         }
-        let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+        let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, storage: storage)
         rows.withUnsafeBufferPointer { try? graph.insert(batch: labels, vectors: $0, threads: availableCores) }
         return graph
     }

@@ -45,13 +45,14 @@ extension HNSWIndex {
         let rows = (0..<labels.count).filter { lastRow[labels[$0]] == $0 }
         guard !rows.isEmpty else { return }
 
-        writer.withLock { state in
+        defer { self.vectors.release() }
+        try writer.withLock { (state) throws(IndexError) in
+            let first = published.load(ordering: .relaxed)
+            let end = first + rows.count
+            try allocateChunks(through: end - 1, &state)
             for row in rows {
                 if let old = state.nodeOfLabel[labels[row]] { delete(old, &state) }
             }
-            let first = published.load(ordering: .relaxed)
-            let end = first + rows.count
-            allocateChunks(through: end - 1, &state)
             var levels = [Int](repeating: 0, count: rows.count)
             for (i, row) in rows.enumerated() {
                 levels[i] = drawLevel(&state)

@@ -30,10 +30,11 @@ public struct HNSWParameters: Equatable, Sendable, CustomStringConvertible {
 /// The approximate index: a hierarchical navigable small-world graph.
 ///
 /// Memory: nodes live in chunks of 4,096 fixed-size blocks that never move, so searches can run
-/// while the writer adds chunks. A node's block holds, in order, its int8 code (cache-line aligned:
-/// what a traversal reads), its level-0 header and links, and its float32 vector (what construction
-/// and re-ranking read), so one node is one contiguous stretch of memory. Links above level 0 are
-/// rare (1 node in m) and live in a small side allocation per node.
+/// while the writer adds chunks. A node's block holds its int8 code (cache-line aligned: what a
+/// traversal reads) and then its level-0 header and links: what a hop reads is one stretch of
+/// memory. The float32 vectors (read to build before the quantizer is trained, and to re-rank a
+/// search's last candidates) live apart, in a `VectorSlab`: in memory, or in a file the kernel
+/// pages. Links above level 0 are rare (1 node in m) and live in a small side allocation per node.
 ///
 /// Concurrency: one writer at a time (`writer`), any number of searches, and no lock across a
 /// search. The writer publishes a node (block, label, side links) before any link points to it and
@@ -56,8 +57,10 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     // Block layout, in bytes from the block's start.
     let codeBytes: Int
     let headerOffset: Int   // UInt8 level, UInt8 deleted, 2 spare, then the level-0 count and links
-    let vectorOffset: Int
     let blockSize: Int
+    /// The float32 vectors, row n for node n.
+    let vectors: VectorSlab
+    let storage: VectorStorage
     let maxLinks0: Int
     let upperStride: Int     // UInt32s per level above 0: count, then m ids
 
@@ -93,8 +96,18 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     private let scratch = Mutex<[SearchScratch]>([])
 
-    public init(dimension: Int, metric: Metric, kernels: DistanceKernels, parameters: HNSWParameters = HNSWParameters(),
-                quantizer: ScalarQuantizer? = nil) {
+    /// A new, empty graph. With `.files` storage its vectors go to a new file in that directory;
+    /// if the file cannot be made, they stay in memory (an index is rebuilt from the store's files,
+    /// so this costs memory, never data).
+    public convenience init(dimension: Int, metric: Metric, kernels: DistanceKernels, parameters: HNSWParameters = HNSWParameters(),
+                            quantizer: ScalarQuantizer? = nil, storage: VectorStorage = .memory) {
+        let slab = (try? VectorSlab(dimension: dimension, storage: storage)) ?? (try! VectorSlab(dimension: dimension, storage: .memory))
+        self.init(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, quantizer: quantizer,
+                  vectors: slab, storage: storage)
+    }
+
+    init(dimension: Int, metric: Metric, kernels: DistanceKernels, parameters: HNSWParameters,
+         quantizer: ScalarQuantizer?, vectors: VectorSlab, storage: VectorStorage) {
         precondition(dimension > 0 && parameters.m >= 2 && parameters.efConstruction >= 1)
         self.dimension = dimension
         self.metric = metric
@@ -106,8 +119,9 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         upperStride = 1 + parameters.m
         codeBytes = (dimension + 63) / 64 * 64
         headerOffset = codeBytes
-        vectorOffset = (headerOffset + 8 + 4 * maxLinks0 + 63) / 64 * 64
-        blockSize = (vectorOffset + 4 * dimension + 63) / 64 * 64  // whole lines: aligned codes and vectors build ~15% faster
+        blockSize = (headerOffset + 8 + 4 * maxLinks0 + 63) / 64 * 64  // whole lines: aligned codes build faster
+        self.vectors = vectors
+        self.storage = storage
         labelsOffset = HNSWIndex.chunkNodes * blockSize
         upperOffset = labelsOffset + 8 * HNSWIndex.chunkNodes
         chunkBytes = upperOffset + 8 * HNSWIndex.chunkNodes
@@ -124,7 +138,12 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         var c = 0
         while c < HNSWIndex.maxChunks, let chunk = chunks[c] { free(chunk); c += 1 }
         chunks.deallocate()
+        // A file no snapshot ever named is nobody's; a named one goes at the next snapshot after.
+        if let path = vectors.path, !namedBySnapshot.load(ordering: .relaxed) { unlink(path) }
     }
+
+    /// Set once a snapshot names this graph's vector file.
+    let namedBySnapshot = Atomic<Bool>(false)
 
     // MARK: Node access (raw memory; valid for any published node)
 
@@ -135,9 +154,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     @inline(__always) func code(_ node: UInt32) -> UnsafeMutablePointer<Int8> {
         block(node).assumingMemoryBound(to: Int8.self)
     }
-    @inline(__always) func vector(_ node: UInt32) -> UnsafeMutablePointer<Float> {
-        (block(node) + vectorOffset).assumingMemoryBound(to: Float.self)
-    }
+    @inline(__always) func vector(_ node: UInt32) -> UnsafeMutablePointer<Float> { vectors.row(node) }
     @inline(__always) func level(_ node: UInt32) -> Int {
         Int(block(node).load(fromByteOffset: headerOffset, as: UInt8.self))
     }
@@ -174,6 +191,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     public var memoryBytes: Int {
         writer.withLock { state in
             var bytes = state.chunkCount * chunkBytes + HNSWIndex.maxChunks * 8
+            if !vectors.isFile { bytes += vectors.chunks * vectors.chunkBytes }
             let n = published.load(ordering: .acquiring)
             for node in 0..<n { bytes += level(UInt32(node)) * upperStride * 4 }
             // A Swift dictionary keeps a key, a value and a metadata byte per slot, at most 3/4 full.
@@ -186,9 +204,11 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     public func insert(label: UInt64, vector v: UnsafeBufferPointer<Float>) throws(IndexError) {
         try validate(v, dimension: dimension)
-        writer.withLock { state in
-            if let old = state.nodeOfLabel[label] { delete(old, &state) }
+        defer { vectors.release() }
+        try writer.withLock { (state) throws(IndexError) in
             let node = UInt32(published.load(ordering: .relaxed))
+            try allocateChunks(through: Int(node), &state)
+            if let old = state.nodeOfLabel[label] { delete(old, &state) }
             add(node, label: label, v.baseAddress!, &state)
             state.nodeOfLabel[label] = node
             liveCount.add(1, ordering: .relaxed)
@@ -236,7 +256,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// Creates `node` and links it into the graph.
     private func add(_ node: UInt32, label: UInt64, _ v: UnsafePointer<Float>, _ state: inout WriterState) {
-        allocateChunks(through: Int(node), &state)
         let level = drawLevel(&state)
         place(node, label: label, v, level: level)
         published.store(Int(node) + 1, ordering: .releasing)
@@ -252,16 +271,21 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     }
 
     /// Makes sure the chunks holding nodes up to `last` exist (the writer's job, before any node in
-    /// them is written: chunks never move once made).
-    func allocateChunks(through last: Int, _ state: inout WriterState) {
+    /// them is written: chunks never move once made), and notes their vectors as written.
+    func allocateChunks(through last: Int, _ state: inout WriterState) throws(IndexError) {
         let needed = last >> HNSWIndex.chunkShift
-        precondition(needed < HNSWIndex.maxChunks, "the graph is full")
+        guard needed < HNSWIndex.maxChunks else { throw .full("the graph holds at most \(HNSWIndex.maxChunks * HNSWIndex.chunkNodes) nodes") }
+        while vectors.chunks <= needed {
+            do { try vectors.makeChunk(vectors.chunks) } catch { throw .full("no room for the vectors: \(error)") }
+        }
         while state.chunkCount <= needed {
             let memory = UnsafeMutableRawPointer(aligned_alloc(64, chunkBytes))!
             memset(memory, 0, chunkBytes)
             chunks[state.chunkCount] = memory
             state.chunkCount += 1
         }
+        let first = published.load(ordering: .relaxed) >> HNSWIndex.chunkShift
+        vectors.wrote(chunks: min(first, needed)..<(needed + 1))
     }
 
     func drawLevel(_ state: inout WriterState) -> Int {
@@ -476,7 +500,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         s.candidates.count = 0
         tags[Int(start)] = epoch
         var bound = Float.infinity
-        if accepts(start, filter) {
+        let unfiltered = filter.excluding == nil && filter.accept == nil
+        if accepts(start, filter, unfiltered) {
             s.results.push(distance, start)
             bound = distance
         }
@@ -499,7 +524,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 let e = measure.distance(id)
                 if s.results.count < ef || e < bound {
                     s.candidates.push(-e, id)
-                    if accepts(id, filter) {
+                    if accepts(id, filter, unfiltered) {
                         s.results.push(e, id)
                         if s.results.count > ef { s.results.pop() }
                     }
@@ -509,8 +534,10 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    @inline(__always) private func accepts(_ node: UInt32, _ filter: SearchFilter) -> Bool {
-        !isDeleted(node) && filter.allows(label(node))
+    /// Whether a node may be in the results: not deleted, and passing the filter (the label, which
+    /// lives apart from the node's block, is read only when there is a filter).
+    @inline(__always) private func accepts(_ node: UInt32, _ filter: SearchFilter, _ unfiltered: Bool) -> Bool {
+        !isDeleted(node) && (unfiltered || filter.allows(label(node)))
     }
 
     // MARK: Scratch
@@ -541,7 +568,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// A fresh graph of the live vectors, with a quantizer trained on them, built on every core.
     public func compacted() -> HNSWIndex {
-        let fresh = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters)
+        let fresh = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, storage: storage)
         var labels: [UInt64] = []
         var rows: [Float] = []
         forEachLive { label, v in
@@ -714,9 +741,11 @@ struct SplitMixRandom {
 
 extension HNSWIndex {
     /// The snapshot sections: parameters and entry point, the level-0 blocks as they are in memory,
-    /// labels, and the upper link lists, so a reopened graph is the same graph, bit for bit.
-    func sections() -> [(String, [UInt8])] {
-        writer.withLock { state in
+    /// labels, the upper link lists, and the vectors: in memory, their bytes (`VECS`); in a file,
+    /// the file's name (`VECF`), after making every row so far durable. A reopened graph is the same
+    /// graph, bit for bit.
+    func sections() throws(PersistenceError) -> [(String, [UInt8])] {
+        try writer.withLock { (state) throws(PersistenceError) in
             let n = published.load(ordering: .relaxed)
             var meta = ByteWriter()
             for v in [parameters.m, parameters.efConstruction, parameters.efSearch] { meta.put(UInt32(v)) }
@@ -734,12 +763,39 @@ extension HNSWIndex {
                 let l = level(node)
                 if l > 0 { upper.put(UnsafeRawBufferPointer(start: upperLinks(node), count: l * upperStride * 4)) }
             }
-            return [("HNSW", meta.bytes), ("BLKS", blocks), ("LABL", labels.bytes), ("UPPR", upper.bytes)]
+            var out = [("HNSW", meta.bytes), ("BLKS", blocks), ("LABL", labels.bytes), ("UPPR", upper.bytes)]
+            if let name = vectors.name {
+                try vectors.sync()
+                namedBySnapshot.store(true, ordering: .relaxed)
+                var file = ByteWriter()
+                file.put(name)
+                out.append(("VECF", file.bytes))
+            } else {
+                var rows: [UInt8] = []
+                rows.reserveCapacity(n * 4 * dimension)
+                for node in 0..<UInt32(n) { rows.append(contentsOf: UnsafeRawBufferPointer(start: vector(node), count: 4 * dimension)) }
+                out.append(("VECS", rows))
+            }
+            return out
         }
     }
 
-    static func restore(_ s: [String: [UInt8]], dimension: Int, metric: Metric, kernels: DistanceKernels) throws(ByteReader.Short) -> HNSWIndex {
-        guard let m = s["HNSW"], let blocks = s["BLKS"], let labels = s["LABL"], let upper = s["UPPR"] else { throw ByteReader.Short() }
+    /// The graph of a snapshot's sections; a `VECF` vector file is opened in `directory`.
+    static func restore(_ s: [String: [UInt8]], dimension: Int, metric: Metric, kernels: DistanceKernels,
+                        directory: String?) throws(PersistenceError) -> HNSWIndex {
+        let short = PersistenceError.corrupt(path: directory ?? "snapshot", reason: "the graph's sections do not fit together")
+        do {
+            return try restore(s, dimension: dimension, metric: metric, kernels: kernels, directory: directory, short: short)
+        } catch let e as PersistenceError {
+            throw e
+        } catch {
+            throw short
+        }
+    }
+
+    private static func restore(_ s: [String: [UInt8]], dimension: Int, metric: Metric, kernels: DistanceKernels,
+                                directory: String?, short: PersistenceError) throws -> HNSWIndex {
+        guard let m = s["HNSW"], let blocks = s["BLKS"], let labels = s["LABL"], let upper = s["UPPR"] else { throw short }
         var meta = ByteReader(m)
         let p = HNSWParameters(m: Int(try meta.get(UInt32.self)), efConstruction: Int(try meta.get(UInt32.self)),
                                efSearch: Int(try meta.get(UInt32.self)), seed: try meta.get(UInt64.self))
@@ -749,12 +805,29 @@ extension HNSWIndex {
         let scale = try meta.getFloat()
         var offsets = [Float](repeating: 0, count: dimension)
         for i in 0..<dimension { offsets[i] = try meta.getFloat() }
-        guard p.m >= 2, p.m <= 256, p.efConstruction >= 1, n >= 0, n < maxChunks * chunkNodes else { throw ByteReader.Short() }
+        guard p.m >= 2, p.m <= 256, p.efConstruction >= 1, n >= 0, n < maxChunks * chunkNodes else { throw short }
+        let slab: VectorSlab
+        let storage: VectorStorage
+        if let file = s["VECF"] {
+            guard let directory else { throw short }
+            var r = ByteReader(file)
+            slab = try VectorSlab(dimension: dimension, directory: directory, name: try r.getString(), nodes: n)
+            storage = .files(directory: directory)
+        } else {
+            guard let rows = s["VECS"], rows.count == n * 4 * dimension else { throw short }
+            slab = try VectorSlab(dimension: dimension, storage: .memory)
+            for c in 0..<((n + chunkNodes - 1) / chunkNodes) { try slab.makeChunk(c) }
+            var r = ByteReader(rows)
+            for node in 0..<UInt32(n) { try r.copy(4 * dimension, to: slab.row(node)) }
+            storage = .memory
+        }
         let index = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: p,
-                              quantizer: isQuantized ? ScalarQuantizer(scale: scale, offsets: offsets) : nil)
-        guard blocks.count == n * index.blockSize, labels.count == n * 8 else { throw ByteReader.Short() }
+                              quantizer: isQuantized ? ScalarQuantizer(scale: scale, offsets: offsets) : nil,
+                              vectors: slab, storage: storage)
+        index.namedBySnapshot.store(true, ordering: .relaxed)
+        guard blocks.count == n * index.blockSize, labels.count == n * 8 else { throw short }
         var b = ByteReader(blocks), l = ByteReader(labels), u = ByteReader(upper)
-        try index.writer.withLock { (state) throws(ByteReader.Short) in
+        try index.writer.withLock { (state) throws in
             state.random = SplitMixRandom(seed: 0)
             state.random.state = randomState
             state.deleted = deleted
@@ -772,7 +845,7 @@ extension HNSWIndex {
                 let slot = Int(node & UInt32(chunkNodes - 1))
                 (index.chunks[chunk]! + index.labelsOffset).storeBytes(of: label, toByteOffset: slot * 8, as: UInt64.self)
                 let level = index.level(node)
-                guard level <= 15, Int(index.links(node, 0).pointee) <= index.maxLinks0 else { throw ByteReader.Short() }
+                guard level <= 15, Int(index.links(node, 0).pointee) <= index.maxLinks0 else { throw short }
                 if level > 0 {
                     let links = UnsafeMutablePointer<UInt32>.allocate(capacity: level * index.upperStride)
                     links.initialize(repeating: 0, count: level * index.upperStride)
@@ -788,11 +861,11 @@ extension HNSWIndex {
             for node in 0..<UInt32(n) {
                 for lv in 0...index.level(node) {
                     let list = index.links(node, lv)
-                    guard Int(list[0]) <= index.maxLinks(lv) else { throw ByteReader.Short() }
-                    for j in 0..<Int(list[0]) where Int(list[1 + j]) >= n { throw ByteReader.Short() }
+                    guard Int(list[0]) <= index.maxLinks(lv) else { throw short }
+                    for j in 0..<Int(list[0]) where Int(list[1 + j]) >= n { throw short }
                 }
             }
-            guard top == 0 || (Int(UInt32(truncatingIfNeeded: top)) < n && n > 0) else { throw ByteReader.Short() }
+            guard top == 0 || (Int(UInt32(truncatingIfNeeded: top)) < n && n > 0) else { throw short }
             index.liveCount.store(live, ordering: .relaxed)
             index.published.store(n, ordering: .releasing)
             index.entry.store(top, ordering: .releasing)

@@ -7,8 +7,9 @@
 // `FlatIndex`, exact, the reference the approximate index is tested against; `HNSWIndex`, the graph
 // (int8 traversal, float32 re-ranking, lock-free searches beside one writer); `AdaptiveIndex`, which
 // picks one by size and switches or compacts without losing a vector; and `PersistentIndex`, which
-// keeps an index in a directory as a checksummed LZ4 snapshot plus a group-committed write-ahead
-// log (SnapshotFile.swift, WriteAheadLog.swift). All distance arithmetic goes through VexKernels.
+// keeps an index in a directory as a checksummed LZ4 snapshot (SnapshotFile.swift); what changed
+// since the last snapshot, the owner reads again from its files. All distance arithmetic goes
+// through VexKernels.
 import VexKernels
 
 public enum Metric: String, CaseIterable, Sendable {
@@ -29,12 +30,15 @@ public enum IndexError: Error, Equatable, CustomStringConvertible {
     case wrongDimension(expected: Int, got: Int)
     case notFinite(position: Int)
     case badK(Int)
+    /// No room for more vectors (the graph's size bound, or the disk).
+    case full(String)
 
     public var description: String {
         switch self {
         case .wrongDimension(let e, let g): "the vector has \(g) numbers, the collection \(e)"
         case .notFinite(let p): "number \(p + 1) is not finite"
         case .badK(let k): "k must be from 1 to 1000, not \(k)"
+        case .full(let why): why
         }
     }
 }

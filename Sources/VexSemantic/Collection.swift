@@ -124,6 +124,8 @@ final class Collection: @unchecked Sendable {
         var recallTarget = Setting.defaultRecall
         /// The count at the last recall measurement asked for: the next is asked at twice it.
         var measuredAt = 0
+        /// Catalog entries changed since the last snapshot.
+        var unsavedFiles = 0
     }
 
     /// Takes over `directory`, a descriptor of the collection's directory.
@@ -208,8 +210,7 @@ final class Collection: @unchecked Sendable {
         guard let d = s.dimension else { return [] }
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.metric, kind: layer.indexKind,
-                                                 parameters: layer.parameters, kernels: layer.kernels, logBound: .max,
-                                                 committer: layer.committer)
+                                                 parameters: layer.parameters, kernels: layer.kernels)
             s.index = index
             return index.recovery.problems.map { "\(shown(s)): \($0)" }
         } catch {
@@ -227,7 +228,7 @@ final class Collection: @unchecked Sendable {
                 case .refresh: refresh(e.key.name, &s)
                 }
             }
-            if let index = s.index, index.logSize > layer.logBound { checkpoint(&s) }
+            considerCheckpoint(&s)
             considerMeasuring(&s)
         }
         sendOutbox()
@@ -321,7 +322,7 @@ final class Collection: @unchecked Sendable {
                 s.files[name] = record
                 published(s)
                 layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
-                if index.logSize > layer.logBound { checkpoint(&s) }
+                considerCheckpoint(&s)
             }
         }
     }
@@ -360,6 +361,14 @@ final class Collection: @unchecked Sendable {
             readText(name, st, &record, &s)
             keep(record, as: name, replacing: old, &s)
             published(s)
+            return
+        }
+        if StoreFiles.isRegular(st), let format = VectorFormat(fileName: name), VectorStream.streams(format, size: Int(st.st_size), threshold: layer.streamThreshold) {
+            let old = s.files[name]
+            stream(name, format, &record, replacing: old, &s)
+            keep(record, as: name, replacing: old, &s)
+            published(s)
+            layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
             return
         }
         let parsed: Result<ParsedVectors, FormatError>?
@@ -415,6 +424,55 @@ final class Collection: @unchecked Sendable {
         layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
     }
 
+    /// Indexes a file too big to read whole, a slice of rows at a time, each slice built on every
+    /// core. A file that turns out bad part of the way through (a number that is not finite, a
+    /// record of another dimension) leaves none of its vectors behind.
+    private func stream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?, _ s: inout State) {
+        let input: VectorStream
+        do { input = try VectorStream(directory, name, format) } catch {
+            record.status = "not indexed: \(error)"
+            release(old, &s)
+            return
+        }
+        if s.dimension == nil {
+            s.dimension = input.dimension
+            writeSetting(directory, .dimension(input.dimension))
+            layer.log(problems: openIndex(&s))
+        }
+        guard input.dimension == s.dimension, let index = s.index else {
+            record.status = "not indexed: \(input.dimension) numbers, the collection's dimension is \(s.dimension ?? 0)"
+            release(old, &s)
+            return
+        }
+        if let old, old.rows == input.rows {
+            record.firstLabel = old.firstLabel
+        } else {
+            release(old, &s)
+            record.firstLabel = s.nextLabel
+            s.nextLabel += UInt64(input.rows)
+        }
+        var slice: [Float] = []
+        var done = 0
+        while done < input.rows {
+            let rows = done..<min(input.rows, done + input.sliceRows)
+            do { try input.read(rows, into: &slice) } catch {
+                for l in record.firstLabel..<(record.firstLabel + UInt64(input.rows)) {
+                    index.remove(label: l)
+                    s.owner[l] = nil
+                }
+                record.status = "not indexed: \(error)"
+                return
+            }
+            let labels = rows.map { record.firstLabel + UInt64($0) }
+            slice.withUnsafeBufferPointer { try? index.insert(batch: labels, vectors: $0, threads: availableCores) }
+            done = rows.upperBound
+            layer.progressed("\(shown(s))/\(name.escaped): \(done) of \(input.rows) vectors")
+        }
+        for l in record.firstLabel..<(record.firstLabel + UInt64(input.rows)) { s.owner[l] = name }
+        record.rows = input.rows
+        record.status = "indexed: \(input.rows) vectors"
+    }
+
     /// Puts `record` in the catalog as `name`, where `old` was: the hard-link table follows, and
     /// what filters read of either file is read again.
     private func keep(_ record: FileRecord, as name: FileName, replacing old: FileRecord?, _ s: inout State) {
@@ -422,11 +480,13 @@ final class Collection: @unchecked Sendable {
         if let old { forgetTags(of: old.inode) }
         forgetTags(of: record.inode)
         s.files[name] = record
+        s.unsavedFiles += 1
     }
 
     /// Removes `name` and its vectors.
     private func forget(_ name: FileName, _ s: inout State) {
         guard let old = s.files.removeValue(forKey: name) else { return }
+        s.unsavedFiles += 1
         s.embedding[name] = nil
         layer.noteLink(collection: key, name: name, from: old.inode, to: nil)
         forgetTags(of: old.inode)
@@ -450,17 +510,30 @@ final class Collection: @unchecked Sendable {
         }
     }
 
+    /// Snapshots once the changes since the last snapshot are as many as the collection holds (and
+    /// at least the layer's minimum): growing from nothing to N vectors then writes at most about 2N
+    /// in snapshots, and a crash costs reading again what changed since the last one.
+    private func considerCheckpoint(_ s: inout State) {
+        guard let index = s.index else { return }
+        if max(index.unsaved, s.unsavedFiles) >= max(layer.snapshotMinimum, index.count) { checkpoint(&s) }
+    }
+
+    /// Writes the index's snapshot with the catalog, which names every file (and its signature) the
+    /// snapshot holds: after a crash, `open` reads again exactly the files that differ from it.
     private func checkpoint(_ s: inout State) {
         guard let index = s.index else { return }
-        do { try index.checkpoint(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))]) } catch {
+        do {
+            try index.checkpoint(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))])
+            s.unsavedFiles = 0
+        } catch {
             layer.log(problems: ["\(shown(s)): snapshot failed: \(error)"])
         }
     }
 
-    /// Snapshots the index with its catalog and closes it (unmount).
+    /// Snapshots the index with its catalog if either changed since the last snapshot (unmount).
     func close() {
         state.withLock { s in
-            s.index?.close(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))])
+            if let index = s.index, index.unsaved > 0 || s.unsavedFiles > 0 { checkpoint(&s) }
         }
     }
 
@@ -507,7 +580,6 @@ final class Collection: @unchecked Sendable {
 
     /// Throws the index away and reads every file again (a new metric or dimension).
     private func rebuild(_ s: inout State) {
-        s.index?.close()
         s.index = nil
         removeTree(indexDirectory)
         layer.log(problems: openIndex(&s))

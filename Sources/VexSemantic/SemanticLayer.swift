@@ -95,11 +95,14 @@ public final class SemanticLayer: @unchecked Sendable {
     let kernels: DistanceKernels
     let indexKind: IndexKind
     let parameters: HNSWParameters
-    /// A collection's log is folded into a snapshot past this many bytes.
-    let logBound = 32 << 20
+    /// A collection's index is snapshotted once the changes since the last snapshot are as many as
+    /// it holds, and at least this many (see `Collection.considerCheckpoint`).
+    let snapshotMinimum = 4096
     /// A filtered query on a graph scans the vectors that pass instead, when a sample says they are
     /// at most this many (or a twentieth of the collection).
     let exactScanRows: Int
+    /// `.npy` and `.fvecs` files at least this big are read a slice at a time (`VectorStream`).
+    let streamThreshold: Int
     /// Text files become vectors through this endpoint's queue (nil: no embedder configured).
     let embedQueue: EmbedQueue<Bridge.Key>?
     let embedClient: EmbeddingClient?
@@ -112,8 +115,6 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Text files larger than this are not embedded; a text query at most this long.
     public static let maxTextBytes = 16 << 20
     public static let maxTextQueryBytes = 64 << 10
-    /// One thread makes every collection's log durable.
-    let committer = LogCommitter()
     /// One thread measures collections' recall and sets their search breadth.
     let tuner = RecallTuner()
     public let journal: Journal
@@ -162,9 +163,10 @@ public final class SemanticLayer: @unchecked Sendable {
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
-                embedder: EmbedderConfiguration? = nil) {
+                embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold) {
         self.storeRoot = storeRoot
         self.exactScanRows = exactScanRows
+        self.streamThreshold = streamThreshold
         embedChunk = embedder?.chunk ?? 2000
         let client = embedder.map { EmbeddingClient($0) }
         embedClient = client
@@ -230,7 +232,8 @@ public final class SemanticLayer: @unchecked Sendable {
         return (opened, changed)
     }
 
-    /// Applies what is pending, snapshots every index with its catalog, and flushes the journal.
+    /// Applies what is pending, snapshots every index that changed since its last snapshot (with its
+    /// catalog), and flushes the journal.
     public func close() {
         bridge.stop()
         // Waiting texts are dropped: their files are asked for again at the next mount.
@@ -386,7 +389,6 @@ public final class SemanticLayer: @unchecked Sendable {
         guard existing(key) != nil else { return }
         bridge.settle(key)
         guard let c = collections.withLock({ $0.removeValue(forKey: key) }) else { return }
-        c.close()
         c.forgetAllLinks()
         removeTree(c.indexDirectory)
     }

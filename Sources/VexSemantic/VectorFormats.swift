@@ -133,6 +133,57 @@ public enum VectorParser {
 
     /// NumPy's .npy: float16, float32 or float64, either byte order, 1-D or 2-D, C or Fortran order.
     static func numpy(_ bytes: UnsafeRawBufferPointer) throws(FormatError) -> ParsedVectors {
+        let layout = try NumpyLayout(header: bytes, maxValues: maxFileBytes)
+        let count = layout.rows * layout.dimension
+        guard bytes.count - layout.dataStart >= count * layout.elementSize else {
+            throw FormatError("truncated: \(bytes.count - layout.dataStart) bytes of data, the shape needs \(count * layout.elementSize)")
+        }
+        var values = [Float](repeating: 0, count: count)
+        let data = UnsafeRawBufferPointer(rebasing: bytes[layout.dataStart...])
+        for i in 0..<count {
+            let v = layout.element(data, i)
+            // Fortran order stores columns one after another.
+            if layout.fortran {
+                values[(i % layout.rows) * layout.dimension + i / layout.rows] = v
+            } else {
+                values[i] = v
+            }
+        }
+        return ParsedVectors(dimension: layout.dimension, values: values)
+    }
+
+    /// The text after `'key':` in a .npy header dict, up to the next top-level comma.
+    static func field(_ header: String, _ key: String) -> String? {
+        let pattern = Array("'\(key)':")
+        let chars = Array(header)
+        guard chars.count >= pattern.count,
+              let at = (0...(chars.count - pattern.count)).first(where: { Array(chars[$0..<($0 + pattern.count)]) == pattern }) else { return nil }
+        var depth = 0
+        var out = ""
+        for c in chars[(at + pattern.count)...] {
+            if c == "(" { depth += 1 }
+            if c == ")" { depth -= 1; if depth < 0 { break } }
+            if (c == "," && depth == 0) || c == "}" { break }
+            out.append(c)
+        }
+        return out.trimmingCharacters()
+    }
+}
+
+/// Where a .npy keeps its numbers, from its header: the shape, the element type and order, and where
+/// the data starts.
+struct NumpyLayout {
+    let rows: Int
+    let dimension: Int
+    /// 2, 4 or 8 bytes (float16, float32, float64).
+    let elementSize: Int
+    let bigEndian: Bool
+    /// Columns stored one after another (only ever true for a 2-D array).
+    let fortran: Bool
+    let dataStart: Int
+
+    /// Reads the header at the start of `bytes`; a shape of more than `maxValues` numbers is refused.
+    init(header bytes: UnsafeRawBufferPointer, maxValues: Int) throws(FormatError) {
         guard bytes.count >= 10, Array(bytes[0..<6]) == [0x93] + Array("NUMPY".utf8) else { throw FormatError("not a NumPy .npy file") }
         let major = bytes[6]
         let headerLength: Int, headerStart: Int
@@ -149,68 +200,42 @@ public enum VectorParser {
         }
         guard headerLength <= bytes.count - headerStart, headerLength < 1 << 20 else { throw FormatError("the .npy header is truncated") }
         let header = String(decoding: bytes[headerStart..<(headerStart + headerLength)], as: UTF8.self)
-        guard let descr = field(header, "descr"), let order = field(header, "fortran_order"), let shapeText = field(header, "shape") else {
+        guard let descr = VectorParser.field(header, "descr"), let order = VectorParser.field(header, "fortran_order"),
+              let shapeText = VectorParser.field(header, "shape") else {
             throw FormatError("the .npy header lacks descr, fortran_order or shape")
         }
         let kind = descr.trimmingQuotes()
         guard kind.count == 3, "<>|=".contains(kind.first!), kind.dropFirst().first == "f", let size = Int(String(kind.last!)), [2, 4, 8].contains(size) else {
             throw FormatError("dtype \(kind) is not float16, float32 or float64")
         }
-        let bigEndian = kind.first == ">"
         let shape = shapeText.filter { "0123456789,".contains($0) }.split(separator: ",").compactMap { Int($0) }
         guard shape.count == 1 || shape.count == 2 else { throw FormatError("shape (\(shape.map(String.init).joined(separator: ", "))) is not 1-D or 2-D") }
-        let rows = shape.count == 2 ? shape[0] : 1, dimension = shape.count == 2 ? shape[1] : shape[0]
+        rows = shape.count == 2 ? shape[0] : 1
+        dimension = shape.count == 2 ? shape[1] : shape[0]
         guard rows > 0, dimension > 0 else { throw FormatError("the array is empty") }
-        guard dimension <= maxDimension else { throw FormatError("dimension \(dimension) exceeds \(maxDimension)") }
+        guard dimension <= VectorParser.maxDimension else { throw FormatError("dimension \(dimension) exceeds \(VectorParser.maxDimension)") }
         let count = rows.multipliedReportingOverflow(by: dimension)
-        guard !count.overflow, count.partialValue <= maxFileBytes else { throw FormatError("shape too large") }
-        let dataStart = headerStart + headerLength
-        guard bytes.count - dataStart >= count.partialValue * size else {
-            throw FormatError("truncated: \(bytes.count - dataStart) bytes of data, the shape needs \(count.partialValue * size)")
-        }
-        var values = [Float](repeating: 0, count: count.partialValue)
-        for i in 0..<count.partialValue {
-            let at = dataStart + i * size
-            let v: Float
-            switch size {
-            case 2:
-                var bits = bytes.loadUnaligned(fromByteOffset: at, as: UInt16.self)
-                bits = bigEndian ? UInt16(bigEndian: bits) : UInt16(littleEndian: bits)
-                v = Float(Float16(bitPattern: bits))
-            case 4:
-                var bits = bytes.loadUnaligned(fromByteOffset: at, as: UInt32.self)
-                bits = bigEndian ? UInt32(bigEndian: bits) : UInt32(littleEndian: bits)
-                v = Float(bitPattern: bits)
-            default:
-                var bits = bytes.loadUnaligned(fromByteOffset: at, as: UInt64.self)
-                bits = bigEndian ? UInt64(bigEndian: bits) : UInt64(littleEndian: bits)
-                v = Float(Double(bitPattern: bits))
-            }
-            // Fortran order stores columns one after another.
-            if order.hasPrefix("True") && shape.count == 2 {
-                values[(i % rows) * dimension + i / rows] = v
-            } else {
-                values[i] = v
-            }
-        }
-        return ParsedVectors(dimension: dimension, values: values)
+        guard !count.overflow, count.partialValue <= maxValues else { throw FormatError("shape too large") }
+        elementSize = size
+        bigEndian = kind.first == ">"
+        fortran = order.hasPrefix("True") && shape.count == 2
+        dataStart = headerStart + headerLength
     }
 
-    /// The text after `'key':` in a .npy header dict, up to the next top-level comma.
-    private static func field(_ header: String, _ key: String) -> String? {
-        let pattern = Array("'\(key)':")
-        let chars = Array(header)
-        guard chars.count >= pattern.count,
-              let at = (0...(chars.count - pattern.count)).first(where: { Array(chars[$0..<($0 + pattern.count)]) == pattern }) else { return nil }
-        var depth = 0
-        var out = ""
-        for c in chars[(at + pattern.count)...] {
-            if c == "(" { depth += 1 }
-            if c == ")" { depth -= 1; if depth < 0 { break } }
-            if (c == "," && depth == 0) || c == "}" { break }
-            out.append(c)
+    /// Element `i` of `data` (which starts at the first element), as float32.
+    @inline(__always) func element(_ data: UnsafeRawBufferPointer, _ i: Int) -> Float {
+        let at = i * elementSize
+        switch elementSize {
+        case 2:
+            let bits = data.loadUnaligned(fromByteOffset: at, as: UInt16.self)
+            return Float(Float16(bitPattern: bigEndian ? UInt16(bigEndian: bits) : UInt16(littleEndian: bits)))
+        case 4:
+            let bits = data.loadUnaligned(fromByteOffset: at, as: UInt32.self)
+            return Float(bitPattern: bigEndian ? UInt32(bigEndian: bits) : UInt32(littleEndian: bits))
+        default:
+            let bits = data.loadUnaligned(fromByteOffset: at, as: UInt64.self)
+            return Float(Double(bitPattern: bigEndian ? UInt64(bigEndian: bits) : UInt64(littleEndian: bits)))
         }
-        return out.trimmingCharacters()
     }
 }
 

@@ -27,7 +27,7 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
     /// The index's snapshot sections, for bit-exact comparison.
     func image(_ index: PersistentIndex) -> [String: [UInt8]] {
         let now = index.index.active
-        let sections = (now as? HNSWIndex)?.sections() ?? (now as! FlatIndex).sections()
+        let sections = try! (now as? HNSWIndex)?.sections() ?? (now as! FlatIndex).sections()
         return Dictionary(uniqueKeysWithValues: sections)
     }
 
@@ -43,95 +43,36 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         a.index.absorb()  // single inserts wait beside the graph; a snapshot links them first
         let before = image(a)
         let answers = try data.prefix(20).map { try a.search($0, k: 10) }
-        a.close()
+        try a.checkpoint()
 
         let b = try PersistentIndex.open(directory: dir, dimension: 12, metric: .cosine, kind: kind,
                                          parameters: HNSWParameters(m: 8, efConstruction: 32), kernels: Self.kernels)
-        #expect(b.recovery.snapshotLoaded && b.recovery.problems.isEmpty && b.recovery.logRecordsReplayed == 0)
+        #expect(b.recovery.snapshotLoaded && b.recovery.problems.isEmpty)
         #expect(image(b) == before)
         #expect(try data.prefix(20).map { try b.search($0, k: 10) } == answers)
         #expect(b.count == 1200)
-        b.close()
     }
 
-    @Test func theLogReplaysOverTheSnapshot() throws {
+    @Test func changesSinceTheSnapshotAreCountedAndOldLogsGo() throws {
         let dir = scratchDirectory()
         defer { removeTree(dir) }
         let a = try PersistentIndex.open(directory: dir, dimension: 3, metric: .l2, kind: .flat, kernels: Self.kernels)
         try a.insert(label: 1, vector: [1, 0, 0])
+        let rows: [Float] = [0, 1, 0, 0, 0, 1]
+        try rows.withUnsafeBufferPointer { (p) throws(IndexError) in try a.insert(batch: [2, 3], vectors: p, threads: 1) }
+        #expect(a.unsaved == 3)
         try a.checkpoint()
-        try a.insert(label: 2, vector: [0, 1, 0])
+        #expect(a.unsaved == 0)
         a.remove(label: 1)
-        try a.flush()
-        // No close: as after a crash, only the snapshot and the log are on disk.
-        let b = try PersistentIndex.open(directory: dir, dimension: 3, metric: .l2, kind: .flat, kernels: Self.kernels)
-        #expect(b.recovery.snapshotLoaded && b.recovery.logRecordsReplayed == 2)
-        #expect(try b.search([0, 0, 0], k: 10).map(\.label) == [2])
-        b.close()
-        a.close()
-    }
-
-    @Test func recoveryAfterTheLogIsCutAtEveryByteOfItsLastRecords() throws {
-        let dir = scratchDirectory()
-        defer { removeTree(dir) }
-        let dim = 4
-        let a = try PersistentIndex.open(directory: dir, dimension: dim, metric: .l2, kind: .flat, kernels: Self.kernels)
-        var ends: [Int] = []   // byte offset where each record ends
-        var offset = 8
-        for i in 0..<6 {
-            if i == 4 {
-                a.remove(label: 1)
-                offset += 8 + 9
-            } else {
-                try a.insert(label: UInt64(i), vector: [Float(i), 1, 2, 3])
-                offset += 8 + 9 + 4 * dim
-            }
-            ends.append(offset)
-        }
-        try a.flush()
-        let log = PersistentIndex.logPath(dir, 0)
-        #expect(try readFile(log).count == offset)
-        // What the index holds after the first r records.
-        func expected(_ r: Int) -> Set<UInt64> {
-            var live = Set<UInt64>()
-            for i in 0..<r { if i == 4 { live.remove(1) } else { live.insert(UInt64(i)) } }
-            return live
-        }
-        for cut in ends[2]...offset {
-            let copy = scratchDirectory()
-            defer { removeTree(copy) }
-            try copyFile(log, PersistentIndex.logPath(copy, 0), length: cut)
-            let b = try PersistentIndex.open(directory: copy, dimension: dim, metric: .l2, kind: .flat, kernels: Self.kernels)
-            let whole = ends.filter { $0 <= cut }.count
-            #expect(b.recovery.logRecordsReplayed == whole)
-            let cutReported = b.recovery.problems.contains { $0.contains("cut at byte \(ends[whole - 1])") }
-            #expect(cutReported == !ends.contains(cut), "cut at \(cut): \(b.recovery)")
-            let labels = Set(try b.search([0, 0, 0, 0], k: 10).map(\.label))
-            #expect(labels == expected(whole))
-            b.close()
-        }
-        a.close()
-    }
-
-    @Test func aDamagedRecordCutsTheLogThere() throws {
-        let dir = scratchDirectory()
-        defer { removeTree(dir) }
-        let a = try PersistentIndex.open(directory: dir, dimension: 2, metric: .l2, kind: .flat, kernels: Self.kernels)
-        for i in 0..<5 { try a.insert(label: UInt64(i), vector: [Float(i), 0]) }
-        try a.flush()
-        let log = PersistentIndex.logPath(dir, 0)
-        var bytes = try readFile(log)
-        let recordSize = 8 + 9 + 8
-        bytes[8 + 3 * recordSize + 12] ^= 0x40   // inside the fourth record's payload
-        let fd = open(log, O_WRONLY | O_TRUNC)
-        _ = write(fd, bytes, bytes.count)
+        #expect(a.unsaved == 1)
+        // As after a crash: the snapshot only (the owner reads again what changed since); a log
+        // an earlier version left is removed, not replayed.
+        let fd = open(dir + "/wal.3", O_WRONLY | O_CREAT, 0o600)
         close(fd)
-        let b = try PersistentIndex.open(directory: dir, dimension: 2, metric: .l2, kind: .flat, kernels: Self.kernels)
-        #expect(b.recovery.logRecordsReplayed == 3)
-        #expect(b.recovery.problems.first?.contains("checksum") == true)
-        #expect(try readFile(log).count == 8 + 3 * recordSize)
-        b.close()
-        a.close()
+        let b = try PersistentIndex.open(directory: dir, dimension: 3, metric: .l2, kind: .flat, kernels: Self.kernels)
+        #expect(b.recovery.snapshotLoaded && b.unsaved == 0)
+        #expect(try b.search([0, 0, 0], k: 10).map(\.label).sorted() == [1, 2, 3])
+        #expect(access(dir + "/wal.3", F_OK) != 0)
     }
 
     @Test func aDamagedOrForeignSnapshotIsSetAside() throws {
@@ -139,11 +80,12 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         defer { removeTree(dir) }
         let a = try PersistentIndex.open(directory: dir, dimension: 2, metric: .l2, kind: .flat, kernels: Self.kernels)
         for i in 0..<50 { try a.insert(label: UInt64(i), vector: [Float(i), 0]) }
-        a.close()
+        try a.checkpoint()
         // Another dimension: nothing of the old index is served.
         let other = try PersistentIndex.open(directory: dir, dimension: 3, metric: .l2, kind: .flat, kernels: Self.kernels)
         #expect(!other.recovery.snapshotLoaded && other.count == 0 && !other.recovery.problems.isEmpty)
-        other.close()
+        for i in 0..<50 { try other.insert(label: UInt64(i), vector: [Float(i), 2, 3]) }
+        try other.checkpoint()
         // A flipped byte inside a section.
         var bytes = try readFile(dir + "/snapshot")
         bytes[bytes.count / 2] ^= 1
@@ -152,20 +94,43 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         close(fd)
         let b = try PersistentIndex.open(directory: dir, dimension: 3, metric: .l2, kind: .flat, kernels: Self.kernels)
         #expect(!b.recovery.snapshotLoaded && b.count == 0)
-        #expect(b.recovery.problems.contains { $0.contains("checksum") })
-        b.close()
+        #expect(access(dir + "/snapshot.bad", F_OK) == 0)
+        #expect(b.recovery.problems.contains { $0.contains("checksum") }, "\(b.recovery)")
     }
 
-    @Test func groupCommitBatchesManyRecordsPerSync() throws {
+    /// A graph's vectors live in a file of the index directory that the snapshot names (never in
+    /// the snapshot); a compaction's new file replaces the old one at the next snapshot, and a file
+    /// shorter than the snapshot says sets the snapshot aside.
+    @Test func aGraphKeepsItsVectorsInAFileTheSnapshotNames() throws {
         let dir = scratchDirectory()
         defer { removeTree(dir) }
-        let log = try WriteAheadLog(path: dir + "/wal.0", batchRecords: 64, batchDelayMilliseconds: 50)
-        for i in 0..<1000 { log.append(.remove(label: UInt64(i))) }
-        #expect(log.flush() == nil)
-        let replay = try WriteAheadLog.replay(path: dir + "/wal.0", dimension: 1)
-        #expect(replay.records.count == 1000 && replay.cutAt == nil)
-        #expect(replay.records.last == .remove(label: 999))
-        #expect(log.batches < 1000 / 8)
-        log.close()
+        let data = clusteredSet(count: 3000, dimension: 12, clusters: 10, seed: 8)
+        let parameters = HNSWParameters(m: 8, efConstruction: 32)
+        let a = try PersistentIndex.open(directory: dir, dimension: 12, metric: .l2, kind: .hnsw, parameters: parameters, kernels: Self.kernels)
+        let rows = data.flatMap { $0 }
+        try rows.withUnsafeBufferPointer { (p) throws(IndexError) in try a.insert(batch: (0..<3000).map { UInt64($0) }, vectors: p, threads: 2) }
+        let graph = try #require(a.index.active as? HNSWIndex)
+        #expect(graph.vectors.isFile)
+        try a.checkpoint()
+        let first = try PersistentIndex.entries(in: dir, prefix: "vectors.")
+        #expect(first == [graph.vectors.path!])
+        let answers = try data.prefix(10).map { try a.search($0, k: 5) }
+        // Deleting a third compacts the graph into a new one with a new file; the old one goes at
+        // the next snapshot (a crash before it would still find it).
+        for i in 0..<1000 { a.remove(label: UInt64(i * 3)) }
+        let compacted = try #require(a.index.active as? HNSWIndex)
+        #expect(compacted !== graph && compacted.vectors.path != graph.vectors.path)
+        #expect(try PersistentIndex.entries(in: dir, prefix: "vectors.").count == 2)
+        try a.checkpoint()
+        #expect(try PersistentIndex.entries(in: dir, prefix: "vectors.") == [compacted.vectors.path!])
+
+        let b = try PersistentIndex.open(directory: dir, dimension: 12, metric: .l2, kind: .hnsw, parameters: parameters, kernels: Self.kernels)
+        #expect(b.recovery.snapshotLoaded && b.count == 2000)
+        #expect(try data.prefix(10).map { try b.search($0, k: 5) } == (try data.prefix(10).map { try a.search($0, k: 5) }))
+        #expect(answers.count == 10)
+        truncate(compacted.vectors.path!, 4096)
+        let c = try PersistentIndex.open(directory: dir, dimension: 12, metric: .l2, kind: .hnsw, parameters: parameters, kernels: Self.kernels)
+        #expect(!c.recovery.snapshotLoaded && c.count == 0)
+        #expect(c.recovery.problems.contains { $0.contains("shorter than the") }, "\(c.recovery)")
     }
 }

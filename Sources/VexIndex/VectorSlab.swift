@@ -1,0 +1,133 @@
+import Glibc
+import Synchronization
+
+/// Where a graph keeps its float32 vectors.
+public enum VectorStorage: Sendable, Equatable {
+    /// In the process's memory (benchmarks, tests, indexes with no directory).
+    case memory
+    /// In a file of their own in `directory` (`vectors.ID`), mapped shared: the kernel pages them, so
+    /// a big collection's vectors (read only to re-rank a search's last candidates, and to build)
+    /// are in the page cache, not in the daemon's heap.
+    case files(directory: String)
+}
+
+/// The float32 vectors of one graph, in chunks of `HNSWIndex.chunkNodes` rows that never move, each
+/// row on its own cache lines. In a file, chunk c is bytes c·chunkBytes of it, and the first n rows
+/// are exactly the graph's first n nodes: a snapshot records the file's name and node count, never
+/// the vectors themselves, so each vector is written to disk once.
+final class VectorSlab: @unchecked Sendable {
+    let stride: Int
+    let chunkBytes: Int
+    /// The file's name in its directory, and its path; nil in memory.
+    let name: String?
+    let path: String?
+    private let fd: Int32
+    private let bases: UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    /// Chunks made; only the graph's writer adds chunks.
+    private let made = Atomic<Int>(0)
+    /// Chunks written since they were last let go of (see `release`).
+    private let dirty = Mutex<Range<Int>?>(nil)
+
+    /// An empty slab for vectors of `dimension`: a new file in `directory` for `.files`.
+    init(dimension: Int, storage: VectorStorage) throws(PersistenceError) {
+        stride = (4 * dimension + 63) / 64 * 64
+        chunkBytes = HNSWIndex.chunkNodes * stride
+        bases = .allocate(capacity: HNSWIndex.maxChunks)
+        bases.initialize(repeating: nil, count: HNSWIndex.maxChunks)
+        guard case .files(let directory) = storage else {
+            (name, path, fd) = (nil, nil, -1)
+            return
+        }
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        var made: (String, String, Int32)?
+        var attempt = 0
+        while made == nil {
+            let id = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec) &+ UInt64(attempt)
+            let name = "vectors.\(id)"
+            let fd = open(directory + "/" + name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            if fd >= 0 { made = (name, directory + "/" + name, fd) } else if errno != EEXIST || attempt > 1000 {
+                bases.deallocate()
+                throw .io(path: directory + "/" + name, errno: errno)
+            }
+            attempt += 1
+        }
+        (name, path, fd) = made!
+    }
+
+    /// The slab in the file `name` of `directory`, holding `nodes` rows (a snapshot's).
+    init(dimension: Int, directory: String, name: String, nodes: Int) throws(PersistenceError) {
+        stride = (4 * dimension + 63) / 64 * 64
+        chunkBytes = HNSWIndex.chunkNodes * stride
+        let path = directory + "/" + name
+        guard name.hasPrefix("vectors."), !name.contains("/") else { throw .corrupt(path: path, reason: "not a vector file's name") }
+        let fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { throw .io(path: path, errno: errno) }
+        var st = stat()
+        let chunks = (nodes + HNSWIndex.chunkNodes - 1) / HNSWIndex.chunkNodes
+        guard fstat(fd, &st) == 0, Int(st.st_size) >= chunks * chunkBytes else {
+            close(fd)
+            throw .corrupt(path: path, reason: "shorter than the \(nodes) vectors the snapshot names")
+        }
+        (self.name, self.path, self.fd) = (name, path, fd)
+        bases = .allocate(capacity: HNSWIndex.maxChunks)
+        bases.initialize(repeating: nil, count: HNSWIndex.maxChunks)
+        for c in 0..<chunks { try makeChunk(c) }
+    }
+
+    deinit {
+        for c in 0..<made.load(ordering: .acquiring) {
+            if fd >= 0 { munmap(bases[c], chunkBytes) } else { free(bases[c]) }
+        }
+        bases.deallocate()
+        if fd >= 0 { close(fd) }
+    }
+
+    var isFile: Bool { fd >= 0 }
+    var chunks: Int { made.load(ordering: .acquiring) }
+
+    /// Row `node`; its chunk exists.
+    @inline(__always) func row(_ node: UInt32) -> UnsafeMutablePointer<Float> {
+        (bases[Int(node >> UInt32(HNSWIndex.chunkShift))].unsafelyUnwrapped + Int(node & UInt32(HNSWIndex.chunkNodes - 1)) * stride)
+            .assumingMemoryBound(to: Float.self)
+    }
+
+    /// Makes chunk `c` (the next one). In a file: grows the file and maps the new stretch.
+    func makeChunk(_ c: Int) throws(PersistenceError) {
+        precondition(c == made.load(ordering: .relaxed))
+        if fd < 0 {
+            let memory = UnsafeMutableRawPointer(aligned_alloc(64, chunkBytes))!
+            memset(memory, 0, chunkBytes)
+            bases[c] = memory
+        } else {
+            // Blocks reserved now, not on first write: a full disk is this error, never a SIGBUS
+            // when a mapped page is written.
+            let e = posix_fallocate(fd, off_t(c * chunkBytes), off_t(chunkBytes))
+            if e != 0 { throw .io(path: path!, errno: e) }
+            let p = mmap(nil, chunkBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, off_t(c * chunkBytes))
+            guard let p, p != MAP_FAILED else { throw .io(path: path!, errno: errno) }
+            bases[c] = p
+        }
+        made.store(c + 1, ordering: .releasing)
+    }
+
+    /// Notes that rows of chunks `range` were written.
+    func wrote(chunks range: Range<Int>) {
+        guard fd >= 0 else { return }
+        dirty.withLock { d in d = d.map { min($0.lowerBound, range.lowerBound)..<max($0.upperBound, range.upperBound) } ?? range }
+    }
+
+    /// Lets go of the pages written since the last call: they stay in the file and the page cache
+    /// (written back by the kernel), out of this process's resident set. Searches fault back in only
+    /// the rows they re-rank.
+    func release() {
+        guard fd >= 0, let range = dirty.withLock({ d in defer { d = nil }; return d }) else { return }
+        for c in range { madvise(bases[c], chunkBytes, MADV_DONTNEED) }
+    }
+
+    /// Makes every row written so far durable (before a snapshot names them).
+    func sync() throws(PersistenceError) {
+        guard fd >= 0 else { return }
+        if fdatasync(fd) != 0 { throw .io(path: path!, errno: errno) }
+    }
+}
