@@ -231,6 +231,29 @@ def test_an_absurd_size_is_refused_unread(mnt):
     assert os.getxattr(c, "user.vexfs.count") == b"1"
 
 
+def test_a_file_past_the_stream_threshold_is_read_in_slices(mnt):
+    # 4,300 x 4,096 float32 is 72 MB: past 64 MiB, the file is read a slice of rows at a time.
+    c = mnt / "c"
+    c.mkdir()
+    rng = np.random.default_rng(3)
+    base = rng.standard_normal((4300, 4096)).astype(np.float32)
+    np.save(c / "big.npy", np.asfortranarray(base))
+    assert os.path.getsize(c / "big.npy") > 64 << 20
+    assert os.getxattr(c / "big.npy", "user.vexfs.status") == b"indexed: 4300 vectors"
+    q = base[123] + 0.01
+    q.tofile(c / "q.f32.query")
+    got = knn(c / "q.f32.query", 5)
+    d = np.linalg.norm(base - q, axis=1)
+    want = np.argsort(d, kind="stable")[:5]
+    assert [n for n, _ in got] == [f"big.npy#{i}" for i in want]
+    assert [x for _, x in got] == pytest.approx(d[want].tolist(), rel=1e-4)
+    # A number that is not finite near the end: none of the file's vectors stay.
+    base[4000, 7] = np.inf
+    np.save(c / "big.npy", base)
+    assert os.getxattr(c / "big.npy", "user.vexfs.status") == b"not indexed: row 4000, number 8 is not finite"
+    assert os.getxattr(c, "user.vexfs.count") == b"0"
+
+
 # §3: queries
 
 

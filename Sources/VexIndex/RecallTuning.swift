@@ -42,7 +42,10 @@ extension HNSWIndex {
         }
         guard !chosen.isEmpty else { return nil }
         let k = 10
-        let truths = chosen.map { Set(exactNearest(to: $0, k: k, limit: limit)) }
+        let truths = exactNearest(to: chosen, k: k, limit: limit).map { Set($0) }
+        // The exact scan read every vector: let the pages go from the resident set (in a file, the
+        // kernel keeps them in its cache).
+        defer { vectors.releaseAll() }
         let bar = target + (1 - target) * 0.4
         var last: RecallMeasurement?
         for ef in HNSWIndex.efLadder {
@@ -60,15 +63,18 @@ extension HNSWIndex {
         return last
     }
 
-    /// The labels of the `k` live nodes nearest to `node`, itself left out, by scanning every node
-    /// below `limit`.
-    func exactNearest(to node: UInt32, k: Int, limit: Int) -> [UInt64] {
-        var best = TopK(k: k)
-        let q = vector(node)
-        for other in 0..<UInt32(limit) where other != node && !isDeleted(other) {
-            let d = metric == .l2 ? kernels.l2Squared(q, vector(other), dimension) : -kernels.dot(q, vector(other), dimension)
-            if d <= best.bound { best.offer(Neighbor(label: label(other), distance: d)) }
+    /// For each of `nodes`, the labels of the `k` live nodes nearest to it, itself left out: one
+    /// pass over every node below `limit`, each vector read once for all the queries.
+    func exactNearest(to nodes: [UInt32], k: Int, limit: Int) -> [[UInt64]] {
+        var best = [TopK](repeating: TopK(k: k), count: nodes.count)
+        let queries = nodes.map { vector($0) }
+        for other in 0..<UInt32(limit) where !isDeleted(other) {
+            let v = vector(other)
+            for i in 0..<queries.count where nodes[i] != other {
+                let d = metric == .l2 ? kernels.l2Squared(queries[i], v, dimension) : -kernels.dot(queries[i], v, dimension)
+                if d <= best[i].bound { best[i].offer(Neighbor(label: label(other), distance: d)) }
+            }
         }
-        return best.sorted().map(\.label)
+        return best.map { $0.sorted().map(\.label) }
     }
 }

@@ -125,6 +125,13 @@ final class VectorSlab: @unchecked Sendable {
         for c in range { madvise(bases[c], chunkBytes, MADV_DONTNEED) }
     }
 
+    /// Lets go of every page of the file from the resident set (after a scan of every vector).
+    func releaseAll() {
+        guard fd >= 0 else { return }
+        dirty.withLock { $0 = nil }
+        for c in 0..<chunks { madvise(bases[c], chunkBytes, MADV_DONTNEED) }
+    }
+
     /// Makes every row written so far durable (before a snapshot names them).
     func sync() throws(PersistenceError) {
         guard fd >= 0 else { return }

@@ -444,6 +444,14 @@ final class Collection: @unchecked Sendable {
             release(old, &s)
             return
         }
+        // A sparse file claims millions of rows at no cost to its writer: refuse what memory cannot
+        // hold before reading any of it, rather than let the daemon be killed for memory.
+        let bound = layer.maxFileVectors(dimension: input.dimension)
+        guard input.rows <= bound else {
+            record.status = "not indexed: \(input.rows) vectors of dimension \(input.dimension); this machine's memory holds at most \(bound) in one file"
+            release(old, &s)
+            return
+        }
         if let old, old.rows == input.rows {
             record.firstLabel = old.firstLabel
         } else {
@@ -512,10 +520,21 @@ final class Collection: @unchecked Sendable {
 
     /// Snapshots once the changes since the last snapshot are as many as the collection holds (and
     /// at least the layer's minimum): growing from nothing to N vectors then writes at most about 2N
-    /// in snapshots, and a crash costs reading again what changed since the last one.
-    private func considerCheckpoint(_ s: inout State) {
+    /// in snapshots, and a crash costs reading again what changed since the last one. The bridge
+    /// does it when idle (`checkpointIfDue`), so no query waits for it; while changes keep coming,
+    /// here, at twice that.
+    private func considerCheckpoint(_ s: inout State, factor: Int = 2) {
         guard let index = s.index else { return }
-        if max(index.unsaved, s.unsavedFiles) >= max(layer.snapshotMinimum, index.count) { checkpoint(&s) }
+        if max(index.unsaved, s.unsavedFiles) >= factor * max(layer.snapshotMinimum, index.count) { checkpoint(&s) }
+    }
+
+    /// Snapshots if enough changed (the bridge, when idle); true if it did.
+    func checkpointIfDue() -> Bool {
+        state.withLock { s in
+            guard let index = s.index, max(index.unsaved, s.unsavedFiles) >= max(layer.snapshotMinimum, index.count) else { return false }
+            checkpoint(&s)
+            return true
+        }
     }
 
     /// Writes the index's snapshot with the catalog, which names every file (and its signature) the

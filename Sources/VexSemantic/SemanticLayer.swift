@@ -399,15 +399,26 @@ public final class SemanticLayer: @unchecked Sendable {
         for (key, list) in byCollection { existing(key)?.apply(list) }
     }
 
-    /// Links a few of one collection's waiting vectors into its graph (the bridge, when idle);
-    /// true while some collection still has some waiting.
+    /// Links a few of one collection's waiting vectors into its graph, or else snapshots one
+    /// collection that is due (the bridge, when idle); true while some work remains.
     private func absorbSome() -> Bool {
-        for c in collections.withLock({ Array($0.values) }) {
+        let all = collections.withLock { Array($0.values) }
+        for c in all {
             guard let index = c.state.withLock({ $0.index }), index.index.unabsorbed > 0 else { continue }
             index.index.absorb(limit: 8)
             return true
         }
+        for c in all where c.checkpointIfDue() { return true }
         return false
+    }
+
+    /// Vectors one file may bring: what half of this machine's memory holds of a graph's in-memory
+    /// part at `dimension` (the int8 code and links of a node, its label, its entries in the maps;
+    /// the float32 vectors are in a file the kernel pages).
+    func maxFileVectors(dimension: Int) -> Int {
+        let memory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
+        let perVector = (dimension + 63) / 64 * 64 + (8 + 8 * parameters.m + 63) / 64 * 64 + 96
+        return min(VectorStream.maxRows, memory / 2 / perVector)
     }
 
     func existing(_ key: UInt64) -> Collection? { collections.withLock { $0[key] } }
