@@ -150,13 +150,18 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     }
 
     /// The snapshot of the index in use, with every waiting vector absorbed first (one writer:
-    /// nothing lands in `fresh` between the two).
-    func snapshotSections() throws(PersistenceError) -> (isGraph: Bool, sections: [(String, [UInt8])]) {
+    /// nothing lands in `fresh` between the two, and nothing changes while it is written).
+    /// Writes the snapshot sections of the index in use into `sink`; true if it is the graph.
+    func writeSnapshot<S: SectionSink>(_ sink: inout S) throws(PersistenceError) -> Bool {
         try writes.withLock { (_) throws(PersistenceError) in
             _ = absorbHeld()
             let now = active
-            if let graph = now as? HNSWIndex { return (true, try graph.sections()) }
-            return (false, (now as! FlatIndex).sections())
+            if let graph = now as? HNSWIndex {
+                try graph.writeSections(&sink)
+                return true
+            }
+            for (tag, bytes) in (now as! FlatIndex).sections() { try sink.section(tag, bytes) }
+            return false
         }
     }
 

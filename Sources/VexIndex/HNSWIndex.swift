@@ -742,9 +742,10 @@ struct SplitMixRandom {
 extension HNSWIndex {
     /// The snapshot sections: parameters and entry point, the level-0 blocks as they are in memory,
     /// labels, the upper link lists, and the vectors: in memory, their bytes (`VECS`); in a file,
-    /// the file's name (`VECF`), after making every row so far durable. A reopened graph is the same
-    /// graph, bit for bit.
-    func sections() throws(PersistenceError) -> [(String, [UInt8])] {
+    /// the file's name (`VECF`), after making every row so far durable. Blocks and labels are
+    /// written straight from the chunks, never copied whole. A reopened graph is the same graph, bit
+    /// for bit.
+    func writeSections<S: SectionSink>(_ sink: inout S) throws(PersistenceError) {
         try writer.withLock { (state) throws(PersistenceError) in
             let n = published.load(ordering: .relaxed)
             var meta = ByteWriter()
@@ -755,29 +756,40 @@ extension HNSWIndex {
             meta.put(UInt8(quantized.load(ordering: .relaxed) ? 1 : 0))
             meta.put(quantizer.scale)
             for o in quantizer.offsets { meta.put(o) }
-            var blocks: [UInt8] = [], labels = ByteWriter(), upper = ByteWriter()
-            blocks.reserveCapacity(n * blockSize)
+            try sink.section("HNSW", meta.bytes)
+            var blocks: [UnsafeRawBufferPointer] = [], labels: [UnsafeRawBufferPointer] = []
+            var upper = ByteWriter()
+            var c = 0
+            while c * HNSWIndex.chunkNodes < n {
+                let nodes = min(HNSWIndex.chunkNodes, n - c * HNSWIndex.chunkNodes)
+                blocks.append(UnsafeRawBufferPointer(start: chunks[c], count: nodes * blockSize))
+                labels.append(UnsafeRawBufferPointer(start: chunks[c]! + labelsOffset, count: nodes * 8))
+                c += 1
+            }
             for node in 0..<UInt32(n) {
-                blocks.append(contentsOf: UnsafeRawBufferPointer(start: block(node), count: blockSize))
-                labels.put(label(node))
                 let l = level(node)
                 if l > 0 { upper.put(UnsafeRawBufferPointer(start: upperLinks(node), count: l * upperStride * 4)) }
             }
-            var out = [("HNSW", meta.bytes), ("BLKS", blocks), ("LABL", labels.bytes), ("UPPR", upper.bytes)]
+            try sink.section("BLKS", blocks)
+            try sink.section("LABL", labels)
+            try sink.section("UPPR", upper.bytes)
             if let name = vectors.name {
                 try vectors.sync()
                 namedBySnapshot.store(true, ordering: .relaxed)
                 var file = ByteWriter()
                 file.put(name)
-                out.append(("VECF", file.bytes))
+                try sink.section("VECF", file.bytes)
             } else {
-                var rows: [UInt8] = []
-                rows.reserveCapacity(n * 4 * dimension)
-                for node in 0..<UInt32(n) { rows.append(contentsOf: UnsafeRawBufferPointer(start: vector(node), count: 4 * dimension)) }
-                out.append(("VECS", rows))
+                try sink.section("VECS", (0..<UInt32(n)).map { UnsafeRawBufferPointer(start: vector($0), count: 4 * dimension) })
             }
-            return out
         }
+    }
+
+    /// The sections `writeSections` writes, in memory.
+    func sections() throws(PersistenceError) -> [(String, [UInt8])] {
+        var collector = SectionCollector()
+        try writeSections(&collector)
+        return collector.sections
     }
 
     /// The graph of a snapshot's sections; a `VECF` vector file is opened in `directory`.

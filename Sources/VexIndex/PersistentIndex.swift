@@ -128,13 +128,12 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     public func checkpoint(attachments: [(String, [UInt8])] = []) throws(PersistenceError) {
         try snapshotting.withLock { (_) throws(PersistenceError) in
             let counted = changes.load(ordering: .relaxed)
-            var w = SnapshotWriter(path: directory + "/snapshot")
-            let (isGraph, sections) = try index.snapshotSections()
+            var w = try SnapshotWriter(path: directory + "/snapshot")
+            let isGraph = try index.writeSnapshot(&w)
             var meta = ByteWriter()
             meta.put(UInt32(dimension)); meta.put(metric.code); meta.put(UInt8(isGraph ? 1 : 0))
-            w.section("META", meta.bytes)
-            for (tag, bytes) in sections { w.section(tag, bytes) }
-            for (tag, bytes) in attachments { w.section("X" + tag.prefix(3), bytes) }
+            try w.section("META", meta.bytes)
+            for (tag, bytes) in attachments { try w.section("X" + tag.prefix(3), bytes) }
             try w.commit()
             changes.subtract(counted, ordering: .relaxed)
             // Graphs replaced since (a switch, a compaction) leave vector files no snapshot needs.

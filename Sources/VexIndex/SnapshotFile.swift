@@ -68,67 +68,118 @@ public struct ByteReader {
     public struct Short: Error { public init() {} }
 }
 
+/// Where an index writes its snapshot sections: the snapshot file, or memory (tests compare images).
+protocol SectionSink {
+    /// One section made of `parts` laid end to end.
+    mutating func section(_ tag: String, _ parts: [UnsafeRawBufferPointer]) throws(PersistenceError)
+}
+
+extension SectionSink {
+    mutating func section(_ tag: String, _ data: [UInt8]) throws(PersistenceError) {
+        let result = data.withUnsafeBytes { raw in Result { () throws(PersistenceError) in try section(tag, [raw]) } }
+        try result.get()
+    }
+}
+
+/// Sections kept in memory, by tag.
+struct SectionCollector: SectionSink {
+    var sections: [(String, [UInt8])] = []
+    mutating func section(_ tag: String, _ parts: [UnsafeRawBufferPointer]) throws(PersistenceError) {
+        var whole: [UInt8] = []
+        for p in parts { whole.append(contentsOf: p) }
+        sections.append((tag, whole))
+    }
+}
+
 /// A snapshot: a header, then named sections, each cut into pieces of at most 4 MiB that are
-/// LZ4-compressed and checksummed (CRC-32C) on their own. Written to `NAME.tmp`, fsynced, renamed over
-/// NAME and the directory fsynced, so a crash leaves either the old snapshot or the new one whole.
+/// LZ4-compressed and checksummed (CRC-32C) on their own. Written piece by piece to `NAME.tmp` (so a
+/// section is never copied whole: a graph's blocks are written straight from its chunks), fsynced,
+/// renamed over NAME and the directory fsynced, so a crash leaves either the old snapshot or the new
+/// one whole.
 ///
 ///     file    = "VEXSNAP1" section* end
 ///     section = tag:u32 pieces:u32 piece*          end = tag 0
 ///     piece   = raw:u32 packed:u32 crc32c(packed):u32 packed-bytes
-struct SnapshotWriter {
+final class SnapshotWriter: SectionSink {
     static let magic: [UInt8] = Array("VEXSNAP1".utf8)
     static let pieceSize = 4 << 20
     let path: String
-    private var out: [UInt8] = SnapshotWriter.magic
+    private var tmp: String { path + ".tmp" }
+    private var fd: Int32
+    private var staging = [UInt8](repeating: 0, count: SnapshotWriter.pieceSize)
+    private var packed = [UInt8](repeating: 0, count: Int(vx_lz4_bound(SnapshotWriter.pieceSize)))
 
-    init(path: String) { self.path = path }
-
-    mutating func section(_ tag: String, _ data: [UInt8]) {
-        data.withUnsafeBytes { section(tag, [$0]) }
+    init(path: String) throws(PersistenceError) {
+        self.path = path
+        fd = open(path + ".tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .io(path: path + ".tmp", errno: errno) }
+        try put(SnapshotWriter.magic)
     }
 
-    /// One section made of `parts` laid end to end.
-    mutating func section(_ tag: String, _ parts: [UnsafeRawBufferPointer]) {
-        var whole: [UInt8] = []
-        whole.reserveCapacity(parts.reduce(0) { $0 + $1.count })
-        for p in parts { whole.append(contentsOf: p) }
+    /// An unfinished snapshot is removed, never renamed into place.
+    deinit {
+        if fd >= 0 {
+            close(fd)
+            unlink(tmp)
+        }
+    }
+
+    private func put(_ bytes: UnsafeRawBufferPointer) throws(PersistenceError) {
+        var done = 0
+        while done < bytes.count {
+            let n = write(fd, bytes.baseAddress! + done, bytes.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .io(path: tmp, errno: errno)
+            }
+            done += n
+        }
+    }
+
+    private func put(_ bytes: [UInt8]) throws(PersistenceError) {
+        let result = bytes.withUnsafeBytes { raw in Result { () throws(PersistenceError) in try put(raw) } }
+        try result.get()
+    }
+
+    func section(_ tag: String, _ parts: [UnsafeRawBufferPointer]) throws(PersistenceError) {
+        let total = parts.reduce(0) { $0 + $1.count }
+        let pieces = (total + SnapshotWriter.pieceSize - 1) / SnapshotWriter.pieceSize
         var w = ByteWriter()
         w.put(fourCC(tag))
-        let pieces = (whole.count + SnapshotWriter.pieceSize - 1) / SnapshotWriter.pieceSize
         w.put(UInt32(pieces))
-        out.append(contentsOf: w.bytes)
-        whole.withUnsafeBytes { all in
-            for i in 0..<pieces {
-                let piece = UnsafeRawBufferPointer(rebasing: all[(i * SnapshotWriter.pieceSize)..<min(all.count, (i + 1) * SnapshotWriter.pieceSize)])
-                var packed = [UInt8](repeating: 0, count: vx_lz4_bound(piece.count))
-                let size = packed.withUnsafeMutableBytes { vx_lz4_compress(piece.baseAddress, piece.count, $0.baseAddress, $0.count) }
-                precondition(size > 0, "LZ4 refused a 4 MiB piece")
-                packed.removeLast(packed.count - size)
-                var h = ByteWriter()
-                h.put(UInt32(piece.count)); h.put(UInt32(size)); h.put(vx_crc32c(0, packed, size))
-                out.append(contentsOf: h.bytes)
-                out.append(contentsOf: packed)
+        try put(w.bytes)
+        var part = 0, offset = 0
+        for _ in 0..<pieces {
+            // Gather the next piece from the parts into the staging buffer.
+            var filled = 0
+            staging.withUnsafeMutableBytes { stage in
+                while filled < SnapshotWriter.pieceSize && part < parts.count {
+                    let n = min(SnapshotWriter.pieceSize - filled, parts[part].count - offset)
+                    if n > 0 { stage.baseAddress!.advanced(by: filled).copyMemory(from: parts[part].baseAddress! + offset, byteCount: n) }
+                    filled += n
+                    offset += n
+                    if offset == parts[part].count { part += 1; offset = 0 }
+                }
             }
+            let size = staging.withUnsafeBytes { stage in
+                packed.withUnsafeMutableBytes { vx_lz4_compress(stage.baseAddress, filled, $0.baseAddress, $0.count) }
+            }
+            guard size > 0 else { throw .corrupt(path: tmp, reason: "LZ4 refused a piece") }
+            var h = ByteWriter()
+            h.put(UInt32(filled)); h.put(UInt32(size)); h.put(packed.withUnsafeBytes { vx_crc32c(0, $0.baseAddress, Int(size)) })
+            try put(h.bytes)
+            let result = packed.withUnsafeBytes { raw in Result { () throws(PersistenceError) in try put(UnsafeRawBufferPointer(rebasing: raw[0..<Int(size)])) } }
+            try result.get()
         }
     }
 
-    /// Writes the file durably and puts it in place.
-    mutating func commit() throws(PersistenceError) {
-        out.append(contentsOf: [0, 0, 0, 0])
-        let tmp = path + ".tmp"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .io(path: tmp, errno: errno) }
-        var done = 0
-        let failure: Int32? = out.withUnsafeBytes { buf in
-            while done < buf.count {
-                let n = write(fd, buf.baseAddress! + done, buf.count - done)
-                if n < 0 { if errno == EINTR { continue }; return errno }
-                done += n
-            }
-            return fsync(fd) == 0 ? nil : errno
-        }
+    /// Makes the file durable and puts it in place.
+    func commit() throws(PersistenceError) {
+        try put([0, 0, 0, 0])
+        let synced = fsync(fd) == 0 ? nil : errno
         close(fd)
-        if let failure { unlink(tmp); throw .io(path: tmp, errno: failure) }
+        fd = -1
+        if let synced { unlink(tmp); throw .io(path: tmp, errno: synced) }
         guard rename(tmp, path) == 0 else { let e = errno; unlink(tmp); throw .io(path: path, errno: e) }
         try syncDirectory(of: path)
     }

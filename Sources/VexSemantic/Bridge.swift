@@ -18,6 +18,12 @@ import Glibc
 /// cannot hold it off, and other collections' work never delays it. The worker applies a batch in
 /// slices of `sliceSize`, publishing progress after each, and when a query is waiting it puts the
 /// rest of the batch back and takes the waiting collection's events first.
+///
+/// Long work goes to a second thread, the builder: a file of millions of vectors (`isLong`), and
+/// jobs handed in with `hold` (a collection's snapshot). Its collection is held apart (its events
+/// stay pending, in order) until the builder is done, while the worker goes on with every other
+/// collection. A query in that collection waits for such a file, as read-your-writes asks; a query
+/// anywhere else waits for nothing of it.
 final class Bridge: @unchecked Sendable {
     enum Op: Sendable { case refresh, remove }
     struct Key: Hashable, Sendable {
@@ -33,6 +39,8 @@ final class Bridge: @unchecked Sendable {
     let batchSize: Int
     let batchDelayNanoseconds: Int
     private let apply: @Sendable ([Event]) -> Void
+    /// Whether applying an event is long work, for the builder (asked without the queue's lock).
+    private let isLong: @Sendable (Event) -> Bool
     /// Background work for when the queue is empty, a little at a time; true while more remains.
     private let idle: @Sendable () -> Bool
 
@@ -73,6 +81,25 @@ final class Bridge: @unchecked Sendable {
     private var unapplied: [UInt64: Orders] = [:]
     /// Collections a query waits for, with the watermark it waits for.
     private var urgent: [UInt64: UInt64] = [:]
+    /// Collections whose long event the builder has: none of their events is taken meanwhile.
+    private var busy: Set<UInt64> = []
+    /// Work for the builder, oldest first.
+    private var long: [LongWork] = []
+    private enum LongWork {
+        case event(Event, UInt64)
+        case job(UInt64, @Sendable () -> Void)
+        var collection: UInt64 {
+            switch self {
+            case .event(let e, _): e.key.collection
+            case .job(let c, _): c
+            }
+        }
+    }
+    /// Collections of the batch the worker is applying now.
+    private var inFlight: Set<UInt64> = []
+    private let longReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
+    private var builder = pthread_t()
+    private var builderStopping = false
     /// Events are applied this many at a time, so a query waits for a slice, not a whole batch.
     let sliceSize = 8
 
@@ -119,9 +146,11 @@ final class Bridge: @unchecked Sendable {
     private let counters: Counters
 
     init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 20_000, counters: Counters = Counters(factory: NOOPMetricsHandler.instance),
-         idle: @escaping @Sendable () -> Bool = { false }, apply: @escaping @Sendable ([Event]) -> Void) {
+         idle: @escaping @Sendable () -> Bool = { false }, isLong: @escaping @Sendable (Event) -> Bool = { _ in false },
+         apply: @escaping @Sendable ([Event]) -> Void) {
         self.counters = counters
         self.idle = idle
+        self.isLong = isLong
         self.capacity = capacity
         self.batchSize = batchSize
         batchDelayNanoseconds = batchDelayMicroseconds * 1000
@@ -133,17 +162,23 @@ final class Bridge: @unchecked Sendable {
         pthread_cond_init(wake, &attr)
         pthread_condattr_destroy(&attr)
         pthread_cond_init(progress, nil)
+        pthread_cond_init(longReady, nil)
         let rc = pthread_create(&thread, nil, { arg in
             Unmanaged<Bridge>.fromOpaque(arg!).takeUnretainedValue().work()
             return nil
         }, Unmanaged.passUnretained(self).toOpaque())
         precondition(rc == 0, "cannot start the bridge worker")
+        let rb = pthread_create(&builder, nil, { arg in
+            Unmanaged<Bridge>.fromOpaque(arg!).takeUnretainedValue().build()
+            return nil
+        }, Unmanaged.passUnretained(self).toOpaque())
+        precondition(rb == 0, "cannot start the bridge's builder")
     }
 
     deinit {
         stop()
-        pthread_mutex_destroy(queueLock); pthread_cond_destroy(wake); pthread_cond_destroy(progress)
-        queueLock.deallocate(); wake.deallocate(); progress.deallocate()
+        pthread_mutex_destroy(queueLock); pthread_cond_destroy(wake); pthread_cond_destroy(progress); pthread_cond_destroy(longReady)
+        queueLock.deallocate(); wake.deallocate(); progress.deallocate(); longReady.deallocate()
     }
 
     /// Events waiting, for stats.
@@ -203,7 +238,7 @@ final class Bridge: @unchecked Sendable {
         }
     }
 
-    /// Applies what is pending, then stops the worker.
+    /// Applies what is pending, then stops the worker and the builder.
     func stop() {
         let running: Bool = locked {
             guard !stopping else { return false }
@@ -211,14 +246,69 @@ final class Bridge: @unchecked Sendable {
             pthread_cond_signal(wake)
             return true
         }
-        if running { pthread_join(thread, nil) }
+        guard running else { return }
+        pthread_join(thread, nil)
+        locked {
+            builderStopping = true
+            pthread_cond_signal(longReady)
+        }
+        pthread_join(builder, nil)
+    }
+
+    /// Pending events the worker may take now (not those of a collection the builder holds).
+    private var takeable: Int {
+        busy.isEmpty ? pending.count : pending.count - busy.reduce(0) { $0 + (pendingPerCollection[$1] ?? 0) }
+    }
+
+    /// Runs `job` on the builder with `collection` held: none of its events is applied meanwhile.
+    func hold(_ collection: UInt64, _ job: @escaping @Sendable () -> Void) {
+        locked {
+            long.append(.job(collection, job))
+            pthread_cond_signal(longReady)
+        }
+    }
+
+    /// The builder: does long work one piece at a time, then lets its collection go.
+    private func build() {
+        pthread_mutex_lock(queueLock)
+        while true {
+            while long.isEmpty && !builderStopping { pthread_cond_wait(longReady, queueLock) }
+            if long.isEmpty { break }
+            let work = long.removeFirst()
+            let c = work.collection
+            // A job waits for the worker's batch of its collection, then holds the collection.
+            while inFlight.contains(c) { pthread_cond_wait(progress, queueLock) }
+            busy.insert(c)
+            pthread_mutex_unlock(queueLock)
+            switch work {
+            case .event(let e, _): apply([e])
+            case .job(_, let job): job()
+            }
+            pthread_mutex_lock(queueLock)
+            if case .event(let e, let order) = work { finish(e, order) }
+            // Held on while more of its long events wait (they were taken in order).
+            if !long.contains(where: { if case .event(let e, _) = $0 { e.key.collection == c } else { false } }) { busy.remove(c) }
+            pthread_cond_broadcast(progress)
+            pthread_cond_signal(wake)
+        }
+        pthread_mutex_unlock(queueLock)
+    }
+
+    private func finish(_ e: Event, _ order: UInt64) {
+        unapplied[e.key.collection]!.finish(order)
+        if unapplied[e.key.collection]!.isEmpty { unapplied[e.key.collection] = nil }
     }
 
     private func work() {
         pthread_mutex_lock(queueLock)
         while true {
             var idleWork = true
-            while pending.isEmpty && !stopping {
+            while takeable == 0 && !(stopping && pending.isEmpty) {
+                if stopping {
+                    // What is left belongs to collections the builder holds: wait for it.
+                    pthread_cond_wait(wake, queueLock)
+                    continue
+                }
                 if idleWork {
                     pthread_mutex_unlock(queueLock)
                     idleWork = idle()
@@ -233,20 +323,39 @@ final class Bridge: @unchecked Sendable {
             var deadline = firstPendingAt
             deadline.tv_nsec += batchDelayNanoseconds
             if deadline.tv_nsec >= 1_000_000_000 { deadline.tv_sec += 1; deadline.tv_nsec -= 1_000_000_000 }
-            while pending.count < batchSize && urgent.isEmpty && !stopping {
+            while takeable < batchSize && urgent.isEmpty && !stopping {
                 if pthread_cond_timedwait(wake, queueLock, &deadline) == ETIMEDOUT { break }
             }
-            let batch = takeBatch()
+            var batch = takeBatch()
+            // Long events go to the builder, and their collection with them: its other events in
+            // this batch go back to wait, in order.
+            pthread_mutex_unlock(queueLock)
+            let longOnes = Set(batch.indices.filter { batch[$0].0.op == .refresh && isLong(batch[$0].0) })
+            pthread_mutex_lock(queueLock)
+            if !longOnes.isEmpty {
+                var kept: [(Event, UInt64)] = []
+                for (i, (e, order)) in batch.enumerated() {
+                    if longOnes.contains(i) && !busy.contains(e.key.collection) {
+                        busy.insert(e.key.collection)
+                        long.append(.event(e, order))
+                        pthread_cond_signal(longReady)
+                    } else {
+                        kept.append((e, order))
+                    }
+                }
+                batch = []
+                for (e, order) in kept {
+                    if busy.contains(e.key.collection) { requeue(e, order) } else { batch.append((e, order)) }
+                }
+            }
+            inFlight = Set(batch.map(\.0.key.collection))
             var done = 0
             while done < batch.count {
                 let slice = batch[done..<min(done + sliceSize, batch.count)]
                 pthread_mutex_unlock(queueLock)
                 apply(slice.map(\.0))
                 pthread_mutex_lock(queueLock)
-                for (e, order) in slice {
-                    unapplied[e.key.collection]!.finish(order)
-                    if unapplied[e.key.collection]!.isEmpty { unapplied[e.key.collection] = nil }
-                }
+                for (e, order) in slice { finish(e, order) }
                 done += slice.count
                 pthread_cond_broadcast(progress)
                 // A query arrived for a collection this batch does not serve next: it goes first.
@@ -255,8 +364,11 @@ final class Bridge: @unchecked Sendable {
                     break
                 }
             }
-            counters.batches.increment()
-            counters.batchSizes.record(done)
+            inFlight = []
+            if done > 0 {
+                counters.batches.increment()
+                counters.batchSizes.record(done)
+            }
             if !pending.isEmpty { clock_gettime(CLOCK_MONOTONIC, &firstPendingAt) }
             pthread_cond_broadcast(progress)
         }
@@ -284,7 +396,12 @@ final class Bridge: @unchecked Sendable {
     private func takeBatch() -> [(Event, UInt64)] {
         var chosen: [(Event, UInt64)] = []
         chosen.reserveCapacity(min(batchSize, pending.count))
+        var held: [(Key, Op)] = []
         func take(_ key: Key) {
+            if busy.contains(key.collection) {
+                if let waiting = pending[key] { held.append((key, waiting.op)) }
+                return
+            }
             guard let waiting = pending.removeValue(forKey: key) else { return }
             chosen.append((Event(key: key, op: waiting.op), waiting.order))
             let c = key.collection
@@ -292,7 +409,9 @@ final class Bridge: @unchecked Sendable {
             if pendingPerCollection[c] == 0 { pendingPerCollection[c] = nil }
         }
         if !urgent.isEmpty {
-            let waiting = pending.filter { entry in urgent[entry.key.collection].map { entry.value.order <= $0 } ?? false }
+            let waiting = pending.filter { entry in
+                !busy.contains(entry.key.collection) && (urgent[entry.key.collection].map { entry.value.order <= $0 } ?? false)
+            }
                 .sorted { $0.value.order < $1.value.order }
             for (key, _) in waiting.prefix(batchSize) { take(key) }
             urgent = [:]
@@ -305,6 +424,8 @@ final class Bridge: @unchecked Sendable {
         if chosen.isEmpty {
             drain(&removes, .remove)
             drain(&refreshes, .refresh)
+            // Events of collections the builder holds keep their place at the back of their lane.
+            for (key, op) in held { op == .remove ? removes.append(key) : refreshes.append(key) }
         }
         chosen.sort { ($0.0.op == .remove ? 0 : 1, $0.1) < ($1.0.op == .remove ? 0 : 1, $1.1) }
         return chosen

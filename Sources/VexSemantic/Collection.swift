@@ -518,24 +518,28 @@ final class Collection: @unchecked Sendable {
         }
     }
 
-    /// Snapshots once the changes since the last snapshot are as many as the collection holds (and
-    /// at least the layer's minimum): growing from nothing to N vectors then writes at most about 2N
-    /// in snapshots, and a crash costs reading again what changed since the last one. The bridge
-    /// does it when idle (`checkpointIfDue`), so no query waits for it; while changes keep coming,
-    /// here, at twice that.
-    private func considerCheckpoint(_ s: inout State, factor: Int = 2) {
-        guard let index = s.index else { return }
-        if max(index.unsaved, s.unsavedFiles) >= factor * max(layer.snapshotMinimum, index.count) { checkpoint(&s) }
-    }
-
-    /// Snapshots if enough changed (the bridge, when idle); true if it did.
-    func checkpointIfDue() -> Bool {
-        state.withLock { s in
-            guard let index = s.index, max(index.unsaved, s.unsavedFiles) >= max(layer.snapshotMinimum, index.count) else { return false }
-            checkpoint(&s)
-            return true
+    /// Asks for a snapshot once the changes since the last one are as many as the collection holds
+    /// (and at least the layer's minimum): growing from nothing to N vectors then writes at most
+    /// about 2N in snapshots, and a crash costs reading again what changed since the last one. The
+    /// bridge's builder writes it with this collection held, so the bridge worker (and every other
+    /// collection) never waits for it.
+    private func considerCheckpoint(_ s: inout State) {
+        guard let index = s.index, isDue(index, s), !snapshotAsked.exchange(true, ordering: .relaxed) else { return }
+        layer.bridge.hold(key) { [weak self] in
+            guard let self else { return }
+            snapshotAsked.store(false, ordering: .relaxed)
+            state.withLock { s in
+                if let index = s.index, isDue(index, s) { checkpoint(&s) }
+            }
         }
     }
+
+    private func isDue(_ index: PersistentIndex, _ s: borrowing State) -> Bool {
+        max(index.unsaved, s.unsavedFiles) >= max(layer.snapshotMinimum, index.count)
+    }
+
+    /// Set while a snapshot is asked for and not yet begun.
+    let snapshotAsked = Atomic<Bool>(false)
 
     /// Writes the index's snapshot with the catalog, which names every file (and its signature) the
     /// snapshot holds: after a crash, `open` reads again exactly the files that differ from it.

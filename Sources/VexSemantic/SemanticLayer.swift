@@ -186,7 +186,8 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot, 0o700)
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
-        bridge = Bridge(counters: metrics.bridge, idle: { [unowned self] in self.absorbSome() }) { [unowned self] events in self.apply(events) }
+        bridge = Bridge(counters: metrics.bridge, idle: { [unowned self] in self.absorbSome() },
+                        isLong: { [unowned self] event in self.isLong(event) }) { [unowned self] events in self.apply(events) }
         back.layer = self
     }
 
@@ -399,17 +400,24 @@ public final class SemanticLayer: @unchecked Sendable {
         for (key, list) in byCollection { existing(key)?.apply(list) }
     }
 
-    /// Links a few of one collection's waiting vectors into its graph, or else snapshots one
-    /// collection that is due (the bridge, when idle); true while some work remains.
+    /// Links a few of one collection's waiting vectors into its graph (the bridge, when idle); true
+    /// while some collection still has some waiting.
     private func absorbSome() -> Bool {
         let all = collections.withLock { Array($0.values) }
         for c in all {
-            guard let index = c.state.withLock({ $0.index }), index.index.unabsorbed > 0 else { continue }
+            // A collection the builder holds is passed over, never waited for.
+            guard let held = c.state.withLockIfAvailable({ $0.index }), let index = held, index.index.unabsorbed > 0 else { continue }
             index.index.absorb(limit: 8)
             return true
         }
-        for c in all where c.checkpointIfDue() { return true }
         return false
+    }
+
+    /// Whether applying `event` reads a file big enough to be streamed: the bridge's builder does it.
+    private func isLong(_ event: Bridge.Event) -> Bool {
+        guard let c = existing(event.key.collection), let format = VectorFormat(fileName: event.key.name),
+              let st = StoreFiles.stat(c.directory, event.key.name), StoreFiles.isRegular(st) else { return false }
+        return VectorStream.streams(format, size: Int(st.st_size), threshold: streamThreshold)
     }
 
     /// Vectors one file may bring: what half of this machine's memory holds of a graph's in-memory

@@ -127,6 +127,41 @@ final class Recorder: @unchecked Sendable {
         bridge.stop()
     }
 
+    /// A long event goes to the builder with its collection: that collection's later events wait
+    /// for it (in order), and every other collection goes on, its queries answered meanwhile.
+    @Test func longWorkHoldsOnlyItsOwnCollection() {
+        let r = Recorder()
+        let open = Atomic<Bool>(false)
+        let bridge = Bridge(batchDelayMicroseconds: 1000, isLong: { $0.key.name.text.hasPrefix("big") }) { events in
+            if events.contains(where: { $0.key.name.text.hasPrefix("big") }) {
+                while !open.load(ordering: .relaxed) { usleep(1000) }
+            }
+            r.apply(events)
+        }
+        bridge.post(.refresh, collection: 1, name: "big.npy")
+        bridge.post(.refresh, collection: 2, name: "before")
+        usleep(20_000)   // the worker has handed big.npy to the builder
+        bridge.post(.refresh, collection: 1, name: "after-big")
+        bridge.post(.refresh, collection: 2, name: "small")
+        bridge.settle(2)   // returns while big.npy is still being built
+        #expect(Set(r.all.map(\.key.name.text)) == ["before", "small"])
+        usleep(20_000)
+        #expect(!r.all.contains { $0.key.collection == 1 })
+        open.store(true, ordering: .relaxed)
+        bridge.settle(1)
+        #expect(r.all.filter { $0.key.collection == 1 }.map(\.key.name.text) == ["big.npy", "after-big"])
+        // Stopping with a long event in the builder's hands still applies everything.
+        open.store(false, ordering: .relaxed)
+        bridge.post(.refresh, collection: 3, name: "big2.npy")
+        bridge.post(.refresh, collection: 3, name: "x")
+        usleep(20_000)
+        let t = Thread { usleep(50_000); open.store(true, ordering: .relaxed) }
+        t.start()
+        bridge.stop()
+        t.join()
+        #expect(r.all.filter { $0.key.collection == 3 }.map(\.key.name.text) == ["big2.npy", "x"])
+    }
+
     @Test func stopAppliesWhatIsPending() {
         let r = Recorder()
         let bridge = Bridge(batchDelayMicroseconds: 1_000_000) { r.apply($0) }

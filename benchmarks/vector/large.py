@@ -35,12 +35,17 @@ def percentile(xs, p):
     return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
 
 
-def vmrss(pid):
+def vmrss(pid, field="VmRSS"):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def resident(pid):
+    """Resident bytes: all, anonymous (heap), and file pages mapped (the vector file)."""
+    return {k: vmrss(pid, f) for k, f in (("all", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"))}
 
 
 def make_data(args, rng):
@@ -128,12 +133,14 @@ def run_vexfs(args, work, src, queries, truth, raw):
         r["queryable_s"] = time.perf_counter() - t0
         assert n == args.n, (n, os.getxattr(os.path.join(big, "base.npy"), "user.vexfs.status"))
         r["rss_growth_queryable"] = vmrss(pid) - rss0
+        r["resident_queryable"] = resident(pid)
         print(json.dumps({"vexfs": r}), flush=True)
         deadline = time.time() + 3600
         while b"in use" not in os.getxattr(big, "user.vexfs.index") and time.time() < deadline:
             time.sleep(0.2)
         r["measured_s"] = time.perf_counter() - t0
         r["index"] = os.getxattr(big, "user.vexfs.index").decode()
+        r["resident_measured"] = resident(pid)
         paths = []
         for i, q in enumerate(queries):
             p = os.path.join(big, f"q{i:04}.f32.query")
@@ -153,6 +160,8 @@ def run_vexfs(args, work, src, queries, truth, raw):
             hits += len(set(got) & set(truth[i].tolist()))
         r.update(p50_us=percentile(lat, 50) * 1e6, p99_us=percentile(lat, 99) * 1e6, recall=hits / (10 * len(paths)))
         r["rss_growth_end"] = vmrss(pid) - rss0
+        r["resident_end"] = resident(pid)
+        r["resident_before"] = rss0
         r["rss_growth_peak"] = sampler.end() - rss0
         r["rss_end_x_raw"] = r["rss_growth_end"] / raw
         r["rss_peak_x_raw"] = r["rss_growth_peak"] / raw
