@@ -450,12 +450,16 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
             }
         }
-        // Re-rank what the traversal found with the float vectors.
+        // Re-rank what the traversal found with the float vectors. From a vector file they are read
+        // (pread), not touched through the map: a fault there maps the 16 pages around the row too
+        // (the kernel's fault-around), and searches would soon have the whole file resident.
         var best = TopK(k: k)
         let found = s.results
+        let fromFile = vectors.isFile
         for i in 0..<found.count {
             let node = found.base[i].id
-            let d = metric == .l2 ? kernels.l2Squared(s.query, vector(node), dimension) : -kernels.dot(s.query, vector(node), dimension)
+            let v = fromFile && vectors.read(node, into: s.row) ? UnsafePointer(s.row) : UnsafePointer(vector(node))
+            let d = metric == .l2 ? kernels.l2Squared(s.query, v, dimension) : -kernels.dot(s.query, v, dimension)
             if d <= best.bound { best.offer(Neighbor(label: label(node), distance: d)) }
         }
         s.results.count = 0
@@ -689,10 +693,13 @@ final class SearchScratch: @unchecked Sendable {
     var candidates = NodeHeap(capacity: 1024)
     let query: UnsafeMutablePointer<Float>
     let code: UnsafeMutablePointer<Int8>
+    /// One candidate's float32 vector, read from a vector file to re-rank it.
+    let row: UnsafeMutablePointer<Float>
 
     init(dimension: Int, codeBytes: Int) {
         tags = .allocate(capacity: 1)
         query = .allocate(capacity: dimension)
+        row = .allocate(capacity: dimension)
         code = .allocate(capacity: codeBytes)
         code.initialize(repeating: 0, count: codeBytes)
     }

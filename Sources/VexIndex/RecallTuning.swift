@@ -64,16 +64,33 @@ extension HNSWIndex {
     }
 
     /// For each of `nodes`, the labels of the `k` live nodes nearest to it, itself left out: one
-    /// pass over every node below `limit`, each vector read once for all the queries.
+    /// pass over every node below `limit`, each vector read once for all the queries. A vector file
+    /// is read a chunk at a time (pread), so the scan leaves nothing of it resident.
     func exactNearest(to nodes: [UInt32], k: Int, limit: Int) -> [[UInt64]] {
         var best = [TopK](repeating: TopK(k: k), count: nodes.count)
-        let queries = nodes.map { vector($0) }
-        for other in 0..<UInt32(limit) where !isDeleted(other) {
-            let v = vector(other)
-            for i in 0..<queries.count where nodes[i] != other {
-                let d = metric == .l2 ? kernels.l2Squared(queries[i], v, dimension) : -kernels.dot(queries[i], v, dimension)
-                if d <= best[i].bound { best[i].offer(Neighbor(label: label(other), distance: d)) }
+        let queries = UnsafeMutablePointer<Float>.allocate(capacity: nodes.count * dimension)
+        defer { queries.deallocate() }
+        for (i, node) in nodes.enumerated() {
+            if !(vectors.isFile && vectors.read(node, into: queries + i * dimension)) {
+                (queries + i * dimension).update(from: vector(node), count: dimension)
             }
+        }
+        let floats = vectors.stride / 4
+        let buffer = UnsafeMutablePointer<Float>.allocate(capacity: HNSWIndex.chunkNodes * floats)
+        defer { buffer.deallocate() }
+        var first = 0
+        while first < limit {
+            let count = min(HNSWIndex.chunkNodes, limit - first)
+            let fromFile = vectors.isFile && vectors.readRows(first, count, into: buffer)
+            for other in UInt32(first)..<UInt32(first + count) where !isDeleted(other) {
+                let v = fromFile ? UnsafePointer(buffer + (Int(other) - first) * floats) : UnsafePointer(vector(other))
+                for i in 0..<nodes.count where nodes[i] != other {
+                    let q = queries + i * dimension
+                    let d = metric == .l2 ? kernels.l2Squared(q, v, dimension) : -kernels.dot(q, v, dimension)
+                    if d <= best[i].bound { best[i].offer(Neighbor(label: label(other), distance: d)) }
+                }
+            }
+            first += count
         }
         return best.map { $0.sorted().map(\.label) }
     }

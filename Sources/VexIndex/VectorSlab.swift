@@ -16,6 +16,7 @@ public enum VectorStorage: Sendable, Equatable {
 /// are exactly the graph's first n nodes: a snapshot records the file's name and node count, never
 /// the vectors themselves, so each vector is written to disk once.
 final class VectorSlab: @unchecked Sendable {
+    let dimension: Int
     let stride: Int
     let chunkBytes: Int
     /// The file's name in its directory, and its path; nil in memory.
@@ -30,6 +31,7 @@ final class VectorSlab: @unchecked Sendable {
 
     /// An empty slab for vectors of `dimension`: a new file in `directory` for `.files`.
     init(dimension: Int, storage: VectorStorage) throws(PersistenceError) {
+        self.dimension = dimension
         stride = (4 * dimension + 63) / 64 * 64
         chunkBytes = HNSWIndex.chunkNodes * stride
         bases = .allocate(capacity: HNSWIndex.maxChunks)
@@ -57,6 +59,7 @@ final class VectorSlab: @unchecked Sendable {
 
     /// The slab in the file `name` of `directory`, holding `nodes` rows (a snapshot's).
     init(dimension: Int, directory: String, name: String, nodes: Int) throws(PersistenceError) {
+        self.dimension = dimension
         stride = (4 * dimension + 63) / 64 * 64
         chunkBytes = HNSWIndex.chunkNodes * stride
         let path = directory + "/" + name
@@ -90,6 +93,26 @@ final class VectorSlab: @unchecked Sendable {
     @inline(__always) func row(_ node: UInt32) -> UnsafeMutablePointer<Float> {
         (bases[Int(node >> UInt32(HNSWIndex.chunkShift))].unsafelyUnwrapped + Int(node & UInt32(HNSWIndex.chunkNodes - 1)) * stride)
             .assumingMemoryBound(to: Float.self)
+    }
+
+    /// Copies row `node` of the file into `buffer` (a read, not a touch of the map); false if the
+    /// read failed (the caller then reads the map).
+    func read(_ node: UInt32, into buffer: UnsafeMutablePointer<Float>) -> Bool {
+        pread(fd, buffer, 4 * dimension, off_t(Int(node) * stride)) == 4 * dimension
+    }
+
+    /// Copies rows `first ..< first + count` (at `stride` bytes each) into `buffer`; false if the
+    /// read failed.
+    func readRows(_ first: Int, _ count: Int, into buffer: UnsafeMutableRawPointer) -> Bool {
+        var done = 0
+        let total = count * stride
+        while done < total {
+            let n = pread(fd, buffer + done, total - done, off_t(first * stride + done))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { return false }
+            done += n
+        }
+        return true
     }
 
     /// Makes chunk `c` (the next one). In a file: grows the file and maps the new stretch.
