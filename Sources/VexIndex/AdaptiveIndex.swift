@@ -78,7 +78,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         fresh = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
     }
 
-    init(restoring index: any VectorIndex, kind: IndexKind, parameters: HNSWParameters, kernels: DistanceKernels, storage: VectorStorage) {
+    init(restoring index: any VectorIndex, fresh waiting: FlatIndex?, kind: IndexKind, parameters: HNSWParameters, kernels: DistanceKernels,
+         storage: VectorStorage) {
         dimension = index.dimension
         metric = index.metric
         self.kind = kind
@@ -86,7 +87,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         self.kernels = kernels
         self.storage = storage
         current = Mutex(index)
-        fresh = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
+        fresh = waiting ?? FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
     }
 
     /// The index in use now.
@@ -149,13 +150,14 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         return fresh.count
     }
 
-    /// The snapshot of the index in use, with every waiting vector absorbed first (one writer:
-    /// nothing lands in `fresh` between the two, and nothing changes while it is written).
+    /// The snapshot of the index in use and of the vectors waiting beside it (`FLAB`, `FVEC`: never
+    /// linked in first, which under a steady writer could be tens of thousands of graph insertions
+    /// while the collection is held). One writer: nothing changes while it is written.
     /// Writes the snapshot sections of the index in use into `sink`; true if it is the graph.
     func writeSnapshot<S: SectionSink>(_ sink: inout S) throws(PersistenceError) -> Bool {
         try writes.withLock { (_) throws(PersistenceError) in
-            _ = absorbHeld()
             let now = active
+            for (tag, bytes) in fresh.sections() { try sink.section("F" + tag.prefix(3), bytes) }
             if let graph = now as? HNSWIndex {
                 try graph.writeSections(&sink)
                 return true

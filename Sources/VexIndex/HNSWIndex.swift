@@ -450,12 +450,12 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
             }
         }
-        // Re-rank what the traversal found with the float vectors. From a vector file they are read
-        // (pread), not touched through the map: a fault there maps the 16 pages around the row too
-        // (the kernel's fault-around), and searches would soon have the whole file resident.
+        // Re-rank what the traversal found with the float vectors. From a big vector file they are
+        // read (pread), not touched through the map: a fault there maps the 16 pages around the row
+        // too (the kernel's fault-around), and searches would soon have the whole file resident.
         var best = TopK(k: k)
         let found = s.results
-        let fromFile = vectors.isFile
+        let fromFile = !vectors.mappedReads
         for i in 0..<found.count {
             let node = found.base[i].id
             let v = fromFile && vectors.read(node, into: s.row) ? UnsafePointer(s.row) : UnsafePointer(vector(node))

@@ -56,8 +56,8 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         var index = AdaptiveIndex(dimension: dimension, metric: metric, kind: kind, parameters: parameters, kernels: kernels, storage: storage)
         let snapshotPath = directory + "/snapshot"
         var attachments: [String: [UInt8]] = [:]
-        if let (restored, extra) = loadSnapshot(snapshotPath, directory: directory, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
-            index = AdaptiveIndex(restoring: restored, kind: kind, parameters: parameters, kernels: kernels, storage: storage)
+        if let (restored, waiting, extra) = loadSnapshot(snapshotPath, directory: directory, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
+            index = AdaptiveIndex(restoring: restored, fresh: waiting, kind: kind, parameters: parameters, kernels: kernels, storage: storage)
             attachments = extra
             report.snapshotLoaded = true
         } else if access(snapshotPath, F_OK) == 0 {
@@ -72,7 +72,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// The index in the snapshot at `path`; nil when there is none or it cannot be used (said in
     /// `report`).
     private static func loadSnapshot(_ path: String, directory: String, dimension: Int, metric: Metric, kernels: DistanceKernels,
-                                     report: inout RecoveryReport) -> ((any VectorIndex), [String: [UInt8]])? {
+                                     report: inout RecoveryReport) -> ((any VectorIndex), FlatIndex?, [String: [UInt8]])? {
         let sections: [String: [UInt8]]
         do { sections = try readSnapshot(path: path) } catch {
             if case .io(_, ENOENT) = error { return nil }
@@ -91,7 +91,12 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
                 : try FlatIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels)
             var extra: [String: [UInt8]] = [:]
             for (tag, bytes) in sections where tag.hasPrefix("X") { extra[String(tag.dropFirst())] = bytes }
-            return (restored, extra)
+            // Vectors that waited beside the graph (older snapshots have none).
+            var waiting: FlatIndex?
+            if let labels = sections["FLAB"], let vectors = sections["FVEC"] {
+                waiting = try FlatIndex.restore(["LABL": labels, "VECS": vectors], dimension: dimension, metric: metric, kernels: kernels)
+            }
+            return (restored, waiting, extra)
         } catch let e as PersistenceError {
             report.problems.append("\(e); set aside")
             return nil

@@ -87,6 +87,14 @@ final class VectorSlab: @unchecked Sendable {
     }
 
     var isFile: Bool { fd >= 0 }
+
+    /// Up to this size a vector file is read through its map (what is touched stays resident: at
+    /// most this much); past it, rows are read with pread, which leaves nothing resident but costs
+    /// a system call per row.
+    static let mappedReadBytes = 256 << 20
+
+    /// Whether searches read rows through the map (memory, or a small file).
+    var mappedReads: Bool { fd < 0 || chunks * chunkBytes <= VectorSlab.mappedReadBytes }
     var chunks: Int { made.load(ordering: .acquiring) }
 
     /// Row `node`; its chunk exists.
@@ -132,6 +140,8 @@ final class VectorSlab: @unchecked Sendable {
             bases[c] = p
         }
         made.store(c + 1, ordering: .releasing)
+        // Past the size where searches read through the map: let go of what they touched.
+        if fd >= 0 && c * chunkBytes <= VectorSlab.mappedReadBytes && (c + 1) * chunkBytes > VectorSlab.mappedReadBytes { releaseAll() }
     }
 
     /// Notes that rows of chunks `range` were written.

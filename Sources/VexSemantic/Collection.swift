@@ -99,6 +99,8 @@ final class Collection: @unchecked Sendable {
     let version = Atomic<UInt64>(0)
     /// Vectors held, for stats that must not wait for a batch being applied.
     let vectorCount = Atomic<Int>(0)
+    /// The dimension, for the mount's memory account (read without the lock).
+    let knownDimension = Atomic<Int>(0)
     /// Files without a vector file name that carry `user.vexfs.vector`: their writes must reach the
     /// bridge too. Guarded by its own lock so a write never waits for a batch.
     let attributeCarriers = Mutex<Set<FileName>>([])
@@ -228,6 +230,9 @@ final class Collection: @unchecked Sendable {
                 case .refresh: refresh(e.key.name, &s)
                 }
             }
+            // A writer that never lets the bridge idle would let the vectors waiting beside the
+            // graph pile up (every query scans them): link a few in with each batch past a bound.
+            if let index = s.index, index.index.unabsorbed > layer.freshBound { index.index.absorb(limit: 64) }
             considerCheckpoint(&s)
             considerMeasuring(&s)
         }
@@ -446,9 +451,9 @@ final class Collection: @unchecked Sendable {
         }
         // A sparse file claims millions of rows at no cost to its writer: refuse what memory cannot
         // hold before reading any of it, rather than let the daemon be killed for memory.
-        let bound = layer.maxFileVectors(dimension: input.dimension)
+        let bound = layer.maxFileVectors(dimension: input.dimension, besides: self)
         guard input.rows <= bound else {
-            record.status = "not indexed: \(input.rows) vectors of dimension \(input.dimension); this machine's memory holds at most \(bound) in one file"
+            record.status = "not indexed: \(input.rows) vectors of dimension \(input.dimension); the memory left for indexes holds \(bound) more"
             release(old, &s)
             return
         }
@@ -507,6 +512,7 @@ final class Collection: @unchecked Sendable {
     /// Makes a change visible to cached answers and stats.
     private func published(_ s: borrowing State) {
         vectorCount.store(s.index?.count ?? 0, ordering: .relaxed)
+        knownDimension.store(s.dimension ?? 0, ordering: .relaxed)
         version.add(1, ordering: .releasing)
     }
 

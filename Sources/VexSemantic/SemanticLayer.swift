@@ -98,6 +98,8 @@ public final class SemanticLayer: @unchecked Sendable {
     /// A collection's index is snapshotted once the changes since the last snapshot are as many as
     /// it holds, and at least this many (see `Collection.considerCheckpoint`).
     let snapshotMinimum = 4096
+    /// Vectors that may wait beside a graph before each batch links some of them in.
+    let freshBound = 2048
     /// A filtered query on a graph scans the vectors that pass instead, when a sample says they are
     /// at most this many (or a twentieth of the collection).
     let exactScanRows: Int
@@ -420,13 +422,19 @@ public final class SemanticLayer: @unchecked Sendable {
         return VectorStream.streams(format, size: Int(st.st_size), threshold: streamThreshold)
     }
 
-    /// Vectors one file may bring: what half of this machine's memory holds of a graph's in-memory
-    /// part at `dimension` (the int8 code and links of a node, its label, its entries in the maps;
-    /// the float32 vectors are in a file the kernel pages).
-    func maxFileVectors(dimension: Int) -> Int {
+    /// Vectors one streamed file may bring: what is left of half of this machine's memory, after
+    /// every other collection's vectors, at a graph's in-memory cost per vector (the int8 code and
+    /// links of a node, its label, its entries in the maps; the float32 vectors are in a file the
+    /// kernel pages). A bound on the whole mount, not per file: two sparse files must not add up to
+    /// more than memory holds.
+    func maxFileVectors(dimension: Int, besides asking: Collection) -> Int {
         let memory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
-        let perVector = (dimension + 63) / 64 * 64 + (8 + 8 * parameters.m + 63) / 64 * 64 + 96
-        return min(VectorStream.maxRows, memory / 2 / perVector)
+        func perVector(_ d: Int) -> Int { (d + 63) / 64 * 64 + (8 + 8 * parameters.m + 63) / 64 * 64 + 96 }
+        var used = 0
+        for c in collections.withLock({ Array($0.values) }) where c !== asking {
+            used += c.vectorCount.load(ordering: .relaxed) * perVector(c.knownDimension.load(ordering: .relaxed))
+        }
+        return min(VectorStream.maxRows, max(0, memory / 2 - used) / perVector(dimension))
     }
 
     func existing(_ key: UInt64) -> Collection? { collections.withLock { $0[key] } }
