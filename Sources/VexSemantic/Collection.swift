@@ -171,8 +171,9 @@ final class Collection: @unchecked Sendable {
                     attributeCarriers.withLock { $0 = carriers }
                 }
             }
-            // The index and the catalog must hold the same labels: after a crash the log may hold
-            // changes the catalog never saw, and the other way round.
+            // The index and the catalog must hold the same labels. They come from one snapshot, so
+            // they do, unless the snapshot was set aside or written by an older version (whose log
+            // could hold changes the catalog never saw): then the files decide.
             var changed = 0
             if let index = s.index {
                 var live = Set<UInt64>()
