@@ -602,16 +602,22 @@ def test_more_files_in_use_than_descriptors(make_mount):
 
 
 # A VFS capability blob (revision 2, effective, CAP_NET_BIND_SERVICE permitted).
+def open_to_user_1000(mnt, plain):
+    """Lets user 1000 reach both roots (pytest's temporary directories are 0700); the command prefix
+    that runs as that user."""
+    for d in list(mnt.root.parents)[:3]:
+        os.chmod(d, 0o755)
+    os.chmod(plain.parent, 0o755)
+    return ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
+
+
 CAPABILITY = struct.pack("<IIIII", 0x02000001, 1 << 10, 0, 0, 0)
 
 
 def test_unprivileged_writes_drop_set_id_bits_and_capabilities(mnt, plain):
     """vexfs takes over dropping privileges from the kernel (FUSE_HANDLE_KILLPRIV_V2): an
     unprivileged write, truncate or truncating open must drop them exactly as on a local filesystem."""
-    for d in list(mnt.root.parents)[:3]:
-        os.chmod(d, 0o755)
-    os.chmod(plain.parent, 0o755)
-    as_user = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
+    as_user = open_to_user_1000(mnt, plain)
 
     def steps(root):
         os.chmod(root, 0o777)
@@ -668,10 +674,7 @@ USER_OBJ, USER, GROUP_OBJ, MASK, OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
 def test_posix_acls_are_enforced_and_default_acls_replace_the_umask(mnt, plain):
     """With FUSE_POSIX_ACL the kernel enforces ACLs kept on the backing files (before, only the
     mode bits counted) and caches them, and a default ACL replaces the creator's umask."""
-    for d in list(mnt.root.parents)[:3]:
-        os.chmod(d, 0o755)
-    os.chmod(plain.parent, 0o755)
-    as_user = ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups"]
+    as_user = open_to_user_1000(mnt, plain)
 
     def steps(root):
         os.chmod(root, 0o755)

@@ -101,7 +101,12 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// so this costs memory, never data).
     public convenience init(dimension: Int, metric: Metric, kernels: DistanceKernels, parameters: HNSWParameters = HNSWParameters(),
                             quantizer: ScalarQuantizer? = nil, storage: VectorStorage = .memory) {
-        let slab = (try? VectorSlab(dimension: dimension, storage: storage)) ?? (try! VectorSlab(dimension: dimension, storage: .memory))
+        let slab: VectorSlab
+        if case .files(let directory) = storage, let file = try? VectorSlab.newFile(dimension: dimension, in: directory) {
+            slab = file
+        } else {
+            slab = VectorSlab.memory(dimension: dimension)
+        }
         self.init(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, quantizer: quantizer,
                   vectors: slab, storage: storage)
     }
@@ -830,11 +835,11 @@ extension HNSWIndex {
         if let file = s["VECF"] {
             guard let directory else { throw short }
             var r = ByteReader(file)
-            slab = try VectorSlab(dimension: dimension, directory: directory, name: try r.getString(), nodes: n)
+            slab = try VectorSlab.existing(dimension: dimension, directory: directory, name: try r.getString(), nodes: n)
             storage = .files(directory: directory)
         } else {
             guard let rows = s["VECS"], rows.count == n * 4 * dimension else { throw short }
-            slab = try VectorSlab(dimension: dimension, storage: .memory)
+            slab = VectorSlab.memory(dimension: dimension)
             for c in 0..<((n + chunkNodes - 1) / chunkNodes) { try slab.makeChunk(c) }
             var r = ByteReader(rows)
             for node in 0..<UInt32(n) { try r.copy(4 * dimension, to: slab.row(node)) }

@@ -29,53 +29,47 @@ final class VectorSlab: @unchecked Sendable {
     /// Chunks written since they were last let go of (see `release`).
     private let dirty = Mutex<Range<Int>?>(nil)
 
-    /// An empty slab for vectors of `dimension`: a new file in `directory` for `.files`.
-    init(dimension: Int, storage: VectorStorage) throws(PersistenceError) {
+    private init(dimension: Int, file: (name: String, path: String, fd: Int32)?) {
         self.dimension = dimension
         stride = (4 * dimension + 63) / 64 * 64
         chunkBytes = HNSWIndex.chunkNodes * stride
+        (name, path, fd) = file.map { ($0.name, $0.path, $0.fd) } ?? (nil, nil, -1)
         bases = .allocate(capacity: HNSWIndex.maxChunks)
         bases.initialize(repeating: nil, count: HNSWIndex.maxChunks)
-        guard case .files(let directory) = storage else {
-            (name, path, fd) = (nil, nil, -1)
-            return
-        }
+    }
+
+    /// An empty slab in memory.
+    static func memory(dimension: Int) -> VectorSlab { VectorSlab(dimension: dimension, file: nil) }
+
+    /// An empty slab in a new file of `directory`.
+    static func newFile(dimension: Int, in directory: String) throws(PersistenceError) -> VectorSlab {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        var made: (String, String, Int32)?
         var attempt = 0
-        while made == nil {
+        while true {
             let id = UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec) &+ UInt64(attempt)
-            let name = "vectors.\(id)"
-            let fd = open(directory + "/" + name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
-            if fd >= 0 { made = (name, directory + "/" + name, fd) } else if errno != EEXIST || attempt > 1000 {
-                bases.deallocate()
-                throw .io(path: directory + "/" + name, errno: errno)
-            }
+            let name = "vectors.\(id)", path = directory + "/" + name
+            let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            if fd >= 0 { return VectorSlab(dimension: dimension, file: (name, path, fd)) }
+            if errno != EEXIST || attempt > 1000 { throw .io(path: path, errno: errno) }
             attempt += 1
         }
-        (name, path, fd) = made!
     }
 
     /// The slab in the file `name` of `directory`, holding `nodes` rows (a snapshot's).
-    init(dimension: Int, directory: String, name: String, nodes: Int) throws(PersistenceError) {
-        self.dimension = dimension
-        stride = (4 * dimension + 63) / 64 * 64
-        chunkBytes = HNSWIndex.chunkNodes * stride
+    static func existing(dimension: Int, directory: String, name: String, nodes: Int) throws(PersistenceError) -> VectorSlab {
         let path = directory + "/" + name
         guard name.hasPrefix("vectors."), !name.contains("/") else { throw .corrupt(path: path, reason: "not a vector file's name") }
         let fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
         guard fd >= 0 else { throw .io(path: path, errno: errno) }
+        let slab = VectorSlab(dimension: dimension, file: (name, path, fd))
         var st = stat()
         let chunks = (nodes + HNSWIndex.chunkNodes - 1) / HNSWIndex.chunkNodes
-        guard fstat(fd, &st) == 0, Int(st.st_size) >= chunks * chunkBytes else {
-            close(fd)
+        guard fstat(fd, &st) == 0, Int(st.st_size) >= chunks * slab.chunkBytes else {
             throw .corrupt(path: path, reason: "shorter than the \(nodes) vectors the snapshot names")
         }
-        (self.name, self.path, self.fd) = (name, path, fd)
-        bases = .allocate(capacity: HNSWIndex.maxChunks)
-        bases.initialize(repeating: nil, count: HNSWIndex.maxChunks)
-        for c in 0..<chunks { try makeChunk(c) }
+        for c in 0..<chunks { try slab.makeChunk(c) }
+        return slab
     }
 
     deinit {

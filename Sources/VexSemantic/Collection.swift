@@ -305,12 +305,7 @@ final class Collection: @unchecked Sendable {
                 s.embedding[name] = nil
                 guard let st = StoreFiles.stat(directory, name), record.sameSignature(st) else { return }
                 let d = vectors[0].count
-                if s.dimension == nil, d <= VectorParser.maxDimension {
-                    s.dimension = d
-                    writeSetting(directory, .dimension(d))
-                    layer.log(problems: openIndex(&s))
-                }
-                guard d == s.dimension, let index = s.index, vectors.count == record.passages.count else {
+                guard let index = index(forDimension: d, &s), vectors.count == record.passages.count else {
                     record.status = "not indexed: the embedder gives \(d) numbers, the collection's dimension is \(s.dimension ?? 0)"
                     s.files[name] = record
                     published(s)
@@ -369,7 +364,7 @@ final class Collection: @unchecked Sendable {
             published(s)
             return
         }
-        if StoreFiles.isRegular(st), let format = VectorFormat(fileName: name), VectorStream.streams(format, size: Int(st.st_size), threshold: layer.streamThreshold) {
+        if let format = layer.streamedFormat(name, st) {
             let old = s.files[name]
             stream(name, format, &record, replacing: old, &s)
             keep(record, as: name, replacing: old, &s)
@@ -396,24 +391,12 @@ final class Collection: @unchecked Sendable {
             record.status = "not indexed: \(reason)"
             release(old, &s)
         case .success(let vectors):
-            if s.dimension == nil {
-                s.dimension = vectors.dimension
-                writeSetting(directory, .dimension(vectors.dimension))
-                layer.log(problems: openIndex(&s))
-            }
-            guard vectors.dimension == s.dimension, let index = s.index else {
+            guard let index = index(forDimension: vectors.dimension, &s) else {
                 record.status = "not indexed: \(vectors.dimension) numbers, the collection's dimension is \(s.dimension ?? 0)"
                 release(old, &s)
                 break
             }
-            // Same number of rows: the labels are kept and the vectors replaced in place.
-            if let old, old.rows == vectors.rows {
-                record.firstLabel = old.firstLabel
-            } else {
-                release(old, &s)
-                record.firstLabel = s.nextLabel
-                s.nextLabel += UInt64(vectors.rows)
-            }
+            assignLabels(vectors.rows, to: &record, replacing: old, &s)
             record.rows = vectors.rows
             // A file of many rows (one big .npy) is built on every core.
             let labels = (0..<UInt64(vectors.rows)).map { record.firstLabel + $0 }
@@ -430,6 +413,29 @@ final class Collection: @unchecked Sendable {
         layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
     }
 
+    /// The index for vectors of `d` numbers: the first vectors a collection meets fix its dimension;
+    /// nil when `d` is not the collection's.
+    private func index(forDimension d: Int, _ s: inout State) -> PersistentIndex? {
+        if s.dimension == nil, d <= VectorParser.maxDimension {
+            s.dimension = d
+            writeSetting(directory, .dimension(d))
+            layer.log(problems: openIndex(&s))
+        }
+        return d == s.dimension ? s.index : nil
+    }
+
+    /// Gives `record` the labels of `rows` vectors: the old file's when it had as many (its vectors
+    /// are then replaced in place), else new ones, the old file's released.
+    private func assignLabels(_ rows: Int, to record: inout FileRecord, replacing old: FileRecord?, _ s: inout State) {
+        if let old, old.rows == rows {
+            record.firstLabel = old.firstLabel
+        } else {
+            release(old, &s)
+            record.firstLabel = s.nextLabel
+            s.nextLabel += UInt64(rows)
+        }
+    }
+
     /// Indexes a file too big to read whole, a slice of rows at a time, each slice built on every
     /// core. A file that turns out bad part of the way through (a number that is not finite, a
     /// record of another dimension) leaves none of its vectors behind.
@@ -440,12 +446,7 @@ final class Collection: @unchecked Sendable {
             release(old, &s)
             return
         }
-        if s.dimension == nil {
-            s.dimension = input.dimension
-            writeSetting(directory, .dimension(input.dimension))
-            layer.log(problems: openIndex(&s))
-        }
-        guard input.dimension == s.dimension, let index = s.index else {
+        guard let index = index(forDimension: input.dimension, &s) else {
             record.status = "not indexed: \(input.dimension) numbers, the collection's dimension is \(s.dimension ?? 0)"
             release(old, &s)
             return
@@ -458,13 +459,7 @@ final class Collection: @unchecked Sendable {
             release(old, &s)
             return
         }
-        if let old, old.rows == input.rows {
-            record.firstLabel = old.firstLabel
-        } else {
-            release(old, &s)
-            record.firstLabel = s.nextLabel
-            s.nextLabel += UInt64(input.rows)
-        }
+        assignLabels(input.rows, to: &record, replacing: old, &s)
         var slice: [Float] = []
         var done = 0
         while done < input.rows {

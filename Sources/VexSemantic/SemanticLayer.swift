@@ -417,9 +417,15 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// Whether applying `event` reads a file big enough to be streamed: the bridge's builder does it.
     private func isLong(_ event: Bridge.Event) -> Bool {
-        guard let c = existing(event.key.collection), let format = VectorFormat(fileName: event.key.name),
-              let st = StoreFiles.stat(c.directory, event.key.name), StoreFiles.isRegular(st) else { return false }
-        return VectorStream.streams(format, size: Int(st.st_size), threshold: streamThreshold)
+        guard let c = existing(event.key.collection), let st = StoreFiles.stat(c.directory, event.key.name) else { return false }
+        return streamedFormat(event.key.name, st) != nil
+    }
+
+    /// The format of `name` (`st`) when it is a vector file big enough to be read through a stream.
+    func streamedFormat(_ name: FileName, _ st: stat) -> VectorFormat? {
+        guard StoreFiles.isRegular(st), let format = VectorFormat(fileName: name),
+              VectorStream.streams(format, size: Int(st.st_size), threshold: streamThreshold) else { return nil }
+        return format
     }
 
     /// Vectors one streamed file may bring: what is left of half of this machine's memory, after

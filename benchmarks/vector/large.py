@@ -21,18 +21,15 @@ hnswlib: `add_items` on all cores (M=16, efConstruction=200), resident growth of
 across the build, then one query per call at the ef where its recall@10 first reaches vexfs's
 defaults' recall (ef 64, 96, 128, 192, 256, 384 tried in turn).
 """
-import argparse, ctypes, json, os, shutil, subprocess, sys, tempfile, threading, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, threading, time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(__file__))
+from mount import ask_through_getxattr, percentile  # the same query pass as mount.py
+
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
-libc = ctypes.CDLL("libc.so.6", use_errno=True)
-
-
-def percentile(xs, p):
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(len(xs) * p / 100))]
 
 
 def vmrss(pid, field="VmRSS"):
@@ -141,24 +138,7 @@ def run_vexfs(args, work, src, queries, truth, raw):
         r["measured_s"] = time.perf_counter() - t0
         r["index"] = os.getxattr(big, "user.vexfs.index").decode()
         r["resident_measured"] = resident(pid)
-        paths = []
-        for i, q in enumerate(queries):
-            p = os.path.join(big, f"q{i:04}.f32.query")
-            q.tofile(p)
-            paths.append(p.encode())
-        buf = ctypes.create_string_buffer(65536)
-        name = b"user.vexfs.knn"
-        for p in paths[:50]:
-            libc.getxattr(p, name, buf, 65536)
-        lat, hits = [], 0
-        for i, p in enumerate(paths):
-            t = time.perf_counter()
-            size = libc.getxattr(p, name, buf, 65536)
-            lat.append(time.perf_counter() - t)
-            assert size >= 0, ctypes.get_errno()
-            got = [int(line.split("\t")[0].split("#")[1]) for line in buf.raw[:size].decode().splitlines()]
-            hits += len(set(got) & set(truth[i].tolist()))
-        r.update(p50_us=percentile(lat, 50) * 1e6, p99_us=percentile(lat, 99) * 1e6, recall=hits / (10 * len(paths)))
+        r.update(ask_through_getxattr(big, queries, truth))
         r["rss_growth_end"] = vmrss(pid) - rss0
         r["resident_end"] = resident(pid)
         r["resident_before"] = rss0
@@ -171,9 +151,9 @@ def run_vexfs(args, work, src, queries, truth, raw):
         t = time.perf_counter()
         subprocess.run([args.vexfs, "mount", store, mnt], check=True)
         n = int(os.getxattr(big, "user.vexfs.count"))
-        size = libc.getxattr(paths[0], name, buf, 65536)
+        answer = os.getxattr(os.path.join(big, "q0000.f32.query"), "user.vexfs.knn")
         r["remount_queryable_s"] = time.perf_counter() - t
-        assert n == args.n and size > 0
+        assert n == args.n and answer
         r["state_bytes"] = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(os.path.join(store, ".vexfs")) for f in fs)
         print(json.dumps({"vexfs": r}), flush=True)
     finally:
