@@ -249,3 +249,31 @@ print(" ".join(codes))
     for name in ["huge.npy", "torn.fvecs"]:
         status = os.getxattr(d / name, "user.vexfs.status").decode()
         assert status.startswith("not indexed: ") and "\n" not in status
+
+
+def test_a_sparse_npy_claiming_millions_of_rows_is_refused_unread(shared):
+    """A .npy past the stream threshold costs its writer nothing when it is sparse: one header and a
+    truncate. The daemon refuses what memory cannot hold before reading a byte of it, says why in the
+    file's status, and goes on answering."""
+    (shared / "d").mkdir()
+    os.chmod(shared / "d", 0o777)
+    out = py("""
+import os, sys
+d = sys.argv[1]
+def sparse(name, rows, dim):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
+    header += " " * (-(10 + len(header) + 1) % 64) + "\\n"
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(b"\\x93NUMPY\\x01\\x00" + len(header).to_bytes(2, "little") + header.encode())
+        f.truncate(10 + len(header) + rows * dim * 4)
+open(os.path.join(d, "good.vec"), "w").write(" ".join(["0.5"] * 64))
+sparse("huge.npy", 1 << 27, 64)     # 32 GiB of nothing: more than memory holds
+sparse("many.npy", 1 << 28, 1)      # 1 GiB of nothing: more rows than one file may bring
+for name in ("huge.npy", "many.npy"):
+    print(os.getxattr(os.path.join(d, name), "user.vexfs.status").decode())
+print(os.getxattr(d, "user.vexfs.count").decode())
+""", shared / "d")
+    huge, many, count = out.splitlines()
+    assert huge.startswith("not indexed: 134217728 vectors of dimension 64; the memory left for indexes holds "), huge
+    assert many == "not indexed: 268435456 vectors in one file; at most 134217728", many
+    assert count == "1"
