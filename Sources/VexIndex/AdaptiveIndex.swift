@@ -118,6 +118,10 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    /// A batch at least this big is linked into the graph at once, on every core; a smaller one
+    /// waits in `fresh`.
+    static let linkedAtOnce = 1024
+
     /// Vectors waiting in `fresh`.
     public var unabsorbed: Int { fresh.count }
 
@@ -140,7 +144,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             // Inserted first, then taken out of `fresh`: a search in between finds it twice, never
             // not at all.
             rows.withUnsafeBufferPointer { p in
-                try? graph.insert(batch: labels, vectors: p, threads: labels.count >= 1024 ? availableCores : 1)
+                try? graph.insert(batch: labels, vectors: p, threads: labels.count >= AdaptiveIndex.linkedAtOnce ? availableCores : 1)
             }
         } else {
             rows.withUnsafeBufferPointer { p in try? active.insert(batch: labels, vectors: p, threads: 1) }
@@ -185,6 +189,17 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
                 let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, storage: storage)
                 try all.withUnsafeBufferPointer { (p) throws(IndexError) in try graph.insert(batch: allLabels, vectors: p, threads: threads) }
                 swap(to: graph)
+            } else if let graph = active as? HNSWIndex, labels.count < AdaptiveIndex.linkedAtOnce {
+                // A small file's rows wait beside the graph like single inserts: linked here, they
+                // made every query behind them in the bridge wait for graph insertions.
+                guard vectors.count == labels.count * dimension else {
+                    throw .wrongDimension(expected: dimension, got: labels.isEmpty ? vectors.count : vectors.count / labels.count)
+                }
+                for i in labels.indices { try validate(UnsafeBufferPointer(rebasing: vectors[(i * dimension)..<((i + 1) * dimension)]), dimension: dimension) }
+                for (i, label) in labels.enumerated() {
+                    try fresh.insert(label: label, vector: UnsafeBufferPointer(rebasing: vectors[(i * dimension)..<((i + 1) * dimension)]))
+                    graph.remove(label: label)
+                }
             } else {
                 for label in labels { fresh.remove(label: label) }
                 try active.insert(batch: labels, vectors: vectors, threads: threads)
@@ -204,10 +219,13 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     }
 
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
+        // `fresh` first: `absorb` puts a vector in the graph before it takes it out of `fresh`, so
+        // one missing from `fresh` here is in the graph searched next. (The other way round, a
+        // vector absorbed between the two searches was in neither.)
+        let waiting = fresh.count > 0 ? try fresh.search(query, k: k, ef: nil, filter: filter) : []
         let measured = tunedEf.load(ordering: .relaxed)
         let found = try active.search(query, k: k, ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
-        guard fresh.count > 0 else { return found }
-        let waiting = try fresh.search(query, k: k, ef: nil, filter: filter)
+        guard !waiting.isEmpty else { return found }
         var best = TopK(k: k)
         var seen = Set<UInt64>()
         for n in (waiting + found).sorted(by: { TopK.worse($1, $0) }) where seen.insert(n.label).inserted {

@@ -792,7 +792,7 @@ struct SplitMixRandom {
 extension HNSWIndex {
     /// The snapshot sections: parameters and entry point, the level-0 blocks as they are in memory,
     /// labels, the upper link lists, and the vectors: in memory, their bytes (`VECS`); in a file,
-    /// the file's name (`VECF`), after making every row so far durable. Blocks and labels are
+    /// the file's name (`VECF`), which the sink makes durable before the snapshot. Blocks and labels are
     /// written straight from the chunks, never copied whole. A reopened graph is the same graph, bit
     /// for bit.
     func writeSections<S: SectionSink>(_ sink: inout S) throws(PersistenceError) {
@@ -824,7 +824,7 @@ extension HNSWIndex {
             try sink.section("LABL", labels)
             try sink.section("UPPR", upper.bytes)
             if let name = vectors.name {
-                try vectors.sync()
+                try sink.names(vectors)
                 namedBySnapshot.store(true, ordering: .relaxed)
                 var file = ByteWriter()
                 file.put(name)

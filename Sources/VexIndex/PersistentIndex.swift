@@ -36,8 +36,13 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// Vectors inserted or removed since the last snapshot.
     public var unsaved: Int { changes.load(ordering: .relaxed) }
     private let changes = Atomic<Int>(0)
-    /// Held while a snapshot is written: one at a time.
-    private let snapshotting = Mutex<Void>(())
+    /// Held while a snapshot is written or committed: one at a time. Holds the one prepared and
+    /// not yet committed.
+    let snapshotting = Mutex<SnapshotState>(SnapshotState())
+    struct SnapshotState: ~Copyable {
+        var prepared: PreparedSnapshot?
+        var generation = 0
+    }
 
     private init(directory: String, index: AdaptiveIndex, recovery: RecoveryReport, attachments: [String: [UInt8]]) {
         self.directory = directory
@@ -131,18 +136,72 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// come back in `attachments` at the next open: the owner's own state that must agree with the
     /// index. The caller holds off its own changes meanwhile, so the two agree.
     public func checkpoint(attachments: [(String, [UInt8])] = []) throws(PersistenceError) {
-        try snapshotting.withLock { (_) throws(PersistenceError) in
+        try prepareCheckpoint(attachments: attachments).commit()
+    }
+
+    /// The first half of `checkpoint`: writes the snapshot's file (to the page cache), which is all
+    /// that must see the index and the attachments agree. The second half, `commit()`, makes it
+    /// durable and puts it in place (the fsyncs: the slow part), and needs no hold on the owner's
+    /// changes. A newer snapshot prepared before an older one commits commits the older one first,
+    /// so snapshots land in order and never share a temporary file.
+    public func prepareCheckpoint(attachments: [(String, [UInt8])] = []) throws(PersistenceError) -> PreparedSnapshot {
+        try snapshotting.withLock { (state) throws(PersistenceError) in
+            if let older = state.prepared {
+                state.prepared = nil
+                try commitHeld(older)
+            }
             let counted = changes.load(ordering: .relaxed)
-            var w = try SnapshotWriter(path: directory + "/snapshot")
-            let isGraph = try index.writeSnapshot(&w)
+            let w = try SnapshotWriter(path: directory + "/snapshot")
+            var sink = w
+            let isGraph = try index.writeSnapshot(&sink)
             var meta = ByteWriter()
             meta.put(UInt32(dimension)); meta.put(metric.code); meta.put(UInt8(isGraph ? 1 : 0))
-            try w.section("META", meta.bytes)
-            for (tag, bytes) in attachments { try w.section("X" + tag.prefix(3), bytes) }
-            try w.commit()
-            changes.subtract(counted, ordering: .relaxed)
-            // Graphs replaced since (a switch, a compaction) leave vector files no snapshot needs.
-            try PersistentIndex.removeVectorFiles(in: directory, keeping: (index.active as? HNSWIndex)?.vectors.path)
+            try sink.section("META", meta.bytes)
+            for (tag, bytes) in attachments { try sink.section("X" + tag.prefix(3), bytes) }
+            try w.finish()
+            state.generation += 1
+            let prepared = PreparedSnapshot(index: self, generation: state.generation, writer: w, counted: counted,
+                                            graphFile: (index.active as? HNSWIndex)?.vectors.path)
+            state.prepared = prepared
+            return prepared
+        }
+    }
+
+    /// A snapshot written by `prepareCheckpoint`, not yet durable. The index keeps it until it is
+    /// committed, by its owner or by the next `prepareCheckpoint`.
+    public final class PreparedSnapshot: @unchecked Sendable {
+        unowned let index: PersistentIndex
+        let generation: Int
+        let writer: SnapshotWriter
+        let counted: Int
+        let graphFile: String?
+
+        init(index: PersistentIndex, generation: Int, writer: SnapshotWriter, counted: Int, graphFile: String?) {
+            self.index = index
+            self.generation = generation
+            self.writer = writer
+            self.counted = counted
+            self.graphFile = graphFile
+        }
+
+        /// Makes it durable and puts it in place (a no-op once a newer one has committed it).
+        public func commit() throws(PersistenceError) {
+            try index.snapshotting.withLock { (state) throws(PersistenceError) in
+                guard let mine = state.prepared, mine.generation == generation else { return }
+                state.prepared = nil
+                try index.commitHeld(mine)
+            }
+        }
+    }
+
+    private func commitHeld(_ p: PreparedSnapshot) throws(PersistenceError) {
+        try p.writer.commit()
+        changes.subtract(p.counted, ordering: .relaxed)
+        // Graphs replaced since (a switch, a compaction) leave vector files no snapshot needs: keep
+        // the one this snapshot names and the one in use now.
+        let now = (index.active as? HNSWIndex)?.vectors.path
+        for path in try PersistentIndex.entries(in: directory, prefix: "vectors.") where path != p.graphFile && path != now {
+            unlink(path)
         }
     }
 

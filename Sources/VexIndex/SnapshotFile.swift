@@ -72,6 +72,8 @@ public struct ByteReader {
 protocol SectionSink {
     /// One section made of `parts` laid end to end.
     mutating func section(_ tag: String, _ parts: [UnsafeRawBufferPointer]) throws(PersistenceError)
+    /// A vector file the sections name: durable before the snapshot is.
+    mutating func names(_ slab: VectorSlab) throws(PersistenceError)
 }
 
 extension SectionSink {
@@ -89,6 +91,7 @@ struct SectionCollector: SectionSink {
         for p in parts { whole.append(contentsOf: p) }
         sections.append((tag, whole))
     }
+    mutating func names(_ slab: VectorSlab) throws(PersistenceError) { try slab.sync() }
 }
 
 /// A snapshot: a header, then named sections, each cut into pieces of at most 4 MiB that are
@@ -108,6 +111,8 @@ final class SnapshotWriter: SectionSink {
     private var fd: Int32
     private var staging = [UInt8](repeating: 0, count: SnapshotWriter.pieceSize)
     private var packed = [UInt8](repeating: 0, count: Int(vx_lz4_bound(SnapshotWriter.pieceSize)))
+    /// Vector files the snapshot names, synced at commit.
+    private(set) var named: [VectorSlab] = []
 
     init(path: String) throws(PersistenceError) {
         self.path = path
@@ -173,9 +178,16 @@ final class SnapshotWriter: SectionSink {
         }
     }
 
-    /// Makes the file durable and puts it in place.
-    func commit() throws(PersistenceError) {
+    func names(_ slab: VectorSlab) { named.append(slab) }
+
+    /// Ends the file; it is complete but not yet durable or in place.
+    func finish() throws(PersistenceError) {
         try put([0, 0, 0, 0])
+    }
+
+    /// Makes the vector files it names and the file durable, and puts it in place (after `finish`).
+    func commit() throws(PersistenceError) {
+        for slab in named { try slab.sync() }
         let synced = fsync(fd) == 0 ? nil : errno
         close(fd)
         fd = -1

@@ -87,7 +87,7 @@ final class Bridge: @unchecked Sendable {
     private var long: [LongWork] = []
     private enum LongWork {
         case event(Event, UInt64)
-        case job(UInt64, @Sendable () -> Void)
+        case job(UInt64, @Sendable () -> (@Sendable () -> Void)?)
         var collection: UInt64 {
             switch self {
             case .event(let e, _): e.key.collection
@@ -261,7 +261,8 @@ final class Bridge: @unchecked Sendable {
     }
 
     /// Runs `job` on the builder with `collection` held: none of its events is applied meanwhile.
-    func hold(_ collection: UInt64, _ job: @escaping @Sendable () -> Void) {
+    /// What `job` returns runs next on the builder, with the collection let go.
+    func hold(_ collection: UInt64, _ job: @escaping @Sendable () -> (@Sendable () -> Void)?) {
         locked {
             long.append(.job(collection, job))
             pthread_cond_signal(longReady)
@@ -280,9 +281,10 @@ final class Bridge: @unchecked Sendable {
             while inFlight.contains(c) { pthread_cond_wait(progress, queueLock) }
             busy.insert(c)
             pthread_mutex_unlock(queueLock)
+            var then: (@Sendable () -> Void)?
             switch work {
             case .event(let e, _): apply([e])
-            case .job(_, let job): job()
+            case .job(_, let job): then = job()
             }
             pthread_mutex_lock(queueLock)
             if case .event(let e, let order) = work { finish(e, order) }
@@ -290,6 +292,11 @@ final class Bridge: @unchecked Sendable {
             if !long.contains(where: { if case .event(let e, _) = $0 { e.key.collection == c } else { false } }) { busy.remove(c) }
             pthread_cond_broadcast(progress)
             pthread_cond_signal(wake)
+            if let then {
+                pthread_mutex_unlock(queueLock)
+                then()
+                pthread_mutex_lock(queueLock)
+            }
         }
         pthread_mutex_unlock(queueLock)
     }

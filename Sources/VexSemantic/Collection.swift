@@ -232,8 +232,9 @@ final class Collection: @unchecked Sendable {
                 }
             }
             // A writer that never lets the bridge idle would let the vectors waiting beside the
-            // graph pile up (every query scans them): link a few in with each batch past a bound.
-            if let index = s.index, index.index.unabsorbed > layer.freshBound { index.index.absorb(limit: 64) }
+            // graph pile up (every query scans them): past a bound the linker links them in,
+            // beside this worker (linking here made every query in the collection wait for it).
+            if let index = s.index, index.index.unabsorbed > layer.freshBound(dimension: index.dimension) { layer.linker.request(self) }
             considerCheckpoint(&s)
             considerMeasuring(&s)
         }
@@ -326,6 +327,16 @@ final class Collection: @unchecked Sendable {
                 considerCheckpoint(&s)
             }
         }
+    }
+
+    /// Links a few of the vectors waiting beside the graph into it (the layer's linker thread);
+    /// true while more than the bound still wait. Takes the collection's lock only to find the
+    /// index, and passes over a collection the bridge's builder holds (its next batch asks again).
+    func linkWaiting() -> Bool {
+        guard let found = state.withLockIfAvailable({ $0.index }), let index = found else { return false }
+        let bound = layer.freshBound(dimension: index.dimension)
+        guard index.index.unabsorbed > bound else { return false }
+        return index.index.absorb(limit: 8) > bound
     }
 
     // MARK: recall target (measured by the layer's tuner thread)
@@ -524,14 +535,21 @@ final class Collection: @unchecked Sendable {
     /// (and at least the layer's minimum): growing from nothing to N vectors then writes at most
     /// about 2N in snapshots, and a crash costs reading again what changed since the last one. The
     /// bridge's builder writes it with this collection held, so the bridge worker (and every other
-    /// collection) never waits for it.
+    /// collection) never waits for it; it then makes it durable (the fsyncs) with the collection let
+    /// go, so this collection's queries and changes do not wait for the disk either.
     private func considerCheckpoint(_ s: inout State) {
         guard let index = s.index, isDue(index, s), !snapshotAsked.exchange(true, ordering: .relaxed) else { return }
         layer.bridge.hold(key) { [weak self] in
-            guard let self else { return }
+            guard let self else { return nil }
             snapshotAsked.store(false, ordering: .relaxed)
-            state.withLock { s in
-                if let index = s.index, isDue(index, s) { checkpoint(&s) }
+            let taken = state.withLock { s -> (PersistentIndex.PreparedSnapshot, String)? in
+                guard let index = s.index, isDue(index, s), let prepared = prepareCheckpoint(&s) else { return nil }
+                return (prepared, shown(s))
+            }
+            guard let (prepared, name) = taken else { return nil }
+            let layer = layer
+            return {
+                do { try prepared.commit() } catch { layer.log(problems: ["\(name): snapshot failed: \(error)"]) }
             }
         }
     }
@@ -546,12 +564,20 @@ final class Collection: @unchecked Sendable {
     /// Writes the index's snapshot with the catalog, which names every file (and its signature) the
     /// snapshot holds: after a crash, `open` reads again exactly the files that differ from it.
     private func checkpoint(_ s: inout State) {
-        guard let index = s.index else { return }
+        do { try prepareCheckpoint(&s)?.commit() } catch { layer.log(problems: ["\(shown(s)): snapshot failed: \(error)"]) }
+    }
+
+    /// The half of `checkpoint` that must see the index and the catalog agree (see
+    /// `PersistentIndex.prepareCheckpoint`).
+    private func prepareCheckpoint(_ s: inout State) -> PersistentIndex.PreparedSnapshot? {
+        guard let index = s.index else { return nil }
         do {
-            try index.checkpoint(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))])
+            let prepared = try index.prepareCheckpoint(attachments: [("CAT", Collection.encode(s.files, nextLabel: s.nextLabel))])
             s.unsavedFiles = 0
+            return prepared
         } catch {
             layer.log(problems: ["\(shown(s)): snapshot failed: \(error)"])
+            return nil
         }
     }
 

@@ -98,8 +98,10 @@ public final class SemanticLayer: @unchecked Sendable {
     /// A collection's index is snapshotted once the changes since the last snapshot are as many as
     /// it holds, and at least this many (see `Collection.considerCheckpoint`).
     let snapshotMinimum = 4096
-    /// Vectors that may wait beside a graph before each batch links some of them in.
-    let freshBound = 2048
+    /// Vectors that may wait beside a graph (every query scans them) before the linker links them in
+    /// while writes go on: 4 MiB of them (a scan well under a millisecond), at least 2,048. Below
+    /// it they are linked in when the bridge is idle.
+    func freshBound(dimension: Int) -> Int { max(2048, (4 << 20) / (4 * dimension)) }
     /// A filtered query on a graph scans the vectors that pass instead, when a sample says they are
     /// at most this many (or a twentieth of the collection).
     let exactScanRows: Int
@@ -118,7 +120,9 @@ public final class SemanticLayer: @unchecked Sendable {
     public static let maxTextBytes = 16 << 20
     public static let maxTextQueryBytes = 64 << 10
     /// One thread measures collections' recall and sets their search breadth.
-    let tuner = RecallTuner()
+    let tuner = CollectionWorker { $0.measureRecall(); return false }
+    /// One thread links the vectors waiting beside a graph into it past `freshBound`.
+    let linker = CollectionWorker { $0.linkWaiting() }
     public let journal: Journal
     private(set) var bridge: Bridge!
     /// Collections by directory inode number.
@@ -243,6 +247,7 @@ public final class SemanticLayer: @unchecked Sendable {
         embedQueue?.stop()
         embedClient?.shutdown()
         tuner.stop()
+        linker.stop()
         for c in collections.withLock({ Array($0.values) }) { c.close() }
         journal.flush()
     }

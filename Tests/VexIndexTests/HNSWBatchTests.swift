@@ -186,4 +186,58 @@ import VexTestSupport
         #expect(index.count == 2999)
         try check()
     }
+
+    @Test func aSmallBatchWaitsBesideTheGraphAndABigOneIsLinkedAtOnce() throws {
+        let dim = 8
+        let data = clusteredSet(count: 1200 + AdaptiveIndex.linkedAtOnce, dimension: dim, clusters: 10, seed: 52)
+        let index = AdaptiveIndex(dimension: dim, metric: .l2, kind: .hnsw, kernels: Self.kernels)
+        try data[..<1000].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<1000).map { UInt64($0) }, vectors: p, threads: 2)
+        }
+        index.absorb()  // a graph's first batch below `linkedAtOnce` waits beside it too
+        #expect(index.unabsorbed == 0 && index.count == 1000)
+        // A file of 3 rows, the last naming label 1 twice: the last row wins, and nothing is linked.
+        let rows = data[1000] + data[1001] + data[1002]
+        try rows.withUnsafeBufferPointer { (p) throws(IndexError) in try index.insert(batch: [1, 1001, 1], vectors: p, threads: 1) }
+        #expect(index.unabsorbed == 2 && index.count == 1001)
+        #expect(try index.search(data[1002], k: 1).first?.label == 1)
+        #expect(try index.search(data[1], k: 1).first?.distance ?? 0 > 0)  // label 1's old vector is gone
+        // A bad row refuses the whole batch.
+        var bad = data[1003] + data[1004]
+        bad[dim + 2] = .nan
+        #expect(throws: IndexError.notFinite(position: 2)) {
+            try bad.withUnsafeBufferPointer { (p) throws(IndexError) in try index.insert(batch: [2000, 2001], vectors: p, threads: 1) }
+        }
+        #expect(index.unabsorbed == 2)
+        // A big batch goes into the graph on every core.
+        let big = Array(data[1200...])
+        try big.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<big.count).map { UInt64(5000 + $0) }, vectors: p, threads: 2)
+        }
+        #expect(index.unabsorbed == 2 && index.count == 1001 + big.count)
+    }
+
+    /// The linker absorbs while queries run: a vector taken out of `fresh` is already in the graph,
+    /// so a search for it finds it whatever the moment.
+    @Test func aSearchDuringAbsorbNeverMissesAVector() throws {
+        let dim = 8
+        let data = clusteredSet(count: 4000, dimension: dim, clusters: 40, seed: 53)
+        let index = AdaptiveIndex(dimension: dim, metric: .l2, kind: .hnsw, kernels: Self.kernels)
+        try data[..<1000].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<1000).map { UInt64($0) }, vectors: p, threads: 2)
+        }
+        index.absorb()
+        for i in 1000..<4000 { try index.insert(label: UInt64(i), vector: data[i]) }
+        let missed = Atomic<Int>(0), linked = Atomic<Bool>(false)
+        runOnThreads([{ while index.absorb(limit: 1) > 0 {}; linked.store(true, ordering: .releasing) }, {
+            repeat {
+                for i in 1000..<4000 where (try? index.search(data[i], k: 1, ef: 400))?.first?.label != UInt64(i) {
+                    missed.add(1, ordering: .relaxed)
+                }
+            } while !linked.load(ordering: .acquiring)
+        }])
+        #expect(missed.load(ordering: .relaxed) == 0)
+        #expect(index.unabsorbed == 0)
+    }
 }
+

@@ -134,3 +134,36 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         #expect(c.recovery.problems.contains { $0.contains("shorter than the") }, "\(c.recovery)")
     }
 }
+
+@Suite struct PreparedSnapshotTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+
+    func open(_ dir: String) throws -> PersistentIndex {
+        try PersistentIndex.open(directory: dir, dimension: 3, metric: .l2, kind: .flat, kernels: Self.kernels)
+    }
+
+    /// A prepared snapshot is not the snapshot until it commits; a newer one prepared first commits
+    /// the older, and committing the older afterwards changes nothing.
+    @Test func aPreparedSnapshotLandsOnlyWhenCommittedAndInOrder() throws {
+        let dir = scratchDirectory()
+        defer { removeTree(dir) }
+        let a = try open(dir)
+        try a.insert(label: 1, vector: [1, 0, 0])
+        try a.checkpoint()
+        try a.insert(label: 2, vector: [0, 1, 0])
+        let first = try a.prepareCheckpoint(attachments: [("CAT", [1])])
+        #expect(try open(dir).count == 1)  // as after a crash now: the last committed one
+        #expect(a.unsaved == 1)
+        try a.insert(label: 3, vector: [0, 0, 1])
+        let second = try a.prepareCheckpoint(attachments: [("CAT", [2])])
+        let between = try open(dir)  // the first, committed by the second's preparing
+        #expect(between.count == 2 && between.attachments["CAT"] == [1])
+        try first.commit()
+        #expect(try open(dir).count == 2)
+        try second.commit()
+        let last = try open(dir)
+        #expect(last.count == 3 && last.attachments["CAT"] == [2])
+        #expect(a.unsaved == 0)
+        #expect(access(dir + "/snapshot.tmp", F_OK) != 0)
+    }
+}

@@ -1,12 +1,15 @@
 import Glibc
 import VexIndex
 
-/// Measures collections' recall in the background and sets their search breadth from it
-/// (`user.vexfs.recall`). One thread for the mount, started when the first collection asks: a
-/// measurement scans the collection (about a second for 400,000 x 50), so it must never run on the
-/// bridge's worker, a FUSE thread or under a collection's lock. Queries meanwhile go on with the
-/// breadth measured before.
-final class RecallTuner: @unchecked Sendable {
+/// One background thread that does one kind of work for collections that ask, one collection at a
+/// time, started when the first asks. The mount has two: the tuner measures a collection's recall
+/// and sets its search breadth from it (`user.vexfs.recall`; a measurement scans the collection,
+/// about a second for 400,000 x 50), and the linker links the vectors waiting beside a graph into
+/// it. Neither may run on the bridge's worker, a FUSE thread or under a collection's lock: queries
+/// and changes go on meanwhile.
+final class CollectionWorker: @unchecked Sendable {
+    /// Does a piece of the work for a collection; true when more remains (it is asked again).
+    private let job: @Sendable (Collection) -> Bool
     /// Guards everything below.
     private let queueLock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
     private let wake = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
@@ -15,7 +18,8 @@ final class RecallTuner: @unchecked Sendable {
     private var stopping = false
     private var thread: pthread_t?
 
-    init() {
+    init(_ job: @escaping @Sendable (Collection) -> Bool) {
+        self.job = job
         pthread_mutex_init(queueLock, nil)
         pthread_cond_init(wake, nil)
     }
@@ -35,7 +39,7 @@ final class RecallTuner: @unchecked Sendable {
         if thread == nil {
             var t = pthread_t()
             let rc = pthread_create(&t, nil, { arg in
-                Unmanaged<RecallTuner>.fromOpaque(arg!).takeUnretainedValue().work()
+                Unmanaged<CollectionWorker>.fromOpaque(arg!).takeUnretainedValue().work()
                 return nil
             }, Unmanaged.passUnretained(self).toOpaque())
             if rc == 0 { thread = t } else { waiting = [:]; return }
@@ -70,8 +74,9 @@ final class RecallTuner: @unchecked Sendable {
             let next = waiting.removeValue(forKey: waiting.keys.first!)!
             busy = true
             pthread_mutex_unlock(queueLock)
-            next.measureRecall()
+            let more = job(next)
             pthread_mutex_lock(queueLock)
+            if more && !stopping && waiting[next.key] == nil { waiting[next.key] = next }
             busy = false
             pthread_cond_broadcast(wake)
         }
