@@ -16,9 +16,6 @@ public struct HNSWParameters: Equatable, Sendable, CustomStringConvertible {
     public var int8Traversal = true
     /// Construction measures on the int8 codes too, once they are trained (off: on float32).
     public var int8Construction = true
-    /// Each level-0 link carries a copy of its neighbour's int8 code, so a hop reads one node's
-    /// block instead of a line per neighbour; costs 2m codes more per node.
-    public var neighbourCodes = false
 
     public init(m: Int = 16, efConstruction: Int = 200, efSearch: Int = 64, seed: UInt64 = 0x5eed) {
         self.m = m
@@ -66,8 +63,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     let storage: VectorStorage
     let maxLinks0: Int
     let upperStride: Int     // UInt32s per level above 0: count, then m ids
-    /// Where the copies of the level-0 neighbours' codes start in a block, slot by slot; 0: none kept.
-    let neighbourCodesOffset: Int
 
     static let chunkShift = 12
     static let chunkNodes = 1 << chunkShift
@@ -132,9 +127,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         upperStride = 1 + parameters.m
         codeBytes = (dimension + 63) / 64 * 64
         headerOffset = codeBytes
-        let linksEnd = (headerOffset + 8 + 4 * maxLinks0 + 63) / 64 * 64  // whole lines: aligned codes build faster
-        neighbourCodesOffset = walksOnCodes && parameters.neighbourCodes ? linksEnd : 0
-        blockSize = linksEnd + (neighbourCodesOffset == 0 ? 0 : maxLinks0 * codeBytes)
+        blockSize = (headerOffset + 8 + 4 * maxLinks0 + 63) / 64 * 64  // whole lines: aligned codes build faster
         self.vectors = vectors
         self.storage = storage
         labelsOffset = HNSWIndex.chunkNodes * blockSize
@@ -202,13 +195,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         return upperLinks(node).unsafelyUnwrapped + (level - 1) * upperStride
     }
     @inline(__always) func maxLinks(_ level: Int) -> Int { level == 0 ? maxLinks0 : parameters.m }
-    /// The copy of the code of `node`'s level-0 neighbour in `slot` (with neighbour codes kept).
-    @inline(__always) func neighbourCode(_ node: UInt32, _ slot: Int) -> UnsafeMutablePointer<Int8> {
-        (block(node) + neighbourCodesOffset + slot * codeBytes).assumingMemoryBound(to: Int8.self)
-    }
-    @inline(__always) func copyCode(of id: UInt32, to node: UInt32, slot: Int) {
-        if neighbourCodesOffset != 0 { memcpy(neighbourCode(node, slot), code(id), codeBytes) }
-    }
 
     public var count: Int { liveCount.load(ordering: .relaxed) }
     /// The search breadth when none is asked for. Inner product is not a distance, and a graph built
@@ -281,7 +267,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                     if !candidates.contains(where: { $0.1 == c }) { candidates.append((distance(c, neighbor), c)) }
                 }
                 candidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-                write(selectNeighbors(candidates, max: maxLinks(l)), node: neighbor, level: l)
+                write(selectNeighbors(candidates, max: maxLinks(l)), to: list)
             }
         }
     }
@@ -375,7 +361,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             found.removeAll { $0.1 == node }
             let chosen = selectNeighbors(found, max: parameters.m, onCodes: onCodes)
             locks?.lock(node)
-            write(chosen, node: node, level: l)
+            write(chosen, to: links(node, l))
             locks?.unlock(node)
             for (_, other) in chosen {
                 locks?.lock(other)
@@ -391,7 +377,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         let list = links(other, l)
         let n = Int(list[0])
         if n < maxLinks(l) {
-            if l == 0 { copyCode(of: node, to: other, slot: n) }
             vx_store_u32(list + 1 + n, node)
             vx_store_release_u32(list, UInt32(n + 1))
             return
@@ -403,23 +388,17 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             candidates.append((distance(id, other, onCodes: onCodes), id))
         }
         candidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-        write(selectNeighbors(candidates, max: maxLinks(l), onCodes: onCodes), node: other, level: l)
+        write(selectNeighbors(candidates, max: maxLinks(l), onCodes: onCodes), to: list)
     }
 
-    /// Rewrites `node`'s link list at `level` in place: each slot's code copy before its id, the
-    /// count last. A search reading meanwhile may pair an id with the code of the one before it:
-    /// one measure off in one walk, which the float re-rank does not trust anyway.
-    private func write(_ chosen: [UInt32], node: UInt32, level: Int) {
-        let list = links(node, level)
-        for (i, id) in chosen.enumerated() {
-            if level == 0 { copyCode(of: id, to: node, slot: i) }
-            vx_store_u32(list + 1 + i, id)
-        }
+    /// Rewrites a link list in place: ids first, the count last.
+    private func write(_ chosen: [UInt32], to list: UnsafeMutablePointer<UInt32>) {
+        for (i, id) in chosen.enumerated() { vx_store_u32(list + 1 + i, id) }
         vx_store_release_u32(list, UInt32(chosen.count))
     }
 
-    private func write(_ chosen: [(Float, UInt32)], node: UInt32, level: Int) {
-        write(chosen.map(\.1), node: node, level: level)
+    private func write(_ chosen: [(Float, UInt32)], to list: UnsafeMutablePointer<UInt32>) {
+        write(chosen.map(\.1), to: list)
     }
 
     /// The HNSW heuristic: keep a candidate (nearest first) only if it is nearer to the base than to
@@ -452,12 +431,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         let n = count ?? published.load(ordering: .relaxed)
         quantizer = ScalarQuantizer.train(metric: metric, dimension: dimension, count: n) { UnsafePointer(vector(UInt32($0))) }
         for node in 0..<n { quantizer.encode(vector(UInt32(node)), into: code(UInt32(node))) }
-        if neighbourCodesOffset != 0 {
-            for node in 0..<UInt32(n) {
-                let list = links(node, 0)
-                for j in 0..<Int(list[0]) { copyCode(of: list[1 + j], to: node, slot: j) }
-            }
-        }
         quantized.store(true, ordering: .releasing)
     }
 
@@ -580,19 +553,17 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             let list = links(c, level)
             let n = min(Int(vx_load_acquire_u32(list)), maxN)
             var unseen = 0
-            let besideLinks = level == 0 && neighbourCodesOffset != 0 && measure.readsCodes
             for j in 0..<n {
                 let id = vx_load_u32(list + 1 + j)
                 if Int(id) >= limit || tags[Int(id)] == epoch { continue }
                 tags[Int(id)] = epoch
-                if besideLinks { vx_prefetch(neighbourCode(c, j)) } else { measure.prefetch(id) }
-                fresh[2 * unseen] = id
-                fresh[2 * unseen + 1] = UInt32(j)
+                measure.prefetch(id)
+                fresh[unseen] = id
                 unseen += 1
             }
-            for u in 0..<unseen {
-                let id = fresh[2 * u]
-                let e = besideLinks ? measure.distance(id, code: neighbourCode(c, Int(fresh[2 * u + 1]))) : measure.distance(id)
+            for j in 0..<unseen {
+                let id = fresh[j]
+                let e = measure.distance(id)
                 if results.count < ef || e < bound {
                     candidates.push(-e, id)
                     if accepts(id, filter, unfiltered) {
@@ -655,9 +626,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 protocol NodeMeasure {
     func distance(_ node: UInt32) -> Float
     func prefetch(_ node: UInt32)
-    /// Whether it measures int8 codes, and so can take a neighbour's code copied beside a link.
-    var readsCodes: Bool { get }
-    func distance(_ node: UInt32, code: UnsafePointer<Int8>) -> Float
 }
 
 struct FloatMeasure: NodeMeasure {
@@ -668,8 +636,6 @@ struct FloatMeasure: NodeMeasure {
             : -index.kernels.dot(query, index.vector(node), index.dimension)
     }
     @inline(__always) func prefetch(_ node: UInt32) { vx_prefetch(index.vector(node)) }
-    var readsCodes: Bool { false }
-    @inline(__always) func distance(_ node: UInt32, code: UnsafePointer<Int8>) -> Float { distance(node) }
 }
 
 /// Another measure, with one node infinitely far: the walk never moves to it, so never through
@@ -679,18 +645,15 @@ struct Avoiding<Inner: NodeMeasure>: NodeMeasure {
     let node: UInt32
     @inline(__always) func distance(_ id: UInt32) -> Float { id == node ? .infinity : inner.distance(id) }
     @inline(__always) func prefetch(_ id: UInt32) { inner.prefetch(id) }
-    var readsCodes: Bool { inner.readsCodes }
-    @inline(__always) func distance(_ id: UInt32, code: UnsafePointer<Int8>) -> Float { id == node ? .infinity : inner.distance(id, code: code) }
 }
 
 struct CodeMeasure: NodeMeasure {
     let index: HNSWIndex
     let query: UnsafePointer<Int8>
     let l2: Bool
-    @inline(__always) func distance(_ node: UInt32) -> Float { distance(node, code: index.code(node)) }
-    var readsCodes: Bool { true }
-    @inline(__always) func distance(_ node: UInt32, code: UnsafePointer<Int8>) -> Float {
-        l2 ? Float(index.kernels.l2SquaredInt8(query, code, index.dimension)) : -Float(index.kernels.dotInt8(query, code, index.dimension))
+    @inline(__always) func distance(_ node: UInt32) -> Float {
+        l2 ? Float(index.kernels.l2SquaredInt8(query, index.code(node), index.dimension))
+            : -Float(index.kernels.dotInt8(query, index.code(node), index.dimension))
     }
     @inline(__always) func prefetch(_ node: UInt32) {
         let p = index.code(node)
@@ -766,7 +729,7 @@ final class SearchScratch: @unchecked Sendable {
     var epoch: UInt16 = 0
     var results = NodeHeap(capacity: 256)
     var candidates = NodeHeap(capacity: 1024)
-    /// The unvisited neighbours of the node a hop expands: id, then link slot.
+    /// The unvisited neighbours of the node a hop expands.
     let fresh: UnsafeMutablePointer<UInt32>
     let query: UnsafeMutablePointer<Float>
     let code: UnsafeMutablePointer<Int8>
@@ -775,7 +738,7 @@ final class SearchScratch: @unchecked Sendable {
 
     init(dimension: Int, codeBytes: Int, maxLinks: Int) {
         tags = .allocate(capacity: 1)
-        fresh = .allocate(capacity: 2 * maxLinks)
+        fresh = .allocate(capacity: maxLinks)
         query = .allocate(capacity: dimension)
         row = .allocate(capacity: dimension)
         code = .allocate(capacity: codeBytes)
@@ -843,7 +806,6 @@ extension HNSWIndex {
             meta.put(UInt8(quantized.load(ordering: .relaxed) ? 1 : 0))
             meta.put(quantizer.scale)
             for o in quantizer.offsets { meta.put(o) }
-            meta.put(UInt8(neighbourCodesOffset != 0 ? 1 : 0))  // absent before neighbour codes: off
             try sink.section("HNSW", meta.bytes)
             var blocks: [UnsafeRawBufferPointer] = [], labels: [UnsafeRawBufferPointer] = []
             var upper = ByteWriter()
@@ -897,7 +859,7 @@ extension HNSWIndex {
                                 directory: String?, short: PersistenceError) throws -> HNSWIndex {
         guard let m = s["HNSW"], let blocks = s["BLKS"], let labels = s["LABL"], let upper = s["UPPR"] else { throw short }
         var meta = ByteReader(m)
-        var p = HNSWParameters(m: Int(try meta.get(UInt32.self)), efConstruction: Int(try meta.get(UInt32.self)),
+        let p = HNSWParameters(m: Int(try meta.get(UInt32.self)), efConstruction: Int(try meta.get(UInt32.self)),
                                efSearch: Int(try meta.get(UInt32.self)), seed: try meta.get(UInt64.self))
         let n = Int(try meta.get(UInt64.self)), top = try meta.get(UInt64.self), deleted = Int(try meta.get(UInt64.self))
         let randomState = try meta.get(UInt64.self)
@@ -905,7 +867,6 @@ extension HNSWIndex {
         let scale = try meta.getFloat()
         var offsets = [Float](repeating: 0, count: dimension)
         for i in 0..<dimension { offsets[i] = try meta.getFloat() }
-        if meta.remaining > 0 { p.neighbourCodes = try meta.get(UInt8.self) == 1 }
         guard p.m >= 2, p.m <= 256, p.efConstruction >= 1, n >= 0, n < maxChunks * chunkNodes else { throw short }
         let slab: VectorSlab
         let storage: VectorStorage

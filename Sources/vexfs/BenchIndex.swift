@@ -23,7 +23,6 @@ struct IndexBench: ParsableCommand {
     @Option(help: "Timed passes over the queries; the median is reported.") var passes = 3
     @Flag(help: "Walk the graph on the float32 vectors instead of the int8 codes.") var floatTraversal = false
     @Flag(help: "Build the graph measuring on the float32 vectors instead of the int8 codes.") var floatConstruction = false
-    @Flag(help: "Keep a copy of each level-0 neighbour's int8 code beside its link.") var neighbourCodes = false
     @Option(help: "Threads that build the graph (default: every core).") var buildThreads = availableCores
     @Option(help: "Also measure the graph's own recall the way a collection does, for this target.") var tuneRecall: Double?
 
@@ -44,7 +43,6 @@ struct IndexBench: ParsableCommand {
             var p = HNSWParameters(m: m, efConstruction: efConstruction)
             p.int8Traversal = !floatTraversal
             p.int8Construction = !floatConstruction
-            p.neighbourCodes = neighbourCodes
             let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels, parameters: p)
             hnsw = h
             index = h

@@ -1,4 +1,3 @@
-import Glibc
 import Synchronization
 import Testing
 import VexKernels
@@ -130,72 +129,5 @@ func clusteredSet(count: Int, dimension: Int, clusters: Int, seed: UInt64) -> [[
         }
         #expect(walks(Int8Exactness.l2Dimensions, .l2) && !walks(Int8Exactness.l2Dimensions + 1, .l2))
         #expect(walks(65_536, .cosine) && walks(65_536, .dot) && !walks(65_536, .l2))
-    }
-}
-
-/// Codes kept beside the links: the same graph and the same answers as without, copies that always
-/// match the neighbour in their slot, and a snapshot that brings them back.
-@Suite struct NeighbourCodesTests {
-    static let kernels = try! DistanceKernels.forProcess.get()
-
-    func graph(_ besideLinks: Bool, _ data: [[Float]]) throws -> HNSWIndex {
-        var p = HNSWParameters(m: 8, efConstruction: 64)
-        p.neighbourCodes = besideLinks
-        let index = HNSWIndex(dimension: data[0].count, metric: .cosine, kernels: Self.kernels, parameters: p)
-        for (i, v) in data.enumerated() { try index.insert(label: UInt64(i), vector: v) }
-        return index
-    }
-
-    /// Every slot's copy is the code of the node its link names.
-    func copiesMatch(_ index: HNSWIndex) -> Bool {
-        for node in 0..<UInt32(index.nodeCount) {
-            let list = index.links(node, 0)
-            for j in 0..<Int(list[0]) where memcmp(index.neighbourCode(node, j), index.code(list[1 + j]), index.codeBytes) != 0 {
-                return false
-            }
-        }
-        return true
-    }
-
-    @Test func theSameGraphAndAnswersAsWithoutThem() throws {
-        let data = clusteredSet(count: 2500, dimension: 20, clusters: 25, seed: 61)
-        let plain = try graph(false, data), beside = try graph(true, data)
-        #expect(beside.neighbourCodesOffset != 0 && plain.neighbourCodesOffset == 0)
-        #expect(copiesMatch(beside))
-        for node in 0..<UInt32(plain.nodeCount) {
-            let a = plain.links(node, 0), b = beside.links(node, 0)
-            #expect(Array(UnsafeBufferPointer(start: a, count: Int(a[0]) + 1)) == Array(UnsafeBufferPointer(start: b, count: Int(b[0]) + 1)))
-        }
-        for q in clusteredSet(count: 50, dimension: 20, clusters: 25, seed: 62) {
-            #expect(try plain.search(q, k: 10) == beside.search(q, k: 10))
-        }
-    }
-
-    @Test func copiesFollowDeletesReplacementsAndARestore() throws {
-        let data = clusteredSet(count: 2000, dimension: 12, clusters: 20, seed: 63)
-        let index = try graph(true, Array(data[..<1500]))
-        for i in stride(from: 0, to: 1500, by: 4) { index.remove(label: UInt64(i)) }
-        for i in 1500..<2000 { try index.insert(label: UInt64(i % 700), vector: data[i]) }  // replacements
-        #expect(copiesMatch(index))
-        let sections = Dictionary(uniqueKeysWithValues: try index.sections())
-        let back = try HNSWIndex.restore(sections, dimension: 12, metric: .cosine, kernels: Self.kernels, directory: nil)
-        #expect(back.neighbourCodesOffset != 0 && copiesMatch(back))
-        for q in data.prefix(30) { #expect(try back.search(q, k: 5) == index.search(q, k: 5)) }
-    }
-
-    /// Codes are copied once the quantizer is trained: the copies of every link made before it are
-    /// filled in then.
-    @Test func linksMadeBeforeTrainingGetTheirCopies() throws {
-        let data = clusteredSet(count: 600, dimension: 8, clusters: 6, seed: 64)
-        var p = HNSWParameters(m: 6, efConstruction: 40)
-        p.neighbourCodes = true
-        let index = HNSWIndex(dimension: 8, metric: .l2, kernels: Self.kernels, parameters: p)
-        for (i, v) in data.prefix(500).enumerated() { try index.insert(label: UInt64(i), vector: v) }
-        let trained = index.quantized.load(ordering: .relaxed)
-        #expect(!trained)
-        index.writer.withLock { _ in index.train() }
-        #expect(copiesMatch(index))
-        for (i, v) in data.suffix(100).enumerated() { try index.insert(label: UInt64(500 + i), vector: v) }
-        #expect(copiesMatch(index))
     }
 }
