@@ -69,7 +69,7 @@ let package = Package(
         .target(name: "VexTestSupport", path: "Tests/VexTestSupport"),
         .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels", "VexTestSupport"]),
         .testTarget(name: "VexIndexTests", dependencies: ["VexIndex", "VexKernels", "VexTestSupport"]),
-        .testTarget(name: "VexSemanticTests", dependencies: ["VexSemantic", "VexIndex", "VexKernels",
+        .testTarget(name: "VexSemanticTests", dependencies: ["VexSemantic", "VexIndex", "VexKernels", "VexTestSupport",
                                                          .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "VexEmbedTests", dependencies: ["VexEmbed"]),
         .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory", "VexTestSupport"]),

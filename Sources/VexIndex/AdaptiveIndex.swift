@@ -280,7 +280,10 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
         }
         let graph = HNSWIndex(dimension: dimension, metric: metric, kernels: kernels, parameters: parameters, storage: storage)
-        rows.withUnsafeBufferPointer { try? graph.insert(batch: labels, vectors: $0, threads: availableCores) }
+        // A few hundred nodes linked at once on several threads pick their links among nodes
+        // not yet linked, and a node can end up out of reach (seen: one in 200, at m=8).
+        let threads = labels.count >= AdaptiveIndex.linkedAtOnce ? availableCores : 1
+        rows.withUnsafeBufferPointer { try? graph.insert(batch: labels, vectors: $0, threads: threads) }
         return graph
     }
 

@@ -490,8 +490,9 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// How many of the walk's nearest are re-ranked in float32: the int8 order is close enough that
     /// the true k nearest are among its first 4k (GloVe-50: recall@10 the same at 2k, 4k and all
-    /// ef; each re-ranked row is a random read of the float vectors, 6% of a query at ef 128).
-    @inline(__always) static func rerankLimit(k: Int) -> Int { 4 * k }
+    /// ef; each re-ranked row is a random read of the float vectors, 6% of a query at ef 128), and
+    /// at least 40: at few dimensions int8 codes tie, and a k of 1 would trust their order.
+    @inline(__always) static func rerankLimit(k: Int) -> Int { max(4 * k, 40) }
 
     private func walk<M: NodeMeasure>(top: UInt64, ef: Int, limit: Int, measure: M, filter: SearchFilter, scratch s: SearchScratch) {
         var current = UInt32(truncatingIfNeeded: top)

@@ -53,12 +53,18 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
 
     /// Opens the index in `directory` (created when missing). A snapshot for another dimension or
     /// metric, or a damaged one, is set aside and reported; the index then starts empty.
+    ///
+    /// `empty`: an index to be built beside the one in use in the same directory (a rebuild): the
+    /// snapshot there is neither read nor touched, and no file is removed, until this index's
+    /// first checkpoint replaces them.
     public static func open(directory: String, dimension: Int, metric: Metric, kind: IndexKind,
-                            parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels) throws(PersistenceError) -> PersistentIndex {
+                            parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels,
+                            empty: Bool = false) throws(PersistenceError) -> PersistentIndex {
         try makeDirectories(directory)
         var report = RecoveryReport()
         let storage = VectorStorage.files(directory: directory)
         var index = AdaptiveIndex(dimension: dimension, metric: metric, kind: kind, parameters: parameters, kernels: kernels, storage: storage)
+        if empty { return PersistentIndex(directory: directory, index: index, recovery: report, attachments: [:]) }
         let snapshotPath = directory + "/snapshot"
         var attachments: [String: [UInt8]] = [:]
         if let (restored, waiting, extra) = loadSnapshot(snapshotPath, directory: directory, dimension: dimension, metric: metric, kernels: kernels, report: &report) {

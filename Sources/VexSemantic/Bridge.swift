@@ -100,6 +100,9 @@ final class Bridge: @unchecked Sendable {
     private let longReady = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var builder = pthread_t()
     private var builderStopping = false
+    /// Jobs handed in, and jobs the builder has finished: it does them in the order given.
+    private var jobsAsked: UInt64 = 0
+    private var jobsDone: UInt64 = 0
     /// Events are applied this many at a time, so a query waits for a slice, not a whole batch.
     let sliceSize = 8
 
@@ -264,9 +267,23 @@ final class Bridge: @unchecked Sendable {
     /// What `job` returns runs next on the builder, with the collection let go.
     func hold(_ collection: UInt64, _ job: @escaping @Sendable () -> (@Sendable () -> Void)?) {
         locked {
+            jobsAsked += 1
             long.append(.job(collection, job))
             pthread_cond_signal(longReady)
         }
+    }
+
+    /// `hold`, and returns once `job` is done (once the builder has stopped, it runs here).
+    func holdAndWait(_ collection: UInt64, _ job: @escaping @Sendable () -> Void) {
+        let ticket: UInt64? = locked {
+            guard !builderStopping else { return nil }
+            jobsAsked += 1
+            long.append(.job(collection, { job(); return nil }))
+            pthread_cond_signal(longReady)
+            return jobsAsked
+        }
+        guard let ticket else { return job() }
+        locked { while jobsDone < ticket { pthread_cond_wait(progress, queueLock) } }
     }
 
     /// The builder: does long work one piece at a time, then lets its collection go.
@@ -287,7 +304,7 @@ final class Bridge: @unchecked Sendable {
             case .job(_, let job): then = job()
             }
             pthread_mutex_lock(queueLock)
-            if case .event(let e, let order) = work { finish(e, order) }
+            if case .event(let e, let order) = work { finish(e, order) } else { jobsDone += 1 }
             // Held on while more of its long events wait (they were taken in order).
             if !long.contains(where: { if case .event(let e, _) = $0 { e.key.collection == c } else { false } }) { busy.remove(c) }
             pthread_cond_broadcast(progress)

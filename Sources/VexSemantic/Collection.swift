@@ -602,34 +602,82 @@ final class Collection: @unchecked Sendable {
     /// Changes the metric (re-indexing every file) or the dimension (only while nothing is indexed).
     func change(_ setting: Setting) throws(SemanticError) {
         defer { sendOutbox() }
-        try state.withLock { (s) throws(SemanticError) in
+        // A change that re-reads every file is made beside the index in use (`rebuildBeside`),
+        // even when it looks like no change: one asked before may not have landed yet.
+        let rebuilding: (@Sendable (inout State) -> Void)? = try state.withLock { (s) throws(SemanticError) in
             switch setting {
             case .metric(let metric):
                 writeSetting(directory, setting)
-                guard metric != s.metric else { return }
-                s.metric = metric
-                rebuild(&s)
+                return { $0.metric = metric }
             case .embed(let globs):
                 writeSetting(directory, setting)
-                guard globs != s.embedGlobs else { return }
-                s.embedGlobs = globs
-                rebuild(&s)
+                return { $0.embedGlobs = globs }
             case .recall(let r):
                 writeSetting(directory, setting)
                 s.recallTarget = r
                 s.measuredAt = 0
                 considerMeasuring(&s)
+                return nil
             case .dimension(let d):
-                guard d != s.dimension else { return }
+                guard d != s.dimension else { return nil }
                 guard s.files.values.allSatisfy({ $0.rows == 0 }) else { throw .busy("the collection holds vectors of dimension \(s.dimension ?? 0)") }
                 writeSetting(directory, setting)
                 s.dimension = d
                 rebuild(&s)
+                return nil
             }
+        }
+        if let rebuilding { rebuildBeside(rebuilding) }
+    }
+
+    /// Re-indexes every file under changed settings into a new index built beside the one in use,
+    /// and swaps it in; returns once swapped. It runs on the bridge's builder with this collection
+    /// held, so its file changes wait (in order) and every other collection goes on; queries here
+    /// answer from the old index, with the old settings, until the swap, taking the lock only for
+    /// their lookups as always. The new index shares the index directory: its first snapshot
+    /// replaces the old one (a crash before that finds a snapshot for other settings, set aside at
+    /// the next mount, and reads the files again).
+    private func rebuildBeside(_ adjust: @escaping @Sendable (inout State) -> Void) {
+        layer.bridge.holdAndWait(key) { [self] in
+            let old = state.withLock { $0 }
+            var t = old
+            adjust(&t)
+            guard t.metric != old.metric || t.embedGlobs != old.embedGlobs else { return }
+            var problems: [String] = []
+            t.index = nil
+            if let d = t.dimension {
+                do {
+                    t.index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: t.metric, kind: layer.indexKind,
+                                                       parameters: layer.parameters, kernels: layer.kernels, empty: true)
+                } catch {
+                    problems.append("\(shown(t)): the index cannot be opened: \(error)")
+                }
+            }
+            let names = Set(old.files.keys).union(StoreFiles.entries(directory).files.filter { isText($0, t) })
+            t.files = [:]
+            t.owner = [:]
+            t.embedding = [:]
+            t.outbox = []
+            for name in names { refresh(name, &t) }
+            let prepared = prepareCheckpoint(&t)
+            state.withLock { s in
+                // What changed here meanwhile that the rebuild did not make: the directory's name,
+                // the recall target.
+                t.path = s.path
+                t.recallTarget = s.recallTarget
+                for (name, r) in s.files where t.files[name]?.inode != r.inode {
+                    layer.noteLink(collection: key, name: name, from: r.inode, to: t.files[name]?.inode)
+                }
+                s = t
+                published(s)
+                s.measuredAt = 0
+                considerMeasuring(&s)
+            }
+            do { try prepared?.commit() } catch { problems.append("\(shown(t)): snapshot failed: \(error)") }
+            layer.log(problems: problems)
         }
     }
 
-    /// Throws the index away and reads every file again (a new metric or dimension).
     private func rebuild(_ s: inout State) {
         s.index = nil
         removeTree(indexDirectory)

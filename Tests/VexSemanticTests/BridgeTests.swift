@@ -2,6 +2,7 @@ import Glibc
 import MetricsTestKit
 import Synchronization
 import Testing
+import VexTestSupport
 @testable import VexSemantic
 
 /// Records what the bridge applies; can hold the worker until released.
@@ -56,9 +57,13 @@ final class Recorder: @unchecked Sendable {
     @Test func settleWaitsForItsCollectionAndTakesItFirst() {
         let r = Recorder()
         let bridge = Bridge(batchSize: 4, batchDelayMicroseconds: 200_000) { r.apply($0) }
+        // The worker is held inside its first batch (of collection 2) while the query arrives, so
+        // the test does not depend on which thread runs first.
+        r.gate.withLock { $0 = false }
         for i in 0..<8 { bridge.post(.refresh, collection: 2, name: FileName("other\(i)")) }
         bridge.post(.refresh, collection: 1, name: "mine")
-        bridge.settle(1)  // a query on collection 1
+        runOnThreads([{ bridge.settle(1) },  // a query on collection 1
+                      { usleep(100_000); r.gate.withLock { $0 = true } }])
         let applied = r.all
         #expect(applied.contains { $0.key == Bridge.Key(collection: 1, name: "mine") })
         // The query's collection did not wait behind all of collection 2.

@@ -216,6 +216,51 @@ func answer(_ bytes: [UInt8]) -> [String] {
         close(fd)
     }
 
+    /// A metric change is built beside the index in use and swapped in: when the setxattr returns
+    /// the answers rank by the new metric, one index (and one vector file) is left, and a new mount
+    /// loads its snapshot without reading a file again.
+    @Test func aMetricChangeIsBuiltBesideAndSwappedIn() throws {
+        let store = temporaryStore()
+        defer { removeTree(store) }
+        mkdir(store + "/c", 0o755)
+        let c = SemanticLayerTests.Lent(store, "c")
+        let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw)
+        writeFvecs(store + "/c/base.fvecs", rows: 2000, dim: 4)
+        layer.written(c.ref, FileName("base.fvecs"), inode: c.inode("base.fvecs"))
+        // Under l2 the long vector is far from the short query; under cosine it points the same way.
+        put(store + "/c/long.vec", "300 300 300 300")
+        layer.written(c.ref, FileName("long.vec"), inode: c.inode("long.vec"))
+        put(store + "/c/q.query", "0.01 0.01 0.01 0.01")
+        let first = try SemanticLayerTests().ask(layer, "user.vexfs.knn.1", c.file("q.query"))
+        #expect(first != ["long.vec"])
+        try layer.setDirectoryAttribute("user.vexfs.metric", dir: c.ref, value: Array("cosine".utf8))
+        #expect(String(decoding: try layer.directoryAttribute("user.vexfs.metric", dir: c.ref), as: UTF8.self) == "cosine")
+        #expect(String(decoding: try layer.directoryAttribute("user.vexfs.count", dir: c.ref), as: UTF8.self) == "2001")
+        #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.1", c.file("q.query")) == ["long.vec"])
+        // The same setting again changes nothing.
+        try layer.setDirectoryAttribute("user.vexfs.metric", dir: c.ref, value: Array("cosine".utf8))
+        #expect(String(decoding: try layer.directoryAttribute("user.vexfs.count", dir: c.ref), as: UTF8.self) == "2001")
+        let key = c.ref.key
+        let indexDir = "\(layer.stateRoot)/index/\(key)"
+        layer.close()
+        var files: [String] = []
+        if let d = opendir(indexDir) {
+            while let e = readdir(d) {
+                let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name.hasPrefix("vectors.") { files.append(name) }
+            }
+            closedir(d)
+        }
+        #expect(files.count == 1, "\(files)")
+        #expect(access(indexDir + "/snapshot.bad", F_OK) != 0)
+        let again = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw)
+        _ = again.reconcile { _ in }
+        let loaded = try #require(again.existing(key)?.state.withLock { $0.index?.recovery })
+        #expect(loaded.snapshotLoaded && loaded.problems.isEmpty, "\(loaded)")
+        #expect(try SemanticLayerTests().ask(again, "user.vexfs.knn.1", c.file("q.query")) == ["long.vec"])
+        again.close()
+    }
+
     @Test func theRecallTargetIsValidatedStoredAndMeasured() throws {
         let store = temporaryStore()
         defer { removeTree(store) }
