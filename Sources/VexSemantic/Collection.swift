@@ -224,6 +224,10 @@ final class Collection: @unchecked Sendable {
     // MARK: applying changes (bridge worker)
 
     func apply(_ events: [Bridge.Event]) {
+        if events.count == 1, let e = events.first, e.op == .refresh, applyStreamed(e.key.name) {
+            sendOutbox()
+            return
+        }
         state.withLock { s in
             for e in events {
                 switch e.op {
@@ -451,16 +455,33 @@ final class Collection: @unchecked Sendable {
     /// core. A file that turns out bad part of the way through (a number that is not finite, a
     /// record of another dimension) leaves none of its vectors behind.
     private func stream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?, _ s: inout State) {
+        guard let job = startStream(name, format, &record, replacing: old, &s) else { return }
+        endStream(job, failure: feed(job), &record, &s)
+    }
+
+    /// A streamed file once its labels are taken: what reading it needs, none of it the state.
+    struct StreamJob {
+        let name: FileName
+        let input: VectorStream
+        let index: PersistentIndex
+        let firstLabel: UInt64
+        let shown: String
+    }
+
+    /// Opens the stream, checks it against the collection and memory, and takes its labels (each
+    /// owned by `name` from now on); nil, with `record`'s status saying why, when it is not read.
+    private func startStream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?,
+                             _ s: inout State) -> StreamJob? {
         let input: VectorStream
         do { input = try VectorStream(directory, name, format) } catch {
             record.status = "not indexed: \(error)"
             release(old, &s)
-            return
+            return nil
         }
         guard let index = index(forDimension: input.dimension, &s) else {
             record.status = "not indexed: \(input.dimension) numbers, the collection's dimension is \(s.dimension ?? 0)"
             release(old, &s)
-            return
+            return nil
         }
         // A sparse file claims millions of rows at no cost to its writer: refuse what memory cannot
         // hold before reading any of it, rather than let the daemon be killed for memory.
@@ -468,29 +489,78 @@ final class Collection: @unchecked Sendable {
         guard input.rows <= bound else {
             record.status = "not indexed: \(input.rows) vectors of dimension \(input.dimension); the memory left for indexes holds \(bound) more"
             release(old, &s)
-            return
+            return nil
         }
         assignLabels(input.rows, to: &record, replacing: old, &s)
-        var slice: [Float] = []
-        var done = 0
-        while done < input.rows {
-            let rows = done..<min(input.rows, done + input.sliceRows)
-            do { try input.read(rows, into: &slice) } catch {
-                for l in record.firstLabel..<(record.firstLabel + UInt64(input.rows)) {
-                    index.remove(label: l)
-                    s.owner[l] = nil
-                }
-                record.status = "not indexed: \(error)"
-                return
-            }
-            let labels = rows.map { record.firstLabel + UInt64($0) }
-            slice.withUnsafeBufferPointer { try? index.insert(batch: labels, vectors: $0, threads: availableCores) }
-            done = rows.upperBound
-            layer.progressed("\(shown(s))/\(name.escaped): \(done) of \(input.rows) vectors")
-        }
         for l in record.firstLabel..<(record.firstLabel + UInt64(input.rows)) { s.owner[l] = name }
         record.rows = input.rows
-        record.status = "indexed: \(input.rows) vectors"
+        return StreamJob(name: name, input: input, index: index, firstLabel: record.firstLabel, shown: shown(s))
+    }
+
+    /// Reads and indexes the whole file (no lock of the collection needed); the failure, if any.
+    private func feed(_ job: StreamJob) -> String? {
+        var slice: [Float] = []
+        var done = 0
+        while done < job.input.rows {
+            let rows = done..<min(job.input.rows, done + job.input.sliceRows)
+            do { try job.input.read(rows, into: &slice) } catch { return "\(error)" }
+            let labels = rows.map { job.firstLabel + UInt64($0) }
+            slice.withUnsafeBufferPointer { try? job.index.insert(batch: labels, vectors: $0, threads: availableCores) }
+            done = rows.upperBound
+            layer.progressed("\(job.shown)/\(job.name.escaped): \(done) of \(job.input.rows) vectors")
+        }
+        return nil
+    }
+
+    /// Settles `record` after `feed`: indexed, or (failed) none of its vectors left.
+    private func endStream(_ job: StreamJob, failure: String?, _ record: inout FileRecord, _ s: inout State) {
+        if let failure {
+            for l in job.firstLabel..<(job.firstLabel + UInt64(job.input.rows)) {
+                job.index.remove(label: l)
+                s.owner[l] = nil
+            }
+            record.rows = 0
+            record.status = "not indexed: \(failure)"
+        } else {
+            record.status = "indexed: \(job.input.rows) vectors"
+        }
+    }
+
+    /// Applies a refresh of a file read through a stream (the bridge's builder, with this
+    /// collection held) without holding the collection's lock while it reads: queries here that
+    /// need not wait for the file (read-your-writes waits only for changes made before a query)
+    /// answer meanwhile, and see its vectors arrive a slice at a time. False when `name` is not
+    /// such a file (then it is applied the usual way).
+    private func applyStreamed(_ name: FileName) -> Bool {
+        let begun = state.withLock { s -> (job: StreamJob?, record: FileRecord)? in
+            guard !name.hasSuffix(".query"), let st = StoreFiles.stat(directory, name), StoreFiles.isRegular(st), !isText(name, s),
+                  let format = layer.streamedFormat(name, st) else { return nil }
+            if let r = s.files[name], r.sameSignature(st) { return (nil, r) }
+            var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
+                                    ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
+            let old = s.files[name]
+            let job = startStream(name, format, &record, replacing: old, &s)
+            if let job { record.status = "not indexed yet: reading \(job.input.rows) vectors" }
+            keep(record, as: name, replacing: old, &s)
+            published(s)
+            if job == nil { layer.journal.record("index", path: relative(s, name), detail: ["status": record.status]) }
+            return (job, record)
+        }
+        guard let begun else { return false }
+        guard let job = begun.job else { return true }
+        let failure = feed(job)
+        state.withLock { s in
+            var record = begun.record
+            endStream(job, failure: failure, &record, &s)
+            // Only this thread changes this file's entry while the builder holds the collection.
+            s.files[name] = record
+            s.unsavedFiles += 1
+            published(s)
+            layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+            considerCheckpoint(&s)
+            considerMeasuring(&s)
+        }
+        return true
     }
 
     /// Puts `record` in the catalog as `name`, where `old` was: the hard-link table follows, and

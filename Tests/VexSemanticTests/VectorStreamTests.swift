@@ -1,5 +1,7 @@
 import Glibc
+import Synchronization
 import Testing
+import VexTestSupport
 import VexKernels
 @testable import VexSemantic
 
@@ -137,5 +139,39 @@ import VexKernels
         let f = streamed.file("base.npy")
         defer { close(f.fd) }
         #expect(String(decoding: try layer.fileAttribute("user.vexfs.status", file: f), as: UTF8.self) == "not indexed: row 2500, number 1 is not finite")
+    }
+
+    /// The builder reads a streamed file without holding the collection's lock: meanwhile the
+    /// file's status says it is being read, and the collection answers.
+    @Test func aStreamedFileIsReadWithoutTheCollectionsLock() throws {
+        let store = temporaryStore()
+        defer { removeTree(store) }
+        mkdir(store + "/c", 0o755)
+        let rows = 8_000, dim = 16
+        let values = matrix(rows, dim, seed: 10)
+        write(store + "/c/base.npy", npy(values, rows: rows, dim: dim, fortran: false))
+        let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw, streamThreshold: 50_000)
+        defer { layer.close() }
+        let c = SemanticLayerTests.Lent(store, "c")
+        layer.written(c.ref, "base.npy", inode: c.inode("base.npy"))
+        let collection = try #require(layer.existing(c.ref.key))
+        let seen = Atomic<Bool>(false), finished = Atomic<Bool>(false)
+        runOnThreads([{
+            layer.bridge.settleAll()
+            finished.store(true, ordering: .releasing)
+        }, {
+            while !finished.load(ordering: .acquiring) {
+                if let status = collection.state.withLockIfAvailable({ $0.files["base.npy"]?.status }),
+                   status == "not indexed yet: reading \(rows) vectors" {
+                    seen.store(true, ordering: .relaxed)
+                }
+            }
+        }])
+        let readWithoutTheLock = seen.load(ordering: .relaxed)
+        #expect(readWithoutTheLock)
+        #expect(try layer.directoryAttribute("user.vexfs.count", dir: c.ref) == Array("\(rows)".utf8))
+        let f = c.file("base.npy")
+        defer { close(f.fd) }
+        #expect(String(decoding: try layer.fileAttribute("user.vexfs.status", file: f), as: UTF8.self) == "indexed: \(rows) vectors")
     }
 }
