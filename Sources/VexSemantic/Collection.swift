@@ -149,7 +149,8 @@ final class Collection: @unchecked Sendable {
     /// Reads the settings, opens the persisted index and makes it agree with the files: what changed
     /// while unmounted (or was lost in a crash) is read again, what is gone is removed. With
     /// `deferring`, files to read are returned instead (for the bridge to apply) and nothing is read
-    /// here: a collection first met by a FUSE request must not index a directory inside it.
+    /// here: a collection first met by a FUSE request must not index a directory inside it. Files
+    /// big enough to stream are always returned so.
     /// `files` is the directory's listing when the caller has just made it.
     func open(deferring: Bool = false, files listed: [FileName]? = nil) -> (changed: Int, problems: [String], toRead: [FileName]) {
         let result = state.withLock { s in
@@ -194,7 +195,10 @@ final class Collection: @unchecked Sendable {
                 // A text file whose vectors never came (the endpoint was away) is asked for again.
                 if let r = s.files[name], let st = StoreFiles.stat(dir, name), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
                 if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir, name) || s.files[name] != nil || isText(name, s) {
-                    if deferring { toRead.append(name) } else { refresh(name, &s) }
+                    // A file big enough to stream goes to the bridge's builder even now: the mount
+                    // serves meanwhile, and only this collection's queries wait for it.
+                    let streamed = !deferring && StoreFiles.stat(dir, name).flatMap { layer.streamedFormat(name, $0) } != nil
+                    if deferring || streamed { toRead.append(name) } else { refresh(name, &s) }
                     changed += 1
                     layer.progressed("\(shown(s)): \(changed) files read again")
                 }

@@ -230,6 +230,7 @@ public final class SemanticLayer: @unchecked Sendable {
             // Opened here, in full, once: `collection(_:)` would open it a second time, deferred.
             guard let (c, _) = register(here) else { continue }
             let result = c.open(files: files)
+            for name in result.toRead { bridge.post(.refresh, collection: c.key, name: name) }
             opened += 1
             changed += result.changed
             log(problems: result.problems)

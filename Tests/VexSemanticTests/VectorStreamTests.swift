@@ -174,4 +174,28 @@ import VexKernels
         defer { close(f.fd) }
         #expect(String(decoding: try layer.fileAttribute("user.vexfs.status", file: f), as: UTF8.self) == "indexed: \(rows) vectors")
     }
+
+    /// At mount a file big enough to stream is handed to the bridge rather than read before the
+    /// mount serves; a query on its collection still sees all of it, and a file changed while
+    /// unmounted is read again the same way.
+    @Test func aBigFileFoundAtMountIsStreamedByTheBridge() throws {
+        let store = temporaryStore()
+        defer { removeTree(store) }
+        mkdir(store + "/c", 0o755)
+        let dim = 8
+        write(store + "/c/base.npy", npy(matrix(3000, dim, seed: 11), rows: 3000, dim: dim, fortran: false))
+        put(store + "/c/one.vec", "1 2 3 4 5 6 7 8")
+        for (round, rows) in [3000, 4000].enumerated() {
+            if round == 1 { write(store + "/c/base.npy", npy(matrix(rows, dim, seed: 12), rows: rows, dim: dim, fortran: true)) }
+            let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .flat, streamThreshold: 50_000)
+            let found = layer.reconcile { _ in }
+            #expect(found.collections == 1 && found.changed >= 1)
+            let c = SemanticLayerTests.Lent(store, "c")
+            #expect(try layer.directoryAttribute("user.vexfs.count", dir: c.ref) == Array("\(rows + 1)".utf8))
+            let f = c.file("base.npy")
+            #expect(String(decoding: try layer.fileAttribute("user.vexfs.status", file: f), as: UTF8.self) == "indexed: \(rows) vectors")
+            close(f.fd)
+            layer.close()
+        }
+    }
 }
