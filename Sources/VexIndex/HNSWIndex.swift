@@ -314,6 +314,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     func place(_ node: UInt32, label: UInt64, _ v: UnsafePointer<Float>, level: Int) {
         let b = block(node)
         metric.prepare(UnsafeBufferPointer(start: v, count: dimension), into: vector(node), kernels: kernels)
+        vectors.summed(node)
         if quantized.load(ordering: .relaxed) { quantizer.encode(vector(node), into: code(node)) }
         b.storeBytes(of: UInt8(level), toByteOffset: headerOffset, as: UInt8.self)
         b.storeBytes(of: 0, toByteOffset: headerOffset + 1, as: UInt8.self)
@@ -829,6 +830,9 @@ extension HNSWIndex {
                 namedBySnapshot.store(true, ordering: .relaxed)
                 var file = ByteWriter()
                 file.put(name)
+                let sums = vectors.sums.prefix((n + HNSWIndex.chunkNodes - 1) / HNSWIndex.chunkNodes)
+                file.put(UInt32(sums.count))
+                for sum in sums { file.put(sum) }
                 try sink.section("VECF", file.bytes)
             } else {
                 try sink.section("VECS", (0..<UInt32(n)).map { UnsafeRawBufferPointer(start: vector($0), count: 4 * dimension) })
@@ -874,7 +878,15 @@ extension HNSWIndex {
         if let file = s["VECF"] {
             guard let directory else { throw short }
             var r = ByteReader(file)
-            slab = try VectorSlab.existing(dimension: dimension, directory: directory, name: try r.getString(), nodes: n)
+            let name = try r.getString()
+            // Snapshots before checksums name the file only.
+            var sums: [UInt32]? = nil
+            if r.remaining > 0 {
+                let count = Int(try r.get(UInt32.self))
+                guard count <= maxChunks else { throw short }
+                sums = try (0..<count).map { _ in try r.get(UInt32.self) }
+            }
+            slab = try VectorSlab.existing(dimension: dimension, directory: directory, name: name, nodes: n, sums: sums)
             storage = .files(directory: directory)
         } else {
             guard let rows = s["VECS"], rows.count == n * 4 * dimension else { throw short }

@@ -1,3 +1,4 @@
+import CCompress
 import Glibc
 import Synchronization
 
@@ -28,6 +29,11 @@ final class VectorSlab: @unchecked Sendable {
     private let made = Atomic<Int>(0)
     /// Chunks written since they were last let go of (see `release`).
     private let dirty = Mutex<Range<Int>?>(nil)
+    /// In a file: the CRC-32C of each chunk's rows written so far (each row's 4·dimension bytes, in
+    /// node order), kept by the graph's writer as it writes them. A snapshot records them and a
+    /// reopen checks the file against them: a vector file is derived data, and a damaged one would
+    /// give wrong distances silently; found, the index is rebuilt from the store's files.
+    private(set) var sums: [UInt32] = []
 
     private init(dimension: Int, file: (name: String, path: String, fd: Int32)?) {
         self.dimension = dimension
@@ -57,7 +63,9 @@ final class VectorSlab: @unchecked Sendable {
     }
 
     /// The slab in the file `name` of `directory`, holding `nodes` rows (a snapshot's).
-    static func existing(dimension: Int, directory: String, name: String, nodes: Int) throws(PersistenceError) -> VectorSlab {
+    ///
+    /// With `sums` (a snapshot's), the first `nodes` rows are read and checked against them.
+    static func existing(dimension: Int, directory: String, name: String, nodes: Int, sums: [UInt32]?) throws(PersistenceError) -> VectorSlab {
         let path = directory + "/" + name
         guard name.hasPrefix("vectors."), !name.contains("/") else { throw .corrupt(path: path, reason: "not a vector file's name") }
         let fd = open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW)
@@ -69,6 +77,22 @@ final class VectorSlab: @unchecked Sendable {
             throw .corrupt(path: path, reason: "shorter than the \(nodes) vectors the snapshot names")
         }
         for c in 0..<chunks { try slab.makeChunk(c) }
+        // Read once: checked against the snapshot's sums, or (a snapshot from before them) summed.
+        guard sums == nil || sums!.count == chunks else { throw .corrupt(path: path, reason: "the snapshot's checksums do not fit the vector file") }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: slab.chunkBytes, alignment: 64)
+        defer { buffer.deallocate() }
+        for c in 0..<chunks {
+            let rows = min(HNSWIndex.chunkNodes, nodes - c * HNSWIndex.chunkNodes)
+            guard slab.readRows(c * HNSWIndex.chunkNodes, rows, into: buffer) else { throw .io(path: path, errno: errno) }
+            var crc: UInt32 = 0
+            for r in 0..<rows { crc = vx_crc32c(crc, buffer + r * slab.stride, 4 * dimension) }
+            if let sums, crc != sums[c] {
+                throw .corrupt(path: path, reason: "vectors \(c * HNSWIndex.chunkNodes) to \(c * HNSWIndex.chunkNodes + rows - 1) do not match their checksum")
+            }
+            slab.sums[c] = crc
+        }
+        // What the check read need not stay in the page cache.
+        posix_fadvise(fd, 0, off_t(chunks * slab.chunkBytes), POSIX_FADV_DONTNEED)
         return slab
     }
 
@@ -133,9 +157,17 @@ final class VectorSlab: @unchecked Sendable {
             guard let p, p != MAP_FAILED else { throw .io(path: path!, errno: errno) }
             bases[c] = p
         }
+        if fd >= 0 && sums.count == c { sums.append(0) }
         made.store(c + 1, ordering: .releasing)
         // Past the size where searches read through the map: let go of what they touched.
         if fd >= 0 && c * chunkBytes <= VectorSlab.mappedReadBytes && (c + 1) * chunkBytes > VectorSlab.mappedReadBytes { releaseAll() }
+    }
+
+    /// Adds row `node`, just written, to its chunk's checksum (rows are written in node order).
+    @inline(__always) func summed(_ node: UInt32) {
+        guard fd >= 0 else { return }
+        let c = Int(node >> UInt32(HNSWIndex.chunkShift))
+        sums[c] = vx_crc32c(sums[c], row(node), 4 * dimension)
     }
 
     /// Notes that rows of chunks `range` were written.
