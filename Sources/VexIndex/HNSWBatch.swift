@@ -76,6 +76,9 @@ extension HNSWIndex {
             liveCount.add(rows.count, ordering: .relaxed)
             published.store(end, ordering: .releasing)
             entry.store(build.entry.load(ordering: .acquiring), ordering: .releasing)
+            // Each time the graph has grown by a quarter (so the passes cost the graph's size once
+            // over): no node left out of reach of every search.
+            if rows.count * 4 >= end { reconnect(&state) }
         }
     }
 

@@ -55,7 +55,7 @@ struct IndexBench: ParsableCommand {
         }
         let rss = residentBytes() - rssBefore
         let accounted = hnsw?.memoryBytes ?? (n * ((dim + 15) / 16 * 16) * 4 + n * 8)
-        print(#"{"engine":"vexfs","kind":"\#(kind)","n":\#(n),"build_s":\#(build),"build_threads":\#(buildThreads),"rss_bytes":\#(rss),"index_bytes":\#(accounted),"raw_bytes":\#(n * dim * 4)}"#)
+        print(#"{"engine":"vexfs","kind":"\#(kind)","n":\#(n),"build_s":\#(build),"build_threads":\#(buildThreads),"rss_bytes":\#(rss),"index_bytes":\#(accounted),"raw_bytes":\#(n * dim * 4),"unreachable":\#(hnsw?.unreachableCount() ?? 0)}"#)
         fflush(nil)
         if let target = tuneRecall, let h = hnsw {
             var m: RecallMeasurement?

@@ -149,6 +149,36 @@ import VexTestSupport
     }
 }
 
+/// A node no walk reaches is linked back in: the batch leaves none, and one cut off by hand is
+/// reached (and found) again.
+@Suite struct ReachabilityTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+
+    @Test func aNodeOutOfReachIsLinkedBackIn() throws {
+        let dim = 8
+        let data = clusteredSet(count: 3000, dimension: dim, clusters: 12, seed: 81)
+        let index = HNSWIndex(dimension: dim, metric: .l2, kernels: Self.kernels, parameters: HNSWParameters(m: 6, efConstruction: 40))
+        try data.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<3000).map { UInt64($0) }, vectors: p, threads: 2)
+        }
+        #expect(index.unreachableCount() == 0)
+        // Cut every level-0 link to a node drawn at level 0 (so no upper level leads to it either).
+        let entryNode = UInt32(truncatingIfNeeded: index.entry.load(ordering: .relaxed))
+        let u = try #require((0..<UInt32(3000)).first { $0 != entryNode && index.level($0) == 0 })
+        for node in 0..<UInt32(3000) {
+            let list = index.links(node, 0)
+            let kept = (0..<Int(list[0])).map { list[1 + $0] }.filter { $0 != u }
+            for (j, id) in kept.enumerated() { list[1 + j] = id }
+            list[0] = UInt32(kept.count)
+        }
+        #expect(index.unreachableCount() == 1)
+        #expect(try index.search(data[Int(u)], k: 1, ef: 200).first?.label != UInt64(u))
+        let linked = index.writer.withLock { index.reconnect(&$0) }
+        #expect(linked == 1 && index.unreachableCount() == 0)
+        #expect(try index.search(data[Int(u)], k: 1, ef: 200).first?.label == UInt64(u))
+    }
+}
+
 @Suite struct FreshVectorsTests {
     static let kernels = try! DistanceKernels.forProcess.get()
 
