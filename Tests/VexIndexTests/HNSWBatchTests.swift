@@ -182,13 +182,19 @@ import VexTestSupport
 @Suite struct FreshVectorsTests {
     static let kernels = try! DistanceKernels.forProcess.get()
 
+    /// A graph index whose first `linked` rows of `data` went in as one batch.
+    func graph(_ data: [[Float]], linked: Int, metric: Metric) throws -> AdaptiveIndex {
+        let index = AdaptiveIndex(dimension: data[0].count, metric: metric, kind: .hnsw, kernels: Self.kernels)
+        try data[..<linked].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
+            try index.insert(batch: (0..<linked).map { UInt64($0) }, vectors: p, threads: 2)
+        }
+        return index
+    }
+
     @Test func singleInsertsWaitBesideTheGraphAndAreFoundUntilAndAfterTheyAreLinked() throws {
         let dim = 16
         let data = clusteredSet(count: 3000, dimension: dim, clusters: 20, seed: 51)
-        let index = AdaptiveIndex(dimension: dim, metric: .cosine, kind: .hnsw, kernels: Self.kernels)
-        try data[..<2000].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
-            try index.insert(batch: (0..<2000).map { UInt64($0) }, vectors: p, threads: 2)
-        }
+        let index = try graph(data, linked: 2000, metric: .cosine)
         for i in 2000..<3000 { try index.insert(label: UInt64(i), vector: data[i]) }
         #expect(index.unabsorbed == 1000 && index.count == 3000)
         // A label moved to a new vector lives in one place only.
@@ -220,10 +226,7 @@ import VexTestSupport
     @Test func aSmallBatchWaitsBesideTheGraphAndABigOneIsLinkedAtOnce() throws {
         let dim = 8
         let data = clusteredSet(count: 1200 + AdaptiveIndex.linkedAtOnce, dimension: dim, clusters: 10, seed: 52)
-        let index = AdaptiveIndex(dimension: dim, metric: .l2, kind: .hnsw, kernels: Self.kernels)
-        try data[..<1000].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
-            try index.insert(batch: (0..<1000).map { UInt64($0) }, vectors: p, threads: 2)
-        }
+        let index = try graph(data, linked: 1000, metric: .l2)
         index.absorb()  // a graph's first batch below `linkedAtOnce` waits beside it too
         #expect(index.unabsorbed == 0 && index.count == 1000)
         // A file of 3 rows, the last naming label 1 twice: the last row wins, and nothing is linked.
@@ -252,10 +255,7 @@ import VexTestSupport
     @Test func aSearchDuringAbsorbNeverMissesAVector() throws {
         let dim = 8
         let data = clusteredSet(count: 4000, dimension: dim, clusters: 40, seed: 53)
-        let index = AdaptiveIndex(dimension: dim, metric: .l2, kind: .hnsw, kernels: Self.kernels)
-        try data[..<1000].flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in
-            try index.insert(batch: (0..<1000).map { UInt64($0) }, vectors: p, threads: 2)
-        }
+        let index = try graph(data, linked: 1000, metric: .l2)
         index.absorb()
         for i in 1000..<4000 { try index.insert(label: UInt64(i), vector: data[i]) }
         let missed = Atomic<Int>(0), linked = Atomic<Bool>(false)
