@@ -192,10 +192,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             } else if let graph = active as? HNSWIndex, labels.count < AdaptiveIndex.linkedAtOnce {
                 // A small file's rows wait beside the graph like single inserts: linked here, they
                 // made every query behind them in the bridge wait for graph insertions.
-                guard vectors.count == labels.count * dimension else {
-                    throw .wrongDimension(expected: dimension, got: labels.isEmpty ? vectors.count : vectors.count / labels.count)
-                }
-                for i in labels.indices { try validate(UnsafeBufferPointer(rebasing: vectors[(i * dimension)..<((i + 1) * dimension)]), dimension: dimension) }
+                try validate(batch: vectors, rows: labels.count, dimension: dimension)
                 for (i, label) in labels.enumerated() {
                     try fresh.insert(label: label, vector: UnsafeBufferPointer(rebasing: vectors[(i * dimension)..<((i + 1) * dimension)]))
                     graph.remove(label: label)

@@ -33,12 +33,7 @@ extension HNSWIndex {
     /// (they ignore ids at or past the count they started with, and the new entry point is made
     /// public only with the batch), then all of it at once.
     public func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
-        guard vectors.count == labels.count * dimension else {
-            throw .wrongDimension(expected: dimension, got: labels.isEmpty ? vectors.count : vectors.count / labels.count)
-        }
-        for row in 0..<labels.count {
-            try validate(UnsafeBufferPointer(rebasing: vectors[(row * dimension)..<((row + 1) * dimension)]), dimension: dimension)
-        }
+        try validate(batch: vectors, rows: labels.count, dimension: dimension)
         var lastRow: [UInt64: Int] = [:]
         lastRow.reserveCapacity(labels.count)
         for (row, label) in labels.enumerated() { lastRow[label] = row }

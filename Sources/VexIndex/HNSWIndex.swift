@@ -533,7 +533,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         s.reserve(nodes: limit)
         let epoch = s.nextEpoch()
         let tags = s.tags
-        let fresh = s.fresh
+        let unvisited = s.unvisited
         var results = s.results, candidates = s.candidates
         results.count = 0
         candidates.count = 0
@@ -560,11 +560,11 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 if Int(id) >= limit || tags[Int(id)] == epoch { continue }
                 tags[Int(id)] = epoch
                 measure.prefetch(id)
-                fresh[unseen] = id
+                unvisited[unseen] = id
                 unseen += 1
             }
             for j in 0..<unseen {
-                let id = fresh[j]
+                let id = unvisited[j]
                 let e = measure.distance(id)
                 if results.count < ef || e < bound {
                     candidates.push(-e, id)
@@ -732,7 +732,7 @@ final class SearchScratch: @unchecked Sendable {
     var results = NodeHeap(capacity: 256)
     var candidates = NodeHeap(capacity: 1024)
     /// The unvisited neighbours of the node a hop expands.
-    let fresh: UnsafeMutablePointer<UInt32>
+    let unvisited: UnsafeMutablePointer<UInt32>
     let query: UnsafeMutablePointer<Float>
     let code: UnsafeMutablePointer<Int8>
     /// One candidate's float32 vector, read from a vector file to re-rank it.
@@ -740,7 +740,7 @@ final class SearchScratch: @unchecked Sendable {
 
     init(dimension: Int, codeBytes: Int, maxLinks: Int) {
         tags = .allocate(capacity: 1)
-        fresh = .allocate(capacity: maxLinks)
+        unvisited = .allocate(capacity: maxLinks)
         query = .allocate(capacity: dimension)
         row = .allocate(capacity: dimension)
         code = .allocate(capacity: codeBytes)
@@ -772,7 +772,7 @@ final class SearchScratch: @unchecked Sendable {
         query.deallocate()
         code.deallocate()
         row.deallocate()
-        fresh.deallocate()
+        unvisited.deallocate()
     }
 }
 

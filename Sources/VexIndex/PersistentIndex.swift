@@ -76,7 +76,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         }
         // Write-ahead logs of earlier versions: what they hold, the owner reads again from the files.
         for path in try entries(in: directory, prefix: "wal.") { unlink(path) }
-        try removeVectorFiles(in: directory, keeping: (index.active as? HNSWIndex)?.vectors.path)
+        try removeVectorFiles(in: directory, keeping: [(index.active as? HNSWIndex)?.vectors.path])
         return PersistentIndex(directory: directory, index: index, recovery: report, attachments: attachments)
     }
 
@@ -205,15 +205,12 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         changes.subtract(p.counted, ordering: .relaxed)
         // Graphs replaced since (a switch, a compaction) leave vector files no snapshot needs: keep
         // the one this snapshot names and the one in use now.
-        let now = (index.active as? HNSWIndex)?.vectors.path
-        for path in try PersistentIndex.entries(in: directory, prefix: "vectors.") where path != p.graphFile && path != now {
-            unlink(path)
-        }
+        try PersistentIndex.removeVectorFiles(in: directory, keeping: [p.graphFile, (index.active as? HNSWIndex)?.vectors.path])
     }
 
-    /// Removes every graph's vector file in `directory` but `kept`.
-    static func removeVectorFiles(in directory: String, keeping kept: String?) throws(PersistenceError) {
-        for path in try entries(in: directory, prefix: "vectors.") where path != kept { unlink(path) }
+    /// Removes every graph's vector file in `directory` but those `kept`.
+    static func removeVectorFiles(in directory: String, keeping kept: [String?]) throws(PersistenceError) {
+        for path in try entries(in: directory, prefix: "vectors.") where !kept.contains(path) { unlink(path) }
     }
 
     /// The files in `directory` whose names start with `prefix`.

@@ -119,11 +119,11 @@ extension HNSWIndex {
         return seen
     }
 
-    /// Live nodes no walk from the entry point reaches: no search can return them.
-    public func unreachableCount() -> Int {
-        let seen = reached()
-        return seen.indices.filter { !seen[$0] && !isDeleted(UInt32($0)) }.count
-    }
+    /// Live nodes no walk from the entry point reaches (`seen` is `reached()`).
+    func unreachable(_ seen: [Bool]) -> [Int] { seen.indices.filter { !seen[$0] && !isDeleted(UInt32($0)) } }
+
+    /// How many live nodes no walk from the entry point reaches: no search can return them.
+    public func unreachableCount() -> Int { unreachable(reached()).count }
 
     /// Links every live node no walk reaches from the nearest node that is reached: into a free
     /// slot of its list, or in place of the link whose target has the most other links to it. The
@@ -135,7 +135,7 @@ extension HNSWIndex {
         for _ in 0..<3 {
             let n = published.load(ordering: .relaxed)
             let reach = reached()
-            let lost = (0..<n).filter { !reach[$0] && !isDeleted(UInt32($0)) }
+            let lost = unreachable(reach)
             if lost.isEmpty { break }
             var inDegree = [Int32](repeating: 0, count: n)
             for node in 0..<UInt32(n) {

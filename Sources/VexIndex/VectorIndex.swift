@@ -106,6 +106,14 @@ func validate(_ v: UnsafeBufferPointer<Float>, dimension: Int) throws(IndexError
     for (i, x) in v.enumerated() where !x.isFinite { throw .notFinite(position: i) }
 }
 
+/// Checks a batch (`rows` vectors laid end to end) before any of it reaches an index.
+func validate(batch vectors: UnsafeBufferPointer<Float>, rows: Int, dimension: Int) throws(IndexError) {
+    guard vectors.count == rows * dimension else {
+        throw .wrongDimension(expected: dimension, got: rows == 0 ? vectors.count : vectors.count / rows)
+    }
+    for row in 0..<rows { try validate(UnsafeBufferPointer(rebasing: vectors[(row * dimension)..<((row + 1) * dimension)]), dimension: dimension) }
+}
+
 extension Metric {
     /// What the metric stores: cosine keeps unit vectors, so it can rank by inner product.
     func prepare(_ v: UnsafeBufferPointer<Float>, into out: UnsafeMutablePointer<Float>, kernels: DistanceKernels) {

@@ -7,6 +7,14 @@ import VexKernels
 
 /// What the collection knows of one file: the signature it was read with (so an unchanged file is
 /// not read again), the labels of its vectors, and the one-line status users read.
+extension FileRecord {
+    /// A file as `st` shows it, holding nothing yet.
+    init(_ st: stat) {
+        self.init(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim), ctime: nanoseconds(st.st_ctim),
+                  firstLabel: 0, rows: 0, status: "")
+    }
+}
+
 struct FileRecord: Equatable, Sendable {
     var inode: UInt64
     var size: Int64
@@ -213,11 +221,13 @@ final class Collection: @unchecked Sendable {
         return result
     }
 
-    private func openIndex(_ s: inout State) -> [String] {
+    /// Opens the collection's index into `s`; `beside`: a new, empty one, built beside the one in
+    /// use (see `rebuildBeside`).
+    private func openIndex(_ s: inout State, beside: Bool = false) -> [String] {
         guard let d = s.dimension else { return [] }
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.metric, kind: layer.indexKind,
-                                                 parameters: layer.parameters, kernels: layer.kernels)
+                                                 parameters: layer.parameters, kernels: layer.kernels, empty: beside)
             s.index = index
             return index.recovery.problems.map { "\(shown(s)): \($0)" }
         } catch {
@@ -377,8 +387,7 @@ final class Collection: @unchecked Sendable {
         }
         // Unchanged, unless it is a text file whose vectors never came and are not being asked for.
         if let r = s.files[name], r.sameSignature(st), !(r.rows == 0 && !r.passages.isEmpty && s.embedding[name] == nil) { return }
-        var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
-                                ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
+        var record = FileRecord(st)
         if StoreFiles.isRegular(st) && isText(name, s) {
             let old = s.files[name]
             release(old, &s)
@@ -545,8 +554,7 @@ final class Collection: @unchecked Sendable {
             guard !name.hasSuffix(".query"), let st = StoreFiles.stat(directory, name), StoreFiles.isRegular(st), !isText(name, s),
                   let format = layer.streamedFormat(name, st) else { return nil }
             if let r = s.files[name], r.sameSignature(st) { return (nil, r) }
-            var record = FileRecord(inode: UInt64(st.st_ino), size: Int64(st.st_size), mtime: nanoseconds(st.st_mtim),
-                                    ctime: nanoseconds(st.st_ctim), firstLabel: 0, rows: 0, status: "")
+            var record = FileRecord(st)
             let old = s.files[name]
             let job = startStream(name, format, &record, replacing: old, &s)
             if let job { record.status = "not indexed yet: reading \(job.input.rows) vectors" }
@@ -722,17 +730,9 @@ final class Collection: @unchecked Sendable {
             var t = old
             adjust(&t)
             guard t.metric != old.metric || t.embedGlobs != old.embedGlobs else { return }
-            var problems: [String] = []
             t.index = nil
-            if let d = t.dimension {
-                do {
-                    t.index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: t.metric, kind: layer.indexKind,
-                                                       parameters: layer.parameters, kernels: layer.kernels, empty: true)
-                } catch {
-                    problems.append("\(shown(t)): the index cannot be opened: \(error)")
-                }
-            }
-            let names = Set(old.files.keys).union(StoreFiles.entries(directory).files.filter { isText($0, t) })
+            var problems = openIndex(&t, beside: true)
+            let names = indexedNames(t)
             t.files = [:]
             t.owner = [:]
             t.embedding = [:]
@@ -757,11 +757,17 @@ final class Collection: @unchecked Sendable {
         }
     }
 
+    /// Every file a re-index reads: those in the catalog, and the text files of the directory.
+    private func indexedNames(_ s: borrowing State) -> Set<FileName> {
+        Set(s.files.keys).union(StoreFiles.entries(directory).files.filter { isText($0, s) })
+    }
+
+    /// Throws the index away and reads every file again (a new dimension, while nothing is indexed).
     private func rebuild(_ s: inout State) {
         s.index = nil
         removeTree(indexDirectory)
         layer.log(problems: openIndex(&s))
-        let names = Array(Set(s.files.keys).union(StoreFiles.entries(directory).files.filter { isText($0, s) }))
+        let names = indexedNames(s)
         dropLinks(s)
         s.files = [:]
         s.owner = [:]
