@@ -660,7 +660,7 @@ struct CodeMeasure: NodeMeasure {
     @inline(__always) func prefetch(_ node: UInt32) {
         let p = index.code(node)
         var line = 0
-        while line < index.dimension + 63 { vx_prefetch(p + line); line += 64 }
+        while line < index.dimension { vx_prefetch(p + line); line += 64 }
     }
 }
 
