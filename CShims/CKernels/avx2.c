@@ -119,26 +119,3 @@ MANY(vx_dot_f32_many_avx2, float, float, dot_f32)
 MANY(vx_cos_f32_many_avx2, float, float, cos_f32)
 MANY(vx_l2sq_i8_many_avx2, int8_t, int32_t, l2sq_i8)
 MANY(vx_dot_i8_many_avx2, int8_t, int32_t, dot_i8)
-
-// Neighbour sketches: as the AVX-512 version, two subspaces (one per 128-bit lane) a step.
-AVX2 void vx_sketch_scan_avx2(const uint8_t *table, const uint8_t *codes, size_t subspaces, uint16_t *out) {
-    const __m256i nibble = _mm256_set1_epi8(0x0f), low = _mm256_set1_epi16(0x00ff);
-    __m256i loEven = _mm256_setzero_si256(), loOdd = loEven, hiEven = loEven, hiOdd = loEven;
-    for (size_t s = 0; s < subspaces; s += 2) {
-        __m256i c = _mm256_loadu_si256((const __m256i *)(codes + 16 * s));
-        __m256i t = _mm256_loadu_si256((const __m256i *)(table + 16 * s));
-        __m256i lo = _mm256_shuffle_epi8(t, _mm256_and_si256(c, nibble));
-        __m256i hi = _mm256_shuffle_epi8(t, _mm256_and_si256(_mm256_srli_epi16(c, 4), nibble));
-        loEven = _mm256_add_epi16(loEven, _mm256_and_si256(lo, low));
-        loOdd = _mm256_add_epi16(loOdd, _mm256_srli_epi16(lo, 8));
-        hiEven = _mm256_add_epi16(hiEven, _mm256_and_si256(hi, low));
-        hiOdd = _mm256_add_epi16(hiOdd, _mm256_srli_epi16(hi, 8));
-    }
-#define VX_LANES(v) _mm_add_epi16(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1))
-    __m128i le = VX_LANES(loEven), lo = VX_LANES(loOdd), he = VX_LANES(hiEven), ho = VX_LANES(hiOdd);
-#undef VX_LANES
-    _mm_storeu_si128((__m128i *)out, _mm_unpacklo_epi16(le, lo));
-    _mm_storeu_si128((__m128i *)(out + 8), _mm_unpackhi_epi16(le, lo));
-    _mm_storeu_si128((__m128i *)(out + 16), _mm_unpacklo_epi16(he, ho));
-    _mm_storeu_si128((__m128i *)(out + 24), _mm_unpackhi_epi16(he, ho));
-}

@@ -150,29 +150,3 @@ MANY(AVX512, vx_l2sq_i8_many_avx512, int8_t, int32_t, l2sq_i8)
 MANY(AVX512, vx_dot_i8_many_avx512, int8_t, int32_t, dot_i8)
 MANY(VNNI, vx_l2sq_i8_many_vnni, int8_t, int32_t, l2sq_i8_vnni)
 MANY(VNNI, vx_dot_i8_many_vnni, int8_t, int32_t, dot_i8_vnni)
-
-// Neighbour sketches (4-bit codes of up to 32 neighbours, scored through a 16-entry table per
-// subspace): lane k of a 512-bit register holds subspace s+k's table and its 16 code bytes, so one
-// byte shuffle looks up 16 neighbours in 4 subspaces. Bytes are widened into 16-bit sums (even and
-// odd positions apart) so no byte sum can overflow; the 4 lanes are added at the end.
-AVX512 void vx_sketch_scan_avx512(const uint8_t *table, const uint8_t *codes, size_t subspaces, uint16_t *out) {
-    const __m512i nibble = _mm512_set1_epi8(0x0f), low = _mm512_set1_epi16(0x00ff);
-    __m512i loEven = _mm512_setzero_si512(), loOdd = loEven, hiEven = loEven, hiOdd = loEven;
-    for (size_t s = 0; s < subspaces; s += 4) {
-        __m512i c = _mm512_loadu_si512(codes + 16 * s), t = _mm512_loadu_si512(table + 16 * s);
-        __m512i lo = _mm512_shuffle_epi8(t, _mm512_and_si512(c, nibble));
-        __m512i hi = _mm512_shuffle_epi8(t, _mm512_and_si512(_mm512_srli_epi16(c, 4), nibble));
-        loEven = _mm512_add_epi16(loEven, _mm512_and_si512(lo, low));
-        loOdd = _mm512_add_epi16(loOdd, _mm512_srli_epi16(lo, 8));
-        hiEven = _mm512_add_epi16(hiEven, _mm512_and_si512(hi, low));
-        hiOdd = _mm512_add_epi16(hiOdd, _mm512_srli_epi16(hi, 8));
-    }
-#define VX_LANES(v) _mm_add_epi16(_mm_add_epi16(_mm512_extracti32x4_epi32(v, 0), _mm512_extracti32x4_epi32(v, 1)), \
-                                  _mm_add_epi16(_mm512_extracti32x4_epi32(v, 2), _mm512_extracti32x4_epi32(v, 3)))
-    __m128i le = VX_LANES(loEven), lo = VX_LANES(loOdd), he = VX_LANES(hiEven), ho = VX_LANES(hiOdd);
-#undef VX_LANES
-    _mm_storeu_si128((__m128i *)out, _mm_unpacklo_epi16(le, lo));
-    _mm_storeu_si128((__m128i *)(out + 8), _mm_unpackhi_epi16(le, lo));
-    _mm_storeu_si128((__m128i *)(out + 16), _mm_unpacklo_epi16(he, ho));
-    _mm_storeu_si128((__m128i *)(out + 24), _mm_unpackhi_epi16(he, ho));
-}

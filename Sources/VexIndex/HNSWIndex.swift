@@ -16,13 +16,6 @@ public struct HNSWParameters: Equatable, Sendable, CustomStringConvertible {
     public var int8Traversal = true
     /// Construction measures on the int8 codes too, once they are trained (off: on float32).
     public var int8Construction = true
-    /// Searches keep neighbour sketches beside the level-0 links and measure exactly only the
-    /// neighbours whose sketch estimate could enter the results (walks on codes, up to
-    /// `HNSWIndex.sketchDimensions` dimensions).
-    public var sketches = true
-    /// How far, in multiples of the sketches' measured error, an estimate may lie past the search's
-    /// bound and still be measured.
-    public var sketchSlack: Float = 1
 
     public init(m: Int = 16, efConstruction: Int = 200, efSearch: Int = 64, seed: UInt64 = 0x5eed) {
         self.m = m
@@ -92,20 +85,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     let quantized = Atomic<Bool>(false)
     /// Written once, before `quantized` is set; read by searches only after they see it set.
     private(set) var quantizer: ScalarQuantizer
-
-    /// Neighbour sketches (`SketchCodebook`), per chunk after the deleted bits: `sketchStride` bytes
-    /// a node, the sketch of its level-0 links in groups of 32 (`sketchPadded` x 16 bytes each),
-    /// then its own code. `sketchStride` is 0 when the graph keeps none.
-    let sketchOffset: Int
-    let sketchStride: Int
-    let sketchGroups: Int
-    let sketchPadded: Int
-    /// Set once the codebook is trained and every published node has its code and sketch.
-    let sketched = Atomic<Bool>(false)
-    /// Written once, before `sketched` is set; read by searches only after they see it set.
-    private(set) var sketchBook: SketchCodebook?
-    /// The widest vectors that keep sketches: past it, a 32-subspace code says too little (unmeasured).
-    public static let sketchDimensions = 128
     /// How many vectors train the quantizer when none is given.
     let trainingSize = 1024
 
@@ -154,16 +133,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         labelsOffset = HNSWIndex.chunkNodes * blockSize
         upperOffset = labelsOffset + 8 * HNSWIndex.chunkNodes
         deletedOffset = upperOffset + 8 * HNSWIndex.chunkNodes
-        let sketchLayout = SketchCodebook(dimension: dimension)
-        if walksOnCodes && parameters.sketches && dimension <= HNSWIndex.sketchDimensions {
-            sketchPadded = sketchLayout.padded
-            sketchGroups = (maxLinks0 + 31) / 32
-            sketchStride = (sketchGroups * sketchPadded * 16 + sketchPadded + 63) / 64 * 64
-        } else {
-            (sketchPadded, sketchGroups, sketchStride) = (0, 0, 0)
-        }
-        sketchOffset = (deletedOffset + HNSWIndex.chunkNodes / 8 + 63) / 64 * 64
-        chunkBytes = sketchOffset + HNSWIndex.chunkNodes * sketchStride
+        chunkBytes = deletedOffset + HNSWIndex.chunkNodes / 8
         chunks = .allocate(capacity: HNSWIndex.maxChunks)
         chunks.initialize(repeating: nil, count: HNSWIndex.maxChunks)
         self.quantizer = quantizer ?? ScalarQuantizer(scale: 1, offsets: [Float](repeating: 0, count: dimension))
@@ -218,13 +188,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     @inline(__always) func upperLinks(_ node: UInt32) -> UnsafeMutablePointer<UInt32>? {
         (chunkBase(node) + upperOffset).load(fromByteOffset: Int(node & UInt32(HNSWIndex.chunkNodes - 1)) * 8,
                                              as: UnsafeMutablePointer<UInt32>?.self)
-    }
-    @inline(__always) func sketch(_ node: UInt32) -> UnsafeMutablePointer<UInt8> {
-        (chunkBase(node) + sketchOffset + Int(node & UInt32(HNSWIndex.chunkNodes - 1)) * sketchStride)
-            .assumingMemoryBound(to: UInt8.self)
-    }
-    @inline(__always) func sketchCode(_ node: UInt32) -> UnsafeMutablePointer<UInt8> {
-        sketch(node) + sketchGroups * sketchPadded * 16
     }
     /// The link list of `node` at `level`: its count word, followed by the ids.
     @inline(__always) func links(_ node: UInt32, _ level: Int) -> UnsafeMutablePointer<UInt32> {
@@ -304,7 +267,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                     if !candidates.contains(where: { $0.1 == c }) { candidates.append((distance(c, neighbor), c)) }
                 }
                 candidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-                write(selectNeighbors(candidates, max: maxLinks(l)).map(\.1), to: neighbor, level: l)
+                write(selectNeighbors(candidates, max: maxLinks(l)), to: list)
             }
         }
     }
@@ -353,7 +316,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         metric.prepare(UnsafeBufferPointer(start: v, count: dimension), into: vector(node), kernels: kernels)
         vectors.summed(node)
         if quantized.load(ordering: .relaxed) { quantizer.encode(vector(node), into: code(node)) }
-        if sketched.load(ordering: .relaxed), let book = sketchBook { book.encode(vector(node), into: sketchCode(node)) }
         b.storeBytes(of: UInt8(level), toByteOffset: headerOffset, as: UInt8.self)
         b.storeBytes(of: 0, toByteOffset: headerOffset + 1, as: UInt8.self)
         b.storeBytes(of: 0, toByteOffset: headerOffset + 4, as: UInt32.self)
@@ -400,7 +362,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             found.removeAll { $0.1 == node }
             let chosen = selectNeighbors(found, max: parameters.m, onCodes: onCodes)
             locks?.lock(node)
-            write(chosen.map(\.1), to: node, level: l)
+            write(chosen, to: links(node, l))
             locks?.unlock(node)
             for (_, other) in chosen {
                 locks?.lock(other)
@@ -418,7 +380,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         if n < maxLinks(l) {
             vx_store_u32(list + 1 + n, node)
             vx_store_release_u32(list, UInt32(n + 1))
-            if l == 0 { refreshSketch(other) }
             return
         }
         var candidates: [(Float, UInt32)] = [(distance(node, other, onCodes: onCodes), node)]
@@ -428,51 +389,17 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             candidates.append((distance(id, other, onCodes: onCodes), id))
         }
         candidates.sort { $0.0 < $1.0 || ($0.0 == $1.0 && $0.1 < $1.1) }
-        write(selectNeighbors(candidates, max: maxLinks(l), onCodes: onCodes).map(\.1), to: other, level: l)
+        write(selectNeighbors(candidates, max: maxLinks(l), onCodes: onCodes), to: list)
     }
 
-    /// Rewrites `node`'s link list at `level` in place (ids first, the count last), and its sketch.
-    private func write(_ chosen: [UInt32], to node: UInt32, level: Int) {
-        let list = links(node, level)
+    /// Rewrites a link list in place: ids first, the count last.
+    private func write(_ chosen: [UInt32], to list: UnsafeMutablePointer<UInt32>) {
         for (i, id) in chosen.enumerated() { vx_store_u32(list + 1 + i, id) }
         vx_store_release_u32(list, UInt32(chosen.count))
-        if level == 0 { refreshSketch(node) }
     }
 
-    /// Rewrites `node`'s sketch from its level-0 links, once sketches exist (the writer's job, or a
-    /// builder's under the node's link lock). It is built aside and copied in: a search reading it
-    /// meanwhile gets a mix of old and new estimates, which only steer which neighbours it measures.
-    func refreshSketch(_ node: UInt32) {
-        guard sketchStride > 0, sketched.load(ordering: .relaxed), let book = sketchBook else { return }
-        fillSketch(node, book)
-    }
-
-    private func fillSketch(_ node: UInt32, _ book: SketchCodebook) {
-        let list = links(node, 0)
-        let n = min(Int(vx_load_acquire_u32(list)), maxLinks0)
-        let bytes = sketchGroups * sketchPadded * 16
-        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: bytes) { tmp in
-            let t = tmp.baseAddress!
-            t.initialize(repeating: 0, count: bytes)
-            for j in 0..<n {
-                let own = sketchCode(vx_load_u32(list + 1 + j))
-                let row = t + (j >> 5) * sketchPadded * 16 + (j & 15)
-                let shift: UInt8 = j & 16 == 0 ? 0 : 4
-                for s in 0..<book.subspaces { row[16 * s] |= own[s] << shift }
-            }
-            memcpy(sketch(node), t, bytes)
-        }
-    }
-
-    /// Trains the sketch codebook on the first `count` nodes, codes every published node (up to
-    /// `through`) and sketches its links; then searches use sketches.
-    func trainSketches(count: Int, through: Int) {
-        guard sketchStride > 0 else { return }
-        let book = SketchCodebook.train(dimension: dimension, l2: metric == .l2, count: count) { UnsafePointer(vector(UInt32($0))) }
-        sketchBook = book
-        for node in 0..<UInt32(through) { book.encode(vector(node), into: sketchCode(node)) }
-        for node in 0..<UInt32(through) { fillSketch(node, book) }
-        sketched.store(true, ordering: .releasing)
+    private func write(_ chosen: [(Float, UInt32)], to list: UnsafeMutablePointer<UInt32>) {
+        write(chosen.map(\.1), to: list)
     }
 
     /// The HNSW heuristic: keep a candidate (nearest first) only if it is nearer to the base than to
@@ -506,7 +433,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         quantizer = ScalarQuantizer.train(metric: metric, dimension: dimension, count: n) { UnsafePointer(vector(UInt32($0))) }
         for node in 0..<n { quantizer.encode(vector(UInt32(node)), into: code(UInt32(node))) }
         quantized.store(true, ordering: .releasing)
-        if walksOnCodes { trainSketches(count: n, through: n) }
     }
 
     // MARK: Searching
@@ -530,25 +456,17 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         if walksOnCodes && quantized.load(ordering: .acquiring) {
             quantizer.encode(s.query, into: s.code)
             let measure = CodeMeasure(index: self, query: s.code, l2: metric == .l2)
-            var sketch: SketchQuery? = nil
-            if sketched.load(ordering: .acquiring), let book = sketchBook {
-                let (base, step) = book.table(s.query, l2: metric == .l2, into: s.table, partials: s.partials)
-                sketch = SketchQuery(table: s.table, estimates: s.estimates, base: base, step: step,
-                                     slack: parameters.sketchSlack * book.error, scale2: quantizer.scale * quantizer.scale)
-            }
             if let avoiding {
-                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter,
-                     sketch: sketch, scratch: s)
+                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter, scratch: s)
             } else {
-                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, sketch: sketch, scratch: s)
+                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
             }
         } else {
             let measure = FloatMeasure(index: self, query: s.query)
             if let avoiding {
-                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter,
-                     sketch: nil, scratch: s)
+                walk(top: top, ef: breadth, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter, scratch: s)
             } else {
-                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, sketch: nil, scratch: s)
+                walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
             }
         }
         // Re-rank what the traversal found with the float vectors. From a big vector file they are
@@ -577,15 +495,13 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// at least 40: at few dimensions int8 codes tie, and a k of 1 would trust their order.
     @inline(__always) static func rerankLimit(k: Int) -> Int { max(4 * k, 40) }
 
-    private func walk<M: NodeMeasure>(top: UInt64, ef: Int, limit: Int, measure: M, filter: SearchFilter,
-                                      sketch: SketchQuery?, scratch s: SearchScratch) {
+    private func walk<M: NodeMeasure>(top: UInt64, ef: Int, limit: Int, measure: M, filter: SearchFilter, scratch s: SearchScratch) {
         var current = UInt32(truncatingIfNeeded: top)
         var d = measure.distance(current)
         for l in stride(from: Int(top >> 32) - 1, to: 0, by: -1) {
             greedy(&current, &d, level: l, limit: limit, measure: measure)
         }
-        searchLayer(from: current, distance: d, ef: ef, level: 0, limit: limit, measure: measure, filter: filter,
-                    sketch: sketch, scratch: s)
+        searchLayer(from: current, distance: d, ef: ef, level: 0, limit: limit, measure: measure, filter: filter, scratch: s)
     }
 
     /// Moves to the nearest neighbour at `level` while that gets nearer.
@@ -613,7 +529,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// this one's are measured. The heaps are worked on as locals: through the scratch object every
     /// push paid a dynamic exclusivity check.
     func searchLayer<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
-                                     measure: M, filter: SearchFilter, sketch query: SketchQuery? = nil, scratch s: SearchScratch) {
+                                             measure: M, filter: SearchFilter, scratch s: SearchScratch) {
         s.reserve(nodes: limit)
         let epoch = s.nextEpoch()
         let tags = s.tags
@@ -631,33 +547,17 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
         candidates.push(-distance, start)
         let maxN = maxLinks(level)
-        let sketching = level == 0 ? query : nil
-        let sketchLines = sketching == nil ? 0 : (sketchGroups * sketchPadded * 16 + 63) / 64
         while candidates.count > 0 {
             let (negated, c) = candidates.top
             if -negated > bound && results.count >= ef { break }
             candidates.pop()
-            if level == 0 && candidates.count > 0 {
-                let next = candidates.top.1
-                vx_prefetch(links(next, 0))
-                for line in 0..<sketchLines { vx_prefetch(sketch(next) + 64 * line) }
-            }
+            if level == 0 && candidates.count > 0 { vx_prefetch(links(candidates.top.1, 0)) }
             let list = links(c, level)
             let n = min(Int(vx_load_acquire_u32(list)), maxN)
-            // With sketches, a neighbour whose estimate lies past the bound (by more than the
-            // sketches' error allows) is not measured, nor marked: another hop may reach it nearer.
-            var cutoff = Float.infinity
-            if let sketching, results.count >= ef {
-                for g in 0..<(n + 31) >> 5 {
-                    kernels.sketchScan(sketching.table, sketch(c) + g * sketchPadded * 16, sketchPadded, sketching.estimates + 32 * g)
-                }
-                cutoff = (bound * sketching.scale2 + sketching.slack - sketching.base) / sketching.step
-            }
             var unseen = 0
             for j in 0..<n {
                 let id = vx_load_u32(list + 1 + j)
                 if Int(id) >= limit || tags[Int(id)] == epoch { continue }
-                if let sketching, Float(sketching.estimates[j]) > cutoff { continue }
                 tags[Int(id)] = epoch
                 measure.prefetch(id)
                 unvisited[unseen] = id
@@ -687,7 +587,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     // MARK: Scratch
 
     func takeScratch() -> SearchScratch {
-        scratch.withLock { $0.popLast() } ?? SearchScratch(dimension: dimension, codeBytes: codeBytes, maxLinks: maxLinks0, sketchPadded: sketchPadded)
+        scratch.withLock { $0.popLast() } ?? SearchScratch(dimension: dimension, codeBytes: codeBytes, maxLinks: maxLinks0)
     }
 
     func putScratch(_ s: SearchScratch) { scratch.withLock { $0.append(s) } }
@@ -722,18 +622,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         rows.withUnsafeBufferPointer { try? fresh.insert(batch: labels, vectors: $0, threads: availableCores) }
         return fresh
     }
-}
-
-/// A query's sketch table and where its estimates go (in the scratch), and what turns an estimate
-/// into the int8 walk's units: estimate = base + step * sum, in float units, which are the int8
-/// distances times scale².
-struct SketchQuery {
-    let table: UnsafePointer<UInt8>
-    let estimates: UnsafeMutablePointer<UInt16>
-    let base: Float
-    let step: Float
-    let slack: Float
-    let scale2: Float
 }
 
 /// How a search measures a node against the query; specialised away in the hot loop.
@@ -849,15 +737,8 @@ final class SearchScratch: @unchecked Sendable {
     let code: UnsafeMutablePointer<Int8>
     /// One candidate's float32 vector, read from a vector file to re-rank it.
     let row: UnsafeMutablePointer<Float>
-    /// The query's sketch table, its float partials, and a hop's estimates.
-    let table: UnsafeMutablePointer<UInt8>
-    let partials: UnsafeMutablePointer<Float>
-    let estimates: UnsafeMutablePointer<UInt16>
 
-    init(dimension: Int, codeBytes: Int, maxLinks: Int, sketchPadded: Int) {
-        table = .allocate(capacity: max(1, sketchPadded * 16))
-        partials = .allocate(capacity: max(1, sketchPadded * 16))
-        estimates = .allocate(capacity: (maxLinks + 31) / 32 * 32)
+    init(dimension: Int, codeBytes: Int, maxLinks: Int) {
         tags = .allocate(capacity: 1)
         unvisited = .allocate(capacity: maxLinks)
         query = .allocate(capacity: dimension)
@@ -892,9 +773,6 @@ final class SearchScratch: @unchecked Sendable {
         code.deallocate()
         row.deallocate()
         unvisited.deallocate()
-        table.deallocate()
-        partials.deallocate()
-        estimates.deallocate()
     }
 }
 
@@ -1068,7 +946,6 @@ extension HNSWIndex {
             index.liveCount.store(live, ordering: .relaxed)
             index.published.store(n, ordering: .releasing)
             index.entry.store(top, ordering: .releasing)
-            if isQuantized && index.walksOnCodes { index.trainSketches(count: n, through: n) }
         }
         return index
     }

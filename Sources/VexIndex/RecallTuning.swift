@@ -159,7 +159,6 @@ extension HNSWIndex {
                         inDegree[Int(list[1 + slot])] -= 1
                         vx_store_u32(list + 1 + slot, UInt32(u))
                     }
-                    refreshSketch(r)
                     inDegree[u] += 1
                     linked += 1
                     break

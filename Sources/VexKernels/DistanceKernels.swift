@@ -37,8 +37,6 @@ public typealias Int8Kernel = @convention(c) (UnsafePointer<Int8>?, UnsafePointe
 /// (query, base, count, dim, stride, out)
 public typealias FloatScan = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, Int, Int, Int, UnsafeMutablePointer<Float>?) -> Void
 public typealias Int8Scan = @convention(c) (UnsafePointer<Int8>?, UnsafePointer<Int8>?, Int, Int, Int, UnsafeMutablePointer<Int32>?) -> Void
-/// (table, codes, subspaces, out): 32 neighbour sketches scored, see `vx_sketch_scan_avx2`.
-public typealias SketchScan = @convention(c) (UnsafePointer<UInt8>?, UnsafePointer<UInt8>?, Int, UnsafeMutablePointer<UInt16>?) -> Void
 
 /// One set of kernels, all from one path. A value: copy it freely; calls go straight to C (or Swift).
 public struct DistanceKernels: Sendable {
@@ -55,7 +53,6 @@ public struct DistanceKernels: Sendable {
     public let cosineDistanceScan: FloatScan
     public let l2SquaredInt8Scan: Int8Scan
     public let dotInt8Scan: Int8Scan
-    public let sketchScan: SketchScan
 
     /// The paths this machine can run, scalar first.
     public static var supportedPaths: [SIMDPath] {
@@ -77,18 +74,15 @@ public struct DistanceKernels: Sendable {
             l2SquaredInt8 = Scalar.l2SquaredInt8; dotInt8 = Scalar.dotInt8
             l2SquaredScan = Scalar.l2SquaredScan; dotScan = Scalar.dotScan; cosineDistanceScan = Scalar.cosineDistanceScan
             l2SquaredInt8Scan = Scalar.l2SquaredInt8Scan; dotInt8Scan = Scalar.dotInt8Scan
-            sketchScan = Scalar.sketchScan
         case .avx2:
             usesVNNI = false
             l2Squared = vx_l2sq_f32_avx2; dot = vx_dot_f32_avx2; cosineDistance = vx_cos_f32_avx2
             l2SquaredInt8 = vx_l2sq_i8_avx2; dotInt8 = vx_dot_i8_avx2
             l2SquaredScan = vx_l2sq_f32_many_avx2; dotScan = vx_dot_f32_many_avx2; cosineDistanceScan = vx_cos_f32_many_avx2
             l2SquaredInt8Scan = vx_l2sq_i8_many_avx2; dotInt8Scan = vx_dot_i8_many_avx2
-            sketchScan = vx_sketch_scan_avx2
         case .avx512:
             l2Squared = vx_l2sq_f32_avx512; dot = vx_dot_f32_avx512; cosineDistance = vx_cos_f32_avx512
             l2SquaredScan = vx_l2sq_f32_many_avx512; dotScan = vx_dot_f32_many_avx512; cosineDistanceScan = vx_cos_f32_many_avx512
-            sketchScan = vx_sketch_scan_avx512
             usesVNNI = vx_cpu_features() & Int32(VX_CPU_AVX512_VNNI) != 0
             if usesVNNI {
                 l2SquaredInt8 = vx_l2sq_i8_vnni; dotInt8 = vx_dot_i8_vnni

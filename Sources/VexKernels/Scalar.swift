@@ -53,16 +53,4 @@ enum Scalar {
     static let dotInt8Scan: Int8Scan = { q, base, count, dim, stride, out in
         for i in 0..<count { out![i] = dotInt8(q, base! + i * stride, dim) }
     }
-
-    static let sketchScan: SketchScan = { table, codes, subspaces, out in
-        for i in 0..<16 {
-            var low = 0, high = 0
-            for s in 0..<subspaces {
-                let c = codes![16 * s + i]
-                low += Int(table![16 * s + Int(c & 15)])
-                high += Int(table![16 * s + Int(c >> 4)])
-            }
-            out![i] = UInt16(low); out![i + 16] = UInt16(high)
-        }
-    }
 }

@@ -22,8 +22,6 @@ struct IndexBench: ParsableCommand {
     @Option(parsing: .upToNextOption, help: "Thread counts.") var threads: [Int] = [1, 2]
     @Option(help: "Timed passes over the queries; the median is reported.") var passes = 3
     @Flag(help: "Walk the graph on the float32 vectors instead of the int8 codes.") var floatTraversal = false
-    @Flag(help: "Measure every unvisited neighbour; keep no neighbour sketches.") var noSketches = false
-    @Option(help: "Sketch slack, in multiples of the sketches' measured error.") var sketchSlack: Float = HNSWParameters().sketchSlack
     @Flag(help: "Build the graph measuring on the float32 vectors instead of the int8 codes.") var floatConstruction = false
     @Option(help: "Threads that build the graph (default: every core).") var buildThreads = availableCores
     @Option(help: "Also measure the graph's own recall the way a collection does, for this target.") var tuneRecall: Double?
@@ -45,8 +43,6 @@ struct IndexBench: ParsableCommand {
             var p = HNSWParameters(m: m, efConstruction: efConstruction)
             p.int8Traversal = !floatTraversal
             p.int8Construction = !floatConstruction
-            p.sketches = !noSketches
-            p.sketchSlack = sketchSlack
             let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels, parameters: p)
             hnsw = h
             index = h

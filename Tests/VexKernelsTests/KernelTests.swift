@@ -51,27 +51,6 @@ func close(_ got: Float, _ want: Double, scale: Double) -> Bool {
     }
 
     @Test(arguments: paths)
-    func sketchScanSumsEveryNeighboursTableEntries(_ path: SIMDPath) throws {
-        let k = try DistanceKernels(path: path)
-        var rng = SplitMix64(state: 11)
-        for subspaces in stride(from: 4, through: 64, by: 4) {
-            let table = (0..<16 * subspaces).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            let codes = (0..<16 * subspaces).map { _ in UInt8.random(in: 0...255, using: &rng) }
-            var want = [Int](repeating: 0, count: 32)
-            for s in 0..<subspaces {
-                for i in 0..<16 {
-                    let c = codes[16 * s + i]
-                    want[i] += Int(table[16 * s + Int(c & 15)])
-                    want[i + 16] += Int(table[16 * s + Int(c >> 4)])
-                }
-            }
-            var got = [UInt16](repeating: 0, count: 32)
-            k.sketchScan(table, codes, subspaces, &got)
-            #expect(got.map(Int.init) == want, "\(path) subspaces \(subspaces)")
-        }
-    }
-
-    @Test(arguments: paths)
     func int8KernelsAreExactForEveryDimension(_ path: SIMDPath) throws {
         let k = try DistanceKernels(path: path)
         var rng = SplitMix64(state: 7)

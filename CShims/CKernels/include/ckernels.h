@@ -43,12 +43,6 @@ void vx_dot_i8_many_avx512(const int8_t *q, const int8_t *base, size_t count, si
 void vx_l2sq_i8_many_vnni(const int8_t *q, const int8_t *base, size_t count, size_t dim, size_t stride, int32_t *out);
 void vx_dot_i8_many_vnni(const int8_t *q, const int8_t *base, size_t count, size_t dim, size_t stride, int32_t *out);
 
-// Neighbour sketches: 32 neighbours' 4-bit codes in `subspaces` subspaces (a multiple of 4), 16
-// bytes each (byte i: neighbour i in the low nibble, i + 16 in the high), scored through a 16-entry
-// uint8 table per subspace; out[i] is neighbour i's sum over subspaces.
-void vx_sketch_scan_avx2(const uint8_t *table, const uint8_t *codes, size_t subspaces, uint16_t *out);
-void vx_sketch_scan_avx512(const uint8_t *table, const uint8_t *codes, size_t subspaces, uint16_t *out);
-
 // For the graph index: a prefetch hint, and the relaxed/acquire/release loads and stores that let
 // searches read link lists while the one writer changes them (each 32-bit id is read whole).
 static inline void vx_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
