@@ -119,3 +119,11 @@ MANY(vx_dot_f32_many_avx2, float, float, dot_f32)
 MANY(vx_cos_f32_many_avx2, float, float, cos_f32)
 MANY(vx_l2sq_i8_many_avx2, int8_t, int32_t, l2sq_i8)
 MANY(vx_dot_i8_many_avx2, int8_t, int32_t, dot_i8)
+
+// One query against `count` rows found anywhere (a graph hop's neighbours): see avx512.c.
+AVX2 void vx_l2sq_i8_gather_avx2(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out) {
+    for (size_t i = 0; i < count; i++) out[i] = l2sq_i8(q, rows[i], dim);
+}
+AVX2 void vx_dot_i8_gather_avx2(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out) {
+    for (size_t i = 0; i < count; i++) out[i] = dot_i8(q, rows[i], dim);
+}

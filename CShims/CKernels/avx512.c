@@ -150,3 +150,14 @@ MANY(AVX512, vx_l2sq_i8_many_avx512, int8_t, int32_t, l2sq_i8)
 MANY(AVX512, vx_dot_i8_many_avx512, int8_t, int32_t, dot_i8)
 MANY(VNNI, vx_l2sq_i8_many_vnni, int8_t, int32_t, l2sq_i8_vnni)
 MANY(VNNI, vx_dot_i8_many_vnni, int8_t, int32_t, dot_i8_vnni)
+
+// One query against `count` rows found anywhere (a graph hop's neighbours): one call, and no branch
+// between rows, so the loads of every row can be in flight together.
+#define GATHER(attr, name, kernel)                                                                    \
+    attr void name(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out) { \
+        for (size_t i = 0; i < count; i++) out[i] = kernel(q, rows[i], dim);                          \
+    }
+GATHER(AVX512, vx_l2sq_i8_gather_avx512, l2sq_i8)
+GATHER(AVX512, vx_dot_i8_gather_avx512, dot_i8)
+GATHER(VNNI, vx_l2sq_i8_gather_vnni, l2sq_i8_vnni)
+GATHER(VNNI, vx_dot_i8_gather_vnni, dot_i8_vnni)

@@ -563,9 +563,11 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 unvisited[unseen] = id
                 unseen += 1
             }
+            measure.distances(unvisited, unseen, scratch: s)
+            let measured = s.distances
             for j in 0..<unseen {
                 let id = unvisited[j]
-                let e = measure.distance(id)
+                let e = measured[j]
                 if results.count < ef || e < bound {
                     candidates.push(-e, id)
                     if accepts(id, filter, unfiltered) {
@@ -628,6 +630,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 protocol NodeMeasure {
     func distance(_ node: UInt32) -> Float
     func prefetch(_ node: UInt32)
+    /// The distances of `count` nodes into `scratch.distances`.
+    func distances(_ nodes: UnsafePointer<UInt32>, _ count: Int, scratch: SearchScratch)
 }
 
 struct FloatMeasure: NodeMeasure {
@@ -638,6 +642,9 @@ struct FloatMeasure: NodeMeasure {
             : -index.kernels.dot(query, index.vector(node), index.dimension)
     }
     @inline(__always) func prefetch(_ node: UInt32) { vx_prefetch(index.vector(node)) }
+    @inline(__always) func distances(_ nodes: UnsafePointer<UInt32>, _ count: Int, scratch s: SearchScratch) {
+        for j in 0..<count { s.distances[j] = distance(nodes[j]) }
+    }
 }
 
 /// Another measure, with one node infinitely far: the walk never moves to it, so never through
@@ -647,6 +654,10 @@ struct Avoiding<Inner: NodeMeasure>: NodeMeasure {
     let node: UInt32
     @inline(__always) func distance(_ id: UInt32) -> Float { id == node ? .infinity : inner.distance(id) }
     @inline(__always) func prefetch(_ id: UInt32) { inner.prefetch(id) }
+    @inline(__always) func distances(_ nodes: UnsafePointer<UInt32>, _ count: Int, scratch s: SearchScratch) {
+        inner.distances(nodes, count, scratch: s)
+        for j in 0..<count where nodes[j] == node { s.distances[j] = .infinity }
+    }
 }
 
 struct CodeMeasure: NodeMeasure {
@@ -661,6 +672,17 @@ struct CodeMeasure: NodeMeasure {
         let p = index.code(node)
         var line = 0
         while line < index.dimension { vx_prefetch(p + line); line += 64 }
+    }
+    /// One kernel call for a hop's neighbours: no branch between them, so their loads overlap.
+    @inline(__always) func distances(_ nodes: UnsafePointer<UInt32>, _ count: Int, scratch s: SearchScratch) {
+        for j in 0..<count { s.rows[j] = UnsafePointer(index.code(nodes[j])) }
+        if l2 {
+            index.kernels.l2SquaredInt8Gather(query, s.rows, count, index.dimension, s.sums)
+            for j in 0..<count { s.distances[j] = Float(s.sums[j]) }
+        } else {
+            index.kernels.dotInt8Gather(query, s.rows, count, index.dimension, s.sums)
+            for j in 0..<count { s.distances[j] = -Float(s.sums[j]) }
+        }
     }
 }
 
@@ -726,9 +748,9 @@ struct NodeHeap {
 
 /// One search's working memory: visit tags, the two heaps, the prepared query. Pooled per index.
 final class SearchScratch: @unchecked Sendable {
-    var tags: UnsafeMutablePointer<UInt16>
+    var tags: UnsafeMutablePointer<UInt8>
     var tagCount = 0
-    var epoch: UInt16 = 0
+    var epoch: UInt8 = 0
     var results = NodeHeap(capacity: 256)
     var candidates = NodeHeap(capacity: 1024)
     /// The unvisited neighbours of the node a hop expands.
@@ -737,8 +759,15 @@ final class SearchScratch: @unchecked Sendable {
     let code: UnsafeMutablePointer<Int8>
     /// One candidate's float32 vector, read from a vector file to re-rank it.
     let row: UnsafeMutablePointer<Float>
+    /// A hop's measurements: the neighbours' codes, their int8 sums, their distances.
+    let rows: UnsafeMutablePointer<UnsafePointer<Int8>?>
+    let sums: UnsafeMutablePointer<Int32>
+    let distances: UnsafeMutablePointer<Float>
 
     init(dimension: Int, codeBytes: Int, maxLinks: Int) {
+        rows = .allocate(capacity: maxLinks)
+        sums = .allocate(capacity: maxLinks)
+        distances = .allocate(capacity: maxLinks)
         tags = .allocate(capacity: 1)
         unvisited = .allocate(capacity: maxLinks)
         query = .allocate(capacity: dimension)
@@ -756,7 +785,7 @@ final class SearchScratch: @unchecked Sendable {
         epoch = 0
     }
 
-    func nextEpoch() -> UInt16 {
+    func nextEpoch() -> UInt8 {
         epoch &+= 1
         if epoch == 0 {
             tags.update(repeating: 0, count: tagCount)
@@ -773,6 +802,9 @@ final class SearchScratch: @unchecked Sendable {
         code.deallocate()
         row.deallocate()
         unvisited.deallocate()
+        rows.deallocate()
+        sums.deallocate()
+        distances.deallocate()
     }
 }
 

@@ -5,7 +5,8 @@
 // forcing a path the machine lacks is an error, never an illegal-instruction crash. All paths compute
 // the same things: squared L2, inner product and cosine distance (1 - cos, and 1 when either vector
 // is zero) for float32; squared L2 and inner product for int8, exactly, in Int32. Each comes in a
-// one-to-one form and a one-query-against-N-contiguous-vectors form (the flat-scan shape).
+// one-to-one form and a one-query-against-N-contiguous-vectors form (the flat-scan shape); the int8
+// ones also against N rows anywhere in memory (a graph hop's neighbours).
 import CKernels
 import Glibc
 
@@ -37,6 +38,8 @@ public typealias Int8Kernel = @convention(c) (UnsafePointer<Int8>?, UnsafePointe
 /// (query, base, count, dim, stride, out)
 public typealias FloatScan = @convention(c) (UnsafePointer<Float>?, UnsafePointer<Float>?, Int, Int, Int, UnsafeMutablePointer<Float>?) -> Void
 public typealias Int8Scan = @convention(c) (UnsafePointer<Int8>?, UnsafePointer<Int8>?, Int, Int, Int, UnsafeMutablePointer<Int32>?) -> Void
+/// (query, rows, count, dim, out)
+public typealias Int8Gather = @convention(c) (UnsafePointer<Int8>?, UnsafePointer<UnsafePointer<Int8>?>?, Int, Int, UnsafeMutablePointer<Int32>?) -> Void
 
 /// One set of kernels, all from one path. A value: copy it freely; calls go straight to C (or Swift).
 public struct DistanceKernels: Sendable {
@@ -53,6 +56,8 @@ public struct DistanceKernels: Sendable {
     public let cosineDistanceScan: FloatScan
     public let l2SquaredInt8Scan: Int8Scan
     public let dotInt8Scan: Int8Scan
+    public let l2SquaredInt8Gather: Int8Gather
+    public let dotInt8Gather: Int8Gather
 
     /// The paths this machine can run, scalar first.
     public static var supportedPaths: [SIMDPath] {
@@ -74,12 +79,14 @@ public struct DistanceKernels: Sendable {
             l2SquaredInt8 = Scalar.l2SquaredInt8; dotInt8 = Scalar.dotInt8
             l2SquaredScan = Scalar.l2SquaredScan; dotScan = Scalar.dotScan; cosineDistanceScan = Scalar.cosineDistanceScan
             l2SquaredInt8Scan = Scalar.l2SquaredInt8Scan; dotInt8Scan = Scalar.dotInt8Scan
+            l2SquaredInt8Gather = Scalar.l2SquaredInt8Gather; dotInt8Gather = Scalar.dotInt8Gather
         case .avx2:
             usesVNNI = false
             l2Squared = vx_l2sq_f32_avx2; dot = vx_dot_f32_avx2; cosineDistance = vx_cos_f32_avx2
             l2SquaredInt8 = vx_l2sq_i8_avx2; dotInt8 = vx_dot_i8_avx2
             l2SquaredScan = vx_l2sq_f32_many_avx2; dotScan = vx_dot_f32_many_avx2; cosineDistanceScan = vx_cos_f32_many_avx2
             l2SquaredInt8Scan = vx_l2sq_i8_many_avx2; dotInt8Scan = vx_dot_i8_many_avx2
+            l2SquaredInt8Gather = vx_l2sq_i8_gather_avx2; dotInt8Gather = vx_dot_i8_gather_avx2
         case .avx512:
             l2Squared = vx_l2sq_f32_avx512; dot = vx_dot_f32_avx512; cosineDistance = vx_cos_f32_avx512
             l2SquaredScan = vx_l2sq_f32_many_avx512; dotScan = vx_dot_f32_many_avx512; cosineDistanceScan = vx_cos_f32_many_avx512
@@ -87,9 +94,11 @@ public struct DistanceKernels: Sendable {
             if usesVNNI {
                 l2SquaredInt8 = vx_l2sq_i8_vnni; dotInt8 = vx_dot_i8_vnni
                 l2SquaredInt8Scan = vx_l2sq_i8_many_vnni; dotInt8Scan = vx_dot_i8_many_vnni
+                l2SquaredInt8Gather = vx_l2sq_i8_gather_vnni; dotInt8Gather = vx_dot_i8_gather_vnni
             } else {
                 l2SquaredInt8 = vx_l2sq_i8_avx512; dotInt8 = vx_dot_i8_avx512
                 l2SquaredInt8Scan = vx_l2sq_i8_many_avx512; dotInt8Scan = vx_dot_i8_many_avx512
+                l2SquaredInt8Gather = vx_l2sq_i8_gather_avx512; dotInt8Gather = vx_dot_i8_gather_avx512
             }
         }
     }

@@ -53,4 +53,12 @@ enum Scalar {
     static let dotInt8Scan: Int8Scan = { q, base, count, dim, stride, out in
         for i in 0..<count { out![i] = dotInt8(q, base! + i * stride, dim) }
     }
+
+    static let l2SquaredInt8Gather: Int8Gather = { q, rows, count, dim, out in
+        for i in 0..<count { out![i] = l2SquaredInt8(q, rows![i], dim) }
+    }
+
+    static let dotInt8Gather: Int8Gather = { q, rows, count, dim, out in
+        for i in 0..<count { out![i] = dotInt8(q, rows![i], dim) }
+    }
 }

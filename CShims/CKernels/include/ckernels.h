@@ -43,6 +43,14 @@ void vx_dot_i8_many_avx512(const int8_t *q, const int8_t *base, size_t count, si
 void vx_l2sq_i8_many_vnni(const int8_t *q, const int8_t *base, size_t count, size_t dim, size_t stride, int32_t *out);
 void vx_dot_i8_many_vnni(const int8_t *q, const int8_t *base, size_t count, size_t dim, size_t stride, int32_t *out);
 
+// One query against `count` rows anywhere in memory: out[i] = kernel(q, rows[i], dim).
+void vx_l2sq_i8_gather_avx2(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
+void vx_dot_i8_gather_avx2(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
+void vx_l2sq_i8_gather_avx512(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
+void vx_dot_i8_gather_avx512(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
+void vx_l2sq_i8_gather_vnni(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
+void vx_dot_i8_gather_vnni(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
+
 // For the graph index: a prefetch hint, and the relaxed/acquire/release loads and stores that let
 // searches read link lists while the one writer changes them (each 32-bit id is read whole).
 static inline void vx_prefetch(const void *p) { __builtin_prefetch(p, 0, 3); }
