@@ -73,6 +73,33 @@ func close(_ got: Float, _ want: Double, scale: Double) -> Bool {
     }
 
     @Test(arguments: paths)
+    func int8GatherMatchesOneToOneOnScatteredRows(_ path: SIMDPath) throws {
+        let k = try DistanceKernels(path: path)
+        var rng = SplitMix64(state: 9)
+        for dim in [1, 31, 32, 33, 50, 63, 64, 65, 128, 300, 768] {
+            let q = (0..<dim).map { _ in Int8.random(in: -127...127, using: &rng) }
+            // Rows at scattered, unaligned places in one buffer, in no particular order.
+            let pool = (0..<(dim + 3) * 40).map { _ in Int8.random(in: -127...127, using: &rng) }
+            let starts = (0..<32).map { _ in Int.random(in: 0...(pool.count - dim), using: &rng) }
+            pool.withUnsafeBufferPointer { p in
+                q.withUnsafeBufferPointer { qp in
+                    var rows = starts.map { Optional(p.baseAddress! + $0) }
+                    for count in [0, 1, 7, 32] {
+                        var l2 = [Int32](repeating: -1, count: 32), dot = l2
+                        k.l2SquaredInt8Gather(qp.baseAddress, &rows, count, dim, &l2)
+                        k.dotInt8Gather(qp.baseAddress, &rows, count, dim, &dot)
+                        for i in 0..<count {
+                            #expect(l2[i] == k.l2SquaredInt8(qp.baseAddress, rows[i], dim), "\(path) l2 dim \(dim) row \(i)")
+                            #expect(dot[i] == k.dotInt8(qp.baseAddress, rows[i], dim), "\(path) dot dim \(dim) row \(i)")
+                        }
+                        #expect(l2[count...].allSatisfy { $0 == -1 }, "\(path): wrote past count \(count)")
+                    }
+                }
+            }
+        }
+    }
+
+    @Test(arguments: paths)
     func int8Extremes(_ path: SIMDPath) throws {
         let k = try DistanceKernels(path: path)
         for dim in [1, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 1100] {
