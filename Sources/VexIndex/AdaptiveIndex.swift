@@ -57,6 +57,17 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     let fresh: FlatIndex
     /// Serialises changes: the graph and the flat index each take one writer at a time.
     let writes = Mutex<Void>(())
+    /// One absorb at a time, and no big batch during one; taken before `writes`, never after.
+    private let absorber = Mutex<Void>(())
+    /// What an absorb links into the graph without `writes` (the labels stay in `fresh` until it
+    /// is done), and which of them a writer changed meanwhile: those the graph must not keep.
+    private struct Linking {
+        var labels: [UInt64] = []
+        var changed: Set<UInt64> = []
+    }
+    private let linking = Mutex<Linking>(Linking())
+    /// Runs after an absorb has linked its vectors and before it settles them (tests hold it there).
+    var afterLinking: (@Sendable () -> Void)?
     /// The breadth searches use when they name none, chosen by measuring recall (`tune`); kept
     /// across switches and compactions (a rebuilt graph of the same vectors needs the same).
     private let tuned = Mutex<RecallMeasurement?>(nil)
@@ -109,7 +120,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             if let graph = active as? HNSWIndex {
                 try validate(vector, dimension: dimension)
                 try fresh.insert(label: label, vector: vector)
-                if graph.remove(label: label) { adapt() }
+                noteChange(label)
+                if graph.mayHold(label), graph.remove(label: label) { adapt() }
                 return
             }
             fresh.remove(label: label)
@@ -126,9 +138,46 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     public var unabsorbed: Int { fresh.count }
 
     /// Links up to `limit` waiting vectors into the graph; returns how many still wait.
+    ///
+    /// A few at a time (the linker's way) are linked without `writes`: a link takes about a
+    /// millisecond, and the bridge's inserts, which queries wait for, went on meanwhile. They stay
+    /// in `fresh` while they are linked, searches ignore them in the graph until then, and one a
+    /// writer changed or removed meanwhile is taken out of the graph again.
     @discardableResult
     public func absorb(limit: Int = .max) -> Int {
-        writes.withLock { _ in absorbHeld(limit: limit) }
+        absorber.withLock { _ in
+            guard limit < AdaptiveIndex.linkedAtOnce else { return writes.withLock { _ in absorbHeld(limit: limit) } }
+            let taken: (HNSWIndex, [UInt64], [Float])? = writes.withLock { _ in
+                guard let graph = active as? HNSWIndex, fresh.count > 0 else { return nil }
+                var labels: [UInt64] = []
+                var rows: [Float] = []
+                fresh.forEach { label, v in
+                    guard labels.count < limit else { return }
+                    labels.append(label)
+                    rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
+                }
+                linking.withLock { $0 = Linking(labels: labels) }
+                return (graph, labels, rows)
+            }
+            guard let (graph, labels, rows) = taken else { return writes.withLock { _ in absorbHeld(limit: limit) } }
+            rows.withUnsafeBufferPointer { p in try? graph.insert(batch: labels, vectors: p, threads: 1) }
+            afterLinking?()
+            return writes.withLock { _ in
+                let changed = linking.withLock { $0.changed }
+                let stillInUse = active as? HNSWIndex === graph
+                if stillInUse { for label in labels where changed.contains(label) { graph.remove(label: label) } }
+                // Searches see the graph's copies again before `fresh` lets go of them.
+                linking.withLock { $0 = Linking() }
+                if stillInUse { for label in labels where !changed.contains(label) { fresh.remove(label: label) } }
+                adapt()
+                return fresh.count
+            }
+        }
+    }
+
+    /// Notes, for an absorb linking without `writes`, that a writer changed `label`.
+    private func noteChange(_ label: UInt64) {
+        linking.withLock { l in if l.labels.contains(label) { l.changed.insert(label) } }
     }
 
     private func absorbHeld(limit: Int = .max) -> Int {
@@ -174,6 +223,10 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// A batch that takes a flat index past its threshold builds the graph from both at once, in
     /// parallel, instead of inserting into the flat index and then re-inserting one by one.
     public func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
+        try absorber.withLock { (_) throws(IndexError) in try insertHeld(batch: labels, vectors: vectors, threads: threads) }
+    }
+
+    private func insertHeld(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError) {
         try writes.withLock { (_) throws(IndexError) in
             if case .automatic(let threshold) = kind, let flat = active as? FlatIndex, flat.count + labels.count >= threshold {
                 var allLabels: [UInt64] = []
@@ -195,7 +248,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
                 try validate(batch: vectors, rows: labels.count, dimension: dimension)
                 for (i, label) in labels.enumerated() {
                     try fresh.insert(label: label, vector: UnsafeBufferPointer(rebasing: vectors[(i * dimension)..<((i + 1) * dimension)]))
-                    graph.remove(label: label)
+                    if graph.mayHold(label) { graph.remove(label: label) }
                 }
             } else {
                 for label in labels { fresh.remove(label: label) }
@@ -208,6 +261,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     @discardableResult
     public func remove(label: UInt64) -> Bool {
         writes.withLock { _ in
+            noteChange(label)
             if fresh.remove(label: label) { return true }
             let removed = active.remove(label: label)
             if removed { adapt() }
@@ -220,8 +274,13 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         // one missing from `fresh` here is in the graph searched next. (The other way round, a
         // vector absorbed between the two searches was in neither.)
         let waiting = fresh.count > 0 ? try fresh.search(query, k: k, ef: nil, filter: filter) : []
+        // Read after `fresh`: a vector an absorb is linking was in `fresh` just now, as it is
+        // (or gone, if a writer removed it), and its copy in the graph may be older.
+        let beingLinked = linking.withLock { $0.labels }
         let measured = tunedEf.load(ordering: .relaxed)
-        let found = try active.search(query, k: k, ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
+        var found = try active.search(query, k: min(k + beingLinked.count, 1000), ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
+        if !beingLinked.isEmpty { found.removeAll { beingLinked.contains($0.label) } }
+        if found.count > k { found.removeLast(found.count - k) }
         guard !waiting.isEmpty else { return found }
         var best = TopK(k: k)
         var seen = Set<UInt64>()

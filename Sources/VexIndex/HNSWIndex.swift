@@ -81,6 +81,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// The entry point: (top level + 1) << 32 | node, 0 while empty.
     let entry = Atomic<UInt64>(0)
     let liveCount = Atomic<Int>(0)
+    /// The largest label ever placed: a label above it was never in the graph.
+    let labelCeiling = Atomic<UInt64>(0)
     /// Set once the quantizer is trained and every published node has its code.
     let quantized = Atomic<Bool>(false)
     /// Written once, before `quantized` is set; read by searches only after they see it set.
@@ -234,6 +236,10 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    /// Whether `label` may be in the graph, asked without the writer's lock (which a link holds
+    /// for a millisecond): false means it never was.
+    public func mayHold(_ label: UInt64) -> Bool { label <= labelCeiling.load(ordering: .acquiring) }
+
     @discardableResult
     public func remove(label: UInt64) -> Bool {
         writer.withLock { state in
@@ -321,6 +327,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         b.storeBytes(of: 0, toByteOffset: headerOffset + 4, as: UInt32.self)
         let slot = Int(node & UInt32(HNSWIndex.chunkNodes - 1))
         (chunkBase(node) + labelsOffset).storeBytes(of: label, toByteOffset: slot * 8, as: UInt64.self)
+        labelCeiling.max(label, ordering: .releasing)
         if level > 0 {
             let upper = UnsafeMutablePointer<UInt32>.allocate(capacity: level * upperStride)
             upper.initialize(repeating: 0, count: level * upperStride)
@@ -951,6 +958,7 @@ extension HNSWIndex {
                 let label = try l.get(UInt64.self)
                 let slot = Int(node & UInt32(chunkNodes - 1))
                 (index.chunks[chunk]! + index.labelsOffset).storeBytes(of: label, toByteOffset: slot * 8, as: UInt64.self)
+                index.labelCeiling.max(label, ordering: .relaxed)
                 let level = index.level(node)
                 guard level <= 15, Int(index.links(node, 0).pointee) <= index.maxLinks0 else { throw short }
                 if level > 0 {

@@ -1,5 +1,6 @@
 import CoreMetrics
 import Glibc
+import Synchronization
 
 /// The cross-layer bridge: the filesystem posts what changed, a worker thread brings the indexes up to
 /// date in batches.
@@ -79,6 +80,10 @@ final class Bridge: @unchecked Sendable {
     private var pendingPerCollection: [UInt64: Int] = [:]
     /// Per collection, the order numbers of its events not yet applied (pending or in flight).
     private var unapplied: [UInt64: Orders] = [:]
+    /// How many events are unapplied, per stripe of collections (key mod 64): changed under the
+    /// queue's lock with `unapplied`, read without it, so a query in a collection with nothing
+    /// unapplied (an idle one, while another is written) never waits for the lock.
+    private let unappliedStripes = UnappliedStripes()
     /// Collections a query waits for, with the watermark it waits for.
     private var urgent: [UInt64: UInt64] = [:]
     /// Collections whose long event the builder has: none of their events is taken meanwhile.
@@ -209,6 +214,7 @@ final class Bridge: @unchecked Sendable {
             nextOrder += 1
             pending[key] = (op, nextOrder)
             unapplied[collection, default: Orders()].append(nextOrder)
+            unappliedStripes.add(collection, 1)
             op == .remove ? removes.append(key) : refreshes.append(key)
             if pending.count == 1 || pending.count >= batchSize { pthread_cond_signal(wake) }
         }
@@ -217,6 +223,9 @@ final class Bridge: @unchecked Sendable {
     /// Returns once nothing posted for `collection` before the call is still unapplied (events
     /// posted since are not waited for).
     func settle(_ collection: UInt64) {
+        // Every event posted before this call is counted by now (posting counts it before it
+        // returns); none counted, none to wait for.
+        guard unappliedStripes.any(collection) else { return }
         locked {
             let watermark = nextOrder
             while let first = unapplied[collection]?.first, first <= watermark {
@@ -320,6 +329,7 @@ final class Bridge: @unchecked Sendable {
 
     private func finish(_ e: Event, _ order: UInt64) {
         unapplied[e.key.collection]!.finish(order)
+        unappliedStripes.add(e.key.collection, -1)
         if unapplied[e.key.collection]!.isEmpty { unapplied[e.key.collection] = nil }
     }
 
@@ -406,6 +416,7 @@ final class Bridge: @unchecked Sendable {
         if let newer = pending[e.key] {
             pending[e.key] = (newer.op, order)
             unapplied[c]!.finish(newer.order)
+            unappliedStripes.add(c, -1)
         } else {
             pending[e.key] = (e.op, order)
             pendingPerCollection[c, default: 0] += 1
@@ -460,4 +471,11 @@ final class Bridge: @unchecked Sendable {
         defer { pthread_mutex_unlock(queueLock) }
         return body()
     }
+}
+
+/// Counts per stripe of collection keys (key mod 64), each an atomic.
+final class UnappliedStripes: Sendable {
+    private let counts: InlineArray<64, Atomic<Int>> = InlineArray { _ in Atomic(0) }
+    func add(_ collection: UInt64, _ delta: Int) { counts[Int(collection & 63)].add(delta, ordering: .releasing) }
+    func any(_ collection: UInt64) -> Bool { counts[Int(collection & 63)].load(ordering: .acquiring) != 0 }
 }

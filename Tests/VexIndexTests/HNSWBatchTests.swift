@@ -1,3 +1,4 @@
+import Glibc
 import Synchronization
 import Testing
 import VexKernels
@@ -269,5 +270,98 @@ import VexTestSupport
         #expect(missed.load(ordering: .relaxed) == 0)
         #expect(index.unabsorbed == 0)
     }
+
+    /// The linker links without holding the writers off: a vector removed or moved while it is
+    /// being linked is never found afterwards as it was, and one left alone is always found.
+    @Test func changesDuringALinkWinOverTheLink() throws {
+        let dim = 8
+        let data = clusteredSet(count: 5000, dimension: dim, clusters: 40, seed: 54)
+        let index = try graph(data, linked: 1000, metric: .l2)
+        index.absorb()
+        for i in 1000..<3000 { try index.insert(label: UInt64(i), vector: data[i]) }
+        let wrong = Atomic<Int>(0), linked = Atomic<Bool>(false)
+        runOnThreads([{ while index.absorb(limit: 1) > 0 {}; linked.store(true, ordering: .releasing) }, {
+            // From the oldest waiting vector on, the ones the linker is about to take.
+            for i in 1000..<3000 {
+                switch i % 3 {
+                case 0:
+                    index.remove(label: UInt64(i))
+                    if (try? index.search(data[i], k: 1, ef: 400))?.first.map({ $0.label == UInt64(i) }) ?? false { wrong.add(1, ordering: .relaxed) }
+                case 1:
+                    try? index.insert(label: UInt64(i), vector: data[i + 2000])
+                    let got = try? index.search(data[i], k: 3, ef: 400)
+                    if got?.contains(where: { $0.label == UInt64(i) && $0.distance < 1e-6 }) ?? true { wrong.add(1, ordering: .relaxed) }
+                default:
+                    if (try? index.search(data[i], k: 1, ef: 400))?.first?.label != UInt64(i) { wrong.add(1, ordering: .relaxed) }
+                }
+            }
+        }])
+        while index.absorb(limit: 1) > 0 {}
+        #expect(wrong.load(ordering: .relaxed) == 0)
+        for i in 1000..<3000 {
+            let got = try index.search(data[i], k: 1, ef: 400).first
+            switch i % 3 {
+            case 0: #expect(got?.label != UInt64(i), "\(i) was removed")
+            case 1: #expect(got?.label != UInt64(i) || got!.distance > 1e-6, "\(i) moved")
+            default: #expect(got?.label == UInt64(i), "\(i)")
+            }
+            if i % 3 == 1 { #expect(try index.search(data[i + 2000], k: 1, ef: 400).first?.label == UInt64(i)) }
+        }
+        #expect(index.count == 3000 - (1000..<3000).filter { $0 % 3 == 0 }.count && index.unabsorbed == 0)
+    }
+
+    /// Held after linking a vector and before settling it, an absorb leaves the writers free, and
+    /// what they do meanwhile is what searches see, then and after.
+    @Test func writersGoOnWhileAVectorIsLinked() throws {
+        let dim = 8
+        let data = clusteredSet(count: 1300, dimension: dim, clusters: 10, seed: 55)
+        let index = try graph(data, linked: 1000, metric: .l2)
+        index.absorb()
+        @Sendable func check(_ label: Int) throws {
+            let found = try index.search(data[label], k: 1, ef: 400).first
+            switch label {
+            case 1000: #expect(found?.label != 1000, "removed")
+            case 1001:
+                #expect(found?.label != 1001 || found!.distance > 1e-6, "moved")
+                #expect(try index.search(data[1200], k: 1, ef: 400).first?.label == 1001)
+            default: #expect(found?.label == 1002 && found!.distance < 1e-6, "left alone")
+            }
+        }
+        for label in 1000...1002 {
+            let gate = Gate()
+            index.afterLinking = { gate.wait() }
+            try index.insert(label: UInt64(label), vector: data[label])
+            let done = Atomic<Bool>(false)
+            runOnThreads([{ index.absorb(limit: 1); done.store(true, ordering: .releasing) }, {
+                gate.waitUntilWaiting()
+                // The graph holds the vector now, and the absorb has not let go of it.
+                try? index.insert(label: UInt64(label + 1000), vector: data[label + 100])
+                switch label {
+                case 1000: #expect(index.remove(label: 1000))
+                case 1001: try? index.insert(label: 1001, vector: data[1200])
+                default: break
+                }
+                try? check(label)
+                let finished = done.load(ordering: .acquiring)
+                #expect(!finished)
+                gate.open()
+            }])
+            index.afterLinking = nil
+            try check(label)
+        }
+        while index.absorb(limit: 1) > 0 {}
+        for label in 1000...1002 { try check(label) }
+        #expect(index.count == 1000 + 2 + 3)
+    }
 }
 
+/// A one-shot gate: `wait` blocks until `open`; `waitUntilWaiting` returns once someone waits.
+final class Gate: @unchecked Sendable {
+    private let lock = Mutex<(waiting: Bool, open: Bool)>((false, false))
+    func wait() {
+        lock.withLock { $0.waiting = true }
+        while !lock.withLock({ $0.open }) { usleep(100) }
+    }
+    func waitUntilWaiting() { while !lock.withLock({ $0.waiting }) { usleep(100) } }
+    func open() { lock.withLock { $0.open = true } }
+}
