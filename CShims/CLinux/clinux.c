@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/xattr.h>
@@ -130,3 +132,7 @@ int vx_lsetxattr(const char *path, const char *name, const void *value, size_t s
 }
 
 void vx_syslog(int priority, const char *line) { syslog(priority, "%s", line); }
+
+int vx_nice_this_thread(int niceness) {
+    return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), niceness);
+}

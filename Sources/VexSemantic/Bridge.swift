@@ -1,3 +1,4 @@
+import CLinux
 import CoreMetrics
 import Glibc
 import Synchronization
@@ -334,6 +335,9 @@ final class Bridge: @unchecked Sendable {
     }
 
     private func work() {
+        // Every query in a written collection waits for this thread: on a busy machine it runs
+        // before the writers' own threads (as root; otherwise the call fails and nothing changes).
+        _ = vx_nice_this_thread(-5)
         pthread_mutex_lock(queueLock)
         while true {
             var idleWork = true

@@ -22,6 +22,9 @@ ssize_t vx_copy_file_range(int fd_in, int64_t *off_in, int fd_out, int64_t *off_
 /// flock(2); Swift cannot call it by name, as `struct flock` shadows it.
 int vx_flock(int fd, int operation);
 int vx_fallocate(int fd, int mode, int64_t offset, int64_t len);
+/// Sets the calling thread's own nice value (setpriority on its thread id: Linux keeps one per
+/// thread). Raising priority (below 0) needs CAP_SYS_NICE; without it this fails and changes nothing.
+int vx_nice_this_thread(int niceness);
 
 /// Opens the file behind an O_PATH descriptor with real access flags.
 int vx_reopen(int opath_fd, int flags);
