@@ -16,6 +16,9 @@ public struct HNSWParameters: Equatable, Sendable, CustomStringConvertible {
     public var int8Traversal = true
     /// Construction measures on the int8 codes too, once they are trained (off: on float32).
     public var int8Construction = true
+    /// A search's hop at level 0 expands this many of the nearest candidates together (each still
+    /// near enough to be kept), so their neighbours' codes are fetched from memory together.
+    public var hopWidth = 3
 
     public init(m: Int = 16, efConstruction: Int = 200, efSearch: Int = 64, seed: UInt64 = 0x5eed) {
         self.m = m
@@ -508,7 +511,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         for l in stride(from: Int(top >> 32) - 1, to: 0, by: -1) {
             greedy(&current, &d, level: l, limit: limit, measure: measure)
         }
-        searchLayer(from: current, distance: d, ef: ef, level: 0, limit: limit, measure: measure, filter: filter, scratch: s)
+        searchLayer(from: current, distance: d, ef: ef, level: 0, limit: limit, measure: measure, filter: filter,
+                    hopWidth: max(1, min(parameters.hopWidth, SearchScratch.widest)), scratch: s)
     }
 
     /// Moves to the nearest neighbour at `level` while that gets nearer.
@@ -533,10 +537,13 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// A hop first sets aside the neighbours not yet visited and prefetches only their codes (the
     /// visit tags are small enough to stay in cache; prefetching visited nodes spent the memory
     /// system's few outstanding misses on nothing), and prefetches the next candidate's links while
-    /// this one's are measured. The heaps are worked on as locals: through the scratch object every
-    /// push paid a dynamic exclusivity check.
+    /// this one's are measured. A search's hop expands up to `hopWidth` candidates at once, all still
+    /// within the bound, and measures their neighbours in one kernel call: the misses overlap, and
+    /// GloVe-50 answered 5% more queries a second at a slightly higher recall (construction keeps
+    /// one). The heaps are worked on as locals: through the scratch object every push paid a
+    /// dynamic exclusivity check.
     func searchLayer<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
-                                             measure: M, filter: SearchFilter, scratch s: SearchScratch) {
+                                     measure: M, filter: SearchFilter, hopWidth: Int = 1, scratch s: SearchScratch) {
         s.reserve(nodes: limit)
         let epoch = s.nextEpoch()
         let tags = s.tags
@@ -558,17 +565,31 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             let (negated, c) = candidates.top
             if -negated > bound && results.count >= ef { break }
             candidates.pop()
-            if level == 0 && candidates.count > 0 { vx_prefetch(links(candidates.top.1, 0)) }
-            let list = links(c, level)
-            let n = min(Int(vx_load_acquire_u32(list)), maxN)
+            let expanding = s.expanding
+            expanding[0] = c
+            var width = 1
+            while width < hopWidth && candidates.count > 0 && (results.count < ef || -candidates.top.0 <= bound) {
+                expanding[width] = candidates.top.1
+                width += 1
+                candidates.pop()
+            }
+            if level == 0 && candidates.count > 0 {
+                vx_prefetch(links(candidates.top.1, 0))
+                // The next hop's other candidates are among the heap's first few entries.
+                if hopWidth > 1 { for i in 1..<min(candidates.count, 2 * hopWidth - 1) { vx_prefetch(links(candidates.base[i].id, 0)) } }
+            }
             var unseen = 0
-            for j in 0..<n {
-                let id = vx_load_u32(list + 1 + j)
-                if Int(id) >= limit || tags[Int(id)] == epoch { continue }
-                tags[Int(id)] = epoch
-                measure.prefetch(id)
-                unvisited[unseen] = id
-                unseen += 1
+            for e in 0..<width {
+                let list = links(expanding[e], level)
+                let n = min(Int(vx_load_acquire_u32(list)), maxN)
+                for j in 0..<n {
+                    let id = vx_load_u32(list + 1 + j)
+                    if Int(id) >= limit || tags[Int(id)] == epoch { continue }
+                    tags[Int(id)] = epoch
+                    measure.prefetch(id)
+                    unvisited[unseen] = id
+                    unseen += 1
+                }
             }
             measure.distances(unvisited, unseen, scratch: s)
             let measured = s.distances
@@ -760,8 +781,11 @@ final class SearchScratch: @unchecked Sendable {
     var epoch: UInt8 = 0
     var results = NodeHeap(capacity: 256)
     var candidates = NodeHeap(capacity: 1024)
-    /// The unvisited neighbours of the node a hop expands.
+    /// The unvisited neighbours of the nodes a hop expands, and those nodes.
     let unvisited: UnsafeMutablePointer<UInt32>
+    let expanding: UnsafeMutablePointer<UInt32>
+    /// The most nodes a hop expands.
+    static let widest = 4
     let query: UnsafeMutablePointer<Float>
     let code: UnsafeMutablePointer<Int8>
     /// One candidate's float32 vector, read from a vector file to re-rank it.
@@ -772,11 +796,12 @@ final class SearchScratch: @unchecked Sendable {
     let distances: UnsafeMutablePointer<Float>
 
     init(dimension: Int, codeBytes: Int, maxLinks: Int) {
-        rows = .allocate(capacity: maxLinks)
-        sums = .allocate(capacity: maxLinks)
-        distances = .allocate(capacity: maxLinks)
+        rows = .allocate(capacity: SearchScratch.widest * maxLinks)
+        sums = .allocate(capacity: SearchScratch.widest * maxLinks)
+        distances = .allocate(capacity: SearchScratch.widest * maxLinks)
         tags = .allocate(capacity: 1)
-        unvisited = .allocate(capacity: maxLinks)
+        unvisited = .allocate(capacity: SearchScratch.widest * maxLinks)
+        expanding = .allocate(capacity: SearchScratch.widest)
         query = .allocate(capacity: dimension)
         row = .allocate(capacity: dimension)
         code = .allocate(capacity: codeBytes)
@@ -990,3 +1015,4 @@ extension HNSWIndex {
         return index
     }
 }
+

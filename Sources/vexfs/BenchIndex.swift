@@ -17,6 +17,7 @@ struct IndexBench: ParsableCommand {
     @Option(help: "l2, cosine or dot.") var metric = "l2"
     @Option(help: "hnsw or flat.") var kind = "hnsw"
     @Option var m = 16
+    @Option(help: "Candidates a search expands together at level 0 (1 to 4).") var hopWidth = HNSWParameters().hopWidth
     @Option var efConstruction = 200
     @Option(parsing: .upToNextOption, help: "Search breadths.") var ef: [Int] = [16, 32, 64, 128]
     @Option(parsing: .upToNextOption, help: "Thread counts.") var threads: [Int] = [1, 2]
@@ -43,6 +44,7 @@ struct IndexBench: ParsableCommand {
             var p = HNSWParameters(m: m, efConstruction: efConstruction)
             p.int8Traversal = !floatTraversal
             p.int8Construction = !floatConstruction
+            p.hopWidth = hopWidth
             let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels, parameters: p)
             hnsw = h
             index = h
