@@ -149,13 +149,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             guard limit < AdaptiveIndex.linkedAtOnce else { return writes.withLock { _ in absorbHeld(limit: limit) } }
             let taken: (HNSWIndex, [UInt64], [Float])? = writes.withLock { _ in
                 guard let graph = active as? HNSWIndex, fresh.count > 0 else { return nil }
-                var labels: [UInt64] = []
-                var rows: [Float] = []
-                fresh.forEach { label, v in
-                    guard labels.count < limit else { return }
-                    labels.append(label)
-                    rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
-                }
+                let (labels, rows) = waiting(limit: limit)
                 linking.withLock { $0 = Linking(labels: labels) }
                 return (graph, labels, rows)
             }
@@ -180,8 +174,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         linking.withLock { l in if l.labels.contains(label) { l.changed.insert(label) } }
     }
 
-    private func absorbHeld(limit: Int = .max) -> Int {
-        guard fresh.count > 0 else { return 0 }
+    /// Up to `limit` of the vectors in `fresh`, copied out (the caller holds `writes`).
+    private func waiting(limit: Int) -> ([UInt64], [Float]) {
         var labels: [UInt64] = []
         var rows: [Float] = []
         fresh.forEach { label, v in
@@ -189,6 +183,12 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             labels.append(label)
             rows.append(contentsOf: UnsafeBufferPointer(start: v, count: dimension))
         }
+        return (labels, rows)
+    }
+
+    private func absorbHeld(limit: Int = .max) -> Int {
+        guard fresh.count > 0 else { return 0 }
+        let (labels, rows) = waiting(limit: limit)
         if let graph = active as? HNSWIndex {
             // Inserted first, then taken out of `fresh`: a search in between finds it twice, never
             // not at all.

@@ -251,14 +251,20 @@ import VexTestSupport
         #expect(index.unabsorbed == 2 && index.count == 1001 + big.count)
     }
 
+    /// 8-d clustered rows: the first 1,000 linked into a graph, those of `waiting` inserted one by one
+    /// (so they wait beside it).
+    func waitingBesideAGraph(count: Int, waiting: Range<Int>, seed: UInt64) throws -> ([[Float]], AdaptiveIndex) {
+        let data = clusteredSet(count: count, dimension: 8, clusters: 40, seed: seed)
+        let index = try graph(data, linked: 1000, metric: .l2)
+        index.absorb()
+        for i in waiting { try index.insert(label: UInt64(i), vector: data[i]) }
+        return (data, index)
+    }
+
     /// The linker absorbs while queries run: a vector taken out of `fresh` is already in the graph,
     /// so a search for it finds it whatever the moment.
     @Test func aSearchDuringAbsorbNeverMissesAVector() throws {
-        let dim = 8
-        let data = clusteredSet(count: 4000, dimension: dim, clusters: 40, seed: 53)
-        let index = try graph(data, linked: 1000, metric: .l2)
-        index.absorb()
-        for i in 1000..<4000 { try index.insert(label: UInt64(i), vector: data[i]) }
+        let (data, index) = try waitingBesideAGraph(count: 4000, waiting: 1000..<4000, seed: 53)
         let missed = Atomic<Int>(0), linked = Atomic<Bool>(false)
         runOnThreads([{ while index.absorb(limit: 1) > 0 {}; linked.store(true, ordering: .releasing) }, {
             repeat {
@@ -274,11 +280,7 @@ import VexTestSupport
     /// The linker links without holding the writers off: a vector removed or moved while it is
     /// being linked is never found afterwards as it was, and one left alone is always found.
     @Test func changesDuringALinkWinOverTheLink() throws {
-        let dim = 8
-        let data = clusteredSet(count: 5000, dimension: dim, clusters: 40, seed: 54)
-        let index = try graph(data, linked: 1000, metric: .l2)
-        index.absorb()
-        for i in 1000..<3000 { try index.insert(label: UInt64(i), vector: data[i]) }
+        let (data, index) = try waitingBesideAGraph(count: 5000, waiting: 1000..<3000, seed: 54)
         let wrong = Atomic<Int>(0), linked = Atomic<Bool>(false)
         runOnThreads([{ while index.absorb(limit: 1) > 0 {}; linked.store(true, ordering: .releasing) }, {
             // From the oldest waiting vector on, the ones the linker is about to take.
