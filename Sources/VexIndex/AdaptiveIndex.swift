@@ -35,10 +35,10 @@ public enum IndexKind: Equatable, Sendable, CustomStringConvertible {
 /// compacted) by the writer as the collection grows, shrinks and deletes.
 ///
 /// While the graph is in use, single inserts land first in `fresh`, a small exact index (a copy,
-/// microseconds), and `absorb` moves them into the graph later (the bridge does it when idle):
-/// linking a node costs about as much as a hundred queries, and a query must wait for every change
-/// before it, so a writer that outpaced the graph used to make every query wait for its backlog.
-/// Searches ask both and merge. A switch builds the new
+/// microseconds), and `absorb` moves them into the graph later (the bridge when idle, the linker
+/// thread when many wait), linking without holding the writers off: linking a node costs about as
+/// much as a hundred queries, and a query must wait for every change before it, so a writer that
+/// outpaced the graph used to make every query wait for its backlog. Searches ask both and merge. A switch builds the new
 /// index from every vector of the old one and then swaps; searches keep using the old one until the
 /// swap, and only fetch the current index under `current`'s lock, never search under it.
 public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
@@ -52,8 +52,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// The index searches use.
     private let current: Mutex<any VectorIndex>
     /// Vectors inserted one by one while the graph is in use, not yet linked into it. A label is in
-    /// `fresh` or in the graph, never both, except for an instant inside `absorb` (searches drop the
-    /// duplicate).
+    /// `fresh` or in the graph, never both, except while `absorb` links it (searches ignore the
+    /// graph's copy until the absorb settles it, and drop any other duplicate).
     let fresh: FlatIndex
     /// Serialises changes: the graph and the flat index each take one writer at a time.
     let writes = Mutex<Void>(())
