@@ -38,9 +38,10 @@ public enum IndexKind: Equatable, Sendable, CustomStringConvertible {
 /// microseconds), and `absorb` moves them into the graph later (the bridge when idle, the linker
 /// thread when many wait), linking without holding the writers off: linking a node costs about as
 /// much as a hundred queries, and a query must wait for every change before it, so a writer that
-/// outpaced the graph used to make every query wait for its backlog. Searches ask both and merge. A switch builds the new
-/// index from every vector of the old one and then swaps; searches keep using the old one until the
-/// swap, and only fetch the current index under `current`'s lock, never search under it.
+/// outpaced the graph used to make every query wait for its backlog. Searches ask both and merge.
+/// A switch builds the new index from every vector of the old one and then swaps; searches keep
+/// using the old one until the swap, and only fetch the current index under `current`'s lock, never
+/// search under it.
 public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     public let dimension: Int
     public let metric: Metric
