@@ -136,3 +136,13 @@ void vx_syslog(int priority, const char *line) { syslog(priority, "%s", line); }
 int vx_nice_this_thread(int niceness) {
     return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), niceness);
 }
+
+int vx_raise_this_thread(int steps) {
+    id_t tid = (id_t)syscall(SYS_gettid);
+    errno = 0;
+    int was = getpriority(PRIO_PROCESS, tid);
+    if (errno != 0) return 0;
+    int want = was - steps < -20 ? -20 : was - steps;
+    (void)setpriority(PRIO_PROCESS, tid, want);
+    return was;
+}

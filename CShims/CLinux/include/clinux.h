@@ -25,6 +25,9 @@ int vx_fallocate(int fd, int mode, int64_t offset, int64_t len);
 /// Sets the calling thread's own nice value (setpriority on its thread id: Linux keeps one per
 /// thread). Raising priority (below 0) needs CAP_SYS_NICE; without it this fails and changes nothing.
 int vx_nice_this_thread(int niceness);
+/// Lowers the calling thread's nice value by `steps` (not below -20) and returns the value it had,
+/// for vx_nice_this_thread to restore. Without CAP_SYS_NICE nothing changes.
+int vx_raise_this_thread(int steps);
 
 /// Opens the file behind an O_PATH descriptor with real access flags.
 int vx_reopen(int opath_fd, int flags);
