@@ -84,6 +84,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// The entry point: (top level + 1) << 32 | node, 0 while empty.
     let entry = Atomic<UInt64>(0)
     let liveCount = Atomic<Int>(0)
+    /// Set at the first delete: from then on searches keep deleted nodes out of their count of results.
+    let anyDeleted = Atomic<Bool>(false)
     /// The largest label ever placed: a label above it was never in the graph.
     let labelCeiling = Atomic<UInt64>(0)
     /// Set once the quantizer is trained and every published node has its code.
@@ -181,6 +183,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// Marks `node` deleted in its header (what a snapshot keeps) and in the dense bits; the
     /// writer's job, so the byte's other bits cannot change under it.
     func markDeleted(_ node: UInt32) {
+        anyDeleted.store(true, ordering: .relaxed)
         vx_store_u8((block(node) + headerOffset + 1).assumingMemoryBound(to: UInt8.self), 1)
         vx_store_u8(deletedByte(node), vx_load_u8(deletedByte(node)) | (1 << UInt8(node & 7)))
     }
@@ -555,6 +558,10 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// dynamic exclusivity check.
     func searchLayer<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
                                      measure: M, filter: SearchFilter, hopWidth: Int = 1, scratch s: SearchScratch) {
+        if filter.excluding == nil && filter.accept == nil && !anyDeleted.load(ordering: .relaxed) {
+            return searchPool(from: start, distance: distance, ef: ef, level: level, limit: limit, measure: measure,
+                              hopWidth: hopWidth, scratch: s)
+        }
         s.reserve(nodes: limit)
         let epoch = s.nextEpoch()
         let tags = s.tags
@@ -616,6 +623,83 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// `searchLayer` where every node may be a result (no filter, nothing deleted), on one sorted
+    /// array instead of two heaps: the `ef` nearest nodes measured so far, each marked once
+    /// expanded (the top bit of its id). The next candidates are its first unexpanded entries,
+    /// which is the heaps' order, so the walk is the same; a measured node goes in by binary
+    /// search and a short move, where the heaps paid a push into each and pops that branch
+    /// unpredictably. A node deleted while the walk runs is left out of the results.
+    private func searchPool<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
+                                            measure: M, hopWidth: Int, scratch s: SearchScratch) {
+        s.reserve(nodes: limit)
+        s.reservePool(ef)
+        let epoch = s.nextEpoch()
+        let tags = s.tags, unvisited = s.unvisited, expanding = s.expanding, pool = s.pool
+        let expanded: UInt32 = 1 << 31
+        tags[Int(start)] = epoch
+        pool[0] = NodeHeap.Entry(distance: distance, id: start)
+        var size = 1, cursor = 0
+        let maxN = maxLinks(level)
+        while true {
+            while cursor < size && pool[cursor].id & expanded != 0 { cursor += 1 }
+            if cursor == size { break }
+            var width = 0, j = cursor
+            while width < hopWidth && j < size {
+                if pool[j].id & expanded == 0 {
+                    expanding[width] = pool[j].id
+                    pool[j].id |= expanded
+                    width += 1
+                }
+                j += 1
+            }
+            if level == 0 {
+                // The next hop's nodes are the next unexpanded entries, unless this hop finds nearer.
+                var ahead = 0
+                while j < size && ahead < hopWidth {
+                    if pool[j].id & expanded == 0 { vx_prefetch(links(pool[j].id, 0)); ahead += 1 }
+                    j += 1
+                }
+            }
+            var unseen = 0
+            for e in 0..<width {
+                let list = links(expanding[e], level)
+                let n = min(Int(vx_load_acquire_u32(list)), maxN)
+                for j in 0..<n {
+                    let id = vx_load_u32(list + 1 + j)
+                    if Int(id) >= limit || tags[Int(id)] == epoch { continue }
+                    tags[Int(id)] = epoch
+                    measure.prefetch(id)
+                    unvisited[unseen] = id
+                    unseen += 1
+                }
+            }
+            measure.distances(unvisited, unseen, scratch: s)
+            let measured = s.distances
+            for j in 0..<unseen {
+                let e = measured[j]
+                if size == ef && e >= pool[size - 1].distance { continue }
+                var lo = 0, hi = size
+                while lo < hi {
+                    let mid = (lo + hi) >> 1
+                    if pool[mid].distance <= e { lo = mid + 1 } else { hi = mid }
+                }
+                let moved = (size == ef ? size - 1 : size) - lo
+                if moved > 0 { memmove(pool + lo + 1, pool + lo, moved * MemoryLayout<NodeHeap.Entry>.stride) }
+                pool[lo] = NodeHeap.Entry(distance: e, id: unvisited[j])
+                if size < ef { size += 1 }
+                if lo < cursor { cursor = lo }
+            }
+        }
+        // Farthest first is already a max-heap: every push stays where it lands.
+        var results = s.results
+        results.count = 0
+        for i in stride(from: size - 1, through: 0, by: -1) {
+            let id = pool[i].id & ~expanded
+            if !isDeleted(id) { results.push(pool[i].distance, id) }
+        }
+        s.results = results
     }
 
     /// Whether a node may be in the results: not deleted, and passing the filter (the label, which
@@ -791,6 +875,9 @@ final class SearchScratch: @unchecked Sendable {
     var epoch: UInt8 = 0
     var results = NodeHeap(capacity: 256)
     var candidates = NodeHeap(capacity: 1024)
+    /// The sorted array of a search without filter or deletes (`searchPool`).
+    var pool: UnsafeMutablePointer<NodeHeap.Entry> = .allocate(capacity: 256)
+    var poolCapacity = 256
     /// The unvisited neighbours of the nodes a hop expands, and those nodes.
     let unvisited: UnsafeMutablePointer<UInt32>
     let expanding: UnsafeMutablePointer<UInt32>
@@ -827,6 +914,13 @@ final class SearchScratch: @unchecked Sendable {
         epoch = 0
     }
 
+    func reservePool(_ entries: Int) {
+        guard entries > poolCapacity else { return }
+        pool.deallocate()
+        poolCapacity = max(entries, 2 * poolCapacity)
+        pool = .allocate(capacity: poolCapacity)
+    }
+
     func nextEpoch() -> UInt8 {
         epoch &+= 1
         if epoch == 0 {
@@ -840,6 +934,7 @@ final class SearchScratch: @unchecked Sendable {
         tags.deallocate()
         results.base.deallocate()
         candidates.base.deallocate()
+        pool.deallocate()
         query.deallocate()
         code.deallocate()
         row.deallocate()

@@ -43,6 +43,27 @@ func clusteredSet(count: Int, dimension: Int, clusters: Int, seed: UInt64) -> [[
         #expect(recall >= 0.95, "recall@10 \(recall)")
     }
 
+    /// A search with no filter walks on one sorted array, a filtered one on two heaps: the same walk,
+    /// so the same answers (an accept-all filter takes the heaps' path).
+    @Test(arguments: [1, 3])
+    func theSortedArrayWalksLikeTheHeaps(hopWidth: Int) throws {
+        let dim = 24
+        let data = clusteredSet(count: 3000, dimension: dim, clusters: 30, seed: 5)
+        var parameters = HNSWParameters(m: 8, efConstruction: 64)
+        parameters.hopWidth = hopWidth
+        let index = HNSWIndex(dimension: dim, metric: .l2, kernels: Self.kernels, parameters: parameters)
+        for (i, v) in data.enumerated() { try index.insert(label: UInt64(i), vector: v) }
+        for q in clusteredSet(count: 50, dimension: dim, clusters: 30, seed: 6) {
+            for ef in [10, 40, 100] {
+                let sorted = try q.withUnsafeBufferPointer { p throws(IndexError) in try index.search(p, k: 10, ef: ef, filter: SearchFilter()) }
+                let heaps = try q.withUnsafeBufferPointer { p throws(IndexError) in
+                    try index.search(p, k: 10, ef: ef, filter: SearchFilter(accept: { _ in true }))
+                }
+                #expect(sorted.map(\.label) == heaps.map(\.label))
+            }
+        }
+    }
+
     @Test func deletedLabelsAreNeverReturnedAndTheGraphStaysConnected() throws {
         let dim = 16
         let data = clusteredSet(count: 2000, dimension: dim, clusters: 20, seed: 3)

@@ -75,6 +75,7 @@ def main():
     ap.add_argument("--build-threads", type=int, default=1)
     ap.add_argument("--also-single", action="store_true", help="also build vexfs on one thread")
     ap.add_argument("--tune-recall", type=float, default=None, help="also print vexfs's own recall measurement for this target")
+    ap.add_argument("--at-recall", type=float, default=0.95, help="also print each engine's queries/s at this recall@10, interpolated")
     ap.add_argument("--skip", nargs="*", default=[], help="engines to leave out: vexfs flat hnswlib faiss")
     ap.add_argument("--vexfs", default=os.path.join(os.path.dirname(__file__), "../../.build/release/vexfs"))
     args = ap.parse_args()
@@ -170,6 +171,27 @@ def main():
         name = r["engine"] + ("/" + r["kind"] if r["kind"] != "hnsw" else "")
         vs = f"{r['qps'] / ref[(r['ef'], r['threads'])]:.2f}" if (r["ef"], r["threads"]) in ref else "-"
         print(f"{name:<14}{r['ef']:>5}{r['threads']:>8}{r['recall']:>11.3f}{r['qps']:>11.0f}{vs:>11}")
+    # Queries/s at exactly the target recall: each engine's curve, linear between the two ef values
+    # that bracket it (same ef is not same recall, and the target names a recall).
+    print()
+    at = {}
+    for r0 in rows:
+        if "qps" in r0 and (r0["engine"], r0["kind"], r0["threads"]) not in at:
+            curve = sorted((r["recall"], r["qps"]) for r in rows if "qps" in r and (r["engine"], r["kind"], r["threads"]) == (r0["engine"], r0["kind"], r0["threads"]))
+            below = [c for c in curve if c[0] < args.at_recall]
+            above = [c for c in curve if c[0] >= args.at_recall]
+            if below and above:
+                (ra, qa), (rb, qb) = below[-1], above[0]
+                at[(r0["engine"], r0["kind"], r0["threads"])] = qa + (qb - qa) * (args.at_recall - ra) / (rb - ra)
+            elif above:
+                at[(r0["engine"], r0["kind"], r0["threads"])] = None  # every ef already above: no bracket
+    print(f"{'engine':<14}{'threads':>8}{'q/s at recall ' + str(args.at_recall):>22}{'vs hnswlib':>11}")
+    for (engine, kind, threads), q in at.items():
+        ref = at.get(("hnswlib", "hnsw", threads))
+        name = engine + ("/" + kind if kind != "hnsw" else "")
+        shown = f"{q:.0f}" if q else "not bracketed"
+        vs = f"{q / ref:.2f}" if q and ref else "-"
+        print(f"{name:<14}{threads:>8}{shown:>22}{vs:>11}")
     print()
     print(f"{'engine':<14}{'threads':>8}{'build s':>9}{'memory MiB':>12}{'x raw':>7}")
     for name, r in builds.items():
