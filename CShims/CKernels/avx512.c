@@ -160,4 +160,37 @@ MANY(VNNI, vx_dot_i8_many_vnni, int8_t, int32_t, dot_i8_vnni)
 GATHER(AVX512, vx_l2sq_i8_gather_avx512, l2sq_i8)
 GATHER(AVX512, vx_dot_i8_gather_avx512, dot_i8)
 GATHER(VNNI, vx_l2sq_i8_gather_vnni, l2sq_i8_vnni)
-GATHER(VNNI, vx_dot_i8_gather_vnni, dot_i8_vnni)
+
+// The dot product against many rows turns the shift around: the row is made unsigned (y xor 0x80,
+// so y + 128) and the query stays signed, so the correction is 128 * sum(query), one number per call,
+// and each row costs one vpdpbusd and one reduction instead of two of each.
+VNNI void vx_dot_i8_gather_vnni(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out) {
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i ones = _mm512_set1_epi8(1), qs = _mm512_setzero_si512();
+    size_t full = dim / 64;
+    __mmask64 last = tail64(dim % 64);
+    for (size_t b = 0; b < full; b++) qs = _mm512_dpbusd_epi32(qs, ones, _mm512_loadu_si512(q + 64 * b));
+    if (last) qs = _mm512_dpbusd_epi32(qs, ones, _mm512_maskz_loadu_epi8(last, q + 64 * full));
+    const int32_t correction = 128 * _mm512_reduce_add_epi32(qs);
+    if (dim <= 64) {
+        // One block: the query stays in a register. Masked-off lanes of the row become 0x80, but
+        // the query is 0 there.
+        __mmask64 m = dim == 64 ? ~0ull : last;
+        __m512i x = _mm512_maskz_loadu_epi8(m, q);
+        for (size_t i = 0; i < count; i++) {
+            __m512i y = _mm512_xor_si512(_mm512_maskz_loadu_epi8(m, rows[i]), flip);
+            out[i] = _mm512_reduce_add_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), y, x)) - correction;
+        }
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        __m512i acc = _mm512_setzero_si512();
+        for (size_t b = 0; b < full; b++)
+            acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(_mm512_loadu_si512(rows[i] + 64 * b), flip),
+                                      _mm512_loadu_si512(q + 64 * b));
+        if (last)
+            acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(_mm512_maskz_loadu_epi8(last, rows[i] + 64 * full), flip),
+                                      _mm512_maskz_loadu_epi8(last, q + 64 * full));
+        out[i] = _mm512_reduce_add_epi32(acc) - correction;
+    }
+}
