@@ -127,3 +127,11 @@ AVX2 void vx_l2sq_i8_gather_avx2(const int8_t *q, const int8_t *const *rows, siz
 AVX2 void vx_dot_i8_gather_avx2(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out) {
     for (size_t i = 0; i < count; i++) out[i] = dot_i8(q, rows[i], dim);
 }
+
+AVX2 size_t vx_count_le_f32_avx2(const float *v, size_t n, float x) {
+    __m256 t = _mm256_set1_ps(x);
+    size_t c = 0, i = 0;
+    for (; i + 8 <= n; i += 8) c += (size_t)__builtin_popcount((unsigned)_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(v + i), t, _CMP_LE_OQ)));
+    for (; i < n; i++) c += v[i] <= x;
+    return c;
+}

@@ -194,3 +194,15 @@ VNNI void vx_dot_i8_gather_vnni(const int8_t *q, const int8_t *const *rows, size
         out[i] = _mm512_reduce_add_epi32(acc) - correction;
     }
 }
+
+// How many of `n` floats are at most x: where x goes in a sorted array, with no branch to mispredict.
+AVX512 size_t vx_count_le_f32_avx512(const float *v, size_t n, float x) {
+    __m512 t = _mm512_set1_ps(x);
+    size_t c = 0, i = 0;
+    for (; i + 16 <= n; i += 16) c += (size_t)__builtin_popcount(_mm512_cmp_ps_mask(_mm512_loadu_ps(v + i), t, _CMP_LE_OQ));
+    if (i < n) {
+        __mmask16 m = (__mmask16)((1u << (n - i)) - 1);
+        c += (size_t)__builtin_popcount(_mm512_mask_cmp_ps_mask(m, _mm512_maskz_loadu_ps(m, v + i), t, _CMP_LE_OQ));
+    }
+    return c;
+}

@@ -628,28 +628,31 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// `searchLayer` where every node may be a result (no filter, nothing deleted), on one sorted
     /// array instead of two heaps: the `ef` nearest nodes measured so far, each marked once
     /// expanded (the top bit of its id). The next candidates are its first unexpanded entries,
-    /// which is the heaps' order, so the walk is the same; a measured node goes in by binary
-    /// search and a short move, where the heaps paid a push into each and pops that branch
-    /// unpredictably. A node deleted while the walk runs is left out of the results.
+    /// which is the heaps' order, so the walk is the same; a measured node goes in where a SIMD
+    /// count of the nearer ones puts it, with a short move, where the heaps paid a push into each
+    /// and pops that branch unpredictably. A node deleted while the walk runs is left out of the
+    /// results.
     private func searchPool<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
                                             measure: M, hopWidth: Int, scratch s: SearchScratch) {
         s.reserve(nodes: limit)
         s.reservePool(ef)
         let epoch = s.nextEpoch()
-        let tags = s.tags, unvisited = s.unvisited, expanding = s.expanding, pool = s.pool
+        let tags = s.tags, unvisited = s.unvisited, expanding = s.expanding
+        let near = s.poolDistances, ids = s.poolIds
         let expanded: UInt32 = 1 << 31
         tags[Int(start)] = epoch
-        pool[0] = NodeHeap.Entry(distance: distance, id: start)
+        near[0] = distance
+        ids[0] = start
         var size = 1, cursor = 0
         let maxN = maxLinks(level)
         while true {
-            while cursor < size && pool[cursor].id & expanded != 0 { cursor += 1 }
+            while cursor < size && ids[cursor] & expanded != 0 { cursor += 1 }
             if cursor == size { break }
             var width = 0, j = cursor
             while width < hopWidth && j < size {
-                if pool[j].id & expanded == 0 {
-                    expanding[width] = pool[j].id
-                    pool[j].id |= expanded
+                if ids[j] & expanded == 0 {
+                    expanding[width] = ids[j]
+                    ids[j] |= expanded
                     width += 1
                 }
                 j += 1
@@ -658,7 +661,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 // The next hop's nodes are the next unexpanded entries, unless this hop finds nearer.
                 var ahead = 0
                 while j < size && ahead < hopWidth {
-                    if pool[j].id & expanded == 0 { vx_prefetch(links(pool[j].id, 0)); ahead += 1 }
+                    if ids[j] & expanded == 0 { vx_prefetch(links(ids[j], 0)); ahead += 1 }
                     j += 1
                 }
             }
@@ -679,25 +682,27 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             let measured = s.distances
             for j in 0..<unseen {
                 let e = measured[j]
-                if size == ef && e >= pool[size - 1].distance { continue }
-                var lo = 0, hi = size
-                while lo < hi {
-                    let mid = (lo + hi) >> 1
-                    if pool[mid].distance <= e { lo = mid + 1 } else { hi = mid }
+                if size == ef && e >= near[size - 1] { continue }
+                // Where it goes, counted in SIMD: a binary search's unpredictable branches were a
+                // fifth of a search.
+                let at = kernels.countAtMost(near, size, e)
+                let moved = (size == ef ? size - 1 : size) - at
+                if moved > 0 {
+                    memmove(near + at + 1, near + at, moved * MemoryLayout<Float>.stride)
+                    memmove(ids + at + 1, ids + at, moved * MemoryLayout<UInt32>.stride)
                 }
-                let moved = (size == ef ? size - 1 : size) - lo
-                if moved > 0 { memmove(pool + lo + 1, pool + lo, moved * MemoryLayout<NodeHeap.Entry>.stride) }
-                pool[lo] = NodeHeap.Entry(distance: e, id: unvisited[j])
+                near[at] = e
+                ids[at] = unvisited[j]
                 if size < ef { size += 1 }
-                if lo < cursor { cursor = lo }
+                if at < cursor { cursor = at }
             }
         }
         // Farthest first is already a max-heap: every push stays where it lands.
         var results = s.results
         results.count = 0
         for i in stride(from: size - 1, through: 0, by: -1) {
-            let id = pool[i].id & ~expanded
-            if !isDeleted(id) { results.push(pool[i].distance, id) }
+            let id = ids[i] & ~expanded
+            if !isDeleted(id) { results.push(near[i], id) }
         }
         s.results = results
     }
@@ -875,8 +880,10 @@ final class SearchScratch: @unchecked Sendable {
     var epoch: UInt8 = 0
     var results = NodeHeap(capacity: 256)
     var candidates = NodeHeap(capacity: 1024)
-    /// The sorted array of a search without filter or deletes (`searchPool`).
-    var pool: UnsafeMutablePointer<NodeHeap.Entry> = .allocate(capacity: 256)
+    /// The sorted array of a search without filter or deletes (`searchPool`): distances, and node
+    /// ids with the expanded mark.
+    var poolDistances: UnsafeMutablePointer<Float> = .allocate(capacity: 256)
+    var poolIds: UnsafeMutablePointer<UInt32> = .allocate(capacity: 256)
     var poolCapacity = 256
     /// The unvisited neighbours of the nodes a hop expands, and those nodes.
     let unvisited: UnsafeMutablePointer<UInt32>
@@ -916,9 +923,11 @@ final class SearchScratch: @unchecked Sendable {
 
     func reservePool(_ entries: Int) {
         guard entries > poolCapacity else { return }
-        pool.deallocate()
+        poolDistances.deallocate()
+        poolIds.deallocate()
         poolCapacity = max(entries, 2 * poolCapacity)
-        pool = .allocate(capacity: poolCapacity)
+        poolDistances = .allocate(capacity: poolCapacity)
+        poolIds = .allocate(capacity: poolCapacity)
     }
 
     func nextEpoch() -> UInt8 {
@@ -934,7 +943,8 @@ final class SearchScratch: @unchecked Sendable {
         tags.deallocate()
         results.base.deallocate()
         candidates.base.deallocate()
-        pool.deallocate()
+        poolDistances.deallocate()
+        poolIds.deallocate()
         query.deallocate()
         code.deallocate()
         row.deallocate()

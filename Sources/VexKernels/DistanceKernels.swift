@@ -40,6 +40,8 @@ public typealias FloatScan = @convention(c) (UnsafePointer<Float>?, UnsafePointe
 public typealias Int8Scan = @convention(c) (UnsafePointer<Int8>?, UnsafePointer<Int8>?, Int, Int, Int, UnsafeMutablePointer<Int32>?) -> Void
 /// (query, rows, count, dim, out)
 public typealias Int8Gather = @convention(c) (UnsafePointer<Int8>?, UnsafePointer<UnsafePointer<Int8>?>?, Int, Int, UnsafeMutablePointer<Int32>?) -> Void
+/// (values, count, x): how many values are at most x.
+public typealias FloatCount = @convention(c) (UnsafePointer<Float>?, Int, Float) -> Int
 
 /// One set of kernels, all from one path. A value: copy it freely; calls go straight to C (or Swift).
 public struct DistanceKernels: Sendable {
@@ -58,6 +60,8 @@ public struct DistanceKernels: Sendable {
     public let dotInt8Scan: Int8Scan
     public let l2SquaredInt8Gather: Int8Gather
     public let dotInt8Gather: Int8Gather
+    /// How many of the values are at most x: in a sorted array, the index where x goes.
+    public let countAtMost: FloatCount
 
     /// The paths this machine can run, scalar first.
     public static var supportedPaths: [SIMDPath] {
@@ -80,6 +84,7 @@ public struct DistanceKernels: Sendable {
             l2SquaredScan = Scalar.l2SquaredScan; dotScan = Scalar.dotScan; cosineDistanceScan = Scalar.cosineDistanceScan
             l2SquaredInt8Scan = Scalar.l2SquaredInt8Scan; dotInt8Scan = Scalar.dotInt8Scan
             l2SquaredInt8Gather = Scalar.l2SquaredInt8Gather; dotInt8Gather = Scalar.dotInt8Gather
+            countAtMost = Scalar.countAtMost
         case .avx2:
             usesVNNI = false
             l2Squared = vx_l2sq_f32_avx2; dot = vx_dot_f32_avx2; cosineDistance = vx_cos_f32_avx2
@@ -87,9 +92,11 @@ public struct DistanceKernels: Sendable {
             l2SquaredScan = vx_l2sq_f32_many_avx2; dotScan = vx_dot_f32_many_avx2; cosineDistanceScan = vx_cos_f32_many_avx2
             l2SquaredInt8Scan = vx_l2sq_i8_many_avx2; dotInt8Scan = vx_dot_i8_many_avx2
             l2SquaredInt8Gather = vx_l2sq_i8_gather_avx2; dotInt8Gather = vx_dot_i8_gather_avx2
+            countAtMost = vx_count_le_f32_avx2
         case .avx512:
             l2Squared = vx_l2sq_f32_avx512; dot = vx_dot_f32_avx512; cosineDistance = vx_cos_f32_avx512
             l2SquaredScan = vx_l2sq_f32_many_avx512; dotScan = vx_dot_f32_many_avx512; cosineDistanceScan = vx_cos_f32_many_avx512
+            countAtMost = vx_count_le_f32_avx512
             usesVNNI = vx_cpu_features() & Int32(VX_CPU_AVX512_VNNI) != 0
             if usesVNNI {
                 l2SquaredInt8 = vx_l2sq_i8_vnni; dotInt8 = vx_dot_i8_vnni

@@ -61,4 +61,10 @@ enum Scalar {
     static let dotInt8Gather: Int8Gather = { q, rows, count, dim, out in
         for i in 0..<count { out![i] = dotInt8(q, rows![i], dim) }
     }
+
+    static let countAtMost: FloatCount = { v, n, x in
+        var c = 0
+        for i in 0..<n where v![i] <= x { c += 1 }
+        return c
+    }
 }

@@ -72,6 +72,21 @@ func close(_ got: Float, _ want: Double, scale: Double) -> Bool {
         }
     }
 
+    /// Where a distance goes in a search's sorted array: after its equals, at every length, never
+    /// reading past it (the values after `n` are smaller, so a count that read them would be too big).
+    @Test(arguments: paths)
+    func countAtMostIsTheInsertionIndex(_ path: SIMDPath) throws {
+        let k = try DistanceKernels(path: path)
+        var rng = SplitMix64(state: 12)
+        for n in [0, 1, 7, 8, 15, 16, 17, 31, 64, 100, 128, 257] {
+            let sorted = (0..<n).map { _ in Float(Int.random(in: 0...40, using: &rng)) }.sorted() + [Float](repeating: -1, count: 16)
+            for x in [-2, 0, 0.5, 3, 20, 40, 41] as [Float] {
+                let want = sorted[..<n].firstIndex { $0 > x } ?? n
+                #expect(k.countAtMost(sorted, n, x) == want, "\(path) n \(n) x \(x)")
+            }
+        }
+    }
+
     @Test(arguments: paths)
     func int8GatherMatchesOneToOneOnScatteredRows(_ path: SIMDPath) throws {
         let k = try DistanceKernels(path: path)

@@ -50,6 +50,9 @@ void vx_l2sq_i8_gather_avx512(const int8_t *q, const int8_t *const *rows, size_t
 void vx_dot_i8_gather_avx512(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
 void vx_l2sq_i8_gather_vnni(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
 void vx_dot_i8_gather_vnni(const int8_t *q, const int8_t *const *rows, size_t count, size_t dim, int32_t *out);
+/// How many of v[0..<n] are at most x (in a sorted array: the index where x goes, after its equals).
+size_t vx_count_le_f32_avx2(const float *v, size_t n, float x);
+size_t vx_count_le_f32_avx512(const float *v, size_t n, float x);
 
 // For the graph index: a prefetch hint, and the relaxed/acquire/release loads and stores that let
 // searches read link lists while the one writer changes them (each 32-bit id is read whole).
