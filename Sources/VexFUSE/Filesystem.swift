@@ -3,6 +3,7 @@ import CLinux
 import CoreMetrics
 import Glibc
 import Prometheus
+import Synchronization
 import SystemPackage
 import VexMemory
 import VexSemantic
@@ -21,6 +22,8 @@ final class Filesystem: Sendable {
     let operations = OperationMetrics()
     /// Which open inodes the kernel reads and writes itself, and through which backing ids.
     let backing = BackingFiles()
+    /// Query threads running above their nice value, per asking user other than root.
+    let raisedQueries = RaisedQueries()
     /// This mount's swift-metrics backend: what the vector layer counts, emitted by `.vexfs/stats`.
     let registry = PrometheusCollectorRegistry()
     var metricsFactory: PrometheusMetricsFactory {
@@ -169,4 +172,31 @@ func requester(_ req: fuse_req_t?) -> Requester {
 func caller(_ req: fuse_req_t?) -> Caller {
     let ctx = fuse_req_ctx(req)!.pointee
     return Caller(uid: ctx.uid, gid: ctx.gid)
+}
+
+/// Who may have a FUSE thread raised while it answers a query. Root's questions always are (root
+/// could renice the daemon itself); any other user's one at a time, so no user puts more than one
+/// of root's threads ahead of everyone else's processes.
+final class RaisedQueries: Sendable {
+    /// Raised threads per user id.
+    private let byUser = Mutex<[uid_t: Int]>([:])
+
+    /// Raises the calling thread by `steps` unless `uid` already has a raised thread; returns the
+    /// nice value to give back to `lower`, or nil when nothing was raised.
+    func raise(for uid: uid_t, by steps: Int32) -> Int32? {
+        if uid != 0 {
+            let mine = byUser.withLock { counts in
+                guard counts[uid, default: 0] == 0 else { return false }
+                counts[uid] = 1
+                return true
+            }
+            guard mine else { return nil }
+        }
+        return vx_raise_this_thread(steps)
+    }
+
+    func lower(for uid: uid_t, to niceness: Int32) {
+        _ = vx_nice_this_thread(niceness)
+        if uid != 0 { byUser.withLock { _ = $0.removeValue(forKey: uid) } }
+    }
 }

@@ -522,9 +522,11 @@ enum Handlers {
             // Someone waits on this answer, while the writers' requests, the bridge worker (nice -5)
             // and the linker keep both cores busy: preempted five times in its 0.1 ms of work, a
             // query in an idle collection took 2.5 ms at the p99 (BENCHMARKS.md). The thread keeps
-            // the priority until its reply is sent, then drops it.
-            let niceness = vx_raise_this_thread(10)
-            defer { _ = vx_nice_this_thread(niceness) }
+            // the priority until its reply is sent, then drops it; a user other than root has at
+            // most one such thread at a time.
+            let asker = fuse_req_ctx(req)!.pointee.uid
+            let niceness = fs.raisedQueries.raise(for: asker, by: 10)
+            defer { if let niceness { fs.raisedQueries.lower(for: asker, to: niceness) } }
             replyComputed(req, size) { () throws(SemanticError) -> [UInt8] in
                 guard let semantic = fs.semantic else { throw .noData }
                 let attribute = String(cString: name!)
