@@ -548,13 +548,12 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
 
     /// The beam search of one level: leaves the `ef` nearest acceptable nodes in `scratch.results`.
     ///
-    /// A hop first sets aside the neighbours not yet visited and prefetches only their codes (the
-    /// visit tags are small enough to stay in cache; prefetching visited nodes spent the memory
-    /// system's few outstanding misses on nothing), and prefetches the next candidate's links while
-    /// this one's are measured. A search's hop expands up to `hopWidth` candidates at once, all still
+    /// A hop prefetches the next candidates' links while this one's unvisited neighbours are
+    /// measured (`measureUnvisited`). It expands up to `hopWidth` candidates at once, all still
     /// within the bound, and measures their neighbours in one kernel call: the misses overlap, and
     /// GloVe-50 answered 6% more queries a second at a slightly higher recall (construction keeps
-    /// one). The heaps are worked on as locals: through the scratch object every push paid a
+    /// one). Without a filter or deletes the walk runs on a sorted array (`searchPool`); here, with
+    /// them, on two heaps, worked on as locals: through the scratch object every push paid a
     /// dynamic exclusivity check.
     func searchLayer<M: NodeMeasure>(from start: UInt32, distance: Float, ef: Int, level: Int, limit: Int,
                                      measure: M, filter: SearchFilter, hopWidth: Int = 1, scratch s: SearchScratch) {
@@ -578,7 +577,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             bound = distance
         }
         candidates.push(-distance, start)
-        let maxN = maxLinks(level)
         while candidates.count > 0 {
             let (negated, c) = candidates.top
             if -negated > bound && results.count >= ef { break }
@@ -595,20 +593,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                 // The next hop's other candidates are among the heap's first few entries.
                 if hopWidth > 1 { for i in 1..<min(candidates.count, 2 * hopWidth - 1) { vx_prefetch(links(candidates.base[i].id, 0)) } }
             }
-            var unseen = 0
-            for e in 0..<width {
-                let list = links(expanding[e], level)
-                let n = min(Int(vx_load_acquire_u32(list)), maxN)
-                for j in 0..<n {
-                    let id = vx_load_u32(list + 1 + j)
-                    if Int(id) >= limit || tags[Int(id)] == epoch { continue }
-                    tags[Int(id)] = epoch
-                    measure.prefetch(id)
-                    unvisited[unseen] = id
-                    unseen += 1
-                }
-            }
-            measure.distances(unvisited, unseen, scratch: s)
+            let unseen = measureUnvisited(expanding, width, level: level, limit: limit, tags: tags, epoch: epoch,
+                                          measure: measure, scratch: s)
             let measured = s.distances
             for j in 0..<unseen {
                 let id = unvisited[j]
@@ -644,7 +630,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         near[0] = distance
         ids[0] = start
         var size = 1, cursor = 0
-        let maxN = maxLinks(level)
         while true {
             while cursor < size && ids[cursor] & expanded != 0 { cursor += 1 }
             if cursor == size { break }
@@ -665,20 +650,8 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
                     j += 1
                 }
             }
-            var unseen = 0
-            for e in 0..<width {
-                let list = links(expanding[e], level)
-                let n = min(Int(vx_load_acquire_u32(list)), maxN)
-                for j in 0..<n {
-                    let id = vx_load_u32(list + 1 + j)
-                    if Int(id) >= limit || tags[Int(id)] == epoch { continue }
-                    tags[Int(id)] = epoch
-                    measure.prefetch(id)
-                    unvisited[unseen] = id
-                    unseen += 1
-                }
-            }
-            measure.distances(unvisited, unseen, scratch: s)
+            let unseen = measureUnvisited(expanding, width, level: level, limit: limit, tags: tags, epoch: epoch,
+                                          measure: measure, scratch: s)
             let measured = s.distances
             for j in 0..<unseen {
                 let e = measured[j]
@@ -705,6 +678,32 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             if !isDeleted(id) { results.push(near[i], id) }
         }
         s.results = results
+    }
+
+    /// Marks the not yet visited neighbours of a hop's `width` nodes, prefetches their codes (only
+    /// theirs: the visit tags stay in cache, and prefetching visited nodes spent the memory system's
+    /// few outstanding misses on nothing) and measures them in one call: their ids are left in
+    /// `scratch.unvisited`, their distances in `scratch.distances`. Returns how many.
+    @inline(__always)
+    private func measureUnvisited<M: NodeMeasure>(_ expanding: UnsafeMutablePointer<UInt32>, _ width: Int, level: Int, limit: Int,
+                                                  tags: UnsafeMutablePointer<UInt8>, epoch: UInt8, measure: M,
+                                                  scratch s: SearchScratch) -> Int {
+        let unvisited = s.unvisited, maxN = maxLinks(level)
+        var unseen = 0
+        for e in 0..<width {
+            let list = links(expanding[e], level)
+            let n = min(Int(vx_load_acquire_u32(list)), maxN)
+            for j in 0..<n {
+                let id = vx_load_u32(list + 1 + j)
+                if Int(id) >= limit || tags[Int(id)] == epoch { continue }
+                tags[Int(id)] = epoch
+                measure.prefetch(id)
+                unvisited[unseen] = id
+                unseen += 1
+            }
+        }
+        measure.distances(unvisited, unseen, scratch: s)
+        return unseen
     }
 
     /// Whether a node may be in the results: not deleted, and passing the filter (the label, which
