@@ -178,25 +178,20 @@ func caller(_ req: fuse_req_t?) -> Caller {
 /// could renice the daemon itself); any other user's one at a time, so no user puts more than one
 /// of root's threads ahead of everyone else's processes.
 final class RaisedQueries: Sendable {
-    /// Raised threads per user id.
-    private let byUser = Mutex<[uid_t: Int]>([:])
+    /// Users other than root with a raised thread.
+    private let raisedUsers = Mutex<Set<uid_t>>([])
 
     /// Raises the calling thread by `steps` unless `uid` already has a raised thread; returns the
     /// nice value to give back to `lower`, or nil when nothing was raised.
     func raise(for uid: uid_t, by steps: Int32) -> Int32? {
         if uid != 0 {
-            let mine = byUser.withLock { counts in
-                guard counts[uid, default: 0] == 0 else { return false }
-                counts[uid] = 1
-                return true
-            }
-            guard mine else { return nil }
+            guard raisedUsers.withLock({ $0.insert(uid).inserted }) else { return nil }
         }
         return vx_raise_this_thread(steps)
     }
 
     func lower(for uid: uid_t, to niceness: Int32) {
         _ = vx_nice_this_thread(niceness)
-        if uid != 0 { byUser.withLock { _ = $0.removeValue(forKey: uid) } }
+        if uid != 0 { raisedUsers.withLock { _ = $0.remove(uid) } }
     }
 }

@@ -524,7 +524,7 @@ enum Handlers {
             // query in an idle collection took 2.5 ms at the p99 (BENCHMARKS.md). The thread keeps
             // the priority until its reply is sent, then drops it; a user other than root has at
             // most one such thread at a time.
-            let asker = fuse_req_ctx(req)!.pointee.uid
+            let asker = caller(req).uid
             let niceness = fs.raisedQueries.raise(for: asker, by: 10)
             defer { if let niceness { fs.raisedQueries.lower(for: asker, to: niceness) } }
             replyComputed(req, size) { () throws(SemanticError) -> [UInt8] in

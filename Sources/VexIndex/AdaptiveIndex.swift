@@ -122,7 +122,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
                 try validate(vector, dimension: dimension)
                 try fresh.insert(label: label, vector: vector)
                 noteChange(label)
-                if graph.mayHold(label), graph.remove(label: label) { adapt() }
+                if graph.remove(label: label) { adapt() }
                 return
             }
             fresh.remove(label: label)
@@ -249,7 +249,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
                 try validate(batch: vectors, rows: labels.count, dimension: dimension)
                 for (i, label) in labels.enumerated() {
                     try fresh.insert(label: label, vector: UnsafeBufferPointer(rebasing: vectors[(i * dimension)..<((i + 1) * dimension)]))
-                    if graph.mayHold(label) { graph.remove(label: label) }
+                    graph.remove(label: label)
                 }
             } else {
                 for label in labels { fresh.remove(label: label) }

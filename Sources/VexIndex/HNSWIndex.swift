@@ -242,13 +242,13 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
-    /// Whether `label` may be in the graph, asked without the writer's lock (which a link holds
-    /// for a millisecond): false means it never was.
-    public func mayHold(_ label: UInt64) -> Bool { label <= labelCeiling.load(ordering: .acquiring) }
-
+    /// A label above every label ever placed was never in the graph: that is answered without the
+    /// writer's lock, which a link holds for a millisecond (a writer's insert of a new label into
+    /// the index beside the graph went on waiting for it).
     @discardableResult
     public func remove(label: UInt64) -> Bool {
-        writer.withLock { state in
+        guard label <= labelCeiling.load(ordering: .acquiring) else { return false }
+        return writer.withLock { state in
             guard let node = state.nodeOfLabel.removeValue(forKey: label) else { return false }
             delete(node, &state)
             return true
