@@ -102,8 +102,11 @@ public final class FlatIndex: VectorIndex, @unchecked Sendable {
     }
 
     /// Doubles the block; called with the write lock held.
-    private func grow() {
-        let rows = max(capacity * 2, 4)
+    private func grow() { reserve(max(capacity * 2, 4)) }
+
+    /// Makes room for `rows` rows (never fewer than held); called with the write lock held.
+    fileprivate func reserve(_ rows: Int) {
+        guard rows > capacity else { return }
         let bigger = FlatIndex.allocate(rows: rows, stride: stride)
         bigger.update(from: storage, count: labels.count * stride)
         storage.deallocate()
@@ -158,15 +161,23 @@ extension FlatIndex {
         }
     }
 
-    /// Rebuilds from `sections()`, row for row, without preparing the vectors again.
+    /// Rebuilds from `sections()`, row for row, without preparing the vectors again. The room made is
+    /// the rows the sections hold, whatever `init` would reserve; the sizes are those of the bytes
+    /// read, so a damaged snapshot is an error, never an allocation it names.
     static func restore(_ s: [String: [UInt8]], dimension: Int, metric: Metric, kernels: DistanceKernels) throws(ByteReader.Short) -> FlatIndex {
-        guard let l = s["LABL"], let v = s["VECS"], l.count % 8 == 0, v.count == l.count / 8 * dimension * 4 else { throw ByteReader.Short() }
+        guard let l = s["LABL"], let v = s["VECS"], l.count % 8 == 0 else { throw ByteReader.Short() }
         let n = l.count / 8
-        let index = FlatIndex(dimension: dimension, metric: metric, kernels: kernels, capacity: n)
+        let (rowBytes, o1) = dimension.multipliedReportingOverflow(by: 4)
+        let (total, o2) = n.multipliedReportingOverflow(by: rowBytes)
+        guard !o1, !o2, v.count == total else { throw ByteReader.Short() }
+        let index = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
         var labels = ByteReader(l), vectors = ByteReader(v)
         try index.rows.writing { () throws(ByteReader.Short) in
+            index.reserve(n)
             for slot in 0..<n {
                 let label = try labels.get(UInt64.self)
+                // A label twice would leave a row no remove can reach.
+                guard index.slotOfLabel[label] == nil else { throw ByteReader.Short() }
                 try vectors.copy(dimension * 4, to: index.storage + slot * index.stride)
                 index.labels.append(label)
                 index.slotOfLabel[label] = slot

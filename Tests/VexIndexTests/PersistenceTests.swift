@@ -53,6 +53,37 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         #expect(b.count == 1200)
     }
 
+    /// An exact index holding more than the 1 MiB `init` reserves (2,000 rows of 768 and 5,000 of 50)
+    /// reopens whole: restoring once wrote every row into that first reservation.
+    @Test(arguments: [(768, 2000), (50, 5000), (3, 90_000)])
+    func aBigExactIndexReopens(_ shape: (Int, Int)) throws {
+        let (d, n) = shape
+        let dir = scratchDirectory()
+        defer { removeTree(dir) }
+        var g = SplitMix64(state: UInt64(d))
+        let rows = (0..<n).map { _ in (0..<d).map { _ in Float(Int(g.next() % 2001) - 1000) / 1000 } }
+        let a = try PersistentIndex.open(directory: dir, dimension: d, metric: .l2, kind: .flat, kernels: Self.kernels)
+        for (i, v) in rows.enumerated() { try a.insert(label: UInt64(i), vector: v) }
+        let answers = try rows.prefix(5).map { try a.search($0, k: 10) }
+        try a.checkpoint()
+        let b = try PersistentIndex.open(directory: dir, dimension: d, metric: .l2, kind: .flat, kernels: Self.kernels)
+        #expect(b.recovery.snapshotLoaded && b.recovery.problems.isEmpty, "\(b.recovery)")
+        #expect(b.count == n)
+        #expect(try rows.prefix(5).map { try b.search($0, k: 10) } == answers)
+        // It still grows past what it was restored with.
+        try b.insert(label: UInt64(n), vector: rows[0])
+        #expect(b.count == n + 1)
+    }
+
+    /// A snapshot naming one label twice is damaged, not restored into rows no remove can reach.
+    @Test func anExactSnapshotWithALabelTwiceIsRefused() throws {
+        var labels = ByteWriter(), vectors = ByteWriter()
+        for label: UInt64 in [1, 2, 1] { labels.put(label); for _ in 0..<3 { vectors.put(Float(1)) } }
+        #expect(throws: ByteReader.Short.self) {
+            try FlatIndex.restore(["LABL": labels.bytes, "VECS": vectors.bytes], dimension: 3, metric: .l2, kernels: Self.kernels)
+        }
+    }
+
     @Test func changesSinceTheSnapshotAreCountedAndOldLogsGo() throws {
         let dir = scratchDirectory()
         defer { removeTree(dir) }
