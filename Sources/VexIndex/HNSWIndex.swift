@@ -1045,13 +1045,16 @@ extension HNSWIndex {
         var meta = ByteReader(m)
         let p = HNSWParameters(m: Int(try meta.get(UInt32.self)), efConstruction: Int(try meta.get(UInt32.self)),
                                efSearch: Int(try meta.get(UInt32.self)), seed: try meta.get(UInt64.self))
-        let n = Int(try meta.get(UInt64.self)), top = try meta.get(UInt64.self), deleted = Int(try meta.get(UInt64.self))
+        // Sizes come from the bytes: each is checked before anything is made of it.
+        guard let n = Int(exactly: try meta.get(UInt64.self)) else { throw short }
+        let top = try meta.get(UInt64.self)
+        guard let deleted = Int(exactly: try meta.get(UInt64.self)), deleted <= n else { throw short }
         let randomState = try meta.get(UInt64.self)
         let isQuantized = try meta.get(UInt8.self) == 1
         let scale = try meta.getFloat()
         var offsets = [Float](repeating: 0, count: dimension)
         for i in 0..<dimension { offsets[i] = try meta.getFloat() }
-        guard p.m >= 2, p.m <= 256, p.efConstruction >= 1, n >= 0, n < maxChunks * chunkNodes else { throw short }
+        guard p.m >= 2, p.m <= 256, (1...4096).contains(p.efConstruction), (1...4096).contains(p.efSearch), n >= 0, n < maxChunks * chunkNodes else { throw short }
         let slab: VectorSlab
         let storage: VectorStorage
         if let file = s["VECF"] {
@@ -1110,7 +1113,7 @@ extension HNSWIndex {
                 if index.block(node).load(fromByteOffset: index.headerOffset + 1, as: UInt8.self) != 0 {
                     index.markDeleted(node)
                 } else {
-                    state.nodeOfLabel[label] = node
+                    guard state.nodeOfLabel.updateValue(node, forKey: label) == nil else { throw short }
                     live += 1
                 }
             }

@@ -8,6 +8,8 @@ public struct RecoveryReport: Sendable, CustomStringConvertible {
     /// Problems met and repaired (a damaged snapshot, a changed dimension); the index may then lack
     /// vectors, which the owner's reconciliation with the files restores.
     public var problems: [String] = []
+    /// Why the snapshot was set aside (renamed `snapshot.bad`), when it was.
+    public var rejected: SnapshotRejection?
 
     public var description: String {
         var s = "snapshot \(snapshotLoaded ? "loaded" : "absent")"
@@ -72,7 +74,9 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             attachments = extra
             report.snapshotLoaded = true
         } else if access(snapshotPath, F_OK) == 0 {
-            rename(snapshotPath, snapshotPath + ".bad")
+            // Kept for a post-mortem, out of the way of the next snapshot; one at a time.
+            if rename(snapshotPath, snapshotPath + ".bad") != 0 { unlink(snapshotPath) }
+            if report.rejected == nil { report.rejected = .unreadable }
         }
         // Write-ahead logs of earlier versions: what they hold, the owner reads again from the files.
         for path in try entries(in: directory, prefix: "wal.") { unlink(path) }
@@ -88,33 +92,53 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         do { sections = try readSnapshot(path: path) } catch {
             if case .io(_, ENOENT) = error { return nil }
             report.problems.append("\(error); set aside")
+            report.rejected = error.rejection
             return nil
         }
         do {
-            var meta = ByteReader(sections["META"] ?? [])
-            let d = Int(try meta.get(UInt32.self)), m = try meta.get(UInt8.self), isGraph = try meta.get(UInt8.self) == 1
-            guard d == dimension, m == metric.code else {
-                report.problems.append("the snapshot is for dimension \(d), metric \(Metric(code: m)?.rawValue ?? "?"); set aside")
-                return nil
-            }
-            let restored: any VectorIndex = isGraph
-                ? try HNSWIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels, directory: directory)
-                : try FlatIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels)
-            var extra: [String: [UInt8]] = [:]
-            for (tag, bytes) in sections where tag.hasPrefix("X") { extra[String(tag.dropFirst())] = bytes }
-            // Vectors that waited beside the graph (older snapshots have none).
-            var waiting: FlatIndex?
-            if let labels = sections["FLAB"], let vectors = sections["FVEC"] {
-                waiting = try FlatIndex.restore(["LABL": labels, "VECS": vectors], dimension: dimension, metric: metric, kernels: kernels)
-            }
-            return (restored, waiting, extra)
-        } catch let e as PersistenceError {
-            report.problems.append("\(e); set aside")
-            return nil
+            return try restore(sections, path: path, directory: directory, dimension: dimension, metric: metric, kernels: kernels)
         } catch {
-            report.problems.append("\(path): its sections do not fit together; set aside")
+            report.problems.append("\(error); set aside")
+            report.rejected = error.rejection
             return nil
         }
+    }
+
+    /// The index, the vectors waiting beside a graph and the owner's attachments in `sections`.
+    /// `directory`: where a graph's vector file is (nil: only snapshots that hold their vectors).
+    public static func restore(_ sections: [String: [UInt8]], path: String, directory: String?, dimension: Int, metric: Metric,
+                               kernels: DistanceKernels) throws(PersistenceError) -> ((any VectorIndex), FlatIndex?, [String: [UInt8]]) {
+        let unfit = PersistenceError.corrupt(path: path, reason: "its sections do not fit together")
+        var meta = ByteReader(sections["META"] ?? [])
+        let d: Int, m: UInt8, isGraph: Bool
+        do {
+            d = Int(try meta.get(UInt32.self)); m = try meta.get(UInt8.self); isGraph = try meta.get(UInt8.self) == 1
+        } catch { throw unfit }
+        guard d == dimension, m == metric.code else {
+            throw .corrupt(path: path, reason: "the snapshot is for dimension \(d), metric \(Metric(code: m)?.rawValue ?? "?")", kind: .settings)
+        }
+        let restored: any VectorIndex
+        if isGraph {
+            restored = try HNSWIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels, directory: directory)
+        } else {
+            do { restored = try FlatIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels) } catch { throw unfit }
+        }
+        var extra: [String: [UInt8]] = [:]
+        for (tag, bytes) in sections where tag.hasPrefix("X") { extra[String(tag.dropFirst())] = bytes }
+        // Vectors that waited beside the graph (older snapshots have none).
+        var waiting: FlatIndex?
+        if let labels = sections["FLAB"], let vectors = sections["FVEC"] {
+            do {
+                waiting = try FlatIndex.restore(["LABL": labels, "VECS": vectors], dimension: dimension, metric: metric, kernels: kernels)
+            } catch { throw unfit }
+            // Each label is in one of the two.
+            let held: (UInt64) -> Bool = if let graph = restored as? HNSWIndex { { graph.vector(of: $0) != nil } }
+                else if let flat = restored as? FlatIndex { { flat.vector(of: $0) != nil } } else { { _ in false } }
+            var twice = false
+            waiting!.forEach { label, _ in twice = twice || held(label) }
+            guard !twice else { throw unfit }
+        }
+        return (restored, waiting, extra)
     }
 
     public func insert(label: UInt64, vector: UnsafeBufferPointer<Float>) throws(IndexError) {

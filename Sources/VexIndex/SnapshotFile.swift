@@ -5,14 +5,43 @@ import Glibc
 /// these is to rebuild from the files, never to stop.
 public enum PersistenceError: Error, Equatable, CustomStringConvertible {
     case io(path: String, errno: Int32)
-    case corrupt(path: String, reason: String)
+    case corrupt(path: String, reason: String, kind: SnapshotRejection = .inconsistent)
 
     public var description: String {
         switch self {
         case .io(let path, let e): "\(path): \(String(cString: strerror(e)))"
-        case .corrupt(let path, let reason): "\(path): \(reason)"
+        case .corrupt(let path, let reason, _): "\(path): \(reason)"
         }
     }
+
+    /// The kind of damage, for counting.
+    public var rejection: SnapshotRejection {
+        switch self {
+        case .io: .unreadable
+        case .corrupt(_, _, let kind): kind
+        }
+    }
+}
+
+/// Why a snapshot (or the catalog stored in it) was set aside: the `reason` of
+/// `vexfs_snapshot_rejected_total`. The collection is then rebuilt from its files.
+public enum SnapshotRejection: String, Sendable, CaseIterable {
+    /// It ends inside a section.
+    case short
+    /// A piece fails its checksum, or does not decompress to its size.
+    case checksum
+    /// Its sections, or its vector file, do not fit together.
+    case inconsistent
+    /// Reading it would take more memory than the machine should give one index.
+    case tooLarge = "too_large"
+    /// Written by a newer vexfs (or not a snapshot at all).
+    case version
+    /// For another dimension or metric than the collection has now.
+    case settings
+    /// The file could not be read (an I/O error, a permission).
+    case unreadable
+    /// The catalog of files stored with the index is damaged or disagrees with it.
+    case catalog
 }
 
 /// Bytes appended to a growing buffer; the encoding of snapshots and log records (little-endian).
@@ -197,22 +226,54 @@ final class SnapshotWriter: SectionSink {
     }
 }
 
+/// The most memory one snapshot may take to read (its file and its sections decompressed): half the
+/// machine's. A snapshot past it is set aside and its collection rebuilt, never read into a crash.
+public let snapshotMemoryLimit: Int = {
+    let pages = sysconf(Int32(_SC_PHYS_PAGES)), size = sysconf(Int32(_SC_PAGESIZE))
+    guard pages > 0, size > 0 else { return 1 << 30 }
+    let (bytes, overflow) = pages.multipliedReportingOverflow(by: size)
+    return overflow ? Int.max / 2 : bytes / 2
+}()
+
 /// Reads a snapshot whole and checks every piece; sections come back decompressed, by tag.
-func readSnapshot(path: String) throws(PersistenceError) -> [String: [UInt8]] {
-    let file = try readFile(path)
-    guard file.count >= 8, Array(file[0..<8]) == SnapshotWriter.magic else { throw .corrupt(path: path, reason: "not a vexfs snapshot") }
+func readSnapshot(path: String, memoryLimit: Int = snapshotMemoryLimit) throws(PersistenceError) -> [String: [UInt8]] {
+    let file = try readFile(path, limit: memoryLimit)
+    return try parseSnapshot(file, path: path, memoryLimit: memoryLimit)
+}
+
+/// The sections of a snapshot's bytes, each piece checked. Every size in it is checked against the
+/// bytes that are there and against `memoryLimit` before anything is allocated for it.
+public func parseSnapshot(_ file: [UInt8], path: String, memoryLimit: Int = snapshotMemoryLimit) throws(PersistenceError) -> [String: [UInt8]] {
+    let magic = SnapshotWriter.magic
+    guard file.count >= magic.count, Array(file[0..<magic.count]) == magic else {
+        if file.count >= magic.count, Array(file[0..<(magic.count - 1)]) == Array(magic.dropLast()) {
+            let version = String(decoding: [file[magic.count - 1]], as: UTF8.self)
+            throw .corrupt(path: path, reason: "written by a newer vexfs (snapshot format \(version.debugDescription)); this one reads format 1", kind: .version)
+        }
+        throw .corrupt(path: path, reason: "not a vexfs snapshot", kind: .version)
+    }
     var r = ByteReader(file)
-    r.offset = 8
+    r.offset = magic.count
     var sections: [String: [UInt8]] = [:]
+    var total = file.count
     do {
         while true {
             let tag = try r.get(UInt32.self)
             if tag == 0 { break }
             let pieces = Int(try r.get(UInt32.self))
+            // Each piece takes 12 bytes of header at least: a count the file cannot hold is damage.
+            guard pieces <= r.remaining / 12 else { throw ByteReader.Short() }
             var data: [UInt8] = []
             for _ in 0..<pieces {
                 let raw = Int(try r.get(UInt32.self)), size = Int(try r.get(UInt32.self)), crc = try r.get(UInt32.self)
-                guard size <= r.remaining, raw <= SnapshotWriter.pieceSize else { throw ByteReader.Short() }
+                guard size <= r.remaining else { throw ByteReader.Short() }
+                guard raw <= SnapshotWriter.pieceSize else {
+                    throw PersistenceError.corrupt(path: path, reason: "section \(fourCCName(tag)) has a piece of \(raw) bytes", kind: .inconsistent)
+                }
+                total += raw
+                guard total <= memoryLimit else {
+                    throw PersistenceError.corrupt(path: path, reason: "its sections take more than \(memoryLimit >> 20) MiB to read", kind: .tooLarge)
+                }
                 let start = r.offset
                 let ok = file.withUnsafeBytes { all -> Bool in
                     guard vx_crc32c(0, all.baseAddress! + start, size) == crc else { return false }
@@ -220,16 +281,20 @@ func readSnapshot(path: String) throws(PersistenceError) -> [String: [UInt8]] {
                     data.append(contentsOf: repeatElement(0, count: raw))
                     return data.withUnsafeMutableBytes { vx_lz4_decompress(all.baseAddress! + start, size, $0.baseAddress! + at, raw) == 0 }
                 }
-                guard ok else { throw PersistenceError.corrupt(path: path, reason: "section \(fourCCName(tag)) fails its checksum") }
+                guard ok else { throw PersistenceError.corrupt(path: path, reason: "section \(fourCCName(tag)) fails its checksum", kind: .checksum) }
                 r.offset += size
+            }
+            guard sections[fourCCName(tag)] == nil else {
+                throw PersistenceError.corrupt(path: path, reason: "section \(fourCCName(tag)) appears twice", kind: .inconsistent)
             }
             sections[fourCCName(tag)] = data
         }
     } catch let e as PersistenceError {
         throw e
     } catch {
-        throw .corrupt(path: path, reason: "ends inside a section")
+        throw .corrupt(path: path, reason: "ends inside a section", kind: .short)
     }
+    guard r.remaining == 0 else { throw .corrupt(path: path, reason: "\(r.remaining) bytes follow its end", kind: .inconsistent) }
     return sections
 }
 
@@ -243,13 +308,15 @@ func fourCCName(_ v: UInt32) -> String {
     String(decoding: (0..<4).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }.filter { $0 != 0 }, as: UTF8.self)
 }
 
-/// The whole of the file at `path`, as it is now.
-public func readFile(_ path: String) throws(PersistenceError) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
+/// The whole of the file at `path`, as it is now; a file past `limit` bytes is refused unread.
+public func readFile(_ path: String, limit: Int = Int.max) throws(PersistenceError) -> [UInt8] {
+    let fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
     guard fd >= 0 else { throw .io(path: path, errno: errno) }
     defer { close(fd) }
     var st = stat()
     guard fstat(fd, &st) == 0 else { throw .io(path: path, errno: errno) }
+    guard st.st_mode & S_IFMT == S_IFREG else { throw .corrupt(path: path, reason: "not a regular file", kind: .inconsistent) }
+    guard st.st_size <= limit else { throw .corrupt(path: path, reason: "\(st.st_size >> 20) MiB is more than \(limit >> 20) MiB to read", kind: .tooLarge) }
     var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
     var done = 0
     let failure: Int32? = bytes.withUnsafeMutableBytes { buf in

@@ -74,7 +74,7 @@ final class VectorSlab: @unchecked Sendable {
         var st = stat()
         let chunks = (nodes + HNSWIndex.chunkNodes - 1) / HNSWIndex.chunkNodes
         guard fstat(fd, &st) == 0, Int(st.st_size) >= chunks * slab.chunkBytes else {
-            throw .corrupt(path: path, reason: "shorter than the \(nodes) vectors the snapshot names")
+            throw .corrupt(path: path, reason: "shorter than the \(nodes) vectors the snapshot names", kind: .short)
         }
         for c in 0..<chunks { try slab.makeChunk(c) }
         // Read once: checked against the snapshot's sums, or (a snapshot from before them) summed.
@@ -87,7 +87,7 @@ final class VectorSlab: @unchecked Sendable {
             var crc: UInt32 = 0
             for r in 0..<rows { crc = vx_crc32c(crc, buffer + r * slab.stride, 4 * dimension) }
             if let sums, crc != sums[c] {
-                throw .corrupt(path: path, reason: "vectors \(c * HNSWIndex.chunkNodes) to \(c * HNSWIndex.chunkNodes + rows - 1) do not match their checksum")
+                throw .corrupt(path: path, reason: "vectors \(c * HNSWIndex.chunkNodes) to \(c * HNSWIndex.chunkNodes + rows - 1) do not match their checksum", kind: .checksum)
             }
             slab.sums[c] = crc
         }

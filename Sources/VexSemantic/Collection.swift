@@ -136,6 +136,8 @@ final class Collection: @unchecked Sendable {
         var measuredAt = 0
         /// Catalog entries changed since the last snapshot.
         var unsavedFiles = 0
+        /// What opening the index at mount found and did, for the directory's status.
+        var recovery = ""
     }
 
     /// Takes over `directory`, a descriptor of the collection's directory.
@@ -170,8 +172,19 @@ final class Collection: @unchecked Sendable {
             var problems: [String] = []
             if s.dimension != nil {
                 problems += openIndex(&s)
-                if let index = s.index, let catalog = index.attachments["CAT"], let decoded = Collection.decode(catalog) {
-                    (s.files, s.nextLabel) = decoded
+                if let index = s.index, let catalog = index.attachments["CAT"] {
+                    do throws(PersistenceError) {
+                        (s.files, s.nextLabel) = try Collection.decode(catalog, rows: index.count)
+                    } catch {
+                        // What the snapshot's labels mean is lost with it: start from an empty
+                        // index, which replaces the snapshot at the checkpoint after the files are read.
+                        let why = "\(shown(s)): \(index.directory)/snapshot: \(error); set aside"
+                        problems.append(why)
+                        layer.metrics.rejected(error.rejection)
+                        s.recovery = "snapshot set aside (\(error.rejection.rawValue): \(error)); rebuilt from the files"
+                        rename(index.directory + "/snapshot", index.directory + "/snapshot.bad")
+                        problems += openIndex(&s, beside: true)
+                    }
                     for (name, r) in s.files {
                         if r.rows > 0 { for l in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) { s.owner[l] = name } }
                         layer.noteLink(collection: key, name: name, from: nil, to: r.inode)
@@ -213,6 +226,10 @@ final class Collection: @unchecked Sendable {
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
             if changed > 0 && !deferring { checkpoint(&s) }
+            if s.recovery.isEmpty, let index = s.index {
+                s.recovery = index.recovery.snapshotLoaded ? "snapshot loaded" : "no snapshot; read from the files"
+                if index.recovery.snapshotLoaded && changed > 0 { s.recovery += ", \(changed) files read again" }
+            }
             published(s)
             considerMeasuring(&s)
             return (changed, problems, toRead)
@@ -229,6 +246,10 @@ final class Collection: @unchecked Sendable {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.metric, kind: layer.indexKind,
                                                  parameters: layer.parameters, kernels: layer.kernels, empty: beside)
             s.index = index
+            if let reason = index.recovery.rejected {
+                layer.metrics.rejected(reason)
+                s.recovery = "snapshot set aside (\(reason.rawValue): \(index.recovery.problems.joined(separator: "; "))); rebuilt from the files"
+            }
             return index.recovery.problems.map { "\(shown(s)): \($0)" }
         } catch {
             return ["\(shown(s)): the index cannot be opened: \(error)"]
@@ -786,12 +807,14 @@ final class Collection: @unchecked Sendable {
         let count: Int
         let index: String
         let recall: Double
+        let recovery: String
     }
 
     var summary: Summary {
         state.withLock { s in
             Summary(dimension: s.dimension, metric: s.metric, count: s.index?.count ?? 0,
-                    index: s.index.map { "\($0.index.summary)" } ?? "none (no vectors yet)", recall: s.recallTarget)
+                    index: s.index.map { "\($0.index.summary)" } ?? "none (no vectors yet)", recall: s.recallTarget,
+                    recovery: s.recovery)
         }
     }
 
@@ -979,31 +1002,58 @@ final class Collection: @unchecked Sendable {
         return w.bytes
     }
 
-    static func decode(_ bytes: [UInt8]) -> ([FileName: FileRecord], UInt64)? {
+    /// The catalog `encode` wrote, checked as a whole: names one component each, label ranges that
+    /// overlap nothing and lie below the next label, no more rows than the index holds (`rows`), and
+    /// passages in order. A catalog that fails any of it is damage (`.catalog`), or from a newer
+    /// vexfs (`.version`): the collection is then rebuilt from its files.
+    public static func decode(_ bytes: [UInt8], rows limit: Int) throws(PersistenceError) -> ([FileName: FileRecord], UInt64) {
+        func damaged(_ why: String) -> PersistenceError { .corrupt(path: "catalog", reason: why, kind: .catalog) }
         var r = ByteReader(bytes)
         do {
             let version = try r.get(UInt32.self)
-            guard version == 1 || version == 2 else { return nil }
+            guard version == 1 || version == 2 else {
+                throw PersistenceError.corrupt(path: "catalog", reason: "format \(version) is newer than this vexfs reads (2)", kind: .version)
+            }
             let next = try r.get(UInt64.self), count = try r.get(UInt64.self)
-            guard count < 1 << 32 else { return nil }
+            // Each entry takes at least 56 bytes: a count the bytes cannot hold is damage.
+            guard count <= UInt64(r.remaining / 56) else { throw damaged("it names \(count) files in \(bytes.count) bytes") }
             var files: [FileName: FileRecord] = [:]
+            var ranges: [(UInt64, UInt64)] = []
+            var total = 0
             for _ in 0..<count {
                 let name = FileName(try r.getBytes())
-                var record = FileRecord(inode: try r.get(UInt64.self), size: try r.get(Int64.self), mtime: try r.get(Int64.self),
-                                        ctime: try r.get(Int64.self), firstLabel: try r.get(UInt64.self),
-                                        rows: Int(try r.get(UInt64.self)), status: try r.getString())
+                guard name.isComponent else { throw damaged("an entry is not a file name") }
+                let inode = try r.get(UInt64.self), size = try r.get(Int64.self), mtime = try r.get(Int64.self), ctime = try r.get(Int64.self)
+                let first = try r.get(UInt64.self), rows = try r.get(UInt64.self)
+                let status = try r.getString()
+                guard rows == 0 || (rows <= UInt64(limit - total) && first >= 1 && first <= next && rows <= next - first) else {
+                    throw damaged("\(name.escaped): \(rows) rows from label \(first) do not fit an index of \(limit) below label \(next)")
+                }
+                total += Int(rows)
+                if rows > 0 { ranges.append((first, first + rows)) }
+                var record = FileRecord(inode: inode, size: size, mtime: mtime, ctime: ctime, firstLabel: first, rows: Int(rows), status: status)
                 if version == 2 {
                     let n = try r.get(UInt32.self)
+                    guard Int(n) <= r.remaining / 16 else { throw damaged("\(name.escaped): \(n) passages in \(r.remaining) bytes") }
+                    var last = 0
                     for _ in 0..<n {
-                        let start = Int(try r.get(UInt64.self)), end = Int(try r.get(UInt64.self))
-                        guard start <= end else { return nil }
-                        record.passages.append(start..<end)
+                        let start = try r.get(UInt64.self), end = try r.get(UInt64.self)
+                        guard start >= UInt64(last), start <= end, end <= UInt64(Int64.max) else { throw damaged("\(name.escaped): passages out of order") }
+                        record.passages.append(Int(start)..<Int(end))
+                        last = Int(end)
                     }
                 }
-                files[name] = record
+                guard files.updateValue(record, forKey: name) == nil else { throw damaged("\(name.escaped) is named twice") }
             }
+            guard r.remaining == 0 else { throw damaged("\(r.remaining) bytes follow its last entry") }
+            ranges.sort { $0.0 < $1.0 }
+            for (a, b) in zip(ranges, ranges.dropFirst()) where a.1 > b.0 { throw damaged("two files hold label \(b.0)") }
             return (files, next)
-        } catch { return nil }
+        } catch let e as PersistenceError {
+            throw e
+        } catch {
+            throw damaged("it ends inside an entry")
+        }
     }
 }
 

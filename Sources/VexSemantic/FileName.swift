@@ -15,6 +15,11 @@ public struct FileName: Hashable, Comparable, Sendable, CustomStringConvertible,
 
     public var isEmpty: Bool { bytes.isEmpty }
 
+    /// Whether it can name an entry of a directory: one component, not `.` or `..`.
+    var isComponent: Bool {
+        !bytes.isEmpty && bytes.count <= 255 && !bytes.contains(0x2F) && !bytes.contains(0) && bytes != [0x2E] && bytes != [0x2E, 0x2E]
+    }
+
     /// The name read as UTF-8, invalid bytes replaced: only for looking at its extension.
     var text: String { String(decoding: bytes, as: UTF8.self) }
 

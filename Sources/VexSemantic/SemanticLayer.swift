@@ -564,6 +564,11 @@ public final class SemanticLayer: @unchecked Sendable {
             return Array(String(d).utf8)
         case "metric": return Array((summary?.metric ?? .l2).rawValue.utf8)
         case "count": return Array(String(summary?.count ?? 0).utf8)
+        case "status":
+            guard let summary, summary.dimension != nil else { return Array("not a collection yet: no vectors".utf8) }
+            var text = "indexed: \(summary.count) vectors"
+            if !summary.recovery.isEmpty { text += "; at mount: \(summary.recovery)" }
+            return Array(text.utf8)
         case "index": return Array((summary?.index ?? "none (no vectors yet)").utf8)
         case "embed":
             guard embedQueue != nil else { throw .noData }
@@ -841,6 +846,8 @@ public final class SemanticMetrics: Sendable {
     let depth: Meter
     let journalBytes: Meter
     let embed: EmbedMetrics
+    /// Snapshots set aside at open, by why (every reason is shown, at zero until it happens).
+    private let rejections: [SnapshotRejection: Counter]
 
     public init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
         embed = EmbedMetrics(factory: factory)
@@ -851,5 +858,10 @@ public final class SemanticMetrics: Sendable {
         vectors = Meter(label: "vexfs_index_vectors", dimensions: [], factory: factory)
         depth = Meter(label: "vexfs_bridge_queue_depth", dimensions: [], factory: factory)
         journalBytes = Meter(label: "vexfs_journal_bytes", dimensions: [], factory: factory)
+        rejections = Dictionary(uniqueKeysWithValues: SnapshotRejection.allCases.map {
+            ($0, Counter(label: "vexfs_snapshot_rejected_total", dimensions: [("reason", $0.rawValue)], factory: factory))
+        })
     }
+
+    func rejected(_ reason: SnapshotRejection) { rejections[reason]?.increment() }
 }

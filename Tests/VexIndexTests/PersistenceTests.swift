@@ -84,6 +84,68 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         }
     }
 
+    /// Whatever a snapshot's bytes are, reading it is an answer or a reason, never a trap: cut at every
+    /// length and with a byte flipped in every section, of an exact index, of a graph that holds its
+    /// vectors, and of a graph with vectors waiting beside it.
+    @Test(arguments: [IndexKind.flat, .hnsw])
+    func damageAnywhereIsAReasonNeverACrash(_ kind: IndexKind) throws {
+        let dir = scratchDirectory()
+        defer { removeTree(dir) }
+        let data = clusteredSet(count: 300, dimension: 5, clusters: 4, seed: 9)
+        let a = try PersistentIndex.open(directory: dir, dimension: 5, metric: .l2, kind: kind,
+                                         parameters: HNSWParameters(m: 4, efConstruction: 16), kernels: Self.kernels)
+        try a.insert(batch: (0..<300).map { UInt64($0) }, vectors: data.flatMap { $0 }.withUnsafeBufferPointer { $0 }, threads: 1)
+        if kind == .hnsw { for i in 300..<310 { try a.insert(label: UInt64(i), vector: data[i - 300]) } }
+        try a.checkpoint(attachments: [("CAT", [1, 2, 3])])
+        let file = try readFile(dir + "/snapshot")
+        let intact = try parseSnapshot(file, path: "s")
+        let (whole, waiting, _) = try PersistentIndex.restore(intact, path: "s", directory: dir, dimension: 5, metric: .l2, kernels: Self.kernels)
+        #expect(whole.count + (waiting?.count ?? 0) == (kind == .hnsw ? 310 : 300))
+        var reasons = Set<SnapshotRejection>()
+        func attempt(_ bytes: [UInt8]) {
+            do {
+                let sections = try parseSnapshot(bytes, path: "s")
+                _ = try PersistentIndex.restore(sections, path: "s", directory: dir, dimension: 5, metric: .l2, kernels: Self.kernels)
+            } catch { reasons.insert(error.rejection) }
+        }
+        for n in Swift.stride(from: 0, to: file.count, by: max(1, file.count / 500)) { attempt(Array(file.prefix(n))) }
+        for i in Swift.stride(from: 8, to: file.count, by: max(1, file.count / 500)) {
+            var flipped = file
+            flipped[i] ^= 0x10
+            attempt(flipped)
+        }
+        #expect(reasons.isSuperset(of: [.short, .checksum]), "\(reasons)")
+        // Sections whose own bytes are wrong, checksummed as if right: each is refused in turn.
+        for (tag, bytes) in intact where !bytes.isEmpty {
+            for change in [Array(bytes.dropLast()), bytes + [0], bytes.map { $0 ^ 0xFF }] {
+                var sections = intact
+                sections[tag] = change
+                _ = try? PersistentIndex.restore(sections, path: "s", directory: dir, dimension: 5, metric: .l2, kernels: Self.kernels)
+            }
+        }
+    }
+
+    @Test func aNewerFormatATooLargeOneAndAnotherSettingAreSaidSo() throws {
+        var w = ByteWriter()
+        w.put(UInt32(0))
+        let newer = Array("VEXSNAP2".utf8) + w.bytes
+        #expect { try parseSnapshot(newer, path: "s") } throws: { ($0 as? PersistenceError)?.rejection == .version }
+        #expect { try parseSnapshot(Array("GIF89a..".utf8), path: "s") } throws: { ($0 as? PersistenceError)?.rejection == .version }
+
+        let dir = scratchDirectory()
+        defer { removeTree(dir) }
+        let a = try PersistentIndex.open(directory: dir, dimension: 4, metric: .l2, kind: .flat, kernels: Self.kernels)
+        for i in 0..<2000 { try a.insert(label: UInt64(i), vector: [Float(i), 1, 2, 3]) }
+        try a.checkpoint()
+        #expect { try readSnapshot(path: dir + "/snapshot", memoryLimit: 16 << 10) } throws: { ($0 as? PersistenceError)?.rejection == .tooLarge }
+        let file = try readFile(dir + "/snapshot")
+        #expect { try parseSnapshot(file, path: "s", memoryLimit: file.count + 100) } throws: { ($0 as? PersistenceError)?.rejection == .tooLarge }
+
+        let b = try PersistentIndex.open(directory: dir, dimension: 4, metric: .cosine, kind: .flat, kernels: Self.kernels)
+        #expect(b.recovery.rejected == .settings && b.count == 0)
+        #expect(access(dir + "/snapshot.bad", F_OK) == 0)
+    }
+
     @Test func changesSinceTheSnapshotAreCountedAndOldLogsGo() throws {
         let dir = scratchDirectory()
         defer { removeTree(dir) }
