@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-VEXFS = os.environ.get("VEXFS_BIN", str(REPO / ".build" / "debug" / "vexfs"))
+VEXFS = os.environ.get("VEXFS_BIN", str(REPO / ".build" / "release" / "vexfs"))
 
 
 def is_mounted(path):

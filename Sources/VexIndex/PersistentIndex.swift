@@ -8,8 +8,9 @@ public struct RecoveryReport: Sendable, CustomStringConvertible {
     /// Problems met and repaired (a damaged snapshot, a changed dimension); the index may then lack
     /// vectors, which the owner's reconciliation with the files restores.
     public var problems: [String] = []
-    /// Why the snapshot was set aside (renamed `snapshot.bad`), when it was.
+    /// Why the snapshot was set aside (renamed `snapshot.bad`), when it was, and what was wrong.
     public var rejected: SnapshotRejection?
+    public var rejectedBecause = ""
 
     public var description: String {
         var s = "snapshot \(snapshotLoaded ? "loaded" : "absent")"
@@ -93,6 +94,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             if case .io(_, ENOENT) = error { return nil }
             report.problems.append("\(error); set aside")
             report.rejected = error.rejection
+            report.rejectedBecause = error.reason
             return nil
         }
         do {
@@ -100,8 +102,28 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         } catch {
             report.problems.append("\(error); set aside")
             report.rejected = error.rejection
+            report.rejectedBecause = error.reason
             return nil
         }
+    }
+
+    /// The dimension and metric a snapshot's sections are for.
+    public static func settings(in sections: [String: [UInt8]], path: String) throws(PersistenceError) -> (Int, Metric) {
+        let (d, m, _) = try meta(sections, path: path)
+        guard (1...maxDimension).contains(d), let metric = Metric(code: m) else {
+            throw .corrupt(path: path, reason: "it is for dimension \(d), metric code \(m)")
+        }
+        return (d, metric)
+    }
+
+    /// The dimensions a snapshot may be for (a collection's `user.vexfs.dim` allows no more).
+    public static let maxDimension = 65_536
+
+    private static func meta(_ sections: [String: [UInt8]], path: String) throws(PersistenceError) -> (Int, UInt8, Bool) {
+        var meta = ByteReader(sections["META"] ?? [])
+        do {
+            return (Int(try meta.get(UInt32.self)), try meta.get(UInt8.self), try meta.get(UInt8.self) == 1)
+        } catch { throw .corrupt(path: path, reason: "its sections do not fit together") }
     }
 
     /// The index, the vectors waiting beside a graph and the owner's attachments in `sections`.
@@ -109,11 +131,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     public static func restore(_ sections: [String: [UInt8]], path: String, directory: String?, dimension: Int, metric: Metric,
                                kernels: DistanceKernels) throws(PersistenceError) -> ((any VectorIndex), FlatIndex?, [String: [UInt8]]) {
         let unfit = PersistenceError.corrupt(path: path, reason: "its sections do not fit together")
-        var meta = ByteReader(sections["META"] ?? [])
-        let d: Int, m: UInt8, isGraph: Bool
-        do {
-            d = Int(try meta.get(UInt32.self)); m = try meta.get(UInt8.self); isGraph = try meta.get(UInt8.self) == 1
-        } catch { throw unfit }
+        let (d, m, isGraph) = try meta(sections, path: path)
         guard d == dimension, m == metric.code else {
             throw .corrupt(path: path, reason: "the snapshot is for dimension \(d), metric \(Metric(code: m)?.rawValue ?? "?")", kind: .settings)
         }

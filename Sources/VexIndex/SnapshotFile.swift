@@ -14,6 +14,14 @@ public enum PersistenceError: Error, Equatable, CustomStringConvertible {
         }
     }
 
+    /// What is wrong, without the path (for users of the mount, who need not learn the store's).
+    public var reason: String {
+        switch self {
+        case .io(_, let e): String(cString: strerror(e))
+        case .corrupt(_, let reason, _): reason
+        }
+    }
+
     /// The kind of damage, for counting.
     public var rejection: SnapshotRejection {
         switch self {

@@ -181,7 +181,7 @@ final class Collection: @unchecked Sendable {
                         let why = "\(shown(s)): \(index.directory)/snapshot: \(error); set aside"
                         problems.append(why)
                         layer.metrics.rejected(error.rejection)
-                        s.recovery = "snapshot set aside (\(error.rejection.rawValue): \(error)); rebuilt from the files"
+                        s.recovery = "snapshot set aside (\(error.rejection.rawValue): \(error.reason)); rebuilt from the files"
                         rename(index.directory + "/snapshot", index.directory + "/snapshot.bad")
                         problems += openIndex(&s, beside: true)
                     }
@@ -248,7 +248,7 @@ final class Collection: @unchecked Sendable {
             s.index = index
             if let reason = index.recovery.rejected {
                 layer.metrics.rejected(reason)
-                s.recovery = "snapshot set aside (\(reason.rawValue): \(index.recovery.problems.joined(separator: "; "))); rebuilt from the files"
+                s.recovery = "snapshot set aside (\(reason.rawValue): \(index.recovery.rejectedBecause)); rebuilt from the files"
             }
             return index.recovery.problems.map { "\(shown(s)): \($0)" }
         } catch {

@@ -15,7 +15,7 @@ struct VexCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vexfs",
         abstract: "A vector filesystem: mount a directory of files, keep vectors in it, ask for neighbours.",
-        subcommands: [Mount.self, Unmount.self, Search.self, Bench.self]
+        subcommands: [Mount.self, Unmount.self, Search.self, Check.self, Bench.self]
     )
 }
 
@@ -80,6 +80,7 @@ struct Mount: ParsableCommand {
         do { lock = try acquireLock(storePath) } catch .held {
             throw UserError("store \(storePath) is already mounted by another vexfs")
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
+        do { try StoreFormat.adopt(stateRoot: storePath + "/.vexfs") } catch { throw UserError("cannot mount \(storePath): \(error)") }
         // The lock is never closed here: the kernel drops it when this process's files are closed
         // in exit, after its threads and memory are gone, so `vexfs unmount` (which waits on the
         // lock) returns only once the daemon has truly finished.
