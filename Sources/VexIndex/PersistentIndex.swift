@@ -70,8 +70,9 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         if empty { return PersistentIndex(directory: directory, index: index, recovery: report, attachments: [:]) }
         let snapshotPath = directory + "/snapshot"
         var attachments: [String: [UInt8]] = [:]
-        if let (restored, waiting, extra) = loadSnapshot(snapshotPath, directory: directory, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
-            index = AdaptiveIndex(restoring: restored, fresh: waiting, kind: kind, parameters: parameters, kernels: kernels, storage: storage)
+        if let (restored, waiting, extra, tuned) = loadSnapshot(snapshotPath, directory: directory, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
+            index = AdaptiveIndex(restoring: restored, fresh: waiting, tuned: tuned, kind: kind, parameters: parameters, kernels: kernels,
+                                  storage: storage)
             attachments = extra
             report.snapshotLoaded = true
         } else if access(snapshotPath, F_OK) == 0 {
@@ -88,7 +89,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// The index in the snapshot at `path`; nil when there is none or it cannot be used (said in
     /// `report`).
     private static func loadSnapshot(_ path: String, directory: String, dimension: Int, metric: Metric, kernels: DistanceKernels,
-                                     report: inout RecoveryReport) -> ((any VectorIndex), FlatIndex?, [String: [UInt8]])? {
+                                     report: inout RecoveryReport) -> ((any VectorIndex), FlatIndex?, [String: [UInt8]], RecallMeasurement?)? {
         let sections: [String: [UInt8]]
         do { sections = try readSnapshot(path: path) } catch {
             if case .io(_, ENOENT) = error { return nil }
@@ -98,7 +99,8 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             return nil
         }
         do {
-            return try restore(sections, path: path, directory: directory, dimension: dimension, metric: metric, kernels: kernels)
+            let (index, waiting, extra) = try restore(sections, path: path, directory: directory, dimension: dimension, metric: metric, kernels: kernels)
+            return (index, waiting, extra, RecallMeasurement(section: sections["TUNE"]))
         } catch {
             report.problems.append("\(error); set aside")
             report.rejected = error.rejection
@@ -149,12 +151,11 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             do {
                 waiting = try FlatIndex.restore(["LABL": labels, "VECS": vectors], dimension: dimension, metric: metric, kernels: kernels)
             } catch { throw unfit }
-            // Each label is in one of the two.
-            let held: (UInt64) -> Bool = if let graph = restored as? HNSWIndex { { graph.vector(of: $0) != nil } }
-                else if let flat = restored as? FlatIndex { { flat.vector(of: $0) != nil } } else { { _ in false } }
-            var twice = false
-            waiting!.forEach { label, _ in twice = twice || held(label) }
-            guard !twice else { throw unfit }
+            // A label in both was being linked when the snapshot was written (an absorb links
+            // without holding writers off): the waiting copy is the one a writer last gave.
+            var both: [UInt64] = []
+            waiting!.forEach { label, _ in both.append(label) }
+            for label in both { restored.remove(label: label) }
         }
         return (restored, waiting, extra)
     }

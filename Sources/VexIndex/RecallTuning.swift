@@ -8,6 +8,30 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
     public let recall: Double
     public let vectors: Int
     public let target: Double
+    init(ef: Int, recall: Double, vectors: Int, target: Double) {
+        self.ef = ef
+        self.recall = recall
+        self.vectors = vectors
+        self.target = target
+    }
+
+    /// The snapshot's TUNE section.
+    var encoded: [UInt8] {
+        var w = ByteWriter()
+        w.put(UInt32(ef)); w.put(recall.bitPattern); w.put(UInt64(vectors)); w.put(target.bitPattern)
+        return w.bytes
+    }
+
+    /// Read back from a TUNE section; nil when it is not one this version wrote (it is then measured again).
+    init?(section bytes: [UInt8]?) {
+        guard let bytes, bytes.count == 28 else { return nil }
+        var r = ByteReader(bytes)
+        guard let ef = try? r.get(UInt32.self), let recall = try? r.get(UInt64.self), let vectors = try? r.get(UInt64.self),
+              let target = try? r.get(UInt64.self) else { return nil }
+        let (rc, t) = (Double(bitPattern: recall), Double(bitPattern: target))
+        guard (1...4096).contains(ef), (0...1).contains(rc), (0...1).contains(t), let n = Int(exactly: vectors) else { return nil }
+        self.init(ef: Int(ef), recall: rc, vectors: n, target: t)
+    }
 
     public var description: String {
         let r = (recall * 1000).rounded() / 1000

@@ -225,6 +225,9 @@ final class Collection: @unchecked Sendable {
                 }
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
+            // A graph measured before the unmount is not measured again until it doubles, as if
+            // the mount had never stopped (a new target measures it again).
+            if let m = s.index?.index.measurement, m.target == s.recallTarget { s.measuredAt = max(m.vectors, 1) }
             if changed > 0 && !deferring { checkpoint(&s) }
             if s.recovery.isEmpty, let index = s.index {
                 s.recovery = index.recovery.snapshotLoaded ? "snapshot loaded" : "no snapshot; read from the files"

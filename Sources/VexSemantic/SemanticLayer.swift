@@ -237,6 +237,7 @@ public final class SemanticLayer: @unchecked Sendable {
             progressed("\(directories) directories, \(opened) collections, \(changed) files re-read")
         }
         for stale in indexed { removeTree("\(stateRoot)/index/\(stale)") }
+        bridge.nudge()
         return (opened, changed)
     }
 

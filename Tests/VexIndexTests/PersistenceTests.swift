@@ -94,7 +94,8 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         let data = clusteredSet(count: 300, dimension: 5, clusters: 4, seed: 9)
         let a = try PersistentIndex.open(directory: dir, dimension: 5, metric: .l2, kind: kind,
                                          parameters: HNSWParameters(m: 4, efConstruction: 16), kernels: Self.kernels)
-        try a.insert(batch: (0..<300).map { UInt64($0) }, vectors: data.flatMap { $0 }.withUnsafeBufferPointer { $0 }, threads: 1)
+        let flat = data.flatMap { $0 }
+        try flat.withUnsafeBufferPointer { try a.insert(batch: (0..<300).map { UInt64($0) }, vectors: $0, threads: 1) }
         if kind == .hnsw { for i in 300..<310 { try a.insert(label: UInt64(i), vector: data[i - 300]) } }
         try a.checkpoint(attachments: [("CAT", [1, 2, 3])])
         let file = try readFile(dir + "/snapshot")
@@ -144,6 +145,32 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         let b = try PersistentIndex.open(directory: dir, dimension: 4, metric: .cosine, kind: .flat, kernels: Self.kernels)
         #expect(b.recovery.rejected == .settings && b.count == 0)
         #expect(access(dir + "/snapshot.bad", F_OK) == 0)
+    }
+
+    /// The breadth a graph was measured at comes back with it, so the next mount answers as this one
+    /// did from its first query; a label caught between waiting and linked is served from the waiting copy.
+    @Test func theMeasuredBreadthAndALabelBeingLinkedComeBack() throws {
+        let dir = scratchDirectory()
+        defer { removeTree(dir) }
+        let data = clusteredSet(count: 2000, dimension: 8, clusters: 8, seed: 2)
+        let a = try PersistentIndex.open(directory: dir, dimension: 8, metric: .l2, kind: .hnsw,
+                                         parameters: HNSWParameters(m: 8, efConstruction: 32), kernels: Self.kernels)
+        let flat = data.flatMap { $0 }
+        try flat.withUnsafeBufferPointer { try a.insert(batch: (0..<2000).map { UInt64($0) }, vectors: $0, threads: 1) }
+        let m = try #require(a.index.tune(target: 0.9))
+        let answers = try data.prefix(10).map { try a.search($0, k: 10) }
+        try a.checkpoint()
+        let b = try PersistentIndex.open(directory: dir, dimension: 8, metric: .l2, kind: .hnsw,
+                                         parameters: HNSWParameters(m: 8, efConstruction: 32), kernels: Self.kernels)
+        #expect(b.index.measurement == m)
+        #expect(try data.prefix(10).map { try b.search($0, k: 10) } == answers)
+
+        var sections = try parseSnapshot(readFile(dir + "/snapshot"), path: "s")
+        var labels = ByteWriter(), vectors = ByteWriter()
+        labels.put(UInt64(5)); for x in [Float](repeating: 100, count: 8) { vectors.put(x) }
+        (sections["FLAB"], sections["FVEC"]) = (labels.bytes, vectors.bytes)
+        let (graph, waiting, _) = try PersistentIndex.restore(sections, path: "s", directory: dir, dimension: 8, metric: .l2, kernels: Self.kernels)
+        #expect(graph.count == 1999 && waiting?.vector(of: 5) == [Float](repeating: 100, count: 8))
     }
 
     @Test func changesSinceTheSnapshotAreCountedAndOldLogsGo() throws {
