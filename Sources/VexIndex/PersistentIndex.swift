@@ -19,7 +19,12 @@ public struct RecoveryReport: Sendable, CustomStringConvertible {
     }
 }
 
-/// An index kept in a directory as one snapshot, written by `checkpoint()` and read back by `open`.
+/// A collection's index, and all a collection sees of it: search (approximate, and exact among
+/// chosen labels), the vectors waiting to be linked into a graph and their linking, recall tuning,
+/// snapshots, and the stored vectors. Which index is in use (exact or graph, switched and compacted
+/// within) stays behind this door.
+///
+/// It is kept in a directory as one snapshot, written by `checkpoint()` and read back by `open`.
 ///
 /// There is no log. The files in the store are the truth, and the owner stores with each snapshot
 /// (as an attachment) what it needs to tell which files the snapshot holds, as they were; after a
@@ -28,7 +33,7 @@ public struct RecoveryReport: Sendable, CustomStringConvertible {
 /// choice; `unsaved` counts the changes since the last one.
 public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     public let directory: String
-    public let index: AdaptiveIndex
+    let index: AdaptiveIndex
     public let recovery: RecoveryReport
     /// Sections the owner stored beside the index at the last checkpoint (see `checkpoint`).
     public let attachments: [String: [UInt8]]
@@ -180,6 +185,30 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
         try index.search(query, k: k, ef: ef, filter: filter)
     }
+
+    /// The exact `k` nearest among `labels` (see `AdaptiveIndex.exactSearch`).
+    public func exactSearch(_ query: UnsafeBufferPointer<Float>, k: Int, among labels: [UInt64]) throws(IndexError) -> [Neighbor] {
+        try index.exactSearch(query, k: k, among: labels)
+    }
+
+    /// Whether the graph is in use (then searches are approximate, and filters may scan instead).
+    public var isGraph: Bool { index.active is HNSWIndex }
+    /// The stored vector of `label` (normalised for cosine).
+    public func vector(of label: UInt64) -> [Float]? { index.vector(of: label) }
+    /// Every live (label, stored vector).
+    public func forEach(_ body: (UInt64, UnsafePointer<Float>) -> Void) { index.forEach(body) }
+    /// What `user.vexfs.index` shows.
+    public var summary: String { index.summary }
+
+    /// Vectors waiting beside the graph to be linked in.
+    public var unabsorbed: Int { index.unabsorbed }
+    /// Links up to `limit` waiting vectors; returns how many still wait.
+    @discardableResult public func absorb(limit: Int = .max) -> Int { index.absorb(limit: limit) }
+
+    /// Measures the graph against `target` and searches at the breadth found (a background thread's work).
+    @discardableResult public func tune(target: Double) -> RecallMeasurement? { index.tune(target: target) }
+    /// The last measurement, kept across snapshots.
+    public var measurement: RecallMeasurement? { index.measurement }
 
     /// Writes a snapshot of the index. `attachments` (tags of up to 3 letters) are stored with it and
     /// come back in `attachments` at the next open: the owner's own state that must agree with the

@@ -55,6 +55,8 @@ public protocol VectorIndex: AnyObject, Sendable {
     func insert(batch labels: [UInt64], vectors: UnsafeBufferPointer<Float>, threads: Int) throws(IndexError)
     /// Removes `label`; false when it was not there.
     @discardableResult func remove(label: UInt64) -> Bool
+    /// The stored vector of `label` (normalised for cosine); nil when it is not held.
+    func vector(of label: UInt64) -> [Float]?
     /// The `k` nearest vectors to `query` that `filter` allows, nearest first. `ef` is the
     /// approximate indexes' search breadth; the exact index ignores it.
     func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor]

@@ -199,7 +199,7 @@ final class Collection: @unchecked Sendable {
             var changed = 0
             if let index = s.index {
                 var live = Set<UInt64>()
-                index.index.forEach { label, _ in live.insert(label) }
+                index.forEach { label, _ in live.insert(label) }
                 for (name, r) in s.files where r.rows > 0 {
                     let labels = r.firstLabel..<(r.firstLabel + UInt64(r.rows))
                     if !labels.allSatisfy({ live.contains($0) }) { forget(name, &s); changed += 1 }
@@ -227,7 +227,7 @@ final class Collection: @unchecked Sendable {
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
             // A graph measured before the unmount is not measured again until it doubles, as if
             // the mount had never stopped (a new target measures it again).
-            if let m = s.index?.index.measurement, m.target == s.recallTarget { s.measuredAt = max(m.vectors, 1) }
+            if let m = s.index?.measurement, m.target == s.recallTarget { s.measuredAt = max(m.vectors, 1) }
             if changed > 0 && !deferring { checkpoint(&s) }
             if s.recovery.isEmpty, let index = s.index {
                 s.recovery = index.recovery.snapshotLoaded ? "snapshot loaded" : "no snapshot; read from the files"
@@ -276,7 +276,7 @@ final class Collection: @unchecked Sendable {
             // A writer that never lets the bridge idle would let the vectors waiting beside the
             // graph pile up (every query scans them): past a bound the linker links them in,
             // beside this worker (linking here made every query in the collection wait for it).
-            if let index = s.index, index.index.unabsorbed > layer.freshBound(dimension: index.dimension) { layer.linker.request(self) }
+            if let index = s.index, index.unabsorbed > layer.freshBound(dimension: index.dimension) { layer.linker.request(self) }
             considerCheckpoint(&s)
             considerMeasuring(&s)
         }
@@ -377,11 +377,11 @@ final class Collection: @unchecked Sendable {
     func linkWaiting() -> Bool {
         guard let found = state.withLockIfAvailable({ $0.index }), let index = found else { return false }
         let bound = layer.freshBound(dimension: index.dimension)
-        guard index.index.unabsorbed > bound else { return false }
+        guard index.unabsorbed > bound else { return false }
         // One at a time, then let others at the index: a link holds the index's writes for about a
         // millisecond, and the bridge worker's inserts, which a query may be waiting for, queue
         // behind it (8 at a time put 114 ms in the written collection's p99).
-        let more = index.index.absorb(limit: 1) > bound
+        let more = index.absorb(limit: 1) > bound
         sched_yield()
         return more
     }
@@ -390,7 +390,7 @@ final class Collection: @unchecked Sendable {
 
     /// Asks for a recall measurement when the graph is new or has doubled since the last one.
     private func considerMeasuring(_ s: inout State) {
-        guard let index = s.index, index.index.active is HNSWIndex, s.measuredAt == 0 || index.count >= 2 * s.measuredAt else { return }
+        guard let index = s.index, index.isGraph, s.measuredAt == 0 || index.count >= 2 * s.measuredAt else { return }
         s.measuredAt = max(index.count, 1)
         layer.tuner.request(self)
     }
@@ -398,7 +398,7 @@ final class Collection: @unchecked Sendable {
     /// Measures the index against the recall target and sets its breadth (the tuner's thread).
     func measureRecall() {
         guard let (index, target) = state.withLock({ s in s.index.map { ($0, s.recallTarget) } }) else { return }
-        guard let m = index.index.tune(target: target) else { return }
+        guard let m = index.tune(target: target) else { return }
         version.add(1, ordering: .releasing)
         layer.journal.record("index", path: state.withLock { shown($0) }, detail: ["recall": m.description])
     }
@@ -816,7 +816,7 @@ final class Collection: @unchecked Sendable {
     var summary: Summary {
         state.withLock { s in
             Summary(dimension: s.dimension, metric: s.metric, count: s.index?.count ?? 0,
-                    index: s.index.map { "\($0.index.summary)" } ?? "none (no vectors yet)", recall: s.recallTarget,
+                    index: s.index.map { $0.summary } ?? "none (no vectors yet)", recall: s.recallTarget,
                     recovery: s.recovery)
         }
     }
@@ -830,7 +830,7 @@ final class Collection: @unchecked Sendable {
             guard let r = s.files[name], r.inode == inode, r.rows > 0, !r.passages.isEmpty, let index = s.index, let d = s.dimension else { return nil }
             var values: [Float] = []
             for label in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) {
-                guard let v = index.index.vector(of: label) else { return nil }
+                guard let v = index.vector(of: label) else { return nil }
                 values += v
             }
             return ParsedVectors(dimension: d, values: values)
@@ -891,16 +891,16 @@ final class Collection: @unchecked Sendable {
                 }
                 if rows == 0 { return [] }
                 ranges.sort { $0.0 < $1.0 }
-                if rows <= few, index.index.active is HNSWIndex {
+                if rows <= few, index.isGraph {
                     let labels = ranges.flatMap { $0.0..<$0.1 }.filter { !excluded.contains($0) }
-                    found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.index.exactSearch(q, k: k, among: labels) }
+                    found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.exactSearch(q, k: k, among: labels) }
                 } else {
                     let filter = SearchFilter(accept: { label in !excluded.contains(label) && Collection.holds(ranges, label) })
                     found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.search(q, k: k, ef: options.ef, filter: filter) }
                 }
-            } else if filtered, index.index.active is HNSWIndex, let labels = fewAdmitted(files, total: total, few: few, admits: admits) {
+            } else if filtered, index.isGraph, let labels = fewAdmitted(files, total: total, few: few, admits: admits) {
                 found = try query.withUnsafeBufferPointer { q throws(IndexError) in
-                    try index.index.exactSearch(q, k: k, among: labels.filter { !excluded.contains($0) })
+                    try index.exactSearch(q, k: k, among: labels.filter { !excluded.contains($0) })
                 }
             } else {
                 var filter = SearchFilter()

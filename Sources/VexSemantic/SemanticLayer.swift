@@ -415,8 +415,8 @@ public final class SemanticLayer: @unchecked Sendable {
         let all = collections.withLock { Array($0.values) }
         for c in all {
             // A collection the builder holds is passed over, never waited for.
-            guard let held = c.state.withLockIfAvailable({ $0.index }), let index = held, index.index.unabsorbed > 0 else { continue }
-            index.index.absorb(limit: 8)
+            guard let held = c.state.withLockIfAvailable({ $0.index }), let index = held, index.unabsorbed > 0 else { continue }
+            index.absorb(limit: 8)
             return true
         }
         return false

@@ -57,7 +57,7 @@ public enum StoreFormatError: Error, CustomStringConvertible {
 /// catalog naming the files they came from.
 public struct SavedCollection {
     public let index: any VectorIndex
-    public let waiting: FlatIndex?
+    public let waiting: (any VectorIndex)?
     public let dimension: Int
     public let metric: Metric
     let files: [FileName: FileRecord]
@@ -93,11 +93,8 @@ public struct SavedCollection {
         return SavedCollection(index: index, waiting: waiting, dimension: dimension, metric: metric, files: files, nextLabel: next)
     }
 
-    private static func holds(_ index: any VectorIndex, _ waiting: FlatIndex?, _ label: UInt64) -> Bool {
-        if waiting?.vector(of: label) != nil { return true }
-        if let flat = index as? FlatIndex { return flat.vector(of: label) != nil }
-        if let graph = index as? HNSWIndex { return graph.vector(of: label) != nil }
-        return false
+    private static func holds(_ index: any VectorIndex, _ waiting: (any VectorIndex)?, _ label: UInt64) -> Bool {
+        waiting?.vector(of: label) != nil || index.vector(of: label) != nil
     }
 }
 

@@ -280,7 +280,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
         let summary = String(decoding: try layer.directoryAttribute("user.vexfs.index", dir: c.ref), as: UTF8.self)
         #expect(summary.contains("in use: ef "), "\(summary)")
         #expect(summary.contains("target 0.99"), "\(summary)")
-        let m = try #require(layer.existing(c.ref.key)?.state.withLock { $0.index?.index.measurement })
+        let m = try #require(layer.existing(c.ref.key)?.state.withLock { $0.index?.measurement })
         #expect(m.vectors == 3000 && (m.recall >= 0.99 || m.ef == 1000))
         layer.close()
         // The target is the directory's: a new mount reads it back.
