@@ -189,7 +189,7 @@ final class Collection: @unchecked Sendable {
                         if r.rows > 0 { for l in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) { s.owner[l] = name } }
                         layer.noteLink(collection: key, name: name, from: nil, to: r.inode)
                     }
-                    let carriers = Set(s.files.keys.filter { VectorFormat(fileName: $0) == nil })
+                    let carriers = Set(s.files.keys.filter { $0.vectorFormat == nil })
                     attributeCarriers.withLock { $0 = carriers }
                 }
             }
@@ -215,7 +215,7 @@ final class Collection: @unchecked Sendable {
                 seen.insert(name)
                 // A text file whose vectors never came (the endpoint was away) is asked for again.
                 if let r = s.files[name], let st = StoreFiles.stat(dir, name), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
-                if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir, name) || s.files[name] != nil || isText(name, s) {
+                if name.vectorFormat != nil || hasVectorAttribute(dir, name) || s.files[name] != nil || isText(name, s) {
                     // A file big enough to stream goes to the bridge's builder even now: the mount
                     // serves meanwhile, and only this collection's queries wait for it.
                     let streamed = !deferring && StoreFiles.stat(dir, name).flatMap { layer.streamedFormat(name, $0) } != nil
@@ -405,7 +405,7 @@ final class Collection: @unchecked Sendable {
 
     /// Makes the index agree with the file `name` as it is now.
     private func refresh(_ name: FileName, _ s: inout State) {
-        guard !name.hasSuffix(".query"), let st = StoreFiles.stat(directory, name) else {
+        guard !name.isQuery, let st = StoreFiles.stat(directory, name) else {
             forget(name, &s)
             return
         }
@@ -436,7 +436,7 @@ final class Collection: @unchecked Sendable {
                                    attribute: { StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute) })
         } else {
             // A symlink, a directory, a device: never read; a vector name says why it is not one.
-            parsed = VectorFormat(fileName: name) != nil ? .failure(FormatError(StoreFiles.notRegular(st))) : nil
+            parsed = name.vectorFormat != nil ? .failure(FormatError(StoreFiles.notRegular(st))) : nil
         }
         guard let parsed else {
             forget(name, &s)
@@ -465,7 +465,7 @@ final class Collection: @unchecked Sendable {
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }
         keep(record, as: name, replacing: old, &s)
-        if VectorFormat(fileName: name) == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
+        if name.vectorFormat == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
         published(s)
         layer.journal.record("index", path: relative(s, name), detail: ["status": record.status])
     }
@@ -575,7 +575,7 @@ final class Collection: @unchecked Sendable {
     /// such a file (then it is applied the usual way).
     private func applyStreamed(_ name: FileName) -> Bool {
         let begun = state.withLock { s -> (job: StreamJob?, record: FileRecord)? in
-            guard !name.hasSuffix(".query"), let st = StoreFiles.stat(directory, name), StoreFiles.isRegular(st), !isText(name, s),
+            guard !name.isQuery, let st = StoreFiles.stat(directory, name), StoreFiles.isRegular(st), !isText(name, s),
                   let format = layer.streamedFormat(name, st) else { return nil }
             if let r = s.files[name], r.sameSignature(st) { return (nil, r) }
             var record = FileRecord(st)

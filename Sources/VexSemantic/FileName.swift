@@ -15,6 +15,13 @@ public struct FileName: Hashable, Comparable, Sendable, CustomStringConvertible,
 
     public var isEmpty: Bool { bytes.isEmpty }
 
+    /// A query file (`NAME.query`): asked, never indexed.
+    var isQuery: Bool { hasSuffix(".query") }
+    /// The vector format the name says (`a.npy`); nil for other names, query files included.
+    var vectorFormat: VectorFormat? { isQuery ? nil : VectorFormat(fileName: self) }
+    /// The format a query file's name says (`q.npy.query`); nil for a bare `q.query`, whose bytes decide.
+    var queryFormat: VectorFormat? { isQuery ? VectorFormat(fileName: dropLast(6)) : nil }
+
     /// Whether it can name an entry of a directory: one component, not `.` or `..`.
     var isComponent: Bool {
         !bytes.isEmpty && bytes.count <= 255 && !bytes.contains(0x2F) && !bytes.contains(0) && bytes != [0x2E] && bytes != [0x2E, 0x2E]

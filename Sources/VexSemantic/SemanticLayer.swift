@@ -225,7 +225,7 @@ public final class SemanticLayer: @unchecked Sendable {
             }
             let hadIndex = indexed.remove(here.key) != nil
             let wanted = hadIndex || readSetting(fd, .dimension) != nil
-                || files.contains { VectorFormat(fileName: $0) != nil || hasVectorAttribute(fd, $0) || mayBeText(here, $0) }
+                || files.contains { $0.vectorFormat != nil || hasVectorAttribute(fd, $0) || mayBeText(here, $0) }
             guard wanted else { continue }
             // Opened here, in full, once: `collection(_:)` would open it a second time, deferred.
             guard let (c, _) = register(here) else { continue }
@@ -311,9 +311,9 @@ public final class SemanticLayer: @unchecked Sendable {
     /// A file was closed after writing (or truncated): index what it holds now, under this name and
     /// every other name it is indexed by (hard links), in every collection.
     public func written(_ dir: DirectoryRef, _ name: FileName, inode: UInt64) {
-        if name.hasSuffix(".query") { return }
+        if name.isQuery { return }
         journal.record("write-close", path: dir.child(name).escaped)
-        if VectorFormat(fileName: name) != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true || mayBeText(dir, name) {
+        if name.vectorFormat != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true || mayBeText(dir, name) {
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
         }
         let others = links.withLock { $0[inode] ?? [] }
@@ -334,15 +334,15 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Whether `name` is a text file's name under `globs` (nil: the default ones): never a query
     /// or a vector file.
     static func isTextName(_ name: FileName, globs: [String]?) -> Bool {
-        guard !name.hasSuffix(".query"), VectorFormat(fileName: name) == nil else { return false }
+        guard !name.isQuery, name.vectorFormat == nil else { return false }
         return name.withCString { n in (globs ?? defaultEmbedGlobs).contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
     }
 
     /// A new name for an existing file (link(2)): it is a vector wherever its name says so.
     public func linked(_ dir: DirectoryRef, _ name: FileName) {
         journal.record("link", path: dir.child(name).escaped)
-        guard !name.hasSuffix(".query") else { return }
-        if VectorFormat(fileName: name) != nil || hasVectorAttribute(dir.fd, name) || mayBeText(dir, name), let c = collection(dir) {
+        guard !name.isQuery else { return }
+        if name.vectorFormat != nil || hasVectorAttribute(dir.fd, name) || mayBeText(dir, name), let c = collection(dir) {
             bridge.post(.refresh, collection: c.key, name: name)
         }
     }
@@ -372,7 +372,7 @@ public final class SemanticLayer: @unchecked Sendable {
     public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
         journal.record("rename", path: from.child(fromName).escaped, to: to.child(toName).escaped)
         if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
-        if VectorFormat(fileName: toName) != nil || existing(to.key) != nil || hasVectorAttribute(to.fd, toName) || mayBeText(to, toName),
+        if toName.vectorFormat != nil || existing(to.key) != nil || hasVectorAttribute(to.fd, toName) || mayBeText(to, toName),
            let c = collection(to) {
             bridge.post(.refresh, collection: c.key, name: toName)
         }
@@ -430,7 +430,7 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// The format of `name` (`st`) when it is a vector file big enough to be read through a stream.
     func streamedFormat(_ name: FileName, _ st: stat) -> VectorFormat? {
-        guard StoreFiles.isRegular(st), let format = VectorFormat(fileName: name),
+        guard StoreFiles.isRegular(st), let format = name.vectorFormat,
               VectorStream.streams(format, size: Int(st.st_size), threshold: streamThreshold) else { return nil }
         return format
     }
@@ -483,8 +483,8 @@ public final class SemanticLayer: @unchecked Sendable {
     /// format; a bare `q.query` is recognised from its bytes), else its `user.vexfs.vector`; nil when
     /// it has neither. `read` reads the file's bytes within a limit; `attribute` its vector attribute.
     func vectors(name: FileName, read: (Int) -> Result<[UInt8], FormatError>, attribute: () -> [UInt8]?) -> Result<ParsedVectors, FormatError>? {
-        let isQuery = name.hasSuffix(".query")
-        let format = VectorFormat(fileName: isQuery ? name.dropLast(6) : name)
+        let isQuery = name.isQuery
+        let format = isQuery ? name.queryFormat : name.vectorFormat
         if format != nil || isQuery {
             switch read(isQuery ? SemanticLayer.maxQueryBytes : VectorParser.maxFileBytes) {
             case .failure(let e): return .failure(e)
@@ -526,14 +526,14 @@ public final class SemanticLayer: @unchecked Sendable {
         switch suffix {
         case "status":
             bridge.settle(file.dir.key)
-            if file.name.hasSuffix(".query") {
+            if file.name.isQuery {
                 if let inode = inodeNumber(file.fd), let problem = queryProblems.withLock({ $0[inode] }) {
                     return Array("query file: never indexed; last refused: \(problem)".utf8)
                 }
                 return Array("query file: never indexed".utf8)
             }
             guard let r = existing(file.dir.key)?.record(of: file.name) else {
-                if VectorFormat(fileName: file.name) == nil && !mayBeText(file.dir, file.name) { throw .noData }
+                if file.name.vectorFormat == nil && !mayBeText(file.dir, file.name) { throw .noData }
                 if let st = StoreFiles.stat(file.dir.fd, file.name), !StoreFiles.isRegular(st) {
                     return Array("not indexed: \(StoreFiles.notRegular(st))".utf8)
                 }
@@ -697,7 +697,7 @@ public final class SemanticLayer: @unchecked Sendable {
     private func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
-        let options = file.name.hasSuffix(".query") ? try QueryOptions.read(opath: file.fd) : QueryOptions()
+        let options = file.name.isQuery ? try QueryOptions.read(opath: file.fd) : QueryOptions()
         let scoped = try scope(file.dir, options, requester: requester)
         for s in scoped { bridge.settle(s.collection.key) }
         let versions = scoped.map { [Int64(bitPattern: $0.collection.key), Int64(bitPattern: $0.collection.version.load(ordering: .acquiring))] }
@@ -768,7 +768,7 @@ public final class SemanticLayer: @unchecked Sendable {
     /// A bare `.query` file that holds words rather than numbers, as a vector of the query model;
     /// nil for numbers (or with no embedder). The one FUSE request that waits on the network.
     func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
-        guard let client = embedClient, file.name.hasSuffix(".query"), VectorFormat(fileName: file.name.dropLast(6)) == nil,
+        guard let client = embedClient, file.name.isQuery, file.name.queryFormat == nil,
               case .success(let bytes) = StoreFiles.read(opath: file.fd, limit: SemanticLayer.maxQueryBytes) else { return nil }
         let sniffed = bytes.withUnsafeBytes { VectorFormat.sniff($0) }
         guard sniffed == .raw, !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self),
@@ -795,7 +795,7 @@ public final class SemanticLayer: @unchecked Sendable {
         let inode = inodeNumber(file.fd) ?? 0
         do throws(SemanticError) {
             guard let option = QueryOptions.Option(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set on a file") }
-            guard file.name.hasSuffix(".query") else { throw .invalid("\(attribute) is an option of query files (NAME.query)") }
+            guard file.name.isQuery else { throw .invalid("\(attribute) is an option of query files (NAME.query)") }
             var options = QueryOptions()
             try options.set(option, value)
             guard StoreFiles.setAttribute(opath: file.fd, attribute, bytes: value) else {
@@ -810,7 +810,7 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// Removes a query option (the default applies again); other names of ours are computed.
     public func removeFileAttribute(_ attribute: String, file: FileRef) throws(SemanticError) {
-        guard QueryOptions.Option(rawValue: attribute) != nil, file.name.hasSuffix(".query") else { throw .noData }
+        guard QueryOptions.Option(rawValue: attribute) != nil, file.name.isQuery else { throw .noData }
         guard StoreFiles.removeAttribute(opath: file.fd, attribute) else { throw .noData }
     }
 

@@ -171,8 +171,8 @@ public enum StoreCheck {
             guard let st = StoreFiles.stat(directory.fd, name) else { findings.append("\(name.escaped): gone"); continue }
             if !record.sameSignature(st) { findings.append("\(name.escaped): changed") }
         }
-        for name in StoreFiles.entries(directory.fd).files where saved.files[name] == nil && !name.hasSuffix(".query") {
-            if VectorFormat(fileName: name) != nil || hasVectorAttribute(directory.fd, name) {
+        for name in StoreFiles.entries(directory.fd).files where saved.files[name] == nil && !name.isQuery {
+            if name.vectorFormat != nil || hasVectorAttribute(directory.fd, name) {
                 findings.append("\(name.escaped): not in the snapshot")
             }
         }
