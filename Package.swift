@@ -51,7 +51,7 @@ let package = Package(
         ),
         .target(
             name: "VexFUSE",
-            dependencies: ["CFuse", "VexStore", "VexMemory", "VexSemantic", "VexIndex", "VexKernels",
+            dependencies: ["CFuse", "VexStore", "VexMemory", "VexSemantic",
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "Prometheus", package: "swift-prometheus"),
                            .product(name: "Logging", package: "swift-log"),

@@ -26,8 +26,8 @@
 // (StateDirectory.swift). Filesystem logic is in VexStore; this module only translates.
 import CFuse
 import Glibc
-import VexIndex
 import VexMemory
+import VexSemantic
 
 /// What a mount asks of the kernel, parsed once from `-o` and the command line.
 public struct MountOptions: Sendable, Equatable {
@@ -63,19 +63,12 @@ public struct MountOptions: Sendable, Equatable {
     public var stackBudget = 64 * 1024
     /// Buffers preallocated in the 1, 4 and 16 KiB tiers of the scratch pool.
     public var poolBuffers = BufferPool.Configuration().preallocated
-    /// Which index collections use, and the HNSW knobs.
-    public var indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold)
-    public var hnsw = HNSWParameters()
+    /// The vector layer's options (index, embedder), passed on to it unread.
+    public var semantic = SemanticOptions()
     /// Options passed on to the kernel mount (allow_other, ro, ...).
     public var kernelOptions: [String] = []
     /// How much the daemon logs (`log_level=`): trace, debug, info (default), notice, warning, error, critical.
     public var logLevel = "info"
-    /// An OpenAI-compatible embeddings endpoint (`embedder=URL`), the models sent for documents and
-    /// queries, and the longest passage in characters.
-    public var embedder: String?
-    public var embedModel = ""
-    public var embedQueryModel: String?
-    public var embedChunk = 2000
 
     public init() {}
 
@@ -103,15 +96,6 @@ public struct MountOptions: Sendable, Equatable {
                     throw .badValue(option)
                 }
                 logLevel = value
-            case "embedder":
-                guard let value, value.hasPrefix("http://") || value.hasPrefix("https://"), value.count <= 2048 else { throw .badValue(option) }
-                embedder = value
-            case "embed_model", "embed_query_model":
-                guard let value, !value.isEmpty, value.count <= 256 else { throw .badValue(option) }
-                if key == "embed_model" { embedModel = value } else { embedQueryModel = value }
-            case "embed_chunk":
-                guard let value, let n = Int(value), n >= 16, n <= 1_000_000 else { throw .badValue(option) }
-                embedChunk = n
             case "writeback": writeback = true
             case "no_writeback": writeback = false
             case "passthrough": passthrough = true
@@ -143,13 +127,10 @@ public struct MountOptions: Sendable, Equatable {
             case "descriptor_budget":
                 guard let value, let n = Int(value), n >= 16 else { throw .badValue(option) }
                 descriptorBudget = n
-            case "index":
-                guard let value, let kind = IndexKind(value) else { throw .badValue(option) }
-                indexKind = kind
-            case "hnsw_m", "ef_construction", "ef_search":
-                guard let value, let n = Int(value), n >= 2, n <= 4096 else { throw .badValue(option) }
-                if key == "hnsw_m" { hnsw.m = min(n, 128) } else if key == "ef_construction" { hnsw.efConstruction = n } else { hnsw.efSearch = n }
-            default: kernelOptions.append(option)
+            default:
+                let taken: Bool
+                do { taken = try semantic.apply(key, value) } catch { throw .badValue(option) }
+                if !taken { kernelOptions.append(option) }
             }
         }
     }

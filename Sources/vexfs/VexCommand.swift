@@ -92,14 +92,9 @@ struct Mount: ParsableCommand {
                 MountLock.record(pid: getpid(), in: lock)
             }, prepare: { factory in
                 // Made here, after the fork: the HTTP client's threads would not survive it.
-                let embedder = mountOptions.embedder.map { url in
-                    var c = EmbedderConfiguration(url: url, documentModel: mountOptions.embedModel, queryModel: mountOptions.embedQueryModel,
-                                                  apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
-                    c.chunk = mountOptions.embedChunk
-                    return c
-                }
-                let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.indexKind,
-                                             parameters: mountOptions.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder)
+                let embedder = mountOptions.semantic.embedderConfiguration(apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
+                let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.semantic.indexKind,
+                                             parameters: mountOptions.semantic.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder)
                 let reconciled = semantic.reconcile { line in logger.info("\(line)") }
                 logger.notice("serving \(storePath) on \(mountPath): \(reconciled.collections) collections, \(reconciled.changed) files re-read at mount, SIMD path \(kernels.path)\(kernels.usesVNNI ? " with VNNI" : "")")
                 return semantic

@@ -1,0 +1,56 @@
+import VexEmbed
+import VexIndex
+
+/// The `-o` options that belong to the vector layer: which index collections use and its knobs, and
+/// the embedding endpoint. The mount carries them without knowing what they mean, and hands them to
+/// `SemanticLayer` as they are.
+public struct SemanticOptions: Sendable, Equatable {
+    /// `index=auto|auto:N|flat|hnsw`.
+    public var indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold)
+    /// `hnsw_m=N`, `ef_construction=N`, `ef_search=N`.
+    public var hnsw = HNSWParameters()
+    /// An OpenAI-compatible embeddings endpoint (`embedder=URL`), the models sent for documents and
+    /// queries (`embed_model=`, `embed_query_model=`), and the longest passage in characters (`embed_chunk=`).
+    public var embedder: String?
+    public var embedModel = ""
+    public var embedQueryModel: String?
+    public var embedChunk = 2000
+
+    public init() {}
+
+    public struct BadValue: Error {}
+
+    /// Takes the option `key[=value]` if it is one of the vector layer's: true when taken, false
+    /// when it is not one of them; a bad value is an error.
+    public mutating func apply(_ key: String, _ value: String?) throws(BadValue) -> Bool {
+        switch key {
+        case "embedder":
+            guard let value, value.hasPrefix("http://") || value.hasPrefix("https://"), value.count <= 2048 else { throw BadValue() }
+            embedder = value
+        case "embed_model", "embed_query_model":
+            guard let value, !value.isEmpty, value.count <= 256 else { throw BadValue() }
+            if key == "embed_model" { embedModel = value } else { embedQueryModel = value }
+        case "embed_chunk":
+            guard let value, let n = Int(value), n >= 16, n <= 1_000_000 else { throw BadValue() }
+            embedChunk = n
+        case "index":
+            guard let value, let kind = IndexKind(value) else { throw BadValue() }
+            indexKind = kind
+        case "hnsw_m", "ef_construction", "ef_search":
+            guard let value, let n = Int(value), n >= 2, n <= 4096 else { throw BadValue() }
+            if key == "hnsw_m" { hnsw.m = min(n, 128) } else if key == "ef_construction" { hnsw.efConstruction = n } else { hnsw.efSearch = n }
+        default:
+            return false
+        }
+        return true
+    }
+
+    /// The embedder to reach, if one was named (`apiKey` from the environment, never the command line).
+    public func embedderConfiguration(apiKey: String?) -> EmbedderConfiguration? {
+        embedder.map { url in
+            var c = EmbedderConfiguration(url: url, documentModel: embedModel, queryModel: embedQueryModel, apiKey: apiKey)
+            c.chunk = embedChunk
+            return c
+        }
+    }
+}
