@@ -32,7 +32,15 @@ struct Mount: ParsableCommand {
     @Argument(help: "Where the filesystem appears.") var mountpoint: String
     @Flag(name: .short, help: "Stay in the foreground.") var foreground = false
     @Option(help: "Most FUSE worker threads (default: libfuse's).") var threads: Int?
-    @Option(name: .short, help: "Mount options: writeback, no_writeback, keep_cache, no_keep_cache, attr_timeout=S, entry_timeout=S, negative_timeout=S, no_splice, no_clone_fd, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, embedder=URL, embed_model=NAME, embed_query_model=NAME, embed_chunk=N, log_level=LEVEL, and kernel options such as allow_other or ro.")
+    @Option(name: .short, help: """
+        Mount options, comma-separated (README "Use" says what each does): passthrough, no_passthrough, \
+        writeback, no_writeback, posix_acl, no_posix_acl, keep_cache, no_keep_cache, splice, no_splice, \
+        clone_fd, no_clone_fd, killpriv, no_killpriv, attr_timeout=S, entry_timeout=S, negative_timeout=S, \
+        timeout=S, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, \
+        index=auto|auto:N|flat|hnsw, hnsw_m=N, ef_construction=N, ef_search=N, embedder=URL, \
+        embed_model=NAME, embed_query_model=NAME, embed_chunk=N, log_level=LEVEL; anything else \
+        (allow_other, ro, ...) goes to the kernel mount.
+        """)
     var options: [String] = []
 
     func run() throws {
