@@ -98,6 +98,16 @@ public enum Setting: Equatable, Sendable {
 /// that names what the index holds. Changed by the bridge worker, by a settings change with the
 /// bridge settled, and by the embedding thread when a text file's vectors come back (each under
 /// `state`'s lock); read by queries, which hold the lock only to look names up, never to search.
+///
+/// Lock order, outermost first; a thread holding one takes only locks below it:
+/// 1. `state`.
+/// 2. The index's own (taken inside calls to `PersistentIndex`: its snapshot lock, the adaptive
+///    index's absorber, writes and linking locks, the graph's writer, the exact index's rows).
+/// 3. Leaves, under which nothing is taken: `attributeCarriers`, `tags`, the bridge's queue lock
+///    (`hold`, `post`), the tuner's and linker's queues (`request`), the layer's `collections`,
+///    `links`, `answers`, `problems` and `reporter`, the journal's buffer, the metrics.
+/// The bridge's worker and builder take `state` holding none of their own; the layer takes
+/// `collections` only to look up or register, never around `state`.
 final class Collection: @unchecked Sendable {
     /// The directory's inode number: stays the same across renames.
     let key: UInt64
