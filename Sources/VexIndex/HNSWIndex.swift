@@ -1084,6 +1084,10 @@ extension HNSWIndex {
         index.namedBySnapshot.store(true, ordering: .relaxed)
         guard blocks.count == n * index.blockSize, labels.count == n * 8 else { throw short }
         var b = ByteReader(blocks), l = ByteReader(labels), u = ByteReader(upper)
+        // Nodes whose blocks are in place: a damaged snapshot found past them still frees what
+        // they hold (deinit frees the upper links of published nodes).
+        var placed = 0
+        defer { if index.published.load(ordering: .relaxed) == 0 { index.published.store(placed, ordering: .relaxed) } }
         try index.writer.withLock { (state) throws in
             state.random = SplitMixRandom(seed: 0)
             state.random.state = randomState
@@ -1098,6 +1102,7 @@ extension HNSWIndex {
                     state.chunkCount += 1
                 }
                 try b.copy(index.blockSize, to: index.block(node))
+                placed = Int(node) + 1
                 let label = try l.get(UInt64.self)
                 let slot = Int(node & UInt32(chunkNodes - 1))
                 (index.chunks[chunk]! + index.labelsOffset).storeBytes(of: label, toByteOffset: slot * 8, as: UInt64.self)
@@ -1122,10 +1127,14 @@ extension HNSWIndex {
                 for lv in 0...index.level(node) {
                     let list = index.links(node, lv)
                     guard Int(list[0]) <= index.maxLinks(lv) else { throw short }
-                    for j in 0..<Int(list[0]) where Int(list[1 + j]) >= n { throw short }
+                    // A link at a level its target does not reach would be read as that target's
+                    // links at that level, which it does not have.
+                    for j in 0..<Int(list[0]) where Int(list[1 + j]) >= n || index.level(list[1 + j]) < lv { throw short }
                 }
             }
-            guard top == 0 || (Int(UInt32(truncatingIfNeeded: top)) < n && n > 0) else { throw short }
+            // The entry is (its level + 1) << 32 | node: a search walks down from that level.
+            let entryNode = Int(UInt32(truncatingIfNeeded: top)), entryLevel = Int(top >> 32) - 1
+            guard top == 0 || (entryNode < n && entryLevel >= 0 && entryLevel <= index.level(UInt32(entryNode))) else { throw short }
             index.liveCount.store(live, ordering: .relaxed)
             index.published.store(n, ordering: .releasing)
             index.entry.store(top, ordering: .releasing)

@@ -173,6 +173,30 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         #expect(graph.count == 1999 && waiting?.vector(of: 5) == [Float](repeating: 100, count: 8))
     }
 
+    /// Found by Fuzz/Snapshot: a link at a level its target does not reach (or an entry above its
+    /// node's level) was read as links the target does not have, a null pointer. Each is refused.
+    @Test func linksAndEntryAboveTheirNodesLevelAreRefused() throws {
+        let g = HNSWIndex(dimension: 4, metric: .l2, kernels: Self.kernels, parameters: HNSWParameters(m: 4, efConstruction: 16))
+        for (i, v) in clusteredSet(count: 600, dimension: 4, clusters: 3, seed: 5).enumerated() { try g.insert(label: UInt64(i), vector: v) }
+        let intact = Dictionary(uniqueKeysWithValues: try g.sections())
+        _ = try HNSWIndex.restore(intact, dimension: 4, metric: .l2, kernels: Self.kernels, directory: nil)
+        let low = try #require((0..<UInt32(600)).first { g.level($0) == 0 })
+        var words = intact["UPPR"]!.withUnsafeBytes { Array($0.bindMemory(to: UInt32.self)) }
+        #expect(words[0] > 0)
+        words[1] = low
+        var linked = intact
+        linked["UPPR"] = words.withUnsafeBytes { Array($0) }
+        #expect(throws: PersistenceError.self) { try HNSWIndex.restore(linked, dimension: 4, metric: .l2, kernels: Self.kernels, directory: nil) }
+
+        var meta = intact["HNSW"]!
+        let entryAt = 4 * 3 + 8 + 8  // m, ef_construction, ef_search, seed, count
+        let entry = (UInt64(g.level(low) + 2) << 32) | UInt64(low)
+        withUnsafeBytes(of: entry.littleEndian) { for (i, b) in $0.enumerated() { meta[entryAt + i] = b } }
+        var entered = intact
+        entered["HNSW"] = meta
+        #expect(throws: PersistenceError.self) { try HNSWIndex.restore(entered, dimension: 4, metric: .l2, kernels: Self.kernels, directory: nil) }
+    }
+
     @Test func changesSinceTheSnapshotAreCountedAndOldLogsGo() throws {
         let dir = scratchDirectory()
         defer { removeTree(dir) }
