@@ -1,6 +1,7 @@
 // swift-tools-version:6.0
 // libFuzzer targets for every parser that reads what users write: the vector formats, the values of
-// the settable `user.vexfs.*` attributes, escaped names and the `-o` options. A separate package so
+// the settable `user.vexfs.*` attributes, escaped names and the `-o` options; and for what vexfs reads
+// back from STORE/.vexfs: a collection's snapshot and the catalog in it. A separate package so
 // that `-sanitize=fuzzer` reaches only these; run them with ../scripts/fuzz.
 import Foundation
 import PackageDescription
@@ -21,6 +22,6 @@ let package = Package(
         .target(name: "FuzzDriver", dependencies: [.product(name: "VexSemantic", package: main)]),
         fuzzer("VecText", "VexSemantic"), fuzzer("Numpy", "VexSemantic"), fuzzer("Fvecs", "VexSemantic"),
         fuzzer("Raw", "VexSemantic"), fuzzer("Settings", "VexSemantic"), fuzzer("Names", "VexSemantic"),
-        fuzzer("Options", "VexFUSE"),
+        fuzzer("Options", "VexFUSE"), fuzzer("Snapshot", "VexSemantic"), fuzzer("Catalog", "VexSemantic"),
     ]
 )
