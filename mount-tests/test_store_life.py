@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import is_mounted
+from conftest import VEXFS, is_mounted
 from test_faults import sections
 from test_vectors import brute, write_vec
 
@@ -271,6 +271,9 @@ def test_a_collection_answers_the_same_through_remounts_and_a_kill(make_mount, r
     m.mount()
     again("mount after kill -9")
     m.unmount()
+    # Without mounting, the saved state agrees with every file.
+    check = subprocess.run([VEXFS, "check", str(m.store)], capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.startswith("clean\tc\t"), check.stdout
     m.mount()
     again("third mount")
     m.unmount()

@@ -255,6 +255,29 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    /// Those of `labels` the graph holds.
+    func held(_ labels: [UInt64]) -> [UInt64] {
+        let ceiling = labelCeiling.load(ordering: .acquiring)
+        return writer.withLock { state in labels.filter { $0 <= ceiling && state.nodeOfLabel[$0] != nil } }
+    }
+
+    /// Marks the nodes of `labels` deleted without relinking their neighbours, for a graph about to
+    /// be rebuilt without them (`AdaptiveIndex.remove(labels:)`); searches still pass through them.
+    /// Returns how many it held.
+    func tombstone(labels: [UInt64]) -> Int {
+        writer.withLock { state in
+            var removed = 0
+            for label in labels {
+                guard let node = state.nodeOfLabel.removeValue(forKey: label) else { continue }
+                markDeleted(node)
+                liveCount.subtract(1, ordering: .relaxed)
+                state.deleted += 1
+                removed += 1
+            }
+            return removed
+        }
+    }
+
     /// Marks `node` deleted and relinks its neighbours around it.
     func delete(_ node: UInt32, _ state: inout WriterState) {
         markDeleted(node)

@@ -182,6 +182,14 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         return true
     }
 
+    /// Removes every label in `labels` it holds (a file's rows); returns how many.
+    @discardableResult
+    public func remove(labels: [UInt64]) -> Int {
+        let removed = index.remove(labels: labels)
+        changes.add(removed, ordering: .relaxed)
+        return removed
+    }
+
     public func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter) throws(IndexError) -> [Neighbor] {
         try index.search(query, k: k, ef: ef, filter: filter)
     }
@@ -206,7 +214,12 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     @discardableResult public func absorb(limit: Int = .max) -> Int { index.absorb(limit: limit) }
 
     /// Measures the graph against `target` and searches at the breadth found (a background thread's work).
-    @discardableResult public func tune(target: Double) -> RecallMeasurement? { index.tune(target: target) }
+    /// A new measurement counts as a change, so the next snapshot (at the latest, unmount's) keeps it.
+    @discardableResult public func tune(target: Double) -> RecallMeasurement? {
+        let m = index.tune(target: target)
+        if m != nil { changes.add(1, ordering: .relaxed) }
+        return m
+    }
     /// The last measurement, kept across snapshots.
     public var measurement: RecallMeasurement? { index.measurement }
 

@@ -356,7 +356,13 @@ final class Bridge: @unchecked Sendable {
                     idleWork = idle()
                     pthread_mutex_lock(queueLock)
                 } else {
-                    pthread_cond_wait(wake, queueLock)
+                    // Looked at again each second as well: idle work passes over a collection that
+                    // was busy when it looked, and nothing may come to wake it after (seen: the
+                    // last slice of a streamed file left waiting beside its graph for good).
+                    var again = timespec()
+                    clock_gettime(CLOCK_MONOTONIC, &again)
+                    again.tv_sec += 1
+                    pthread_cond_timedwait(wake, queueLock, &again)
                     idleWork = true
                 }
             }

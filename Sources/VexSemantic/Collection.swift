@@ -214,7 +214,9 @@ final class Collection: @unchecked Sendable {
                     let labels = r.firstLabel..<(r.firstLabel + UInt64(r.rows))
                     if !labels.allSatisfy({ live.contains($0) }) { forget(name, &s); changed += 1 }
                 }
-                for label in live where s.owner[label] == nil { index.remove(label: label); changed += 1 }
+                let unowned = live.filter { s.owner[$0] == nil }
+                index.remove(labels: Array(unowned))
+                changed += unowned.count
             } else {
                 s.files = [:]
             }
@@ -567,10 +569,9 @@ final class Collection: @unchecked Sendable {
     /// Settles `record` after `feed`: indexed, or (failed) none of its vectors left.
     private func endStream(_ job: StreamJob, failure: String?, _ record: inout FileRecord, _ s: inout State) {
         if let failure {
-            for l in job.firstLabel..<(job.firstLabel + UInt64(job.input.rows)) {
-                job.index.remove(label: l)
-                s.owner[l] = nil
-            }
+            let labels = Array(job.firstLabel..<(job.firstLabel + UInt64(job.input.rows)))
+            job.index.remove(labels: labels)
+            for l in labels { s.owner[l] = nil }
             record.rows = 0
             record.status = "not indexed: \(failure)"
         } else {
@@ -646,10 +647,9 @@ final class Collection: @unchecked Sendable {
 
     private func release(_ record: FileRecord?, _ s: inout State) {
         guard let record, record.rows > 0 else { return }
-        for l in record.firstLabel..<(record.firstLabel + UInt64(record.rows)) {
-            s.index?.remove(label: l)
-            s.owner[l] = nil
-        }
+        let labels = Array(record.firstLabel..<(record.firstLabel + UInt64(record.rows)))
+        s.index?.remove(labels: labels)
+        for l in labels { s.owner[l] = nil }
     }
 
     /// Asks for a snapshot once the changes since the last one are as many as the collection holds
