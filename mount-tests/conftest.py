@@ -42,6 +42,18 @@ class Mount:
             subprocess.run([VEXFS, "unmount", str(self.root)], check=True, timeout=120)
         assert not is_mounted(self.root)
 
+    def kill9(self):
+        """kill -9 the daemon and clear its mount, as a crash would leave it."""
+        os.kill(self.pid, signal.SIGKILL)
+        for _ in range(200):
+            try:
+                os.kill(self.pid, 0)
+                time.sleep(0.05)
+            except ProcessLookupError:
+                break
+        subprocess.run(["fusermount3", "-u", "-z", str(self.root)], check=False)
+        assert not is_mounted(self.root)
+
     def cleanup(self):
         """Last resort after a failure: lazy unmount, then stop the daemon we started, by its pid."""
         if is_mounted(self.root):

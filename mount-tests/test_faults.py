@@ -4,7 +4,6 @@ after a fault comes up and answers as a fresh index of the same files would."""
 import errno
 import os
 import random
-import signal
 import struct
 import subprocess
 import threading
@@ -26,19 +25,6 @@ def names(answer):
 
 def exact(rows, q, k=10):
     return list(np.argsort(np.linalg.norm(rows - q, axis=1), kind="stable")[:k])
-
-
-def kill9(m):
-    """kill -9 the daemon and clear its mount, as a crash would leave it."""
-    os.kill(m.pid, signal.SIGKILL)
-    for _ in range(200):
-        try:
-            os.kill(m.pid, 0)
-            time.sleep(0.05)
-        except ProcessLookupError:
-            break
-    subprocess.run(["fusermount3", "-u", "-z", str(m.root)], check=False)
-    assert not is_mounted(m.root)
 
 
 def check(store):
@@ -221,7 +207,7 @@ def test_kill_9_while_a_big_file_is_indexed_loses_nothing(make_mount, kind):
         if not (c / "big.npy").exists() or moment % 3 == 0:
             subprocess.run(["cp", str(m.store / "staged.npy"), str(c / "big.npy")], check=True)
         time.sleep(rng.uniform(0, 2.5 * max(1, mib / 24)))
-        kill9(m)
+        m.kill9()
         m.mount()
         assert os.getxattr(c / "big.npy", "user.vexfs.status").decode() == f"indexed: {len(rows)} vectors", moment
         assert os.getxattr(c, "user.vexfs.count") == str(len(rows)).encode(), moment

@@ -23,6 +23,20 @@ def wait_until(cond, seconds=20):
     return False
 
 
+def threads_of(pid):
+    """Each thread's name, state and kernel stack, for a daemon that hangs."""
+    lines = []
+    for tid in sorted(os.listdir(f"/proc/{pid}/task")):
+        base = f"/proc/{pid}/task/{tid}"
+        try:
+            state = open(f"{base}/stat").read().rsplit(")", 1)[1].split()[0]
+            stack = open(f"{base}/stack").read().replace("\n", " | ")
+            lines.append(f"{tid} {open(base + '/comm').read().strip()} {state} {open(base + '/wchan').read()} {stack}")
+        except OSError as e:
+            lines.append(f"{tid}: {e}")
+    return "\n".join(lines)
+
+
 def running(pid):
     """True while pid is a live process (a zombie awaiting its reaper has finished)."""
     try:
@@ -69,7 +83,11 @@ def test_foreground_mount_ends_cleanly_on_signal(make_mount, sig):
         assert wait_until(lambda: is_mounted(m.root))
         (m.root / "f").write_text("x")
         proc.send_signal(sig)
-        assert proc.wait(timeout=30) == 0
+        try:
+            status = proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the daemon did not end within 30 s of signal {sig}; its threads:\n{threads_of(proc.pid)}")
+        assert status == 0
         assert not is_mounted(m.root)
         assert (m.store / "f").read_text() == "x"
     finally:

@@ -1,7 +1,6 @@
 """The life of a store: collections of every kind written, asked, unmounted, mounted, killed and mounted
 again, with answers and statuses that never change (the release build is the one CI mounts)."""
 import os
-import signal
 import subprocess
 import time
 
@@ -195,18 +194,6 @@ def state(c, asked, graph):
     return answers, statuses, os.getxattr(c, "user.vexfs.count"), os.getxattr(c, "user.vexfs.index")
 
 
-def kill9(m):
-    os.kill(m.pid, signal.SIGKILL)
-    for _ in range(200):
-        try:
-            os.kill(m.pid, 0)
-            time.sleep(0.05)
-        except ProcessLookupError:
-            break
-    subprocess.run(["fusermount3", "-u", "-z", str(m.root)], check=False)
-    assert not is_mounted(m.root)
-
-
 def check_first_answers(c, answers, vectors, queries, member, metric, graph):
     # A file's own answer leaves out every name of it (its hard links too).
     itself = {n for n in vectors if os.path.samefile(c / n.split("#")[0], c / member)}
@@ -267,7 +254,7 @@ def test_a_collection_answers_the_same_through_remounts_and_a_kill(make_mount, r
     m.unmount()
     m.mount()
     again("remount")
-    kill9(m)
+    m.kill9()
     m.mount()
     again("mount after kill -9")
     m.unmount()
