@@ -78,7 +78,10 @@ def test_detaches_and_unmount_waits_for_the_daemon(make_mount):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_foreground_mount_ends_cleanly_on_signal(make_mount, sig):
     m = make_mount()
-    proc = subprocess.Popen([VEXFS, "mount", str(m.store), str(m.root), "-f"])
+    # As from a terminal: a shell running this in the background hands its children SIGINT ignored,
+    # and libfuse (like nohup's users expect) leaves an ignored signal ignored.
+    proc = subprocess.Popen([VEXFS, "mount", str(m.store), str(m.root), "-f"],
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert wait_until(lambda: is_mounted(m.root))
         (m.root / "f").write_text("x")
