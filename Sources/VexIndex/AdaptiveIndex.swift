@@ -116,8 +116,10 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         let now = active
         var s = now is HNSWIndex ? "hnsw \(parameters)" : "flat exact"
         if case .automatic(let t) = kind { s += " (auto: hnsw from \(t) vectors)" }
-        if now is HNSWIndex, let m = measurement { s += "; in use: \(m)" }
-        if now is HNSWIndex, fresh.count > 0 { s += "; \(fresh.count) vectors waiting to be linked" }
+        if now is HNSWIndex {
+            if let m = measurement { s += "; in use: \(m)" }
+            if fresh.count > 0 { s += "; \(fresh.count) vectors waiting to be linked" }
+        }
         return s
     }
 

@@ -8,9 +8,14 @@ public struct RecoveryReport: Sendable, CustomStringConvertible {
     /// Problems met and repaired (a damaged snapshot, a changed dimension); the index may then lack
     /// vectors, which the owner's reconciliation with the files restores.
     public var problems: [String] = []
-    /// Why the snapshot was set aside (renamed `snapshot.bad`), when it was, and what was wrong.
-    public var rejected: SnapshotRejection?
-    public var rejectedBecause = ""
+    /// What was wrong with the snapshot, when it was set aside (renamed `snapshot.bad`).
+    public var setAside: PersistenceError?
+    public var rejected: SnapshotRejection? { setAside?.rejection }
+
+    mutating func setAside(_ error: PersistenceError) {
+        problems.append("\(error); set aside")
+        setAside = error
+    }
 
     public var description: String {
         var s = "snapshot \(snapshotLoaded ? "loaded" : "absent")"
@@ -83,7 +88,6 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         } else if access(snapshotPath, F_OK) == 0 {
             // Kept for a post-mortem, out of the way of the next snapshot; one at a time.
             if rename(snapshotPath, snapshotPath + ".bad") != 0 { unlink(snapshotPath) }
-            if report.rejected == nil { report.rejected = .unreadable }
         }
         // Write-ahead logs of earlier versions: what they hold, the owner reads again from the files.
         for path in try entries(in: directory, prefix: "wal.") { unlink(path) }
@@ -98,18 +102,14 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         let sections: [String: [UInt8]]
         do { sections = try readSnapshot(path: path) } catch {
             if case .io(_, ENOENT) = error { return nil }
-            report.problems.append("\(error); set aside")
-            report.rejected = error.rejection
-            report.rejectedBecause = error.reason
+            report.setAside(error)
             return nil
         }
         do {
             let (index, waiting, extra) = try restore(sections, path: path, directory: directory, dimension: dimension, metric: metric, kernels: kernels)
             return (index, waiting, extra, RecallMeasurement(section: sections["TUNE"]))
         } catch {
-            report.problems.append("\(error); set aside")
-            report.rejected = error.rejection
-            report.rejectedBecause = error.reason
+            report.setAside(error)
             return nil
         }
     }
@@ -158,9 +158,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
             } catch { throw unfit }
             // A label in both was being linked when the snapshot was written (an absorb links
             // without holding writers off): the waiting copy is the one a writer last gave.
-            var both: [UInt64] = []
-            waiting!.forEach { label, _ in both.append(label) }
-            for label in both { restored.remove(label: label) }
+            waiting!.forEach { label, _ in restored.remove(label: label) }
         }
         return (restored, waiting, extra)
     }

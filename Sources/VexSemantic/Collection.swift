@@ -188,10 +188,8 @@ final class Collection: @unchecked Sendable {
                     } catch {
                         // What the snapshot's labels mean is lost with it: start from an empty
                         // index, which replaces the snapshot at the checkpoint after the files are read.
-                        let why = "\(shown(s)): \(index.directory)/snapshot: \(error); set aside"
-                        problems.append(why)
-                        layer.metrics.rejected(error.rejection)
-                        s.recovery = "snapshot set aside (\(error.rejection.rawValue): \(error.reason)); rebuilt from the files"
+                        problems.append("\(shown(s)): \(index.directory)/snapshot: \(error); set aside")
+                        noteSetAside(error, &s)
                         rename(index.directory + "/snapshot", index.directory + "/snapshot.bad")
                         problems += openIndex(&s, beside: true)
                     }
@@ -261,14 +259,17 @@ final class Collection: @unchecked Sendable {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.metric, kind: layer.indexKind,
                                                  parameters: layer.parameters, kernels: layer.kernels, empty: beside)
             s.index = index
-            if let reason = index.recovery.rejected {
-                layer.metrics.rejected(reason)
-                s.recovery = "snapshot set aside (\(reason.rawValue): \(index.recovery.rejectedBecause)); rebuilt from the files"
-            }
+            if let error = index.recovery.setAside { noteSetAside(error, &s) }
             return index.recovery.problems.map { "\(shown(s)): \($0)" }
         } catch {
             return ["\(shown(s)): the index cannot be opened: \(error)"]
         }
+    }
+
+    /// A snapshot set aside at open: counted, and said in the directory's status (without the path).
+    private func noteSetAside(_ error: PersistenceError, _ s: inout State) {
+        layer.metrics.rejected(error.rejection)
+        s.recovery = "snapshot set aside (\(error.rejection.rawValue): \(error.reason)); rebuilt from the files"
     }
 
     // MARK: applying changes (bridge worker)
