@@ -5,6 +5,6 @@ import VexIndex
 /// `vexfs check` decode it, for an index holding `rows` vectors. Returns how many files it names and
 /// how many vectors they hold together. Nothing else calls it.
 public func decodeCatalog(_ bytes: [UInt8], rows: Int) throws(PersistenceError) -> (files: Int, rows: Int) {
-    let (files, _) = try Collection.decode(bytes, rows: rows)
+    let (files, _) = try Catalog.decode(bytes, rows: rows)
     return (files.count, files.values.reduce(0) { $0 + $1.rows })
 }

@@ -79,7 +79,7 @@ public struct SavedCollection {
         guard let catalog = attachments["CAT"] else {
             throw .corrupt(path: path, reason: "it has no catalog of its files", kind: .catalog)
         }
-        let (files, next) = try Collection.decode(catalog, rows: held)
+        let (files, next) = try Catalog.decode(catalog, rows: held)
         // Every label the catalog names is in the index, and the index holds nothing else.
         let named = files.values.reduce(0) { $0 + $1.rows }
         var missing = 0
@@ -162,10 +162,10 @@ public enum StoreCheck {
                                    findings: ["\(error.rejection.rawValue): \(error)"], vectors: 0, repaired: repaired)
         }
         var findings: [String] = []
-        if case .dimension(let d)? = readSetting(directory.fd, .dimension), d != saved.dimension {
+        if case .dimension(let d)? = Setting.read(.dimension, from: directory.fd), d != saved.dimension {
             findings.append("the directory's dimension is \(d), the snapshot's \(saved.dimension)")
         }
-        let metric: Metric = if case .metric(let m)? = readSetting(directory.fd, .metric) { m } else { .l2 }
+        let metric: Metric = if case .metric(let m)? = Setting.read(.metric, from: directory.fd) { m } else { .l2 }
         if metric != saved.metric { findings.append("the directory's metric is \(metric), the snapshot's \(saved.metric)") }
         for (name, record) in saved.files.sorted(by: { $0.key < $1.key }) {
             guard let st = StoreFiles.stat(directory.fd, name) else { findings.append("\(name.escaped): gone"); continue }

@@ -172,3 +172,40 @@ enum StoreFiles {
         return (files, directories)
     }
 }
+
+// MARK: the state directory and other helpers
+
+func statFile(_ path: String) -> stat? {
+    var st = stat()
+    return lstat(path, &st) == 0 ? st : nil
+}
+
+func hasVectorAttribute(_ dir: Int32, _ name: FileName) -> Bool {
+    StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute) != nil
+}
+
+// The state directory (STORE/.vexfs, root's alone) is the only place read by path.
+
+/// The regular files and the sub-directories of the state directory `dir`, by name.
+func entries(_ dir: String) -> (files: [String], directories: [String]) {
+    let fd = open(dir, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return ([], []) }
+    defer { close(fd) }
+    let (files, directories) = StoreFiles.entries(fd)
+    return (files.map(\.text), directories.map(\.text))
+}
+
+func listFiles(_ dir: String) -> [String] { entries(dir).files }
+func listDirectories(_ dir: String) -> [String] { entries(dir).directories }
+
+/// Deletes `path` and everything under it (an index directory: plain files, no links to follow).
+func removeTree(_ path: String) {
+    guard let st = statFile(path) else { return }
+    if st.st_mode & S_IFMT == S_IFDIR {
+        for name in listFiles(path) { unlink(path + "/" + name) }
+        for name in listDirectories(path) { removeTree(path + "/" + name) }
+        rmdir(path)
+    } else {
+        unlink(path)
+    }
+}

@@ -249,3 +249,21 @@ extension String {
 
     func trimmingQuotes() -> String { filter { $0 != "'" && $0 != "\"" } }
 }
+
+extension VectorParser {
+    /// What a file holds as vectors: the content of a vector or query file (`q.npy.query` says its
+    /// format; a bare `q.query` is recognised from its bytes), else its `user.vexfs.vector`; nil when
+    /// it has neither. `read` reads the file's bytes within a limit; `attribute` its vector attribute.
+    static func vectors(name: FileName, read: (Int) -> Result<[UInt8], FormatError>, attribute: () -> [UInt8]?) -> Result<ParsedVectors, FormatError>? {
+        let isQuery = name.isQuery
+        let format = isQuery ? name.queryFormat : name.vectorFormat
+        if format != nil || isQuery {
+            switch read(isQuery ? SemanticLayer.maxQueryBytes : maxFileBytes) {
+            case .failure(let e): return .failure(e)
+            case .success(let bytes): return bytes.withUnsafeBytes { parse($0, as: format ?? VectorFormat.sniff($0)) }
+            }
+        }
+        guard let text = attribute() else { return nil }
+        return text.withUnsafeBytes { parse($0, as: .text) }
+    }
+}

@@ -14,27 +14,27 @@ import VexIndex
     ]
 
     @Test func readsBackWhatItWrote() throws {
-        let bytes = Collection.encode(Self.files, nextLabel: 62)
-        let (files, next) = try Collection.decode(bytes, rows: 53)
+        let bytes = Catalog.encode(Self.files, nextLabel: 62)
+        let (files, next) = try Catalog.decode(bytes, rows: 53)
         #expect(files == Self.files && next == 62)
     }
 
     @Test func everyTruncationIsRefused() {
-        let bytes = Collection.encode(Self.files, nextLabel: 62)
+        let bytes = Catalog.encode(Self.files, nextLabel: 62)
         for n in 0..<bytes.count {
-            #expect(throws: PersistenceError.self) { try Collection.decode(Array(bytes.prefix(n)), rows: 53) }
+            #expect(throws: PersistenceError.self) { try Catalog.decode(Array(bytes.prefix(n)), rows: 53) }
         }
     }
 
     @Test func everyFlippedByteIsRefusedOrReadAsSomethingConsistent() {
-        let bytes = Collection.encode(Self.files, nextLabel: 62)
+        let bytes = Catalog.encode(Self.files, nextLabel: 62)
         for i in 0..<bytes.count {
             for bit in [0, 3, 7] {
                 var damaged = bytes
                 damaged[i] ^= 1 << bit
                 // A flip in a size or status may still make a consistent catalog; the index check and
                 // the files decide then. What must never happen is a trap.
-                if let (files, next) = try? Collection.decode(damaged, rows: 53) {
+                if let (files, next) = try? Catalog.decode(damaged, rows: 53) {
                     #expect(files.values.allSatisfy { $0.rows == 0 || $0.firstLabel + UInt64($0.rows) <= next })
                     #expect(files.values.reduce(0) { $0 + $1.rows } <= 53)
                 }
@@ -46,27 +46,27 @@ import VexIndex
         var overlapping = Self.files
         overlapping["c.vec"] = FileRecord(inode: 15, size: 12, mtime: 1, ctime: 2, firstLabel: 40, rows: 1, status: "")
         #expect(throws: PersistenceError.corrupt(path: "catalog", reason: "two files hold label 40", kind: .catalog)) {
-            try Collection.decode(Collection.encode(overlapping, nextLabel: 62), rows: 100)
+            try Catalog.decode(Catalog.encode(overlapping, nextLabel: 62), rows: 100)
         }
         // More rows than the index holds.
-        #expect(throws: PersistenceError.self) { try Collection.decode(Collection.encode(Self.files, nextLabel: 62), rows: 52) }
+        #expect(throws: PersistenceError.self) { try Catalog.decode(Catalog.encode(Self.files, nextLabel: 62), rows: 52) }
         // Labels at or past the next label to give.
-        #expect(throws: PersistenceError.self) { try Collection.decode(Collection.encode(Self.files, nextLabel: 61), rows: 53) }
+        #expect(throws: PersistenceError.self) { try Catalog.decode(Catalog.encode(Self.files, nextLabel: 61), rows: 53) }
         // A huge row count, which once became a loop over every label it named.
         var huge = Self.files
         huge["b.npy"]!.rows = Int.max
-        #expect(throws: PersistenceError.self) { try Collection.decode(Collection.encode(huge, nextLabel: .max), rows: 53) }
+        #expect(throws: PersistenceError.self) { try Catalog.decode(Catalog.encode(huge, nextLabel: .max), rows: 53) }
     }
 
     @Test(arguments: [[UInt8]("../x".utf8), [UInt8](".".utf8), [UInt8](), [UInt8]("a/b".utf8), [0x61, 0]])
     func namesThatAreNotOneEntryAreRefused(_ name: [UInt8]) {
-        let bytes = Collection.encode([FileName(name): Self.files["a.vec"]!], nextLabel: 2)
-        #expect(throws: PersistenceError.self) { try Collection.decode(bytes, rows: 1) }
+        let bytes = Catalog.encode([FileName(name): Self.files["a.vec"]!], nextLabel: 2)
+        #expect(throws: PersistenceError.self) { try Catalog.decode(bytes, rows: 1) }
     }
 
     @Test func aNewerFormatIsRefusedAsANewerVersion() {
-        var bytes = Collection.encode(Self.files, nextLabel: 62)
+        var bytes = Catalog.encode(Self.files, nextLabel: 62)
         bytes[0] = 3
-        #expect { try Collection.decode(bytes, rows: 53) } throws: { ($0 as? PersistenceError)?.rejection == .version }
+        #expect { try Catalog.decode(bytes, rows: 53) } throws: { ($0 as? PersistenceError)?.rejection == .version }
     }
 }

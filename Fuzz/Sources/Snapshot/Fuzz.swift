@@ -30,7 +30,7 @@ let indexDirectory: String = {
     let prefix = "vexfs-fuzz-snapshot."
     if let tmp = opendir("/tmp") {
         while let entry = readdir(tmp) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = entryName(entry)
             guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count)), kill(pid, 0) != 0, errno == ESRCH else { continue }
             removeDirectory("/tmp/" + name)
         }
@@ -42,7 +42,7 @@ let indexDirectory: String = {
     var copied = 0
     if let dir = opendir(seeds) {
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = entryName(entry)
             guard name.hasPrefix("vectors.") else { continue }
             copy(seeds + "/" + name, to: directory + "/" + name)
             copied += 1
@@ -55,11 +55,17 @@ let indexDirectory: String = {
     return directory
 }()
 
+/// The name of a directory entry, read where it lies: a record is only as long as its name, so
+/// copying the whole `d_name` array out of the last record of a buffer reads past its end.
+private func entryName(_ entry: UnsafeMutablePointer<dirent>) -> String {
+    String(cString: UnsafeRawPointer(entry).advanced(by: MemoryLayout<dirent>.offset(of: \dirent.d_name)!).assumingMemoryBound(to: CChar.self))
+}
+
 /// Removes `path` and the files in it (it holds no directories).
 private func removeDirectory(_ path: String) {
     if let dir = opendir(path) {
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            let name = entryName(entry)
             if name != "." && name != ".." { unlink(path + "/" + name) }
         }
         closedir(dir)

@@ -1,0 +1,70 @@
+import Glibc
+import VexEmbed
+import VexIndex
+import VexKernels
+
+/// What a collection needs from the layer that holds it, and nothing more: a collection never sees
+/// the other collections, the FUSE side or the query engine. `SemanticLayer` is the one host; a
+/// collection calls these under its own lock, so each is quick and takes only leaf locks (see
+/// the lock order on `Collection`).
+protocol CollectionHost: AnyObject, Sendable {
+    /// Where indexed files, recall measurements and removals are recorded for readers of the journal.
+    var journal: Journal { get }
+    var metrics: SemanticMetrics { get }
+    /// Logs problems (and keeps the last ones for tests and stats).
+    func log(problems: [String])
+    /// Says how a long mount-time reconciliation is going (rate-limited by the host).
+    func progressed(_ what: @autoclosure () -> String)
+
+    /// The hard-link table: `name` in `collection` is now the file `new` (nil: no longer), was `old`.
+    func noteLink(collection: UInt64, name: FileName, from old: UInt64?, to new: UInt64?)
+    /// The names the file `inode` is indexed under in `collection`.
+    func names(of inode: UInt64, in collection: UInt64) -> [FileName]
+
+    /// Vectors one streamed file of dimension `dimension` may bring, after every other collection's
+    /// (the mount's memory budget).
+    func maxFileVectors(dimension: Int, besides asking: Collection) -> Int
+
+    /// The bridge that applies file events and runs long work (streams, rebuilds, snapshots).
+    var bridge: Bridge { get }
+    /// Asks the tuner to measure this collection's recall and set its breadth, off every lock.
+    func measureRecallSoon(_ collection: Collection)
+    /// Asks the linker to link the vectors waiting beside this collection's graph.
+    func linkSoon(_ collection: Collection)
+
+    /// The queue that turns text into vectors (nil: no embedder configured).
+    var embedQueue: EmbedQueue<Bridge.Key>? { get }
+    /// A new number for an embedding request: a late answer to an older request is dropped.
+    func nextEmbedToken() -> UInt64
+}
+
+/// How the mount configures every collection's index: fixed for the mount's life, shared by value.
+struct CollectionConfiguration: @unchecked Sendable {
+    /// STORE/.vexfs: each collection's index lives in `index/INODE` below it.
+    let stateRoot: String
+    let kernels: DistanceKernels
+    let indexKind: IndexKind
+    let parameters: HNSWParameters
+    /// A collection's index is snapshotted once the changes since the last snapshot are as many as
+    /// it holds, and at least this many (see `Collection.considerCheckpoint`).
+    let snapshotMinimum = 4096
+    /// A filtered query on a graph scans the vectors that pass instead, when a sample says they are
+    /// at most this many (or a twentieth of the collection).
+    let exactScanRows: Int
+    /// `.npy` and `.fvecs` files at least this big are read a slice at a time (`VectorStream`).
+    let streamThreshold: Int
+    /// Characters a passage holds at most.
+    let embedChunk: Int
+
+    /// Vectors that may wait beside a graph (every query scans them) before the linker links them in
+    /// while writes go on: 4 MiB of them (a scan well under a millisecond), at least 2,048. Below
+    /// it they are linked in when the bridge is idle.
+    func freshBound(dimension: Int) -> Int { max(2048, (4 << 20) / (4 * dimension)) }
+
+    /// The format of `name` (`st`) when it is a vector file big enough to be read through a stream.
+    func streamedFormat(_ name: FileName, _ st: stat) -> VectorFormat? {
+        guard StoreFiles.isRegular(st), let format = name.vectorFormat,
+              VectorStream.streams(format, size: Int(st.st_size), threshold: streamThreshold) else { return nil }
+        return format
+    }
+}

@@ -1,0 +1,122 @@
+import CLinux
+import Glibc
+import Synchronization
+import VexEmbed
+import VexIndex
+import VexKernels
+
+// A vector file too big to read whole (`.npy`, `.fvecs` past the stream threshold) is read a slice at
+// a time on the bridge's builder, with the collection's lock let go between slices, within the
+// memory the mount has left for indexes.
+
+extension Collection {
+    /// Indexes a file too big to read whole, a slice of rows at a time, each slice built on every
+    /// core. A file that turns out bad part of the way through (a number that is not finite, a
+    /// record of another dimension) leaves none of its vectors behind.
+    func stream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?, _ s: inout State) {
+        guard let job = startStream(name, format, &record, replacing: old, &s) else { return }
+        endStream(job, failure: feed(job), &record, &s)
+    }
+
+    /// A streamed file once its labels are taken: what reading it needs, none of it the state.
+    struct StreamJob {
+        let name: FileName
+        let input: VectorStream
+        let index: PersistentIndex
+        let firstLabel: UInt64
+        let shown: String
+    }
+
+    /// Opens the stream, checks it against the collection and memory, and takes its labels (each
+    /// owned by `name` from now on); nil, with `record`'s status saying why, when it is not read.
+    func startStream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?,
+                             _ s: inout State) -> StreamJob? {
+        let input: VectorStream
+        do { input = try VectorStream(directory, name, format) } catch {
+            record.status = "not indexed: \(error)"
+            release(old, &s)
+            return nil
+        }
+        guard let index = index(forDimension: input.dimension, &s) else {
+            record.status = "not indexed: \(input.dimension) numbers, the collection's dimension is \(s.settings.dimension ?? 0)"
+            release(old, &s)
+            return nil
+        }
+        // A sparse file claims millions of rows at no cost to its writer: refuse what memory cannot
+        // hold before reading any of it, rather than let the daemon be killed for memory.
+        let bound = host.maxFileVectors(dimension: input.dimension, besides: self)
+        guard input.rows <= bound else {
+            record.status = "not indexed: \(input.rows) vectors of dimension \(input.dimension); the memory left for indexes holds \(bound) more"
+            release(old, &s)
+            return nil
+        }
+        assignLabels(input.rows, to: &record, replacing: old, &s)
+        for l in record.firstLabel..<(record.firstLabel + UInt64(input.rows)) { s.owner[l] = name }
+        record.rows = input.rows
+        return StreamJob(name: name, input: input, index: index, firstLabel: record.firstLabel, shown: shown(s))
+    }
+
+    /// Reads and indexes the whole file (no lock of the collection needed); the failure, if any.
+    func feed(_ job: StreamJob) -> String? {
+        var slice: [Float] = []
+        var done = 0
+        while done < job.input.rows {
+            let rows = done..<min(job.input.rows, done + job.input.sliceRows)
+            do { try job.input.read(rows, into: &slice) } catch { return "\(error)" }
+            let labels = rows.map { job.firstLabel + UInt64($0) }
+            slice.withUnsafeBufferPointer { try? job.index.insert(batch: labels, vectors: $0, threads: availableCores) }
+            done = rows.upperBound
+            host.progressed("\(job.shown)/\(job.name.escaped): \(done) of \(job.input.rows) vectors")
+        }
+        return nil
+    }
+
+    /// Settles `record` after `feed`: indexed, or (failed) none of its vectors left.
+    func endStream(_ job: StreamJob, failure: String?, _ record: inout FileRecord, _ s: inout State) {
+        if let failure {
+            let labels = Array(job.firstLabel..<(job.firstLabel + UInt64(job.input.rows)))
+            job.index.remove(labels: labels)
+            for l in labels { s.owner[l] = nil }
+            record.rows = 0
+            record.status = "not indexed: \(failure)"
+        } else {
+            record.status = "indexed: \(job.input.rows) vectors"
+        }
+    }
+
+    /// Applies a refresh of a file read through a stream (the bridge's builder, with this
+    /// collection held) without holding the collection's lock while it reads: queries here that
+    /// need not wait for the file (read-your-writes waits only for changes made before a query)
+    /// answer meanwhile, and see its vectors arrive a slice at a time. False when `name` is not
+    /// such a file (then it is applied the usual way).
+    func applyStreamed(_ name: FileName) -> Bool {
+        let begun = state.withLock { s -> (job: StreamJob?, record: FileRecord)? in
+            guard !name.isQuery, let st = StoreFiles.stat(directory, name), StoreFiles.isRegular(st), !isText(name, s),
+                  let format = configuration.streamedFormat(name, st) else { return nil }
+            if let r = s.files[name], r.sameSignature(st) { return (nil, r) }
+            var record = FileRecord(st)
+            let old = s.files[name]
+            let job = startStream(name, format, &record, replacing: old, &s)
+            if let job { record.status = "not indexed yet: reading \(job.input.rows) vectors" }
+            keep(record, as: name, replacing: old, &s)
+            published(s)
+            if job == nil { host.journal.record("index", path: relative(s, name), detail: ["status": record.status]) }
+            return (job, record)
+        }
+        guard let begun else { return false }
+        guard let job = begun.job else { return true }
+        let failure = feed(job)
+        state.withLock { s in
+            var record = begun.record
+            endStream(job, failure: failure, &record, &s)
+            // Only this thread changes this file's entry while the builder holds the collection.
+            s.files[name] = record
+            s.unsavedFiles += 1
+            published(s)
+            host.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+            considerCheckpoint(&s)
+            considerMeasuring(&s)
+        }
+        return true
+    }
+}

@@ -1,0 +1,99 @@
+import CLinux
+import Glibc
+import Synchronization
+import VexEmbed
+import VexIndex
+import VexKernels
+
+// A collection's text files: cut into passages, sent to the embedder through the layer's queue, and
+// their vectors taken back when they come (on the embedding thread, under the collection's lock).
+
+extension Collection {
+    /// Sends the embedding requests made under the lock; one refused (the endpoint is away and the
+    /// queue full) says so in its file's status, and the file is asked for again at its next write
+    /// or at the next mount.
+    func sendOutbox() {
+        let requests = state.withLock { s in
+            defer { s.outbox.removeAll() }
+            return s.outbox
+        }
+        guard let queue = host.embedQueue else { return }
+        for (name, token, texts) in requests where !queue.submit(Bridge.Key(collection: key, name: name), token: token, texts: texts) {
+            state.withLock { s in
+                guard s.embedding[name] == token, var r = s.files[name] else { return }
+                r.status = "not indexed: embedder unreachable and \(queue.backlogBound) texts already wait: read again at the next write or mount"
+                s.files[name] = r
+                s.embedding[name] = nil
+            }
+        }
+    }
+
+    /// Whether `name` is a text file to embed here.
+    func isText(_ name: FileName, _ s: borrowing State) -> Bool {
+        host.embedQueue != nil && SemanticLayer.isTextName(name, globs: s.settings.embedGlobs)
+    }
+
+    /// A text file as it is now: cut into passages and sent to be embedded (its vectors arrive in
+    /// `embedded`); until then it holds none, and its status says so.
+    func readText(_ name: FileName, _ st: stat, _ record: inout FileRecord, _ s: inout State) {
+        let text: [UInt8]
+        switch StoreFiles.read(directory, name, limit: SemanticLayer.maxTextBytes) {
+        case .failure(let e):
+            record.status = "not indexed: \(e)"
+            return
+        case .success(let bytes): text = bytes
+        }
+        guard String(validating: text, as: UTF8.self) != nil, !text.contains(0) else {
+            record.status = "not indexed: not UTF-8 text"
+            return
+        }
+        let ranges = Passages.split(text, limit: configuration.embedChunk)
+        guard !ranges.isEmpty else {
+            record.status = "not indexed: no text"
+            return
+        }
+        record.passages = ranges
+        record.status = "not indexed yet: \(ranges.count == 1 ? "1 passage" : "\(ranges.count) passages") waiting for the embedder"
+        let token = host.nextEmbedToken()
+        s.embedding[name] = token
+        s.outbox.append((name, token, ranges.map { String(decoding: text[$0], as: UTF8.self) }))
+    }
+
+    /// The vectors (or the failure) of the embedding request `token` for `name`: applied if the
+    /// request is still the newest for the file and the file has not changed since it was read.
+    func embedded(_ name: FileName, token: UInt64, _ result: Result<[[Float]], EmbedError>, retrying: Bool) {
+        state.withLock { s in
+            guard s.embedding[name] == token, var record = s.files[name] else { return }
+            switch result {
+            case .failure(let e):
+                record.status = "not indexed: \(e)" + (retrying ? " (retrying)" : "")
+                if !retrying { s.embedding[name] = nil }
+                s.files[name] = record
+                return
+            case .success(let vectors):
+                s.embedding[name] = nil
+                guard let st = StoreFiles.stat(directory, name), record.sameSignature(st) else { return }
+                let d = vectors[0].count
+                guard let index = index(forDimension: d, &s), vectors.count == record.passages.count else {
+                    record.status = "not indexed: the embedder gives \(d) numbers, the collection's dimension is \(s.settings.dimension ?? 0)"
+                    s.files[name] = record
+                    published(s)
+                    return
+                }
+                record.firstLabel = s.nextLabel
+                s.nextLabel += UInt64(vectors.count)
+                record.rows = vectors.count
+                for (i, v) in vectors.enumerated() {
+                    let label = record.firstLabel + UInt64(i)
+                    try? index.insert(label: label, vector: v)
+                    s.owner[label] = name
+                }
+                record.status = vectors.count == 1 ? "indexed" : "indexed: \(vectors.count) passages"
+                s.files[name] = record
+                published(s)
+                host.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+                considerCheckpoint(&s)
+            }
+        }
+    }
+}

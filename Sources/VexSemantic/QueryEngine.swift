@@ -1,0 +1,238 @@
+import CLinux
+import Glibc
+import Synchronization
+import VexIndex
+
+// The query engine: `user.vexfs.knn*` of a file. The question is the file's vectors (or its words,
+// embedded; or, for a text file, the vectors it was embedded as); the scope is its directory's
+// collection, or with `scope=tree` every collection below that the asker may enter; each row is
+// searched in each, merged by distance, and paged when the answer is longer than one value. Answers
+// are cached for the second of getfattr's two asks, keyed by who asks and the versions searched.
+
+extension SemanticLayer {
+    struct AnswerKey: Hashable {
+        let inode: UInt64
+        let attribute: String
+        /// Answers depend on who asks (they name only what the asker may read).
+        let asker: [UInt32]
+    }
+    struct Answer {
+        let collection: UInt64
+        let signature: [Int64]
+        let bytes: [UInt8]
+    }
+    /// Bounded by bytes, since K and names are the caller's to choose.
+    struct AnswerCache {
+        static let maxBytes = 16 << 20
+        var table: [AnswerKey: Answer] = [:]
+        var bytes = 0
+        mutating func put(_ key: AnswerKey, _ answer: Answer) {
+            guard answer.bytes.count <= SemanticLayer.maxAnswerTotal else { return }
+            if bytes + answer.bytes.count > AnswerCache.maxBytes || table.count >= 4096 { table.removeAll(); bytes = 0 }
+            if let old = table.updateValue(answer, forKey: key) { bytes -= old.bytes.count }
+            bytes += answer.bytes.count
+        }
+    }
+
+    /// K and, for a page of a long answer, the line it starts at, from what follows `knn`: nothing
+    /// (10), `.K`, `.K.from.N` or `.from.N`.
+    static func knnRequest(_ rest: Substring) throws(SemanticError) -> (k: Int, from: Int?) {
+        var parts = rest.split(separator: ".", omittingEmptySubsequences: false).dropFirst()
+        guard rest.isEmpty || rest.first == "." else { throw .noData }
+        var k = 10
+        if let first = parts.first, first != "from" {
+            guard let n = Int(first), (1...1000).contains(n) else { throw .invalid("K must be from 1 to 1000") }
+            k = n
+            parts = parts.dropFirst()
+        }
+        guard !parts.isEmpty else { return (k, nil) }
+        guard parts.count == 2, parts.first == "from", let from = Int(parts.last!), from >= 0 else {
+            throw .invalid("a page of an answer is knn.K.from.LINE")
+        }
+        return (k, from)
+    }
+
+    /// The largest value an extended attribute can have (the kernel's XATTR_SIZE_MAX).
+    public static let maxAnswerBytes = 65_536
+
+    /// A collection a query searches, and where it is from the query's directory.
+    struct Scoped {
+        let collection: Collection
+        let prefix: FileName
+    }
+
+    /// The collections `options.scope` names for a query in `dir`: the directory's own, and with
+    /// `tree` every one below it that `requester` may list and enter all the way down, reached by
+    /// descriptors (never a symlink), in path order.
+    func scope(_ dir: DirectoryRef, _ options: QueryOptions, requester: Requester) throws(SemanticError) -> [Scoped] {
+        var out: [Scoped] = []
+        if let c = existing(dir.key) { out.append(Scoped(collection: c, prefix: FileName([]))) }
+        guard options.scope == .tree else { return out }
+        var pending: [(FileName, Int32)] = []
+        func below(_ fd: Int32, _ rel: FileName) {
+            for sub in StoreFiles.entries(fd).directories.sorted(by: >) {
+                if rel.isEmpty && dir.path.isEmpty && sub == FileName(".vexfs") { continue }
+                if let child = StoreFiles.holdDirectory(fd, sub) { pending.append((rel.child(sub), child)) }
+            }
+        }
+        below(dir.fd, FileName([]))
+        var visited = 0
+        while let (rel, fd) = pending.popLast() {
+            defer { Glibc.close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, requester.mayRead(st), requester.maySearch(st) else { continue }
+            visited += 1
+            guard visited <= SemanticLayer.maxTreeDirectories else {
+                for (_, other) in pending { Glibc.close(other) }
+                throw .invalid("the tree holds more than \(SemanticLayer.maxTreeDirectories) directories")
+            }
+            if let c = existing(UInt64(st.st_ino)) { out.append(Scoped(collection: c, prefix: rel)) }
+            below(fd, rel)
+        }
+        return out
+    }
+
+    /// A query file answers at most this many rows, and an answer (all its pages) is at most this long.
+    public static let maxQueryRows = 1024
+    public static let maxAnswerTotal = 8 << 20
+
+    /// A tree query walks at most this many directories.
+    public static let maxTreeDirectories = 100_000
+
+    func query(_ file: FileRef, attribute: String, k: Int, from: Int?, requester: Requester) throws(SemanticError) -> [UInt8] {
+        var st = stat()
+        guard fstat(file.fd, &st) == 0 else { throw .noData }
+        let inode = UInt64(st.st_ino)
+        do throws(SemanticError) {
+            let answer = try answer(file, st, attribute: attribute, k: k, requester: requester)
+            queryProblems.withLock { _ = $0.removeValue(forKey: inode) }
+            return try SemanticLayer.page(answer, from: from)
+        } catch {
+            if case .invalid(let why) = error { noteQueryProblem(inode, why) }
+            if case .embedder(let why) = error { noteQueryProblem(inode, why) }
+            throw error
+        }
+    }
+
+    /// The whole answer, or, from `from` on, as many whole lines as one attribute value holds.
+    /// Without `from`, an answer too long for one value is E2BIG: ask for it by pages.
+    static func page(_ answer: [UInt8], from: Int?) throws(SemanticError) -> [UInt8] {
+        guard let from else {
+            guard answer.count <= maxAnswerBytes else { throw .tooBig }
+            return answer
+        }
+        var line = 0, start = answer.startIndex
+        while line < from, start < answer.endIndex {
+            start = (answer[start...].firstIndex(of: 0x0A) ?? answer.endIndex) + 1
+            line += 1
+        }
+        guard start < answer.endIndex else { return [] }
+        var end = start
+        while end < answer.endIndex {
+            let next = (answer[end...].firstIndex(of: 0x0A) ?? answer.endIndex - 1) + 1
+            if next - start > maxAnswerBytes { break }
+            end = next
+        }
+        guard end > start else { throw .tooBig }
+        return Array(answer[start..<end])
+    }
+
+    func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {
+        var t0 = timespec(), t1 = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        let options = file.name.isQuery ? try QueryOptions.read(opath: file.fd) : QueryOptions()
+        let scoped = try scope(file.dir, options, requester: requester)
+        for s in scoped { bridge.settle(s.collection.key) }
+        let versions = scoped.map { [Int64(bitPattern: $0.collection.key), Int64(bitPattern: $0.collection.version.load(ordering: .acquiring))] }
+        let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)] + versions.flatMap { $0 }
+        let key = AnswerKey(inode: UInt64(st.st_ino), attribute: attribute,
+                            asker: requester.seesEverything ? [] : [requester.uid, requester.gid] + requester.groups)
+        if let cached = answers.withLock({ $0.table[key] }), cached.collection == file.dir.key, cached.signature == signature {
+            metrics.cached.increment()
+            return cached.bytes
+        }
+        let vectors: ParsedVectors
+        if let words = try words(of: file) {
+            vectors = words
+        } else if case .success(let v)? = self.vectors(of: file) {
+            vectors = v
+        } else if let stored = existing(file.dir.key)?.storedVectors(of: file.name, inode: UInt64(st.st_ino)) {
+            vectors = stored
+        } else {
+            throw .noData
+        }
+        guard vectors.rows <= SemanticLayer.maxQueryRows else { throw .invalid("a query file holds at most \(SemanticLayer.maxQueryRows) rows") }
+        // Every collection searched must rank by the same distance: the query directory's, else the
+        // one all candidates below share.
+        let summaries = scoped.map { ($0, $0.collection.summary) }
+        var dimension = vectors.dimension
+        var metric: Metric? = nil
+        if let (own, summary) = summaries.first, own.prefix.isEmpty, let d = summary.dimension {
+            dimension = d
+            metric = summary.metric
+        } else if case .metric(let m)? = Setting.read(.metric, from: file.dir.fd) {
+            metric = m
+        }
+        let candidates = summaries.filter { $0.1.dimension == dimension }.map { ($0.0, $0.1.metric) }
+        if metric == nil {
+            let metrics = Set(candidates.map(\.1))
+            guard metrics.count <= 1 else {
+                throw .invalid("the collections below use different metrics: set user.vexfs.metric on the query's directory to choose")
+            }
+            metric = metrics.first
+        }
+        let searched = candidates.filter { $0.1 == metric }.map(\.0)
+        var out: [UInt8] = []
+        for row in 0..<vectors.rows {
+            if row > 0 { out.append(0x0A) }
+            var hits: [(String, Float)] = []
+            for s in searched {
+                // The file itself is left out, under every name it has here.
+                for h in try s.collection.nearest(vectors.row(row), k: k, excludingFile: UInt64(st.st_ino), requester: requester, options: options) {
+                    if let r = options.radius, h.distance > r { continue }
+                    let shown = s.prefix.isEmpty ? h.name.escaped : s.prefix.child(h.name).escaped
+                    hits.append((h.row.map { "\(shown)#\($0)" } ?? shown, h.distance))
+                }
+            }
+            if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+            for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
+            guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
+        }
+        answers.withLock { $0.put(key, Answer(collection: file.dir.key, signature: signature, bytes: out)) }
+        clock_gettime(CLOCK_MONOTONIC, &t1)
+        metrics.queries.recordNanoseconds(nanoseconds(t1) - nanoseconds(t0))
+        var detail = ["k": String(k)]
+        if options.scope == .tree { detail["scope"] = "tree" }
+        if vectors.rows > 1 { detail["rows"] = String(vectors.rows) }
+        journal.record("query", path: file.dir.child(file.name).escaped, detail: detail)
+        return out
+    }
+
+    /// A bare `.query` file that holds words rather than numbers, as a vector of the query model;
+    /// nil for numbers (or with no embedder). The one FUSE request that waits on the network.
+    func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
+        guard let client = embedClient, file.name.isQuery, file.name.queryFormat == nil,
+              case .success(let bytes) = StoreFiles.read(opath: file.fd, limit: SemanticLayer.maxQueryBytes) else { return nil }
+        let sniffed = bytes.withUnsafeBytes { VectorFormat.sniff($0) }
+        guard sniffed == .raw, !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self),
+              text.unicodeScalars.contains(where: { $0.properties.isAlphabetic }) else { return nil }
+        guard bytes.count <= SemanticLayer.maxTextQueryBytes else { throw .invalid("a question in words is at most \(SemanticLayer.maxTextQueryBytes) bytes") }
+        var t0 = timespec(), t1 = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t0)
+        do {
+            let v = try client.embed([text.trimmingCharacters()], query: true)[0]
+            clock_gettime(CLOCK_MONOTONIC, &t1)
+            metrics.embed.note(texts: 1, nanoseconds: nanoseconds(t1) - nanoseconds(t0))
+            return ParsedVectors(dimension: v.count, values: v)
+        } catch {
+            metrics.embed.note(texts: 1, nanoseconds: nil)
+            throw .embedder("the question cannot be embedded: \(error)")
+        }
+    }
+
+    /// What `file` holds as vectors, read through its own descriptor.
+    func vectors(of file: FileRef) -> Result<ParsedVectors, FormatError>? {
+        VectorParser.vectors(name: file.name, read: { StoreFiles.read(opath: file.fd, limit: $0) },
+                attribute: { StoreFiles.attribute(opath: file.fd, SemanticLayer.vectorAttribute) })
+    }
+}

@@ -1,0 +1,133 @@
+import CLinux
+import Glibc
+import VexIndex
+
+// Computed attributes out, and the settings and query options set in: every `user.vexfs.*` name but
+// the stored vector is answered here, never by the store. A file's `status`, `dim` and `passages`, a
+// collection's `dim`, `metric`, `count`, `status`, `index`, `embed` and `recall`; `knn*` goes on to
+// QueryEngine.swift. Values are checked before anything is stored: a bad one is EINVAL with its
+// reason in the file's status.
+
+extension SemanticLayer {
+    /// Whether a listed attribute name is one of ours that listxattr hides (settings and answers;
+    /// `user.vexfs.vector` is a real attribute and is listed).
+    public static func hidesFromListing(_ name: UnsafePointer<CChar>) -> Bool {
+        strncmp(name, ownPrefix, 11) == 0 && strcmp(name, vectorAttribute) != 0
+    }
+
+    /// Whether `name` is ours to answer (all of `user.vexfs.*` but the stored vector).
+    public static func owns(_ name: UnsafePointer<CChar>) -> Bool { hidesFromListing(name) }
+
+    /// The value of our attribute `attribute` of `file`, for `requester`.
+    public func fileAttribute(_ attribute: String, file: FileRef, requester: Requester = .root) throws(SemanticError) -> [UInt8] {
+        let suffix = attribute.dropFirst(SemanticLayer.ownPrefix.count)
+        if suffix == "knn" || suffix.hasPrefix("knn.") {
+            let (k, from) = try SemanticLayer.knnRequest(suffix.dropFirst(3))
+            return try query(file, attribute: "knn.\(k)", k: k, from: from, requester: requester)
+        }
+        if let option = QueryOptions.Option(rawValue: attribute) {
+            guard let value = StoreFiles.attribute(opath: file.fd, option.rawValue, limit: QueryOptions.maxFilterBytes) else { throw .noData }
+            return value
+        }
+        switch suffix {
+        case "status":
+            bridge.settle(file.dir.key)
+            if file.name.isQuery {
+                if let inode = inodeNumber(file.fd), let problem = queryProblems.withLock({ $0[inode] }) {
+                    return Array("query file: never indexed; last refused: \(problem)".utf8)
+                }
+                return Array("query file: never indexed".utf8)
+            }
+            guard let r = existing(file.dir.key)?.record(of: file.name) else {
+                if file.name.vectorFormat == nil && !mayBeText(file.dir, file.name) { throw .noData }
+                if let st = StoreFiles.stat(file.dir.fd, file.name), !StoreFiles.isRegular(st) {
+                    return Array("not indexed: \(StoreFiles.notRegular(st))".utf8)
+                }
+                return Array("not indexed".utf8)
+            }
+            return Array(r.status.utf8)
+        case "dim":
+            guard case .success(let v)? = vectors(of: file) else { throw .noData }
+            return Array(String(v.dimension).utf8)
+        case "passages":
+            bridge.settle(file.dir.key)
+            guard let r = existing(file.dir.key)?.record(of: file.name), !r.passages.isEmpty else { throw .noData }
+            var out = ""
+            for (i, p) in r.passages.enumerated() { out += "\(i)\t\(p.lowerBound)\t\(p.upperBound)\n" }
+            return Array(out.utf8)
+        default:
+            throw .noData
+        }
+    }
+
+    /// The value of our attribute of the collection `dir` itself.
+    public func directoryAttribute(_ attribute: String, dir: DirectoryRef) throws(SemanticError) -> [UInt8] {
+        bridge.settle(dir.key)
+        let summary = existing(dir.key)?.summary
+        switch attribute.dropFirst(SemanticLayer.ownPrefix.count) {
+        case "dim":
+            let stored: Int? = if case .dimension(let d)? = Setting.read(.dimension, from: dir.fd) { d } else { nil }
+            guard let d = summary?.dimension ?? stored else { throw .noData }
+            return Array(String(d).utf8)
+        case "metric": return Array((summary?.metric ?? .l2).rawValue.utf8)
+        case "count": return Array(String(summary?.count ?? 0).utf8)
+        case "status":
+            guard let summary, summary.dimension != nil else { return Array("not a collection yet: no vectors".utf8) }
+            var text = "indexed: \(summary.count) vectors"
+            if !summary.recovery.isEmpty { text += "; at mount: \(summary.recovery)" }
+            return Array(text.utf8)
+        case "index": return Array((summary?.index ?? "none (no vectors yet)").utf8)
+        case "embed":
+            guard embedQueue != nil else { throw .noData }
+            return Array((Setting.read(.embed, from: dir.fd) ?? .embed(SemanticLayer.defaultEmbedGlobs)).text.utf8)
+        case "recall":
+            let stored: Double? = if case .recall(let r)? = Setting.read(.recall, from: dir.fd) { r } else { nil }
+            return Array(String(summary?.recall ?? stored ?? Setting.defaultRecall).utf8)
+        default: throw .noData
+        }
+    }
+
+    /// Sets `user.vexfs.dim`, `user.vexfs.metric` or `user.vexfs.recall` on a collection; other names of ours are refused.
+    public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
+        let setting = try Setting.parse(attribute, value)
+        bridge.settle(dir.key)
+        guard let c = collection(dir) else { throw .invalid("there are \(CollectionRegistry.maxCollections) collections already") }
+        try c.change(setting)
+        journal.record("setxattr", path: dir.path.escaped, detail: ["name": attribute, "value": setting.text])
+        answers.withLock { $0 = AnswerCache() }
+    }
+
+    // MARK: query options
+
+    /// Sets a query option on a query file: checked first, so a bad value is EINVAL, is never
+    /// stored, and its reason shows in the file's status.
+    public func setFileAttribute(_ attribute: String, file: FileRef, value: [UInt8]) throws(SemanticError) {
+        let inode = inodeNumber(file.fd) ?? 0
+        do throws(SemanticError) {
+            guard let option = QueryOptions.Option(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set on a file") }
+            guard file.name.isQuery else { throw .invalid("\(attribute) is an option of query files (NAME.query)") }
+            var options = QueryOptions()
+            try options.set(option, value)
+            guard StoreFiles.setAttribute(opath: file.fd, attribute, bytes: value) else {
+                throw .invalid("\(attribute) cannot be stored: \(String(cString: strerror(errno)))")
+            }
+            queryProblems.withLock { _ = $0.removeValue(forKey: inode) }
+        } catch {
+            noteQueryProblem(inode, error.description)
+            throw error
+        }
+    }
+
+    /// Removes a query option (the default applies again); other names of ours are computed.
+    public func removeFileAttribute(_ attribute: String, file: FileRef) throws(SemanticError) {
+        guard QueryOptions.Option(rawValue: attribute) != nil, file.name.isQuery else { throw .noData }
+        guard StoreFiles.removeAttribute(opath: file.fd, attribute) else { throw .noData }
+    }
+
+    func noteQueryProblem(_ inode: UInt64, _ why: String) {
+        queryProblems.withLock { table in
+            if table.count >= 4096 { table.removeAll() }  // bounded: anyone can make queries fail
+            table[inode] = why
+        }
+    }
+}

@@ -1,0 +1,134 @@
+import CLinux
+import Glibc
+import VexIndex
+
+// Events in: what the filesystem tells the vector layer after each change it made to the store,
+// recorded in the journal and posted to the bridge, which applies them to collections in batches.
+// None of these waits for an index: a write's request returns before its vectors are indexed, and
+// a query waits (read-your-writes) only for the changes posted before it.
+
+extension SemanticLayer {
+    public func created(_ dir: DirectoryRef, _ name: FileName) {
+        journal.record("create", path: dir.child(name).escaped)
+    }
+
+    /// A file was closed after writing (or truncated): index what it holds now, under this name and
+    /// every other name it is indexed by (hard links), in every collection.
+    public func written(_ dir: DirectoryRef, _ name: FileName, inode: UInt64) {
+        if name.isQuery { return }
+        journal.record("write-close", path: dir.child(name).escaped)
+        if name.vectorFormat != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true || mayBeText(dir, name) {
+            if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
+        }
+        let others = registry.links(of: inode)
+        for link in others where !(link.collection == dir.key && link.name == name) {
+            bridge.post(.refresh, collection: link.collection, name: link.name)
+        }
+    }
+
+    /// Whether `name` in `dir` is a text file to embed: an embedder is configured and the name
+    /// matches the collection's `user.vexfs.embed` globs (the default ones when it has none).
+    func mayBeText(_ dir: DirectoryRef, _ name: FileName) -> Bool {
+        guard embedQueue != nil else { return false }
+        if let c = existing(dir.key) { return c.state.withLock { c.isText(name, $0) } }
+        let globs: [String]? = if case .embed(let g)? = Setting.read(.embed, from: dir.fd) { g } else { nil }
+        return SemanticLayer.isTextName(name, globs: globs)
+    }
+
+    /// Whether `name` is a text file's name under `globs` (nil: the default ones): never a query
+    /// or a vector file.
+    static func isTextName(_ name: FileName, globs: [String]?) -> Bool {
+        guard !name.isQuery, name.vectorFormat == nil else { return false }
+        return name.withCString { n in (globs ?? defaultEmbedGlobs).contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
+    }
+
+    /// A new name for an existing file (link(2)): it is a vector wherever its name says so.
+    public func linked(_ dir: DirectoryRef, _ name: FileName) {
+        journal.record("link", path: dir.child(name).escaped)
+        guard !name.isQuery else { return }
+        if name.vectorFormat != nil || hasVectorAttribute(dir.fd, name) || mayBeText(dir, name), let c = collection(dir) {
+            bridge.post(.refresh, collection: c.key, name: name)
+        }
+    }
+
+    public func removed(_ dir: DirectoryRef, _ name: FileName) {
+        journal.record("unlink", path: dir.child(name).escaped)
+        if existing(dir.key) != nil { bridge.post(.remove, collection: dir.key, name: name) }
+    }
+
+    /// The attribute `name` of `file` was set or removed (nil: its mode or owner changed): filters
+    /// read the file's attributes again and cached answers go, in every collection it is indexed in
+    /// (hard links share attributes); `user.vexfs.vector` also re-indexes it.
+    public func attributeChanged(_ file: FileRef, name: UnsafePointer<CChar>? = nil) {
+        let dir = file.dir
+        if let name, strcmp(name, SemanticLayer.vectorAttribute) == 0 {
+            journal.record("setxattr", path: dir.child(file.name).escaped, detail: ["name": SemanticLayer.vectorAttribute])
+            if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: file.name) }
+        }
+        guard let inode = inodeNumber(file.fd) else { return }
+        existing(dir.key)?.attributesChanged(of: inode)
+        let others = registry.links(of: inode)
+        for link in others where link.collection != dir.key { existing(link.collection)?.attributesChanged(of: inode) }
+    }
+
+    /// A file moved: its vectors leave the old collection and join the new one (the target's old
+    /// vectors, if it replaced a file, are replaced). With `exchange`, both names are refreshed.
+    public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
+        journal.record("rename", path: from.child(fromName).escaped, to: to.child(toName).escaped)
+        if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
+        if toName.vectorFormat != nil || existing(to.key) != nil || hasVectorAttribute(to.fd, toName) || mayBeText(to, toName),
+           let c = collection(to) {
+            bridge.post(.refresh, collection: c.key, name: toName)
+        }
+    }
+
+    /// A directory moved: collections at or under it follow (with `exchange`, those under `new`
+    /// move to `old` at the same time). Only their names for messages change: they hold their
+    /// directories by descriptor.
+    public func directoryMoved(from old: FileName, to new: FileName, exchange: Bool = false) {
+        journal.record("rename", path: old.escaped, to: new.escaped)
+        func moved(_ path: FileName, _ from: FileName, _ to: FileName) -> FileName? {
+            path.relative(to: from).map { FileName(to.bytes + $0) }
+        }
+        for c in registry.all {
+            c.state.withLock { s in
+                if let p = moved(s.path, old, new) { s.path = p } else if exchange, let p = moved(s.path, new, old) { s.path = p }
+            }
+        }
+    }
+
+    /// A directory was removed: its collection and index go with it.
+    public func directoryRemoved(key: UInt64, path: FileName) {
+        journal.record("unlink", path: path.escaped)
+        guard existing(key) != nil else { return }
+        bridge.settle(key)
+        guard let c = registry.remove(key) else { return }
+        c.forgetAllLinks()
+        removeTree(c.indexDirectory)
+    }
+
+    func apply(_ events: [Bridge.Event]) {
+        var byCollection: [UInt64: [Bridge.Event]] = [:]
+        for e in events { byCollection[e.key.collection, default: []].append(e) }
+        for (key, list) in byCollection { existing(key)?.apply(list) }
+    }
+
+    /// Links a few of one collection's waiting vectors into its graph (the bridge, when idle); true
+    /// while some collection still has some waiting.
+    func absorbSome() -> Bool {
+        let all = registry.all
+        for c in all {
+            // A collection the builder holds is passed over, never waited for.
+            guard let held = c.state.withLockIfAvailable({ $0.index }), let index = held, index.unabsorbed > 0 else { continue }
+            index.absorb(limit: 8)
+            return true
+        }
+        return false
+    }
+
+    /// Whether applying `event` reads a file big enough to be streamed: the bridge's builder does it.
+    func isLong(_ event: Bridge.Event) -> Bool {
+        guard let c = existing(event.key.collection), let st = StoreFiles.stat(c.directory, event.key.name) else { return false }
+        return configuration.streamedFormat(event.key.name, st) != nil
+    }
+}
