@@ -138,7 +138,7 @@ final class Collection: @unchecked Sendable {
                 seen.insert(name)
                 // A text file whose vectors never came (the endpoint was away) is asked for again.
                 if let r = s.files[name], let st = StoreFiles.stat(dir, name), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
-                if name.vectorFormat != nil || hasVectorAttribute(dir, name) || s.files[name] != nil || isText(name, s) {
+                if s.files[name] != nil || rules(s).kind(of: name, carriesVector: { hasVectorAttribute(dir, name) }).isIndexed {
                     // A file big enough to stream goes to the bridge's builder even now: the mount
                     // serves meanwhile, and only this collection's queries wait for it.
                     let streamed = !deferring && StoreFiles.stat(dir, name).flatMap { configuration.streamedFormat(name, $0) } != nil

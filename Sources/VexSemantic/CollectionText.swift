@@ -28,10 +28,11 @@ extension Collection {
         }
     }
 
+    /// The rules this collection classifies its names by.
+    func rules(_ s: borrowing State) -> NameRules { NameRules(textGlobs: s.settings.embedGlobs, embedding: host.embedQueue != nil) }
+
     /// Whether `name` is a text file to embed here.
-    func isText(_ name: FileName, _ s: borrowing State) -> Bool {
-        host.embedQueue != nil && SemanticLayer.isTextName(name, globs: s.settings.embedGlobs)
-    }
+    func isText(_ name: FileName, _ s: borrowing State) -> Bool { rules(s).kind(of: name) == .text }
 
     /// A text file as it is now: cut into passages and sent to be embedded (its vectors arrive in
     /// `embedded`); until then it holds none, and its status says so.

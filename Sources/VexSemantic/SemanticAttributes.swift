@@ -39,7 +39,10 @@ extension SemanticLayer {
                 return Array("query file: never indexed".utf8)
             }
             guard let r = existing(file.dir.key)?.record(of: file.name) else {
-                if file.name.vectorFormat == nil && !mayBeText(file.dir, file.name) { throw .noData }
+                switch kind(of: file.name, in: file.dir) {
+                case .vector, .text: break
+                default: throw .noData
+                }
                 if let st = StoreFiles.stat(file.dir.fd, file.name), !StoreFiles.isRegular(st) {
                     return Array("not indexed: \(StoreFiles.notRegular(st))".utf8)
                 }

@@ -17,7 +17,8 @@ extension SemanticLayer {
     public func written(_ dir: DirectoryRef, _ name: FileName, inode: UInt64) {
         if name.isQuery { return }
         journal.record("write-close", path: dir.child(name).escaped)
-        if name.vectorFormat != nil || existing(dir.key)?.attributeCarriers.withLock({ $0.contains(name) }) == true || mayBeText(dir, name) {
+        let kind = kind(of: name, in: dir) { existing(dir.key)?.attributeCarriers.withLock { $0.contains(name) } == true }
+        if kind.isIndexed {
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
         }
         let others = registry.links(of: inode)
@@ -26,27 +27,25 @@ extension SemanticLayer {
         }
     }
 
-    /// Whether `name` in `dir` is a text file to embed: an embedder is configured and the name
-    /// matches the collection's `user.vexfs.embed` globs (the default ones when it has none).
-    func mayBeText(_ dir: DirectoryRef, _ name: FileName) -> Bool {
-        guard embedQueue != nil else { return false }
-        if let c = existing(dir.key) { return c.state.withLock { c.isText(name, $0) } }
-        let globs: [String]? = if case .embed(let g)? = Setting.read(.embed, from: dir.fd) { g } else { nil }
-        return SemanticLayer.isTextName(name, globs: globs)
+    /// The kind of `name` in `dir`: by its name, else by its collection's rules (read only with an
+    /// embedder, when text is possible), else by `carriesVector`.
+    func kind(of name: FileName, in dir: DirectoryRef, carriesVector: () -> Bool = { false }) -> FileKind {
+        if let kind = FileKind(name: name) { return kind }
+        if embedQueue != nil && rules(dir).isText(name) { return .text }
+        return carriesVector() ? .attributeCarrier : .other
     }
 
-    /// Whether `name` is a text file's name under `globs` (nil: the default ones): never a query
-    /// or a vector file.
-    static func isTextName(_ name: FileName, globs: [String]?) -> Bool {
-        guard !name.isQuery, name.vectorFormat == nil else { return false }
-        return name.withCString { n in (globs ?? defaultEmbedGlobs).contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
+    /// The rules `dir` classifies its names by: its collection's, or (none yet) its directory's.
+    func rules(_ dir: DirectoryRef) -> NameRules {
+        if let c = existing(dir.key) { return c.state.withLock { c.rules($0) } }
+        let globs: [String]? = if case .embed(let g)? = Setting.read(.embed, from: dir.fd) { g } else { nil }
+        return NameRules(textGlobs: globs, embedding: embedQueue != nil)
     }
 
     /// A new name for an existing file (link(2)): it is a vector wherever its name says so.
     public func linked(_ dir: DirectoryRef, _ name: FileName) {
         journal.record("link", path: dir.child(name).escaped)
-        guard !name.isQuery else { return }
-        if name.vectorFormat != nil || hasVectorAttribute(dir.fd, name) || mayBeText(dir, name), let c = collection(dir) {
+        if kind(of: name, in: dir, carriesVector: { hasVectorAttribute(dir.fd, name) }).isIndexed, let c = collection(dir) {
             bridge.post(.refresh, collection: c.key, name: name)
         }
     }
@@ -76,7 +75,7 @@ extension SemanticLayer {
     public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
         journal.record("rename", path: from.child(fromName).escaped, to: to.child(toName).escaped)
         if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
-        if toName.vectorFormat != nil || existing(to.key) != nil || hasVectorAttribute(to.fd, toName) || mayBeText(to, toName),
+        if existing(to.key) != nil || kind(of: toName, in: to, carriesVector: { hasVectorAttribute(to.fd, toName) }).isIndexed,
            let c = collection(to) {
             bridge.post(.refresh, collection: c.key, name: toName)
         }

@@ -34,7 +34,7 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Query files are read whole for every query: larger ones are refused unread.
     public static let maxQueryBytes = 16 << 20
     /// Which files are text when a collection does not say (`user.vexfs.embed`).
-    public static let defaultEmbedGlobs = ["*.txt", "*.md"]
+    public static let defaultEmbedGlobs = NameRules.defaultTextGlobs
     /// Text files larger than this are not embedded; a text query at most this long.
     public static let maxTextBytes = 16 << 20
     public static let maxTextQueryBytes = 64 << 10
@@ -120,7 +120,7 @@ public final class SemanticLayer: @unchecked Sendable {
             }
             let hadIndex = indexed.remove(here.key) != nil
             let wanted = hadIndex || Setting.read(.dimension, from: fd) != nil
-                || files.contains { $0.vectorFormat != nil || hasVectorAttribute(fd, $0) || mayBeText(here, $0) }
+                || files.contains { name in kind(of: name, in: here) { hasVectorAttribute(fd, name) }.isIndexed }
             guard wanted else { continue }
             // Opened here, in full, once: `collection(_:)` would open it a second time, deferred.
             guard let (c, _) = register(here) else { continue }

@@ -171,8 +171,10 @@ public enum StoreCheck {
             guard let st = StoreFiles.stat(directory.fd, name) else { findings.append("\(name.escaped): gone"); continue }
             if !record.sameSignature(st) { findings.append("\(name.escaped): changed") }
         }
-        for name in StoreFiles.entries(directory.fd).files where saved.files[name] == nil && !name.isQuery {
-            if name.vectorFormat != nil || hasVectorAttribute(directory.fd, name) {
+        // Text is left out: whether a text file is indexed depends on the mount's embedder.
+        let rules = NameRules(textGlobs: nil, embedding: false)
+        for name in StoreFiles.entries(directory.fd).files where saved.files[name] == nil {
+            if rules.kind(of: name, carriesVector: { hasVectorAttribute(directory.fd, name) }).isIndexed {
                 findings.append("\(name.escaped): not in the snapshot")
             }
         }
