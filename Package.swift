@@ -1,7 +1,7 @@
 // swift-tools-version: 6.0
 import PackageDescription
 
-// Layers point one way: vexfs (CLI) -> VexFUSE -> VexStore, VexMemory, VexSemantic; VexSemantic ->
+// Layers point one way: vexfs (CLI) -> VexFUSE -> VexMemory, VexSemantic -> VexStore; VexSemantic ->
 // VexIndex -> VexKernels hold the vectors and know nothing of FUSE; VexSemantic -> VexEmbed turns text
 // into vectors through an HTTP endpoint and knows nothing of files.
 // CShims holds the C: the FUSE bridge (CFuse), Linux calls (CLinux), the SIMD kernels (CKernels),
@@ -12,6 +12,7 @@ let package = Package(
     products: [
         .executable(name: "vexfs", targets: ["vexfs"]),
         // For Fuzz/ (a separate package, built with -sanitize=fuzzer): the layers whose parsers it drives.
+        .library(name: "VexStore", targets: ["VexStore"]),
         .library(name: "VexSemantic", targets: ["VexSemantic"]),
         .library(name: "VexFUSE", targets: ["VexFUSE"]),
     ],
@@ -39,7 +40,7 @@ let package = Package(
         .target(name: "VexEmbed", dependencies: [.product(name: "AsyncHTTPClient", package: "async-http-client"),
                                                 .product(name: "CoreMetrics", package: "swift-metrics"),
                                                 .product(name: "Logging", package: "swift-log")]),
-        .target(name: "VexSemantic", dependencies: ["VexIndex", "VexKernels", "VexEmbed", "CCompress", "CLinux",
+        .target(name: "VexSemantic", dependencies: ["VexStore", "VexIndex", "VexKernels", "VexEmbed", "CCompress", "CLinux",
                                                    .product(name: "CoreMetrics", package: "swift-metrics"),
                                                    .product(name: "Logging", package: "swift-log")]),
         .target(name: "CMemory", path: "CShims/CMemory", cSettings: [.unsafeFlags(["-O2"])],
@@ -69,7 +70,7 @@ let package = Package(
         .target(name: "VexTestSupport", path: "Tests/VexTestSupport"),
         .testTarget(name: "VexKernelsTests", dependencies: ["VexKernels", "VexTestSupport"]),
         .testTarget(name: "VexIndexTests", dependencies: ["VexIndex", "VexKernels", "VexTestSupport"]),
-        .testTarget(name: "VexSemanticTests", dependencies: ["VexSemantic", "VexIndex", "VexKernels", "VexTestSupport",
+        .testTarget(name: "VexSemanticTests", dependencies: ["VexSemantic", "VexStore", "VexIndex", "VexKernels", "VexTestSupport",
                                                          .product(name: "MetricsTestKit", package: "swift-metrics")]),
         .testTarget(name: "VexEmbedTests", dependencies: ["VexEmbed"]),
         .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory", "VexTestSupport"]),

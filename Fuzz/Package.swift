@@ -21,7 +21,7 @@ let package = Package(
     targets: [
         .target(name: "FuzzDriver", dependencies: [.product(name: "VexSemantic", package: main)]),
         fuzzer("VecText", "VexSemantic"), fuzzer("Numpy", "VexSemantic"), fuzzer("Fvecs", "VexSemantic"),
-        fuzzer("Raw", "VexSemantic"), fuzzer("Settings", "VexSemantic"), fuzzer("Names", "VexSemantic"),
+        fuzzer("Raw", "VexSemantic"), fuzzer("Settings", "VexSemantic"), fuzzer("Names", "VexStore"),
         fuzzer("Options", "VexFUSE"), fuzzer("Snapshot", "VexSemantic"), fuzzer("Catalog", "VexSemantic"),
     ]
 )

@@ -1,6 +1,7 @@
 import CLinux
 import CoreMetrics
 import Glibc
+import VexStore
 import Synchronization
 
 /// The cross-layer bridge: the filesystem posts what changed, a worker thread brings the indexes up to

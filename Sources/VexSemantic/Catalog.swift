@@ -1,4 +1,5 @@
 import Glibc
+import VexStore
 import VexIndex
 
 // The catalog: what a collection knows of each of its files (the signature it was read with, the

@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import Synchronization
 import VexEmbed
 import VexIndex
@@ -134,14 +135,14 @@ final class Collection: @unchecked Sendable {
             // Every file now: new or changed ones are read, vanished ones removed.
             var seen = Set<FileName>()
             var toRead: [FileName] = []
-            for name in listed ?? StoreFiles.entries(dir).files {
+            for name in listed ?? ((try? StoreFiles.entries(dir)) ?? ([], [])).files {
                 seen.insert(name)
                 // A text file whose vectors never came (the endpoint was away) is asked for again.
-                if let r = s.files[name], let st = StoreFiles.stat(dir, name), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
+                if let r = s.files[name], let st = (try? StoreFiles.stat(dir, name)), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
                 if s.files[name] != nil || rules(s).kind(of: name, carriesVector: { hasVectorAttribute(dir, name) }).isIndexed {
                     // A file big enough to stream goes to the bridge's builder even now: the mount
                     // serves meanwhile, and only this collection's queries wait for it.
-                    let streamed = !deferring && StoreFiles.stat(dir, name).flatMap { configuration.streamedFormat(name, $0) } != nil
+                    let streamed = !deferring && (try? StoreFiles.stat(dir, name)).flatMap { configuration.streamedFormat(name, $0) } != nil
                     if deferring || streamed { toRead.append(name) } else { refresh(name, &s) }
                     changed += 1
                     host.progressed("\(shown(s)): \(changed) files read again")
@@ -211,7 +212,7 @@ final class Collection: @unchecked Sendable {
 
     /// Makes the index agree with the file `name` as it is now.
     func refresh(_ name: FileName, _ s: inout State) {
-        guard !name.isQuery, let st = StoreFiles.stat(directory, name) else {
+        guard !name.isQuery, let st = (try? StoreFiles.stat(directory, name)) else {
             forget(name, &s)
             return
         }
@@ -232,17 +233,17 @@ final class Collection: @unchecked Sendable {
             stream(name, format, &record, replacing: old, &s)
             keep(record, as: name, replacing: old, &s)
             published(s)
-            host.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+            host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
             return
         }
         let parsed: Result<ParsedVectors, FormatError>?
         if StoreFiles.isRegular(st) {
             let dir = directory
-            parsed = VectorParser.vectors(name: name, read: { StoreFiles.read(dir, name, limit: $0) },
-                                   attribute: { StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute) })
+            parsed = VectorParser.vectors(name: name, read: { limit in FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(dir, name, limit: limit) } },
+                                          attribute: { (try? StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute)) })
         } else {
             // A symlink, a directory, a device: never read; a vector name says why it is not one.
-            parsed = name.vectorFormat != nil ? .failure(FormatError(StoreFiles.notRegular(st))) : nil
+            parsed = name.vectorFormat != nil ? .failure(FormatError(FormatError.notRegular(st.st_mode))) : nil
         }
         guard let parsed else {
             forget(name, &s)
@@ -273,7 +274,7 @@ final class Collection: @unchecked Sendable {
         keep(record, as: name, replacing: old, &s)
         if name.vectorFormat == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
         published(s)
-        host.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+        host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
     }
 
     /// The index for vectors of `d` numbers: the first vectors a collection meets fix its dimension;
@@ -319,7 +320,7 @@ final class Collection: @unchecked Sendable {
         release(old, &s)
         attributeCarriers.withLock { _ = $0.remove(name) }
         published(s)
-        if old.rows > 0 { host.journal.record("index", path: relative(s, name), detail: ["status": "removed"]) }
+        if old.rows > 0 { host.journal.record(.index, s.path.child(name), detail: ["status": "removed"]) }
     }
 
     /// Makes a change visible to cached answers and stats.
@@ -342,8 +343,6 @@ final class Collection: @unchecked Sendable {
             if let index = s.index, index.unsaved > 0 || s.unsavedFiles > 0 { checkpoint(&s) }
         }
     }
-
-    func relative(_ s: borrowing State, _ name: FileName) -> String { s.path.child(name).escaped }
 
     /// Drops this collection's names from the hard-link table (its directory is gone).
     func forgetAllLinks() { state.withLock { dropLinks($0) } }

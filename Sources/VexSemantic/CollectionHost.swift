@@ -1,4 +1,5 @@
 import Glibc
+import VexStore
 import VexEmbed
 import VexIndex
 import VexKernels

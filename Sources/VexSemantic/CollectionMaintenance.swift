@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import Synchronization
 import VexEmbed
 import VexIndex
@@ -39,7 +40,7 @@ extension Collection {
         guard let (index, target) = state.withLock({ s in s.index.map { ($0, s.settings.recall) } }) else { return }
         guard let m = index.tune(target: target) else { return }
         version.add(1, ordering: .releasing)
-        host.journal.record("index", path: state.withLock { shown($0) }, detail: ["recall": m.description])
+        host.journal.record(.index, state.withLock { $0.path.isEmpty ? "." : $0.path }, detail: ["recall": m.description])
     }
 
     /// Asks for a snapshot once the changes since the last one are as many as the collection holds

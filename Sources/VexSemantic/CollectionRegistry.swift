@@ -1,4 +1,5 @@
 import Glibc
+import VexStore
 import Synchronization
 
 /// The mount's collections by directory inode number (stable across renames), and the table of
@@ -78,7 +79,7 @@ extension SemanticLayer {
             log(problems: ["\(dir.path.isEmpty ? "." : dir.path.escaped): not a collection: there are \(CollectionRegistry.maxCollections) already"])
             return nil
         }
-        guard let fd = StoreFiles.holdDirectory(dir.fd, ".") else { return nil }
+        guard let fd = (try? StoreFiles.holdDirectory(dir.fd, ".")) else { return nil }
         return registry.register(Collection(key: dir.key, path: dir.path, directory: fd, host: self, configuration: configuration))
     }
 }

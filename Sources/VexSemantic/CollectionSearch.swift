@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import Synchronization
 import VexEmbed
 import VexIndex
@@ -44,7 +45,7 @@ extension Collection {
         let admits = { [self] (name: FileName, inode: UInt64) -> Bool in
             if let known = admitted[name] { return known }
             var ok = true
-            if mustCheck { ok = StoreFiles.stat(dir, name).map { StoreFiles.isRegular($0) && requester.mayRead($0) } ?? false }
+            if mustCheck { ok = (try? StoreFiles.stat(dir, name)).map { StoreFiles.isRegular($0) && requester.mayRead($0) } ?? false }
             if ok && filtered { ok = options.admits(name) { key, limit in tag(key, of: name, inode: inode, limit: limit) } }
             admitted[name] = ok
             return ok
@@ -142,7 +143,7 @@ extension Collection {
             return known.flatMap { $0.count <= limit ? $0 : nil }
         }
         // Values longer than a filter can hold never match one: not kept.
-        let value = StoreFiles.attribute(directory, name, key, limit: QueryOptions.maxFilterBytes)
+        let value = (try? StoreFiles.attribute(directory, name, key, limit: QueryOptions.maxFilterBytes))
         tags.withLock { table in
             if table.count >= Collection.maxTags { table.removeAll() }
             table[inode, default: [:]][key] = .some(value)

@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import Synchronization
 import VexEmbed
 import VexIndex
@@ -79,11 +80,11 @@ public enum Setting: Equatable, Sendable {
 
     /// The setting `name` kept on the directory `dir`; nil when it has none, or none that parses.
     static func read(_ name: Name, from dir: Int32) -> Setting? {
-        StoreFiles.attribute(opath: dir, name.rawValue, limit: maxValueBytes).flatMap { try? parse(name.rawValue, $0) }
+        (try? StoreFiles.attribute(opath: dir, name.rawValue, limit: maxValueBytes)).flatMap { try? parse(name.rawValue, $0) }
     }
 
     func write(to dir: Int32) {
-        StoreFiles.setAttribute(opath: dir, name.rawValue, text)
+        try? StoreFiles.setAttribute(opath: dir, name.rawValue, Array(text.utf8))
     }
 }
 
@@ -187,13 +188,13 @@ extension Collection {
 
     /// Every file a re-index reads: those in the catalog, and the text files of the directory.
     func indexedNames(_ s: borrowing State) -> Set<FileName> {
-        Set(s.files.keys).union(StoreFiles.entries(directory).files.filter { isText($0, s) })
+        Set(s.files.keys).union(((try? StoreFiles.entries(directory)) ?? ([], [])).files.filter { isText($0, s) })
     }
 
     /// Throws the index away and reads every file again (a new dimension, while nothing is indexed).
     func rebuild(_ s: inout State) {
         s.index = nil
-        removeTree(indexDirectory)
+        StatePaths.removeTree(indexDirectory)
         host.log(problems: openIndex(&s))
         let names = indexedNames(s)
         dropLinks(s)

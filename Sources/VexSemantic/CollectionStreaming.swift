@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import Synchronization
 import VexEmbed
 import VexIndex
@@ -91,7 +92,7 @@ extension Collection {
     /// such a file (then it is applied the usual way).
     func applyStreamed(_ name: FileName) -> Bool {
         let begun = state.withLock { s -> (job: StreamJob?, record: FileRecord)? in
-            guard !name.isQuery, let st = StoreFiles.stat(directory, name), StoreFiles.isRegular(st), !isText(name, s),
+            guard !name.isQuery, let st = (try? StoreFiles.stat(directory, name)), StoreFiles.isRegular(st), !isText(name, s),
                   let format = configuration.streamedFormat(name, st) else { return nil }
             if let r = s.files[name], r.sameSignature(st) { return (nil, r) }
             var record = FileRecord(st)
@@ -100,7 +101,7 @@ extension Collection {
             if let job { record.status = "not indexed yet: reading \(job.input.rows) vectors" }
             keep(record, as: name, replacing: old, &s)
             published(s)
-            if job == nil { host.journal.record("index", path: relative(s, name), detail: ["status": record.status]) }
+            if job == nil { host.journal.record(.index, s.path.child(name), detail: ["status": record.status]) }
             return (job, record)
         }
         guard let begun else { return false }
@@ -113,7 +114,7 @@ extension Collection {
             s.files[name] = record
             s.unsavedFiles += 1
             published(s)
-            host.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+            host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
             considerCheckpoint(&s)
             considerMeasuring(&s)
         }

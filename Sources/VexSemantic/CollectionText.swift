@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import Synchronization
 import VexEmbed
 import VexIndex
@@ -38,7 +39,7 @@ extension Collection {
     /// `embedded`); until then it holds none, and its status says so.
     func readText(_ name: FileName, _ st: stat, _ record: inout FileRecord, _ s: inout State) {
         let text: [UInt8]
-        switch StoreFiles.read(directory, name, limit: SemanticLayer.maxTextBytes) {
+        switch FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(directory, name, limit: SemanticLayer.maxTextBytes) } {
         case .failure(let e):
             record.status = "not indexed: \(e)"
             return
@@ -73,7 +74,7 @@ extension Collection {
                 return
             case .success(let vectors):
                 s.embedding[name] = nil
-                guard let st = StoreFiles.stat(directory, name), record.sameSignature(st) else { return }
+                guard let st = (try? StoreFiles.stat(directory, name)), record.sameSignature(st) else { return }
                 let d = vectors[0].count
                 guard let index = index(forDimension: d, &s), vectors.count == record.passages.count else {
                     record.status = "not indexed: the embedder gives \(d) numbers, the collection's dimension is \(s.settings.dimension ?? 0)"
@@ -92,7 +93,7 @@ extension Collection {
                 record.status = vectors.count == 1 ? "indexed" : "indexed: \(vectors.count) passages"
                 s.files[name] = record
                 published(s)
-                host.journal.record("index", path: relative(s, name), detail: ["status": record.status])
+                host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
                 considerCheckpoint(&s)
             }
         }

@@ -1,4 +1,5 @@
 import Glibc
+import VexStore
 import VexIndex
 
 /// One background thread that does one kind of work for collections that ask, one collection at a

@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 
 // What one user may see of the journal (PRODUCT.md §4): it names every user's files, so a caller
 // other than root and the store's owner sees an event only if every path it names is one they may
@@ -10,25 +11,16 @@ import Glibc
 extension SemanticLayer {
     /// The journal's lines that `requester` may see, oldest first.
     public func journal(visibleTo requester: Requester) -> [UInt8] {
-        let all = journal.contents()
-        guard !requester.seesEverything else { return all }
-        var judged: [[UInt8]: Bool] = [:]
-        func visible(_ escaped: [UInt8]) -> Bool {
-            if let known = judged[escaped] { return known }
-            let ok = String(validating: escaped, as: UTF8.self).flatMap(FileName.unescape).map { mayRead($0, requester) } ?? false
-            judged[escaped] = ok
+        let all = journal.events()
+        var judged: [FileName: Bool] = [:]
+        func visible(_ path: FileName) -> Bool {
+            if let known = judged[path] { return known }
+            let ok = mayRead(path.bytes, requester)
+            judged[path] = ok
             return ok
         }
-        var out: [UInt8] = []
-        var start = all.startIndex
-        while start < all.endIndex {
-            let end = (all[start...].firstIndex(of: 0x0A) ?? all.endIndex - 1) + 1
-            let line = all[start..<end]
-            let paths = ["\"path\":", "\"to\":"].compactMap { JournalLine.string(after: $0, in: line) }
-            if !paths.isEmpty && paths.allSatisfy(visible) { out.append(contentsOf: line) }
-            start = end
-        }
-        return out
+        let shown = requester.seesEverything ? all : all.filter { $0.paths.allSatisfy(visible) }
+        return Array(shown.map(\.line).joined().utf8)
     }
 
     /// Whether `requester` may read `path` (relative to the store's root) now, or, when it is gone,
@@ -56,41 +48,5 @@ extension SemanticLayer {
             if i < parts.count - 1 && st.st_mode & S_IFMT != S_IFDIR { return false }
         }
         return requester.mayRead(st)
-    }
-}
-
-/// Reads back the journal's own JSON lines (written by `Journal.record`).
-enum JournalLine {
-    /// The bytes of the JSON string that follows `key` in `line`, its escapes undone.
-    static func string(after key: String, in line: ArraySlice<UInt8>) -> [UInt8]? {
-        let k = Array(key.utf8)
-        guard let at = line.indices.first(where: { i in line[i...].starts(with: k) }) else { return nil }
-        var i = at + k.count
-        guard i < line.endIndex, line[i] == 0x22 else { return nil }
-        i += 1
-        var out: [UInt8] = []
-        while i < line.endIndex {
-            let b = line[i]
-            if b == 0x22 { return out }
-            if b == 0x5C {
-                guard i + 1 < line.endIndex else { return nil }
-                switch line[i + 1] {
-                case 0x6E: out.append(0x0A)
-                case 0x74: out.append(0x09)
-                case 0x72: out.append(0x0D)
-                case 0x75:
-                    guard i + 5 < line.endIndex, let v = UInt32(String(decoding: line[(i + 2)...(i + 5)], as: UTF8.self), radix: 16),
-                          let scalar = Unicode.Scalar(v) else { return nil }
-                    out.append(contentsOf: Array(String(scalar).utf8))
-                    i += 4
-                default: out.append(line[i + 1])
-                }
-                i += 2
-                continue
-            }
-            out.append(b)
-            i += 1
-        }
-        return nil
     }
 }

@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import Synchronization
 import VexIndex
 
@@ -70,9 +71,9 @@ extension SemanticLayer {
         guard options.scope == .tree else { return out }
         var pending: [(FileName, Int32)] = []
         func below(_ fd: Int32, _ rel: FileName) {
-            for sub in StoreFiles.entries(fd).directories.sorted(by: >) {
+            for sub in ((try? StoreFiles.entries(fd)) ?? ([], [])).directories.sorted(by: >) {
                 if rel.isEmpty && dir.path.isEmpty && sub == FileName(".vexfs") { continue }
-                if let child = StoreFiles.holdDirectory(fd, sub) { pending.append((rel.child(sub), child)) }
+                if let child = (try? StoreFiles.holdDirectory(fd, sub)) { pending.append((rel.child(sub), child)) }
             }
         }
         below(dir.fd, FileName([]))
@@ -204,7 +205,7 @@ extension SemanticLayer {
         var detail = ["k": String(k)]
         if options.scope == .tree { detail["scope"] = "tree" }
         if vectors.rows > 1 { detail["rows"] = String(vectors.rows) }
-        journal.record("query", path: file.dir.child(file.name).escaped, detail: detail)
+        journal.record(.query, file.dir.child(file.name), detail: detail)
         return out
     }
 
@@ -212,7 +213,7 @@ extension SemanticLayer {
     /// nil for numbers (or with no embedder). The one FUSE request that waits on the network.
     func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
         guard let client = embedClient, file.name.isQuery, file.name.queryFormat == nil,
-              case .success(let bytes) = StoreFiles.read(opath: file.fd, limit: SemanticLayer.maxQueryBytes) else { return nil }
+              let bytes = try? StoreFiles.read(opath: file.fd, limit: SemanticLayer.maxQueryBytes) else { return nil }
         let sniffed = bytes.withUnsafeBytes { VectorFormat.sniff($0) }
         guard sniffed == .raw, !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self),
               text.unicodeScalars.contains(where: { $0.properties.isAlphabetic }) else { return nil }
@@ -232,7 +233,7 @@ extension SemanticLayer {
 
     /// What `file` holds as vectors, read through its own descriptor.
     func vectors(of file: FileRef) -> Result<ParsedVectors, FormatError>? {
-        VectorParser.vectors(name: file.name, read: { StoreFiles.read(opath: file.fd, limit: $0) },
-                attribute: { StoreFiles.attribute(opath: file.fd, SemanticLayer.vectorAttribute) })
+        VectorParser.vectors(name: file.name, read: { limit in FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(opath: file.fd, limit: limit) } },
+                             attribute: { (try? StoreFiles.attribute(opath: file.fd, SemanticLayer.vectorAttribute)) })
     }
 }

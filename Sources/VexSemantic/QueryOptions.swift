@@ -1,4 +1,5 @@
 import Glibc
+import VexStore
 
 /// How a query is to be answered, read from the query file's own attributes (PRODUCT.md §3): where
 /// to look (`user.vexfs.scope`), which files may answer (`user.vexfs.filter`), how far
@@ -98,7 +99,7 @@ public struct QueryOptions: Equatable, Sendable {
     static func read(opath fd: Int32) throws(SemanticError) -> QueryOptions {
         var options = QueryOptions()
         for option in Option.allCases {
-            guard let value = StoreFiles.attribute(opath: fd, option.rawValue, limit: QueryOptions.maxFilterBytes + 1) else { continue }
+            guard let value = (try? StoreFiles.attribute(opath: fd, option.rawValue, limit: QueryOptions.maxFilterBytes + 1)) else { continue }
             try options.set(option, value)
         }
         return options

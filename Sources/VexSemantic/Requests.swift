@@ -1,4 +1,5 @@
 import Glibc
+import VexStore
 
 /// A collection's directory as the filesystem layer sees it now: its inode number (the key, stable
 /// across renames), its path from the store's root (for the journal and messages only: nothing is

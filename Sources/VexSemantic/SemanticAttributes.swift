@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import VexIndex
 
 // Computed attributes out, and the settings and query options set in: every `user.vexfs.*` name but
@@ -26,14 +27,14 @@ extension SemanticLayer {
             return try query(file, attribute: "knn.\(k)", k: k, from: from, requester: requester)
         }
         if let option = QueryOptions.Option(rawValue: attribute) {
-            guard let value = StoreFiles.attribute(opath: file.fd, option.rawValue, limit: QueryOptions.maxFilterBytes) else { throw .noData }
+            guard let value = (try? StoreFiles.attribute(opath: file.fd, option.rawValue, limit: QueryOptions.maxFilterBytes)) else { throw .noData }
             return value
         }
         switch suffix {
         case "status":
             bridge.settle(file.dir.key)
             if file.name.isQuery {
-                if let inode = inodeNumber(file.fd), let problem = queryProblems.withLock({ $0[inode] }) {
+                if let inode = (try? StoreFiles.inodeNumber(file.fd)), let problem = queryProblems.withLock({ $0[inode] }) {
                     return Array("query file: never indexed; last refused: \(problem)".utf8)
                 }
                 return Array("query file: never indexed".utf8)
@@ -43,8 +44,8 @@ extension SemanticLayer {
                 case .vector, .text: break
                 default: throw .noData
                 }
-                if let st = StoreFiles.stat(file.dir.fd, file.name), !StoreFiles.isRegular(st) {
-                    return Array("not indexed: \(StoreFiles.notRegular(st))".utf8)
+                if let st = (try? StoreFiles.stat(file.dir.fd, file.name)), !StoreFiles.isRegular(st) {
+                    return Array("not indexed: \(FormatError.notRegular(st.st_mode))".utf8)
                 }
                 return Array("not indexed".utf8)
             }
@@ -96,7 +97,7 @@ extension SemanticLayer {
         bridge.settle(dir.key)
         guard let c = collection(dir) else { throw .invalid("there are \(CollectionRegistry.maxCollections) collections already") }
         try c.change(setting)
-        journal.record("setxattr", path: dir.path.escaped, detail: ["name": attribute, "value": setting.text])
+        journal.record(.setxattr, dir.path, detail: ["name": attribute, "value": setting.text])
         answers.withLock { $0 = AnswerCache() }
     }
 
@@ -105,14 +106,14 @@ extension SemanticLayer {
     /// Sets a query option on a query file: checked first, so a bad value is EINVAL, is never
     /// stored, and its reason shows in the file's status.
     public func setFileAttribute(_ attribute: String, file: FileRef, value: [UInt8]) throws(SemanticError) {
-        let inode = inodeNumber(file.fd) ?? 0
+        let inode = (try? StoreFiles.inodeNumber(file.fd)) ?? 0
         do throws(SemanticError) {
             guard let option = QueryOptions.Option(rawValue: attribute) else { throw .invalid("\(attribute) cannot be set on a file") }
             guard file.name.isQuery else { throw .invalid("\(attribute) is an option of query files (NAME.query)") }
             var options = QueryOptions()
             try options.set(option, value)
-            guard StoreFiles.setAttribute(opath: file.fd, attribute, bytes: value) else {
-                throw .invalid("\(attribute) cannot be stored: \(String(cString: strerror(errno)))")
+            do { try StoreFiles.setAttribute(opath: file.fd, attribute, value) } catch {
+                throw .invalid("\(attribute) cannot be stored: \(String(cString: strerror(error.rawValue)))")
             }
             queryProblems.withLock { _ = $0.removeValue(forKey: inode) }
         } catch {
@@ -124,7 +125,7 @@ extension SemanticLayer {
     /// Removes a query option (the default applies again); other names of ours are computed.
     public func removeFileAttribute(_ attribute: String, file: FileRef) throws(SemanticError) {
         guard QueryOptions.Option(rawValue: attribute) != nil, file.name.isQuery else { throw .noData }
-        guard StoreFiles.removeAttribute(opath: file.fd, attribute) else { throw .noData }
+        do { try StoreFiles.removeAttribute(opath: file.fd, attribute) } catch { throw .noData }
     }
 
     func noteQueryProblem(_ inode: UInt64, _ why: String) {

@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import VexIndex
 
 // Events in: what the filesystem tells the vector layer after each change it made to the store,
@@ -9,14 +10,14 @@ import VexIndex
 
 extension SemanticLayer {
     public func created(_ dir: DirectoryRef, _ name: FileName) {
-        journal.record("create", path: dir.child(name).escaped)
+        journal.record(.create, dir.child(name))
     }
 
     /// A file was closed after writing (or truncated): index what it holds now, under this name and
     /// every other name it is indexed by (hard links), in every collection.
     public func written(_ dir: DirectoryRef, _ name: FileName, inode: UInt64) {
         if name.isQuery { return }
-        journal.record("write-close", path: dir.child(name).escaped)
+        journal.record(.writeClose, dir.child(name))
         let kind = kind(of: name, in: dir) { existing(dir.key)?.attributeCarriers.withLock { $0.contains(name) } == true }
         if kind.isIndexed {
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
@@ -44,14 +45,14 @@ extension SemanticLayer {
 
     /// A new name for an existing file (link(2)): it is a vector wherever its name says so.
     public func linked(_ dir: DirectoryRef, _ name: FileName) {
-        journal.record("link", path: dir.child(name).escaped)
+        journal.record(.link, dir.child(name))
         if kind(of: name, in: dir, carriesVector: { hasVectorAttribute(dir.fd, name) }).isIndexed, let c = collection(dir) {
             bridge.post(.refresh, collection: c.key, name: name)
         }
     }
 
     public func removed(_ dir: DirectoryRef, _ name: FileName) {
-        journal.record("unlink", path: dir.child(name).escaped)
+        journal.record(.unlink, dir.child(name))
         if existing(dir.key) != nil { bridge.post(.remove, collection: dir.key, name: name) }
     }
 
@@ -61,10 +62,10 @@ extension SemanticLayer {
     public func attributeChanged(_ file: FileRef, name: UnsafePointer<CChar>? = nil) {
         let dir = file.dir
         if let name, strcmp(name, SemanticLayer.vectorAttribute) == 0 {
-            journal.record("setxattr", path: dir.child(file.name).escaped, detail: ["name": SemanticLayer.vectorAttribute])
+            journal.record(.setxattr, dir.child(file.name), detail: ["name": SemanticLayer.vectorAttribute])
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: file.name) }
         }
-        guard let inode = inodeNumber(file.fd) else { return }
+        guard let inode = (try? StoreFiles.inodeNumber(file.fd)) else { return }
         existing(dir.key)?.attributesChanged(of: inode)
         let others = registry.links(of: inode)
         for link in others where link.collection != dir.key { existing(link.collection)?.attributesChanged(of: inode) }
@@ -73,7 +74,7 @@ extension SemanticLayer {
     /// A file moved: its vectors leave the old collection and join the new one (the target's old
     /// vectors, if it replaced a file, are replaced). With `exchange`, both names are refreshed.
     public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
-        journal.record("rename", path: from.child(fromName).escaped, to: to.child(toName).escaped)
+        journal.record(.rename, from.child(fromName), to: to.child(toName))
         if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
         if existing(to.key) != nil || kind(of: toName, in: to, carriesVector: { hasVectorAttribute(to.fd, toName) }).isIndexed,
            let c = collection(to) {
@@ -85,7 +86,7 @@ extension SemanticLayer {
     /// move to `old` at the same time). Only their names for messages change: they hold their
     /// directories by descriptor.
     public func directoryMoved(from old: FileName, to new: FileName, exchange: Bool = false) {
-        journal.record("rename", path: old.escaped, to: new.escaped)
+        journal.record(.rename, old, to: new)
         func moved(_ path: FileName, _ from: FileName, _ to: FileName) -> FileName? {
             path.relative(to: from).map { FileName(to.bytes + $0) }
         }
@@ -98,12 +99,12 @@ extension SemanticLayer {
 
     /// A directory was removed: its collection and index go with it.
     public func directoryRemoved(key: UInt64, path: FileName) {
-        journal.record("unlink", path: path.escaped)
+        journal.record(.unlink, path)
         guard existing(key) != nil else { return }
         bridge.settle(key)
         guard let c = registry.remove(key) else { return }
         c.forgetAllLinks()
-        removeTree(c.indexDirectory)
+        StatePaths.removeTree(c.indexDirectory)
     }
 
     func apply(_ events: [Bridge.Event]) {
@@ -127,7 +128,7 @@ extension SemanticLayer {
 
     /// Whether applying `event` reads a file big enough to be streamed: the bridge's builder does it.
     func isLong(_ event: Bridge.Event) -> Bool {
-        guard let c = existing(event.key.collection), let st = StoreFiles.stat(c.directory, event.key.name) else { return false }
+        guard let c = existing(event.key.collection), let st = (try? StoreFiles.stat(c.directory, event.key.name)) else { return false }
         return configuration.streamedFormat(event.key.name, st) != nil
     }
 }

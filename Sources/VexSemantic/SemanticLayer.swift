@@ -20,6 +20,7 @@
 import CLinux
 import CoreMetrics
 import Glibc
+import VexStore
 import Logging
 import Synchronization
 import VexEmbed
@@ -104,8 +105,8 @@ public final class SemanticLayer: @unchecked Sendable {
     public func reconcile(progress: @escaping @Sendable (String) -> Void) -> (collections: Int, changed: Int) {
         reporter.withLock { $0 = Reporter(say: progress) }
         defer { reporter.withLock { $0 = nil } }
-        var indexed = Set(listDirectories(stateRoot + "/index").compactMap { UInt64($0) })
-        guard let top = StoreFiles.holdDirectory(rootFD, ".") else { return (0, 0) }
+        var indexed = Set(((try? StatePaths.entries(stateRoot + "/index"))?.directories ?? []).compactMap { UInt64($0) })
+        guard let top = (try? StoreFiles.holdDirectory(rootFD, ".")) else { return (0, 0) }
         var pending: [(FileName, Int32)] = [(FileName([]), top)]
         var opened = 0, changed = 0, directories = 0
         while let (rel, fd) = pending.popLast() {
@@ -114,9 +115,9 @@ public final class SemanticLayer: @unchecked Sendable {
             guard fstat(fd, &st) == 0 else { continue }
             directories += 1
             let here = DirectoryRef(key: UInt64(st.st_ino), path: rel, fd: fd)
-            let (files, subdirectories) = StoreFiles.entries(fd)
+            let (files, subdirectories) = ((try? StoreFiles.entries(fd)) ?? ([], []))
             for sub in subdirectories where !(rel.isEmpty && sub == FileName(".vexfs")) {
-                if let child = StoreFiles.holdDirectory(fd, sub) { pending.append((rel.child(sub), child)) }
+                if let child = (try? StoreFiles.holdDirectory(fd, sub)) { pending.append((rel.child(sub), child)) }
             }
             let hadIndex = indexed.remove(here.key) != nil
             let wanted = hadIndex || Setting.read(.dimension, from: fd) != nil
@@ -131,7 +132,7 @@ public final class SemanticLayer: @unchecked Sendable {
             log(problems: result.problems)
             progressed("\(directories) directories, \(opened) collections, \(changed) files re-read")
         }
-        for stale in indexed { removeTree("\(stateRoot)/index/\(stale)") }
+        for stale in indexed { StatePaths.removeTree("\(stateRoot)/index/\(stale)") }
         bridge.nudge()
         return (opened, changed)
     }

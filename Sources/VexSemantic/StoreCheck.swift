@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 import VexIndex
 import VexKernels
 
@@ -125,7 +126,7 @@ public enum StoreCheck {
     public static func run(root: String, repair: Bool, kernels: DistanceKernels,
                            progress: (Int, Int) -> Void = { _, _ in }) -> [CollectionCheck] {
         let stateRoot = root + "/.vexfs"
-        let keys = listDirectories(stateRoot + "/index").compactMap { UInt64($0) }.sorted()
+        let keys = ((try? StatePaths.entries(stateRoot + "/index"))?.directories ?? []).compactMap { UInt64($0) }.sorted()
         let directories = directoriesByInode(root, wanted: Set(keys))
         var results: [CollectionCheck] = []
         for (i, key) in keys.enumerated() {
@@ -168,12 +169,12 @@ public enum StoreCheck {
         let metric: Metric = if case .metric(let m)? = Setting.read(.metric, from: directory.fd) { m } else { .l2 }
         if metric != saved.metric { findings.append("the directory's metric is \(metric), the snapshot's \(saved.metric)") }
         for (name, record) in saved.files.sorted(by: { $0.key < $1.key }) {
-            guard let st = StoreFiles.stat(directory.fd, name) else { findings.append("\(name.escaped): gone"); continue }
+            guard let st = (try? StoreFiles.stat(directory.fd, name)) else { findings.append("\(name.escaped): gone"); continue }
             if !record.sameSignature(st) { findings.append("\(name.escaped): changed") }
         }
         // Text is left out: whether a text file is indexed depends on the mount's embedder.
         let rules = NameRules(textGlobs: nil, embedding: false)
-        for name in StoreFiles.entries(directory.fd).files where saved.files[name] == nil {
+        for name in ((try? StoreFiles.entries(directory.fd)) ?? ([], [])).files where saved.files[name] == nil {
             if rules.kind(of: name, carriesVector: { hasVectorAttribute(directory.fd, name) }).isIndexed {
                 findings.append("\(name.escaped): not in the snapshot")
             }
@@ -190,9 +191,9 @@ public enum StoreCheck {
         guard top >= 0 else { return [:] }
         var pending: [(FileName, Int32)] = [(FileName([]), top)]
         while let (rel, fd) = pending.popLast() {
-            guard let ino = inodeNumber(fd) else { close(fd); continue }
-            for sub in StoreFiles.entries(fd).directories where !(rel.isEmpty && sub == FileName(".vexfs")) {
-                if let child = StoreFiles.holdDirectory(fd, sub) { pending.append((rel.child(sub), child)) }
+            guard let ino = (try? StoreFiles.inodeNumber(fd)) else { close(fd); continue }
+            for sub in ((try? StoreFiles.entries(fd)) ?? ([], [])).directories where !(rel.isEmpty && sub == FileName(".vexfs")) {
+                if let child = (try? StoreFiles.holdDirectory(fd, sub)) { pending.append((rel.child(sub), child)) }
             }
             if wanted.contains(ino) && found[ino] == nil { found[ino] = (rel.isEmpty ? "." : rel.escaped, fd) } else { close(fd) }
         }

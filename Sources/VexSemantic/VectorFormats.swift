@@ -1,4 +1,5 @@
 import Glibc
+import VexStore
 
 /// The vector file formats of PRODUCT.md §2, recognised by the name's extension.
 public enum VectorFormat: String, CaseIterable, Sendable {
@@ -35,6 +36,30 @@ public struct ParsedVectors: Equatable, Sendable {
 public struct FormatError: Error, Equatable, CustomStringConvertible {
     public let description: String
     init(_ s: String) { description = s }
+
+    /// Why the store's file was not read, in the words of a status line.
+    init(_ refusal: ReadRefusal) {
+        switch refusal {
+        case .failed(let e): self.init("cannot be read: \(String(cString: strerror(e.rawValue)))")
+        case .notRegular(let type): self.init(FormatError.notRegular(type))
+        case .tooLarge(let size, let limit): self.init("absurd size: \(size) bytes (the limit is \(limit))")
+        case .empty: self.init("empty file")
+        }
+    }
+
+    /// The bytes `read` reads, or why not.
+    static func reading(_ read: () throws(ReadRefusal) -> [UInt8]) -> Result<[UInt8], FormatError> {
+        do { return .success(try read()) } catch { return .failure(FormatError(error)) }
+    }
+
+    /// Why a file of type `type` (its `S_IFMT` bits) is never read as vectors.
+    static func notRegular(_ type: mode_t) -> String {
+        switch type & S_IFMT {
+        case S_IFLNK: "a symbolic link is never a vector"
+        case S_IFDIR: "a directory is not a vector"
+        default: "not a regular file"
+        }
+    }
 }
 
 public enum VectorParser {

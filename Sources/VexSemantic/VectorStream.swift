@@ -1,5 +1,6 @@
 import CLinux
 import Glibc
+import VexStore
 
 /// A vector file too big to read whole (a `.npy` or `.fvecs` past `threshold` bytes), read a slice
 /// of rows at a time with pread(2) into one reused buffer: memory stays bounded whatever the file's
@@ -33,13 +34,8 @@ public final class VectorStream {
     /// Opens `name` in the directory `dir` and reads its layout.
     init(_ dir: Int32, _ name: FileName, _ format: VectorFormat, sliceBytes: Int = 32 << 20) throws(FormatError) {
         self.sliceBytes = sliceBytes
-        let fd = name.withCString { openat(dir, $0, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) }
-        guard fd >= 0 else { throw FormatError(errno == ELOOP ? "a symbolic link is never a vector" : "cannot be read: \(String(cString: strerror(errno)))") }
-        var st = stat()
-        guard fstat(fd, &st) == 0, StoreFiles.isRegular(st) else {
-            close(fd)
-            throw FormatError("not a regular file")
-        }
+        let (fd, st): (Int32, stat)
+        do { (fd, st) = try StoreFiles.openRegular(dir, name) } catch { throw FormatError(error) }
         let size = Int(st.st_size)
         do throws(FormatError) {
             switch format {

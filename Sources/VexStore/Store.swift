@@ -12,11 +12,39 @@ import CLinux
 import Glibc
 import SystemPackage
 
-/// Who asked: new files belong to the caller, as on a local filesystem, even when the daemon is root.
+/// Who asked: new files belong to the caller, as on a local filesystem, even when the daemon is root;
+/// answers name only files the caller could read (PRODUCT.md §1).
 public struct Caller: Sendable {
     public var uid: uid_t
     public var gid: gid_t
-    public init(uid: uid_t, gid: gid_t) { self.uid = uid; self.gid = gid }
+    /// Supplementary groups, where a permission check needs them (empty where it does not).
+    public var groups: [gid_t]
+
+    public init(uid: uid_t, gid: gid_t, groups: [gid_t] = []) {
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+    }
+
+    public static let root = Caller(uid: 0, gid: 0)
+    public var seesEverything: Bool { uid == 0 }
+
+    /// Whether the mode bits let this caller read a file: the owner's bits for its owner, the
+    /// group's for a member of its group, the others' for everyone else (as the kernel decides).
+    public func mayRead(_ st: stat) -> Bool {
+        if uid == 0 { return true }
+        if st.st_uid == uid { return st.st_mode & S_IRUSR != 0 }
+        if st.st_gid == gid || groups.contains(st.st_gid) { return st.st_mode & S_IRGRP != 0 }
+        return st.st_mode & S_IROTH != 0
+    }
+
+    /// Whether the mode bits let this caller enter a directory (search permission).
+    public func maySearch(_ st: stat) -> Bool {
+        if uid == 0 { return true }
+        if st.st_uid == uid { return st.st_mode & S_IXUSR != 0 }
+        if st.st_gid == gid || groups.contains(st.st_gid) { return st.st_mode & S_IXGRP != 0 }
+        return st.st_mode & S_IXOTH != 0
+    }
 }
 
 /// A looked-up name: the inode (its lookup count already raised by one) and its attributes.

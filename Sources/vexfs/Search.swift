@@ -7,6 +7,7 @@ import CLinux
 import Foundation
 import Glibc
 import VexSemantic
+import VexStore
 
 struct Search: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The K nearest neighbours in COLLECTION (a directory of a vexfs mount).")

@@ -4,6 +4,7 @@ import Synchronization
 import Testing
 import VexTestSupport
 @testable import VexSemantic
+import VexStore
 
 /// Records what the bridge applies; can hold the worker until released.
 final class Recorder: @unchecked Sendable {

@@ -1,6 +1,7 @@
 import Testing
 import VexIndex
 @testable import VexSemantic
+import VexStore
 
 /// The catalog stored in every snapshot: read back as written, and damage of any kind refused with
 /// its reason, never a trap or an allocation the bytes name.

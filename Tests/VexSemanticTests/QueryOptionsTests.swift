@@ -1,9 +1,11 @@
+import Foundation
 import CLinux
 import Glibc
 import Testing
 import VexIndex
 import VexKernels
 @testable import VexSemantic
+import VexStore
 
 @Suite struct QueryOptionsTests {
     typealias Lent = SemanticLayerTests.Lent
@@ -70,7 +72,7 @@ import VexKernels
 
     @Test func filtersAnswerKOfWhatPassesOnTheGraphAndBySubset() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let c = Lent(store, "c")
         // Scans only below 100 vectors: the half walks the graph, the hundredth is scanned.
@@ -113,7 +115,7 @@ import VexKernels
 
     @Test func treeScopeRadiusAndRows() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         for d in ["p", "p/2024", "p/2024/summer", "p/other", "p/secret"] { mkdir(store + "/" + d, 0o755) }
         chmod(store + "/p/secret", 0o700)
         let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels)
@@ -157,17 +159,22 @@ import VexKernels
 }
 
 @Suite struct JournalViewTests {
-    @Test func journalLinesGiveBackTheirPaths() {
-        let line = ArraySlice(Array("{\"time\":1.000,\"event\":\"rename\",\"path\":\"a\\\\x09b\\\"c\\u0001.vec\",\"to\":\"d/e.vec\"}\n".utf8))
-        #expect(JournalLine.string(after: "\"path\":", in: line) == Array("a\\x09b\"c\u{01}.vec".utf8))
-        #expect(JournalLine.string(after: "\"to\":", in: line) == Array("d/e.vec".utf8))
-        #expect(JournalLine.string(after: "\"none\":", in: line) == nil)
-        #expect(JournalLine.string(after: "\"path\":", in: ArraySlice(Array("{\"path\":\"cut".utf8))) == nil)
+    @Test func eventsAreRenderedAsOneJSONLineEachAndKeptAsValues() throws {
+        let event = JournalEvent(.rename, path: FileName(Array("a\tb\"c".utf8) + [1, 0xFF] + Array(".vec".utf8)), to: "d/e.vec",
+                                 detail: ["z": "last", "a": "fir\nst"], at: timespec(tv_sec: 1_733_500_000, tv_nsec: 7_000_000))
+        #expect(event.line == "{\"time\":1733500000.007,\"event\":\"rename\",\"path\":\"a\\\\tb\\\"c\\\\x01\\\\xff.vec\",\"to\":\"d/e.vec\",\"a\":\"fir\\nst\",\"z\":\"last\"}\n")
+        var w = ByteWriter()
+        event.encode(into: &w)
+        var r = ByteReader(w.bytes)
+        #expect(try JournalEvent.decode(from: &r) == event)
+        // A segment written as JSON lines before events were values reads back as the same events.
+        #expect(Journal.decode(Array(event.line.utf8) + Array(event.line.utf8)) == [event, event])
+        #expect(Journal.decode(Journal.magic + w.bytes + [1, 2, 3]) == [event])
     }
 
     @Test func aUserSeesEventsOnlyOnPathsTheyMayRead() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         chmod(store, 0o755)
         mkdir(store + "/open", 0o755)
         mkdir(store + "/closed", 0o700)
@@ -177,16 +184,16 @@ import VexKernels
         chmod(store + "/mine.vec", 0o600)
         chown(store + "/mine.vec", 4242, 4242)
         let layer = SemanticLayer(storeRoot: store, kernels: SemanticLayerTests.kernels)
-        for path in ["open/a.vec", "closed/b.vec", "mine.vec", "open/gone.vec", "closed/gone.vec"] { layer.journal.record("create", path: path) }
-        layer.journal.record("rename", path: "open/a.vec", to: "closed/b.vec")
-        func paths(_ who: Requester) -> [String] {
-            String(decoding: layer.journal(visibleTo: who), as: UTF8.self).split(separator: "\n").map {
-                String(decoding: JournalLine.string(after: "\"path\":", in: ArraySlice(Array($0.utf8)))!, as: UTF8.self)
+        for path in ["open/a.vec", "closed/b.vec", "mine.vec", "open/gone.vec", "closed/gone.vec"] { layer.journal.record(.create, FileName(path)) }
+        layer.journal.record(.rename, "open/a.vec", to: "closed/b.vec")
+        func paths(_ who: Requester) throws -> [String] {
+            try String(decoding: layer.journal(visibleTo: who), as: UTF8.self).split(separator: "\n").map {
+                try #require(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])["path"] as! String
             }
         }
-        #expect(paths(Requester(uid: 4242, gid: 4242)) == ["open/a.vec", "mine.vec", "open/gone.vec"])
-        #expect(paths(Requester(uid: 4343, gid: 4343)) == ["open/a.vec", "open/gone.vec"])
-        #expect(paths(.root).count == 6)
+        #expect(try paths(Requester(uid: 4242, gid: 4242)) == ["open/a.vec", "mine.vec", "open/gone.vec"])
+        #expect(try paths(Requester(uid: 4343, gid: 4343)) == ["open/a.vec", "open/gone.vec"])
+        #expect(try paths(.root).count == 6)
         layer.close()
     }
 }

@@ -3,6 +3,7 @@ import Testing
 import VexIndex
 import VexKernels
 @testable import VexSemantic
+import VexStore
 
 /// O_PATH, which Swift's Glibc module does not export.
 let oPath: Int32 = 0o10000000
@@ -50,7 +51,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
 
     @Test func eventsQueriesAndAReopenThatFindsTheFilesChanged() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let c = Lent(store, "c")
         let dir = c.ref
@@ -84,7 +85,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
 
     @Test func symlinksAreNeverReadAndQueriesFollowTheDescriptor() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let secret = store + "/secret"
         put(secret, "7 7 7")
@@ -109,7 +110,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
 
     @Test func namesAreBytesAndAnswersAreEscaped() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let c = Lent(store, "c")
         let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels)
@@ -137,7 +138,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
 
     @Test func answersNameOnlyWhatTheAskerMayRead() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let c = Lent(store, "c")
         let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels)
@@ -159,7 +160,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
 
     @Test func aWriteThroughOneHardLinkRefreshesEveryName() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         mkdir(store + "/d", 0o755)
         let c = Lent(store, "c"), d = Lent(store, "d")
@@ -221,7 +222,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
     /// loads its snapshot without reading a file again.
     @Test func aMetricChangeIsBuiltBesideAndSwappedIn() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let c = SemanticLayerTests.Lent(store, "c")
         let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw)
@@ -263,7 +264,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
 
     @Test func theRecallTargetIsValidatedStoredAndMeasured() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let c = SemanticLayerTests.Lent(store, "c")
         let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels, indexKind: .hnsw)

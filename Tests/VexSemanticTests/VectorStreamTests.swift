@@ -4,6 +4,7 @@ import Testing
 import VexTestSupport
 import VexKernels
 @testable import VexSemantic
+import VexStore
 
 /// Big vector files read a slice at a time, and what a collection does with them.
 @Suite struct VectorStreamTests {
@@ -52,7 +53,7 @@ import VexKernels
     @Test(arguments: ["c", "fortran", "f64", "fvecs"])
     func slicesAddUpToTheWholeFile(_ kind: String) throws {
         let dir = temporaryStore()
-        defer { removeTree(dir) }
+        defer { StatePaths.removeTree(dir) }
         let rows = 37, dim = 5
         let values = matrix(rows, dim)
         let (name, bytes): (String, [UInt8]) = switch kind {
@@ -80,7 +81,7 @@ import VexKernels
 
     @Test func damageIsAFormatErrorNamingTheRow() throws {
         let dir = temporaryStore()
-        defer { removeTree(dir) }
+        defer { StatePaths.removeTree(dir) }
         var values = matrix(20, 3)
         values[11 * 3 + 1] = .nan
         write(dir + "/nan.npy", npy(values, rows: 20, dim: 3, fortran: false))
@@ -104,7 +105,7 @@ import VexKernels
     /// part of the way through leaves no vector behind.
     @Test func aStreamedFileIsIndexedLikeOneReadWhole() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         for d in ["whole", "streamed"] { mkdir(store + "/" + d, 0o755) }
         let rows = 3000, dim = 8
         let values = matrix(rows, dim, seed: 9)
@@ -145,7 +146,7 @@ import VexKernels
     /// file's status says it is being read, and the collection answers.
     @Test func aStreamedFileIsReadWithoutTheCollectionsLock() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let rows = 8_000, dim = 16
         let values = matrix(rows, dim, seed: 10)
@@ -180,7 +181,7 @@ import VexKernels
     /// unmounted is read again the same way.
     @Test func aBigFileFoundAtMountIsStreamedByTheBridge() throws {
         let store = temporaryStore()
-        defer { removeTree(store) }
+        defer { StatePaths.removeTree(store) }
         mkdir(store + "/c", 0o755)
         let dim = 8
         write(store + "/c/base.npy", npy(matrix(3000, dim, seed: 11), rows: 3000, dim: dim, fortran: false))

@@ -1,5 +1,5 @@
 import FuzzDriver
-import VexSemantic
+import VexStore
 
 /// Any bytes as a file name: its escaped form is one field (no TAB, no newline) that unescapes to
 /// exactly the name; any bytes as an answer field unescape or are refused, never crash.

@@ -15,20 +15,13 @@ public struct FileName: Hashable, Comparable, Sendable, CustomStringConvertible,
 
     public var isEmpty: Bool { bytes.isEmpty }
 
-    /// A query file (`NAME.query`): asked, never indexed.
-    var isQuery: Bool { hasSuffix(".query") }
-    /// The vector format the name says (`a.npy`); nil for other names, query files included.
-    var vectorFormat: VectorFormat? { isQuery ? nil : VectorFormat(fileName: self) }
-    /// The format a query file's name says (`q.npy.query`); nil for a bare `q.query`, whose bytes decide.
-    var queryFormat: VectorFormat? { isQuery ? VectorFormat(fileName: dropLast(6)) : nil }
-
     /// Whether it can name an entry of a directory: one component, not `.` or `..`.
-    var isComponent: Bool {
+    public var isComponent: Bool {
         !bytes.isEmpty && bytes.count <= 255 && !bytes.contains(0x2F) && !bytes.contains(0) && bytes != [0x2E] && bytes != [0x2E, 0x2E]
     }
 
     /// The name read as UTF-8, invalid bytes replaced: only for looking at its extension.
-    var text: String { String(decoding: bytes, as: UTF8.self) }
+    public var text: String { String(decoding: bytes, as: UTF8.self) }
 
     public func hasSuffix(_ suffix: String) -> Bool {
         let s = Array(suffix.utf8)
@@ -41,7 +34,7 @@ public struct FileName: Hashable, Comparable, Sendable, CustomStringConvertible,
     public func child(_ name: FileName) -> FileName { isEmpty ? name : FileName(bytes + [0x2F] + name.bytes) }
 
     /// Whether `self` is `ancestor` or lies under it; the rest of the path (with its slash) if so.
-    func relative(to ancestor: FileName) -> [UInt8]? {
+    public func relative(to ancestor: FileName) -> [UInt8]? {
         if self == ancestor { return [] }
         guard bytes.count > ancestor.bytes.count, bytes.starts(with: ancestor.bytes), bytes[ancestor.bytes.count] == 0x2F else { return nil }
         return Array(bytes[ancestor.bytes.count...])
@@ -128,56 +121,5 @@ public struct FileName: Hashable, Comparable, Sendable, CustomStringConvertible,
             }
         }
         return out
-    }
-}
-
-/// What the vector layer makes of a name in a collection's directory: the one classification,
-/// used by events, reconciliation, re-reading and status alike.
-enum FileKind: Equatable {
-    /// `NAME.npy`, `NAME.fvecs`, `NAME.vec`...: its content is vectors in that format.
-    case vector(VectorFormat)
-    /// `NAME.query` (`NAME.npy.query` says its format; a bare one is known by its bytes): asked,
-    /// never indexed.
-    case query(VectorFormat?)
-    /// Text to embed: an embedder is configured and the name matches the collection's globs.
-    case text
-    /// Any other name whose file carries `user.vexfs.vector`.
-    case attributeCarrier
-    case other
-
-    /// The kind the name alone says (a vector or a query file); nil when the directory's rules and
-    /// the file decide.
-    init?(name: FileName) {
-        if name.isQuery { self = .query(name.queryFormat) } else if let format = name.vectorFormat { self = .vector(format) } else { return nil }
-    }
-
-    /// Whether a file of this kind holds vectors the collection indexes.
-    var isIndexed: Bool {
-        switch self {
-        case .vector, .text, .attributeCarrier: true
-        case .query, .other: false
-        }
-    }
-}
-
-/// The rules one directory classifies its names by.
-struct NameRules {
-    /// `user.vexfs.embed`'s globs on the base name; nil: the mount's default ones.
-    var textGlobs: [String]?
-    /// Whether the mount has an embedder: without one, nothing is text.
-    var embedding: Bool
-
-    static let defaultTextGlobs = ["*.txt", "*.md"]
-
-    /// The kind of `name`; `carriesVector` (which may read an attribute) is asked only of a name
-    /// that is nothing else.
-    func kind(of name: FileName, carriesVector: () -> Bool = { false }) -> FileKind {
-        if let kind = FileKind(name: name) { return kind }
-        return isText(name) ? .text : carriesVector() ? .attributeCarrier : .other
-    }
-
-    /// Whether `name`, neither a vector nor a query file, is text to embed.
-    func isText(_ name: FileName) -> Bool {
-        embedding && name.withCString { n in (textGlobs ?? NameRules.defaultTextGlobs).contains { fnmatch($0, n, FNM_PERIOD) == 0 } }
     }
 }
