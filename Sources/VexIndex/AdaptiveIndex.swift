@@ -398,7 +398,4 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         if let flat = now as? FlatIndex { flat.forEach(body) } else if let graph = now as? HNSWIndex { graph.forEachLive(body) }
         fresh.forEach(body)
     }
-
-    /// Holds off changes while `body` runs (snapshots).
-    func withWritesHeld<R>(_ body: () -> R) -> R { writes.withLock { _ in body() } }
 }

@@ -261,13 +261,23 @@ final class Collection: @unchecked Sendable {
                 break
             }
             assignLabels(vectors.rows, to: &record, replacing: old, &s)
-            record.rows = vectors.rows
             // A file of many rows (one big .npy) is built on every core.
             let labels = (0..<UInt64(vectors.rows)).map { record.firstLabel + $0 }
-            vectors.values.withUnsafeBufferPointer { all in
-                try? index.insert(batch: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]),
-                                  threads: vectors.rows >= 1024 ? availableCores : 1)
+            let inserted = vectors.values.withUnsafeBufferPointer { all in
+                Result { () throws(IndexError) in
+                    try index.insert(batch: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]),
+                                     threads: vectors.rows >= 1024 ? availableCores : 1)
+                }
             }
+            if case .failure(let error) = inserted {
+                // The graph is full or its vector file cannot grow: none of the file stays, and
+                // its status says why (the old vectors under these labels are gone too).
+                index.remove(labels: labels)
+                for label in labels { s.owner[label] = nil }
+                record.status = "not indexed: \(error)"
+                break
+            }
+            record.rows = vectors.rows
             for label in labels { s.owner[label] = name }
             record.status = vectors.rows == 1 ? "indexed" : "indexed: \(vectors.rows) vectors"
         }

@@ -65,7 +65,10 @@ extension Collection {
             let rows = done..<min(job.input.rows, done + job.input.sliceRows)
             do { try job.input.read(rows, into: &slice) } catch { return "\(error)" }
             let labels = rows.map { job.firstLabel + UInt64($0) }
-            slice.withUnsafeBufferPointer { try? job.index.insert(batch: labels, vectors: $0, threads: availableCores) }
+            let inserted = slice.withUnsafeBufferPointer { slice in
+                Result { () throws(IndexError) in try job.index.insert(batch: labels, vectors: slice, threads: availableCores) }
+            }
+            if case .failure(let error) = inserted { return "\(error)" }
             done = rows.upperBound
             host.progressed("\(job.shown)/\(job.name.escaped): \(done) of \(job.input.rows) vectors")
         }

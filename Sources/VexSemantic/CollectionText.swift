@@ -84,13 +84,18 @@ extension Collection {
                 }
                 record.firstLabel = s.nextLabel
                 s.nextLabel += UInt64(vectors.count)
-                record.rows = vectors.count
-                for (i, v) in vectors.enumerated() {
-                    let label = record.firstLabel + UInt64(i)
-                    try? index.insert(label: label, vector: v)
-                    s.owner[label] = name
+                let labels = (0..<UInt64(vectors.count)).map { record.firstLabel + $0 }
+                do throws(IndexError) {
+                    for (label, v) in zip(labels, vectors) { try v.withUnsafeBufferPointer { v throws(IndexError) in try index.insert(label: label, vector: v) } }
+                    record.rows = vectors.count
+                    for label in labels { s.owner[label] = name }
+                    record.status = vectors.count == 1 ? "indexed" : "indexed: \(vectors.count) passages"
+                } catch {
+                    // An answer with a number that is not finite, or a full graph: none of the
+                    // file's passages stay.
+                    index.remove(labels: labels)
+                    record.status = "not indexed: \(error)"
                 }
-                record.status = vectors.count == 1 ? "indexed" : "indexed: \(vectors.count) passages"
                 s.files[name] = record
                 published(s)
                 host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
