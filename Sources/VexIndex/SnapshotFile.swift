@@ -1,7 +1,7 @@
 import CCompress
 import Glibc
 
-/// Why a snapshot or log could not be used. The index is derived data, so the owner's answer to any of
+/// Why a snapshot could not be used. The index is derived data, so the owner's answer to any of
 /// these is to rebuild from the files, never to stop.
 public enum PersistenceError: Error, Equatable, CustomStringConvertible {
     case io(path: String, errno: Int32)
@@ -52,7 +52,7 @@ public enum SnapshotRejection: String, Sendable, CaseIterable {
     case catalog
 }
 
-/// Bytes appended to a growing buffer; the encoding of snapshots and log records (little-endian).
+/// Bytes appended to a growing buffer; the encoding of snapshots and journal segments (little-endian).
 public struct ByteWriter {
     public var bytes: [UInt8] = []
     public init() {}
