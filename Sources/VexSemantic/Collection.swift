@@ -16,10 +16,12 @@ import VexKernels
 /// 2. The index's own (taken inside calls to `PersistentIndex`: its snapshot lock, the adaptive
 ///    index's absorber, writes and linking locks, the graph's writer, the exact index's rows).
 /// 3. Leaves, under which nothing is taken: `attributeCarriers`, `tags`, the bridge's queue lock
-///    (`hold`, `post`), the tuner's and linker's queues (`request`), the layer's `collections`,
-///    `links`, `answers`, `problems` and `reporter`, the journal's buffer, the metrics.
-/// The bridge's worker and builder take `state` holding none of their own; the layer takes
-/// `collections` only to look up or register, never around `state`.
+///    (`hold`, `post`), the tuner's and linker's queues (`request`), the registry's two tables
+///    (collections and links), the layer's `answers`, `problems`, `queryProblems` and `reporter`,
+///    the journal's buffer, the metrics.
+/// The bridge's worker and builder take `state` holding none of their own; the layer takes the
+/// registry's tables only to look up or register, never around `state`. Everything a collection
+/// asks of its host (`CollectionHost`) takes only leaves.
 final class Collection: @unchecked Sendable {
     /// The directory's inode number: stays the same across renames.
     let key: UInt64
