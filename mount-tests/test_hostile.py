@@ -184,6 +184,36 @@ open(os.path.join(d, b"q.query"), "w").write("0 0")
     assert [round(i["distance"], 3) for i in items] == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
+def test_a_name_with_a_hash_cannot_pass_for_a_row_of_another_file(shared):
+    """Issue 24, attack 9: plain files named `data.npy#0` with a `user.vexfs.vector` looked exactly like
+    the rows of another user's `data.npy`. `#` is escaped in names, so only a row has one."""
+    import numpy as np
+    d = shared / "rows"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    np.save(d / "data.npy", np.array([[1, 0], [2, 0]], np.float32))
+    py("""
+import os, sys
+d = sys.argv[1]
+for i in range(2):
+    p = os.path.join(d, f"data.npy#{i}")
+    open(p, "w").close()
+    os.setxattr(p, "user.vexfs.vector", f"{i + 1}.5 0".encode())
+open(os.path.join(d, "q.query"), "w").write("0 0")
+""", d)
+    def names():
+        return [n for n, _ in knn_of(os.getxattr(d / "q.query", "user.vexfs.knn.4").decode())]
+    assert os.getxattr(d, "user.vexfs.count") == b"4"
+    before = names()
+    assert before == ["data.npy#0", "data.npy\\x230", "data.npy#1", "data.npy\\x231"]
+    items = json.loads(subprocess.run([VEXFS, "search", str(d), "--vector", "0,0", "-k", "4", "--json"],
+                                      capture_output=True, check=True).stdout)
+    assert [(i["file"], i["row"]) for i in items] == [("data.npy", 0), ("data.npy#0", None), ("data.npy", 1), ("data.npy#1", None)]
+    shared.unmount()
+    shared.mount()
+    assert names() == before
+
+
 def test_every_hard_link_is_a_vector_and_a_write_refreshes_all(shared):
     a, b = shared / "a", shared / "b"
     a.mkdir()

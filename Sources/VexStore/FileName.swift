@@ -49,8 +49,9 @@ public struct FileName: Hashable, Comparable, Sendable, CustomStringConvertible,
     public var description: String { escaped }
 
     /// The name as one field of a `NAME<TAB>DISTANCE` line: backslash, TAB and newline as `\\`, `\t`
-    /// and `\n`; other control bytes and every byte that is not part of valid UTF-8 as `\xHH`.
-    /// Valid UTF-8 beyond ASCII stays as it is. `unescape` reverses it exactly.
+    /// and `\n`; `#` (which separates a row from its file, `data.npy#3`), other control bytes and
+    /// every byte that is not part of valid UTF-8 as `\xHH`. Valid UTF-8 beyond ASCII stays as it is.
+    /// `unescape` reverses it exactly.
     public var escaped: String {
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
@@ -65,7 +66,7 @@ public struct FileName: Hashable, Comparable, Sendable, CustomStringConvertible,
             case 0x5C: out += [0x5C, 0x5C]; i += 1
             case 0x09: out += [0x5C, 0x74]; i += 1
             case 0x0A: out += [0x5C, 0x6E]; i += 1
-            case 0..<0x20, 0x7F: hex(b); i += 1
+            case 0..<0x20, 0x7F, 0x23: hex(b); i += 1
             case 0..<0x80: out.append(b); i += 1
             default:
                 let n = FileName.utf8Sequence(bytes, at: i)

@@ -105,7 +105,14 @@ struct Search: ParsableCommand {
             let items = blocks.map { hits in
                 hits.map { h in
                     let text = String(validating: h.bytes, as: UTF8.self)
-                    return JSONHit(name: text ?? h.escaped, distance: h.distance, escaped: text == nil ? true : nil)
+                    // The row of a file of many: after the last `#` of the field (names escape theirs).
+                    var file = text ?? h.escaped, row: Int? = nil
+                    if let hash = h.escaped.lastIndex(of: "#"), let n = Int(h.escaped[h.escaped.index(after: hash)...]) {
+                        let escapedFile = String(h.escaped[..<hash])
+                        file = FileName.unescape(escapedFile).flatMap { String(validating: $0, as: UTF8.self) } ?? escapedFile
+                        row = n
+                    }
+                    return JSONHit(name: text ?? h.escaped, file: file, row: row, distance: h.distance, escaped: text == nil ? true : nil)
                 }
             }
             let encoder = JSONEncoder()
@@ -162,7 +169,11 @@ struct Hit {
 }
 
 struct JSONHit: Encodable {
+    /// As the answer names it: the file, and `#ROW` for a row of a file of many.
     let name: String
+    /// The file alone, and the row in it (nil for a file of one vector).
+    let file: String
+    let row: Int?
     let distance: Float
     let escaped: Bool?
 }

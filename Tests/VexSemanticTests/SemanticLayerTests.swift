@@ -134,6 +134,9 @@ func answer(_ bytes: [UInt8]) -> [String] {
         #expect(lines.map { String($0.split(separator: "\t")[0]) } == ["tab\\there.vec", "new\\nline.vec", "back\\\\slash.vec", "caf\\xe9.vec"])
         for (line, name) in zip(lines, odd) { #expect(FileName.unescape(line.split(separator: "\t")[0]) == name) }
         #expect(FileName("caf\u{e9}.vec").escaped == "caf\u{e9}.vec")
+        // A name cannot pass for a row of another file: `#` is escaped.
+        #expect(FileName("data.npy#0").escaped == "data.npy\\x230")
+        #expect(FileName.unescape("data.npy\\x230") == Array("data.npy#0".utf8))
     }
 
     @Test func answersNameOnlyWhatTheAskerMayRead() throws {
