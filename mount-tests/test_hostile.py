@@ -135,6 +135,67 @@ open(os.path.join(sys.argv[1], "q.query"), "w").write("0 0")
     assert [n for n, _ in again] == ["root0.vec", "mine0.vec"]
 
 
+def test_answers_follow_acls_and_directory_permissions_when_asked(shared, mallory):
+    """Issue 24, attacks 6 and 7: a 0644 file whose ACL denies the asker, and the files of a directory
+    the asker may enter but not list (also through a descriptor held from before a chmod), were named
+    in knn answers. Answers now follow the kernel's own checks for the asker, made when they ask."""
+    ask = """
+import os, sys
+try:
+    print(os.getxattr(sys.argv[1], 'user.vexfs.knn.' + sys.argv[2]).decode(), end='')
+except OSError as e:
+    print('errno', e.errno, end='')
+"""
+    acl = shared / "acl"
+    acl.mkdir()
+    os.chmod(acl, 0o777)
+    for i in range(4):
+        (acl / f"open{i}.vec").write_text(f"{i + 1} 0")
+    (acl / "denied.vec").write_text("0.5 0")
+    os.chmod(acl / "denied.vec", 0o644)
+    subprocess.run(["setfacl", "-m", f"u:{USER}:---", str(acl / "denied.vec")], check=True)
+    assert as_user(["cat", str(acl / "denied.vec")]).returncode != 0
+    py("open(__import__('sys').argv[1], 'w').write('0 0')", acl / "q.query")
+    assert [n for n, _ in knn_of(py(ask, acl / "q.query", 2))] == ["open0.vec", "open1.vec"]
+    # Root is not bound by the ACL.
+    assert [n for n, _ in knn_of(os.getxattr(acl / "q.query", "user.vexfs.knn.2").decode())] == ["denied.vec", "open0.vec"]
+
+    hidden = shared / "hidden"
+    hidden.mkdir()
+    os.chmod(hidden, 0o777)
+    for i in range(3):
+        (hidden / f"other{i}.vec").write_text(f"{i + 1} 0")
+    py("open(__import__('sys').argv[1], 'w').write('0 0')", hidden / "q.query")
+    assert len(knn_of(py(ask, hidden / "q.query", 3))) == 3
+    os.chmod(hidden, 0o711)
+    # The user may still read their own query file by name, but not learn the names beside it.
+    assert py(ask, hidden / "q.query", 3) == "errno 13"
+    # A descriptor held from before a chmod 700 sees no name added afterwards.
+    os.chmod(hidden, 0o777)
+    proc = subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", PYTHON, "-c", """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+print('ready', flush=True)
+sys.stdin.readline()
+try:
+    print(os.getxattr(fd, 'user.vexfs.knn.5').decode(), end='')
+except OSError as e:
+    print('errno', e.errno, end='')
+""", str(hidden / "q.query")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    os.chmod(hidden, 0o700)
+    (hidden / "added-later.vec").write_text("0.1 0")
+    out, _ = proc.communicate("go\n", timeout=60)
+    assert out == "errno 13"
+
+    # The same after a remount.
+    os.chmod(hidden, 0o711)
+    shared.unmount()
+    shared.mount()
+    assert [n for n, _ in knn_of(py(ask, acl / "q.query", 2))] == ["open0.vec", "open1.vec"]
+    assert py(ask, hidden / "q.query", 3) == "errno 13"
+
+
 def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     (shared / "x.vec").write_text("1 2")
     (shared / "secret.vec").write_text("3 4")
@@ -156,6 +217,27 @@ def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     assert {"x.vec", "secret.vec", "private/p.vec", "private/gone.vec", "mine.vec"} <= everything
     assert as_user(["cat", str(shared / ".vexfs" / "stats")]).returncode == 0
     assert stat.S_IMODE(os.stat(shared.store / ".vexfs").st_mode) == 0o700
+
+
+def test_the_journal_never_quotes_a_file_to_those_who_could_not_read_it(shared):
+    """Issue 24, attack 8: once a 0600 file that is not a vector was unlinked, other users' view of the
+    journal showed its status line, which quoted its first bytes."""
+    d = shared / "open"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    (d / "secret.vec").write_text("hunter2-TOPSECRET 1 2")
+    os.chmod(d / "secret.vec", 0o600)
+    status = os.getxattr(d / "secret.vec", "user.vexfs.status").decode()
+    assert status.startswith("not indexed")
+    (d / "secret.vec").unlink()
+    for _ in range(2):
+        r = as_user(["cat", str(shared / ".vexfs" / "journal")])
+        assert r.returncode == 0, r.stderr
+        mine = [json.loads(line) for line in r.stdout.splitlines() if json.loads(line)["path"] == "open/secret.vec"]
+        assert mine and "hunter2" not in r.stdout
+        assert {e.get("status") for e in mine if e["event"] == "index"} <= {"not indexed"}
+        shared.unmount()
+        shared.mount()
 
 
 def test_names_cannot_forge_answer_lines(shared):

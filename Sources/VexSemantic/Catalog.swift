@@ -27,6 +27,13 @@ struct FileRecord: Equatable, Sendable {
     /// A text file's passages, as byte ranges (start, end) of the file; empty for vector files.
     var passages: [Range<Int>] = []
 
+    /// The status as the journal keeps it: whole when indexed, else without the reason (a reason
+    /// may quote the file's bytes, and the journal outlives the file and its permissions).
+    var journalStatus: String {
+        guard !status.hasPrefix("indexed"), let colon = status.firstIndex(of: ":") else { return status }
+        return String(status[..<colon])
+    }
+
     func sameSignature(_ st: stat) -> Bool {
         inode == UInt64(st.st_ino) && size == Int64(st.st_size) && mtime == nanoseconds(st.st_mtim) && ctime == nanoseconds(st.st_ctim)
     }

@@ -235,7 +235,7 @@ final class Collection: @unchecked Sendable {
             stream(name, format, &record, replacing: old, &s)
             keep(record, as: name, replacing: old, &s)
             published(s)
-            host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
+            host.journal.record(.index, s.path.child(name), detail: ["status": record.journalStatus])
             return
         }
         let parsed: Result<ParsedVectors, FormatError>?
@@ -286,7 +286,7 @@ final class Collection: @unchecked Sendable {
         keep(record, as: name, replacing: old, &s)
         if name.vectorFormat == nil { attributeCarriers.withLock { _ = $0.insert(name) } }
         published(s)
-        host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
+        host.journal.record(.index, s.path.child(name), detail: ["status": record.journalStatus])
     }
 
     /// The index for vectors of `d` numbers: the first vectors a collection meets fix its dimension;

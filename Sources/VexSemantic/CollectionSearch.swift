@@ -18,8 +18,9 @@ extension Collection {
         let distance: Float
     }
 
-    /// The k nearest to `query` that `requester` may read (by the mode bits of the file each comes
-    /// from, checked now, inside the search, so the caller still gets k of what they may see) and
+    /// The k nearest to `query` that `requester` may read (the kernel's access check of the file
+    /// each comes from, made now, inside the search, so the caller still gets k of what they may
+    /// see; the caller runs this under `requester.withAccess`, so the check is the asker's) and
     /// that pass `options`' conditions, leaving out the vectors of the file `excludingFile` (an
     /// inode number) under every name. A filter that keeps few vectors of a graph is answered by an
     /// exact scan of those it keeps, chosen from a sample of the files; otherwise the graph walk asks
@@ -45,7 +46,8 @@ extension Collection {
         let admits = { [self] (name: FileName, inode: UInt64) -> Bool in
             if let known = admitted[name] { return known }
             var ok = true
-            if mustCheck { ok = (try? StoreFiles.stat(dir, name)).map { StoreFiles.isRegular($0) && requester.mayRead($0) } ?? false }
+            // By the kernel's rules for the asker (the caller runs this with their identity).
+            if mustCheck { ok = (try? StoreFiles.stat(dir, name)).map(StoreFiles.isRegular) == true && StoreFiles.mayAccess(dir, name, R_OK) }
             if ok && filtered { ok = options.admits(name) { key, limit in tag(key, of: name, inode: inode, limit: limit) } }
             admitted[name] = ok
             return ok

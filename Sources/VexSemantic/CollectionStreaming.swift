@@ -104,7 +104,7 @@ extension Collection {
             if let job { record.status = "not indexed yet: reading \(job.input.rows) vectors" }
             keep(record, as: name, replacing: old, &s)
             published(s)
-            if job == nil { host.journal.record(.index, s.path.child(name), detail: ["status": record.status]) }
+            if job == nil { host.journal.record(.index, s.path.child(name), detail: ["status": record.journalStatus]) }
             return (job, record)
         }
         guard let begun else { return false }
@@ -117,7 +117,7 @@ extension Collection {
             s.files[name] = record
             s.unsavedFiles += 1
             published(s)
-            host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
+            host.journal.record(.index, s.path.child(name), detail: ["status": record.journalStatus])
             considerCheckpoint(&s)
             considerMeasuring(&s)
         }

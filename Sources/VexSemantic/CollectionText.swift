@@ -98,7 +98,7 @@ extension Collection {
                 }
                 s.files[name] = record
                 published(s)
-                host.journal.record(.index, s.path.child(name), detail: ["status": record.status])
+                host.journal.record(.index, s.path.child(name), detail: ["status": record.journalStatus])
                 considerCheckpoint(&s)
             }
         }

@@ -64,10 +64,17 @@ extension SemanticLayer {
 
     /// The collections `options.scope` names for a query in `dir`: the directory's own, and with
     /// `tree` every one below it that `requester` may list and enter all the way down, reached by
-    /// descriptors (never a symlink), in path order.
+    /// descriptors (never a symlink), in path order. Runs with the asker's identity
+    /// (`Caller.withAccess`), so the kernel decides what they may list and enter, ACLs included;
+    /// the query's own directory must be listable and reachable from the store's root by them
+    /// now, whatever descriptor they hold (EACCES otherwise: an answer names its files).
     func scope(_ dir: DirectoryRef, _ options: QueryOptions, requester: Requester) throws(SemanticError) -> [Scoped] {
         var out: [Scoped] = []
-        if let c = existing(dir.key) { out.append(Scoped(collection: c, prefix: FileName([]))) }
+        let own = existing(dir.key)
+        if !requester.seesEverything && (own != nil || options.scope == .tree) {
+            try mayList(dir)
+        }
+        if let own { out.append(Scoped(collection: own, prefix: FileName([]))) }
         guard options.scope == .tree else { return out }
         var pending: [(FileName, Int32)] = []
         func below(_ fd: Int32, _ rel: FileName) {
@@ -81,7 +88,7 @@ extension SemanticLayer {
         while let (rel, fd) = pending.popLast() {
             defer { Glibc.close(fd) }
             var st = stat()
-            guard fstat(fd, &st) == 0, requester.mayRead(st), requester.maySearch(st) else { continue }
+            guard fstat(fd, &st) == 0, requester.seesEverything || StoreFiles.mayAccess(fd, ".", R_OK | X_OK) else { continue }
             visited += 1
             guard visited <= SemanticLayer.maxTreeDirectories else {
                 for (_, other) in pending { Glibc.close(other) }
@@ -91,6 +98,18 @@ extension SemanticLayer {
             below(fd, rel)
         }
         return out
+    }
+
+    /// Throws EACCES unless this thread's identity may reach `dir` from the store's root (search
+    /// permission on every directory on the way, walked now) and list and enter it.
+    func mayList(_ dir: DirectoryRef) throws(SemanticError) {
+        let path = existing(dir.key).map { c in c.state.withLock { $0.path } } ?? dir.path
+        guard let fd = try? StoreFiles.walk(from: rootFD, path) else { throw .denied("the collection's directory is out of your reach") }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        // A path that leads elsewhere now (a directory moved in the store itself) proves nothing.
+        guard fstat(fd, &st) == 0, UInt64(st.st_ino) == dir.key else { throw .denied("the collection's directory is out of your reach") }
+        guard StoreFiles.mayAccess(fd, ".", R_OK | X_OK) else { throw .denied("you may not list the collection's directory") }
     }
 
     /// A query file answers at most this many rows, and an answer (all its pages) is at most this long.
@@ -142,7 +161,8 @@ extension SemanticLayer {
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         let options = file.name.isQuery ? try QueryOptions.read(opath: file.fd) : QueryOptions()
-        let scoped = try scope(file.dir, options, requester: requester)
+        let lost = SemanticError.denied("the answer cannot be checked as you")
+        let scoped = try requester.withAccess(orElse: lost) { () throws(SemanticError) in try scope(file.dir, options, requester: requester) }
         for s in scoped { bridge.settle(s.collection.key) }
         let versions = scoped.map { [Int64(bitPattern: $0.collection.key), Int64(bitPattern: $0.collection.version.load(ordering: .acquiring))] }
         let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)] + versions.flatMap { $0 }
@@ -183,21 +203,25 @@ extension SemanticLayer {
             metric = metrics.first
         }
         let searched = candidates.filter { $0.1 == metric }.map(\.0)
-        var out: [UInt8] = []
-        for row in 0..<vectors.rows {
-            if row > 0 { out.append(0x0A) }
-            var hits: [(String, Float)] = []
-            for s in searched {
-                // The file itself is left out, under every name it has here.
-                for h in try s.collection.nearest(vectors.row(row), k: k, excludingFile: UInt64(st.st_ino), requester: requester, options: options) {
-                    if let r = options.radius, h.distance > r { continue }
-                    let shown = s.prefix.isEmpty ? h.name.escaped : s.prefix.child(h.name).escaped
-                    hits.append((h.row.map { "\(shown)#\($0)" } ?? shown, h.distance))
+        // Searched with the asker's identity: which files they may read is the kernel's answer.
+        let out = try requester.withAccess(orElse: lost) { () throws(SemanticError) -> [UInt8] in
+            var out: [UInt8] = []
+            for row in 0..<vectors.rows {
+                if row > 0 { out.append(0x0A) }
+                var hits: [(String, Float)] = []
+                for s in searched {
+                    // The file itself is left out, under every name it has here.
+                    for h in try s.collection.nearest(vectors.row(row), k: k, excludingFile: UInt64(st.st_ino), requester: requester, options: options) {
+                        if let r = options.radius, h.distance > r { continue }
+                        let shown = s.prefix.isEmpty ? h.name.escaped : s.prefix.child(h.name).escaped
+                        hits.append((h.row.map { "\(shown)#\($0)" } ?? shown, h.distance))
+                    }
                 }
+                if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+                for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
+                guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
             }
-            if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
-            for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
-            guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
+            return out
         }
         answers.withLock { $0.put(key, Answer(collection: file.dir.key, signature: signature, bytes: out)) }
         clock_gettime(CLOCK_MONOTONIC, &t1)

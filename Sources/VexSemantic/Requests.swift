@@ -43,6 +43,8 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
     case tooBig
     /// A question in words, and the embedder cannot turn it into a vector now.
     case embedder(String)
+    /// The asker may not see what the answer would name (EACCES).
+    case denied(String)
 
     public var errno: Int32 {
         switch self {
@@ -52,13 +54,14 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .range: ERANGE
         case .tooBig: E2BIG
         case .embedder: EHOSTDOWN
+        case .denied: EACCES
         }
     }
 
     public var description: String {
         switch self {
         case .noData: "no such attribute"
-        case .invalid(let s), .busy(let s), .embedder(let s): s
+        case .invalid(let s), .busy(let s), .embedder(let s), .denied(let s): s
         case .range: "the buffer is too small"
         case .tooBig: "the answer is longer than 64 KiB: read it by pages (knn.K.from.LINE)"
         }

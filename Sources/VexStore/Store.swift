@@ -29,22 +29,32 @@ public struct Caller: Sendable {
     public static let root = Caller(uid: 0, gid: 0)
     public var seesEverything: Bool { uid == 0 }
 
-    /// Whether the mode bits let this caller read a file: the owner's bits for its owner, the
-    /// group's for a member of its group, the others' for everyone else (as the kernel decides).
-    public func mayRead(_ st: stat) -> Bool {
-        if uid == 0 { return true }
-        if st.st_uid == uid { return st.st_mode & S_IRUSR != 0 }
-        if st.st_gid == gid || groups.contains(st.st_gid) { return st.st_mode & S_IRGRP != 0 }
-        return st.st_mode & S_IROTH != 0
+    /// Runs `body` with this thread's file access checked as this caller: the kernel's own rules
+    /// (mode bits, ACLs, search permission on each directory walked), as `StoreFiles.mayAccess` and
+    /// every `*at()` call in `body` meet them. Root's `body` runs as the daemon. `body` must not make
+    /// the daemon's own files (the journal, snapshots): they would be refused, or be the caller's.
+    /// When the thread cannot take the caller's identity, `failure` is thrown and `body` never runs.
+    public func withAccess<R, E: Error>(orElse failure: @autoclosure () -> E, _ body: () throws(E) -> R) throws(E) -> R {
+        guard uid != 0 else { return try body() }
+        let became = groups.withUnsafeBufferPointer { vx_thread_become(uid, gid, $0.baseAddress, $0.count) } == 0
+        defer {
+            // Root may always take its ids back. Were it ever refused, the thread would go on with
+            // less power than the daemon's, never more: its later requests fail, nobody gains.
+            var tries = 0
+            while Caller.daemonGroups.withUnsafeBufferPointer({ vx_thread_restore($0.baseAddress, $0.count) }) != 0 && tries < 3 { tries += 1 }
+        }
+        guard became else { throw failure() }
+        return try body()
     }
 
-    /// Whether the mode bits let this caller enter a directory (search permission).
-    public func maySearch(_ st: stat) -> Bool {
-        if uid == 0 { return true }
-        if st.st_uid == uid { return st.st_mode & S_IXUSR != 0 }
-        if st.st_gid == gid || groups.contains(st.st_gid) { return st.st_mode & S_IXGRP != 0 }
-        return st.st_mode & S_IXOTH != 0
-    }
+    /// The daemon's supplementary groups at start, given back to a thread after `withAccess`.
+    private static let daemonGroups: [gid_t] = {
+        let n = getgroups(0, nil)
+        guard n > 0 else { return [] }
+        var list = [gid_t](repeating: 0, count: Int(n))
+        let got = getgroups(n, &list)
+        return Array(list.prefix(Int(max(got, 0))))
+    }()
 }
 
 /// A looked-up name: the inode (its lookup count already raised by one) and its attributes.

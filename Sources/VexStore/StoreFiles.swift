@@ -40,6 +40,28 @@ public enum StoreFiles {
 
     public static func isRegular(_ st: Glibc.stat) -> Bool { st.st_mode & S_IFMT == S_IFREG }
 
+    /// Whether this thread may access `name` in `dir` for `mode` (`R_OK`, `X_OK`, ...), by the
+    /// kernel's rules for its filesystem ids (see `Caller.withAccess`); a final symlink is not followed.
+    public static func mayAccess(_ dir: Int32, _ name: FileName, _ mode: Int32) -> Bool {
+        name.withCString { faccessat(dir, $0, mode, AT_EACCESS | AT_SYMLINK_NOFOLLOW) } == 0
+    }
+
+    /// The directory at `path` below `root`, walked a component at a time with this thread's
+    /// identity (each step needs search permission on the directory it leaves), never through a
+    /// symlink; `path` empty is `root` itself. The caller closes the descriptor (O_PATH).
+    public static func walk(from root: Int32, _ path: FileName) throws(Errno) -> Int32 {
+        var fd = dup(root)
+        guard fd >= 0 else { throw Errno.current }
+        for part in path.bytes.split(separator: 0x2F) {
+            let next = FileName(Array(part)).withCString { openat(fd, $0, vx_O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+            let e = Errno.current
+            close(fd)
+            guard next >= 0 else { throw e }
+            fd = next
+        }
+        return fd
+    }
+
     /// The contents of the regular file `name` in `dir`: at most `limit` bytes, and never more than
     /// the fstat of the opened descriptor says.
     public static func read(_ dir: Int32, _ name: FileName, limit: Int) throws(ReadRefusal) -> [UInt8] {

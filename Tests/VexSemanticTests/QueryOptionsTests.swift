@@ -116,6 +116,7 @@ import VexStore
     @Test func treeScopeRadiusAndRows() throws {
         let store = temporaryStore()
         defer { StatePaths.removeTree(store) }
+        chmod(store, 0o755)
         for d in ["p", "p/2024", "p/2024/summer", "p/other", "p/secret"] { mkdir(store + "/" + d, 0o755) }
         chmod(store + "/p/secret", 0o700)
         let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels)

@@ -142,6 +142,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
     @Test func answersNameOnlyWhatTheAskerMayRead() throws {
         let store = temporaryStore()
         defer { StatePaths.removeTree(store) }
+        chmod(store, 0o755)
         mkdir(store + "/c", 0o755)
         let c = Lent(store, "c")
         let layer = SemanticLayer(storeRoot: store, kernels: Self.kernels)
@@ -159,6 +160,19 @@ func answer(_ bytes: [UInt8]) -> [String] {
         chmod(store + "/c/v1.vec", 0o640)
         let member = Requester(uid: 1000, gid: 1000, groups: [2000])
         #expect(try ask(layer, "user.vexfs.knn.3", c.file("q.query"), as: member) == ["v0.vec", "v1.vec", "v2.vec"])
+        // Directories decide too, when the query runs, whatever descriptor the asker holds: a
+        // directory they may enter but not list names nothing (EACCES), nor one they cannot reach.
+        chmod(store + "/c", 0o711)
+        #expect(throws: SemanticError.self) { try ask(layer, "user.vexfs.knn.3", c.file("q.query"), as: mine) }
+        chmod(store + "/c", 0o755)
+        #expect(try ask(layer, "user.vexfs.knn.3", c.file("q.query"), as: mine) == ["v0.vec", "v2.vec", "v4.vec"])
+        chmod(store, 0o700)
+        #expect(throws: SemanticError.self) { try ask(layer, "user.vexfs.knn.3", c.file("q.query"), as: mine) }
+        chmod(store, 0o755)
+        // The thread is the daemon's again after each question.
+        put(store + "/root-only", "x")
+        chmod(store + "/root-only", 0o600)
+        #expect(faccessat(AT_FDCWD, store + "/root-only", R_OK, AT_EACCESS) == 0)
     }
 
     @Test func aWriteThroughOneHardLinkRefreshesEveryName() throws {

@@ -64,4 +64,6 @@ int vx_memfd_with(const char *name, const void *data, size_t length);
 /// One line to syslog(3) (variadic, so out of Swift's reach), never read as a format.
 void vx_syslog(int priority, const char *line);
 
+#include "credentials.h"
+
 #endif

@@ -1,0 +1,15 @@
+#ifndef VEXFS_CREDENTIALS_H
+#define VEXFS_CREDENTIALS_H
+#include <sys/types.h>
+#include <stddef.h>
+
+/// Makes the calling thread, and only it, check file access as `uid`/`gid` with `groups`: the
+/// filesystem ids (setfsuid, setfsgid) and the supplementary groups, by raw system calls, since
+/// glibc's setgroups changes every thread of the process. Moving the filesystem uid off 0 drops the
+/// thread's CAP_DAC_OVERRIDE and kin, so the kernel decides as it would for that user (mode bits,
+/// ACLs, search permission). 0 on success; -1 on failure, after which the caller restores.
+int vx_thread_become(uid_t uid, gid_t gid, const gid_t *groups, size_t count);
+/// Gives the calling thread back the daemon's identity: filesystem ids 0 and `groups`.
+int vx_thread_restore(const gid_t *groups, size_t count);
+
+#endif
