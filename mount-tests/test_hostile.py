@@ -290,7 +290,7 @@ open(os.path.join(d, "q.query"), "w").write("0 0")
     assert before == ["data.npy#0", "data.npy\\x230", "data.npy#1", "data.npy\\x231"]
     items = json.loads(subprocess.run([VEXFS, "search", str(d), "--vector", "0,0", "-k", "4", "--json"],
                                       capture_output=True, check=True).stdout)
-    assert [(i["file"], i["row"]) for i in items] == [("data.npy", 0), ("data.npy#0", None), ("data.npy", 1), ("data.npy#1", None)]
+    assert [(i["file"], i.get("row")) for i in items] == [("data.npy", 0), ("data.npy#0", None), ("data.npy", 1), ("data.npy#1", None)]
     shared.unmount()
     shared.mount()
     assert names() == before
