@@ -52,7 +52,7 @@ let package = Package(
         ),
         .target(
             name: "VexFUSE",
-            dependencies: ["CFuse", "VexStore", "VexMemory", "VexSemantic",
+            dependencies: ["CFuse", "CLinux", "CMemory", "VexStore", "VexMemory", "VexSemantic",
                            .product(name: "CoreMetrics", package: "swift-metrics"),
                            .product(name: "Prometheus", package: "swift-prometheus"),
                            .product(name: "Logging", package: "swift-log"),

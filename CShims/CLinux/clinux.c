@@ -18,8 +18,6 @@ const int vx_AT_EMPTY_PATH = AT_EMPTY_PATH;
 const int vx_O_DIRECT = O_DIRECT;
 const unsigned vx_RENAME_NOREPLACE = RENAME_NOREPLACE;
 const unsigned vx_RENAME_EXCHANGE = RENAME_EXCHANGE;
-const int vx_SEEK_DATA = SEEK_DATA;
-const int vx_SEEK_HOLE = SEEK_HOLE;
 const long vx_UTIME_NOW = UTIME_NOW;
 const long vx_UTIME_OMIT = UTIME_OMIT;
 
@@ -121,7 +119,6 @@ int vx_memfd_with(const char *name, const void *data, size_t length) {
 }
 
 int vx_fremovexattr(int fd, const char *name) { return fremovexattr(fd, name); }
-ssize_t vx_fgetxattr(int fd, const char *name, void *value, size_t size) { return fgetxattr(fd, name, value, size); }
 
 ssize_t vx_lgetxattr(const char *path, const char *name, void *value, size_t size) {
     return lgetxattr(path, name, value, size);

@@ -18,10 +18,6 @@ void *vx_slab_alloc(size_t bytes, int node_local) {
     return posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
 }
 
-void vx_slab_free(void *slab, size_t bytes, int node_local) {
-    if (node_local) numa_free(slab, bytes); else free(slab);
-}
-
 int vx_stack_bounds(uintptr_t *low, uintptr_t *high) {
     pthread_attr_t attr;
     if (pthread_getattr_np(pthread_self(), &attr) != 0) return -1;

@@ -1,8 +1,6 @@
 import CFuse
 import CLinux
-import CoreMetrics
 import Glibc
-import Prometheus
 import Synchronization
 import SystemPackage
 import VexMemory
@@ -16,7 +14,7 @@ typealias Inode = VexStore.Inode
 final class Filesystem: Sendable {
     let store: Store
     let options: MountOptions
-    /// Scratch memory for the handlers (directory listings, xattr answers).
+    /// Scratch memory for the handlers (directory listings, stored attribute values and lists).
     let pool: BufferPool
     let stack: StackBudget
     let operations = OperationMetrics()
@@ -24,17 +22,11 @@ final class Filesystem: Sendable {
     let backing = BackingFiles()
     /// Query threads running above their nice value, per asking user other than root.
     let raisedQueries = RaisedQueries()
-    /// This mount's swift-metrics backend: what the vector layer counts, emitted by `.vexfs/stats`.
-    let registry = PrometheusCollectorRegistry()
-    var metricsFactory: PrometheusMetricsFactory {
-        var factory = PrometheusMetricsFactory(registry: registry)
-        factory.durationHistogramBuckets[SemanticMetrics.queryLabel] =
-            [50, 100, 250, 500, 1000, 2000, 5000, 10_000, 50_000].map { Duration.microseconds($0) }
-        factory.valueHistogramBuckets[SemanticMetrics.batchLabel] = [1, 4, 16, 64, 256, 1024]
-        return factory
-    }
-    /// The vector layer. Set once, before the request loop starts its threads, and only read after.
-    nonisolated(unsafe) var semantic: SemanticLayer?
+    /// Every figure `.vexfs/stats` shows: the FUSE layer's and, through swift-metrics, the vector layer's.
+    let metrics: MountMetrics
+    /// The vector layer. Set once, before the request loop starts its threads, and only read after;
+    /// nil only when a mount is served without one.
+    nonisolated(unsafe) var semantic: (any SemanticService)?
 
     init(store: Store, options: MountOptions) {
         self.store = store
@@ -43,6 +35,7 @@ final class Filesystem: Sendable {
         poolConfiguration.preallocated = options.poolBuffers
         pool = BufferPool(poolConfiguration)
         stack = StackBudget(budget: options.stackBudget, handlerNames: Operation.names)
+        metrics = MountMetrics(stackSize: options.stackSize, stackBudget: stack.budget, handlerNames: Operation.names)
     }
 
     // MARK: the vector layer's names for things
@@ -156,7 +149,7 @@ func reply(_ req: fuse_req_t?, status: Int32) {
 
 /// Who asks, with their supplementary groups (read from /proc by libfuse: only for the requests
 /// whose answers depend on what the caller may read).
-func requester(_ req: fuse_req_t?) -> Requester {
+func requester(_ req: fuse_req_t?) -> Caller {
     let ctx = fuse_req_ctx(req)!.pointee
     guard ctx.uid != 0 else { return .root }
     var groups = [gid_t](repeating: 0, count: 64)
@@ -165,7 +158,7 @@ func requester(_ req: fuse_req_t?) -> Requester {
         groups = [gid_t](repeating: 0, count: n)
         n = Int(fuse_req_getgroups(req, Int32(groups.count), &groups))
     }
-    return Requester(uid: ctx.uid, gid: ctx.gid, groups: Array(groups.prefix(max(n, 0))))
+    return Caller(uid: ctx.uid, gid: ctx.gid, groups: Array(groups.prefix(max(n, 0))))
 }
 
 @inline(__always)

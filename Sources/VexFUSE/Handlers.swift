@@ -6,7 +6,8 @@ import SystemPackage
 import VexSemantic
 import VexStore
 
-/// One function per FUSE operation: unpack the request, call the store, answer exactly once.
+/// One function per FUSE operation: unpack the request, call the store (or, for a request the
+/// vector layer hears of, a function of FileOperations.swift), answer exactly once.
 /// A nonisolated namespace on purpose: these run on libfuse's worker threads.
 enum Handlers {
     @inline(__always)
@@ -88,22 +89,14 @@ enum Handlers {
     static func link(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ newParent: fuse_ino_t, _ newName: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            let dir = try fs.inode(newParent)
-            let entry = try fs.store.link(try fs.inode(ino), dir, newName!)
-            // Every name of a vector file is a vector, posted before the answer like any change.
-            if let semantic = fs.semantic { fs.withDirectory(dir) { semantic.linked($0, FileName(cString: newName!)) } }
-            fs.reply(req, entry: entry)
+            fs.reply(req, entry: try fs.link(try fs.inode(ino), in: try fs.inode(newParent), newName!))
         } catch { reply(req, error: error) }
     }
 
     static func unlink(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            let dir = try fs.inode(parent)
-            try fs.store.unlink(dir, name!)
-            // Every change is posted to the index before the answer: a query made after the system
-            // call returns is then sure to wait for it.
-            if let semantic = fs.semantic { fs.withDirectory(dir) { semantic.removed($0, FileName(cString: name!)) } }
+            try fs.unlink(try fs.inode(parent), name!)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -111,13 +104,7 @@ enum Handlers {
     static func rmdir(_ req: fuse_req_t?, _ parent: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            let dir = try fs.inode(parent)
-            let removed = fs.semantic == nil ? nil : fs.store.child(dir, name!)
-            try fs.store.rmdir(dir, name!)
-            // Its index goes before the answer, so nothing of it outlives the rmdir(2).
-            if let semantic = fs.semantic, let removed {
-                semantic.directoryRemoved(key: removed.key.number, path: fs.shownPath(dir).child(FileName(cString: name!)))
-            }
+            try fs.rmdir(try fs.inode(parent), name!)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -126,25 +113,7 @@ enum Handlers {
                        _ newName: UnsafePointer<CChar>?, _ flags: UInt32) {
         let fs = fs(req)
         do throws(Errno) {
-            let from = try fs.inode(parent), to = try fs.inode(newParent)
-            guard let semantic = fs.semantic, let moving = fs.store.child(from, name!) else {
-                try fs.store.rename(from, name!, to, newName!, flags: flags)
-                fuse_reply_err(req, 0)
-                return
-            }
-            let oldName = FileName(cString: name!), newNameBytes = FileName(cString: newName!)
-            let exchange = flags & vx_RENAME_EXCHANGE != 0
-            // Collections hold their directories by descriptor; a moved directory changes only their
-            // names for messages, taken before the move changes them.
-            let moved = moving.isDirectory ? (fs.shownPath(from).child(oldName), fs.shownPath(to).child(newNameBytes)) : nil
-            try fs.store.rename(from, name!, to, newName!, flags: flags)
-            if let (old, new) = moved {
-                semantic.directoryMoved(from: old, to: new, exchange: exchange)
-            } else {
-                fs.withDirectory(from) { fromRef in
-                    fs.withDirectory(to) { toRef in semantic.renamed(from: fromRef, oldName, to: toRef, newNameBytes, exchange: exchange) }
-                }
-            }
+            try fs.rename(try fs.inode(parent), name!, to: try fs.inode(newParent), newName!, flags: flags)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -190,22 +159,8 @@ enum Handlers {
             // A handle comes with the request when the kernel had the file open (ftruncate, futimens);
             // on a directory it is a DirectoryStream, which the store does not need.
             let file = fi != nil && !inode.isDirectory ? Filesystem.handle(fi, as: OpenFile.self) : nil
-            if change.size != nil && vexfs_req_killpriv_v2(req) != 0 && caller(req).uid != 0 {
-                try fs.store.dropPrivileges(inode, openFile: file?.fd)
-            }
-            let attributes = try fs.store.setAttributes(inode, change, openFile: file)
-            // Truncation changes what a vector file holds (to nothing: it leaves the index). Through
-            // an open handle the change is indexed at its close, like a write.
-            if change.size != nil, !inode.isDirectory, let semantic = fs.semantic {
-                if let file { file.wasWritten.store(true, ordering: .relaxed) } else {
-                    fs.withFile(inode) { semantic.written($0.dir, $0.name, inode: inode.key.number) }
-                }
-            }
-            // Who may read a file decides whether answers name it: cached answers go with the old modes.
-            if change.mode != nil || change.uid != nil || change.gid != nil, inode.fileType == S_IFREG, let semantic = fs.semantic {
-                fs.withFile(inode) { semantic.attributeChanged($0) }
-            }
-            fs.reply(req, attributes: attributes)
+            let dropPrivileges = change.size != nil && vexfs_req_killpriv_v2(req) != 0 && caller(req).uid != 0
+            fs.reply(req, attributes: try fs.setAttributes(inode, change, file: file, dropPrivileges: dropPrivileges))
         } catch { reply(req, error: error) }
     }
 
@@ -263,12 +218,7 @@ enum Handlers {
             let (entry, file) = try withCallerUmask(req) { () throws(Errno) in
                 try fs.store.create(dir, name!, mode: mode, flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
             }
-            // Before the answer: the FLUSH of the caller's close(2) may run on another thread as soon
-            // as the answer is out, and must find the new file marked (an empty new file is news too).
-            if let semantic = fs.semantic {
-                fs.withDirectory(dir) { semantic.created($0, FileName(cString: name!)) }
-                file.wasWritten.store(true, ordering: .relaxed)
-            }
+            fs.created(dir, name!, file)
             Filesystem.store(file, in: fi)
             var ep = fs.entryParam(entry)
             let answered: Int32
@@ -325,21 +275,10 @@ enum Handlers {
         fuse_reply_err(req, 0)
     }
 
-    /// Hands a changed file to the index. The daemon knows of writes it made (`wasWritten`); the
-    /// others (the kernel's, under passthrough, and a shared mapping's) show in the file's size and
-    /// times. Of those the kernel saw the end of a write(2), not of a page written through a mapping,
-    /// so it is told that its cached attributes are stale.
+    /// Hands a changed file to the index (FileOperations.swift) and, for a change the kernel did not
+    /// see the end of, tells it that its cached attributes are stale.
     private static func noticeChanges(_ req: fuse_req_t?, _ fs: Filesystem, _ ino: fuse_ino_t, _ file: OpenFile) {
-        guard let inode = file.inode else { return }
-        let written = file.wasWritten.exchange(false, ordering: .relaxed)
-        let changed = file.changedSinceLastCheck()
-        guard written || changed else { return }
-        if changed && !written && BackingFiles.negotiated(req) { _ = vexfs_req_invalidate_attributes(req, ino) }
-        // Posted before the answer: close(2) returns only after it, so a query that follows the
-        // close finds the change queued (and settles it first).
-        if let semantic = fs.semantic {
-            fs.withFile(inode) { semantic.written($0.dir, $0.name, inode: inode.key.number) }
-        }
+        if fs.noticeChanges(file, passthrough: BackingFiles.negotiated(req)) { _ = vexfs_req_invalidate_attributes(req, ino) }
     }
 
     /// An open or create whose answer did not reach the kernel (the caller was interrupted): the
@@ -510,109 +449,43 @@ enum Handlers {
 
     // MARK: extended attributes
 
-    static let securityCapability = "security.capability"
-
     static func getxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ size: Int) {
         let fs = fs(req)
         guard let inode = try? fs.inode(ino) else {
             fuse_reply_err(req, ENODATA)
             return
         }
-        if SemanticLayer.owns(name!) {
+        let computed = SemanticAttributeNames.isComputed(name!)
+        var raised: (asker: uid_t, niceness: Int32)?
+        if computed {
             // Someone waits on this answer, while the writers' requests, the bridge worker (nice -5)
             // and the linker keep both cores busy: preempted five times in its 0.1 ms of work, a
             // query in an idle collection took 2.5 ms at the p99 (BENCHMARKS.md). The thread keeps
             // the priority until its reply is sent, then drops it; a user other than root has at
             // most one such thread at a time.
             let asker = caller(req).uid
-            let niceness = fs.raisedQueries.raise(for: asker, by: 10)
-            defer { if let niceness { fs.raisedQueries.lower(for: asker, to: niceness) } }
-            replyComputed(req, size) { () throws(SemanticError) -> [UInt8] in
-                guard let semantic = fs.semantic else { throw .noData }
-                let attribute = String(cString: name!)
-                if inode.isDirectory {
-                    guard let r = fs.withDirectory(inode, { dir in
-                        Result { () throws(SemanticError) in try semantic.directoryAttribute(attribute, dir: dir) }
-                    }) else { throw .noData }
-                    return try r.get()
-                }
-                // Answered for the file the request names (its inode), read through its own descriptor.
-                guard inode.fileType == S_IFREG else { throw .noData }
-                let who = requester(req)
-                guard let r = fs.withFile(inode, { file in
-                    Result { () throws(SemanticError) in try semantic.fileAttribute(attribute, file: file, requester: who) }
-                }) else { throw .noData }
-                return try r.get()
-            }
-            return
+            raised = fs.raisedQueries.raise(for: asker, by: 10).map { (asker, $0) }
         }
-        let isCapability = strcmp(name!, securityCapability) == 0
-        if isCapability && inode.knownWithoutCapability.load(ordering: .relaxed) {
-            fuse_reply_err(req, ENODATA)
-            return
-        }
+        defer { if let raised { fs.raisedQueries.lower(for: raised.asker, to: raised.niceness) } }
+        // A stored value is read into scratch memory; a computed one comes as an array.
+        let scratch = size > 0 && !computed ? fs.pool.acquire(size) : nil
+        defer { if let scratch { fs.pool.release(scratch) } }
         do throws(Errno) {
-            if size == 0 {
-                fuse_reply_xattr(req, try fs.store.getxattr(inode, name!, into: nil))
-            } else {
-                let scratch = fs.pool.acquire(size)
-                defer { fs.pool.release(scratch) }
-                let n = try fs.store.getxattr(inode, name!, into: UnsafeMutableRawBufferPointer(start: scratch.pointer, count: size))
-                fuse_reply_buf(req, scratch.pointer, n)
-            }
-        } catch {
-            if isCapability && error == .noData { inode.knownWithoutCapability.store(true, ordering: .relaxed) }
-            reply(req, error: error)
-        }
-    }
-
-    /// Answers a computed attribute as getxattr(2) expects: its size for a size probe, ERANGE when
-    /// the caller's buffer is too small.
-    private static func replyComputed(_ req: fuse_req_t?, _ size: Int, _ compute: () throws(SemanticError) -> [UInt8]) {
-        do throws(SemanticError) {
-            let bytes = try compute()
-            if size == 0 {
-                fuse_reply_xattr(req, bytes.count)
-            } else if bytes.count > size {
-                fuse_reply_err(req, ERANGE)
-            } else {
+            let buffer = scratch.map { UnsafeMutableRawBufferPointer(start: $0.pointer, count: size) }
+            switch try fs.attribute(inode, name!, size: size, into: buffer, requester: { requester(req) }) {
+            case .size(let n): fuse_reply_xattr(req, n)
+            case .computed(let bytes):
                 bytes.withUnsafeBytes { _ = fuse_reply_buf(req, $0.baseAddress?.assumingMemoryBound(to: CChar.self), $0.count) }
+            case .stored(let n): fuse_reply_buf(req, scratch?.pointer, n)
             }
-        } catch { fuse_reply_err(req, error.errno) }
+        } catch { reply(req, error: error) }
     }
 
     static func setxattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?, _ value: UnsafePointer<CChar>?,
                          _ size: Int, _ flags: Int32) {
         let fs = fs(req)
         do throws(Errno) {
-            let inode = try fs.inode(ino)
-            if SemanticLayer.owns(name!) {
-                // Settings of a collection, options of a query file; the rest of ours is computed.
-                guard let semantic = fs.semantic else { throw .invalidArgument }
-                let bytes = Array(UnsafeRawBufferPointer(start: value, count: size))
-                let attribute = String(cString: name!)
-                let done = inode.isDirectory
-                    ? fs.withDirectory(inode) { dir in
-                        Result { () throws(SemanticError) in try semantic.setDirectoryAttribute(attribute, dir: dir, value: bytes) }
-                    }
-                    : inode.fileType == S_IFREG ? fs.withFile(inode) { file in
-                        Result { () throws(SemanticError) in try semantic.setFileAttribute(attribute, file: file, value: bytes) }
-                    } : nil
-                guard let done else { throw .invalidArgument }
-                if case .failure(let error) = done { throw Errno(rawValue: error.errno) }
-                fuse_reply_err(req, 0)
-                return
-            }
-            let isVector = strcmp(name!, SemanticLayer.vectorAttribute) == 0
-            if isVector {
-                // A vector that cannot be indexed is refused, so the attribute never holds one.
-                guard !inode.isDirectory else { throw .invalidArgument }
-                let parsed = VectorParser.parse(UnsafeRawBufferPointer(start: value, count: size), as: .text)
-                guard case .success = parsed else { throw .invalidArgument }
-            }
-            if strcmp(name!, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
-            try fs.store.setxattr(inode, name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
-            if let semantic = fs.semantic, inode.fileType == S_IFREG { fs.withFile(inode) { semantic.attributeChanged($0, name: name!) } }
+            try fs.setAttribute(try fs.inode(ino), name!, UnsafeRawBufferPointer(start: value, count: size), flags: flags)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }
@@ -643,15 +516,7 @@ enum Handlers {
                 } catch .outOfRange { continue }  // grew in between
             }
             let names = scratch.pointer.assumingMemoryBound(to: CChar.self)
-            var kept = 0, at = 0
-            while at < full {
-                let length = strlen(names + at) + 1
-                if !SemanticLayer.hidesFromListing(names + at) {
-                    if kept != at { memmove(names + kept, names + at, length) }
-                    kept += length
-                }
-                at += length
-            }
+            let kept = listedAttributes(names, length: full)
             if size == 0 {
                 fuse_reply_xattr(req, kept)
             } else if kept > size {
@@ -665,21 +530,7 @@ enum Handlers {
     static func removexattr(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ name: UnsafePointer<CChar>?) {
         let fs = fs(req)
         do throws(Errno) {
-            let inode = try fs.inode(ino)
-            if SemanticLayer.owns(name!) {
-                // Only a query file's options are stored, and so removable.
-                guard !inode.isDirectory, inode.fileType == S_IFREG, let semantic = fs.semantic else { throw .noData }
-                let attribute = String(cString: name!)
-                let done = fs.withFile(inode) { file in
-                    Result { () throws(SemanticError) in try semantic.removeFileAttribute(attribute, file: file) }
-                }
-                guard let done else { throw .noData }
-                if case .failure(let error) = done { throw Errno(rawValue: error.errno) }
-                fuse_reply_err(req, 0)
-                return
-            }
-            try fs.store.removexattr(inode, name!)
-            if let semantic = fs.semantic, inode.fileType == S_IFREG { fs.withFile(inode) { semantic.attributeChanged($0, name: name!) } }
+            try fs.removeAttribute(try fs.inode(ino), name!)
             fuse_reply_err(req, 0)
         } catch { reply(req, error: error) }
     }

@@ -24,7 +24,7 @@ public enum Session {
     /// calling process detaches: the parent exits 0 once the mount is in place, and `detached` runs
     /// in the process that serves.
     public static func run(store: Store, mountpoint: String, options: MountOptions,
-                           detached: () -> Void = {}, prepare: (any MetricsFactory) -> SemanticLayer? = { _ in nil }) throws(Failure) {
+                           detached: () -> Void = {}, prepare: (any MetricsFactory) -> (any SemanticService)? = { _ in nil }) throws(Failure) {
         let fs = Filesystem(store: store, options: options)
         let context = Unmanaged.passRetained(fs)
         defer { context.release() }
@@ -64,7 +64,7 @@ public enum Session {
             setsid()
         }
         detached()
-        fs.semantic = prepare(fs.metricsFactory)
+        fs.semantic = prepare(fs.metrics.factory)
         if !options.foreground {
             var ok: UInt8 = 0
             _ = write(ready[1], &ok, 1)

@@ -1,29 +1,42 @@
 // VexFUSE answers the kernel's FUSE requests for a vexfs mount.
 //
-// How FUSE works, in the words this module uses. The kernel turns every system call on the mount into
-// a *request* and sends it to this process through /dev/fuse; libfuse's low-level API hands each
-// request to a callback in the C bridge (CShims/CFuse), which forwards it unchanged to a handler in
-// `Handlers`. Every request is answered exactly once, with data or an errno (`forget` alone gets no
-// answer). Files are named by *node ids*: the kernel learns one from every lookup, create, mkdir,
-// link, symlink, mknod and readdirplus entry, counts how many times it learnt it, and later *forgets*
-// that many; only then may the id be reused. Our node id is the address of the `Inode` object (the
-// root is always id 1), so no table is consulted on the hot path. Open files and directories are
-// *handles*: the kernel stores the number we give at open (`fi->fh`) and passes it back on read,
-// write, flush and release; ours is the address of a retained `OpenFile` or `DirectoryStream`.
+// Requests. The kernel turns each system call on the mount into one or more *requests* (LOOKUP,
+// GETATTR, OPEN, READ, SETXATTR, ...) and queues them on /dev/fuse. libfuse's low-level API reads
+// them and calls a callback in the C bridge (CShims/CFuse), which forwards it unchanged to one
+// function of `Handlers`. Every request is answered exactly once, with data or an errno, and the
+// system call waits for that answer; FORGET alone gets none.
 //
-// What the kernel caches, and for how long: entries (name -> node id) for `entry_timeout` seconds,
-// attributes for `attr_timeout`, file content across opens when `keep_cache` is set, and with the
-// writeback cache (`-o writeback`) it also buffers writes and owns size and mtime while a file is open.
-// vexfs is a single-writer local store, so it asks for long timeouts and keeps the page cache.
-// Under FUSE passthrough (on by default, Passthrough.swift) the kernel reads and writes open files on
-// the store itself: no READ or WRITE reaches us, so flush and release compare the file's size and times
-// with what they were at open to learn that it changed (for the index, and to tell the kernel its
-// cached attributes are stale after writes through a shared mapping).
-// Requests run in parallel on the worker threads of libfuse's multi-threaded loop; readdir on one
-// handle is serialised by the kernel. Each handler runs under the stack-budget monitor and takes its
-// scratch memory (listings, xattr answers) from the buffer pool (VexMemory). The `.vexfs/` directory
-// at the top of the mount and its `stats` file are made up here, with the fixed node ids 2 and 3
-// (StateDirectory.swift). Filesystem logic is in VexStore; this module only translates.
+// Node ids and handles. The kernel names files by *node id*. It learns one from every LOOKUP, CREATE,
+// MKDIR, MKNOD, SYMLINK, LINK and READDIRPLUS entry, counts how often it learnt it, and later FORGETs
+// that many; only then is the id free. Our node id is the address of the store's `Inode` (the root is
+// always 1; the `.vexfs/` nodes are 2 to 4), so no table sits on the hot path. An open file or
+// directory is a *handle*: the number we answer OPEN with comes back with every READ, WRITE, FLUSH
+// and RELEASE on it; ours is the address of a retained `OpenFile` or `DirectoryStream`. FLUSH comes
+// once per close(2) of a descriptor (so possibly many times), RELEASE once at the last close; the
+// kernel ignores what RELEASE answers.
+//
+// What the kernel caches. Entries (name -> node id) for `entry_timeout` seconds and attributes for
+// `attr_timeout`; a "no such name" for `negative_timeout` (0 here: files may appear in STORE);
+// file content across opens with `keep_cache`; with the writeback cache (`-o writeback`) it also
+// buffers writes and owns size and mtime while a file is open. vexfs is the only writer of its store
+// (the mount lock), so it asks for long timeouts and keeps the page cache.
+//
+// Passthrough (Passthrough.swift, on by default). The kernel reads and writes open files on the store
+// itself: no READ or WRITE reaches us, so FLUSH and RELEASE compare a file's size and times with what
+// they were at OPEN to learn that it changed, for the index, and to tell the kernel when its cached
+// attributes are stale (writes through a shared mapping).
+//
+// What runs in parallel. Requests run on the worker threads of libfuse's multi-threaded loop, any
+// number at once, on the same file or not; READDIR on one handle is serialised by the kernel. Each
+// handler runs under the stack-budget monitor and takes scratch memory (listings, stored attribute
+// values) from the buffer pool (VexMemory).
+//
+// Where things are. `Handlers` is the plumbing: unpack a request, call, reply. The store (VexStore)
+// does the filesystem work. Requests the vector layer hears of (names created, written, moved and
+// removed; the `user.vexfs.*` attributes) go through FileOperations.swift, which holds VexSemantic's
+// protocols (`FileEvents`, `ComputedAttributes`, `StateReports`), never its classes. `.vexfs/` with
+// its `stats` and `journal` is made up here (StateDirectory.swift, Stats.swift). `Session` mounts,
+// serves and unmounts.
 import CFuse
 import Glibc
 import VexMemory

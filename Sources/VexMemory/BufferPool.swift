@@ -46,7 +46,8 @@ public final class BufferPool: @unchecked Sendable {
     public let configuration: Configuration
     public let nodeLocal: Bool
     private let shared: [SharedList]
-    /// Every slab, per tier: (base, byte count). Guarded; read to validate and to free at the end.
+    /// Every slab, per tier: (base, byte count). Guarded; read to validate a returned buffer. Slabs
+    /// are never freed: a pool lives as long as its mount.
     /// (Addresses are kept as integers where they cross threads: raw pointers are not Sendable.)
     private let slabs = Mutex<[[(base: UInt, bytes: Int)]]>([[], [], []])
     /// Debug builds only: buffers handed out and not yet returned.
@@ -101,14 +102,6 @@ public final class BufferPool: @unchecked Sendable {
         outstanding.withLock { _ = $0.remove(address) }
         #endif
         withThreadCache { $0.put(buffer.pointer, tier) }
-    }
-
-    /// Runs `body` with a buffer of at least `bytes`, returned afterwards.
-    @inline(__always)
-    public func withBuffer<R>(_ bytes: Int, _ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
-        let b = acquire(bytes)
-        defer { release(b) }
-        return try body(b.bytes)
     }
 
     /// What would be wrong with returning `buffer` now (nil: nothing).

@@ -25,7 +25,7 @@ extension Collection {
     /// inode number) under every name. A filter that keeps few vectors of a graph is answered by an
     /// exact scan of those it keeps, chosen from a sample of the files; otherwise the graph walk asks
     /// the filter of each node it would take, once per file.
-    func nearest(_ query: ArraySlice<Float>, k: Int, excludingFile: UInt64?, requester: Requester = .root,
+    func nearest(_ query: ArraySlice<Float>, k: Int, excludingFile: UInt64?, requester: Caller = .root,
                  options: QueryOptions = QueryOptions()) throws(SemanticError) -> [Hit] {
         let filtered = !options.conditions.isEmpty
         let (index, excluded, dimension, files) = state.withLock { s -> (PersistentIndex?, Set<UInt64>, Int?, [(FileName, FileRecord)]) in

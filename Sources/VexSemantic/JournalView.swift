@@ -11,7 +11,7 @@ import VexStore
 
 extension SemanticLayer {
     /// The journal's lines that `requester` may see, oldest first.
-    public func journal(visibleTo requester: Requester) -> [UInt8] {
+    public func journal(visibleTo requester: Caller) -> [UInt8] {
         let all = journal.events()
         guard !requester.seesEverything else { return Array(all.map(\.line).joined().utf8) }
         var judged: [FileName: Bool] = [:]

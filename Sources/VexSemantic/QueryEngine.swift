@@ -68,7 +68,7 @@ extension SemanticLayer {
     /// (`Caller.withAccess`), so the kernel decides what they may list and enter, ACLs included;
     /// the query's own directory must be listable and reachable from the store's root by them
     /// now, whatever descriptor they hold (EACCES otherwise: an answer names its files).
-    func scope(_ dir: DirectoryRef, _ options: QueryOptions, requester: Requester) throws(SemanticError) -> [Scoped] {
+    func scope(_ dir: DirectoryRef, _ options: QueryOptions, requester: Caller) throws(SemanticError) -> [Scoped] {
         var out: [Scoped] = []
         let own = existing(dir.key)
         if !requester.seesEverything && (own != nil || options.scope == .tree) {
@@ -119,7 +119,7 @@ extension SemanticLayer {
     /// A tree query walks at most this many directories.
     public static let maxTreeDirectories = 100_000
 
-    func query(_ file: FileRef, attribute: String, k: Int, from: Int?, requester: Requester) throws(SemanticError) -> [UInt8] {
+    func query(_ file: FileRef, attribute: String, k: Int, from: Int?, requester: Caller) throws(SemanticError) -> [UInt8] {
         var st = stat()
         guard fstat(file.fd, &st) == 0 else { throw .noData }
         let inode = UInt64(st.st_ino)
@@ -157,7 +157,7 @@ extension SemanticLayer {
         return Array(answer[start..<end])
     }
 
-    func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Requester) throws(SemanticError) -> [UInt8] {
+    func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Caller) throws(SemanticError) -> [UInt8] {
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         let options = file.name.isQuery ? try QueryOptions.read(opath: file.fd) : QueryOptions()

@@ -20,7 +20,7 @@ extension SemanticLayer {
     public static func owns(_ name: UnsafePointer<CChar>) -> Bool { hidesFromListing(name) }
 
     /// The value of our attribute `attribute` of `file`, for `requester`.
-    public func fileAttribute(_ attribute: String, file: FileRef, requester: Requester = .root) throws(SemanticError) -> [UInt8] {
+    public func fileAttribute(_ attribute: String, file: FileRef, requester: Caller = .root) throws(SemanticError) -> [UInt8] {
         let suffix = attribute.dropFirst(SemanticLayer.ownPrefix.count)
         if suffix == "knn" || suffix.hasPrefix("knn.") {
             let (k, from) = try SemanticLayer.knnRequest(suffix.dropFirst(3))

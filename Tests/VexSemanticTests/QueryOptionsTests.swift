@@ -134,7 +134,7 @@ import VexStore
         #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", p.file("q.query"))
                 == ["top.vec", "secret/s.vec", "2024/summer/img3.vec", "2024/a.vec"])
         // Another user does not see into a directory they may not enter.
-        let mallory = Requester(uid: 4242, gid: 4242)
+        let mallory = Caller(uid: 4242, gid: 4242)
         #expect(try SemanticLayerTests().ask(layer, "user.vexfs.knn.10", p.file("q.query"), as: mallory)
                 == ["top.vec", "2024/summer/img3.vec", "2024/a.vec"])
         try layer.setFileAttribute("user.vexfs.radius", file: p.file("q.query"), value: Array("0.5".utf8))
@@ -187,13 +187,13 @@ import VexStore
         let layer = SemanticLayer(storeRoot: store, kernels: SemanticLayerTests.kernels)
         for path in ["open/a.vec", "closed/b.vec", "mine.vec", "open/gone.vec", "closed/gone.vec"] { layer.journal.record(.create, FileName(path)) }
         layer.journal.record(.rename, "open/a.vec", to: "closed/b.vec")
-        func paths(_ who: Requester) throws -> [String] {
+        func paths(_ who: Caller) throws -> [String] {
             try String(decoding: layer.journal(visibleTo: who), as: UTF8.self).split(separator: "\n").map {
                 try #require(JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any])["path"] as! String
             }
         }
-        #expect(try paths(Requester(uid: 4242, gid: 4242)) == ["open/a.vec", "mine.vec", "open/gone.vec"])
-        #expect(try paths(Requester(uid: 4343, gid: 4343)) == ["open/a.vec", "open/gone.vec"])
+        #expect(try paths(Caller(uid: 4242, gid: 4242)) == ["open/a.vec", "mine.vec", "open/gone.vec"])
+        #expect(try paths(Caller(uid: 4343, gid: 4343)) == ["open/a.vec", "open/gone.vec"])
         #expect(try paths(.root).count == 6)
         layer.close()
     }

@@ -44,7 +44,7 @@ func answer(_ bytes: [UInt8]) -> [String] {
         }
     }
 
-    func ask(_ layer: SemanticLayer, _ attribute: String, _ file: FileRef, as who: Requester = .root) throws(SemanticError) -> [String] {
+    func ask(_ layer: SemanticLayer, _ attribute: String, _ file: FileRef, as who: Caller = .root) throws(SemanticError) -> [String] {
         defer { close(file.fd) }
         return answer(try layer.fileAttribute(attribute, file: file, requester: who))
     }
@@ -154,11 +154,11 @@ func answer(_ bytes: [UInt8]) -> [String] {
             layer.written(c.ref, FileName("v\(i).vec"), inode: c.inode("v\(i).vec"))
         }
         put(store + "/c/q.query", "0 0")
-        let mine = Requester(uid: 1000, gid: 1000)
+        let mine = Caller(uid: 1000, gid: 1000)
         #expect(try ask(layer, "user.vexfs.knn.3", c.file("q.query"), as: mine) == ["v0.vec", "v2.vec", "v4.vec"])
         #expect(try ask(layer, "user.vexfs.knn.3", c.file("q.query")) == ["v0.vec", "v1.vec", "v2.vec"])
         chmod(store + "/c/v1.vec", 0o640)
-        let member = Requester(uid: 1000, gid: 1000, groups: [2000])
+        let member = Caller(uid: 1000, gid: 1000, groups: [2000])
         #expect(try ask(layer, "user.vexfs.knn.3", c.file("q.query"), as: member) == ["v0.vec", "v1.vec", "v2.vec"])
         // Directories decide too, when the query runs, whatever descriptor the asker holds: a
         // directory they may enter but not list names nothing (EACCES), nor one they cannot reach.

@@ -1,7 +1,8 @@
 // The C side of the FUSE bridge. libfuse3's low-level callbacks live in cfuse.c; each one forwards its
 // request, unchanged, to a Swift handler in `struct vexfs_handlers`. Swift fills that table and never
 // sees libfuse's own ops table. The helpers below cover what Swift cannot express directly: macros
-// (FUSE_BUFVEC_INIT, FUSE_ARGS_INIT, fuse_session_loop_mt) and the zero-copy data path.
+// (FUSE_BUFVEC_INIT, FUSE_ARGS_INIT, fuse_session_loop_mt) and the zero-copy data path. The last
+// group is the back-port of FUSE passthrough that libfuse 3.14 lacks (backport_7_40.c).
 #ifndef VEXFS_CFUSE_H
 #define VEXFS_CFUSE_H
 
@@ -64,7 +65,7 @@ struct vexfs_session_config {
     int splice;         // splice read/write/move
     unsigned max_threads;
     int clone_fd;
-    int killpriv_v2;    // take over dropping privileges on write, if the kernel offers (see cfuse.c)
+    int killpriv_v2;    // take over dropping privileges on write, if the kernel offers (backport_7_40.c)
     int passthrough;    // let the kernel read and write open files itself, if it offers and we may
     int posix_acl;      // FUSE_POSIX_ACL: the kernel caches and enforces ACLs
 };
@@ -89,9 +90,8 @@ vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs
 int vexfs_session_mount(vexfs_session *s, const char *mountpoint);
 /// Installs SIGINT/SIGTERM/SIGHUP handlers that end the loop; 0 on success.
 int vexfs_session_set_signal_handlers(vexfs_session *s);
-/// Whether the kernel agreed that vexfs drops set-id bits and capabilities on write and truncate.
-int vexfs_session_killpriv_v2(const vexfs_session *s);
-/// The same, from inside a request.
+/// Whether the kernel agreed that vexfs drops set-id bits and capabilities on write and truncate
+/// (FUSE_HANDLE_KILLPRIV_V2, negotiated by the back-port below).
 int vexfs_req_killpriv_v2(fuse_req_t req);
 /// Whether FUSE_POSIX_ACL was negotiated (the kernel caches ACLs and enforces them).
 int vexfs_req_posix_acl(fuse_req_t req);
@@ -109,14 +109,6 @@ const char *vexfs_passthrough_reason(int state);
 /// Records that the kernel refused to register a backing file: passthrough turns off for opens to
 /// come. Returns 1 for the call that turned it off (the one to say so), 0 after.
 int vexfs_req_passthrough_refused(fuse_req_t req);
-/// Registers the open file `fd` as a backing file with the kernel: a backing id (> 0), or -errno.
-int vexfs_req_backing_open(fuse_req_t req, int fd);
-/// Releases a backing id; 0 or -errno.
-int vexfs_req_backing_close(fuse_req_t req, int backing_id);
-/// Answers OPEN with handle `fh`, read and written by the kernel through `backing_id`.
-int vexfs_reply_open_backing(fuse_req_t req, uint64_t fh, int backing_id);
-/// Answers CREATE with the new entry and handle `fh`, read and written through `backing_id`.
-int vexfs_reply_create_backing(fuse_req_t req, const struct fuse_entry_param *e, uint64_t fh, int backing_id);
 /// Tells the kernel that its cached attributes of `ino` are stale (a write it did not see the end of,
 /// such as through a shared mapping).
 int vexfs_req_invalidate_attributes(fuse_req_t req, fuse_ino_t ino);
@@ -124,8 +116,6 @@ int vexfs_req_invalidate_attributes(fuse_req_t req, fuse_ino_t ino);
 int vexfs_session_loop(vexfs_session *s);
 /// Unmounts (if still mounted), removes signal handlers and frees the session.
 void vexfs_session_destroy(vexfs_session *s);
-/// Asks the loop to stop (from any thread).
-void vexfs_session_exit(vexfs_session *s);
 
 /// The userdata given to vexfs_session_new, from inside a request.
 void *vexfs_req_context(fuse_req_t req);
@@ -134,11 +124,23 @@ void *vexfs_req_context(fuse_req_t req);
 int vexfs_reply_read_fd(fuse_req_t req, int fd, size_t size, off_t off);
 /// Copies a write request's buffer (possibly a pipe, when spliced) into `fd` at `off`; returns bytes or -errno.
 ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off);
-/// Size of the data carried by a write request.
-size_t vexfs_bufvec_size(const struct fuse_bufvec *bufv);
 
 /// fuse_file_info bit-fields, set from Swift.
 void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache);
-void vexfs_fi_set_cache_readdir(struct fuse_file_info *fi, int cache_readdir);
+
+// MARK: back-port of protocol 7.40 (backport_7_40.c)
+// FUSE passthrough and FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 cannot negotiate: the INIT reply
+// is patched on the device, and these calls do what libfuse 3.17's fuse_passthrough_open/close and
+// fuse_file_info.backing_id do. With libfuse 3.17.1 or later, see that file's first comment to
+// delete it; these declarations keep their names and take libfuse's calls.
+
+/// Registers the open file `fd` as a backing file with the kernel: a backing id (> 0), or -errno.
+int vexfs_req_backing_open(fuse_req_t req, int fd);
+/// Releases a backing id; 0 or -errno.
+int vexfs_req_backing_close(fuse_req_t req, int backing_id);
+/// Answers OPEN with handle `fh`, read and written by the kernel through `backing_id`.
+int vexfs_reply_open_backing(fuse_req_t req, uint64_t fh, int backing_id);
+/// Answers CREATE with the new entry and handle `fh`, read and written through `backing_id`.
+int vexfs_reply_create_backing(fuse_req_t req, const struct fuse_entry_param *e, uint64_t fh, int backing_id);
 
 #endif

@@ -12,8 +12,6 @@ extern const int vx_AT_EMPTY_PATH;
 extern const int vx_O_DIRECT;
 extern const unsigned vx_RENAME_NOREPLACE;
 extern const unsigned vx_RENAME_EXCHANGE;
-extern const int vx_SEEK_DATA;
-extern const int vx_SEEK_HOLE;
 extern const long vx_UTIME_NOW;
 extern const long vx_UTIME_OMIT;
 
@@ -53,7 +51,6 @@ int vx_open_handle(int mount_fd, const unsigned char *blob, int length);
 
 /// removexattr on an open descriptor.
 int vx_fremovexattr(int fd, const char *name);
-ssize_t vx_fgetxattr(int fd, const char *name, void *value, size_t size);
 /// xattrs by path, not following a final symlink.
 ssize_t vx_lgetxattr(const char *path, const char *name, void *value, size_t size);
 int vx_lsetxattr(const char *path, const char *name, const void *value, size_t size, int flags);

@@ -9,9 +9,8 @@
 /// NUMA nodes libnuma reports; 1 when it is unavailable or reports none.
 int vx_numa_nodes(void);
 /// `bytes` of 64-byte-aligned memory: on the calling thread's node when `node_local`, else from
-/// posix_memalign. NULL on failure.
+/// posix_memalign. NULL on failure. Slabs are never given back: the pool keeps them for the process.
 void *vx_slab_alloc(size_t bytes, int node_local);
-void vx_slab_free(void *slab, size_t bytes, int node_local);
 
 /// The calling thread's stack: [*low, *high). 0 on success.
 int vx_stack_bounds(uintptr_t *low, uintptr_t *high);
