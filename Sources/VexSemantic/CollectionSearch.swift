@@ -26,7 +26,7 @@ extension Collection {
     /// exact scan of those it keeps, chosen from a sample of the files; otherwise the graph walk asks
     /// the filter of each node it would take, once per file.
     func nearest(_ query: ArraySlice<Float>, k: Int, excludingFile: UInt64?, requester: Caller = .root,
-                 options: QueryOptions = QueryOptions()) throws(SemanticError) -> [Hit] {
+                 options: QueryOptions = QueryOptions(), admissions: Admissions = Admissions()) throws(SemanticError) -> [Hit] {
         let filtered = !options.conditions.isEmpty
         let (index, excluded, dimension, files) = state.withLock { s -> (PersistentIndex?, Set<UInt64>, Int?, [(FileName, FileRecord)]) in
             var ex = Set<UInt64>()
@@ -41,15 +41,15 @@ extension Collection {
         guard query.count == dimension else { throw .invalid("the query has \(query.count) numbers, the collection's dimension is \(dimension)") }
         let mustCheck = !requester.seesEverything
         let dir = directory
-        var admitted: [FileName: Bool] = [:]
-        // Whether the file `name` may answer: readable by the requester and passing every condition.
+        // Whether the file `name` may answer: readable by the requester and passing every condition
+        // (judged once per question: `admissions` outlives this row).
         let admits = { [self] (name: FileName, inode: UInt64) -> Bool in
-            if let known = admitted[name] { return known }
+            if let known = admissions.judged[name] { return known }
             var ok = true
             // By the kernel's rules for the asker (the caller runs this with their identity).
             if mustCheck { ok = (try? StoreFiles.stat(dir, name)).map(StoreFiles.isRegular) == true && StoreFiles.mayAccess(dir, name, R_OK) }
             if ok && filtered { ok = options.admits(name) { key, limit in tag(key, of: name, inode: inode, limit: limit) } }
-            admitted[name] = ok
+            admissions.judged[name] = ok
             return ok
         }
         let total = index.count

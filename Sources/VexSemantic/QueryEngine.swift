@@ -124,12 +124,16 @@ extension SemanticLayer {
         guard fstat(file.fd, &st) == 0 else { throw .noData }
         let inode = UInt64(st.st_ino)
         do throws(SemanticError) {
-            let answer = try answer(file, st, attribute: attribute, k: k, requester: requester)
+            let whole = try budget.run(for: requester) { (deadline) throws(SemanticError) -> [UInt8] in
+                try answer(file, st, attribute: attribute, k: k, requester: requester, deadline: deadline)
+            }
             queryProblems.withLock { _ = $0.removeValue(forKey: inode) }
-            return try SemanticLayer.page(answer, from: from)
+            return try SemanticLayer.page(whole, from: from)
         } catch {
-            if case .invalid(let why) = error { noteQueryProblem(inode, why) }
-            if case .embedder(let why) = error { noteQueryProblem(inode, why) }
+            switch error {
+            case .invalid(let why), .embedder(let why), .overloaded(let why), .timedOut(let why), .denied(let why): noteQueryProblem(inode, why)
+            default: break
+            }
             throw error
         }
     }
@@ -157,7 +161,8 @@ extension SemanticLayer {
         return Array(answer[start..<end])
     }
 
-    func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Caller) throws(SemanticError) -> [UInt8] {
+    func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Caller,
+                deadline: QueryBudget.Deadline = QueryBudget.Deadline(seconds: nil)) throws(SemanticError) -> [UInt8] {
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         let options = file.name.isQuery ? try QueryOptions.read(opath: file.fd) : QueryOptions()
@@ -206,12 +211,15 @@ extension SemanticLayer {
         // Searched with the asker's identity: which files they may read is the kernel's answer.
         let out = try requester.withAccess(orElse: lost) { () throws(SemanticError) -> [UInt8] in
             var out: [UInt8] = []
+            let admissions = Dictionary(uniqueKeysWithValues: searched.map { ($0.collection.key, Admissions()) })
             for row in 0..<vectors.rows {
                 if row > 0 { out.append(0x0A) }
                 var hits: [(String, Float)] = []
                 for s in searched {
+                    try deadline.check()
                     // The file itself is left out, under every name it has here.
-                    for h in try s.collection.nearest(vectors.row(row), k: k, excludingFile: UInt64(st.st_ino), requester: requester, options: options) {
+                    for h in try s.collection.nearest(vectors.row(row), k: k, excludingFile: UInt64(st.st_ino), requester: requester,
+                                                      options: options, admissions: admissions[s.collection.key]!) {
                         if let r = options.radius, h.distance > r { continue }
                         let shown = s.prefix.isEmpty ? h.name.escaped : s.prefix.child(h.name).escaped
                         hits.append((h.row.map { "\(shown)#\($0)" } ?? shown, h.distance))

@@ -45,6 +45,10 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
     case embedder(String)
     /// The asker may not see what the answer would name (EACCES).
     case denied(String)
+    /// The asker has as many questions running as they may (EBUSY).
+    case overloaded(String)
+    /// The question ran out of its time (ETIMEDOUT).
+    case timedOut(String)
 
     public var errno: Int32 {
         switch self {
@@ -55,13 +59,15 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .tooBig: E2BIG
         case .embedder: EHOSTDOWN
         case .denied: EACCES
+        case .overloaded: EBUSY
+        case .timedOut: ETIMEDOUT
         }
     }
 
     public var description: String {
         switch self {
         case .noData: "no such attribute"
-        case .invalid(let s), .busy(let s), .embedder(let s), .denied(let s): s
+        case .invalid(let s), .busy(let s), .embedder(let s), .denied(let s), .overloaded(let s), .timedOut(let s): s
         case .range: "the buffer is too small"
         case .tooBig: "the answer is longer than 64 KiB: read it by pages (knn.K.from.LINE)"
         }

@@ -57,6 +57,8 @@ public final class SemanticLayer: @unchecked Sendable {
     public let journal: Journal
     let bridge: Bridge
     let registry = CollectionRegistry()
+    /// How many questions a user may have running, and for how long each.
+    let budget: QueryBudget
     /// getfattr asks twice (the size, then the value): the second ask is served from here.
     let answers = Mutex<AnswerCache>(AnswerCache())
     private let problems = Mutex<[String]>([])
@@ -68,8 +70,10 @@ public final class SemanticLayer: @unchecked Sendable {
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
-                embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold) {
+                embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold,
+                maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds) {
         self.storeRoot = storeRoot
+        budget = QueryBudget(perUser: maxQueriesPerUser, seconds: querySeconds)
         let stateRoot = storeRoot + "/.vexfs"
         configuration = CollectionConfiguration(stateRoot: stateRoot, kernels: kernels, indexKind: indexKind, parameters: parameters,
                                                 exactScanRows: exactScanRows, streamThreshold: streamThreshold,

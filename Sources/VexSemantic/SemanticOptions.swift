@@ -15,6 +15,12 @@ public struct SemanticOptions: Sendable, Equatable {
     public var embedModel = ""
     public var embedQueryModel: String?
     public var embedChunk = 2000
+    /// `max_user_queries=N`: questions one user other than root may have running at once.
+    public var maxQueriesPerUser = SemanticOptions.defaultMaxQueriesPerUser
+    public static let defaultMaxQueriesPerUser = 2
+    /// `query_seconds=S`: how long one question of a user other than root may run.
+    public var querySeconds = SemanticOptions.defaultQuerySeconds
+    public static let defaultQuerySeconds = 10.0
 
     public init() {}
 
@@ -33,6 +39,12 @@ public struct SemanticOptions: Sendable, Equatable {
         case "embed_chunk":
             guard let value, let n = Int(value), n >= 16, n <= 1_000_000 else { throw BadValue() }
             embedChunk = n
+        case "max_user_queries":
+            guard let value, let n = Int(value), (1...1000).contains(n) else { throw BadValue() }
+            maxQueriesPerUser = n
+        case "query_seconds":
+            guard let value, let s = Double(value), s.isFinite, s >= 0.1, s <= 86_400 else { throw BadValue() }
+            querySeconds = s
         case "index":
             guard let value, let kind = IndexKind(value) else { throw BadValue() }
             indexKind = kind

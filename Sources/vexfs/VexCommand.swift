@@ -38,7 +38,8 @@ struct Mount: ParsableCommand {
         clone_fd, no_clone_fd, killpriv, no_killpriv, attr_timeout=S, entry_timeout=S, negative_timeout=S, \
         timeout=S, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, \
         index=auto|auto:N|flat|hnsw, hnsw_m=N, ef_construction=N, ef_search=N, embedder=URL, \
-        embed_model=NAME, embed_query_model=NAME, embed_chunk=N, log_level=LEVEL; anything else \
+        embed_model=NAME, embed_query_model=NAME, embed_chunk=N, max_user_queries=N, query_seconds=S, \
+        log_level=LEVEL; anything else \
         (allow_other, ro, ...) goes to the kernel mount.
         """)
     var options: [String] = []
@@ -102,7 +103,9 @@ struct Mount: ParsableCommand {
                 // Made here, after the fork: the HTTP client's threads would not survive it.
                 let embedder = mountOptions.semantic.embedderConfiguration(apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
                 let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.semantic.indexKind,
-                                             parameters: mountOptions.semantic.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder)
+                                             parameters: mountOptions.semantic.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder,
+                                             maxQueriesPerUser: mountOptions.semantic.maxQueriesPerUser,
+                                             querySeconds: mountOptions.semantic.querySeconds)
                 let reconciled = semantic.reconcile { line in logger.info("\(line)") }
                 logger.notice("serving \(storePath) on \(mountPath): \(reconciled.collections) collections, \(reconciled.changed) files re-read at mount, SIMD path \(kernels.path)\(kernels.usesVNNI ? " with VNNI" : "")")
                 return semantic
