@@ -196,6 +196,60 @@ except OSError as e:
     assert py(ask, hidden / "q.query", 3) == "errno 13"
 
 
+def test_a_user_cannot_hold_every_thread_with_long_questions(make_mount, mallory):
+    """Issue 24, attack 5: query files of 1,024 rows at ef 10,000 held every FUSE thread for minutes.
+    A user other than root now has at most `max_user_queries` questions running (EBUSY past it), each
+    at most `query_seconds` (ETIMEDOUT), and the reason shows in the query file's status."""
+    import numpy as np
+    m = make_mount("-o", "allow_other,max_user_queries=2,query_seconds=1")
+    m.mount()
+    for d in list(m.root.parents)[:4]:
+        os.chmod(d, 0o755)
+    os.chmod(m.root, 0o1777)
+    c = m / "c"
+    c.mkdir()
+    os.chmod(c, 0o777)
+    rng = np.random.default_rng(5)
+    np.save(c / "data.npy", rng.normal(size=(20_000, 32)).astype(np.float32))
+    assert os.getxattr(c, "user.vexfs.count") == b"20000"
+    with open(c / "heavy.npy.query", "wb") as f:  # np.save would add .npy to the name
+        np.save(f, rng.normal(size=(1024, 32)).astype(np.float32))
+    (c / "light.query").write_text(" ".join(["0"] * 32))
+    for q in ("heavy.npy.query", "light.query"):
+        os.chmod(c / q, 0o644)
+    os.setxattr(c / "heavy.npy.query", "user.vexfs.ef", b"10000")
+    out = py("""
+import os, sys, threading, time
+heavy, light = sys.argv[1], sys.argv[2]
+errors = {}
+def ask(i):
+    try:
+        os.getxattr(heavy, "user.vexfs.knn.10.from.0")
+        errors[i] = 0
+    except OSError as e:
+        errors[i] = e.errno
+threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]
+for t in threads: t.start()
+time.sleep(0.3)
+try:
+    os.getxattr(light, "user.vexfs.knn.3")
+    third = 0
+except OSError as e:
+    third = e.errno
+for t in threads: t.join()
+print(sorted(errors.values()), third)
+""", c / "heavy.npy.query", c / "light.query")
+    import errno as E
+    assert out.strip() == f"[{E.ETIMEDOUT}, {E.ETIMEDOUT}] {E.EBUSY}", out
+    assert b"took more than 1.0 s" in os.getxattr(c / "heavy.npy.query", "user.vexfs.status")
+    # Once those are over, the same user asks again; root is never limited.
+    assert len(knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", c / "light.query"))) == 3
+    assert len(os.getxattr(c / "heavy.npy.query", "user.vexfs.knn.1.from.0").decode().split("\n\n")) == 1024
+    m.unmount()
+    m.mount()
+    assert len(knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", c / "light.query"))) == 3
+
+
 def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     (shared / "x.vec").write_text("1 2")
     (shared / "secret.vec").write_text("3 4")
