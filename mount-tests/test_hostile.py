@@ -250,6 +250,50 @@ print(sorted(errors.values()), third)
     assert len(knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", c / "light.query"))) == 3
 
 
+def test_knn_of_a_big_sparse_file_reads_no_more_than_a_question(shared):
+    """Issue 24, attack 3: knn of a big sparse vector file read all of it (up to 1 GiB) per request;
+    four at once took the daemon to 5.6 GiB. A file asked about is read only up to a query file's
+    size (16 MiB); past it, it is asked by what it was indexed as, or not at all (ENODATA)."""
+    import errno as E
+    import threading
+    import numpy as np
+    c = shared / "sparse"
+    c.mkdir()
+    os.chmod(c, 0o777)
+    np.save(c / "small.npy", np.array([[1, 0], [2, 0]], np.float32))
+    # A 1 GiB .npy of 262,144 rows of dimension 1,024, all holes: the collection's dimension is 2,
+    # so it is never indexed, and only a question could read it.
+    header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1024), np.float32))
+    header["shape"] = (262_144, 1024)
+    with open(c / "big.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.truncate(f.tell() + 262_144 * 1024 * 4)
+    assert os.getxattr(c / "big.npy", "user.vexfs.status").startswith(b"not indexed")
+    def hwm():
+        return int(next(l for l in open(f"/proc/{shared.pid}/status") if l.startswith("VmHWM")).split()[1]) // 1024
+    before = hwm()
+    results = []
+    def ask():
+        try:
+            os.getxattr(c / "big.npy", "user.vexfs.knn.3")
+            results.append(0)
+        except OSError as e:
+            results.append(e.errno)
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    t0 = time.monotonic()
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert results == [E.ENODATA] * 4 and time.monotonic() - t0 < 10
+    assert hwm() - before < 128, (before, hwm())
+    # A small file is still asked by what it holds, before and after a remount.
+    assert os.getxattr(c / "small.npy", "user.vexfs.knn.1") is not None
+    shared.unmount()
+    shared.mount()
+    with pytest.raises(OSError) as e:
+        os.getxattr(c / "big.npy", "user.vexfs.knn.3")
+    assert e.value.errno == E.ENODATA
+
+
 def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     (shared / "x.vec").write_text("1 2")
     (shared / "secret.vec").write_text("3 4")

@@ -384,11 +384,14 @@ final class Collection: @unchecked Sendable {
 
     func record(of name: FileName) -> FileRecord? { state.withLock { $0.files[name] } }
 
-    /// The vectors the index holds for the text file `name` (the file `inode`), one per passage:
-    /// a text file is asked about by what it was embedded as, never by embedding it again.
-    func storedVectors(of name: FileName, inode: UInt64) -> ParsedVectors? {
+    /// The vectors the index holds for the file `name` (the file `inode`) when it is unchanged since
+    /// it was indexed: a text file is asked about by what it was embedded as, never by embedding it
+    /// again; a vector file too big to read for a question, by what it was indexed as (normalised,
+    /// for cosine), when it has no more rows than a question may and they fit in `maxBytes`.
+    func storedVectors(of name: FileName, inode: UInt64, signature st: stat, maxRows: Int, maxBytes: Int) -> ParsedVectors? {
         state.withLock { s in
-            guard let r = s.files[name], r.inode == inode, r.rows > 0, !r.passages.isEmpty, let index = s.index, let d = s.settings.dimension else { return nil }
+            guard let r = s.files[name], r.inode == inode, r.rows > 0, r.passages.isEmpty ? r.sameSignature(st) : true,
+                  r.rows <= maxRows, let index = s.index, let d = s.settings.dimension, r.rows * d * 4 <= maxBytes else { return nil }
             var values: [Float] = []
             for label in r.firstLabel..<(r.firstLabel + UInt64(r.rows)) {
                 guard let v = index.vector(of: label) else { return nil }

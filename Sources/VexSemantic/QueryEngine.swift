@@ -182,7 +182,8 @@ extension SemanticLayer {
             vectors = words
         } else if case .success(let v)? = self.vectors(of: file) {
             vectors = v
-        } else if let stored = existing(file.dir.key)?.storedVectors(of: file.name, inode: UInt64(st.st_ino)) {
+        } else if let stored = existing(file.dir.key)?.storedVectors(of: file.name, inode: UInt64(st.st_ino), signature: st,
+                                                                     maxRows: SemanticLayer.maxQueryRows, maxBytes: SemanticLayer.maxQueryBytes) {
             vectors = stored
         } else {
             throw .noData
@@ -263,9 +264,14 @@ extension SemanticLayer {
         }
     }
 
-    /// What `file` holds as vectors, read through its own descriptor.
+    /// What `file` holds as vectors, read through its own descriptor: at most a query file's worth
+    /// (`maxQueryBytes`), whatever the file is, since a request may ask it of any file and many
+    /// requests run at once. A bigger vector file is asked by the vectors it was indexed as
+    /// (`Collection.storedVectors`).
     func vectors(of file: FileRef) -> Result<ParsedVectors, FormatError>? {
-        VectorParser.vectors(name: file.name, read: { limit in FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(opath: file.fd, limit: limit) } },
+        VectorParser.vectors(name: file.name, read: { limit in
+            FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(opath: file.fd, limit: min(limit, SemanticLayer.maxQueryBytes)) }
+        },
                              attribute: { (try? StoreFiles.attribute(opath: file.fd, SemanticLayer.vectorAttribute)) })
     }
 }

@@ -51,8 +51,12 @@ extension SemanticLayer {
             }
             return Array(r.status.utf8)
         case "dim":
-            guard case .success(let v)? = vectors(of: file) else { throw .noData }
-            return Array(String(v.dimension).utf8)
+            if case .success(let v)? = vectors(of: file) { return Array(String(v.dimension).utf8) }
+            // Too big to read for an attribute: indexed, it has the collection's dimension.
+            var st = stat()
+            guard fstat(file.fd, &st) == 0, let c = existing(file.dir.key), let r = c.record(of: file.name),
+                  r.rows > 0, r.sameSignature(st), let d = c.dimension else { throw .noData }
+            return Array(String(d).utf8)
         case "passages":
             bridge.settle(file.dir.key)
             guard let r = existing(file.dir.key)?.record(of: file.name), !r.passages.isEmpty else { throw .noData }
