@@ -260,14 +260,16 @@ def test_knn_of_a_big_sparse_file_reads_no_more_than_a_question(shared):
     c = shared / "sparse"
     c.mkdir()
     os.chmod(c, 0o777)
+    os.setxattr(c, "user.vexfs.dim", b"2")
     np.save(c / "small.npy", np.array([[1, 0], [2, 0]], np.float32))
-    # A 1 GiB .npy of 262,144 rows of dimension 1,024, all holes: the collection's dimension is 2,
+    assert os.getxattr(c, "user.vexfs.count") == b"2"
+    # An 800 MB .npy of 200,000 rows of dimension 1,024, all holes: the collection's dimension is 2,
     # so it is never indexed, and only a question could read it.
     header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1024), np.float32))
-    header["shape"] = (262_144, 1024)
+    header["shape"] = (200_000, 1024)
     with open(c / "big.npy", "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
-        f.truncate(f.tell() + 262_144 * 1024 * 4)
+        f.truncate(f.tell() + 200_000 * 1024 * 4)
     assert os.getxattr(c / "big.npy", "user.vexfs.status").startswith(b"not indexed")
     def hwm():
         return int(next(l for l in open(f"/proc/{shared.pid}/status") if l.startswith("VmHWM")).split()[1]) // 1024
