@@ -296,6 +296,37 @@ def test_knn_of_a_big_sparse_file_reads_no_more_than_a_question(shared):
     assert e.value.errno == E.ENODATA
 
 
+def test_a_small_file_of_many_rows_does_not_stall_other_collections(shared):
+    """Issue 24, attack 2: a small .npy claiming many rows of dimension 1 was built on the bridge's one
+    worker, and a victim's question in another collection, right after a write, waited for it (249 s
+    for 2,000,000 rows). A vector file of a megabyte or more is built by the builder now, and every
+    file counts against the mount's memory."""
+    import numpy as np
+    a = shared / "attacker"
+    a.mkdir()
+    os.chmod(a, 0o777)
+    source = shared.store.parent / "many.npy"
+    np.save(source, np.random.default_rng(1).normal(size=(500_000, 1)).astype(np.float32))
+    os.chmod(source, 0o644)
+    r = as_user(["cp", str(source), str(a / "many.npy")])
+    assert r.returncode == 0, r.stderr
+    time.sleep(0.5)  # the build has begun
+    v = shared / "victim"
+    v.mkdir()
+    t0 = time.monotonic()
+    (v / "a.vec").write_text("1 2")
+    (v / "q.query").write_text("1 2")
+    assert [n for n, _ in knn_of(os.getxattr(v / "q.query", "user.vexfs.knn.1").decode())] == ["a.vec"]
+    waited = time.monotonic() - t0
+    assert waited < 5, waited
+    # The attacker's file is indexed in the end, and stays so through a remount.
+    assert os.getxattr(a, "user.vexfs.count") == b"500000"
+    shared.unmount()
+    shared.mount()
+    assert os.getxattr(a, "user.vexfs.count") == b"500000"
+    assert [n for n, _ in knn_of(os.getxattr(v / "q.query", "user.vexfs.knn.1").decode())] == ["a.vec"]
+
+
 def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     (shared / "x.vec").write_text("1 2")
     (shared / "secret.vec").write_text("3 4")

@@ -262,6 +262,14 @@ final class Collection: @unchecked Sendable {
                 release(old, &s)
                 break
             }
+            // Every file counts against the mount's memory, not only streamed ones: a small sparse
+            // `.npy` may claim millions of rows.
+            let bound = host.maxFileVectors(dimension: vectors.dimension, replacing: old?.rows ?? 0)
+            guard vectors.rows <= bound else {
+                record.status = "not indexed: \(vectors.rows) vectors of dimension \(vectors.dimension); the memory left for indexes holds \(bound) more"
+                release(old, &s)
+                break
+            }
             assignLabels(vectors.rows, to: &record, replacing: old, &s)
             // A file of many rows (one big .npy) is built on every core.
             let labels = (0..<UInt64(vectors.rows)).map { record.firstLabel + $0 }

@@ -22,9 +22,9 @@ protocol CollectionHost: AnyObject, Sendable {
     /// The names the file `inode` is indexed under in `collection`.
     func names(of inode: UInt64, in collection: UInt64) -> [FileName]
 
-    /// Vectors one streamed file of dimension `dimension` may bring, after every other collection's
-    /// (the mount's memory budget).
-    func maxFileVectors(dimension: Int, besides asking: Collection) -> Int
+    /// Vectors one file of dimension `dimension` may bring, after every collection's, the asking one
+    /// included, less the `replacing` vectors the file had (the mount's memory budget).
+    func maxFileVectors(dimension: Int, replacing: Int) -> Int
 
     /// The bridge that applies file events and runs long work (streams, rebuilds, snapshots).
     var bridge: Bridge { get }
@@ -54,6 +54,8 @@ struct CollectionConfiguration: @unchecked Sendable {
     let exactScanRows: Int
     /// `.npy` and `.fvecs` files at least this big are read a slice at a time (`VectorStream`).
     let streamThreshold: Int
+    /// Vector files at least this big are indexed by the bridge's builder, not its worker.
+    let longFileBytes = 1 << 20
     /// Characters a passage holds at most.
     let embedChunk: Int
 

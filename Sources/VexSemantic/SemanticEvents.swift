@@ -126,9 +126,12 @@ extension SemanticLayer {
         return false
     }
 
-    /// Whether applying `event` reads a file big enough to be streamed: the bridge's builder does it.
+    /// Whether applying `event` reads a vector file big enough to take a while (a megabyte of `.npy`
+    /// holds 262,144 vectors of dimension 1): the bridge's builder does it, so the worker that
+    /// every other collection's changes (and the questions that wait for them) need stays free.
     func isLong(_ event: Bridge.Event) -> Bool {
         guard let c = existing(event.key.collection), let st = (try? StoreFiles.stat(c.directory, event.key.name)) else { return false }
         return configuration.streamedFormat(event.key.name, st) != nil
+            || (StoreFiles.isRegular(st) && event.key.name.vectorFormat != nil && Int(st.st_size) >= configuration.longFileBytes)
     }
 }

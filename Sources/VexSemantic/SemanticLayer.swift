@@ -196,17 +196,17 @@ public final class SemanticLayer: @unchecked Sendable {
 
     func nextEmbedToken() -> UInt64 { embedTokens.add(1, ordering: .relaxed).newValue }
 
-    /// Vectors one streamed file may bring: what is left of half of this machine's memory, after
-    /// every other collection's vectors, at a graph's in-memory cost per vector (the int8 code and
-    /// links of a node, its label, its entries in the maps; the float32 vectors are in a file the
-    /// kernel pages). A bound on the whole mount, not per file: two sparse files must not add up to
-    /// more than memory holds.
-    func maxFileVectors(dimension: Int, besides asking: Collection) -> Int {
+    /// Vectors one file may bring: what is left of half of this machine's memory, after every
+    /// collection's vectors (the asking one's too, less the `replacing` vectors of the file's last
+    /// version), at a graph's in-memory cost per vector (the int8 code and links of a node, its
+    /// label, its entries in the maps; the float32 vectors are in a file the kernel pages). A bound
+    /// on the whole mount, not per file: sparse files must not add up to more than memory holds.
+    func maxFileVectors(dimension: Int, replacing: Int) -> Int {
         let memory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
         let m = configuration.parameters.m
         func perVector(_ d: Int) -> Int { (d + 63) / 64 * 64 + (8 + 8 * m + 63) / 64 * 64 + 96 }
-        var used = 0
-        for c in registry.all where c !== asking {
+        var used = -replacing * perVector(dimension)
+        for c in registry.all {
             used += c.vectorCount.load(ordering: .relaxed) * perVector(c.knownDimension.load(ordering: .relaxed))
         }
         return min(VectorStream.maxRows, max(0, memory / 2 - used) / perVector(dimension))
