@@ -327,6 +327,46 @@ def test_a_small_file_of_many_rows_does_not_stall_other_collections(shared):
     assert [n for n, _ in knn_of(os.getxattr(v / "q.query", "user.vexfs.knn.1").decode())] == ["a.vec"]
 
 
+def test_one_user_cannot_take_every_collection(make_mount, mallory):
+    """Issue 24, attack 1: one user made 8,709 collections in 19 s, each holding descriptors, until
+    every user's `ls` and `create` failed with EMFILE (or, with a higher limit, until other users'
+    directories stopped being collections). A user other than root owns at most
+    `max_user_collections`; past it `setfattr` is EDQUOT and the directory says why."""
+    import errno as E
+    m = make_mount("-o", "allow_other,max_user_collections=5")
+    m.mount()
+    for d in list(m.root.parents)[:4]:
+        os.chmod(d, 0o755)
+    os.chmod(m.root, 0o1777)
+    out = py("""
+import os, sys
+root = sys.argv[1]
+codes = []
+for i in range(8):
+    d = os.path.join(root, f"c{i}")
+    os.mkdir(d)
+    try:
+        os.setxattr(d, "user.vexfs.dim", b"2")
+        codes.append(0)
+    except OSError as e:
+        codes.append(e.errno)
+print(codes)
+""", m.root)
+    assert out.strip() == str([0] * 5 + [E.EDQUOT] * 3)
+    assert b"max_user_collections" in os.getxattr(m / "c7", "user.vexfs.status")
+    # Root's directories, and other users', still become collections; the mount still serves.
+    (m / "mine").mkdir()
+    os.setxattr(m / "mine", "user.vexfs.dim", b"2")
+    (m / "mine" / "a.vec").write_text("1 2")
+    assert os.getxattr(m / "mine", "user.vexfs.count") == b"1"
+    assert len(os.listdir(m.root)) == 9
+    m.unmount()
+    m.mount()
+    assert os.getxattr(m / "mine", "user.vexfs.count") == b"1"
+    assert os.getxattr(m / "c0", "user.vexfs.dim") == b"2"
+    assert b"max_user_collections" in os.getxattr(m / "c7", "user.vexfs.status")
+
+
 def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     (shared / "x.vec").write_text("1 2")
     (shared / "secret.vec").write_text("3 4")

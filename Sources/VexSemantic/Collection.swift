@@ -41,6 +41,8 @@ final class Collection: @unchecked Sendable {
     /// The backing directory, held (O_PATH) for the collection's life: every file is reached
     /// relative to it, so a rename of the directory, or of one above it, changes nothing here.
     let directory: Int32
+    /// Who owned the directory when it became a collection: the count against their bound.
+    let owner: uid_t
     /// Set while a snapshot is asked for and not yet begun.
     let snapshotAsked = Atomic<Bool>(false)
     /// The attributes filters have asked of indexed files, by inode number: read from the store
@@ -69,8 +71,9 @@ final class Collection: @unchecked Sendable {
     }
 
     /// Takes over `directory`, a descriptor of the collection's directory.
-    init(key: UInt64, path: FileName, directory: Int32, host: any CollectionHost, configuration: CollectionConfiguration) {
+    init(key: UInt64, path: FileName, directory: Int32, owner: uid_t = 0, host: any CollectionHost, configuration: CollectionConfiguration) {
         self.key = key
+        self.owner = owner
         self.host = host
         self.configuration = configuration
         self.directory = directory

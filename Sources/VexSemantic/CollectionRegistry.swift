@@ -6,35 +6,69 @@ import Synchronization
 /// every name each indexed file has in them (a write through one hard link refreshes all). Both
 /// tables are leaves in the lock order: nothing is called while either is held.
 final class CollectionRegistry: Sendable {
-    /// Collections at most (each holds a descriptor of its directory; users make directories at will).
-    static let maxCollections = 10_000
+    /// Collections at most: each holds a descriptor of its directory, and users make directories
+    /// at will, so 10,000, or an eighth of what the process may open if that is less (three
+    /// quarters go to the store's idle inodes, the rest to open files).
+    let maxCollections: Int
+
+    init(maxCollections: Int = CollectionRegistry.defaultMaxCollections) { self.maxCollections = maxCollections }
+
+    static var defaultMaxCollections: Int {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return 128 }
+        return max(16, min(10_000, Int(min(limit.rlim_cur, 1 << 24)) / 8))
+    }
 
     struct Link: Hashable {
         let collection: UInt64
         let name: FileName
     }
 
-    private let collections = Mutex<[UInt64: Collection]>([:])
+    private let collections = Mutex<Table>(Table())
+    struct Table {
+        var byKey: [UInt64: Collection] = [:]
+        /// Collections per owner of their directory (at the time it became one).
+        var byOwner: [uid_t: Int] = [:]
+    }
     /// The names of each file by inode number.
     private let links = Mutex<[UInt64: Set<Link>]>([:])
 
-    func existing(_ key: UInt64) -> Collection? { collections.withLock { $0[key] } }
+    func existing(_ key: UInt64) -> Collection? { collections.withLock { $0.byKey[key] } }
 
-    var all: [Collection] { collections.withLock { Array($0.values) } }
+    var all: [Collection] { collections.withLock { Array($0.byKey.values) } }
 
-    var count: Int { collections.withLock { $0.count } }
+    var count: Int { collections.withLock { $0.byKey.count } }
 
-    /// `fresh`, registered under its key, unless a collection is there already (then that one);
-    /// true when `fresh` was registered.
-    func register(_ fresh: Collection) -> (Collection, Bool) {
-        collections.withLock { table -> (Collection, Bool) in
-            if let c = table[fresh.key] { return (c, false) }
-            table[fresh.key] = fresh
-            return (fresh, true)
+    /// How many collections the directories of `owner` hold.
+    func count(ownedBy owner: uid_t) -> Int { collections.withLock { $0.byOwner[owner] ?? 0 } }
+
+    enum Registration {
+        /// `fresh` is registered, or (`made` false) another collection was there already.
+        case registered(Collection, made: Bool)
+        /// Its directory's owner has `perOwner` collections already.
+        case ownerFull
+    }
+
+    /// `fresh`, registered under its key, unless a collection is there already (then that one), or
+    /// its owner has `perOwner` already (nil: no bound).
+    func register(_ fresh: Collection, perOwner: Int?) -> Registration {
+        collections.withLock { table -> Registration in
+            if let c = table.byKey[fresh.key] { return .registered(c, made: false) }
+            if let perOwner, table.byOwner[fresh.owner, default: 0] >= perOwner { return .ownerFull }
+            table.byKey[fresh.key] = fresh
+            table.byOwner[fresh.owner, default: 0] += 1
+            return .registered(fresh, made: true)
         }
     }
 
-    func remove(_ key: UInt64) -> Collection? { collections.withLock { $0.removeValue(forKey: key) } }
+    func remove(_ key: UInt64) -> Collection? {
+        collections.withLock { table in
+            guard let c = table.byKey.removeValue(forKey: key) else { return nil }
+            table.byOwner[c.owner, default: 1] -= 1
+            if table.byOwner[c.owner] == 0 { table.byOwner[c.owner] = nil }
+            return c
+        }
+    }
 
     /// `name` in `collection` is now the file `new` (nil: no longer indexed), was `old`.
     func noteLink(collection: UInt64, name: FileName, from old: UInt64?, to new: UInt64?) {
@@ -73,13 +107,28 @@ extension SemanticLayer {
     }
 
     /// The collection of `dir`, made (unopened) if there is none yet; true when this call made it.
+    /// Nil past `maxCollections`, or when the directory's owner (other than root) has
+    /// `collectionsPerUser` already: one user must not take every collection, nor the
+    /// descriptors they hold.
     func register(_ dir: DirectoryRef) -> (Collection, Bool)? {
         if let c = existing(dir.key) { return (c, false) }
-        guard registry.count < CollectionRegistry.maxCollections else {
-            log(problems: ["\(dir.path.isEmpty ? "." : dir.path.escaped): not a collection: there are \(CollectionRegistry.maxCollections) already"])
+        let shown = dir.path.isEmpty ? "." : dir.path.escaped
+        guard registry.count < registry.maxCollections else {
+            log(problems: ["\(shown): not a collection: there are \(registry.maxCollections) already"])
             return nil
         }
         guard let fd = (try? StoreFiles.holdDirectory(dir.fd, ".")) else { return nil }
-        return registry.register(Collection(key: dir.key, path: dir.path, directory: fd, host: self, configuration: configuration))
+        var st = stat()
+        guard fstat(fd, &st) == 0 else {
+            Glibc.close(fd)
+            return nil
+        }
+        let fresh = Collection(key: dir.key, path: dir.path, directory: fd, owner: st.st_uid, host: self, configuration: configuration)
+        switch registry.register(fresh, perOwner: st.st_uid == 0 ? nil : collectionsPerUser) {
+        case .registered(let c, let made): return (c, made)
+        case .ownerFull:
+            log(problems: ["\(shown): not a collection: its owner (uid \(st.st_uid)) has \(collectionsPerUser) already"])
+            return nil
+        }
     }
 }

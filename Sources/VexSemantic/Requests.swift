@@ -49,6 +49,8 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
     case overloaded(String)
     /// The question ran out of its time (ETIMEDOUT).
     case timedOut(String)
+    /// A per-user bound is reached (EDQUOT).
+    case quota(String)
 
     public var errno: Int32 {
         switch self {
@@ -61,13 +63,14 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .denied: EACCES
         case .overloaded: EBUSY
         case .timedOut: ETIMEDOUT
+        case .quota: EDQUOT
         }
     }
 
     public var description: String {
         switch self {
         case .noData: "no such attribute"
-        case .invalid(let s), .busy(let s), .embedder(let s), .denied(let s), .overloaded(let s), .timedOut(let s): s
+        case .invalid(let s), .busy(let s), .embedder(let s), .denied(let s), .overloaded(let s), .timedOut(let s), .quota(let s): s
         case .range: "the buffer is too small"
         case .tooBig: "the answer is longer than 64 KiB: read it by pages (knn.K.from.LINE)"
         }

@@ -80,7 +80,10 @@ extension SemanticLayer {
         case "metric": return Array((summary?.metric ?? .l2).rawValue.utf8)
         case "count": return Array(String(summary?.count ?? 0).utf8)
         case "status":
-            guard let summary, summary.dimension != nil else { return Array("not a collection yet: no vectors".utf8) }
+            guard let summary, summary.dimension != nil else {
+                if summary == nil, let why = ownerFull(dir) { return Array("not a collection: \(why)".utf8) }
+                return Array("not a collection yet: no vectors".utf8)
+            }
             var text = "indexed: \(summary.count) vectors"
             if !summary.recovery.isEmpty { text += "; at mount: \(summary.recovery)" }
             return Array(text.utf8)
@@ -95,11 +98,21 @@ extension SemanticLayer {
         }
     }
 
+    /// Why `dir` cannot become a collection when its owner (other than root) has as many as they may.
+    func ownerFull(_ dir: DirectoryRef) -> String? {
+        var st = stat()
+        guard fstat(dir.fd, &st) == 0, st.st_uid != 0, registry.count(ownedBy: st.st_uid) >= collectionsPerUser else { return nil }
+        return "its owner's directories hold \(collectionsPerUser) collections already (max_user_collections)"
+    }
+
     /// Sets `user.vexfs.dim`, `user.vexfs.metric` or `user.vexfs.recall` on a collection; other names of ours are refused.
     public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
         let setting = try Setting.parse(attribute, value)
         bridge.settle(dir.key)
-        guard let c = collection(dir) else { throw .invalid("there are \(CollectionRegistry.maxCollections) collections already") }
+        guard let c = collection(dir) else {
+            if let why = ownerFull(dir) { throw .quota(why) }
+            throw .invalid("there are \(registry.maxCollections) collections already")
+        }
         try c.change(setting)
         journal.record(.setxattr, dir.path, detail: ["name": attribute, "value": setting.text])
         answers.withLock { $0 = AnswerCache() }

@@ -59,6 +59,8 @@ public final class SemanticLayer: @unchecked Sendable {
     let registry = CollectionRegistry()
     /// How many questions a user may have running, and for how long each.
     let budget: QueryBudget
+    /// Collections whose directories one user other than root may own.
+    let collectionsPerUser: Int
     /// getfattr asks twice (the size, then the value): the second ask is served from here.
     let answers = Mutex<AnswerCache>(AnswerCache())
     private let problems = Mutex<[String]>([])
@@ -71,8 +73,10 @@ public final class SemanticLayer: @unchecked Sendable {
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
                 embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold,
-                maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds) {
+                maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds,
+                collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser) {
         self.storeRoot = storeRoot
+        self.collectionsPerUser = collectionsPerUser
         budget = QueryBudget(perUser: maxQueriesPerUser, seconds: querySeconds)
         let stateRoot = storeRoot + "/.vexfs"
         configuration = CollectionConfiguration(stateRoot: stateRoot, kernels: kernels, indexKind: indexKind, parameters: parameters,

@@ -21,6 +21,9 @@ public struct SemanticOptions: Sendable, Equatable {
     /// `query_seconds=S`: how long one question of a user other than root may run.
     public var querySeconds = SemanticOptions.defaultQuerySeconds
     public static let defaultQuerySeconds = 10.0
+    /// `max_user_collections=N`: collections whose directories one user other than root may own.
+    public var collectionsPerUser = SemanticOptions.defaultCollectionsPerUser
+    public static let defaultCollectionsPerUser = 1000
 
     public init() {}
 
@@ -42,6 +45,9 @@ public struct SemanticOptions: Sendable, Equatable {
         case "max_user_queries":
             guard let value, let n = Int(value), (1...1000).contains(n) else { throw BadValue() }
             maxQueriesPerUser = n
+        case "max_user_collections":
+            guard let value, let n = Int(value), (1...10_000).contains(n) else { throw BadValue() }
+            collectionsPerUser = n
         case "query_seconds":
             guard let value, let s = Double(value), s.isFinite, s >= 0.1, s <= 86_400 else { throw BadValue() }
             querySeconds = s

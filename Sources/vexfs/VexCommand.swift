@@ -38,7 +38,7 @@ struct Mount: ParsableCommand {
         clone_fd, no_clone_fd, killpriv, no_killpriv, attr_timeout=S, entry_timeout=S, negative_timeout=S, \
         timeout=S, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, \
         index=auto|auto:N|flat|hnsw, hnsw_m=N, ef_construction=N, ef_search=N, embedder=URL, \
-        embed_model=NAME, embed_query_model=NAME, embed_chunk=N, max_user_queries=N, query_seconds=S, \
+        embed_model=NAME, embed_query_model=NAME, embed_chunk=N, max_user_queries=N, query_seconds=S, max_user_collections=N, \
         log_level=LEVEL; anything else \
         (allow_other, ro, ...) goes to the kernel mount.
         """)
@@ -105,7 +105,8 @@ struct Mount: ParsableCommand {
                 let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.semantic.indexKind,
                                              parameters: mountOptions.semantic.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder,
                                              maxQueriesPerUser: mountOptions.semantic.maxQueriesPerUser,
-                                             querySeconds: mountOptions.semantic.querySeconds)
+                                             querySeconds: mountOptions.semantic.querySeconds,
+                                             collectionsPerUser: mountOptions.semantic.collectionsPerUser)
                 let reconciled = semantic.reconcile { line in logger.info("\(line)") }
                 logger.notice("serving \(storePath) on \(mountPath): \(reconciled.collections) collections, \(reconciled.changed) files re-read at mount, SIMD path \(kernels.path)\(kernels.usesVNNI ? " with VNNI" : "")")
                 return semantic
