@@ -411,6 +411,40 @@ def test_the_journal_never_quotes_a_file_to_those_who_could_not_read_it(shared):
         shared.mount()
 
 
+def test_a_flood_of_journal_opens_costs_one_view(shared):
+    """Issue 24, attack 4: every open of `.vexfs/journal` made a private copy of the reader's view:
+    600 opens of an 8.5 MB view took 5 GB of shared memory. Opens by one reader now share one view
+    while the journal is unchanged (and for a second whatever it records)."""
+    d = shared / "busy"
+    d.mkdir()
+    os.chmod(d, 0o755)
+    for i in range(3000):
+        (d / f"f{i}.vec").write_text(f"{i} 1")
+    def shmem():
+        return int(next(l for l in open("/proc/meminfo") if l.startswith("Shmem:")).split()[1]) // 1024
+    before = shmem()
+    proc = subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", PYTHON, "-c", """
+import os, sys
+path = sys.argv[1]
+first = open(path, "rb").read()
+fds = [os.open(path, os.O_RDONLY) for _ in range(300)]
+print(len(first), flush=True)
+sys.stdin.readline()
+print(all(os.pread(fd, len(first) + 1, 0) == first for fd in fds[::50]), flush=True)
+""", str(shared / ".vexfs" / "journal")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    size = int(proc.stdout.readline())
+    grown = shmem() - before
+    out, _ = proc.communicate("go\n", timeout=120)
+    assert out.strip() == "True"
+    assert size > 500_000, size
+    # 300 private copies would be 300 times the view.
+    assert grown < 3 * size / (1 << 20) + 16, (grown, size)
+    shared.unmount()
+    shared.mount()
+    r = as_user(["cat", str(shared / ".vexfs" / "journal")])
+    assert r.returncode == 0 and len(r.stdout) >= size
+
+
 def test_names_cannot_forge_answer_lines(shared):
     d = shared / "names"
     d.mkdir()

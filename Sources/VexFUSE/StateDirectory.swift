@@ -52,15 +52,16 @@ enum VirtualNode {
 extension Filesystem {
     /// A `.vexfs/` file, made at open, as an open file of its own.
     func openVirtual(_ req: fuse_req_t?, _ id: fuse_ino_t) throws(Errno) -> OpenFile {
-        var bytes: [UInt8] = []
-        if id == VirtualNode.stats {
-            bytes = Array(renderStats(req).utf8)
-        } else if let semantic {
-            // Everything for root and the store's owner; anyone else sees the events on paths they may read.
+        if id == VirtualNode.journal, let semantic {
+            // Everything for root and the store's owner; anyone else sees the events on paths they
+            // may read. Opens by one reader share one view (see `journalFile`).
             let who = requester(req)
             let owner = try store.attributes(store.root).st_uid
-            bytes = semantic.journal(visibleTo: who.uid == owner ? .root : who)
+            do { return OpenFile(contents: try semantic.journalFile(visibleTo: who.uid == owner ? .root : who)) } catch {
+                throw Errno(rawValue: error.errno)
+            }
         }
+        let bytes: [UInt8] = id == VirtualNode.stats ? Array(renderStats(req).utf8) : []
         let fd = bytes.withUnsafeBytes { vx_memfd_with(id == VirtualNode.stats ? "vexfs-stats" : "vexfs-journal", $0.baseAddress, $0.count) }
         guard fd >= 0 else { throw Errno(rawValue: errno) }
         return OpenFile(contents: fd)

@@ -16,6 +16,8 @@ public final class Journal: Sendable {
     let directory: String
     let segmentBytes: Int
     let maxSegments: Int
+    /// Events recorded since the mount: a view made at one count is the journal until the next.
+    let recorded = Atomic<UInt64>(0)
     /// Guards the events not yet in a segment and the segment numbers on disk.
     private let buffer: Mutex<State>
     struct State {
@@ -48,6 +50,7 @@ public final class Journal: Sendable {
 
     /// Appends one event.
     public func record(_ event: JournalEvent) {
+        recorded.add(1, ordering: .relaxed)
         buffer.withLock { s in
             event.encode(into: &s.events)
             if s.events.bytes.count >= segmentBytes { persist(&s) }

@@ -61,6 +61,8 @@ public final class SemanticLayer: @unchecked Sendable {
     let budget: QueryBudget
     /// Collections whose directories one user other than root may own.
     let collectionsPerUser: Int
+    /// The journal views readers share (see `journalFile`).
+    let journalViews = Mutex<JournalViews>(JournalViews())
     /// getfattr asks twice (the size, then the value): the second ask is served from here.
     let answers = Mutex<AnswerCache>(AnswerCache())
     private let problems = Mutex<[String]>([])
@@ -156,6 +158,10 @@ public final class SemanticLayer: @unchecked Sendable {
         linker.stop()
         for c in registry.all { c.close() }
         journal.flush()
+        journalViews.withLock { views in
+            for v in views.views.values { Glibc.close(v.fd) }
+            views.views = [:]
+        }
     }
 
     /// Says how a long reconciliation is going, at most every two seconds.

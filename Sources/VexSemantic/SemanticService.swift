@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import VexStore
 
@@ -74,9 +75,24 @@ public protocol StateReports: AnyObject, Sendable {
     /// The journal's lines (JSON, one event a line, oldest first) that `requester` may see: all of
     /// them for `Caller.root`, else only events on paths the requester may read now.
     func journal(visibleTo requester: Caller) -> [UInt8]
+    /// The same, as a descriptor of a read-only in-memory file to read with pread (the caller
+    /// closes it): readers with the same identity share one file while the journal is unchanged,
+    /// and for a second whatever it records, so a flood of opens costs one view, not one each.
+    /// Throws EBUSY while `requester` has as many questions running as they may.
+    func journalFile(visibleTo requester: Caller) throws(SemanticError) -> Int32
     /// Sets the layer's gauges (collections, vectors, queue depth, journal size) from its state now,
     /// without waiting for pending work; called just before the metrics are rendered.
     func refreshGauges()
+}
+
+extension StateReports {
+    /// Unshared: a file of its own per open (for wrappers and fakes).
+    public func journalFile(visibleTo requester: Caller) throws(SemanticError) -> Int32 {
+        let bytes = journal(visibleTo: requester)
+        let fd = bytes.withUnsafeBytes { vx_memfd_with("vexfs-journal", $0.baseAddress, $0.count) }
+        guard fd >= 0 else { throw .overloaded("the journal cannot be shown now: \(String(cString: strerror(errno)))") }
+        return fd
+    }
 }
 
 /// The vector layer as a mount holds it: made once before the request loop starts, closed once
