@@ -24,7 +24,15 @@ public final class Journal: Sendable {
         var events = ByteWriter()
         var segments: [UInt64] = []
         var persistedBytes = 0
+        /// Bytes of this segment's events recorded for each asker other than root.
+        var shares: [uid_t: Int] = [:]
+        /// Events left out of this segment because their asker had their share.
+        var unrecorded = 0
     }
+
+    /// The part of a segment one asker other than root may fill: questions cost their asker
+    /// nothing, and a flood of them must not push everyone's history out of the last segments.
+    var askerShare: Int { segmentBytes / 8 }
 
     static let magic: [UInt8] = Array("VXJ\0".utf8) + [1]
 
@@ -48,18 +56,29 @@ public final class Journal: Sendable {
         return "\(directory)/\(digits).lz4"
     }
 
-    /// Appends one event.
-    public func record(_ event: JournalEvent) {
+    /// Appends one event; one made by `asker` (other than root) only while they have not had their
+    /// share of the segment (past it, it is counted, and the count recorded when the segment ends).
+    public func record(_ event: JournalEvent, by asker: uid_t? = nil) {
         recorded.add(1, ordering: .relaxed)
         buffer.withLock { s in
+            let before = s.events.bytes.count
             event.encode(into: &s.events)
+            if let asker, asker != 0 {
+                let added = s.events.bytes.count - before
+                guard s.shares[asker, default: 0] + added <= askerShare else {
+                    s.events.bytes.removeLast(added)
+                    s.unrecorded += 1
+                    return
+                }
+                s.shares[asker, default: 0] += added
+            }
             if s.events.bytes.count >= segmentBytes { persist(&s) }
         }
     }
 
     /// Appends one event now; `path` and `to` are relative to the store's root.
-    public func record(_ kind: JournalEvent.Kind, _ path: FileName, to: FileName? = nil, detail: [String: String] = [:]) {
-        record(JournalEvent(kind, path: path, to: to, detail: detail))
+    public func record(_ kind: JournalEvent.Kind, _ path: FileName, to: FileName? = nil, detail: [String: String] = [:], by asker: uid_t? = nil) {
+        record(JournalEvent(kind, path: path, to: to, detail: detail), by: asker)
     }
 
     /// Writes what is in memory as a segment (at unmount).
@@ -115,6 +134,11 @@ public final class Journal: Sendable {
     public var size: Int { buffer.withLock { $0.persistedBytes + $0.events.bytes.count } }
 
     private func persist(_ s: inout State) {
+        if s.unrecorded > 0 {
+            JournalEvent(.query, path: ".", detail: ["unrecorded": String(s.unrecorded)]).encode(into: &s.events)
+        }
+        s.unrecorded = 0
+        s.shares = [:]
         guard !s.events.bytes.isEmpty else { return }
         let raw = Journal.magic + s.events.bytes
         var packed = [UInt8](repeating: 0, count: 8 + vx_lz4_bound(raw.count))

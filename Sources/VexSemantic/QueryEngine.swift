@@ -238,7 +238,7 @@ extension SemanticLayer {
         var detail = ["k": String(k)]
         if options.scope == .tree { detail["scope"] = "tree" }
         if vectors.rows > 1 { detail["rows"] = String(vectors.rows) }
-        journal.record(.query, file.dir.child(file.name), detail: detail)
+        journal.record(.query, file.dir.child(file.name), detail: detail, by: requester.uid)
         return out
     }
 
