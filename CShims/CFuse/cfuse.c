@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "session.h"
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/capability.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -82,6 +83,12 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
     } else {
         conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
     }
+    // chattr(1) and lsattr(1) on directories too (Handlers.ioctl).
+    if (conn->capable & FUSE_CAP_IOCTL_DIR)
+        conn->want |= FUSE_CAP_IOCTL_DIR;
+    // File handles that outlive the kernel's cache: it may ask LOOKUP of "." and ".." (Handlers).
+    if (conn->capable & FUSE_CAP_EXPORT_SUPPORT)
+        conn->want |= FUSE_CAP_EXPORT_SUPPORT;
     // Directory entries come with attributes when `ls -l` wants them, names only otherwise.
     if (conn->capable & FUSE_CAP_READDIRPLUS)
         conn->want |= FUSE_CAP_READDIRPLUS | FUSE_CAP_READDIRPLUS_AUTO;
@@ -150,6 +157,10 @@ static void vx_copy_file_range(fuse_req_t req, fuse_ino_t ii, off_t oi, struct f
     FWD(copy_file_range, ii, oi, fii, io, oo, fio, len, flags);
 }
 static void vx_lseek(fuse_req_t req, fuse_ino_t i, off_t o, int w, struct fuse_file_info *fi) { FWD(lseek, i, o, w, fi); }
+static void vx_ioctl(fuse_req_t req, fuse_ino_t i, unsigned int cmd, void *arg, struct fuse_file_info *fi, unsigned flags,
+                     const void *in, size_t in_size, size_t out_size) {
+    FWD(ioctl, i, cmd, arg, fi, flags, in, in_size, out_size);
+}
 
 static const struct fuse_lowlevel_ops vx_ops = {
     .init = vx_init,
@@ -188,6 +199,7 @@ static const struct fuse_lowlevel_ops vx_ops = {
     .fallocate = vx_fallocate,
     .copy_file_range = vx_copy_file_range,
     .lseek = vx_lseek,
+    .ioctl = vx_ioctl,
 };
 
 vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs_handlers *handlers,
@@ -246,6 +258,14 @@ int vexfs_req_passthrough_refused(fuse_req_t req) {
 int vexfs_req_invalidate_attributes(fuse_req_t req, fuse_ino_t ino) {
     // A negative offset invalidates the attributes alone, not the (unused) page cache.
     return fuse_lowlevel_notify_inval_inode(((struct vexfs_session *)fuse_req_userdata(req))->se, ino, -1, 0);
+}
+
+int vexfs_fi_is_direct_write(const struct fuse_file_info *fi) {
+    return (fi->flags & O_DIRECT) && !fi->writepage;
+}
+
+int vexfs_req_invalidate_range(fuse_req_t req, fuse_ino_t ino, off_t off, off_t len) {
+    return fuse_lowlevel_notify_inval_inode(((struct vexfs_session *)fuse_req_userdata(req))->se, ino, off, len);
 }
 
 int vexfs_session_set_signal_handlers(vexfs_session *s) {

@@ -41,10 +41,11 @@ extension Filesystem {
         }
     }
 
-    /// rename(2) and renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE).
-    func rename(_ from: Inode, _ name: UnsafePointer<CChar>, to: Inode, _ newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
+    /// rename(2) and renameat2(2) with `flags` (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT).
+    func rename(_ from: Inode, _ name: UnsafePointer<CChar>, to: Inode, _ newName: UnsafePointer<CChar>, flags: UInt32,
+                caller: Caller? = nil) throws(Errno) {
         guard let semantic, let moving = store.child(from, name) else {
-            try store.rename(from, name, to, newName, flags: flags)
+            try store.rename(from, name, to, newName, flags: flags, caller: caller)
             return
         }
         let oldName = FileName(cString: name), newNameBytes = FileName(cString: newName)
@@ -52,7 +53,7 @@ extension Filesystem {
         // Collections hold their directories by descriptor; a moved directory changes only their
         // names for messages, taken before the move changes them.
         let moved = moving.isDirectory ? (shownPath(from).child(oldName), shownPath(to).child(newNameBytes)) : nil
-        try store.rename(from, name, to, newName, flags: flags)
+        try store.rename(from, name, to, newName, flags: flags, caller: caller)
         if let (old, new) = moved {
             semantic.directoryMoved(from: old, to: new, exchange: exchange)
         } else {
@@ -157,8 +158,10 @@ extension Filesystem {
     /// setxattr(2). Ours: a collection's settings and a query file's options (anything else of ours
     /// is computed: EINVAL). `user.vexfs.vector` must hold a vector the index can take (EINVAL, and
     /// never on a directory). Everything else is stored, and the vector layer told of it for a
-    /// regular file (filters read attributes).
-    func setAttribute(_ inode: Inode, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer, flags: Int32) throws(Errno) {
+    /// regular file (filters read attributes). When the kernel enforces ACLs (`posixACL`), setting an
+    /// access ACL drops set-group-ID unless `requester` is in the file's group or root.
+    func setAttribute(_ inode: Inode, _ name: UnsafePointer<CChar>, _ value: UnsafeRawBufferPointer, flags: Int32,
+                      posixACL: Bool = false, requester: () -> Caller = { .root }) throws(Errno) {
         if SemanticAttributeNames.isComputed(name) {
             guard let semantic else { throw .invalidArgument }
             let bytes = Array(value)
@@ -180,6 +183,7 @@ extension Filesystem {
         }
         if strcmp(name, securityCapability) == 0 { inode.knownWithoutCapability.store(false, ordering: .relaxed) }
         try store.setxattr(inode, name, value, flags: flags)
+        if posixACL && strcmp(name, Store.accessACLName) == 0 { try store.dropSetGroupIDAfterACL(inode, setBy: requester()) }
         if let semantic, inode.fileType == S_IFREG { withFile(inode) { semantic.attributeChanged($0, name: name) } }
     }
 

@@ -69,13 +69,14 @@ final class Filesystem: Sendable {
     func inode(_ id: fuse_ino_t) throws(Errno) -> Inode {
         if id == fuse_ino_t(FUSE_ROOT_ID) { return store.root }
         if VirtualNode.contains(id) { throw .notPermitted }
-        return Unmanaged<Inode>.fromOpaque(UnsafeRawPointer(bitPattern: UInt(id))!).takeUnretainedValue()
+        guard let inode = store.inodes.existing(nodeID: UInt64(id)) else { throw .staleNFSFileHandle }
+        return inode
     }
 
     @inline(__always)
     func nodeID(_ inode: Inode) -> fuse_ino_t {
         if inode === store.root { return fuse_ino_t(FUSE_ROOT_ID) }
-        return fuse_ino_t(UInt(bitPattern: Unmanaged.passUnretained(inode).toOpaque()))
+        return fuse_ino_t(inode.nodeID)
     }
 
     static func handle<T: AnyObject>(_ fi: UnsafeMutablePointer<fuse_file_info>?, as: T.Type) -> T {
@@ -95,6 +96,7 @@ final class Filesystem: Sendable {
     func entryParam(_ entry: Entry) -> fuse_entry_param {
         var ep = fuse_entry_param()
         ep.ino = nodeID(entry.inode)
+        ep.generation = entry.inode === store.root ? 0 : entry.inode.generation
         ep.attr = entry.attributes
         ep.attr_timeout = options.attrTimeout
         ep.entry_timeout = options.entryTimeout

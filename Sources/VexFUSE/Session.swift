@@ -1,6 +1,7 @@
 import CFuse
 import CoreMetrics
 import Glibc
+import SystemPackage
 import VexSemantic
 import VexStore
 
@@ -11,8 +12,10 @@ public enum Session {
         case badOptions(String)
         case mountFailed(String)
         case signalHandlers
+        case accessTimes(String)
         public var description: String {
             switch self {
+            case .accessTimes(let why): "cannot apply the atime options to the store: \(why)"
             case .badOptions(let o): "libfuse rejected the mount options: \(o)"
             case .mountFailed(let m): "cannot mount on \(m)"
             case .signalHandlers: "cannot install signal handlers"
@@ -25,6 +28,9 @@ public enum Session {
     /// in the process that serves.
     public static func run(store: Store, mountpoint: String, options: MountOptions,
                            detached: () -> Void = {}, prepare: (any MetricsFactory) -> (any SemanticService)? = { _ in nil }) throws(Failure) {
+        do throws(Errno) {
+            try store.reachThroughPrivateMount(atime: options.atime, nodiratime: options.nodiratime)
+        } catch { throw .accessTimes(error.description) }
         let fs = Filesystem(store: store, options: options)
         let context = Unmanaged.passRetained(fs)
         defer { context.release() }

@@ -8,8 +8,11 @@
 //
 // Node ids and handles. The kernel names files by *node id*. It learns one from every LOOKUP, CREATE,
 // MKDIR, MKNOD, SYMLINK, LINK and READDIRPLUS entry, counts how often it learnt it, and later FORGETs
-// that many; only then is the id free. Our node id is the address of the store's `Inode` (the root is
-// always 1; the `.vexfs/` nodes are 2 to 4), so no table sits on the hot path. An open file or
+// that many; only then is the id free. Our node id is the one the store's `Inode` carries: for a file
+// whose kernel file handle is 8 bytes (ext4, xfs), that handle, so a file keeps its id across forgets
+// and mounts (the root is always 1; the `.vexfs/` nodes are 2 to 4). File handles (open_by_handle_at,
+// NFS) hold the node id: the kernel asks LOOKUP of "." on an id it has forgotten, and of ".." on a
+// directory, and we find the file again from the id alone (export support). An open file or
 // directory is a *handle*: the number we answer OPEN with comes back with every READ, WRITE, FLUSH
 // and RELEASE on it; ours is the address of a retained `OpenFile` or `DirectoryStream`. FLUSH comes
 // once per close(2) of a descriptor (so possibly many times), RELEASE once at the last close; the
@@ -41,6 +44,36 @@ import CFuse
 import Glibc
 import VexMemory
 import VexSemantic
+import VexStore
+
+/// A TCP address to listen on: `PORT` or `:PORT` is 127.0.0.1, `HOST:PORT` takes an IPv4 literal or
+/// `localhost`, `[IPV6]:PORT` an IPv6 one. No host is looked up: what is exposed is what was typed.
+public struct ListenAddress: Sendable, Equatable, CustomStringConvertible {
+    public let host: String
+    public let port: Int
+
+    public init?(_ text: String) {
+        var host = "127.0.0.1", portText = Substring(text)
+        if let colon = text.lastIndex(of: ":") {
+            portText = text[text.index(after: colon)...]
+            var named = text[..<colon]
+            if named.hasPrefix("["), named.hasSuffix("]") {
+                named = named.dropFirst().dropLast()
+                var v6 = in6_addr()
+                guard inet_pton(AF_INET6, String(named), &v6) == 1 else { return nil }
+            } else if !named.isEmpty && named != "localhost" {
+                var v4 = in_addr()
+                guard inet_pton(AF_INET, String(named), &v4) == 1 else { return nil }
+            }
+            if !named.isEmpty { host = named == "localhost" ? "127.0.0.1" : String(named) }
+        }
+        guard portText.allSatisfy(\.isASCII), let port = Int(portText), (1...65535).contains(port) else { return nil }
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
 
 /// What a mount asks of the kernel, parsed once from `-o` and the command line.
 public struct MountOptions: Sendable, Equatable {
@@ -80,8 +113,16 @@ public struct MountOptions: Sendable, Equatable {
     public var semantic = SemanticOptions()
     /// Options passed on to the kernel mount (allow_other, ro, ...).
     public var kernelOptions: [String] = []
+    /// How reads move access times (`noatime`, `relatime`, `strictatime`; with the kernel's
+    /// precedence: strictatime over noatime over relatime), and `nodiratime`. Applied to a private
+    /// mount of the store the daemon works through (`Store.reachThroughPrivateMount`), since the
+    /// kernel leaves a FUSE file's atime to the filesystem underneath.
+    public var atime = AccessTimeRule.store
+    public var nodiratime = false
     /// How much the daemon logs (`log_level=`): trace, debug, info (default), notice, warning, error, critical.
     public var logLevel = "info"
+    /// Where to serve `/metrics` over HTTP (`metrics=[HOST:]PORT`; loopback unless a host is given).
+    public var metrics: ListenAddress?
 
     public init() {}
 
@@ -123,6 +164,14 @@ public struct MountOptions: Sendable, Equatable {
             case "no_killpriv": killprivV2 = false
             case "clone_fd": cloneFD = true
             case "no_clone_fd": cloneFD = false
+            // Atime: the kernel mount hears of noatime too (mount(8) shows it); libfuse 3.14 knows
+            // no other atime option.
+            case "noatime":
+                if atime != .strictatime { atime = .noatime }
+                kernelOptions.append(option)
+            case "relatime": if atime == .store { atime = .relatime }
+            case "strictatime": atime = .strictatime
+            case "nodiratime": nodiratime = true
             case "attr_timeout": attrTimeout = try seconds()
             case "entry_timeout": entryTimeout = try seconds()
             case "negative_timeout": negativeTimeout = try seconds()
@@ -137,6 +186,14 @@ public struct MountOptions: Sendable, Equatable {
                 let counts = (value ?? "").split(separator: ":").compactMap { Int($0) }
                 guard counts.count == 3, counts.allSatisfy({ $0 >= 0 && $0 <= 1 << 20 }) else { throw .badValue(option) }
                 poolBuffers = counts
+            case "metrics":
+                guard let value, let address = ListenAddress(value) else { throw .badValue(option) }
+                metrics = address
+            // What mount(8), fstab and systemd add for themselves, as mount.fuse3 drops them: they say
+            // when and how to mount, not what the filesystem should do. (rw, nodev, nosuid, noexec, ...
+            // are mount flags: they go on to the kernel.)
+            case "defaults", "auto", "noauto", "nofail", "_netdev", "user", "nouser", "users": break
+            case _ where key.hasPrefix("x-"): break
             case "descriptor_budget":
                 guard let value, let n = Int(value), n >= 16 else { throw .badValue(option) }
                 descriptorBudget = n

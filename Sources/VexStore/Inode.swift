@@ -22,8 +22,15 @@ public final class Inode: @unchecked Sendable {
     /// The kernel's handle for reopening; nil when the file cannot be reopened that way (then its
     /// descriptor stays open for the inode's life).
     let handle: [UInt8]?
-    /// Guarded by `InodeTable.inodesByKey`'s lock.
+    /// Guarded by `InodeTable.tables`' lock.
     fileprivate var lookups: UInt64 = 0
+    /// The kernel's name for this inode (its FUSE node id), and the generation that goes with it;
+    /// set once, when the table takes the inode in, and stable for the file's life: for a file of
+    /// the store's own filesystem whose file handle is 8 bytes (ext4, xfs, ...), the handle itself,
+    /// so the same file has the same id across forgets and mounts and can be found from the id
+    /// alone (`InodeTable.find(nodeID:)`); otherwise a number the table makes up. The root's is 1.
+    public fileprivate(set) var nodeID: UInt64 = 1
+    public fileprivate(set) var generation: UInt64 = 0
     let descriptor: Mutex<DescriptorState>
     /// The kernel asks for security.capability before every write under writeback caching; once the
     /// backing file is known to have none, the answer comes from here instead of a syscall.
@@ -79,26 +86,66 @@ public final class Inode: @unchecked Sendable {
 /// unpin through `InodeTable`, which can sweep.
 public final class Descriptors: Sendable {
     /// A real descriptor of the store's root, which open_by_handle_at needs, and its mount's id.
-    private let mountFD: Int32
-    private let mountID: Int32
+    /// Replaced once, before requests are served, when the store is reached through a private
+    /// mount (`Store.reachThroughPrivateMount`); atomics so the reopen path reads them lock-free.
+    private let mountFD: Atomic<Int32>
+    private let mountID: Atomic<Int32>
     public let budget: Int
     private let open = Atomic<Int>(0)
 
     init(rootPath: String, budget: Int) throws(Errno) {
-        mountFD = Glibc.open(rootPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard mountFD >= 0 else { throw Errno.current }
-        var id: Int32 = 0
-        var blob = [UInt8](repeating: 0, count: Int(VX_HANDLE_MAX))
-        mountID = vx_handle_of(mountFD, &blob, &id) >= 0 ? id : -1
+        let fd = Glibc.open(rootPath, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno.current }
+        mountFD = Atomic(fd)
+        mountID = Atomic(Descriptors.mountID(of: fd))
         self.budget = max(budget, 16)
+        exportType.store(Descriptors.exportType(of: fd), ordering: .releasing)
     }
 
-    deinit { close(mountFD) }
+    deinit { close(mountFD.load(ordering: .relaxed)) }
+
+    private static func mountID(of fd: Int32) -> Int32 {
+        var id: Int32 = 0
+        var blob = [UInt8](repeating: 0, count: Int(VX_HANDLE_MAX))
+        return vx_handle_of(fd, &blob, &id) >= 0 ? id : -1
+    }
+
+    /// Reopens by handle through `root` (a real descriptor of the store's top, taken over) from now on.
+    func remount(root: Int32) {
+        let old = mountFD.exchange(root, ordering: .acquiringAndReleasing)
+        mountID.store(Descriptors.mountID(of: root), ordering: .releasing)
+        exportType.store(Descriptors.exportType(of: root), ordering: .releasing)
+        close(old)
+    }
+
+    /// The type of the store's file handles when they are 8 bytes (the root's), which node ids then
+    /// carry whole; nil when they are longer (see `Inode.nodeID`).
+    var exportHandleType: Int32? {
+        let t = exportType.load(ordering: .acquiring)
+        return t == Int32.min ? nil : t
+    }
+    private let exportType = Atomic<Int32>(Int32.min)
+
+    private static func exportType(of fd: Int32) -> Int32 {
+        var id: Int32 = 0
+        var blob = [UInt8](repeating: 0, count: Int(VX_HANDLE_MAX))
+        guard vx_handle_of(fd, &blob, &id) == 16 else { return Int32.min }
+        return blob.withUnsafeBytes { $0.load(fromByteOffset: 4, as: Int32.self) }
+    }
+
+    /// The id of the mount the store is reached through (as name_to_handle_at(2) reports it).
+    public var storeMountID: Int32 { mountID.load(ordering: .acquiring) }
+
+    /// Reopens a file from a handle blob of the store's mount, as an O_PATH descriptor.
+    func open(handle: [UInt8]) -> Int32 {
+        handle.withUnsafeBufferPointer { vx_open_handle(mountFD.load(ordering: .acquiring), $0.baseAddress, Int32($0.count)) }
+    }
 
     public var openCount: Int { open.load(ordering: .relaxed) }
 
     /// The handle of the file behind `fd`, when it can be reopened from it.
     func handle(of fd: Int32) -> [UInt8]? {
+        let mountID = storeMountID
         guard mountID >= 0 else { return nil }
         var blob = [UInt8](repeating: 0, count: Int(VX_HANDLE_MAX))
         var id: Int32 = 0
@@ -118,7 +165,7 @@ public final class Descriptors: Sendable {
             var reopened = false
             if state.fd < 0 {
                 guard let handle = inode.handle else { return .failure(.badFileDescriptor) }
-                let fd = handle.withUnsafeBufferPointer { vx_open_handle(mountFD, $0.baseAddress, Int32($0.count)) }
+                let fd = open(handle: handle)
                 guard fd >= 0 else { return .failure(Errno.current) }
                 state.fd = fd
                 opened()
@@ -158,15 +205,46 @@ public final class Descriptors: Sendable {
     }
 }
 
-/// The inodes the kernel currently knows, with their lookup counts. The root is never forgotten.
+/// The inodes the kernel currently knows, with their lookup counts and node ids. The root is never forgotten.
 public final class InodeTable: Sendable {
     public let root: Inode
-    private let inodesByKey = Mutex<[InodeKey: Inode]>([:])
+    private struct Tables {
+        var byKey: [InodeKey: Inode] = [:]
+        var byNodeID: [UInt64: Inode] = [:]
+        /// Where made-up node ids continue (see `Inode.nodeID`).
+        var nextMadeUp: UInt64 = 1 << 63
+    }
+    private let tables = Mutex(Tables())
     public let descriptors: Descriptors
 
     init(root: Inode, descriptors: Descriptors) {
         self.root = root
         self.descriptors = descriptors
+    }
+
+    /// The node id a file's handle gives it, when its handle is the store's kind of 8-byte handle.
+    private func handleNodeID(_ handle: [UInt8]?) -> UInt64? {
+        guard let handle, let type = descriptors.exportHandleType, handle.count == 16 else { return nil }
+        let (bytes, kind) = handle.withUnsafeBytes { ($0.load(as: UInt32.self), $0.load(fromByteOffset: 4, as: Int32.self)) }
+        guard bytes == 8, kind == type else { return nil }
+        let id = handle.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self) }
+        return id > Store.reservedNodeIDs ? id : nil
+    }
+
+    /// Takes a new inode in under the lock: one lookup, and its node id.
+    private func insert(_ inode: Inode, _ table: inout Tables) {
+        inode.lookups = 1
+        table.byKey[inode.key] = inode
+        if let id = handleNodeID(inode.handle), table.byNodeID[id] == nil {
+            inode.nodeID = id
+        } else {
+            // Made up, never reused in this mount; the generation tells an old handle from a new
+            // file that got the number of a file forgotten meanwhile.
+            repeat { table.nextMadeUp &+= 1 } while table.byNodeID[table.nextMadeUp] != nil || table.nextMadeUp <= Store.reservedNodeIDs
+            inode.nodeID = table.nextMadeUp
+            inode.generation = table.nextMadeUp & 0xFFFF_FFFF
+        }
+        table.byNodeID[inode.nodeID] = inode
     }
 
     /// Returns the inode for (fd, attributes), raising its lookup count by one. When the file is
@@ -177,8 +255,8 @@ public final class InodeTable: Sendable {
             close(fd)
             return root
         }
-        if let known = inodesByKey.withLock({ table -> Inode? in
-            guard let known = table[key] else { return nil }
+        if let known = tables.withLock({ table -> Inode? in
+            guard let known = table.byKey[key] else { return nil }
             known.lookups += 1
             return known
         }) {
@@ -188,13 +266,12 @@ public final class InodeTable: Sendable {
         // A new file: its handle is read outside the lock (a syscall). Another thread may adopt the
         // same file meanwhile; the first to insert wins and the other's descriptor is closed.
         let fresh = Inode(fd: fd, attributes: st, handle: descriptors.handle(of: fd))
-        let (inode, surplus) = inodesByKey.withLock { table -> (Inode, Bool) in
-            if let known = table[key] {
+        let (inode, surplus) = tables.withLock { table -> (Inode, Bool) in
+            if let known = table.byKey[key] {
                 known.lookups += 1
                 return (known, true)
             }
-            fresh.lookups = 1
-            table[key] = fresh
+            insert(fresh, &table)
             return (fresh, false)
         }
         if surplus {
@@ -207,13 +284,45 @@ public final class InodeTable: Sendable {
         return inode
     }
 
+    /// Counts one more lookup of `inode` if the kernel still knows it; false if it was forgotten.
+    func lookedUpAgain(_ inode: Inode) -> Bool {
+        if inode === root { return true }
+        return tables.withLock { table in
+            guard table.byKey[inode.key] === inode else { return false }
+            inode.lookups += 1
+            return true
+        }
+    }
+
+    /// The inode with node id `id`, known to the kernel now, without counting a lookup.
+    @inline(__always)
+    public func existing(nodeID id: UInt64) -> Inode? {
+        tables.withLock { $0.byNodeID[id] }
+    }
+
+    /// An O_PATH descriptor of the file a node id names, found from the id alone (the kernel asks
+    /// for it after it forgot the file, to answer a file handle): the id is the file's handle.
+    /// nil when the id is not one a handle gave, or the file is gone.
+    func reopen(nodeID id: UInt64) -> Int32? {
+        guard id > Store.reservedNodeIDs, let type = descriptors.exportHandleType else { return nil }
+        var blob = [UInt8](repeating: 0, count: 16)
+        blob.withUnsafeMutableBytes { b in
+            b.storeBytes(of: UInt32(8), as: UInt32.self)
+            b.storeBytes(of: type, toByteOffset: 4, as: Int32.self)
+            b.storeBytes(of: id, toByteOffset: 8, as: UInt64.self)
+        }
+        let fd = descriptors.open(handle: blob)
+        return fd >= 0 ? fd : nil
+    }
+
     /// Lowers the lookup count by `count`; at zero the inode is dropped and its descriptor closed.
     func forget(_ inode: Inode, _ count: UInt64) {
         if inode === root { return }
-        let dropped: Inode? = inodesByKey.withLock { table in
+        let dropped: Inode? = tables.withLock { table in
             inode.lookups -= min(count, inode.lookups)
             guard inode.lookups == 0 else { return nil }
-            return table.removeValue(forKey: inode.key)
+            if table.byNodeID[inode.nodeID] === inode { table.byNodeID[inode.nodeID] = nil }
+            return table.byKey.removeValue(forKey: inode.key)
         }
         if let dropped, dropped.descriptor.withLock({ $0.fd >= 0 }) { descriptors.closed() }
         // `dropped` is released here, outside the lock, closing its descriptor.
@@ -240,13 +349,13 @@ public final class InodeTable: Sendable {
     /// The inode the kernel knows for `key`, without counting a lookup.
     public func existing(_ key: InodeKey) -> Inode? {
         if key == root.key { return root }
-        return inodesByKey.withLock { $0[key] }
+        return tables.withLock { $0.byKey[key] }
     }
 
     func forEach(_ body: (Inode) -> Void) {
-        inodesByKey.withLock { table in table.values.forEach(body) }
+        tables.withLock { table in table.byKey.values.forEach(body) }
     }
 
     /// How many inodes besides the root the kernel holds (for tests and stats).
-    public var count: Int { inodesByKey.withLock { $0.count } }
+    public var count: Int { tables.withLock { $0.byKey.count } }
 }

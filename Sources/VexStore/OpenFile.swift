@@ -88,6 +88,9 @@ public final class DirectoryStream: @unchecked Sendable {
 
     deinit { closedir(dir) }
 
+    /// The open directory's descriptor, for calls on the directory itself (ioctl).
+    public var descriptor: Int32 { dirfd(dir) }
+
     public struct Item {
         /// Valid until the next call to `next()`.
         public let name: UnsafePointer<CChar>

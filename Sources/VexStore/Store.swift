@@ -218,14 +218,17 @@ public final class Store: Sendable {
         try inodes.using(parent) { dir throws(Errno) in try check(unlinkat(dir, name, AT_REMOVEDIR)) }
     }
 
-    /// `flags` are renameat2's: RENAME_NOREPLACE, RENAME_EXCHANGE.
-    public func rename(_ parent: Inode, _ name: UnsafePointer<CChar>, _ newParent: Inode, _ newName: UnsafePointer<CChar>, flags: UInt32) throws(Errno) {
+    /// `flags` are renameat2's: RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT (the whiteout left
+    /// at the old name belongs to `caller`, as the store's filesystem would make it theirs).
+    public func rename(_ parent: Inode, _ name: UnsafePointer<CChar>, _ newParent: Inode, _ newName: UnsafePointer<CChar>, flags: UInt32,
+                       caller: Caller? = nil) throws(Errno) {
         try refuseReserved(parent, name)
         try refuseReserved(newParent, newName)
-        guard flags & ~(vx_RENAME_NOREPLACE | vx_RENAME_EXCHANGE) == 0 else { throw .invalidArgument }
+        guard flags & ~(vx_RENAME_NOREPLACE | vx_RENAME_EXCHANGE | vx_RENAME_WHITEOUT) == 0 else { throw .invalidArgument }
         try inodes.using(parent) { from throws(Errno) in
             try inodes.using(newParent) { to throws(Errno) in try check(vx_renameat2(from, name, to, newName, flags)) }
         }
+        if flags & vx_RENAME_WHITEOUT != 0, let caller { giveToCaller(parent, name, caller) }
         // The moved files' locations follow them.
         known(newParent, newName)?.location.withLock { $0 = Inode.Location(parent: newParent, name: newName) }
         if flags & vx_RENAME_EXCHANGE != 0 {
@@ -254,6 +257,8 @@ public final class Store: Sendable {
         public var size: off_t?
         public var atime: TimeChange = .omit
         public var mtime: TimeChange = .omit
+        /// Nothing else is asked, yet the change time moves, as chown(f, -1, -1) moves it.
+        public var changeTimeOnly = false
         public init() {}
     }
 
@@ -280,6 +285,13 @@ public final class Store: Sendable {
         if let mode = change.mode {
             if mode & (S_ISUID | S_ISGID) != 0 { inode.knownUnprivileged.store(false, ordering: .relaxed) }
             try check(vx_chmod(path, mode))
+        }
+        if change.changeTimeOnly && change.mode == nil && change.uid == nil && change.gid == nil && !inode.isSymlink {
+            // chmod to the mode it has: chown(2) itself would drop set-id bits again (the kernel
+            // also sends this request when a write drops security.capability, which keeps them).
+            var st = stat()
+            try check(fstatat(path, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+            try check(vx_chmod(path, st.st_mode & 0o7777))
         }
         if change.uid != nil || change.gid != nil {
             let uid = change.uid ?? uid_t.max, gid = change.gid ?? gid_t.max
@@ -371,7 +383,7 @@ public final class Store: Sendable {
             return fd
         }
         // Only a file this request made is given away: chown of someone else's file is theirs to do.
-        if canChown && fresh { _ = fchown(fd, caller.uid, inheritedGroup(parent, caller)) }
+        if canChown && fresh { giveToCaller(fd, parent, caller) }
         do throws(Errno) {
             let entry = try lookup(parent, name)
             if fresh {
@@ -415,6 +427,22 @@ public final class Store: Sendable {
         try inodes.using(inode) { fd throws(Errno) in try check(vx_setxattr(fd, name, value.baseAddress, value.count, flags)) }
     }
 
+    /// What a local filesystem does when an access ACL is set by someone who is neither in the file's
+    /// group nor privileged (root's uid stands for CAP_FSETID): set-group-ID goes, as chmod(2) would
+    /// drop it. The daemon set the ACL as root, which keeps the bit.
+    public func dropSetGroupIDAfterACL(_ inode: Inode, setBy caller: Caller) throws(Errno) {
+        guard caller.uid != 0 else { return }
+        try inodes.using(inode) { path throws(Errno) in
+            var st = stat()
+            try check(fstatat(path, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW))
+            guard st.st_mode & S_ISGID != 0, st.st_mode & S_IFMT != S_IFLNK, st.st_gid != caller.gid,
+                  !caller.groups.contains(st.st_gid) else { return }
+            try check(vx_chmod(path, st.st_mode & 0o7777 & ~S_ISGID))
+        }
+    }
+
+    public static let accessACLName = "system.posix_acl_access"
+
     public func listxattr(_ inode: Inode, into buffer: UnsafeMutableRawBufferPointer?) throws(Errno) -> Int {
         try inodes.using(inode) { fd throws(Errno) in
             let n = vx_listxattr(fd, buffer?.baseAddress?.assumingMemoryBound(to: CChar.self), buffer?.count ?? 0)
@@ -439,10 +467,32 @@ public final class Store: Sendable {
         return caller.gid
     }
 
+    /// chown(2) drops set-user-id and set-group-id from a file that is not a directory, even for
+    /// root; but whoever creates a file keeps the bits its mode asked for (the kernel has already
+    /// taken away those the caller may not set). So they are put back after the file is given away.
     private func giveToCaller(_ parent: Inode, _ name: UnsafePointer<CChar>, _ caller: Caller) {
         guard canChown else { return }
         let gid = inheritedGroup(parent, caller)
-        _ = try? inodes.using(parent) { dir throws(Errno) in _ = fchownat(dir, name, caller.uid, gid, AT_SYMLINK_NOFOLLOW) }
+        _ = try? inodes.using(parent) { dir throws(Errno) in
+            // Through a descriptor of what is there now, never a name a user could swap for a link.
+            let fd = openat(dir, name, vx_O_PATH | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { return }
+            defer { close(fd) }
+            var st = stat()
+            guard fstatat(fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else { return }
+            _ = fchownat(fd, "", caller.uid, gid, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
+            if st.st_mode & (S_ISUID | S_ISGID) != 0 && st.st_mode & S_IFMT != S_IFDIR && st.st_mode & S_IFMT != S_IFLNK {
+                _ = vx_chmod(fd, st.st_mode & 0o7777)
+            }
+        }
+    }
+
+    /// The same for a file just created and open as `fd`.
+    private func giveToCaller(_ fd: Int32, _ parent: Inode, _ caller: Caller) {
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return }
+        _ = fchown(fd, caller.uid, inheritedGroup(parent, caller))
+        if st.st_mode & (S_ISUID | S_ISGID) != 0 { _ = fchmod(fd, st.st_mode & 0o7777) }
     }
 }
 
@@ -463,5 +513,109 @@ extension Store {
             defer { close(fd) }
             try check(dataOnly ? fdatasync(fd) : fsync(fd))
         }
+    }
+}
+
+/// How reads through the mount move access times: mount(8)'s atime options.
+public enum AccessTimeRule: Sendable, Equatable {
+    /// As the store's own mount does (no option given).
+    case store
+    case relatime, noatime, strictatime
+}
+
+extension Store {
+    /// Reaches the store from now on through a private copy of its mount (submounts included) with
+    /// `rule` for access times, and none for directories with `nodiratime`. Every descriptor the
+    /// daemon opens then lives on that copy, and so do the backing files the kernel reads under
+    /// passthrough: reads and execs through the mount move atime (in the store too) as the rule
+    /// says, while the store's own mount keeps its rule for everyone else. Nothing to do for `.store`
+    /// without `nodiratime`. Call it before any request is served: only the root may be known.
+    /// Needs CAP_SYS_ADMIN (EPERM otherwise).
+    public func reachThroughPrivateMount(atime rule: AccessTimeRule, nodiratime: Bool) throws(Errno) {
+        guard rule != .store || nodiratime else { return }
+        let attribute: UInt64 = switch rule {
+        case .store: .max
+        case .relatime: vx_MOUNT_ATTR_RELATIME
+        case .noatime: vx_MOUNT_ATTR_NOATIME
+        case .strictatime: vx_MOUNT_ATTR_STRICTATIME
+        }
+        let top = try inodes.using(root) { fd throws(Errno) in
+            let top = vx_private_mount(fd, attribute, nodiratime ? 1 : 0)
+            guard top >= 0 else { throw Errno.current }
+            return top
+        }
+        let real = openat(top, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard real >= 0 else {
+            let e = Errno.current
+            close(top)
+            throw e
+        }
+        let old = root.descriptor.withLock { state in
+            defer { state.fd = top }
+            return state.fd
+        }
+        close(old)
+        descriptors.remount(root: real)
+    }
+}
+
+// MARK: export: finding files again by node id (file handles, NFS)
+
+extension Store {
+    /// Node ids below this are never a file's: 1 is the root, 2 to 4 are `.vexfs/`'s, the rest spare.
+    public static let reservedNodeIDs: UInt64 = 15
+
+    /// LOOKUP of "." on node id `id`: the kernel decodes a file handle of a file it no longer has
+    /// in its cache (after dropped caches, or in a later mount). Counts a lookup. ESTALE when the
+    /// id names no file any more.
+    public func find(nodeID id: UInt64) throws(Errno) -> Entry {
+        if id == 1 { return Entry(inode: root, attributes: try attributes(root)) }
+        if let known = inodes.existing(nodeID: id), inodes.lookedUpAgain(known) {
+            do throws(Errno) {
+                return Entry(inode: known, attributes: try attributes(known))
+            } catch {
+                forget(known, 1)
+                throw error
+            }
+        }
+        guard let fd = inodes.reopen(nodeID: id) else { throw .staleNFSFileHandle }
+        let entry = try adopt(fd)
+        // The handle could open a file the table knows under another id (made up, when its own was
+        // taken): that id is what the kernel must use, so this one is stale.
+        // A file unlinked since is stale too, though a descriptor held somewhere keeps it alive.
+        guard entry.inode.nodeID == id, !isStateDirectory(entry.inode), entry.attributes.st_nlink > 0 else {
+            forget(entry.inode, 1)
+            throw .staleNFSFileHandle
+        }
+        return entry
+    }
+
+    /// LOOKUP of ".." on directory `inode`: its parent (the root is its own). Counts a lookup.
+    public func parent(of inode: Inode) throws(Errno) -> Entry {
+        guard inode.isDirectory else { throw .notDirectory }
+        if inode.isStoreRoot { return try find(nodeID: 1) }
+        let fd = try inodes.using(inode) { dir throws(Errno) in
+            let fd = openat(dir, "..", vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+            guard fd >= 0 else { throw Errno.current }
+            return fd
+        }
+        return try adopt(fd)
+    }
+
+    /// An inode for the O_PATH descriptor `fd` (taken over), with its attributes; one lookup counted.
+    private func adopt(_ fd: Int32) throws(Errno) -> Entry {
+        var st = stat()
+        guard fstatat(fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else {
+            let e = Errno.current
+            close(fd)
+            throw e
+        }
+        return Entry(inode: inodes.adopt(fd: fd, attributes: st), attributes: st)
+    }
+
+    /// STORE/.vexfs, which the mount never shows.
+    private func isStateDirectory(_ inode: Inode) -> Bool {
+        guard inode.isDirectory, !inode.isStoreRoot else { return false }
+        return child(root, Store.reservedName)?.key == inode.key
     }
 }

@@ -25,6 +25,29 @@ final class TemporaryStore {
 }
 
 @Suite struct StoreTests {
+    /// Export support: on a store whose handles are 8 bytes (ext4 here), a file's node id is its
+    /// handle, the same in another Store of the same directory, and finds the file once forgotten.
+    @Test func nodeIDsFindFilesAgainAfterForgetAndInAnotherMount() throws {
+        let t = try TemporaryStore()
+        t.write("a", "x")
+        let entry = try t.store.lookup(t.store.root, "a")
+        let id = entry.inode.nodeID
+        #expect(id > Store.reservedNodeIDs)
+        #expect(t.store.inodes.existing(nodeID: id) === entry.inode)
+        t.store.forget(entry.inode, 1)
+        #expect(t.store.inodes.existing(nodeID: id) == nil)
+        let again = try t.store.find(nodeID: id)
+        #expect(again.attributes.st_ino == entry.attributes.st_ino && again.inode.nodeID == id)
+        let other = try Store(rootPath: t.path)
+        let seen = try other.lookup(other.root, "a")
+        #expect(seen.inode.nodeID == id)
+        other.forget(seen.inode, 1)
+        #expect(try t.store.parent(of: t.store.root).inode === t.store.root)
+        _ = unlink(t.path + "/a")
+        t.store.forget(again.inode, 1)
+        #expect(throws: Errno.staleNFSFileHandle) { try t.store.find(nodeID: id) }
+    }
+
     @Test func lookupCountsAndForget() throws {
         let t = try TemporaryStore()
         t.write("a", "x")

@@ -53,6 +53,8 @@ struct vexfs_handlers {
                             fuse_ino_t ino_out, off_t off_out, struct fuse_file_info *fi_out,
                             size_t len, int flags);
     void (*lseek)(fuse_req_t, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
+    void (*ioctl)(fuse_req_t, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
+                  unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz);
     /// Optional: called once, on the loop thread, after the kernel has stopped sending requests.
     void (*destroy)(void *userdata);
     /// Optional: called once at INIT with the passthrough state agreed (a vexfs_passthrough).
@@ -112,6 +114,11 @@ int vexfs_req_passthrough_refused(fuse_req_t req);
 /// Tells the kernel that its cached attributes of `ino` are stale (a write it did not see the end of,
 /// such as through a shared mapping).
 int vexfs_req_invalidate_attributes(fuse_req_t req, fuse_ino_t ino);
+/// Whether a WRITE came from a descriptor opened with O_DIRECT (not from the page cache's writeback).
+int vexfs_fi_is_direct_write(const struct fuse_file_info *fi);
+/// Tells the kernel that its cached pages of `ino` from `off` for `len` bytes, and its attributes,
+/// are stale. The kernel waits for pages being read meanwhile, so none survives with older bytes.
+int vexfs_req_invalidate_range(fuse_req_t req, fuse_ino_t ino, off_t off, off_t len);
 /// Runs the multi-threaded loop until unmount or a signal; returns libfuse's result.
 int vexfs_session_loop(vexfs_session *s);
 /// Unmounts (if still mounted), removes signal handlers and frees the session.

@@ -62,5 +62,6 @@ int vx_memfd_with(const char *name, const void *data, size_t length);
 void vx_syslog(int priority, const char *line);
 
 #include "credentials.h"
+#include "storefs.h"
 
 #endif

@@ -1,0 +1,65 @@
+#define _GNU_SOURCE
+#include "storefs.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <sys/ioctl.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+// <sys/mount.h> and <linux/mount.h> conflict on some systems; the values are the kernel's ABI.
+#define VX_OPEN_TREE_CLONE 1
+#define VX_AT_RECURSIVE 0x8000
+#define VX_ATTR_ATIME_MASK 0x70ull
+struct vx_mount_attr {
+    uint64_t attr_set;
+    uint64_t attr_clr;
+    uint64_t propagation;
+    uint64_t userns_fd;
+};
+
+const uint64_t vx_MOUNT_ATTR_RELATIME = 0x00;
+const uint64_t vx_MOUNT_ATTR_NOATIME = 0x10;
+const uint64_t vx_MOUNT_ATTR_STRICTATIME = 0x20;
+const uint64_t vx_MOUNT_ATTR_NODIRATIME = 0x80;
+
+int vx_private_mount(int dirfd, uint64_t atime, int nodiratime) {
+    int fd = (int)syscall(SYS_open_tree, dirfd, "", VX_OPEN_TREE_CLONE | O_CLOEXEC | AT_EMPTY_PATH | VX_AT_RECURSIVE);
+    if (fd < 0) return -1;
+    struct vx_mount_attr attr = {0};
+    if (atime != UINT64_MAX) {
+        attr.attr_set |= atime;
+        attr.attr_clr |= VX_ATTR_ATIME_MASK;
+    }
+    if (nodiratime) attr.attr_set |= vx_MOUNT_ATTR_NODIRATIME;
+    if ((attr.attr_set || attr.attr_clr) &&
+        syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | VX_AT_RECURSIVE, &attr, sizeof attr) != 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
+uint64_t vx_mount_atime_of(int fd) {
+    struct statvfs sv;
+    if (fstatvfs(fd, &sv) != 0) return UINT64_MAX;
+    uint64_t a = vx_MOUNT_ATTR_RELATIME;
+    if (sv.f_flag & ST_NOATIME) a = vx_MOUNT_ATTR_NOATIME;
+    else if (!(sv.f_flag & ST_RELATIME)) a = vx_MOUNT_ATTR_STRICTATIME;
+    if (sv.f_flag & ST_NODIRATIME) a |= vx_MOUNT_ATTR_NODIRATIME;
+    return a;
+}
+
+const unsigned long vx_FS_IOC_GETFLAGS = FS_IOC_GETFLAGS;
+const unsigned long vx_FS_IOC_SETFLAGS = FS_IOC_SETFLAGS;
+const unsigned long vx_FS_IOC_FSGETXATTR = FS_IOC_FSGETXATTR;
+const unsigned long vx_FS_IOC_FSSETXATTR = FS_IOC_FSSETXATTR;
+
+int vx_ioctl_ptr(int fd, unsigned long cmd, void *arg) { return ioctl(fd, cmd, arg); }
+
+const int vx_O_TMPFILE = O_TMPFILE;
+const unsigned vx_RENAME_WHITEOUT = RENAME_WHITEOUT;

@@ -1,0 +1,415 @@
+"""What xfstests' generic group found (issue 29), each compared with the store's own filesystem: set-group-ID
+after setfacl and at creation, the atime mount options, chown(f, -1, -1), direct writes through the daemon
+against cached pages, file handles after the caches are dropped and after a remount, and the store's
+features the mount passes through (O_TMPFILE, RENAME_WHITEOUT, chattr flags)."""
+import ctypes
+import errno
+import mmap
+import os
+import stat
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+MODES = {"passthrough": (), "no_passthrough": ("-o", "no_passthrough")}
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def open_to(mnt, plain, uid, gid):
+    """Lets `uid` reach both roots (pytest's temporary directories are 0700); the command prefix that
+    runs as that user, in group `gid` alone."""
+    for d in list(mnt.root.parents)[:3]:
+        os.chmod(d, 0o755)
+    os.chmod(plain.parent, 0o755)
+    return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
+
+
+@pytest.fixture(params=list(MODES))
+def either(request, make_mount):
+    m = make_mount("-o", "allow_other", *MODES[request.param])
+    m.mount()
+    m.mode = request.param
+    return m
+
+
+# generic/375 and generic/633: set-group-ID
+
+
+def test_setfacl_drops_setgid_when_the_owner_is_not_in_the_group(either, plain):
+    """generic/375: chmod and setfacl by the owner, who is not in the file's group, drop set-group-ID."""
+    as_user = open_to(either, plain, 100, 101)
+
+    def steps(root):
+        p = root / "f"
+        p.write_text("")
+        os.chown(p, 100, 100)
+        os.chmod(p, 0o2755)
+        subprocess.run(as_user + ["chmod", "2755", str(p)], check=True)
+        after_chmod = oct(os.stat(p).st_mode)
+        os.chmod(p, 0o2755)
+        subprocess.run(as_user + ["setfacl", "-m", "u::rwx,g::rwx,o::rwx", str(p)], check=True)
+        return after_chmod, oct(os.stat(p).st_mode)
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs == (oct(0o100755), oct(0o100777))
+    assert ours == theirs
+    assert oct(os.stat(either.store / "f").st_mode) == theirs[1], "the store holds it too"
+    # A member of the group keeps it.
+    as_member = open_to(either, plain, 100, 100)
+    for root in (either.root, plain):
+        os.chmod(root / "f", 0o2755)
+        subprocess.run(as_member + ["setfacl", "-m", "u::rwx,g::rwx,o::rwx", str(root / "f")], check=True)
+    assert os.stat(either.root / "f").st_mode == os.stat(plain / "f").st_mode == 0o102777
+
+
+def test_root_creating_in_a_setgid_directory_keeps_the_setgid_it_asked_for(either, plain):
+    """generic/633: open(O_CREAT, 02010) and mknod by root in a set-group-ID directory keep S_ISGID."""
+    def steps(root):
+        d = root / "d"
+        d.mkdir()
+        os.chown(d, 0, 1234)
+        os.chmod(d, 0o2777)
+        old = os.umask(0)
+        try:
+            os.close(os.open(d / "created", os.O_CREAT | os.O_WRONLY, 0o2010))
+            os.mknod(d / "made", stat.S_IFREG | 0o2010)
+            os.close(os.open(d / "suid", os.O_CREAT | os.O_WRONLY, 0o4755))
+            os.mkdir(d / "sub", 0o755)
+        finally:
+            os.umask(old)
+        return [(n, oct(os.stat(d / n).st_mode), os.stat(d / n).st_gid) for n in ("created", "made", "suid", "sub")]
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs[0] == ("created", oct(0o102010), 1234)
+    assert ours == theirs
+    assert oct(os.stat(either.store / "d" / "created").st_mode) == oct(0o102010)
+
+
+def test_unprivileged_creator_keeps_setgid_only_as_a_member(either, plain):
+    """The kernel strips S_ISGID for a creator outside the directory's group; a member keeps it."""
+    results = []
+    for root in (either.root, plain):
+        d = root / "g"
+        d.mkdir()
+        os.chown(d, 0, 1234)
+        os.chmod(d, 0o2777)
+        outsider = open_to(either, plain, 1000, 1000)
+        member = ["setpriv", "--reuid=1000", "--regid=1000", "--groups=1234"]
+        subprocess.run(outsider + ["python3", "-c", f"import os; os.umask(0); os.close(os.open('{d}/out', os.O_CREAT|os.O_WRONLY, 0o2070))"], check=True)
+        subprocess.run(member + ["python3", "-c", f"import os; os.umask(0); os.close(os.open('{d}/in', os.O_CREAT|os.O_WRONLY, 0o2070))"], check=True)
+        results.append([(n, oct(os.stat(d / n).st_mode), os.stat(d / n).st_uid, os.stat(d / n).st_gid) for n in ("out", "in")])
+    assert results[0] == results[1]
+    assert results[1][1][1] == oct(0o102070)
+
+
+# chown(f, -1, -1)
+
+
+def test_chown_to_the_same_owner_moves_ctime(either, plain):
+    """pjdfstest chown/00.t: chown(f, -1, -1) updates ctime on ext4, so on the mount too."""
+    for root in (either.root, plain):
+        p = root / "c"
+        p.write_text("x")
+        before = os.stat(p).st_ctime_ns
+        time.sleep(0.02)
+        os.chown(p, -1, -1)
+        assert os.stat(p).st_ctime_ns > before, root
+    assert os.stat(either.store / "c").st_ctime_ns == os.stat(either.root / "c").st_ctime_ns
+
+
+# generic/120 and the atime options
+
+
+def atime_after_read(m, name, atime):
+    """Sets `name`'s atime (mtime stays), mounts, reads it through the mount, and returns its atime
+    on the mount and in the store."""
+    p = m.store / name
+    p.write_bytes(b"some bytes\n" * 100)
+    st = os.stat(p)
+    os.utime(p, ns=(atime, st.st_mtime_ns))
+    m.mount()
+    try:
+        with open(m.root / name, "rb") as f:
+            f.read()
+        return os.stat(m.root / name).st_atime_ns, os.stat(p).st_atime_ns
+    finally:
+        m.unmount()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_noatime_relatime_strictatime(make_mount, mode):
+    """generic/120: under noatime a read leaves atime alone (on the mount and in the store); relatime
+    moves an atime older than mtime; strictatime moves one that is newer; all accepted as mount(8)
+    gives them."""
+    now = time.time_ns()
+    old = now - 10 * 86400 * 10**9  # older than mtime and than a day
+    recent = now + 3600 * 10**9      # newer than mtime: relatime leaves it, strictatime moves it
+    m = make_mount("-o", "noatime", *MODES[mode])
+    assert atime_after_read(m, "old", old) == (old, old)
+    m = make_mount("-o", "relatime", *MODES[mode])
+    seen = atime_after_read(m, "old", old)
+    assert seen[0] == seen[1] and seen[1] > old
+    assert atime_after_read(m, "recent", recent) == (recent, recent)
+    m = make_mount("-o", "strictatime", *MODES[mode])
+    seen = atime_after_read(m, "recent", recent)
+    assert seen[0] == seen[1] and seen[1] != recent
+    # The kernel's precedence: strictatime over noatime.
+    m = make_mount("-o", "noatime,strictatime", *MODES[mode])
+    assert atime_after_read(m, "recent", recent)[1] != recent
+
+
+def test_nodiratime_leaves_directories_alone(make_mount):
+    old = time.time_ns() - 10 * 86400 * 10**9
+    m = make_mount("-o", "nodiratime")
+    (m.store / "d").mkdir()
+    (m.store / "d" / "f").write_text("x")
+    m.mount()  # its reconciliation reads the store first
+    for p in (m.store / "d", m.store / "d" / "f"):
+        os.utime(p, ns=(old, os.stat(p).st_mtime_ns))
+    try:
+        assert os.listdir(m.root / "d") == ["f"]
+        (m.root / "d" / "f").read_text()
+        assert os.stat(m.store / "d").st_atime_ns == old
+        assert os.stat(m.store / "d" / "f").st_atime_ns > old
+    finally:
+        m.unmount()
+
+
+# generic/451: a buffered read after an asynchronous direct write
+
+
+class IOCB(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_uint64), ("key", ctypes.c_uint32), ("rw_flags", ctypes.c_int32),
+                ("opcode", ctypes.c_uint16), ("reqprio", ctypes.c_int16), ("fildes", ctypes.c_uint32),
+                ("buf", ctypes.c_uint64), ("nbytes", ctypes.c_uint64), ("offset", ctypes.c_int64),
+                ("reserved2", ctypes.c_uint64), ("flags", ctypes.c_uint32), ("resfd", ctypes.c_uint32)]
+
+
+class IOEvent(ctypes.Structure):
+    _fields_ = [("data", ctypes.c_uint64), ("obj", ctypes.c_uint64), ("res", ctypes.c_int64), ("res2", ctypes.c_int64)]
+
+
+SYS_IO_SETUP, SYS_IO_DESTROY, SYS_IO_GETEVENTS, SYS_IO_SUBMIT = 206, 207, 208, 209
+IOCB_CMD_PWRITE = 1
+
+
+def aio_direct_write(ctx, fd, buf, offset):
+    """Submits one asynchronous pwrite and returns a function that waits for it."""
+    cb = IOCB(fildes=fd, opcode=IOCB_CMD_PWRITE, buf=ctypes.addressof(ctypes.c_char.from_buffer(buf)),
+              nbytes=len(buf), offset=offset)
+    cbs = (ctypes.POINTER(IOCB) * 1)(ctypes.pointer(cb))
+    submitted = libc.syscall(ctypes.c_long(SYS_IO_SUBMIT), ctypes.c_ulong(ctx), ctypes.c_long(1), cbs)
+    assert submitted == 1, os.strerror(ctypes.get_errno())
+
+    def wait():
+        ev = IOEvent()
+        got = libc.syscall(ctypes.c_long(SYS_IO_GETEVENTS), ctypes.c_ulong(ctx), ctypes.c_long(1), ctypes.c_long(1),
+                           ctypes.byref(ev), None)
+        assert got == 1 and cbs[0].contents.nbytes == len(buf)
+        assert ev.res == len(buf), ev.res
+    return wait
+
+
+def test_buffered_reads_see_asynchronous_direct_writes(either):
+    """generic/451: a reader that cached pages while an AIO O_DIRECT write was on its way must see the
+    new bytes once it completes. Under -o no_passthrough the daemon drops the written range from the
+    kernel's cache; under passthrough the store's own filesystem sees to it."""
+    size = 1 << 20
+    p = either.root / "aio"
+    p.write_bytes(b"\0" * size)
+    ctx = ctypes.c_ulong(0)
+    assert libc.syscall(ctypes.c_long(SYS_IO_SETUP), ctypes.c_long(8), ctypes.byref(ctx)) == 0
+    direct = os.open(p, os.O_RDWR | os.O_DIRECT)
+    buffered = os.open(p, os.O_RDONLY)
+    stale = []
+    try:
+        for round in range(1, 61):
+            fill = bytes([round]) * size
+            buf = mmap.mmap(-1, size)
+            buf.write(fill)
+            stop = threading.Event()
+
+            def read_meanwhile():
+                while not stop.is_set():
+                    os.pread(buffered, size, 0)
+            reader = threading.Thread(target=read_meanwhile)
+            reader.start()
+            try:
+                time.sleep(0.001)
+                aio_direct_write(ctx.value, direct, buf, 0)()
+            finally:
+                stop.set()
+                reader.join()
+            seen = os.pread(buffered, size, 0)
+            if seen != fill:
+                stale.append((round, next(i for i in range(size) if seen[i] != round)))
+            buf.close()
+    finally:
+        os.close(direct)
+        os.close(buffered)
+        libc.syscall(ctypes.c_long(SYS_IO_DESTROY), ctypes.c_ulong(ctx.value))
+    assert not stale, f"stale pages after {len(stale)} of 60 writes: {stale[:5]}"
+
+
+# Export support: file handles after dropped caches and remounts (generic/426, 467, 477, 756, 777)
+
+
+class FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int), ("f_handle", ctypes.c_ubyte * 128)]
+
+
+AT_FDCWD = -100
+
+
+def handle_of(path):
+    fh, mount_id = FileHandle(handle_bytes=128), ctypes.c_int()
+    if libc.name_to_handle_at(AT_FDCWD, os.fsencode(path), ctypes.byref(fh), ctypes.byref(mount_id), 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), str(path))
+    return bytes(fh)[:8 + fh.handle_bytes]
+
+
+def open_by_handle(mount_fd, blob, flags=os.O_RDONLY):
+    fh = FileHandle.from_buffer_copy(blob + b"\0" * (ctypes.sizeof(FileHandle) - len(blob)))
+    fd = libc.open_by_handle_at(mount_fd, ctypes.byref(fh), flags)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    return fd
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def test_file_handles_survive_dropped_caches_and_remounts(make_mount, request):
+    for mode in MODES:
+        m = make_mount(*MODES[mode])
+        m.mount()
+        (m.root / "d" / "e").mkdir(parents=True)
+        (m.root / "f").write_bytes(b"top file\n")
+        (m.root / "d" / "e" / "g").write_bytes(b"deep file\n")
+        os.link(m.root / "f", m.root / "d" / "hard")
+        (m.root / "gone").write_text("x")
+        names = ["f", "d", "d/e", "d/e/g", "d/hard", "gone"]
+        handles = {n: handle_of(m.root / n) for n in names}
+        inodes = {n: os.stat(m.root / n).st_ino for n in names}
+        assert handles["f"] == handles["d/hard"], "one file, one handle"
+        os.unlink(m.root / "gone")
+
+        def check(when):
+            mount_fd = os.open(m.root, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                for n in names[:-1]:
+                    is_dir = n in ("d", "d/e")
+                    fd = open_by_handle(mount_fd, handles[n], os.O_RDONLY | (os.O_DIRECTORY if is_dir else 0))
+                    try:
+                        assert os.fstat(fd).st_ino == inodes[n], (mode, when, n)
+                        if is_dir:
+                            assert sorted(os.listdir(fd)) == sorted(os.listdir(m.root / n)), (mode, when, n)
+                        else:
+                            assert os.pread(fd, 100, 0) == (m.root / n).read_bytes(), (mode, when, n)
+                    finally:
+                        os.close(fd)
+                    # A directory decoded alone is reconnected through "..": its path is right.
+                    if is_dir:
+                        fd = open_by_handle(mount_fd, handles[n], os.O_RDONLY | os.O_DIRECTORY)
+                        assert os.readlink(f"/proc/self/fd/{fd}") == str(m.root / n), (mode, when, n)
+                        os.close(fd)
+                with pytest.raises(OSError) as gone:
+                    os.close(open_by_handle(mount_fd, handles["gone"]))
+                assert gone.value.errno == errno.ESTALE, (mode, when)
+            finally:
+                os.close(mount_fd)
+
+        check("at once")
+        drop_caches()
+        check("after drop_caches")
+        m.unmount()
+        m.mount()
+        check("after a remount")
+        # Written through a handle after the caches are gone: reaches the store.
+        drop_caches()
+        mount_fd = os.open(m.root, os.O_RDONLY | os.O_DIRECTORY)
+        fd = open_by_handle(mount_fd, handles["d/e/g"], os.O_WRONLY | os.O_APPEND)
+        os.write(fd, b"more\n")
+        os.close(fd)
+        os.close(mount_fd)
+        assert (m.store / "d" / "e" / "g").read_bytes() == b"deep file\nmore\n"
+        m.unmount()
+
+
+# The store's features passed through: RENAME_WHITEOUT, chattr flags
+
+
+RENAME_WHITEOUT = 1 << 2
+
+
+def test_rename_whiteout_leaves_a_whiteout_as_the_store_does(either, plain):
+    """generic/023-025's RENAME_WHITEOUT, which overlayfs needs of a layer: the old name becomes a
+    0/0 character device, the file moves; vector files keep the index true."""
+    libc.renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+
+    def steps(root):
+        (root / "a").write_text("moved\n")
+        (root / "b").write_text("replaced\n")
+        r = libc.renameat2(AT_FDCWD, os.fsencode(root / "a"), AT_FDCWD, os.fsencode(root / "b"), RENAME_WHITEOUT)
+        assert r == 0, os.strerror(ctypes.get_errno())
+        st = os.lstat(root / "a")
+        return [stat.S_ISCHR(st.st_mode), st.st_rdev, st.st_uid, (root / "b").read_text()]
+
+    assert steps(either.root) == steps(plain) == [True, 0, 0, "moved\n"]
+    assert stat.S_ISCHR(os.lstat(either.store / "a").st_mode)
+    # Vectors: the moved name is indexed, the whiteout is not a vector.
+    coll = either.root / "c"
+    coll.mkdir()
+    (coll / "q.vec").write_text("0 0\n")
+    (coll / "v.vec").write_text("1 0\n")
+    assert libc.renameat2(AT_FDCWD, os.fsencode(coll / "v.vec"), AT_FDCWD, os.fsencode(coll / "w.vec"), RENAME_WHITEOUT) == 0
+    answer = os.getxattr(coll / "q.vec", "user.vexfs.knn").decode().split("\t")[0]
+    assert answer == "w.vec"
+
+
+def lsattr(path):
+    out = subprocess.run(["lsattr", "-d", str(path)], capture_output=True, text=True, check=True).stdout
+    return out.split()[0]
+
+
+def test_chattr_flags_are_the_store_files_own(either, plain):
+    """generic/079 and kin: chattr +a, +i, +A and lsattr on files and directories act on the backing
+    file, as on the store's filesystem: an immutable file refuses writes, an append-only one all
+    but appends."""
+    def steps(root):
+        r = []
+        f, d = root / "f", root / "d"
+        f.write_text("x\n")
+        d.mkdir()
+        for target in (f, d):
+            subprocess.run(["chattr", "+A", str(target)], check=True)
+            r.append(lsattr(target))
+            subprocess.run(["chattr", "-A", str(target)], check=True)
+        subprocess.run(["chattr", "+a", str(f)], check=True)
+        with open(f, "a") as out:
+            out.write("appended\n")
+        with pytest.raises(PermissionError):
+            open(f, "w")
+        subprocess.run(["chattr", "-a", "+i", str(f)], check=True)
+        r.append(lsattr(f))
+        with pytest.raises(PermissionError):
+            open(f, "a")
+        with pytest.raises(PermissionError):
+            os.unlink(f)
+        subprocess.run(["chattr", "-i", str(f)], check=True)
+        r.append((lsattr(f), f.read_text()))
+        return r
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert ours == theirs
+    assert lsattr(either.store / "f") == lsattr(plain / "f")
+    # Set through the mount, seen in the store.
+    subprocess.run(["chattr", "+A", str(either.root / "f")], check=True)
+    assert "A" in lsattr(either.store / "f")
+    subprocess.run(["chattr", "-A", str(either.root / "f")], check=True)
