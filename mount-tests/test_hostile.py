@@ -445,6 +445,47 @@ print(all(os.pread(fd, len(first) + 1, 0) == first for fd in fds[::50]), flush=T
     assert r.returncode == 0 and len(r.stdout) >= size
 
 
+WRITER = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_WRONLY)
+print("ready", flush=True)
+sys.stdin.readline()
+os.pwrite(fd, b"evil", 0)
+os.close(fd)
+print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("data_path", ["passthrough", "no_passthrough"])
+def test_a_write_through_a_descriptor_held_before_chmod_clears_set_id_bits(make_mount, mallory, tmp_path, data_path):
+    """Issue 24, attack 10: another user's 0777 file opened for writing, then `chmod 4777` by its owner,
+    then a write through the held descriptor: under passthrough the file kept 04777 with the
+    attacker's bytes (the kernel wrote with the daemon's credentials). A plain directory clears it."""
+    m = make_mount("-o", "allow_other" + (",no_passthrough" if data_path == "no_passthrough" else ""))
+    m.mount()
+    for d in list(m.root.parents)[:4]:
+        os.chmod(d, 0o755)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    os.chmod(plain, 0o755)
+    modes = []
+    for f in (m / "prog", plain / "prog"):
+        f.write_bytes(b"#!/bin/sh\ntrue\n")
+        os.chmod(f, 0o777)
+        proc = subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", PYTHON, "-c", WRITER, str(f)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        os.chmod(f, 0o4777)
+        out, _ = proc.communicate("go\n", timeout=60)
+        assert out.strip() == "done"
+        modes.append(stat.S_IMODE(os.stat(f).st_mode))
+    assert modes == [0o777, 0o777]
+    assert stat.S_IMODE(os.stat(m.store / "prog").st_mode) == 0o777
+    m.unmount()
+    m.mount()
+    assert stat.S_IMODE(os.stat(m / "prog").st_mode) == 0o777 and (m / "prog").read_bytes().startswith(b"evil")
+
+
 def test_names_cannot_forge_answer_lines(shared):
     d = shared / "names"
     d.mkdir()

@@ -2,7 +2,10 @@
 // itself, and the daemon sees only open, flush, release, fsync, getattr, setattr, fallocate and lseek.
 // The daemon registers an open descriptor of the backing file with the kernel (a *backing id*) and
 // names that id in its OPEN or CREATE answer; the kernel then opens its own backing file per open,
-// with the caller's flags (O_DIRECT and O_APPEND included) and the daemon's credentials.
+// with the caller's flags (O_DIRECT and O_APPEND included) and the credentials the daemon had when
+// it registered the id. Those lack CAP_FSETID (dropped around the registration): a write through
+// the kernel then clears set-id bits as the store's own filesystem does for a user who may not keep
+// them, also for a descriptor opened before a chmod 4777 (root's own writes clear them too).
 //
 // The kernel's rules, which this file keeps: while any open of an inode passes through, every open
 // of it must name the same backing id, and none may use the FUSE page cache (no KEEP_CACHE); while
@@ -10,6 +13,7 @@
 // open(2) with EIO. So each inode the kernel has open is in one mode, counted here, and a new open
 // joins the mode its inode is already in.
 import CFuse
+import CLinux
 import Glibc
 import Logging
 import Synchronization
@@ -66,7 +70,7 @@ final class BackingFiles: Sendable {
                     modes[inode.key] = .daemon(opens: 1)
                     return nil
                 }
-                let id = vexfs_req_backing_open(req, file.fd)
+                let id = BackingFiles.withoutFSETID { vexfs_req_backing_open(req, file.fd) }
                 guard id > 0 else {
                     // Refused for want of privilege (a user namespace) or support: off for the rest
                     // of the mount. Anything else concerns this file alone.
@@ -81,6 +85,14 @@ final class BackingFiles: Sendable {
                 return id
             }
         }
+    }
+
+    /// Runs `body` with CAP_FSETID out of this thread's effective capabilities (see the top).
+    static func withoutFSETID<R>(_ body: () -> R) -> R {
+        var saved = [UInt32](repeating: 0, count: 6)
+        guard saved.withUnsafeMutableBufferPointer({ vx_thread_drop_fsetid($0.baseAddress) }) == 0 else { return body() }
+        defer { _ = saved.withUnsafeBufferPointer { vx_thread_restore_capabilities($0.baseAddress) } }
+        return body()
     }
 
     /// Uncounts an open of `file`; the last one of a passing-through inode releases its backing id.
