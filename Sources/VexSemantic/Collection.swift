@@ -166,7 +166,7 @@ final class Collection: @unchecked Sendable {
             considerMeasuring(&s)
             return (changed, problems, toRead)
         }
-        sendOutbox()
+        sendSoon()
         return result
     }
 
@@ -195,7 +195,7 @@ final class Collection: @unchecked Sendable {
 
     func apply(_ events: [Bridge.Event]) {
         if events.count == 1, let e = events.first, e.op == .refresh, applyStreamed(e.key.name) {
-            sendOutbox()
+            sendSoon()
             return
         }
         state.withLock { s in
@@ -212,7 +212,7 @@ final class Collection: @unchecked Sendable {
             considerCheckpoint(&s)
             considerMeasuring(&s)
         }
-        sendOutbox()
+        sendSoon()
     }
 
     /// Makes the index agree with the file `name` as it is now.

@@ -33,6 +33,8 @@ protocol CollectionHost: AnyObject, Sendable {
     /// Asks the linker to link the vectors waiting beside this collection's graph.
     func linkSoon(_ collection: Collection)
 
+    /// Asks the sender thread to send this collection's embedding requests.
+    func sendSoon(_ collection: Collection)
     /// The queue that turns text into vectors (nil: no embedder configured).
     var embedQueue: EmbedQueue<Bridge.Key>? { get }
     /// A new number for an embedding request: a late answer to an older request is dropped.

@@ -120,7 +120,7 @@ extension Collection {
 
     /// Changes the metric (re-indexing every file) or the dimension (only while nothing is indexed).
     func change(_ setting: Setting) throws(SemanticError) {
-        defer { sendOutbox() }
+        defer { sendSoon() }
         // A change that re-reads every file is made beside the index in use (`rebuildBeside`),
         // even when it looks like no change: one asked before may not have landed yet.
         let rebuilding: (@Sendable (inout State) -> Void)? = try state.withLock { (s) throws(SemanticError) in

@@ -13,6 +13,13 @@ extension Collection {
     /// Sends the embedding requests made under the lock; one refused (the endpoint is away and the
     /// queue full) says so in its file's status, and the file is asked for again at its next write
     /// or at the next mount.
+    /// Has the host's sender thread send the outbox: sending waits while the endpoint's backlog is
+    /// full, and that wait must never hold the bridge's worker (every collection's changes) or a
+    /// FUSE thread.
+    func sendSoon() {
+        if state.withLock({ !$0.outbox.isEmpty }) { host.sendSoon(self) }
+    }
+
     func sendOutbox() {
         let requests = state.withLock { s in
             defer { s.outbox.removeAll() }

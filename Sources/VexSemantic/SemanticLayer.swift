@@ -54,6 +54,8 @@ public final class SemanticLayer: @unchecked Sendable {
     let tuner = CollectionWorker { $0.measureRecall(); return false }
     /// One thread links the vectors waiting beside a graph into it past `freshBound`.
     let linker = CollectionWorker { $0.linkWaiting() }
+    /// One thread hands text to the embedder's queue, waiting for room when its backlog is full.
+    let sender = CollectionWorker { $0.sendOutbox(); return false }
     public let journal: Journal
     let bridge: Bridge
     let registry = CollectionRegistry()
@@ -153,6 +155,7 @@ public final class SemanticLayer: @unchecked Sendable {
         bridge.stop()
         // Waiting texts are dropped: their files are asked for again at the next mount.
         embedQueue?.stop()
+        sender.stop()
         embedClient?.shutdown()
         tuner.stop()
         linker.stop()
@@ -203,6 +206,8 @@ public final class SemanticLayer: @unchecked Sendable {
     func measureRecallSoon(_ collection: Collection) { tuner.request(collection) }
 
     func linkSoon(_ collection: Collection) { linker.request(collection) }
+
+    func sendSoon(_ collection: Collection) { sender.request(collection) }
 
     func nextEmbedToken() -> UInt64 { embedTokens.add(1, ordering: .relaxed).newValue }
 
