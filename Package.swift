@@ -23,6 +23,8 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
+        // Already resolved through async-http-client; named for VexOps's metrics endpoint.
+        .package(url: "https://github.com/apple/swift-nio", from: "2.81.0"),
     ],
     targets: [
         .target(
@@ -58,10 +60,14 @@ let package = Package(
                            .product(name: "Logging", package: "swift-log"),
                            .product(name: "SystemPackage", package: "swift-system")]
         ),
+        // What operators' tools expect of a daemon: systemd readiness, a Prometheus endpoint.
+        .target(name: "VexOps", dependencies: [.product(name: "NIOCore", package: "swift-nio"),
+                                              .product(name: "NIOPosix", package: "swift-nio"),
+                                              .product(name: "NIOHTTP1", package: "swift-nio")]),
         .executableTarget(
             name: "vexfs",
             dependencies: [
-                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexEmbed", "VexMemory", "CMemory", "CLinux",
+                "VexFUSE", "VexStore", "VexKernels", "VexIndex", "VexSemantic", "VexEmbed", "VexMemory", "CMemory", "CLinux", "VexOps",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -76,5 +82,6 @@ let package = Package(
         .testTarget(name: "VexMemoryTests", dependencies: ["VexMemory", "VexTestSupport"]),
         .testTarget(name: "VexStoreTests", dependencies: ["VexStore"]),
         .testTarget(name: "VexFUSETests", dependencies: ["VexFUSE"]),
+        .testTarget(name: "VexOpsTests", dependencies: ["VexOps"]),
     ]
 )

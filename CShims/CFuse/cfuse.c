@@ -233,6 +233,10 @@ int vexfs_req_killpriv_v2(fuse_req_t req) {
     return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->killpriv_v2);
 }
 
+int vexfs_session_killpriv_v2(vexfs_session *s) { return atomic_load(&s->killpriv_v2); }
+int vexfs_session_posix_acl(vexfs_session *s) { return atomic_load(&s->posix_acl); }
+int vexfs_session_passthrough(vexfs_session *s) { return atomic_load(&s->passthrough); }
+
 int vexfs_req_posix_acl(fuse_req_t req) {
     return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->posix_acl);
 }

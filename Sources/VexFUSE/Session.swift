@@ -25,9 +25,13 @@ public enum Session {
 
     /// Serves `store` on `mountpoint` (both absolute) until unmounted. Without `foreground` the
     /// calling process detaches: the parent exits 0 once the mount is in place, and `detached` runs
-    /// in the process that serves.
+    /// in the process that serves. `served` runs once the mount serves, with a function that renders
+    /// `.vexfs/stats` without a request (never through the mount: the daemon must not call itself);
+    /// `stopping` once the kernel has stopped sending requests, before the indexes are persisted.
     public static func run(store: Store, mountpoint: String, options: MountOptions,
-                           detached: () -> Void = {}, prepare: (any MetricsFactory) -> (any SemanticService)? = { _ in nil }) throws(Failure) {
+                           detached: () -> Void = {}, prepare: (any MetricsFactory) -> (any SemanticService)? = { _ in nil },
+                           served: (_ stats: @escaping @Sendable () -> String) -> Void = { _ in },
+                           stopping: () -> Void = {}) throws(Failure) {
         do throws(Errno) {
             try store.reachThroughPrivateMount(atime: options.atime, nodiratime: options.nodiratime)
         } catch { throw .accessTimes(error.description) }
@@ -82,8 +86,12 @@ public enum Session {
                 if null > 2 { close(null) }
             }
         }
+        // The session outlives every call of the renderer: it is destroyed after `stopping`.
+        nonisolated(unsafe) let live = session
+        served { [fs] in fs.renderStats(live) }
         _ = vexfs_session_loop(session)
         // Unmounted: finish the index work and persist it before the store is released.
+        stopping()
         fs.semantic?.close()
     }
 

@@ -221,15 +221,25 @@ final class MountMetrics: Sendable {
 extension Filesystem {
     /// `.vexfs/stats`: Prometheus text exposition, made when the file is opened.
     func renderStats(_ req: fuse_req_t?) -> String {
+        renderStats(killprivV2: vexfs_req_killpriv_v2(req) != 0, posixACL: vexfs_req_posix_acl(req) != 0,
+                    passthrough: vexfs_req_passthrough(req))
+    }
+
+    /// The same, outside a request (the metrics endpoint), from what the session settled at INIT.
+    func renderStats(_ session: OpaquePointer) -> String {
+        renderStats(killprivV2: vexfs_session_killpriv_v2(session) != 0, posixACL: vexfs_session_posix_acl(session) != 0,
+                    passthrough: vexfs_session_passthrough(session))
+    }
+
+    private func renderStats(killprivV2: Bool, posixACL: Bool, passthrough: Int32) -> String {
         let (tiers, fallthroughs) = pool.statistics()
-        let passthrough = vexfs_req_passthrough(req)
         let reading = MountMetrics.Reading(
             pool: tiers, poolFallthroughs: fallthroughs, stack: stack.report(),
             operations: Operation.allCases.map { op in
                 let (count, nanoseconds) = operations.read(op)
                 return (op, count, nanoseconds)
             }.filter { $0.count > 0 },
-            killprivV2: vexfs_req_killpriv_v2(req) != 0, posixACL: vexfs_req_posix_acl(req) != 0,
+            killprivV2: killprivV2, posixACL: posixACL,
             passthroughReason: String(cString: vexfs_passthrough_reason(passthrough)),
             passthroughOn: passthrough == Int32(VEXFS_PASSTHROUGH_ON.rawValue),
             backingFiles: backing.registeredCount,

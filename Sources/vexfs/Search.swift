@@ -13,7 +13,10 @@ struct Search: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The K nearest neighbours in COLLECTION (a directory of a vexfs mount).")
 
     @Argument(help: "A directory of a vexfs mount.") var collection: String
-    @Option(help: "A query vector: numbers separated by commas or blanks (repeat for several; one answer block each).")
+    // Unconditional: about half of all vectors begin with a minus sign, and `--vector -0.5,0.2` is a
+    // vector, never an option.
+    @Option(parsing: .unconditionalSingleValue,
+            help: "A query vector: numbers separated by commas or blanks (repeat for several; one answer block each).")
     var vector: [String] = []
     @Option(help: "A file holding the query vectors, in any vector format (rows of a 2-D .npy, records of .fvecs).") var file: String?
     @Option(help: "A question in words (the mount's embedder turns it into a vector).") var text: String?

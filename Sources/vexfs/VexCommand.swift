@@ -7,6 +7,7 @@ import Logging
 import VexEmbed
 import VexFUSE
 import VexKernels
+import VexOps
 import VexSemantic
 import VexStore
 
@@ -15,8 +16,17 @@ struct VexCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "vexfs",
         abstract: "A vector filesystem: mount a directory of files, keep vectors in it, ask for neighbours.",
-        subcommands: [Mount.self, Unmount.self, Search.self, Check.self, Bench.self]
+        subcommands: [Mount.self, Unmount.self, Status.self, Wait.self, Search.self, Check.self, Bench.self]
     )
+
+    /// Called as a mount helper (`mount -t fuse.vexfs`, `mount.vexfs`), the arguments become a
+    /// `mount` command first (MountHelper.swift).
+    static func main() {
+        let names = Set(configuration.subcommands.map { $0._commandName } + ["help"])
+        guard let arguments = MountHelper.arguments(program: CommandLine.arguments[0], Array(CommandLine.arguments.dropFirst()),
+                                                    subcommands: names) else { return }
+        main(arguments)
+    }
 }
 
 /// A one-line error and a non-zero exit.
@@ -96,6 +106,11 @@ struct Mount: ParsableCommand {
 
         let kernels: DistanceKernels
         do { kernels = try DistanceKernels.forProcess.get() } catch { throw UserError(error.description) }
+        if let address = mountOptions.metrics { try MetricsEndpoint.check(address) }
+        // Started by a service manager that waits for READY=1 (systemd's Type=notify).
+        let notifier = ServiceNotifier.fromEnvironment()
+        var serving = "serving \(storePath) on \(mountPath)"
+        var server: MetricsServer?
         do {
             try Session.run(store: store, mountpoint: mountPath, options: mountOptions, detached: {
                 MountLock.record(pid: getpid(), in: lock)
@@ -107,9 +122,31 @@ struct Mount: ParsableCommand {
                                              maxQueriesPerUser: mountOptions.semantic.maxQueriesPerUser,
                                              querySeconds: mountOptions.semantic.querySeconds,
                                              collectionsPerUser: mountOptions.semantic.collectionsPerUser)
-                let reconciled = semantic.reconcile { line in logger.info("\(line)") }
-                logger.notice("serving \(storePath) on \(mountPath): \(reconciled.collections) collections, \(reconciled.changed) files re-read at mount, SIMD path \(kernels.path)\(kernels.usesVNNI ? " with VNNI" : "")")
+                // Progress goes to a service manager (STATUS=), to a person at the terminal of a
+                // foreground mount (one line redrawn), else to the log.
+                notifier?.status("reconciling \(storePath)")
+                let progress = TerminalProgress()
+                let drawn = foreground && progress.isTerminal
+                let reconciled = semantic.reconcile { line in
+                    if drawn { progress.show(line, force: true) } else { logger.info("\(line)") }
+                    notifier?.status(line)
+                }
+                progress.finish()
+                serving = "serving \(storePath) on \(mountPath): \(reconciled.collections) collections, \(reconciled.changed) files re-read at mount"
+                logger.notice("\(serving), SIMD path \(kernels.path)\(kernels.usesVNNI ? " with VNNI" : "")")
                 return semantic
+            }, served: { stats in
+                if let address = mountOptions.metrics {
+                    do {
+                        // Rendered in the daemon, never read through the mount: it must not call itself.
+                        server = try MetricsServer(host: address.host, port: address.port, exposition: { stats() })
+                        logger.notice("metrics at http://\(address)/metrics")
+                    } catch { logger.error("\(error)") }
+                }
+                notifier?.ready(status: serving)
+            }, stopping: {
+                notifier?.stopping(status: "unmounted: persisting indexes")
+                server?.shutdown()
             })
         } catch {
             throw UserError(error.description)

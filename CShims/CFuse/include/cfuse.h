@@ -124,6 +124,11 @@ int vexfs_session_loop(vexfs_session *s);
 /// Unmounts (if still mounted), removes signal handlers and frees the session.
 void vexfs_session_destroy(vexfs_session *s);
 
+/// What INIT settled, read outside a request (the same as the vexfs_req_ forms).
+int vexfs_session_killpriv_v2(vexfs_session *s);
+int vexfs_session_posix_acl(vexfs_session *s);
+int vexfs_session_passthrough(vexfs_session *s);
+
 /// The userdata given to vexfs_session_new, from inside a request.
 void *vexfs_req_context(fuse_req_t req);
 
