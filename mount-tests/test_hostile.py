@@ -486,6 +486,35 @@ def test_a_write_through_a_descriptor_held_before_chmod_clears_set_id_bits(make_
     assert stat.S_IMODE(os.stat(m / "prog").st_mode) == 0o777 and (m / "prog").read_bytes().startswith(b"evil")
 
 
+def test_only_a_directory_owner_chooses_what_goes_to_the_embedder(shared):
+    """Issue 24, suspected: anyone who may write a directory could set user.vexfs.embed to `*` and
+    send other users' files to the endpoint. Only the directory's owner (or root) may set it. (On a
+    sticky directory the kernel already refuses others any user.* attribute.)"""
+    import errno as E
+    team = shared / "team"
+    team.mkdir()
+    os.chmod(team, 0o777)
+    out = py("""
+import os, sys
+shared, own = sys.argv[1], sys.argv[2]
+os.mkdir(own)
+codes = []
+for d in (shared, own):
+    try:
+        os.setxattr(d, "user.vexfs.embed", b"*")
+        codes.append(0)
+    except OSError as e:
+        codes.append(e.errno)
+print(codes)
+""", team, shared / "mallorys")
+    assert out.strip() == str([E.EACCES, 0])
+    os.setxattr(team, "user.vexfs.embed", b"*.txt")
+    shared.unmount()
+    shared.mount()
+    assert os.getxattr(shared.store / "mallorys", "user.vexfs.embed") == b"*"
+    assert os.getxattr(shared.store / "team", "user.vexfs.embed") == b"*.txt"
+
+
 def test_names_cannot_forge_answer_lines(shared):
     d = shared / "names"
     d.mkdir()

@@ -168,7 +168,7 @@ extension Filesystem {
             let attribute = String(cString: name)
             let done = inode.isDirectory
                 ? withDirectory(inode) { dir in
-                    Result { () throws(SemanticError) in try semantic.setDirectoryAttribute(attribute, dir: dir, value: bytes) }
+                    Result { () throws(SemanticError) in try semantic.setDirectoryAttribute(attribute, dir: dir, value: bytes, requester: requester()) }
                 }
                 : inode.fileType == S_IFREG ? withFile(inode) { file in
                     Result { () throws(SemanticError) in try semantic.setFileAttribute(attribute, file: file, value: bytes) }

@@ -3,9 +3,11 @@
 // The daemon registers an open descriptor of the backing file with the kernel (a *backing id*) and
 // names that id in its OPEN or CREATE answer; the kernel then opens its own backing file per open,
 // with the caller's flags (O_DIRECT and O_APPEND included) and the credentials the daemon had when
-// it registered the id. Those lack CAP_FSETID (dropped around the registration): a write through
-// the kernel then clears set-id bits as the store's own filesystem does for a user who may not keep
-// them, also for a descriptor opened before a chmod 4777 (root's own writes clear them too).
+// it registered the id. An id registered for an open by a user other than root lacks CAP_FSETID
+// (dropped around the registration): the kernel's writes through it then clear set-id bits as the
+// store's own filesystem does for a user who may not keep them, also through a descriptor opened
+// before a chmod 4777. Root's opens keep it, so root's writes keep set-id bits, as on ext4. One id
+// serves every open of an inode: a user who opens a file root holds open shares root's id.
 //
 // The kernel's rules, which this file keeps: while any open of an inode passes through, every open
 // of it must name the same backing id, and none may use the FUSE page cache (no KEEP_CACHE); while
@@ -70,7 +72,8 @@ final class BackingFiles: Sendable {
                     modes[inode.key] = .daemon(opens: 1)
                     return nil
                 }
-                let id = BackingFiles.withoutFSETID { vexfs_req_backing_open(req, file.fd) }
+                let id = caller(req).uid == 0 ? vexfs_req_backing_open(req, file.fd)
+                    : BackingFiles.withoutFSETID { vexfs_req_backing_open(req, file.fd) }
                 guard id > 0 else {
                     // Refused for want of privilege (a user namespace) or support: off for the rest
                     // of the mount. Anything else concerns this file alone.

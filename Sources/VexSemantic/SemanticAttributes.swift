@@ -106,8 +106,16 @@ extension SemanticLayer {
     }
 
     /// Sets `user.vexfs.dim`, `user.vexfs.metric` or `user.vexfs.recall` on a collection; other names of ours are refused.
-    public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
+    public func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8], requester: Caller = .root) throws(SemanticError) {
         let setting = try Setting.parse(attribute, value)
+        if case .embed = setting, !requester.seesEverything {
+            // Which files go to the endpoint is their directory owner's choice: in a directory
+            // others may write (a shared /tmp), nobody else may send everyone's files out.
+            var st = stat()
+            guard fstat(dir.fd, &st) == 0, st.st_uid == requester.uid else {
+                throw .denied("only the directory's owner (or root) may set user.vexfs.embed")
+            }
+        }
         bridge.settle(dir.key)
         guard let c = collection(dir) else {
             if let why = ownerFull(dir) { throw .quota(why) }

@@ -58,10 +58,12 @@ public protocol ComputedAttributes: AnyObject, Sendable {
     /// The value of `attribute` of the directory `dir` (its collection: dim, metric, count, status,
     /// index, embed, recall). Throws `.noData` (ENODATA) for a name with no value.
     func directoryAttribute(_ attribute: String, dir: DirectoryRef) throws(SemanticError) -> [UInt8]
-    /// Sets a collection's setting (`user.vexfs.dim`, `.metric`, `.recall`, `.embed`). Throws
-    /// `.invalid` (EINVAL) for another name or a bad value, `.busy` (ENOTEMPTY) for a change its
-    /// vectors forbid (a new dimension while it holds vectors of another).
-    func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError)
+    /// Sets a collection's setting (`user.vexfs.dim`, `.metric`, `.recall`, `.embed`) for
+    /// `requester`. Throws `.invalid` (EINVAL) for another name or a bad value, `.busy` (ENOTEMPTY)
+    /// for a change its vectors forbid (a new dimension while it holds vectors of another),
+    /// `.denied` (EACCES) for `.embed` set by anyone but the directory's owner or root (it chooses
+    /// whose files are sent to the embedder), `.quota` (EDQUOT) past the owner's collections.
+    func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8], requester: Caller) throws(SemanticError)
     /// Sets a query option on a query file (NAME.query). Throws `.invalid` (EINVAL) for another name,
     /// a file that is not a query, or a bad value (which is then never stored).
     func setFileAttribute(_ attribute: String, file: FileRef, value: [UInt8]) throws(SemanticError)

@@ -58,7 +58,7 @@ final class FakeSemantic: SemanticService, @unchecked Sendable {
         note(.directoryAttribute(attribute, dir: "\(dir.path)"))
         return try answered()
     }
-    func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8]) throws(SemanticError) {
+    func setDirectoryAttribute(_ attribute: String, dir: DirectoryRef, value: [UInt8], requester: Caller) throws(SemanticError) {
         note(.setDirectoryAttribute(attribute, dir: "\(dir.path)", value: String(decoding: value, as: UTF8.self)))
         _ = try answered()
     }
