@@ -236,6 +236,20 @@ public final class SemanticLayer: @unchecked Sendable {
         metrics.vectors.set(all.reduce(0) { $0 + $1.vectorCount.load(ordering: .relaxed) })
         metrics.depth.set(bridge.depth)
         metrics.journalBytes.set(journal.size)
+        // Taken only where no builder holds a collection: a gauge never waits for a batch.
+        var measured = Double.nan, target = Setting.defaultRecall, ef = 0
+        for c in all {
+            guard let found = c.state.withLockIfAvailable({ s in s.index.map { ($0.measurement, s.settings.recall) } }),
+                  let (measurement, goal) = found else { continue }
+            target = min(target, goal)
+            if let m = measurement {
+                measured = measured.isNaN ? m.recall : min(measured, m.recall)
+                ef = max(ef, m.ef)
+            }
+        }
+        metrics.recallMeasured.set(measured)
+        metrics.recallTarget.set(target)
+        metrics.efInUse.set(ef)
     }
 }
 

@@ -15,6 +15,12 @@ public final class SemanticMetrics: Sendable {
     let vectors: Meter
     let depth: Meter
     let journalBytes: Meter
+    /// Across graph collections: the lowest recall@10 the tuner measured (NaN before any), the
+    /// lowest target set, and the widest search breadth in use. No collection is named: anyone
+    /// may read the stats.
+    let recallMeasured: Meter
+    let recallTarget: Meter
+    let efInUse: Meter
     let embed: EmbedMetrics
     /// Snapshots set aside at open, by why (every reason is shown, at zero until it happens).
     private let rejections: [SnapshotRejection: Counter]
@@ -28,6 +34,9 @@ public final class SemanticMetrics: Sendable {
         vectors = Meter(label: "vexfs_index_vectors", dimensions: [], factory: factory)
         depth = Meter(label: "vexfs_bridge_queue_depth", dimensions: [], factory: factory)
         journalBytes = Meter(label: "vexfs_journal_bytes", dimensions: [], factory: factory)
+        recallMeasured = Meter(label: "vexfs_index_recall_measured", dimensions: [], factory: factory)
+        recallTarget = Meter(label: "vexfs_index_recall_target", dimensions: [], factory: factory)
+        efInUse = Meter(label: "vexfs_index_ef_in_use", dimensions: [], factory: factory)
         rejections = Dictionary(uniqueKeysWithValues: SnapshotRejection.allCases.map {
             ($0, Counter(label: "vexfs_snapshot_rejected_total", dimensions: [("reason", $0.rawValue)], factory: factory))
         })
