@@ -247,7 +247,8 @@ public final class SemanticLayer: @unchecked Sendable {
                 ef = max(ef, m.ef)
             }
         }
-        metrics.recallMeasured.set(measured)
+        // 0 while nothing is measured: the text format's NaN is not what the exposition would print.
+        metrics.recallMeasured.set(measured.isNaN ? 0 : measured)
         metrics.recallTarget.set(target)
         metrics.efInUse.set(ef)
     }

@@ -15,7 +15,7 @@ public final class SemanticMetrics: Sendable {
     let vectors: Meter
     let depth: Meter
     let journalBytes: Meter
-    /// Across graph collections: the lowest recall@10 the tuner measured (NaN before any), the
+    /// Across graph collections: the lowest recall@10 the tuner measured (0 before any), the
     /// lowest target set, and the widest search breadth in use. No collection is named: anyone
     /// may read the stats.
     let recallMeasured: Meter
