@@ -39,13 +39,17 @@ def py(code, *args):
     return r.stdout
 
 
+def open_to_everyone(m):
+    """Makes the mount reachable by everyone, its top a world-writable sticky directory like /tmp."""
+    for d in list(m.root.parents)[:4]:
+        os.chmod(d, 0o755)
+    os.chmod(m.root, 0o1777)
+    return m
+
+
 @pytest.fixture
 def shared(mnt, mallory):
-    """The mount, reachable by everyone, with a world-writable sticky directory like /tmp."""
-    for d in list(mnt.root.parents)[:4]:
-        os.chmod(d, 0o755)
-    os.chmod(mnt.root, 0o1777)
-    return mnt
+    return open_to_everyone(mnt)
 
 
 def knn_of(text):
@@ -203,9 +207,7 @@ def test_a_user_cannot_hold_every_thread_with_long_questions(make_mount, mallory
     import numpy as np
     m = make_mount("-o", "allow_other,max_user_queries=2,query_seconds=1")
     m.mount()
-    for d in list(m.root.parents)[:4]:
-        os.chmod(d, 0o755)
-    os.chmod(m.root, 0o1777)
+    open_to_everyone(m)
     c = m / "c"
     c.mkdir()
     os.chmod(c, 0o777)
@@ -335,9 +337,7 @@ def test_one_user_cannot_take_every_collection(make_mount, mallory):
     import errno as E
     m = make_mount("-o", "allow_other,max_user_collections=5")
     m.mount()
-    for d in list(m.root.parents)[:4]:
-        os.chmod(d, 0o755)
-    os.chmod(m.root, 0o1777)
+    open_to_everyone(m)
     out = py("""
 import os, sys
 root = sys.argv[1]
