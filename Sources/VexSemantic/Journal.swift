@@ -128,7 +128,7 @@ public final class Journal: Sendable {
     }
 
     /// Every event still kept, as JSON lines (what root reads in `.vexfs/journal`).
-    public func contents() -> [UInt8] { Array(events().map(\.line).joined().utf8) }
+    public func contents() -> [UInt8] { JournalEvent.lines(events()) }
 
     /// Bytes on disk plus in memory.
     public var size: Int { buffer.withLock { $0.persistedBytes + $0.events.bytes.count } }

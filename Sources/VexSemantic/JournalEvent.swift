@@ -56,6 +56,9 @@ public struct JournalEvent: Sendable, Equatable {
         return out + "}\n"
     }
 
+    /// `events` as the journal file shows them: one line each, oldest first.
+    static func lines(_ events: [JournalEvent]) -> [UInt8] { Array(events.map(\.line).joined().utf8) }
+
     // MARK: in a segment
 
     func encode(into w: inout ByteWriter) {

@@ -13,8 +13,8 @@ import VexStore
 extension SemanticLayer {
     /// The journal's lines that `requester` may see, oldest first.
     public func journal(visibleTo requester: Caller) -> [UInt8] {
+        guard !requester.seesEverything else { return journal.contents() }
         let all = journal.events()
-        guard !requester.seesEverything else { return Array(all.map(\.line).joined().utf8) }
         var judged: [FileName: Bool] = [:]
         // Nothing is shown when the thread cannot take the asker's identity.
         let shown = (try? requester.withAccess(orElse: SemanticError.denied("")) { () throws(SemanticError) in
@@ -27,7 +27,7 @@ extension SemanticLayer {
                 }
             }
         }) ?? []
-        return Array(shown.map(\.line).joined().utf8)
+        return JournalEvent.lines(shown)
     }
 
     public func journalFile(visibleTo requester: Caller) throws(SemanticError) -> Int32 {
