@@ -4,6 +4,7 @@ after a fault comes up and answers as a fresh index of the same files would."""
 import errno
 import os
 import random
+import signal
 import struct
 import subprocess
 import threading
@@ -265,3 +266,58 @@ def test_unmount_while_users_are_busy_is_bounded_and_needs_no_rebuild(make_mount
     m.mount()
     assert os.getxattr(c, "user.vexfs.status").decode().split("; at mount: ")[1].startswith("snapshot loaded")
     assert os.getxattr(c / "base.npy", "user.vexfs.status") == b"indexed: 20000 vectors"
+
+
+STOP_BOUND = 10  # seconds; README "Unmounting" documents it
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "unmount"])
+def test_stopping_while_a_big_file_is_built_is_bounded_and_loses_nothing(make_mount, stop):
+    """A stop signal or an unmount while a graph is built from a big .npy: the daemon gives the build
+    up within a piece and exits within the bound (after a signal, even with a question waiting for
+    that build; an unmount is refused while one is in flight, as on any filesystem); the next mount
+    reads the file again and answers as a fresh index would."""
+    m = make_mount("-o", "index=hnsw")
+    m.mount()
+    c = m / "c"
+    c.mkdir()
+    rows = np.random.default_rng(5).normal(size=(60_000, 64)).astype(np.float32)
+    np.save(m.store / "staged.npy", rows)
+    subprocess.run(["cp", str(m.store / "staged.npy"), str(c / "big.npy")], check=True)
+    # A question that waits for the file (read-your-writes), in flight when the stop comes.
+    (rows[7] + 0.001).tofile(c / "q.f32.query")
+    asked = threading.Thread(target=lambda: _ignore_errors(lambda: knn(c / "q.f32.query", 3)))
+    if stop == "SIGTERM":
+        asked.start()
+    time.sleep(2)
+    start = time.time()
+    if stop == "SIGTERM":
+        os.kill(m.pid, signal.SIGTERM)
+    else:
+        subprocess.run(["fusermount3", "-u", str(m.root)], check=True)
+        asked.start()  # finds the mount gone
+    while time.time() - start < 3 * STOP_BOUND and os.path.exists(f"/proc/{m.pid}"):
+        time.sleep(0.05)
+    elapsed = time.time() - start
+    asked.join()
+    assert not os.path.exists(f"/proc/{m.pid}"), "the daemon outlived three times the bound"
+    assert elapsed < STOP_BOUND, elapsed
+    subprocess.run(["fusermount3", "-u", "-z", str(m.root)], stderr=subprocess.DEVNULL)
+    m.mount()
+    # Given up at the stop, so read again now (a build that had finished would be in the snapshot).
+    assert os.getxattr(c, "user.vexfs.status").decode().endswith("at mount: snapshot loaded, 1 files read again")
+    assert os.getxattr(c / "big.npy", "user.vexfs.status") == b"indexed: 60000 vectors"
+    assert os.getxattr(c, "user.vexfs.count") == b"60000"
+    first = names(knn(c / "q.f32.query", 3))
+    assert first[0] == "big.npy#7", first
+    m.unmount()
+    m.mount()
+    assert os.getxattr(c, "user.vexfs.status").decode().endswith("at mount: snapshot loaded")
+    assert names(knn(c / "q.f32.query", 3)) == first
+
+
+def _ignore_errors(call):
+    try:
+        call()
+    except OSError:
+        pass

@@ -6,7 +6,10 @@
 #include <fcntl.h>
 #include <linux/capability.h>
 #include <sched.h>
+#include <signal.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <sys/eventfd.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -206,6 +209,7 @@ vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs
                                  const struct vexfs_session_config *config, void *userdata) {
     struct vexfs_session *s = calloc(1, sizeof *s);
     if (!s) return NULL;
+    s->stop_fd = -1;
     s->handlers = *handlers;
     s->config = *config;
     s->userdata = userdata;
@@ -272,10 +276,43 @@ int vexfs_req_invalidate_range(fuse_req_t req, fuse_ino_t ino, off_t off, off_t 
     return fuse_lowlevel_notify_inval_inode(((struct vexfs_session *)fuse_req_userdata(req))->se, ino, off, len);
 }
 
+// A stop signal first wakes whoever waits on the session's stop descriptor, then runs libfuse's own
+// handler, which ends the loop. The loop returns only once every request in flight is answered, and
+// a request may be waiting for long index work that must hear of the stop to give up. A signal
+// handler finds nothing but globals: these two are all it needs.
+static const int vx_stop_signals[] = {SIGHUP, SIGINT, SIGTERM};
+static struct sigaction vx_libfuse_actions[3];
+static int vx_stop_signal_fd = -1;
+
+static void vx_on_stop_signal(int sig) {
+    int saved = errno;
+    uint64_t one = 1;
+    if (vx_stop_signal_fd >= 0) (void)!write(vx_stop_signal_fd, &one, sizeof one);
+    for (int i = 0; i < 3; i++) {
+        void (*libfuse)(int) = vx_libfuse_actions[i].sa_handler;
+        if (vx_stop_signals[i] == sig && libfuse != SIG_DFL && libfuse != SIG_IGN) libfuse(sig);
+    }
+    errno = saved;
+}
+
 int vexfs_session_set_signal_handlers(vexfs_session *s) {
     if (fuse_set_signal_handlers(s->se) != 0) return -1;
     s->signals = 1;
+    s->stop_fd = eventfd(0, EFD_CLOEXEC);
+    if (s->stop_fd < 0) return -1;
+    vx_stop_signal_fd = s->stop_fd;
+    struct sigaction ours = {.sa_handler = vx_on_stop_signal};
+    sigemptyset(&ours.sa_mask);
+    for (int i = 0; i < 3; i++)
+        if (sigaction(vx_stop_signals[i], &ours, &vx_libfuse_actions[i]) != 0) return -1;
     return 0;
+}
+
+int vexfs_session_stop_fd(vexfs_session *s) { return s->stop_fd; }
+
+void vexfs_session_wake_stop_waiter(vexfs_session *s) {
+    uint64_t one = 1;
+    if (s->stop_fd >= 0) (void)!write(s->stop_fd, &one, sizeof one);
 }
 
 int vexfs_session_loop(vexfs_session *s) {
@@ -290,7 +327,12 @@ int vexfs_session_loop(vexfs_session *s) {
 
 void vexfs_session_destroy(vexfs_session *s) {
     if (!s) return;
-    if (s->signals) fuse_remove_signal_handlers(s->se);
+    if (s->signals) {
+        for (int i = 0; i < 3; i++) sigaction(vx_stop_signals[i], &vx_libfuse_actions[i], NULL);
+        vx_stop_signal_fd = -1;
+        fuse_remove_signal_handlers(s->se);
+    }
+    if (s->stop_fd >= 0) close(s->stop_fd);
     if (s->mounted) fuse_session_unmount(s->se);
     fuse_session_destroy(s->se);
     free(s);

@@ -14,6 +14,8 @@ struct vexfs_session {
     void *userdata;
     int mounted;
     int signals;
+    // Readable (an eventfd) once a stop signal came: see vexfs_session_stop_fd.
+    int stop_fd;
     // A vexfs_passthrough value: decided in init, applied to the INIT reply by the back-port, and
     // turned to REFUSED if the kernel refuses a registration.
     _Atomic int passthrough;

@@ -89,10 +89,45 @@ public enum Session {
         // The session outlives every call of the renderer: it is destroyed after `stopping`.
         nonisolated(unsafe) let live = session
         served { [fs] in fs.renderStats(live) }
+        let watcher = StopWatcher(fd: vexfs_session_stop_fd(session)) { [fs] in fs.semantic?.beginStopping() }
         _ = vexfs_session_loop(session)
+        vexfs_session_wake_stop_waiter(session)
+        watcher.join()
         // Unmounted: finish the index work and persist it before the store is released.
         stopping()
         fs.semantic?.close()
+    }
+
+    /// A thread that waits for a stop signal (the session's stop descriptor) and tells the vector
+    /// layer at once: the loop itself ends only after the requests in flight are answered.
+    private final class StopWatcher: @unchecked Sendable {
+        let fd: Int32
+        let heard: @Sendable () -> Void
+        private var thread: pthread_t?
+
+        init(fd: Int32, heard: @escaping @Sendable () -> Void) {
+            self.fd = fd
+            self.heard = heard
+            guard fd >= 0 else { return }
+            var t = pthread_t()
+            let box = Unmanaged.passRetained(self).toOpaque()
+            if pthread_create(&t, nil, { arg in
+                let watcher = Unmanaged<StopWatcher>.fromOpaque(arg!).takeRetainedValue()
+                var count: UInt64 = 0
+                while read(watcher.fd, &count, 8) < 0 && errno == EINTR {}
+                watcher.heard()
+                return nil
+            }, box) == 0 {
+                thread = t
+            } else {
+                Unmanaged<StopWatcher>.fromOpaque(box).release()
+            }
+        }
+
+        /// Returns once the thread has ended (wake it first).
+        func join() {
+            if let thread { pthread_join(thread, nil) }
+        }
     }
 
     /// fsname is part of a comma-separated option list.

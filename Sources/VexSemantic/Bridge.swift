@@ -309,6 +309,15 @@ final class Bridge: @unchecked Sendable {
             if long.isEmpty { break }
             let work = long.removeFirst()
             let c = work.collection
+            // Stopping: a long file waiting is not read now. Its catalog entry does not match it,
+            // so the next mount reads it; the mount stops within one slice of the one being read.
+            if stopping, case .event(let e, let order) = work {
+                finish(e, order)
+                if !long.contains(where: { if case .event(let e, _) = $0 { e.key.collection == c } else { false } }) { busy.remove(c) }
+                pthread_cond_broadcast(progress)
+                pthread_cond_signal(wake)
+                continue
+            }
             // A job waits for the worker's batch of its collection, then holds the collection.
             while inFlight.contains(c) { pthread_cond_wait(progress, queueLock) }
             busy.insert(c)

@@ -235,7 +235,7 @@ final class Collection: @unchecked Sendable {
         }
         if let format = configuration.streamedFormat(name, st) {
             let old = s.files[name]
-            stream(name, format, &record, replacing: old, &s)
+            guard stream(name, format, &record, replacing: old, &s) else { return }
             keep(record, as: name, replacing: old, &s)
             published(s)
             host.journal.record(.index, s.path.child(name), detail: ["status": record.journalStatus])
@@ -274,13 +274,15 @@ final class Collection: @unchecked Sendable {
                 break
             }
             assignLabels(vectors.rows, to: &record, replacing: old, &s)
-            // A file of many rows (one big .npy) is built on every core.
+            // A file of many rows (one big .npy) is built on every core, a piece at a time so that
+            // a stopping mount need not wait for the rest.
             let labels = (0..<UInt64(vectors.rows)).map { record.firstLabel + $0 }
             let inserted = vectors.values.withUnsafeBufferPointer { all in
-                Result { () throws(IndexError) in
-                    try index.insert(batch: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]),
-                                     threads: vectors.rows >= 1024 ? availableCores : 1)
-                }
+                insertInPieces(index, labels: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]))
+            }
+            if case .success(false) = inserted {
+                abandon(name, labels: labels, &s)
+                return
             }
             if case .failure(let error) = inserted {
                 // The graph is full or its vector file cannot grow: none of the file stays, and
@@ -351,6 +353,20 @@ final class Collection: @unchecked Sendable {
         vectorCount.store(s.index?.count ?? 0, ordering: .relaxed)
         knownDimension.store(s.settings.dimension ?? 0, ordering: .relaxed)
         version.add(1, ordering: .releasing)
+    }
+
+    /// Gives up reading `name` because the mount is stopping: none of the vectors under `labels`
+    /// stay, and the file leaves the catalog, so the next mount reads it as a new file.
+    func abandon(_ name: FileName, labels: [UInt64], _ s: inout State) {
+        s.index?.remove(labels: labels)
+        for l in labels { s.owner[l] = nil }
+        if let held = s.files.removeValue(forKey: name) {
+            host.noteLink(collection: key, name: name, from: held.inode, to: nil)
+            forgetTags(of: held.inode)
+        }
+        s.embedding[name] = nil
+        s.unsavedFiles += 1
+        published(s)
     }
 
     func release(_ record: FileRecord?, _ s: inout State) {

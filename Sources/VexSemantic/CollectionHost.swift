@@ -28,6 +28,9 @@ protocol CollectionHost: AnyObject, Sendable {
 
     /// The bridge that applies file events and runs long work (streams, rebuilds, snapshots).
     var bridge: Bridge { get }
+    /// True once the mount is stopping: a long read gives up between slices (the file leaves the
+    /// catalog and is read again at the next mount), so unmount and SIGTERM never wait for it.
+    var isStopping: Bool { get }
     /// Asks the tuner to measure this collection's recall and set its breadth, off every lock.
     func measureRecallSoon(_ collection: Collection)
     /// Asks the linker to link the vectors waiting beside this collection's graph.

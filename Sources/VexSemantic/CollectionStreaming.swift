@@ -14,9 +14,17 @@ extension Collection {
     /// Indexes a file too big to read whole, a slice of rows at a time, each slice built on every
     /// core. A file that turns out bad part of the way through (a number that is not finite, a
     /// record of another dimension) leaves none of its vectors behind.
-    func stream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?, _ s: inout State) {
-        guard let job = startStream(name, format, &record, replacing: old, &s) else { return }
-        endStream(job, failure: feed(job), &record, &s)
+    /// False when the mount stopped it part of the way (the file is then out of the catalog).
+    func stream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?, _ s: inout State) -> Bool {
+        guard let job = startStream(name, format, &record, replacing: old, &s) else { return true }
+        switch feed(job) {
+        case .stopped:
+            abandon(name, labels: job.labels, &s)
+            return false
+        case .read: endStream(job, failure: nil, &record, &s)
+        case .failed(let reason): endStream(job, failure: reason, &record, &s)
+        }
+        return true
     }
 
     /// A streamed file once its labels are taken: what reading it needs, none of it the state.
@@ -26,6 +34,15 @@ extension Collection {
         let index: PersistentIndex
         let firstLabel: UInt64
         let shown: String
+        var labels: [UInt64] { Array(firstLabel..<(firstLabel + UInt64(input.rows))) }
+    }
+
+    /// How reading a stream ended.
+    enum StreamEnd {
+        case read
+        case failed(String)
+        /// The mount is stopping: given up between slices.
+        case stopped
     }
 
     /// Opens the stream, checks it against the collection and memory, and takes its labels (each
@@ -57,22 +74,50 @@ extension Collection {
         return StreamJob(name: name, input: input, index: index, firstLabel: record.firstLabel, shown: shown(s))
     }
 
-    /// Reads and indexes the whole file (no lock of the collection needed); the failure, if any.
-    func feed(_ job: StreamJob) -> String? {
+    /// Reads and indexes the whole file (no lock of the collection needed).
+    func feed(_ job: StreamJob) -> StreamEnd {
         var slice: [Float] = []
         var done = 0
         while done < job.input.rows {
+            if host.isStopping { return .stopped }
             let rows = done..<min(job.input.rows, done + job.input.sliceRows)
-            do { try job.input.read(rows, into: &slice) } catch { return "\(error)" }
+            do { try job.input.read(rows, into: &slice) } catch { return .failed("\(error)") }
             let labels = rows.map { job.firstLabel + UInt64($0) }
-            let inserted = slice.withUnsafeBufferPointer { slice in
-                Result { () throws(IndexError) in try job.index.insert(batch: labels, vectors: slice, threads: availableCores) }
+            switch slice.withUnsafeBufferPointer({ insertInPieces(job.index, labels: labels, vectors: $0) }) {
+            case .failure(let error): return .failed("\(error)")
+            case .success(false): return .stopped
+            case .success(true): break
             }
-            if case .failure(let error) = inserted { return "\(error)" }
             done = rows.upperBound
             host.progressed("\(job.shown)/\(job.name.escaped): \(done) of \(job.input.rows) vectors")
         }
-        return nil
+        return .read
+    }
+
+    /// Inserts `vectors` under `labels` on every core, a piece at a time, each sized to take about
+    /// a quarter of a second, so that a stopping mount waits for one piece at most. Fewer than
+    /// 1,024 rows go in at once on one thread. `.success(false)`: the mount is stopping, and only
+    /// some of them went in.
+    func insertInPieces(_ index: PersistentIndex, labels: [UInt64], vectors: UnsafeBufferPointer<Float>) -> Result<Bool, IndexError> {
+        let dimension = index.dimension
+        guard labels.count >= 1024 else {
+            return Result { () throws(IndexError) in try index.insert(batch: labels, vectors: vectors, threads: 1) }.map { true }
+        }
+        var done = 0
+        var piece = 4096
+        while done < labels.count {
+            if host.isStopping { return .success(false) }
+            let end = min(labels.count, done + piece)
+            let began = QueryBudget.Deadline.now()
+            do {
+                try index.insert(batch: Array(labels[done..<end]), vectors: UnsafeBufferPointer(rebasing: vectors[(done * dimension)..<(end * dimension)]),
+                                 threads: availableCores)
+            } catch { return .failure(error) }
+            let seconds = max(Double(QueryBudget.Deadline.now() - began) / 1e9, 1e-3)
+            piece = max(1024, min(1 << 20, Int(Double(end - done) * 0.25 / seconds)))
+            done = end
+        }
+        return .success(true)
     }
 
     /// Settles `record` after `feed`: indexed, or (failed) none of its vectors left.
@@ -109,9 +154,17 @@ extension Collection {
         }
         guard let begun else { return false }
         guard let job = begun.job else { return true }
-        let failure = feed(job)
+        let end = feed(job)
         state.withLock { s in
             var record = begun.record
+            let failure: String?
+            switch end {
+            case .stopped:
+                abandon(name, labels: job.labels, &s)
+                return
+            case .read: failure = nil
+            case .failed(let reason): failure = reason
+            }
             endStream(job, failure: failure, &record, &s)
             // Only this thread changes this file's entry while the builder holds the collection.
             s.files[name] = record

@@ -58,6 +58,9 @@ public final class SemanticLayer: @unchecked Sendable {
     let sender = CollectionWorker { $0.sendOutbox(); return false }
     public let journal: Journal
     let bridge: Bridge
+    /// Set when `close` begins (see `CollectionHost.isStopping`).
+    private let stopping = Atomic<Bool>(false)
+    var isStopping: Bool { stopping.load(ordering: .acquiring) }
     let registry = CollectionRegistry()
     /// How many questions a user may have running, and for how long each.
     let budget: QueryBudget
@@ -151,7 +154,10 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// Applies what is pending, snapshots every index that changed since its last snapshot (with its
     /// catalog), and flushes the journal.
+    public func beginStopping() { stopping.store(true, ordering: .releasing) }
+
     public func close() {
+        beginStopping()
         bridge.stop()
         // Waiting texts are dropped: their files are asked for again at the next mount.
         embedQueue?.stop()

@@ -100,6 +100,9 @@ extension StateReports {
 /// The vector layer as a mount holds it: made once before the request loop starts, closed once
 /// after the kernel has stopped sending requests.
 public protocol SemanticService: FileEvents, ComputedAttributes, StateReports {
+    /// The mount is going away (a stop signal): long index work gives up between slices, so the
+    /// requests still in flight, which may wait for it, are answered soon. Requests keep working.
+    func beginStopping()
     /// Applies what is pending, persists every index and the journal. No call may follow.
     func close()
 }

@@ -72,6 +72,7 @@ final class FakeSemantic: SemanticService, @unchecked Sendable {
     }
     func journal(visibleTo requester: Caller) -> [UInt8] { [] }
     func refreshGauges() {}
+    func beginStopping() {}
     func close() {}
 }
 

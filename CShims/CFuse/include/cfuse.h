@@ -92,6 +92,10 @@ vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs
 int vexfs_session_mount(vexfs_session *s, const char *mountpoint);
 /// Installs SIGINT/SIGTERM/SIGHUP handlers that end the loop; 0 on success.
 int vexfs_session_set_signal_handlers(vexfs_session *s);
+/// An eventfd that becomes readable when a stop signal arrives (before the loop has answered the
+/// requests in flight), or when vexfs_session_wake_stop_waiter is called.
+int vexfs_session_stop_fd(vexfs_session *s);
+void vexfs_session_wake_stop_waiter(vexfs_session *s);
 /// Whether the kernel agreed that vexfs drops set-id bits and capabilities on write and truncate
 /// (FUSE_HANDLE_KILLPRIV_V2, negotiated by the back-port below).
 int vexfs_req_killpriv_v2(fuse_req_t req);
