@@ -21,10 +21,12 @@ extension SemanticLayer {
         let kind = kind(of: name, in: dir) { existing(dir.key)?.attributeCarriers.withLock { $0.contains(name) } == true }
         if kind.isIndexed {
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
+            noteShared(.file, collection: dir.key, name: name)
         }
         let others = registry.links(of: inode)
         for link in others where !(link.collection == dir.key && link.name == name) {
             bridge.post(.refresh, collection: link.collection, name: link.name)
+            noteShared(.file, collection: link.collection, name: link.name)
         }
     }
 
@@ -49,11 +51,13 @@ extension SemanticLayer {
         if kind(of: name, in: dir, carriesVector: { hasVectorAttribute(dir.fd, name) }).isIndexed, let c = collection(dir) {
             bridge.post(.refresh, collection: c.key, name: name)
         }
+        noteShared(.file, collection: dir.key, name: name)
     }
 
     public func removed(_ dir: DirectoryRef, _ name: FileName) {
         journal.record(.unlink, dir.child(name))
         if existing(dir.key) != nil { bridge.post(.remove, collection: dir.key, name: name) }
+        noteShared(.file, collection: dir.key, name: name)
     }
 
     /// The attribute `name` of `file` was set or removed (nil: its mode or owner changed): filters
@@ -64,6 +68,7 @@ extension SemanticLayer {
         if let name, strcmp(name, SemanticLayer.vectorAttribute) == 0 {
             journal.record(.setxattr, dir.child(file.name), detail: ["name": SemanticLayer.vectorAttribute])
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: file.name) }
+            noteShared(.file, collection: dir.key, name: file.name)
         }
         guard let inode = (try? StoreFiles.inodeNumber(file.fd)) else { return }
         existing(dir.key)?.attributesChanged(of: inode)
@@ -80,6 +85,8 @@ extension SemanticLayer {
            let c = collection(to) {
             bridge.post(.refresh, collection: c.key, name: toName)
         }
+        noteShared(.file, collection: from.key, name: fromName)
+        noteShared(.file, collection: to.key, name: toName)
     }
 
     /// A directory moved: collections at or under it follow (with `exchange`, those under `new`
