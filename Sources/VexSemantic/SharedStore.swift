@@ -84,24 +84,40 @@ final class SharedStore: @unchecked Sendable {
 
     enum Change: UInt8 { case file = 0x72, settings = 0x73 }  // "r", "s"
 
-    /// Tells the other mounts that `name` in collection `key` changed (or its settings did).
-    func note(_ change: Change, collection key: UInt64, name: FileName = FileName([])) {
-        let line = Array("\(key)\t".utf8) + [change.rawValue, 0x09] + Array(name.escaped.utf8) + [0x0A]
+    /// Tells the other mounts that `name` in collection `key` changed (or its settings did). `path`,
+    /// the directory's path in the store, lets a mount that has not met the collection yet find it.
+    func note(_ change: Change, collection key: UInt64, path: FileName?, name: FileName = FileName([])) {
+        let place = path.map { $0.isEmpty ? "." : $0.escaped } ?? ""
+        let line = Array("\(key)\t".utf8) + [change.rawValue, 0x09] + Array(name.escaped.utf8) + [0x09] + Array(place.utf8) + [0x0A]
         guard line.count <= SharedStore.maxLine else { return }
         if line.withUnsafeBytes({ write(log, $0.baseAddress, $0.count) }) == line.count { metrics.published.increment() }
     }
 
-    /// One line of another mount's log; nil when it is not one.
-    static func parse(_ line: ArraySlice<UInt8>) -> (UInt64, Change, FileName)? {
-        let fields = line.split(separator: 0x09, maxSplits: 2, omittingEmptySubsequences: false)
-        guard fields.count == 3, fields[1].count == 1, let change = Change(rawValue: fields[1].first!),
+    /// One line of another mount's log: the collection, what changed, the file, and the directory's
+    /// path when the writer gave it; nil when it is not such a line.
+    static func parse(_ line: ArraySlice<UInt8>) -> (UInt64, Change, FileName, FileName?)? {
+        let fields = line.split(separator: 0x09, maxSplits: 3, omittingEmptySubsequences: false)
+        guard fields.count == 4, fields[1].count == 1, let change = Change(rawValue: fields[1].first!),
               let key = UInt64(String(decoding: fields[0], as: UTF8.self)),
               let bytes = FileName.unescape(String(decoding: fields[2], as: UTF8.self)) else { return nil }
         let name = FileName(bytes)
         if change == .file {
-            guard !bytes.isEmpty, bytes.count <= 255, !bytes.contains(0x2F), !bytes.contains(0), name != ".", name != ".." else { return nil }
+            guard isComponent(bytes) else { return nil }
         }
-        return (key, change, name)
+        var path: FileName?
+        if fields[3].elementsEqual(".".utf8) {
+            path = FileName([])
+        } else if !fields[3].isEmpty {
+            guard let p = FileName.unescape(String(decoding: fields[3], as: UTF8.self)), p.count <= 4096,
+                  p.split(separator: 0x2F, omittingEmptySubsequences: false).allSatisfy({ isComponent(Array($0)) }) else { return nil }
+            path = FileName(p)
+        }
+        return (key, change, name, path)
+    }
+
+    /// One name in a directory: not empty, `.` or `..`, no `/` or NUL, at most 255 bytes.
+    static func isComponent(_ b: [UInt8]) -> Bool {
+        !b.isEmpty && b.count <= 255 && !b.contains(0x2F) && !b.contains(0) && b != [0x2E] && b != [0x2E, 0x2E]
     }
 }
 
@@ -213,7 +229,8 @@ extension SemanticLayer {
                     break
                 }
                 for line in buffer[...end].split(separator: 0x0A) {
-                    guard let (key, change, file) = SharedStore.parse(line), let c = existing(key) else { continue }
+                    guard let (key, change, file, path) = SharedStore.parse(line),
+                          let c = existing(key) ?? path.flatMap({ discover(key, at: $0) }) else { continue }
                     switch change {
                     case .file: bridge.post(.refresh, collection: key, name: file)
                     case .settings: c.adoptSettings()
@@ -224,6 +241,24 @@ extension SemanticLayer {
             }
             sharing.offsets[name] = offset
         }
+    }
+
+    /// The collection whose directory is at `path` in the store, made (and opened) here, when that
+    /// directory is still the one another mount logged (inode `key`): reached by descriptors from the
+    /// root, never through a symlink.
+    func discover(_ key: UInt64, at path: FileName) -> Collection? {
+        guard var fd = (try? StoreFiles.holdDirectory(rootFD, ".")) else { return nil }
+        defer { Glibc.close(fd) }
+        for (i, part) in path.bytes.split(separator: 0x2F).enumerated() {
+            let component = FileName(Array(part))
+            if i == 0 && component == FileName(".vexfs") { return nil }
+            guard let next = (try? StoreFiles.holdDirectory(fd, component)) else { return nil }
+            Glibc.close(fd)
+            fd = next
+        }
+        var st = stat()
+        guard fstat(fd, &st) == 0, UInt64(st.st_ino) == key else { return nil }
+        return collection(DirectoryRef(key: key, path: path, fd: fd))
     }
 
     /// Tries for the lease of every collection this mount serves and does not own (the owner's
@@ -262,8 +297,8 @@ extension SemanticLayer {
     }
 
     /// Copies this mount's latest snapshot of collection `key` to STORE/.vexfs/shared/index/KEY when
-    /// it changed since the last publication: vector files first (their new bytes only), then the
-    /// snapshot under a temporary name renamed over the old one, then vector files nothing names.
+    /// it changed since the last publication: the snapshot under a temporary name, the vector files
+    /// (their new bytes only), the snapshot renamed over the old one, then vector files nothing names.
     func publish(_ key: UInt64) {
         guard let sharing, let c = existing(key) else { return }
         let source = c.indexDirectory, target = "\(sharing.published)/\(key)"
@@ -276,13 +311,16 @@ extension SemanticLayer {
             return
         }
         mkdir(target, 0o700)
-        let vectors = ((try? StatePaths.entries(source))?.files ?? []).filter { $0.hasPrefix("vectors.") }
-        for name in vectors { guard SharedCopy.copy(source + "/" + name, to: target + "/" + name, appending: true) else { return } }
+        // The snapshot is read first: the vector files it names exist by then and only grow, so the
+        // copies taken after it hold every row it needs.
         let temporary = "\(target)/.snapshot.\(sharing.id)"
-        guard SharedCopy.copy(source + "/snapshot", to: temporary, appending: false), rename(temporary, target + "/snapshot") == 0 else {
+        guard SharedCopy.copy(source + "/snapshot", to: temporary, appending: false) else { unlink(temporary); return }
+        let vectors = ((try? StatePaths.entries(source))?.files ?? []).filter { $0.hasPrefix("vectors.") }
+        for name in vectors where !SharedCopy.copy(source + "/" + name, to: target + "/" + name, appending: true) {
             unlink(temporary)
             return
         }
+        guard rename(temporary, target + "/snapshot") == 0 else { unlink(temporary); return }
         for name in ((try? StatePaths.entries(target))?.files ?? []) where name.hasPrefix("vectors.") && !vectors.contains(name) {
             unlink(target + "/" + name)
         }
@@ -297,14 +335,14 @@ extension SemanticLayer {
         if let mine = try? StatePaths.stat(directory + "/snapshot"), nanoseconds(mine.st_mtim) >= nanoseconds(theirs.st_mtim) { return }
         let source = "\(sharing.published)/\(key)"
         guard SharedCopy.makeDirectories(directory) else { return }
-        for name in ((try? StatePaths.entries(source))?.files ?? []) where name.hasPrefix("vectors.") {
-            guard SharedCopy.copy(source + "/" + name, to: directory + "/" + name, appending: false) else { return }
-        }
         let temporary = directory + "/.snapshot.adopted"
-        guard SharedCopy.copy(source + "/snapshot", to: temporary, appending: false), rename(temporary, directory + "/snapshot") == 0 else {
+        guard SharedCopy.copy(source + "/snapshot", to: temporary, appending: false) else { unlink(temporary); return }
+        for name in ((try? StatePaths.entries(source))?.files ?? []) where name.hasPrefix("vectors.")
+            && !SharedCopy.copy(source + "/" + name, to: directory + "/" + name, appending: false) {
             unlink(temporary)
             return
         }
+        guard rename(temporary, directory + "/snapshot") == 0 else { unlink(temporary); return }
         sharing.metrics.snapshotsLoaded.increment()
     }
 
@@ -336,23 +374,26 @@ extension SemanticLayer {
         let key = UInt64(st.st_ino)
         let last = sharing.rctimes[key] ?? sharing.since
         guard (now.tv_sec, now.tv_nsec) > (last.tv_sec, last.tv_nsec) else { return }
-        sharing.rctimes[key] = now
-        if let c = existing(key) { rescan(c) }
+        // A collection busy with a long build is listed at a later walk: its rctime is not taken yet.
+        let busy = existing(key).map { !rescan($0) } ?? false
+        if !busy { sharing.rctimes[key] = now }
         for sub in ((try? StoreFiles.entries(fd))?.directories ?? []) where !(atRoot && sub == FileName(".vexfs")) {
             if let child = sub.withCString({ Self.openDirectory(fd, $0) }) { walk(child, atRoot: false) }
         }
     }
 
-    /// Lists collection `c` and re-reads what differs from its catalog, logging it for the others.
-    func rescan(_ c: Collection) {
-        guard let sharing else { return }
-        let changed = c.foreignChanges()
-        guard !changed.isEmpty else { return }
+    /// Lists collection `c` and re-reads what differs from its catalog, logging it for the others;
+    /// false when a long build holds the collection (the sharing thread never waits for one).
+    @discardableResult func rescan(_ c: Collection) -> Bool {
+        guard let sharing else { return true }
+        guard let changed = c.foreignChanges() else { return false }
+        guard !changed.isEmpty else { return true }
         sharing.metrics.foreignRescans.increment()
         for name in changed {
             bridge.post(.refresh, collection: c.key, name: name)
-            sharing.note(.file, collection: c.key, name: name)
+            sharing.note(.file, collection: c.key, path: c.state.withLock { $0.path }, name: name)
         }
+        return true
     }
 
     static func openDirectory(_ dir: Int32, _ name: UnsafePointer<CChar>) -> Int32? {
@@ -363,9 +404,7 @@ extension SemanticLayer {
     /// CephFS's recursive change time of a directory ("SECONDS.NANOSECONDS"); false where there is none.
     static func rctime(_ fd: Int32, into t: inout timespec) -> Bool {
         var buffer = [CChar](repeating: 0, count: 64)
-        let n = buffer.withUnsafeMutableBufferPointer { p in
-            "/proc/self/fd/\(fd)".withCString { getxattr($0, "ceph.dir.rctime", p.baseAddress, 63) }
-        }
+        let n = buffer.withUnsafeMutableBufferPointer { vx_getxattr(fd, "ceph.dir.rctime", $0.baseAddress, 63) }
         guard n > 0 else { return false }
         let text = String(decoding: buffer[..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
         let parts = text.split(separator: ".", maxSplits: 1)
@@ -375,16 +414,22 @@ extension SemanticLayer {
     }
 
     /// Tells the other mounts of a change made through this one (nothing without `-o shared`).
-    func noteShared(_ change: SharedStore.Change, collection key: UInt64, name: FileName = FileName([])) {
-        sharing?.note(change, collection: key, name: name)
+    func noteShared(_ change: SharedStore.Change, in dir: DirectoryRef, name: FileName = FileName([])) {
+        sharing?.note(change, collection: dir.key, path: dir.path, name: name)
+    }
+
+    /// The same, for a collection known by its key alone (another name of a hard-linked file).
+    func noteShared(_ change: SharedStore.Change, collection key: UInt64, name: FileName) {
+        sharing?.note(change, collection: key, path: nil, name: name)
     }
 }
 
 extension Collection {
-    /// The files of the directory that differ from the catalog (changed, new and indexable, gone).
-    func foreignChanges() -> [FileName] {
+    /// The files of the directory that differ from the catalog (changed, new and indexable, gone);
+    /// nil while a long build holds the collection.
+    func foreignChanges() -> [FileName]? {
         let listed = ((try? StoreFiles.entries(directory)) ?? ([], [])).files
-        return state.withLock { s in
+        return state.withLockIfAvailable { s in
             var out: [FileName] = []
             for name in listed where !name.isQuery {
                 if let r = s.files[name] {
