@@ -17,6 +17,7 @@ import numpy as np
 from ceph import ceph_machines  # noqa: F401 (a fixture)
 from conftest import VEXFS
 from test_data_path import stats
+from test_hostile import mallory, open_to_everyone, py  # noqa: F401 (mallory is a fixture)
 
 # What the README promises for a write through another mount (the other mount polls the change logs
 # every 0.2 s), and for a file written past vexfs (rctime reaches the store's root within the MDS's
@@ -80,7 +81,6 @@ def test_two_mounts_serve_reads_writes_and_queries_of_one_store(ceph_machines, m
     np.save(a / "c" / "a.npy", rows)
     assert until(lambda: (b / "c").is_dir(), SEEN_WITHIN) is not None
     (rows[4] + 0.001).tofile(b / "c" / "q.f32.query")
-    print("B first asks:", ask(b / "c" / "q.f32.query"), os.getxattr(b / "c", "user.vexfs.status"))
     assert until(lambda: names(ask(b / "c" / "q.f32.query"))[0] == "a.npy#4", SEEN_WITHIN) is not None
     # B writes with cp; A's queries see it.
     theirs = rng.normal(size=(50, 16)).astype(np.float32) + 4
@@ -283,3 +283,44 @@ def test_a_random_workload_from_both_sides_ends_in_agreement(ceph_machines, make
     assert ask(a / "c" / "q.f32.query", 50) == ask(b / "c" / "q.f32.query", 50) == answer
     a.unmount(), b.unmount()
     shutil.rmtree(scratch)
+
+
+ASK_AS_USER = r"""
+import os, sys
+q = sys.argv[1]
+open(q, "wb").write(bytes.fromhex(sys.argv[2]))
+try:
+    print(os.getxattr(q, "user.vexfs.knn.10").decode(), end="")
+except OSError as e:
+    print("error", e.errno)
+"""
+
+
+def test_a_user_on_machine_b_learns_nothing_of_a_file_written_on_machine_a_they_may_not_read(ceph_machines, make_mount, mallory):
+    (ceph_machines.a / "s7").mkdir()
+    a = make_mount("-o", "shared=machine-a,allow_other", store=ceph_machines.a / "s7")
+    a.mount_id = "machine-a"
+    mount(a)
+    b = make_mount("-o", "shared=machine-b,allow_other", store=ceph_machines.b / "s7")
+    b.mount_id = "machine-b"
+    mount(b)
+    open_to_everyone(b)
+    (a / "c").mkdir()
+    os.chmod(a / "c", 0o1777)
+    os.setxattr(a / "c", "user.vexfs.dim", b"4")
+    v = np.array([1, 2, 3, 4], dtype=np.float32)
+    v.tofile(a / "c" / "public.f32")
+    (v + 0.01).tofile(a / "c" / "secret.f32")
+    os.chmod(a / "c" / "secret.f32", 0o600)
+    root_answer = lambda: names(ask(b / "c" / "public.f32", 10))  # noqa: E731
+    assert until(lambda: "secret.f32" in root_answer(), SEEN_WITHIN) is not None
+
+    def theirs():
+        return py(ASK_AS_USER, b / "c" / f"q-{mallory.pw_uid}.f32.query", v.tobytes().hex())
+    assert theirs().split("\t")[0] == "public.f32"
+    assert "secret" not in theirs()
+    a.unmount(), b.unmount()
+    mount(b), mount(a)
+    assert "secret.f32" in names(ask(b / "c" / "public.f32", 10))
+    assert "secret" not in theirs() and theirs().startswith("public.f32")
+    a.unmount(), b.unmount()

@@ -114,6 +114,19 @@ struct Mount: ParsableCommand {
         // in exit, after its threads and memory are gone, so `vexfs unmount` (which waits on the
         // lock) returns only once the daemon has truly finished.
 
+        // A store that keeps no POSIX ACLs (ceph-fuse without client_acl_type=posix_acl) answers the
+        // kernel's ACL reads with EOPNOTSUPP, which the kernel would take as every permission check's
+        // answer for anyone but a file's owner: the kernel is not asked to use ACLs then
+        // (vexfs_fuse_posix_acl 0 in the stats).
+        if mountOptions.posixACL, let root = try? StoreFiles.holdDirectory(AT_FDCWD, FileName(Array(storePath.utf8))) {
+            defer { close(root) }
+            do { _ = try StoreFiles.attribute(opath: root, "system.posix_acl_access") } catch {
+                if error.rawValue == EOPNOTSUPP {
+                    mountOptions.posixACL = false
+                    logger.notice("\(storePath) keeps no POSIX ACLs: mounted without them")
+                }
+            }
+        }
         let kernels: DistanceKernels
         do { kernels = try DistanceKernels.forProcess.get() } catch { throw UserError(error.description) }
         if let address = mountOptions.metrics { try MetricsEndpoint.check(address) }
