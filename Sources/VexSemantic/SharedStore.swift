@@ -311,12 +311,14 @@ extension SemanticLayer {
             return
         }
         mkdir(target, 0o700)
-        // The snapshot is read first: the vector files it names exist by then and only grow, so the
-        // copies taken after it hold every row it needs.
+        // The snapshot is read first: the vector files it names exist by then, and their rows it
+        // counts are written, so the copies taken after it hold every row it needs. Whole copies:
+        // rows land inside chunks the file already holds, so a copy of its new bytes alone misses some.
         let temporary = "\(target)/.snapshot.\(sharing.id)"
-        guard SharedCopy.copy(source + "/snapshot", to: temporary, appending: false) else { unlink(temporary); return }
+        guard SharedCopy.copy(source + "/snapshot", to: temporary) else { unlink(temporary); return }
         let vectors = ((try? StatePaths.entries(source))?.files ?? []).filter { $0.hasPrefix("vectors.") }
-        for name in vectors where !SharedCopy.copy(source + "/" + name, to: target + "/" + name, appending: true) {
+        for name in vectors where !SharedCopy.copy(source + "/" + name, to: target + "/" + name + ".tmp")
+            || rename(target + "/" + name + ".tmp", target + "/" + name) != 0 {
             unlink(temporary)
             return
         }
@@ -336,9 +338,9 @@ extension SemanticLayer {
         let source = "\(sharing.published)/\(key)"
         guard SharedCopy.makeDirectories(directory) else { return }
         let temporary = directory + "/.snapshot.adopted"
-        guard SharedCopy.copy(source + "/snapshot", to: temporary, appending: false) else { unlink(temporary); return }
-        for name in ((try? StatePaths.entries(source))?.files ?? []) where name.hasPrefix("vectors.")
-            && !SharedCopy.copy(source + "/" + name, to: directory + "/" + name, appending: false) {
+        guard SharedCopy.copy(source + "/snapshot", to: temporary) else { unlink(temporary); return }
+        for name in ((try? StatePaths.entries(source))?.files ?? []) where name.hasPrefix("vectors.") && !name.hasSuffix(".tmp")
+            && !SharedCopy.copy(source + "/" + name, to: directory + "/" + name) {
             unlink(temporary)
             return
         }
@@ -482,20 +484,17 @@ enum SharedCopy {
         return true
     }
 
-    /// Copies `source` to `target`; with `appending`, only the bytes past `target`'s size (vector
-    /// files grow at their end; a damaged copy fails its checksums at open and is rebuilt from the
-    /// store's files). False on any failure.
-    static func copy(_ source: String, to target: String, appending: Bool) -> Bool {
+    /// Copies `source` to `target` (replaced); false on any failure.
+    static func copy(_ source: String, to target: String) -> Bool {
         let from = open(source, O_RDONLY | O_CLOEXEC)
         guard from >= 0 else { return false }
         defer { close(from) }
-        let to = open(target, O_WRONLY | O_CREAT | (appending ? 0 : O_TRUNC) | O_CLOEXEC, 0o600)
+        let to = open(target, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard to >= 0 else { return false }
         defer { close(to) }
-        var a = stat(), b = stat()
-        guard fstat(from, &a) == 0, fstat(to, &b) == 0 else { return false }
-        var offset = appending && b.st_size <= a.st_size ? Int(b.st_size) : 0
-        if offset == 0 && b.st_size > 0 { _ = ftruncate(to, 0) }
+        var a = stat()
+        guard fstat(from, &a) == 0 else { return false }
+        var offset = 0
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while offset < Int(a.st_size) {
             let n = buffer.withUnsafeMutableBytes { pread(from, $0.baseAddress, $0.count, off_t(offset)) }
