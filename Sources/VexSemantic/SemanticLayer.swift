@@ -17,6 +17,7 @@
 // - Bridge.swift, CollectionWorker.swift: the threads that apply changes, link, tune and snapshot.
 // - VectorFormats.swift, VectorStream.swift, QueryOptions.swift, FileName.swift: formats and names.
 // - Journal.swift, JournalView.swift: the semantic journal and each reader's view of it.
+// - SharedStore.swift: a store shared with mounts on other machines (`-o shared`).
 import CLinux
 import CoreMetrics
 import Glibc
