@@ -121,6 +121,10 @@ public struct MountOptions: Sendable, Equatable {
     public var nodiratime = false
     /// How much the daemon logs (`log_level=`): trace, debug, info (default), notice, warning, error, critical.
     public var logLevel = "info"
+    /// `shared` lowered the timeouts and turned the page cache off once already.
+    var sharedDefaultsSet = false
+    /// The attribute and entry timeouts on a shared store (`shared`).
+    public static let sharedTimeout = 1.0
     /// Where to serve `/metrics` over HTTP (`metrics=[HOST:]PORT`; loopback unless a host is given).
     public var metrics: ListenAddress?
 
@@ -201,6 +205,15 @@ public struct MountOptions: Sendable, Equatable {
                 let taken: Bool
                 do { taken = try semantic.apply(key, value) } catch { throw .badValue(option) }
                 if !taken { kernelOptions.append(option) }
+                // Other machines change the store under this mount: the kernel may keep what it
+                // learnt of a file for a second, not a minute, and no page cache across opens
+                // (timeouts given before stay; a later keep_cache or timeout wins).
+                if key == "shared" && !sharedDefaultsSet {
+                    sharedDefaultsSet = true
+                    if attrTimeout == 60 { attrTimeout = MountOptions.sharedTimeout }
+                    if entryTimeout == 60 { entryTimeout = MountOptions.sharedTimeout }
+                    keepCache = false
+                }
             }
         }
     }

@@ -174,6 +174,7 @@ final class Collection: @unchecked Sendable {
     /// use (see `rebuildBeside`).
     func openIndex(_ s: inout State, beside: Bool = false) -> [String] {
         guard let d = s.settings.dimension else { return [] }
+        if !beside { host.adoptPublished(key, into: indexDirectory) }
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.settings.metric, kind: configuration.indexKind,
                                                  parameters: configuration.parameters, kernels: configuration.kernels, empty: beside)

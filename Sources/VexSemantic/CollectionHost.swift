@@ -42,6 +42,10 @@ protocol CollectionHost: AnyObject, Sendable {
     var embedQueue: EmbedQueue<Bridge.Key>? { get }
     /// A new number for an embedding request: a late answer to an older request is dropped.
     func nextEmbedToken() -> UInt64
+
+    /// On a shared store: copies into `directory` the snapshot another mount published for the
+    /// collection `key`, when it is newer than the one there.
+    func adoptPublished(_ key: UInt64, into directory: String)
 }
 
 /// How the mount configures every collection's index: fixed for the mount's life, shared by value.

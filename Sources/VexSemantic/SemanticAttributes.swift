@@ -122,6 +122,7 @@ extension SemanticLayer {
             throw .invalid("there are \(registry.maxCollections) collections already")
         }
         try c.change(setting)
+        noteShared(.settings, in: dir)
         journal.record(.setxattr, dir.path, detail: ["name": attribute, "value": setting.text])
         answers.withLock { $0 = AnswerCache() }
     }

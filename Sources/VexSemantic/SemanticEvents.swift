@@ -21,10 +21,12 @@ extension SemanticLayer {
         let kind = kind(of: name, in: dir) { existing(dir.key)?.attributeCarriers.withLock { $0.contains(name) } == true }
         if kind.isIndexed {
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: name) }
+            noteShared(.file, in: dir, name: name)
         }
         let others = registry.links(of: inode)
         for link in others where !(link.collection == dir.key && link.name == name) {
             bridge.post(.refresh, collection: link.collection, name: link.name)
+            noteShared(.file, collection: link.collection, name: link.name)
         }
     }
 
@@ -48,12 +50,16 @@ extension SemanticLayer {
         journal.record(.link, dir.child(name))
         if kind(of: name, in: dir, carriesVector: { hasVectorAttribute(dir.fd, name) }).isIndexed, let c = collection(dir) {
             bridge.post(.refresh, collection: c.key, name: name)
+            noteShared(.file, in: dir, name: name)
         }
     }
 
     public func removed(_ dir: DirectoryRef, _ name: FileName) {
         journal.record(.unlink, dir.child(name))
-        if existing(dir.key) != nil { bridge.post(.remove, collection: dir.key, name: name) }
+        if existing(dir.key) != nil {
+            bridge.post(.remove, collection: dir.key, name: name)
+            noteShared(.file, in: dir, name: name)
+        }
     }
 
     /// The attribute `name` of `file` was set or removed (nil: its mode or owner changed): filters
@@ -64,6 +70,7 @@ extension SemanticLayer {
         if let name, strcmp(name, SemanticLayer.vectorAttribute) == 0 {
             journal.record(.setxattr, dir.child(file.name), detail: ["name": SemanticLayer.vectorAttribute])
             if let c = collection(dir) { bridge.post(.refresh, collection: c.key, name: file.name) }
+            noteShared(.file, in: dir, name: file.name)
         }
         guard let inode = (try? StoreFiles.inodeNumber(file.fd)) else { return }
         existing(dir.key)?.attributesChanged(of: inode)
@@ -75,10 +82,14 @@ extension SemanticLayer {
     /// vectors, if it replaced a file, are replaced). With `exchange`, both names are refreshed.
     public func renamed(from: DirectoryRef, _ fromName: FileName, to: DirectoryRef, _ toName: FileName, exchange: Bool) {
         journal.record(.rename, from.child(fromName), to: to.child(toName))
-        if existing(from.key) != nil { bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName) }
+        if existing(from.key) != nil {
+            bridge.post(exchange ? .refresh : .remove, collection: from.key, name: fromName)
+            noteShared(.file, in: from, name: fromName)
+        }
         if existing(to.key) != nil || kind(of: toName, in: to, carriesVector: { hasVectorAttribute(to.fd, toName) }).isIndexed,
            let c = collection(to) {
             bridge.post(.refresh, collection: c.key, name: toName)
+            noteShared(.file, in: to, name: toName)
         }
     }
 

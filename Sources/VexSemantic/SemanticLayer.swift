@@ -17,6 +17,7 @@
 // - Bridge.swift, CollectionWorker.swift: the threads that apply changes, link, tune and snapshot.
 // - VectorFormats.swift, VectorStream.swift, QueryOptions.swift, FileName.swift: formats and names.
 // - Journal.swift, JournalView.swift: the semantic journal and each reader's view of it.
+// - SharedStore.swift: a store shared with mounts on other machines (`-o shared`).
 import CLinux
 import CoreMetrics
 import Glibc
@@ -76,16 +77,23 @@ public final class SemanticLayer: @unchecked Sendable {
     public let metrics: SemanticMetrics
     /// Problems, recoveries and progress: the daemon's log (syslog when detached, stderr with -f).
     let logger = Logger(label: "vexfs")
+    /// With `-o shared`: the other mounts of the store, what they changed and who owns what.
+    let sharing: SharedStore?
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
                 embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold,
                 maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds,
-                collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser) {
+                collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, sharedID: String? = nil) {
         self.storeRoot = storeRoot
         self.collectionsPerUser = collectionsPerUser
         budget = QueryBudget(perUser: maxQueriesPerUser, seconds: querySeconds)
-        let stateRoot = storeRoot + "/.vexfs"
+        // A shared store keeps each mount's own state apart (STORE/.vexfs/mounts/ID).
+        let stateRoot = storeRoot + "/.vexfs" + (sharedID.map { "/mounts/" + $0 } ?? "")
+        if sharedID != nil {
+            mkdir(storeRoot + "/.vexfs/mounts", 0o700)
+            mkdir(stateRoot, 0o700)
+        }
         configuration = CollectionConfiguration(stateRoot: stateRoot, kernels: kernels, indexKind: indexKind, parameters: parameters,
                                                 exactScanRows: exactScanRows, streamThreshold: streamThreshold,
                                                 embedChunk: embedder?.chunk ?? 2000)
@@ -103,9 +111,13 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot, 0o700)
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
+        sharing = sharedID.flatMap { SharedStore(storeRoot: storeRoot, id: $0, metrics: metrics.shared) }
         bridge = Bridge(counters: metrics.bridge, idle: { back.layer?.absorbSome() ?? false },
                         isLong: { event in back.layer?.isLong(event) ?? false }) { events in back.layer?.apply(events) }
         back.layer = self
+        if sharedID != nil && sharing == nil {
+            logger.error("shared store: cannot make \(storeRoot)/.vexfs/shared/changes/\(sharedID ?? ""): other mounts will not hear of changes made here")
+        }
     }
 
     final class WeakLayer: @unchecked Sendable { weak var layer: SemanticLayer? }
@@ -149,15 +161,17 @@ public final class SemanticLayer: @unchecked Sendable {
         }
         for stale in indexed { StatePaths.removeTree("\(stateRoot)/index/\(stale)") }
         bridge.nudge()
+        startSharing()
         return (opened, changed)
     }
 
-    /// Applies what is pending, snapshots every index that changed since its last snapshot (with its
-    /// catalog), and flushes the journal.
     public func beginStopping() { stopping.store(true, ordering: .releasing) }
 
+    /// Applies what is pending, snapshots every index that changed since its last snapshot (with its
+    /// catalog), and flushes the journal.
     public func close() {
         beginStopping()
+        stopSharing(beforeSnapshots: true)
         bridge.stop()
         // Waiting texts are dropped: their files are asked for again at the next mount.
         embedQueue?.stop()
@@ -166,6 +180,7 @@ public final class SemanticLayer: @unchecked Sendable {
         tuner.stop()
         linker.stop()
         for c in registry.all { c.close() }
+        stopSharing(beforeSnapshots: false)
         journal.flush()
         journalViews.withLock { views in
             for v in views.views.values { Glibc.close(v.fd) }
@@ -200,6 +215,9 @@ public final class SemanticLayer: @unchecked Sendable {
 
     /// Problems met while opening indexes (for tests and stats).
     public var reportedProblems: [String] { problems.withLock { $0 } }
+
+    /// Whether the store is shared with other mounts (`-o shared`), and this mount's id there.
+    public var sharedID: String? { sharing?.id }
 
     // MARK: the collections' host
 

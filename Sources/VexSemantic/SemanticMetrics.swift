@@ -22,11 +22,13 @@ public final class SemanticMetrics: Sendable {
     let recallTarget: Meter
     let efInUse: Meter
     let embed: EmbedMetrics
+    let shared: SharedMetrics
     /// Snapshots set aside at open, by why (every reason is shown, at zero until it happens).
     private let rejections: [SnapshotRejection: Counter]
 
     public init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
         embed = EmbedMetrics(factory: factory)
+        shared = SharedMetrics(factory: factory)
         queries = CoreMetrics.Timer(label: SemanticMetrics.queryLabel, dimensions: [], factory: factory)
         cached = Counter(label: "vexfs_query_cached_total", dimensions: [], factory: factory)
         bridge = Bridge.Counters(factory: factory)

@@ -1,3 +1,4 @@
+import Glibc
 import VexEmbed
 import VexIndex
 
@@ -25,7 +26,26 @@ public struct SemanticOptions: Sendable, Equatable {
     public var collectionsPerUser = SemanticOptions.defaultCollectionsPerUser
     public static let defaultCollectionsPerUser = 1000
 
+    /// `shared[=ID]`: the store is shared with vexfs mounts on other machines (a distributed
+    /// filesystem's clients); ID names this mount among them (default: the host's name), and at
+    /// most one daemon per store runs with it.
+    public var sharedID: String?
+
     public init() {}
+
+    /// The host's name, as a mount id: letters, digits, `.`, `_` and `-`.
+    public static var hostID: String {
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, 255)
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return isMountID(name) ? name : "host"
+    }
+
+    static func isMountID(_ s: String) -> Bool {
+        !s.isEmpty && s.utf8.count <= 64 && s != "." && s != ".." && s.utf8.allSatisfy {
+            (0x30...0x39).contains($0) || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D
+        }
+    }
 
     public struct BadValue: Error {}
 
@@ -51,6 +71,13 @@ public struct SemanticOptions: Sendable, Equatable {
         case "query_seconds":
             guard let value, let s = Double(value), s.isFinite, s >= 0.1, s <= 86_400 else { throw BadValue() }
             querySeconds = s
+        case "shared":
+            if let value {
+                guard SemanticOptions.isMountID(value) else { throw BadValue() }
+                sharedID = value
+            } else {
+                sharedID = SemanticOptions.hostID
+            }
         case "index":
             guard let value, let kind = IndexKind(value) else { throw BadValue() }
             indexKind = kind

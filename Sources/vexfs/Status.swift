@@ -3,6 +3,7 @@
 import ArgumentParser
 import Foundation
 import Glibc
+import VexStore
 
 struct Status: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -39,7 +40,7 @@ struct Status: ParsableCommand {
             s.value == 1 ? "on" : "off (" + s.labels.replacingOccurrences(of: "{reason=\"", with: "").replacingOccurrences(of: "\"}", with: "") + ")"
         }
         let report = Report(
-            mountpoint: mount.mountpoint, store: mount.source, pid: daemonPID(store: mount.source), passthrough: passthrough,
+            mountpoint: mount.mountpoint, store: mount.source, pid: daemonPID(store: mount.source, mountpoint: mount.mountpoint), passthrough: passthrough,
             embedder: embedderHealth(mountRoot: mount.mountpoint, stats: stats, reports: reports),
             collections: collections, vectors: collections.reduce(0) { $0 + $1.vectors },
             waitingFiles: collections.reduce(0) { $0 + $1.waitingFiles }, vectorsToLink: collections.reduce(0) { $0 + $1.vectorsToLink },
@@ -72,9 +73,11 @@ struct Status: ParsableCommand {
         }
     }
 
-    /// The daemon's pid, as it wrote it in the store's lock file (readable by whoever may read the store).
-    private func daemonPID(store: String) -> Int? {
-        guard let text = try? String(contentsOfFile: store + "/.vexfs/mount.lock", encoding: .utf8) else { return nil }
+    /// The daemon's pid, as it wrote it in the store's lock file (readable by whoever may read the store),
+    /// or in its mount id's on a shared store.
+    private func daemonPID(store: String, mountpoint: String) -> Int? {
+        let lock = MountLock.sharedPath(storePath: store, mountpoint: mountpoint) ?? store + "/.vexfs/mount.lock"
+        guard let text = try? String(contentsOfFile: lock, encoding: .utf8) else { return nil }
         return text.split(whereSeparator: { $0 == " " || $0 == "\n" }).first.flatMap { Int($0) }
     }
 

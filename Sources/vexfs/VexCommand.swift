@@ -96,14 +96,37 @@ struct Mount: ParsableCommand {
             throw UserError("cannot open store \(storePath): \(error)")
         }
         let lock: Int32
-        do { lock = try acquireLock(storePath) } catch .held {
-            throw UserError("store \(storePath) is already mounted by another vexfs")
+        let sharedID = mountOptions.semantic.sharedID
+        do {
+            if let sharedID {
+                lock = try acquireLock(storePath) { () throws(MountLock.Failure) in try MountLock.acquireShared(storePath: storePath, id: sharedID).mount }
+            } else {
+                lock = try acquireLock(storePath) { () throws(MountLock.Failure) in try MountLock.acquire(storePath: storePath) }
+            }
+        } catch .held {
+            if let sharedID {
+                throw UserError("store \(storePath) is mounted by a vexfs without -o shared, or by one with the id \(sharedID) (give each machine its own: -o shared=ID)")
+            }
+            throw UserError("store \(storePath) is already mounted by another vexfs (mounts on several machines need -o shared)")
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
         do { try StoreFormat.adopt(stateRoot: storePath + "/.vexfs") } catch { throw UserError("cannot mount \(storePath): \(error)") }
         // The lock is never closed here: the kernel drops it when this process's files are closed
         // in exit, after its threads and memory are gone, so `vexfs unmount` (which waits on the
         // lock) returns only once the daemon has truly finished.
 
+        // A store that keeps no POSIX ACLs (ceph-fuse without client_acl_type=posix_acl) answers the
+        // kernel's ACL reads with EOPNOTSUPP, which the kernel would take as every permission check's
+        // answer for anyone but a file's owner: the kernel is not asked to use ACLs then
+        // (vexfs_fuse_posix_acl 0 in the stats).
+        if mountOptions.posixACL, let root = try? StoreFiles.holdDirectory(AT_FDCWD, FileName(Array(storePath.utf8))) {
+            defer { close(root) }
+            do { _ = try StoreFiles.attribute(opath: root, "system.posix_acl_access") } catch {
+                if error.rawValue == EOPNOTSUPP {
+                    mountOptions.posixACL = false
+                    logger.notice("\(storePath) keeps no POSIX ACLs: mounted without them")
+                }
+            }
+        }
         let kernels: DistanceKernels
         do { kernels = try DistanceKernels.forProcess.get() } catch { throw UserError(error.description) }
         if let address = mountOptions.metrics { try MetricsEndpoint.check(address) }
@@ -113,7 +136,11 @@ struct Mount: ParsableCommand {
         var server: MetricsServer?
         do {
             try Session.run(store: store, mountpoint: mountPath, options: mountOptions, detached: {
-                MountLock.record(pid: getpid(), in: lock)
+                if sharedID != nil {
+                    MountLock.record(pid: getpid(), mountpoint: mountPath, in: lock)
+                } else {
+                    MountLock.record(pid: getpid(), in: lock)
+                }
             }, prepare: { factory in
                 // Made here, after the fork: the HTTP client's threads would not survive it.
                 let embedder = mountOptions.semantic.embedderConfiguration(apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
@@ -121,7 +148,8 @@ struct Mount: ParsableCommand {
                                              parameters: mountOptions.semantic.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder,
                                              maxQueriesPerUser: mountOptions.semantic.maxQueriesPerUser,
                                              querySeconds: mountOptions.semantic.querySeconds,
-                                             collectionsPerUser: mountOptions.semantic.collectionsPerUser)
+                                             collectionsPerUser: mountOptions.semantic.collectionsPerUser,
+                                             sharedID: sharedID)
                 // Progress goes to a service manager (STATUS=), to a person at the terminal of a
                 // foreground mount (one line redrawn), else to the log.
                 notifier?.status("reconciling \(storePath)")
@@ -206,9 +234,16 @@ struct Unmount: ParsableCommand {
         guard let entry = MountTable.entry(at: path), entry.type == "fuse.vexfs" else {
             throw UserError("\(path) is not a vexfs mount")
         }
+        // A shared store's daemon holds its own lock (by mount id): found before it goes.
+        let sharedLock = MountLock.sharedPath(storePath: entry.source, mountpoint: path)
         let status = runProcess("/bin/fusermount3", ["-u", path])
         guard status == 0 else { throw UserError("fusermount3 -u \(path) failed (is the filesystem busy?)") }
-        guard MountLock.waitForRelease(storePath: entry.source, timeoutSeconds: timeout) else {
+        let released = if let sharedLock {
+            MountLock.waitForRelease(lockPath: sharedLock, timeoutSeconds: timeout)
+        } else {
+            MountLock.waitForRelease(storePath: entry.source, timeoutSeconds: timeout)
+        }
+        guard released else {
             throw UserError("unmounted, but the daemon for \(entry.source) did not exit within \(timeout)s")
         }
     }
@@ -226,10 +261,10 @@ func runProcess(_ path: String, _ arguments: [String]) -> Int32 {
 
 /// The store's lock. A daemon whose mount is gone (just unmounted, still persisting its indexes)
 /// is waited for, up to 30 s, with a message; one still mounted somewhere is an error at once.
-func acquireLock(_ storePath: String) throws(MountLock.Failure) -> Int32 {
+func acquireLock(_ storePath: String, _ take: () throws(MountLock.Failure) -> Int32) throws(MountLock.Failure) -> Int32 {
     var attempt = 0
     while true {
-        do { return try MountLock.acquire(storePath: storePath) } catch .held {
+        do { return try take() } catch .held {
             let mounted = MountTable.all().contains { $0.type == "fuse.vexfs" && $0.source == storePath }
             if mounted || attempt == 300 { throw .held }
             if attempt == 0 {

@@ -1,0 +1,25 @@
+import Testing
+@testable import VexFUSE
+
+@Suite struct SharedOptionsTests {
+    /// `shared` names the mount among the store's mounts and shortens what the kernel keeps of files
+    /// other machines change; timeouts and keep_cache given after it win.
+    @Test func sharedShortensTheKernelsCachesUnlessToldOtherwise() throws {
+        var o = MountOptions()
+        try o.apply("shared=machine-a.1")
+        #expect(o.semantic.sharedID == "machine-a.1")
+        #expect(o.attrTimeout == MountOptions.sharedTimeout && o.entryTimeout == MountOptions.sharedTimeout && !o.keepCache)
+        try o.apply("timeout=5,keep_cache")
+        #expect(o.attrTimeout == 5 && o.keepCache)
+        var p = MountOptions()
+        try p.apply("attr_timeout=3,shared")
+        #expect(p.attrTimeout == 3 && p.entryTimeout == MountOptions.sharedTimeout)
+        #expect(p.semantic.sharedID?.isEmpty == false)
+    }
+
+    @Test(arguments: ["shared=", "shared=a/b", "shared=..", "shared=a b", "shared=\(String(repeating: "x", count: 65))"])
+    func rejectsBadIDs(_ option: String) {
+        var o = MountOptions()
+        #expect(throws: MountOptions.ParseError.self) { try o.apply(option) }
+    }
+}
