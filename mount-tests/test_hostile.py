@@ -664,3 +664,43 @@ print(os.getxattr(d, "user.vexfs.count").decode())
     assert huge.startswith("not indexed: 134217728 vectors of dimension 64; the memory left for indexes holds "), huge
     assert many == "not indexed: 268435456 vectors in one file; at most 134217728", many
     assert count == "1"
+
+
+def test_a_question_given_up_frees_its_thread_at_once(make_mount, mallory):
+    """FUSE interrupts are honoured: a user's long questions whose processes are killed stop within a
+    row's work (EINTR to the kernel), so the processes go away at once and the user's next question
+    is admitted, not refused with EBUSY for the rest of the long ones' time."""
+    import numpy as np
+    import signal
+    m = make_mount("-o", "allow_other,max_user_queries=2,query_seconds=60")
+    m.mount()
+    open_to_everyone(m)
+    c = m / "c"
+    c.mkdir()
+    os.chmod(c, 0o777)
+    rng = np.random.default_rng(8)
+    np.save(c / "data.npy", rng.normal(size=(20_000, 32)).astype(np.float32))
+    assert os.getxattr(c, "user.vexfs.count") == b"20000"
+    with open(c / "heavy.npy.query", "wb") as f:
+        np.save(f, rng.normal(size=(1024, 32)).astype(np.float32))
+    (c / "light.query").write_text(" ".join(["0"] * 32))
+    for q in ("heavy.npy.query", "light.query"):
+        os.chmod(c / q, 0o644)
+    os.setxattr(c / "heavy.npy.query", "user.vexfs.ef", b"10000")
+    ask_heavy = "import os, sys; os.getxattr(sys.argv[1], 'user.vexfs.knn.10.from.0')"
+    heavy = [subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", PYTHON, "-c", ask_heavy,
+                               str(c / "heavy.npy.query")]) for _ in range(2)]
+    time.sleep(1.5)
+    assert all(p.poll() is None for p in heavy), "the heavy questions should still be running"
+    killed = time.time()
+    for p in heavy:
+        p.send_signal(signal.SIGKILL)
+    for p in heavy:
+        p.wait(timeout=60)
+    gone = time.time() - killed
+    assert gone < 2, f"the killed askers waited {gone:.1f} s for their answers"
+    answer = py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", c / "light.query")
+    assert len(knn_of(answer)) == 3
+    m.unmount()
+    m.mount()
+    assert len(knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", c / "light.query"))) == 3

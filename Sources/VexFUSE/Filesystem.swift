@@ -153,14 +153,17 @@ func reply(_ req: fuse_req_t?, status: Int32) {
 /// whose answers depend on what the caller may read).
 func requester(_ req: fuse_req_t?) -> Caller {
     let ctx = fuse_req_ctx(req)!.pointee
-    guard ctx.uid != 0 else { return .root }
+    // The kernel sends FUSE_INTERRUPT when the caller gets a signal; libfuse marks the request.
+    let address = UInt(bitPattern: req)
+    let interrupted: @Sendable () -> Bool = { fuse_req_interrupted(fuse_req_t(bitPattern: address)) != 0 }
+    guard ctx.uid != 0 else { return Caller(uid: 0, gid: 0, interrupted: interrupted) }
     var groups = [gid_t](repeating: 0, count: 64)
     var n = Int(fuse_req_getgroups(req, Int32(groups.count), &groups))
     if n > groups.count {
         groups = [gid_t](repeating: 0, count: n)
         n = Int(fuse_req_getgroups(req, Int32(groups.count), &groups))
     }
-    return Caller(uid: ctx.uid, gid: ctx.gid, groups: Array(groups.prefix(max(n, 0))))
+    return Caller(uid: ctx.uid, gid: ctx.gid, groups: Array(groups.prefix(max(n, 0))), interrupted: interrupted)
 }
 
 @inline(__always)

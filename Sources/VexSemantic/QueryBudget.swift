@@ -20,7 +20,7 @@ final class QueryBudget: Sendable {
 
     /// Runs `body` as one of `asker`'s questions, or throws EBUSY when they have `perUser` running.
     func run<R>(for asker: Caller, _ body: (Deadline) throws(SemanticError) -> R) throws(SemanticError) -> R {
-        guard !asker.seesEverything else { return try body(Deadline(seconds: nil)) }
+        guard !asker.seesEverything else { return try body(Deadline(seconds: nil, interrupted: asker.interrupted)) }
         let admitted = running.withLock { table -> Bool in
             guard table[asker.uid, default: 0] < perUser else { return false }
             table[asker.uid, default: 0] += 1
@@ -33,16 +33,19 @@ final class QueryBudget: Sendable {
                 if table[asker.uid] == 0 { table[asker.uid] = nil }
             }
         }
-        return try body(Deadline(seconds: seconds))
+        return try body(Deadline(seconds: seconds, interrupted: asker.interrupted))
     }
 
-    /// When a question must be answered by; `check` throws ETIMEDOUT past it.
+    /// When a question must be answered by; `check` throws ETIMEDOUT past it, and EINTR once the
+    /// asker has given up (a FUSE interrupt), so their thread is free again at once.
     struct Deadline {
         let end: Int64?
         let seconds: Double?
+        let interrupted: (@Sendable () -> Bool)?
 
-        init(seconds: Double?) {
+        init(seconds: Double?, interrupted: (@Sendable () -> Bool)? = nil) {
             self.seconds = seconds
+            self.interrupted = interrupted
             end = seconds.map { Deadline.now() + Int64($0 * 1e9) }
         }
 
@@ -53,6 +56,7 @@ final class QueryBudget: Sendable {
         }
 
         func check() throws(SemanticError) {
+            if let interrupted, interrupted() { throw .interrupted }
             guard let end, Deadline.now() > end else { return }
             throw .timedOut("the question took more than \(seconds!) s: ask for fewer rows, a smaller ef or a narrower scope")
         }

@@ -49,6 +49,8 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
     case overloaded(String)
     /// The question ran out of its time (ETIMEDOUT).
     case timedOut(String)
+    /// The asker gave up on it: a signal interrupted their system call (EINTR).
+    case interrupted
     /// A per-user bound is reached (EDQUOT).
     case quota(String)
 
@@ -63,6 +65,7 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .denied: EACCES
         case .overloaded: EBUSY
         case .timedOut: ETIMEDOUT
+        case .interrupted: EINTR
         case .quota: EDQUOT
         }
     }
@@ -72,6 +75,7 @@ public enum SemanticError: Error, Equatable, CustomStringConvertible {
         case .noData: "no such attribute"
         case .invalid(let s), .busy(let s), .embedder(let s), .denied(let s), .overloaded(let s), .timedOut(let s), .quota(let s): s
         case .range: "the buffer is too small"
+        case .interrupted: "the asker gave up (interrupted)"
         case .tooBig: "the answer is longer than 64 KiB: read it by pages (knn.K.from.LINE)"
         }
     }

@@ -19,11 +19,15 @@ public struct Caller: Sendable {
     public var gid: gid_t
     /// Supplementary groups, where a permission check needs them (empty where it does not).
     public var groups: [gid_t]
+    /// Whether the asker has given up on this request (a signal interrupted the system call): long
+    /// work for it stops at its next check. Valid only while the request is served.
+    public var interrupted: (@Sendable () -> Bool)?
 
-    public init(uid: uid_t, gid: gid_t, groups: [gid_t] = []) {
+    public init(uid: uid_t, gid: gid_t, groups: [gid_t] = [], interrupted: (@Sendable () -> Bool)? = nil) {
         self.uid = uid
         self.gid = gid
         self.groups = groups
+        self.interrupted = interrupted
     }
 
     public static let root = Caller(uid: 0, gid: 0)
