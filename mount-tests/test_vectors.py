@@ -463,6 +463,10 @@ def test_stats_and_journal(mnt):
                    "vexfs_bridge_batches_total", "vexfs_buffer_pool_hits_total", "vexfs_stack_high_water_bytes",
                    "vexfs_journal_bytes"]:
         assert family in stats, family
+    state = int(float(next(l for l in stats.splitlines() if l.startswith("vexfs_state_bytes ")).split()[1]))
+    on_disk = int(subprocess.run(["du", "-s", "-B1", str(mnt.store / ".vexfs")], capture_output=True, text=True,
+                                 check=True).stdout.split()[0])
+    assert 0 < state and abs(state - on_disk) <= max(64 << 10, on_disk // 10), (state, on_disk)
     lines = [json.loads(line) for line in (mnt / ".vexfs" / "journal").read_text().splitlines()]
     events = [(e["event"], e["path"]) for e in lines]
     for wanted in [("create", "c/a.vec"), ("write-close", "c/a.vec"), ("index", "c/a.vec"), ("rename", "c/b.vec"),

@@ -260,6 +260,7 @@ public final class SemanticLayer: @unchecked Sendable {
         metrics.vectors.set(all.reduce(0) { $0 + $1.vectorCount.load(ordering: .relaxed) })
         metrics.depth.set(bridge.depth)
         metrics.journalBytes.set(journal.size)
+        metrics.stateBytes.set(Int(StatePaths.diskUsage(storeRoot + "/" + Store.reservedName)))
         // Taken only where no builder holds a collection: a gauge never waits for a batch.
         var measured = Double.nan, target = Setting.defaultRecall, ef = 0
         for c in all {

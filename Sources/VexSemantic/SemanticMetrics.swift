@@ -15,6 +15,8 @@ public final class SemanticMetrics: Sendable {
     let vectors: Meter
     let depth: Meter
     let journalBytes: Meter
+    /// What STORE/.vexfs takes on disk (indexes, snapshots, journal).
+    let stateBytes: Meter
     /// Across graph collections: the lowest recall@10 the tuner measured (0 before any), the
     /// lowest target set, and the widest search breadth in use. No collection is named: anyone
     /// may read the stats.
@@ -36,6 +38,7 @@ public final class SemanticMetrics: Sendable {
         vectors = Meter(label: "vexfs_index_vectors", dimensions: [], factory: factory)
         depth = Meter(label: "vexfs_bridge_queue_depth", dimensions: [], factory: factory)
         journalBytes = Meter(label: "vexfs_journal_bytes", dimensions: [], factory: factory)
+        stateBytes = Meter(label: "vexfs_state_bytes", dimensions: [], factory: factory)
         recallMeasured = Meter(label: "vexfs_index_recall_measured", dimensions: [], factory: factory)
         recallTarget = Meter(label: "vexfs_index_recall_target", dimensions: [], factory: factory)
         efInUse = Meter(label: "vexfs_index_ef_in_use", dimensions: [], factory: factory)

@@ -209,6 +209,17 @@ public enum StatePaths {
         return (files.map(\.text), directories.map(\.text))
     }
 
+    /// The disk `path` and everything under it take (allocated blocks, so sparse files count what
+    /// they hold); what cannot be read counts nothing.
+    public static func diskUsage(_ path: String) -> Int64 {
+        guard let st = try? stat(path) else { return 0 }
+        var total = Int64(st.st_blocks) * 512
+        if st.st_mode & S_IFMT == S_IFDIR, let (files, directories) = try? entries(path) {
+            for name in files + directories { total += diskUsage(path + "/" + name) }
+        }
+        return total
+    }
+
     /// Deletes `path` and everything under it (an index directory: plain files, no links to follow).
     public static func removeTree(_ path: String) {
         guard let st = try? stat(path) else { return }
