@@ -331,6 +331,11 @@ ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off) {
     return fuse_buf_copy(&out, in, 0);
 }
 
+void vexfs_fi_set_cache_dir(struct fuse_file_info *fi) {
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
+}
+
 void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache) {
     fi->direct_io = direct_io ? 1 : 0;
     fi->keep_cache = keep_cache ? 1 : 0;

@@ -153,6 +153,9 @@ ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off);
 
 /// fuse_file_info bit-fields, set from Swift.
 void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache);
+/// An opened directory whose entries the kernel may cache and keep across opens (FOPEN_CACHE_DIR,
+/// FOPEN_KEEP_CACHE).
+void vexfs_fi_set_cache_dir(struct fuse_file_info *fi);
 
 // MARK: back-port of protocol 7.40 (backport_7_40.c)
 // FUSE passthrough and FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 cannot negotiate: the INIT reply
