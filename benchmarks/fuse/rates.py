@@ -133,7 +133,8 @@ def main():
             except subprocess.TimeoutExpired:
                 p.kill()
         time.sleep(0.5)
-        subprocess.run(["umount", str(disk)]) == 0 or subprocess.run(["umount", "-l", str(disk)])
+        if subprocess.run(["umount", str(disk)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)])
         disk.rmdir()
         image.unlink()
 
