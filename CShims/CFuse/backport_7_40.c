@@ -66,7 +66,8 @@ _Static_assert(VX_FUSE_DEV_IOC_BACKING_CLOSE == 0x4004e502, "FUSE_DEV_IOC_BACKIN
 // kernel's INIT request and adds to libfuse's INIT reply the flags the kernel offers and vexfs wants
 // (this one, and passthrough when vx_init decided on it). The handlers then drop set-id bits and
 // capabilities themselves (vexfs_req_killpriv_v2 tells them to).
-void vx_request_in(struct vexfs_session *s, void *buf, size_t len) {
+size_t vx_request_in(struct vexfs_session *s, void *buf, size_t len, size_t capacity) {
+    (void)capacity;
     if (len >= sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in)) {
         const struct fuse_in_header *in = buf;
         if (in->opcode == FUSE_INIT) {
@@ -79,11 +80,12 @@ void vx_request_in(struct vexfs_session *s, void *buf, size_t len) {
             atomic_store(&s->init_unique, in->unique);
         }
     }
+    return len;
 }
 
 static ssize_t vx_dev_read(int fd, void *buf, size_t len, void *userdata) {
     ssize_t n = read(fd, buf, len);
-    if (n > 0) vx_request_in(userdata, buf, (size_t)n);
+    if (n > 0) n = (ssize_t)vx_request_in(userdata, buf, (size_t)n, len);
     return n;
 }
 

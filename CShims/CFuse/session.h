@@ -38,8 +38,9 @@ struct vexfs_session {
 };
 
 /// Every request, from /dev/fuse or a ring, before libfuse sees it (`buf` holds `len` bytes, from
-/// the fuse_in_header on): the one place that watches or rewrites raw requests.
-void vx_request_in(struct vexfs_session *s, void *buf, size_t len);
+/// the fuse_in_header on, and has room for `capacity`): the one place that watches or rewrites raw
+/// requests. Returns the request's length after it (`len` when it is left as it came).
+size_t vx_request_in(struct vexfs_session *s, void *buf, size_t len, size_t capacity);
 
 /// FUSE over io_uring (uring.c). At INIT, before the reply: start the ring threads with payload
 /// buffers of `payload_size` bytes; 0, or an errno and nothing started.

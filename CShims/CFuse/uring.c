@@ -187,8 +187,8 @@ static void vx_serve(struct vx_ring_entry *e) {
     e->committed = 0;
     pthread_mutex_unlock(&e->handoff_lock);
     atomic_store(&e->unique, in.unique);
-    vx_request_in(e->s, start, in.len);
-    struct fuse_buf buf = {.size = in.len, .mem = start};
+    size_t len = vx_request_in(e->s, start, in.len, (size_t)(e->buffer + VX_HEADROOM + e->payload_size - start));
+    struct fuse_buf buf = {.size = len, .mem = start};
     vx_serving = e;
     fuse_session_process_buf(e->s->se, &buf);
     vx_serving = NULL;

@@ -45,8 +45,11 @@ def drop_caches():
 
 
 def timed(*cmd):
+    """Seconds, or why the command failed (passthrough_hp holds a descriptor per inode it knows)."""
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd="/")
+    run = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd="/")
+    if run.returncode != 0:
+        return f"{cmd[0]} failed: {run.stderr.strip().splitlines()[0] if run.stderr.strip() else run.returncode}"
     return time.perf_counter() - t
 
 
@@ -56,6 +59,33 @@ def fill_tree(root, files):
         sub.mkdir(parents=True)
         for i in range(files // 100):
             (sub / f"f{i:05d}").write_bytes(b"x")
+
+
+def print_table(names, results, reps, out=sys.stdout):
+    fuse = [n for n in names if n != "native"]
+    ratios = [(a, "native") for a in fuse] + [(a, "passthrough_hp") for a in fuse
+                                               if a.startswith("vexfs") and "passthrough_hp" in names]
+    print(f"median of {reps}; rates in ops/s (higher is better), walks in seconds (lower is better); "
+          f"ratios are speed against the other (above 1: faster)\n", file=out)
+    print("| workload | " + " | ".join(names) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |", file=out)
+    print("|---|" + "---:|" * (len(names) + len(ratios)), file=out)
+    for row in dict.fromkeys(r for r, _ in results):
+        med = {}
+        for n in names:
+            values = [v for v in results[(row, n)] if not isinstance(v, str)]
+            med[n] = statistics.median(values) if values else None
+        seconds = row.endswith(", s")
+
+        def ratio(a, b):
+            if not med[a] or not med[b]:
+                return "—"
+            return f"{(med[b] / med[a]) if seconds else (med[a] / med[b]):.2f}"
+        cells = ["failed" if med[n] is None else (f"{med[n]:.2f}" if seconds else f"{med[n]:.0f}") for n in names]
+        print(f"| {row} | " + " | ".join(cells) + " | " + " | ".join(ratio(a, b) for a, b in ratios) + " |", file=out)
+    failures = {(r, n): v for (r, n), values in results.items() for v in values if isinstance(v, str)}
+    for (r, n), v in failures.items():
+        print(f"\n- {n}, {r}: {v}", end="", file=out)
+    print(file=out)
 
 
 def main():
@@ -123,6 +153,7 @@ def main():
                     results.setdefault((f"{walk} cold ({args.tree:,} files), s", name), []).append(cold)
                     results.setdefault((f"{walk} warm ({args.tree:,} files), s", name), []).append(warm)
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
+            print_table(list(targets), results, rep + 1, out=sys.stderr)
     finally:
         for name, root in roots.items():
             if name != "native" and fio_run.is_mounted(root):
@@ -137,28 +168,7 @@ def main():
             subprocess.run(["umount", "-l", str(disk)])
         disk.rmdir()
         image.unlink()
-
-    names = list(targets)
-    fuse = [n for n in names if n != "native"]
-    ratios = [(a, "native") for a in fuse] + [(a, "passthrough_hp") for a in fuse
-                                               if a.startswith("vexfs") and "passthrough_hp" in names]
-    print(f"median of {args.reps}; rates in ops/s (higher is better), walks in seconds (lower is better); "
-          f"ratios are speed against the other (above 1: faster)\n")
-    print("| workload | " + " | ".join(names) + " | " + " | ".join(f"{a} / {b}" for a, b in ratios) + " |")
-    print("|---|" + "---:|" * (len(names) + len(ratios)))
-    for row in dict.fromkeys(r for r, _ in results):
-        med = {}
-        for n in names:
-            values = [v for v in results[(row, n)] if not isinstance(v, str)]
-            med[n] = statistics.median(values) if values else None
-        seconds = row.endswith(", s")
-
-        def ratio(a, b):
-            if not med[a] or not med[b]:
-                return "—"
-            return f"{(med[b] / med[a]) if seconds else (med[a] / med[b]):.2f}"
-        cells = ["failed" if med[n] is None else (f"{med[n]:.2f}" if seconds else f"{med[n]:.0f}") for n in names]
-        print(f"| {row} | " + " | ".join(cells) + " | " + " | ".join(ratio(a, b) for a, b in ratios) + " |")
+    print_table(list(targets), results, args.reps)
 
 
 if __name__ == "__main__":
