@@ -29,7 +29,8 @@
 // they were at OPEN to learn that it changed, for the index, and to tell the kernel when its cached
 // attributes are stale (writes through a shared mapping).
 //
-// What runs in parallel. Requests run on the worker threads of libfuse's multi-threaded loop, any
+// What runs in parallel. Requests run on the worker threads of libfuse's multi-threaded loop, or,
+// over FUSE over io_uring (CShims/CFuse/uring.c), on the ring threads of each CPU's queue: any
 // number at once, on the same file or not; READDIR on one handle is serialised by the kernel. Each
 // handler runs under the stack-budget monitor and takes scratch memory (listings, stored attribute
 // values) from the buffer pool (VexMemory).
