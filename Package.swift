@@ -31,7 +31,7 @@ let package = Package(
             name: "CFuse",
             path: "CShims/CFuse",
             cSettings: [.unsafeFlags(["-O2"])],
-            linkerSettings: [.linkedLibrary("fuse3"), .linkedLibrary("pthread")]
+            linkerSettings: [.linkedLibrary("fuse3"), .linkedLibrary("uring"), .linkedLibrary("pthread")]
         ),
         .target(name: "CLinux", path: "CShims/CLinux"),
         .target(name: "CKernels", path: "CShims/CKernels", cSettings: [.unsafeFlags(["-O3"])]),

@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VEXFS = os.environ.get("VEXFS_BIN", str(REPO / ".build" / "release" / "vexfs"))
+# Options every fixture mount adds after its own (scripts/test runs the suite once with no_io_uring,
+# once with io_uring, so both transports carry every test).
+EXTRA_OPTIONS = ["-o", os.environ["VEXFS_MOUNT_OPTIONS"]] if os.environ.get("VEXFS_MOUNT_OPTIONS") else []
 
 
 def is_mounted(path):
@@ -32,7 +35,7 @@ class Mount:
         self.pid = None
 
     def mount(self, *extra):
-        cmd = [VEXFS, "mount", str(self.store), str(self.root), *self.options, *extra]
+        cmd = [VEXFS, "mount", str(self.store), str(self.root), *self.options, *extra, *EXTRA_OPTIONS]
         subprocess.run(cmd, check=True, timeout=60)
         assert is_mounted(self.root)
         self.pid = daemon_pid(self.store)

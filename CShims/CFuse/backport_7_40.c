@@ -35,6 +35,8 @@
 // INIT: FUSE_PASSTHROUGH is bit 37 of the flags, that is bit 5 of flags2; the reply also names the
 // stack depth of the mount (fuse_init_out's u32 at byte 36, "unused[0]" in 7.38).
 #define VX_FUSE_PASSTHROUGH_FLAGS2 (1u << 5)
+// INIT: FUSE_OVER_IO_URING (protocol 7.42) is bit 41 of the flags, bit 9 of flags2 (uring.c).
+#define VX_FUSE_OVER_IO_URING_FLAGS2 (1u << 9)
 // OPEN/CREATE reply: fuse_open_out's last field (7.38's "padding") is the backing id.
 #define VX_FOPEN_PASSTHROUGH (1u << 7)
 struct vx_open_out {
@@ -64,24 +66,46 @@ _Static_assert(VX_FUSE_DEV_IOC_BACKING_CLOSE == 0x4004e502, "FUSE_DEV_IOC_BACKIN
 // kernel's INIT request and adds to libfuse's INIT reply the flags the kernel offers and vexfs wants
 // (this one, and passthrough when vx_init decided on it). The handlers then drop set-id bits and
 // capabilities themselves (vexfs_req_killpriv_v2 tells them to).
-static ssize_t vx_dev_read(int fd, void *buf, size_t len, void *userdata) {
-    struct vexfs_session *s = userdata;
-    ssize_t n = read(fd, buf, len);
-    if (n >= (ssize_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in))) {
+size_t vx_request_in(struct vexfs_session *s, void *buf, size_t len, size_t capacity) {
+    (void)capacity;
+    if (len >= sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in)) {
         const struct fuse_in_header *in = buf;
         if (in->opcode == FUSE_INIT) {
             const struct fuse_init_in *init = (const void *)(in + 1);
             atomic_store(&s->kernel_offers_killpriv_v2, (init->flags & FUSE_HANDLE_KILLPRIV_V2) != 0);
             atomic_store(&s->kernel_offers_passthrough,
                          (init->flags & FUSE_INIT_EXT) && (init->flags2 & VX_FUSE_PASSTHROUGH_FLAGS2));
+            atomic_store(&s->kernel_offers_uring,
+                         (init->flags & FUSE_INIT_EXT) && (init->flags2 & VX_FUSE_OVER_IO_URING_FLAGS2));
             atomic_store(&s->init_unique, in->unique);
         }
     }
+    return len;
+}
+
+static ssize_t vx_dev_read(int fd, void *buf, size_t len, void *userdata) {
+    ssize_t n = read(fd, buf, len);
+    if (n > 0) n = (ssize_t)vx_request_in(userdata, buf, (size_t)n, len);
     return n;
+}
+
+// The ring's buffers must hold the largest request the kernel may send: its rule, from what the
+// INIT reply agrees (max_pages counts only with FUSE_MAX_PAGES; the kernel's default is 32).
+static size_t vx_ring_payload_size(const struct fuse_init_out *out) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t pages = (out->flags & FUSE_MAX_PAGES) && out->max_pages ? out->max_pages : 32;
+    size_t size = pages * page;
+    if (size < out->max_write) size = out->max_write;
+    return size < 8192 ? 8192 : size;  // FUSE_MIN_READ_BUFFER
 }
 
 static ssize_t vx_dev_writev(int fd, struct iovec *iov, int count, void *userdata) {
     struct vexfs_session *s = userdata;
+    if (vx_uring_reply(s, iov, count)) {
+        ssize_t total = 0;
+        for (int i = 0; i < count; i++) total += (ssize_t)iov[i].iov_len;
+        return total;
+    }
     uint64_t init_unique = atomic_load(&s->init_unique);
     if (init_unique != 0 && count >= 2 && iov[0].iov_len >= sizeof(struct fuse_out_header)) {
         const struct fuse_out_header *out = iov[0].iov_base;
@@ -93,7 +117,14 @@ static ssize_t vx_dev_writev(int fd, struct iovec *iov, int count, void *userdat
                               iov[1].iov_len >= offsetof(struct fuse_init_out, unused) + sizeof(uint32_t);
             if (!passthrough && atomic_load(&s->passthrough) == VEXFS_PASSTHROUGH_ON)
                 atomic_store(&s->passthrough, VEXFS_PASSTHROUGH_NOT_OFFERED);
-            if (killpriv || passthrough) {
+            // io_uring: the rings exist before the kernel hears of them (uring.c).
+            int uring = atomic_load(&s->transport) == VEXFS_TRANSPORT_URING;
+            if (uring && (iov[1].iov_len < offsetof(struct fuse_init_out, unused) ||
+                          vx_uring_prepare(s, vx_ring_payload_size(iov[1].iov_base)) != 0)) {
+                atomic_store(&s->transport, VEXFS_TRANSPORT_SETUP_FAILED);
+                uring = 0;
+            }
+            if (killpriv || passthrough || uring) {
                 struct fuse_init_out patched;
                 size_t len = iov[1].iov_len < sizeof patched ? iov[1].iov_len : sizeof patched;
                 memcpy(&patched, iov[1].iov_base, len);
@@ -105,12 +136,18 @@ static ssize_t vx_dev_writev(int fd, struct iovec *iov, int count, void *userdat
                     // mount itself may still lie under an overlayfs.
                     patched.unused[0] = 1;
                 }
+                if (uring) {
+                    patched.flags |= FUSE_INIT_EXT;
+                    patched.flags2 |= VX_FUSE_OVER_IO_URING_FLAGS2;
+                }
                 struct iovec copy[count];
                 memcpy(copy, iov, sizeof(struct iovec) * (size_t)count);
                 copy[1].iov_base = &patched;
                 ssize_t n = writev(fd, copy, count);
                 if (n >= 0 && killpriv) atomic_store(&s->killpriv_v2, 1);
                 if (n < 0 && passthrough) atomic_store(&s->passthrough, VEXFS_PASSTHROUGH_NOT_OFFERED);
+                if (uring) vx_uring_start(s, n >= 0);
+                if (n < 0 && uring) atomic_store(&s->transport, VEXFS_TRANSPORT_SETUP_FAILED);
                 return n;
             }
         }

@@ -81,7 +81,14 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
         conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_ASYNC_DIO)
         conn->want |= FUSE_CAP_ASYNC_DIO;
-    if (s->config.splice) {
+    // FUSE over io_uring where the kernel offers it (uring.c); the INIT reply asks for it.
+    int transport = VEXFS_TRANSPORT_URING;
+    if (!s->config.io_uring) transport = VEXFS_TRANSPORT_NOT_ASKED;
+    else if (!atomic_load(&s->kernel_offers_uring)) transport = VEXFS_TRANSPORT_NOT_OFFERED;  // seen by the back-port
+    atomic_store(&s->transport, transport);
+    // Splice moves pages between a pipe and /dev/fuse; a ring's answer is bytes copied into its
+    // buffer, so with a ring libfuse must make every answer in memory.
+    if (s->config.splice && transport != VEXFS_TRANSPORT_URING) {
         conn->want |= conn->capable & (FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
     } else {
         conn->want &= ~(FUSE_CAP_SPLICE_READ | FUSE_CAP_SPLICE_WRITE | FUSE_CAP_SPLICE_MOVE);
@@ -213,6 +220,7 @@ vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs
     s->handlers = *handlers;
     s->config = *config;
     s->userdata = userdata;
+    atomic_store(&s->transport, VEXFS_TRANSPORT_NOT_OFFERED);  // until INIT says
     // libfuse keeps pointers into args only during fuse_session_new; a copy of argv suffices.
     char **copy = calloc((size_t)argc + 1, sizeof(char *));
     if (!copy) { free(s); return NULL; }
@@ -240,6 +248,10 @@ int vexfs_req_killpriv_v2(fuse_req_t req) {
 int vexfs_session_killpriv_v2(vexfs_session *s) { return atomic_load(&s->killpriv_v2); }
 int vexfs_session_posix_acl(vexfs_session *s) { return atomic_load(&s->posix_acl); }
 int vexfs_session_passthrough(vexfs_session *s) { return atomic_load(&s->passthrough); }
+int vexfs_session_transport(vexfs_session *s) { return atomic_load(&s->transport); }
+int vexfs_req_transport(fuse_req_t req) {
+    return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->transport);
+}
 
 int vexfs_req_posix_acl(fuse_req_t req) {
     return atomic_load(&((struct vexfs_session *)fuse_req_userdata(req))->posix_acl);
@@ -322,11 +334,14 @@ int vexfs_session_loop(vexfs_session *s) {
     if (s->config.max_threads > 0) fuse_loop_cfg_set_max_threads(cfg, s->config.max_threads);
     int ret = fuse_session_loop_mt(s->se, cfg);
     fuse_loop_cfg_destroy(cfg);
+    // The device is done; so are the rings (at unmount the kernel has ended their commands already).
+    vx_uring_stop(s);
     return ret;
 }
 
 void vexfs_session_destroy(vexfs_session *s) {
     if (!s) return;
+    vx_uring_stop(s);
     if (s->signals) {
         for (int i = 0; i < 3; i++) sigaction(vx_stop_signals[i], &vx_libfuse_actions[i], NULL);
         vx_stop_signal_fd = -1;
@@ -356,6 +371,11 @@ ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off) {
     out.buf[0].fd = fd;
     out.buf[0].pos = off;
     return fuse_buf_copy(&out, in, 0);
+}
+
+void vexfs_fi_set_cache_dir(struct fuse_file_info *fi) {
+    fi->cache_readdir = 1;
+    fi->keep_cache = 1;
 }
 
 void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache) {

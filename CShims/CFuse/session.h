@@ -1,11 +1,14 @@
-// The session record shared by the two C files of the bridge: cfuse.c (libfuse plumbing) and
-// backport_7_40.c (what libfuse 3.14 cannot negotiate). Private to CFuse: Swift sees only the
-// opaque `vexfs_session` of cfuse.h.
+// The session record shared by the C files of the bridge: cfuse.c (libfuse plumbing),
+// backport_7_40.c (what libfuse 3.14 cannot negotiate) and uring.c (FUSE over io_uring). Private to
+// CFuse: Swift sees only the opaque `vexfs_session` of cfuse.h.
 #ifndef VEXFS_CFUSE_SESSION_H
 #define VEXFS_CFUSE_SESSION_H
 
 #include "cfuse.h"
 #include <stdatomic.h>
+#include <sys/uio.h>
+
+struct vx_uring;
 
 struct vexfs_session {
     struct fuse_session *se;
@@ -28,7 +31,29 @@ struct vexfs_session {
     _Atomic uint64_t init_unique;
     _Atomic int kernel_offers_killpriv_v2;
     _Atomic int kernel_offers_passthrough;
+    _Atomic int kernel_offers_uring;
+
+    // A vexfs_transport value: decided in init, turned to SETUP_FAILED or REFUSED if the rings
+    // cannot serve. `uring` is the rings while they exist (uring.c).
+    _Atomic int transport;
+    struct vx_uring *uring;
 };
+
+/// Every request, from /dev/fuse or a ring, before libfuse sees it (`buf` holds `len` bytes, from
+/// the fuse_in_header on, and has room for `capacity`): the one place that watches or rewrites raw
+/// requests. Returns the request's length after it (`len` when it is left as it came).
+size_t vx_request_in(struct vexfs_session *s, void *buf, size_t len, size_t capacity);
+
+/// FUSE over io_uring (uring.c). At INIT, before the reply: start the ring threads with payload
+/// buffers of `payload_size` bytes; 0, or an errno and nothing started.
+int vx_uring_prepare(struct vexfs_session *s, size_t payload_size);
+/// After the INIT reply: `init_sent` 1 lets the threads register with the kernel, 0 ends them.
+void vx_uring_start(struct vexfs_session *s, int init_sent);
+/// A reply on its way out: 1 if it answers a ring request (then it is committed there), 0 if it
+/// belongs to the device.
+int vx_uring_reply(struct vexfs_session *s, const struct iovec *iov, int count);
+/// Ends the ring threads (after the loop) and frees the rings.
+void vx_uring_stop(struct vexfs_session *s);
 
 /// Back-port: routes the session's device traffic through the bridge, to see and patch INIT.
 /// Called once, right after the mount; 0 on success.

@@ -425,6 +425,12 @@ enum Handlers {
         }
         do throws(Errno) {
             Filesystem.store(try fs.store.openDirectory(try fs.inode(ino)), in: fi)
+            // The kernel keeps the listing and lists again from it until the directory changes: its
+            // own changes bump the directory's version, and a change made in the store directly
+            // (vexfs holds it alone, but an administrator may) shows with a new mtime once the
+            // directory's attributes expire, as for entries. A second `du -s` or `ls` of a tree
+            // then costs no READDIR at all.
+            if fs.options.keepCache { vexfs_fi_set_cache_dir(fi) }
             if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: DirectoryStream.self) }
         } catch { reply(req, error: error) }
     }

@@ -68,6 +68,9 @@ final class MountMetrics: Sendable {
         /// "on", or why passthrough is off.
         var passthroughReason: String
         var passthroughOn: Bool
+        /// "io_uring", or "/dev/fuse: " and why.
+        var transport: String
+        var transportIsRing: Bool
         var backingFiles: Int
         var inodes: Int
         var descriptorsOpen: Int
@@ -109,6 +112,8 @@ final class MountMetrics: Sendable {
             "The first handler run over the budget, and how deep it went.") }
         static var fusePassthrough: MetricNameDescriptor { family("vexfs_fuse_passthrough",
             "1 when the kernel reads and writes open files on the store itself (FUSE passthrough); 0 with the reason in the label.") }
+        static var fuseTransport: MetricNameDescriptor { family("vexfs_fuse_transport",
+            "How requests reach the daemon: 1 for io_uring queues; 0 for /dev/fuse, with the reason in the label.") }
         static var fuseRequestsTotal: MetricNameDescriptor { family("vexfs_fuse_requests_total",
             "FUSE requests answered, per operation.") }
         static var fuseRequestMicrosecondsTotal: MetricNameDescriptor { family("vexfs_fuse_request_microseconds_total",
@@ -136,6 +141,7 @@ final class MountMetrics: Sendable {
         var requestMicroseconds: [Operation: Counter] = [:]
         var firstExcess: Gauge?
         var passthrough: (reason: String, gauge: Gauge)?
+        var transport: (reason: String, gauge: Gauge)?
     }
     private let copied = Mutex(Copied())
 
@@ -202,6 +208,12 @@ final class MountMetrics: Sendable {
                 copied.passthrough = (reading.passthroughReason, gauge)
             }
             copied.passthrough!.gauge.set(to: reading.passthroughOn ? 1 : 0)
+            if copied.transport?.reason != reading.transport {
+                if let old = copied.transport { registry.unregisterGauge(old.gauge) }
+                let gauge = registry.makeGauge(descriptor: Family.fuseTransport, labels: [("reason", reading.transport)])
+                copied.transport = (reading.transport, gauge)
+            }
+            copied.transport!.gauge.set(to: reading.transportIsRing ? 1 : 0)
             backingFiles.set(to: Double(reading.backingFiles))
             for (op, count, nanoseconds) in reading.operations {
                 let requests = copied.requests[op] ?? registry.makeCounter(descriptor: Family.fuseRequestsTotal, labels: [("op", "\(op)")])
@@ -222,16 +234,16 @@ extension Filesystem {
     /// `.vexfs/stats`: Prometheus text exposition, made when the file is opened.
     func renderStats(_ req: fuse_req_t?) -> String {
         renderStats(killprivV2: vexfs_req_killpriv_v2(req) != 0, posixACL: vexfs_req_posix_acl(req) != 0,
-                    passthrough: vexfs_req_passthrough(req))
+                    passthrough: vexfs_req_passthrough(req), transport: vexfs_req_transport(req))
     }
 
     /// The same, outside a request (the metrics endpoint), from what the session settled at INIT.
     func renderStats(_ session: OpaquePointer) -> String {
         renderStats(killprivV2: vexfs_session_killpriv_v2(session) != 0, posixACL: vexfs_session_posix_acl(session) != 0,
-                    passthrough: vexfs_session_passthrough(session))
+                    passthrough: vexfs_session_passthrough(session), transport: vexfs_session_transport(session))
     }
 
-    private func renderStats(killprivV2: Bool, posixACL: Bool, passthrough: Int32) -> String {
+    private func renderStats(killprivV2: Bool, posixACL: Bool, passthrough: Int32, transport: Int32) -> String {
         let (tiers, fallthroughs) = pool.statistics()
         let reading = MountMetrics.Reading(
             pool: tiers, poolFallthroughs: fallthroughs, stack: stack.report(),
@@ -242,6 +254,8 @@ extension Filesystem {
             killprivV2: killprivV2, posixACL: posixACL,
             passthroughReason: String(cString: vexfs_passthrough_reason(passthrough)),
             passthroughOn: passthrough == Int32(VEXFS_PASSTHROUGH_ON.rawValue),
+            transport: String(cString: vexfs_transport_reason(transport)),
+            transportIsRing: transport == Int32(VEXFS_TRANSPORT_URING.rawValue),
             backingFiles: backing.registeredCount,
             inodes: store.inodes.count, descriptorsOpen: store.inodes.descriptors.openCount)
         // The vector layer's gauges are set from its state now, never on the request path.

@@ -29,7 +29,8 @@
 // they were at OPEN to learn that it changed, for the index, and to tell the kernel when its cached
 // attributes are stale (writes through a shared mapping).
 //
-// What runs in parallel. Requests run on the worker threads of libfuse's multi-threaded loop, any
+// What runs in parallel. Requests run on the worker threads of libfuse's multi-threaded loop, or,
+// over FUSE over io_uring (CShims/CFuse/uring.c), on the ring threads of each CPU's queue: any
 // number at once, on the same file or not; READDIR on one handle is serialised by the kernel. Each
 // handler runs under the stack-budget monitor and takes scratch memory (listings, stored attribute
 // values) from the buffer pool (VexMemory).
@@ -97,6 +98,9 @@ public struct MountOptions: Sendable, Equatable {
     /// Take over dropping privileges on write (FUSE_HANDLE_KILLPRIV_V2), sparing the kernel's
     /// security.capability probe before every write.
     public var killprivV2 = true
+    /// FUSE over io_uring: requests come through per-CPU io_uring queues instead of read(2) and
+    /// write(2) on /dev/fuse, where the kernel offers it (6.14 and later, fuse.enable_uring=Y).
+    public var ioUring = true
     public var attrTimeout = 60.0
     public var entryTimeout = 60.0
     /// How long a "no such name" answer is cached; 0 because files may appear in STORE meanwhile.
@@ -166,6 +170,8 @@ public struct MountOptions: Sendable, Equatable {
             case "no_splice": splice = false
             case "killpriv": killprivV2 = true
             case "no_killpriv": killprivV2 = false
+            case "io_uring": ioUring = true
+            case "no_io_uring": ioUring = false
             case "clone_fd": cloneFD = true
             case "no_clone_fd": cloneFD = false
             // Atime: the kernel mount hears of noatime too (mount(8) shows it); libfuse 3.14 knows

@@ -45,7 +45,7 @@ struct Mount: ParsableCommand {
     @Option(name: .short, help: """
         Mount options, comma-separated (README "Use" says what each does): passthrough, no_passthrough, \
         writeback, no_writeback, posix_acl, no_posix_acl, keep_cache, no_keep_cache, splice, no_splice, \
-        clone_fd, no_clone_fd, killpriv, no_killpriv, attr_timeout=S, entry_timeout=S, negative_timeout=S, \
+        clone_fd, no_clone_fd, killpriv, no_killpriv, io_uring, no_io_uring, attr_timeout=S, entry_timeout=S, negative_timeout=S, \
         timeout=S, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, \
         index=auto|auto:N|flat|hnsw, hnsw_m=N, ef_construction=N, ef_search=N, embedder=URL, \
         embed_model=NAME, embed_query_model=NAME, embed_chunk=N, max_user_queries=N, query_seconds=S, max_user_collections=N, \

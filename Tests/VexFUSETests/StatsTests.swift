@@ -13,7 +13,7 @@ import Testing
             stack: StackBudget.Report(highWater: Operation.names.map { ($0, 100) }, excesses: 0, firstExcess: nil),
             operations: operations.map { (operation: $0.0, count: $0.1, nanoseconds: $0.2) },
             killprivV2: true, posixACL: false, passthroughReason: passthrough, passthroughOn: passthrough == "on",
-            backingFiles: 0, inodes: 12, descriptorsOpen: 3)
+            transport: "io_uring", transportIsRing: true, backingFiles: 0, inodes: 12, descriptorsOpen: 3)
     }
 
     /// Sample lines by name and labels.
@@ -35,7 +35,7 @@ import Testing
         for family in ["vexfs_buffer_pool_hits_total", "vexfs_buffer_pool_misses_total", "vexfs_buffer_pool_buffers",
                        "vexfs_buffer_pool_fallthroughs_total", "vexfs_stack_budget_bytes", "vexfs_stack_size_bytes",
                        "vexfs_stack_high_water_bytes", "vexfs_stack_budget_exceeded_total", "vexfs_fuse_killpriv_v2",
-                       "vexfs_fuse_posix_acl", "vexfs_fuse_passthrough", "vexfs_fuse_passthrough_backing_files",
+                       "vexfs_fuse_posix_acl", "vexfs_fuse_passthrough", "vexfs_fuse_transport", "vexfs_fuse_passthrough_backing_files",
                        "vexfs_fuse_requests_total", "vexfs_fuse_request_microseconds_total", "vexfs_inodes",
                        "vexfs_inode_descriptors_open"] {
             #expect(types.contains(Substring(family)), "\(family)")

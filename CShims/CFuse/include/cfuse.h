@@ -70,7 +70,19 @@ struct vexfs_session_config {
     int killpriv_v2;    // take over dropping privileges on write, if the kernel offers (backport_7_40.c)
     int passthrough;    // let the kernel read and write open files itself, if it offers and we may
     int posix_acl;      // FUSE_POSIX_ACL: the kernel caches and enforces ACLs
+    int io_uring;       // serve requests through io_uring queues, if the kernel offers (uring.c)
 };
+
+/// How requests reach the daemon: io_uring queues, or /dev/fuse and why.
+enum vexfs_transport {
+    VEXFS_TRANSPORT_URING = 0,
+    VEXFS_TRANSPORT_NOT_ASKED,        // -o no_io_uring
+    VEXFS_TRANSPORT_NOT_OFFERED,      // the kernel's INIT did not offer it
+    VEXFS_TRANSPORT_SETUP_FAILED,     // rings, buffers or threads could not be made
+    VEXFS_TRANSPORT_REFUSED,          // the kernel refused a registration
+};
+/// One line for the log and stats: "io_uring", or "/dev/fuse: " and why.
+const char *vexfs_transport_reason(int state);
 
 /// Whether the kernel reads and writes open files itself (FUSE passthrough), or why not.
 enum vexfs_passthrough {
@@ -132,6 +144,8 @@ void vexfs_session_destroy(vexfs_session *s);
 int vexfs_session_killpriv_v2(vexfs_session *s);
 int vexfs_session_posix_acl(vexfs_session *s);
 int vexfs_session_passthrough(vexfs_session *s);
+int vexfs_session_transport(vexfs_session *s);
+int vexfs_req_transport(fuse_req_t req);
 
 /// The userdata given to vexfs_session_new, from inside a request.
 void *vexfs_req_context(fuse_req_t req);
@@ -143,6 +157,9 @@ ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off);
 
 /// fuse_file_info bit-fields, set from Swift.
 void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache);
+/// An opened directory whose entries the kernel may cache and keep across opens (FOPEN_CACHE_DIR,
+/// FOPEN_KEEP_CACHE).
+void vexfs_fi_set_cache_dir(struct fuse_file_info *fi);
 
 // MARK: back-port of protocol 7.40 (backport_7_40.c)
 // FUSE passthrough and FUSE_HANDLE_KILLPRIV_V2, which libfuse 3.14 cannot negotiate: the INIT reply
