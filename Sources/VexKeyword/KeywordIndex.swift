@@ -114,30 +114,21 @@ public final class KeywordIndex: @unchecked Sendable {
     }
 
     /// The passages that match the FTS5 expression `match`, best first (ties by name, then row, so
-    /// an answer never depends on the order files came in); `visit` sees each until it returns
-    /// false, so a caller that needs K readable answers reads no further than that.
-    public func search(_ match: String, visit: (Hit) -> Bool) throws(SQLiteError) {
+    /// an answer never depends on the order files came in), from the `offset`-th on, at most `limit`
+    /// (nil: all). A caller that needs K answers its asker may read asks a page at a time, so it
+    /// reads no further than that, and holds no lock of this index while it judges a page.
+    public func search(_ match: String, offset: Int = 0, limit: Int?) throws(SQLiteError) -> [Hit] {
         try connection.withLock { c throws(SQLiteError) in
             let s = try c.db.prepare("""
                 SELECT passage.name, passage.row, file.passages, bm25(body) AS score
                 FROM body JOIN passage ON passage.id = body.rowid JOIN file ON file.name = passage.name
-                WHERE body MATCH ? ORDER BY score, passage.name, passage.row
+                WHERE body MATCH ? ORDER BY score, passage.name, passage.row LIMIT ? OFFSET ?
                 """)
-            s.bind([.text(match)])
-            while try s.step() {
-                if !visit(Hit(name: s.blob(0), row: s.int(1), passages: s.int(2), score: s.double(3))) { break }
-            }
+            s.bind([.text(match), .int(limit ?? -1), .int(offset)])
+            var out: [Hit] = []
+            while try s.step() { out.append(Hit(name: s.blob(0), row: s.int(1), passages: s.int(2), score: s.double(3))) }
+            return out
         }
-    }
-
-    /// The first `limit` answers of `search`.
-    public func search(_ match: String, limit: Int) throws(SQLiteError) -> [Hit] {
-        var out: [Hit] = []
-        try search(match) { hit in
-            out.append(hit)
-            return out.count < limit
-        }
-        return out
     }
 
     /// How many passages the index holds.

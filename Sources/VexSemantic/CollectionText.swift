@@ -62,6 +62,7 @@ extension Collection {
             return
         }
         record.passages = ranges
+        putKeywords(name, record, text, &s)
         record.status = "not indexed yet: \(ranges.count == 1 ? "1 passage" : "\(ranges.count) passages") waiting for the embedder"
         let token = host.nextEmbedToken()
         s.embedding[name] = token

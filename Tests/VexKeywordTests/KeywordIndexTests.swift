@@ -75,7 +75,10 @@ func scratch(_ name: String) -> String {
         let one = try KeywordIndex(path: scratch("a.sqlite")), two = try KeywordIndex(path: scratch("b.sqlite"))
         for (n, t) in texts { try one.put(bytes(n), signature: [], passages: [t]) }
         for (n, t) in texts.reversed() { try two.put(bytes(n), signature: [], passages: [t]) }
-        #expect(try one.search("words", limit: 20) == two.search("words", limit: 20))
+        let all = try one.search("words", limit: nil)
+        #expect(try all == two.search("words", limit: 20))
+        // Pages put together are the whole answer.
+        #expect(try one.search("words", offset: 0, limit: 7) + one.search("words", offset: 7, limit: 7) + one.search("words", offset: 14, limit: 7) == all)
     }
 }
 
