@@ -87,7 +87,7 @@ def options(proxy, *extra):
 
 def lines(path, k=K):
     out = os.getxattr(path, f"user.vexfs.knn.{k}").decode().splitlines()
-    return [(l.rsplit("\t", 1)[0], float(l.rsplit("\t", 1)[1])) for l in out]
+    return [(l.rsplit("\t", 1)[0], float(l.rsplit("\t", 1)[1])) for l in out if l]
 
 
 def any_word(question):
