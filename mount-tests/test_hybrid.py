@@ -323,3 +323,23 @@ def test_the_same_text_is_never_embedded_twice(make_mount, proxy):
     wait_indexed([a / "three.txt"] + [b / p.name for p in files[1:]])
     assert sent_since(proxy, mark) == []
     assert [n for n, _ in lines(a / "three.txt")] == [n for n, _ in before]
+
+
+def test_words_options_on_a_mount_without_text_say_why(make_mount):
+    m = make_mount()
+    m.mount()
+    (m / "v").mkdir()
+    (m / "v" / "a.vec").write_text("1 0 0")
+    (m / "v" / "q.query").write_text("1 0 0")
+    os.setxattr(m / "v" / "q.query", "user.vexfs.mode", b"keyword")
+    for _ in range(2):
+        with pytest.raises(OSError) as e:
+            os.getxattr(m / "v" / "q.query", "user.vexfs.knn")
+        assert e.value.errno == errno.EINVAL
+        assert "embedder" in os.getxattr(m / "v" / "q.query", "user.vexfs.status").decode()
+        # Back to vectors, the same file answers.
+        os.removexattr(m / "v" / "q.query", "user.vexfs.mode")
+        assert [n for n, _ in lines(m / "v" / "q.query", 1)] == ["a.vec"]
+        os.setxattr(m / "v" / "q.query", "user.vexfs.mode", b"keyword")
+        m.unmount()
+        m.mount()

@@ -16,16 +16,25 @@ public final class EmbeddingCache: @unchecked Sendable {
     /// What every key starts with: the model and the chunking.
     private let prefix: [UInt8]
 
+    /// The statements, prepared at open: a file whose table has another shape fails here.
     final class State: @unchecked Sendable {
         let db: SQLiteConnection
         var clock = 0
         var bytes = 0
-        init(_ db: SQLiteConnection) { self.db = db }
-        lazy var get = try! db.prepare("SELECT data, check_ FROM vector WHERE key = ?")
-        lazy var touch = try! db.prepare("UPDATE vector SET used = ? WHERE key = ?")
-        lazy var put = try! db.prepare("INSERT OR REPLACE INTO vector(key, data, check_, used) VALUES (?, ?, ?, ?)")
-        lazy var drop = try! db.prepare("DELETE FROM vector WHERE key = ?")
-        lazy var oldest = try! db.prepare("SELECT key, length(data) FROM vector ORDER BY used LIMIT 256")
+        let get, touch, put, drop, oldest: Statement
+        init(_ db: SQLiteConnection) throws(SQLiteError) {
+            self.db = db
+            get = try db.prepare("SELECT data, check_ FROM vector WHERE key = ?")
+            touch = try db.prepare("UPDATE vector SET used = ? WHERE key = ?")
+            put = try db.prepare("INSERT OR REPLACE INTO vector(key, data, check_, used) VALUES (?, ?, ?, ?)")
+            drop = try db.prepare("DELETE FROM vector WHERE key = ?")
+            oldest = try db.prepare("SELECT key, length(data) FROM vector ORDER BY used LIMIT 256")
+            let totals = try db.prepare("SELECT coalesce(max(used), 0), coalesce(sum(length(data)), 0) FROM vector")
+            if try totals.step() {
+                clock = totals.int(0)
+                bytes = totals.int(1)
+            }
+        }
     }
 
     static let schema = """
@@ -41,13 +50,8 @@ public final class EmbeddingCache: @unchecked Sendable {
     public init(path: String, model: String, chunk: Int, maxBytes: Int = EmbeddingCache.defaultMaxBytes) throws(SQLiteError) {
         self.maxBytes = maxBytes
         prefix = Array("model=\(model)\u{0}chunk=\(chunk)\u{0}".utf8)
-        let (db, aside) = try SQLiteConnection.openOrReplace(path, schema: EmbeddingCache.schema)
+        let (s, aside) = try SQLiteConnection.openOrReplace(path, schema: EmbeddingCache.schema) { (db) throws(SQLiteError) in try State(db) }
         setAside = aside
-        let s = State(db)
-        if let q = try? db.prepare("SELECT coalesce(max(used), 0), coalesce(sum(length(data)), 0) FROM vector"), (try? q.step()) == true {
-            s.clock = q.int(0)
-            s.bytes = q.int(1)
-        }
         state = Mutex(s)
     }
 

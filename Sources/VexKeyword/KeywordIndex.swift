@@ -18,17 +18,23 @@ public final class KeywordIndex: @unchecked Sendable {
     /// Why the file there before was set aside at open (nil: it opened as it was).
     public let setAside: String?
 
+    /// The statements, prepared at open: a file whose tables have another shape fails here.
     final class Box: @unchecked Sendable {
         let db: SQLiteConnection
-        init(_ db: SQLiteConnection) { self.db = db }
-        lazy var signatureOf = try! db.prepare("SELECT signature FROM file WHERE name = ?")
-        lazy var putFile = try! db.prepare("INSERT OR REPLACE INTO file(name, signature, passages) VALUES (?, ?, ?)")
-        lazy var dropFile = try! db.prepare("DELETE FROM file WHERE name = ?")
-        lazy var passageIDs = try! db.prepare("SELECT id FROM passage WHERE name = ?")
-        lazy var dropBodies = try! db.prepare("DELETE FROM body WHERE rowid IN (SELECT id FROM passage WHERE name = ?)")
-        lazy var dropPassages = try! db.prepare("DELETE FROM passage WHERE name = ?")
-        lazy var putPassage = try! db.prepare("INSERT INTO passage(name, row) VALUES (?, ?)")
-        lazy var putBody = try! db.prepare("INSERT INTO body(rowid, text) VALUES (?, ?)")
+        let signatureOf, putFile, dropFile, dropBodies, dropPassages, putPassage, putBody: Statement
+        init(_ db: SQLiteConnection) throws(SQLiteError) {
+            self.db = db
+            signatureOf = try db.prepare("SELECT signature FROM file WHERE name = ?")
+            putFile = try db.prepare("INSERT OR REPLACE INTO file(name, signature, passages) VALUES (?, ?, ?)")
+            dropFile = try db.prepare("DELETE FROM file WHERE name = ?")
+            dropBodies = try db.prepare("DELETE FROM body WHERE rowid IN (SELECT id FROM passage WHERE name = ?)")
+            dropPassages = try db.prepare("DELETE FROM passage WHERE name = ?")
+            putPassage = try db.prepare("INSERT INTO passage(name, row) VALUES (?, ?)")
+            putBody = try db.prepare("INSERT INTO body(rowid, text) VALUES (?, ?)")
+            // The search reads these columns: prepared once here to prove they are there.
+            _ = try db.prepare("SELECT passage.name, passage.row, file.passages, bm25(body) FROM body JOIN passage ON passage.id = body.rowid "
+                               + "JOIN file ON file.name = passage.name WHERE body MATCH 'x' LIMIT 0")
+        }
     }
 
     static let schema = """
@@ -42,9 +48,9 @@ public final class KeywordIndex: @unchecked Sendable {
     /// aside as `PATH.bad` and the index starts empty: its owner fills it again from the files.
     public init(path: String) throws(SQLiteError) {
         self.path = path
-        let (db, aside) = try SQLiteConnection.openOrReplace(path, schema: KeywordIndex.schema)
+        let (box, aside) = try SQLiteConnection.openOrReplace(path, schema: KeywordIndex.schema) { (db) throws(SQLiteError) in try Box(db) }
         setAside = aside
-        connection = Mutex(Box(db))
+        connection = Mutex(box)
     }
 
     /// One answer: the file, its passage `row` (of `passages`), and the BM25 score (lower is better).

@@ -19,23 +19,25 @@ public struct SQLiteError: Error, CustomStringConvertible, Equatable {
 final class SQLiteConnection {
     let db: OpaquePointer
 
-    /// Opens (creating) the database at `path`; one that is not SQLite, or is damaged, is moved to
+    /// Opens (creating) the database at `path` and has `ready` prepare what its owner uses; one that
+    /// is not SQLite, is damaged, or holds tables of another shape (`ready` fails) is moved to
     /// `PATH.bad` and a new one made in its place.
-    static func openOrReplace(_ path: String, schema: String) throws(SQLiteError) -> (SQLiteConnection, setAside: String?) {
-        do throws(SQLiteError) {
+    static func openOrReplace<T>(_ path: String, schema: String, ready: (SQLiteConnection) throws(SQLiteError) -> T)
+        throws(SQLiteError) -> (T, setAside: String?) {
+        func open() throws(SQLiteError) -> T {
             let c = try SQLiteConnection(path)
             try c.run("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
             try c.check()
             try c.run(schema)
-            return (c, nil)
+            return try ready(c)
+        }
+        do throws(SQLiteError) {
+            return (try open(), nil)
         } catch {
             rename(path, path + ".bad")
             unlink(path + "-wal")
             unlink(path + "-shm")
-            let c = try SQLiteConnection(path)
-            try c.run("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")
-            try c.run(schema)
-            return (c, error.message)
+            return (try open(), error.message)
         }
     }
 

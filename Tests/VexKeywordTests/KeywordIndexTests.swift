@@ -53,6 +53,16 @@ func scratch(_ name: String) -> String {
         #expect(fresh.setAside != nil)
         #expect(fresh.count == 0)
         #expect(access(bad + ".bad", F_OK) == 0)
+        // SQLite, but tables of another shape: set aside too.
+        let foreign = scratch("keywords.sqlite")
+        try SQLiteConnection(foreign).run("CREATE TABLE file(x); CREATE TABLE passage(y)")
+        let other = try KeywordIndex(path: foreign)
+        #expect(other.setAside != nil)
+        try other.put(bytes("a.txt"), signature: [1], passages: ["works again"])
+        #expect(try other.search("works", limit: 1).count == 1)
+        let cache = scratch("cache.sqlite")
+        try SQLiteConnection(cache).run("CREATE TABLE vector(key)")
+        #expect(try EmbeddingCache(path: cache, model: "m", chunk: 1).setAside != nil)
     }
 
     @Test func badExpressionsAreRefusedWithAReason() {
@@ -84,7 +94,7 @@ func scratch(_ name: String) -> String {
 
 @Suite struct EmbeddingCacheTests {
     @Test func sha256MatchesTheStandardVectors() {
-        func hex(_ b: [UInt8]) -> String { b.map { String(format: "%02x", $0) }.joined() }
+        func hex(_ b: [UInt8]) -> String { b.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
         #expect(hex(SHA256.hash(Array("abc".utf8))) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
         #expect(hex(SHA256.hash([UInt8]())) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         let long = Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8)
