@@ -79,7 +79,10 @@ class Mount:
         self.vexfs, self.store, self.mnt = vexfs, os.path.join(work, name, "store"), os.path.join(work, name, "mnt")
         os.makedirs(os.path.join(self.store, ".vexfs"), mode=0o700), os.makedirs(self.mnt)
         if cache_from:
-            shutil.copy(os.path.join(cache_from, ".vexfs", "embeddings.sqlite"), os.path.join(self.store, ".vexfs", "embeddings.sqlite"))
+            # With its write-ahead log: the cache's latest rows may still be there, not in the main file.
+            for part in ("embeddings.sqlite", "embeddings.sqlite-wal"):
+                if os.path.exists(os.path.join(cache_from, ".vexfs", part)):
+                    shutil.copy(os.path.join(cache_from, ".vexfs", part), os.path.join(self.store, ".vexfs", part))
         subprocess.run([vexfs, "mount", self.store, self.mnt, "-o",
                         f"embedder={url},embed_model=e5-passage,embed_query_model=e5-query,embed_batch=8,keywords={keywords}"], check=True)
 
@@ -158,6 +161,8 @@ def main():
             m = Mount(args.vexfs, url, work, name, keywords, cache_from=mounts[0].store if warm else None)
             mounts.append(m)
             rates[name] = m.ingest(docs)
+            hits = [l for l in open(os.path.join(m.mnt, ".vexfs", "stats")).read().splitlines() if l.startswith("vexfs_embed_cache_hits_total ")]
+            print(f"{name}: {rates[name]:.1f} files/s, {hits[0] if hits else 'no cache'}", flush=True)
             if name != "cold-on":
                 m.unmount()
         m = mounts[0]
