@@ -8,7 +8,8 @@ import Logging
 /// When a request fails, its jobs wait and are tried again after 1, 2, 4 ... 60 s, and the caller
 /// hears why at once (for a status line) and again when they finally succeed. While the endpoint
 /// answers, `submit` waits when the backlog is full (backpressure); while it does not, a job past
-/// the bound is refused, so a writer never waits on a dead endpoint.
+/// the bound is refused, so a writer never waits on a dead endpoint. With a `memory`, texts it holds
+/// vectors for are answered from it and never sent, and what the endpoint gives is kept in it.
 public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     /// `retrying`: a failure that will be tried again (the endpoint away, or busy); false for one it
     /// refused for good (a 4xx about this text).
@@ -17,7 +18,10 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     struct Job {
         let key: Key
         let token: UInt64
+        /// The texts to send: those `memory` had no vector for.
         let texts: [String]
+        /// The caller's texts in order: the vector `memory` had, nil for one sent.
+        var known: [[Float]?] = []
         var attempts = 0
         var notBefore = 0.0
         /// Sent in a request of its own: a request with it was refused, and this finds out whose text.
@@ -26,6 +30,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
 
     let client: EmbeddingClient
     let metrics: EmbedMetrics
+    let memory: (any EmbeddingMemory)?
     private let done: Done
     /// Texts waiting at most.
     public let backlogBound: Int
@@ -40,9 +45,10 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     private var stopping = false
     private var thread = pthread_t()
 
-    private init(client: EmbeddingClient, metrics: EmbedMetrics, backlogBound: Int, done: @escaping Done) {
+    private init(client: EmbeddingClient, metrics: EmbedMetrics, memory: (any EmbeddingMemory)?, backlogBound: Int, done: @escaping Done) {
         self.client = client
         self.metrics = metrics
+        self.memory = memory
         self.backlogBound = backlogBound
         self.done = done
         pthread_mutex_init(lock, nil)
@@ -50,8 +56,9 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     }
 
     /// A queue with its thread running.
-    public static func start(client: EmbeddingClient, metrics: EmbedMetrics, backlogBound: Int = 65_536, done: @escaping Done) -> EmbedQueue {
-        let q = EmbedQueue(client: client, metrics: metrics, backlogBound: backlogBound, done: done)
+    public static func start(client: EmbeddingClient, metrics: EmbedMetrics, memory: (any EmbeddingMemory)? = nil, backlogBound: Int = 65_536,
+                             done: @escaping Done) -> EmbedQueue {
+        let q = EmbedQueue(client: client, metrics: metrics, memory: memory, backlogBound: backlogBound, done: done)
         q.thread = spawn { q.run() }
         return q
     }
@@ -64,8 +71,22 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     }
 
     /// Queues `texts` under `key`; false when refused (the endpoint is away and the backlog full).
+    /// When `memory` holds every text's vector, `done` hears at once, on this thread.
     @discardableResult
-    public func submit(_ key: Key, token: UInt64, texts: [String]) -> Bool {
+    public func submit(_ key: Key, token: UInt64, texts all: [String]) -> Bool {
+        var known: [[Float]?] = []
+        var texts = all
+        if let memory {
+            known = memory.recall(all)
+            texts = zip(all, known).filter { $0.1 == nil }.map(\.0)
+            metrics.cacheHits.increment(by: all.count - texts.count)
+            metrics.cacheMisses.increment(by: texts.count)
+            if texts.isEmpty {
+                cancel(key)
+                done(key, token, .success(known.map { $0! }), false)
+                return true
+            }
+        }
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         cancelLocked(key)
@@ -73,7 +94,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
             pthread_cond_wait(changed, lock)
         }
         guard !stopping, reachable || waitingTexts + texts.count <= backlogBound else { return false }
-        jobs.append(Job(key: key, token: token, texts: texts))
+        jobs.append(Job(key: key, token: token, texts: texts, known: known))
         waitingTexts += texts.count
         pthread_cond_broadcast(changed)
         return true
@@ -227,9 +248,12 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
             for job in batch { done(job.key, job.token, .failure(failure), true) }
             return
         }
+        memory?.keep(texts, vectors)
         var at = 0
         for job in batch {
-            done(job.key, job.token, .success(Array(vectors[at..<(at + job.texts.count)])), false)
+            var sent = vectors[at..<(at + job.texts.count)].makeIterator()
+            let all = job.known.isEmpty ? Array(vectors[at..<(at + job.texts.count)]) : job.known.map { $0 ?? sent.next()! }
+            done(job.key, job.token, .success(all), false)
             at += job.texts.count
         }
     }
@@ -243,6 +267,9 @@ public struct EmbedMetrics: Sendable {
     let failures: Counter
     let retries: Counter
     let latency: CoreMetrics.Timer
+    /// Passages answered from the queue's memory, and those it had to send.
+    let cacheHits: Counter
+    let cacheMisses: Counter
 
     /// One request made outside a queue (a text query): its texts, and its time if it succeeded.
     public func note(texts count: Int, nanoseconds: Int64?) {
@@ -257,7 +284,18 @@ public struct EmbedMetrics: Sendable {
         failures = Counter(label: "vexfs_embed_failures_total", dimensions: [], factory: factory)
         retries = Counter(label: "vexfs_embed_retries_total", dimensions: [], factory: factory)
         latency = CoreMetrics.Timer(label: EmbedMetrics.latencyLabel, dimensions: [], factory: factory)
+        cacheHits = Counter(label: "vexfs_embed_cache_hits_total", dimensions: [], factory: factory)
+        cacheMisses = Counter(label: "vexfs_embed_cache_misses_total", dimensions: [], factory: factory)
     }
+}
+
+/// Vectors kept from earlier requests, by text (the embedding cache in STORE/.vexfs/): asked before
+/// a text is sent, told what the endpoint gave. Its key must say which model and chunking made each.
+public protocol EmbeddingMemory: AnyObject, Sendable {
+    /// The vector kept for each text, nil where there is none.
+    func recall(_ texts: [String]) -> [[Float]?]
+    /// Keeps `vectors[i]` as the vector of `texts[i]`.
+    func keep(_ texts: [String], _ vectors: [[Float]])
 }
 
 /// Runs `body` on a new thread (a class box carries the closure through pthread_create's pointer).

@@ -4,6 +4,7 @@ import VexStore
 import Synchronization
 import VexEmbed
 import VexIndex
+import VexKeyword
 import VexKernels
 
 /// One directory's vectors: its index (persisted under STORE/.vexfs/index/INODE) and the catalog
@@ -68,6 +69,8 @@ final class Collection: @unchecked Sendable {
         var unsavedFiles = 0
         /// What opening the index at mount found and did, for the directory's status.
         var recovery = ""
+        /// The text passages by their words (CollectionKeywords.swift); nil until text is met.
+        var keywords: KeywordIndex?
     }
 
     /// Takes over `directory`, a descriptor of the collection's directory.
@@ -154,6 +157,7 @@ final class Collection: @unchecked Sendable {
                 }
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
+            repairKeywords(&s)
             // A graph measured before the unmount is not measured again until it doubles, as if
             // the mount had never stopped (a new target measures it again).
             if let m = s.index?.measurement, m.target == s.settings.recall { s.measuredAt = max(m.vectors, 1) }
@@ -332,6 +336,7 @@ final class Collection: @unchecked Sendable {
         host.noteLink(collection: key, name: name, from: old?.inode, to: record.inode)
         if let old { forgetTags(of: old.inode) }
         forgetTags(of: record.inode)
+        if record.passages.isEmpty { dropKeywords(name, &s) }
         s.files[name] = record
         s.unsavedFiles += 1
     }
@@ -344,6 +349,7 @@ final class Collection: @unchecked Sendable {
         host.noteLink(collection: key, name: name, from: old.inode, to: nil)
         forgetTags(of: old.inode)
         release(old, &s)
+        dropKeywords(name, &s)
         attributeCarriers.withLock { _ = $0.remove(name) }
         published(s)
         if old.rows > 0 { host.journal.record(.index, s.path.child(name), detail: ["status": "removed"]) }

@@ -67,6 +67,8 @@ struct CollectionConfiguration: @unchecked Sendable {
     let longFileBytes = 1 << 20
     /// Characters a passage holds at most.
     let embedChunk: Int
+    /// Whether text collections keep a keyword index (`-o keywords=off`: not).
+    var keywords = true
 
     /// Vectors that may wait beside a graph (every query scans them) before the linker links them in
     /// while writes go on: 4 MiB of them (a scan well under a millisecond), at least 2,048. Below

@@ -40,23 +40,26 @@ extension Collection {
         guard let index, let dimension else { return [] }
         guard query.count == dimension else { throw .invalid("the query has \(query.count) numbers, the collection's dimension is \(dimension)") }
         let mustCheck = !requester.seesEverything
-        let dir = directory
-        // Whether the file `name` may answer: readable by the requester and passing every condition
-        // (judged once per question: `admissions` outlives this row).
-        let admits = { [self] (name: FileName, inode: UInt64) -> Bool in
-            if let known = admissions.judged[name] { return known }
-            var ok = true
-            // By the kernel's rules for the asker (the caller runs this with their identity).
-            if mustCheck { ok = (try? StoreFiles.stat(dir, name)).map(StoreFiles.isRegular) == true && StoreFiles.mayAccess(dir, name, R_OK) }
-            if ok && filtered { ok = options.admits(name) { key, limit in tag(key, of: name, inode: inode, limit: limit) } }
-            admissions.judged[name] = ok
-            return ok
-        }
+        let admits = admission(requester: requester, options: options, admissions: admissions)
         let total = index.count
         let few = max(configuration.exactScanRows, total / 20)
+        // With `match`, only passages that hold the words: few are scanned exactly, many walked with a filter.
+        var matched: [UInt64]?
+        if let match = options.match {
+            matched = try matchedLabels(match, admits: admits).filter { !excluded.contains($0) }
+            if matched!.isEmpty { return [] }
+        }
         let found: [Neighbor]
         do {
-            if filtered && files.count <= Collection.judgedWhole {
+            if let labels = matched {
+                if labels.count <= few || !index.isGraph {
+                    found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.exactSearch(q, k: k, among: labels) }
+                } else {
+                    let allowed = Set(labels)
+                    let filter = SearchFilter(accept: { allowed.contains($0) })
+                    found = try query.withUnsafeBufferPointer { q throws(IndexError) in try index.search(q, k: k, ef: options.ef, filter: filter) }
+                }
+            } else if filtered && files.count <= Collection.judgedWhole {
                 // Every file judged now: the rows that pass are known exactly, as label ranges.
                 var ranges: [(UInt64, UInt64)] = []
                 var rows = 0
@@ -98,6 +101,23 @@ extension Collection {
                 out.append(Hit(name: name, row: r.rows > 1 ? Int(n.label - r.firstLabel) : nil, distance: n.distance))
             }
             return out
+        }
+    }
+
+    /// Whether the file `name` (inode) may answer a question: readable by `requester` by the kernel's
+    /// rules (the caller runs the search with their identity) and passing every condition of
+    /// `options`; judged once per file per question (`admissions` outlives one collection's search).
+    /// Vector and keyword answers both go through it.
+    func admission(requester: Caller, options: QueryOptions, admissions: Admissions) -> (FileName, UInt64) -> Bool {
+        let mustCheck = !requester.seesEverything, filtered = !options.conditions.isEmpty
+        let dir = directory
+        return { [self] (name: FileName, inode: UInt64) -> Bool in
+            if let known = admissions.judged[name] { return known }
+            var ok = true
+            if mustCheck { ok = (try? StoreFiles.stat(dir, name)).map(StoreFiles.isRegular) == true && StoreFiles.mayAccess(dir, name, R_OK) }
+            if ok && filtered { ok = options.admits(name) { key, limit in tag(key, of: name, inode: inode, limit: limit) } }
+            admissions.judged[name] = ok
+            return ok
         }
     }
 

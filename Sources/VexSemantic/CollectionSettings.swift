@@ -194,6 +194,7 @@ extension Collection {
     /// Throws the index away and reads every file again (a new dimension, while nothing is indexed).
     func rebuild(_ s: inout State) {
         s.index = nil
+        s.keywords = nil
         StatePaths.removeTree(indexDirectory)
         host.log(problems: openIndex(&s))
         let names = indexedNames(s)

@@ -62,6 +62,7 @@ extension Collection {
             return
         }
         record.passages = ranges
+        putKeywords(name, record, text, &s)
         record.status = "not indexed yet: \(ranges.count == 1 ? "1 passage" : "\(ranges.count) passages") waiting for the embedder"
         let token = host.nextEmbedToken()
         s.embedding[name] = token
@@ -71,23 +72,30 @@ extension Collection {
     /// The vectors (or the failure) of the embedding request `token` for `name`: applied if the
     /// request is still the newest for the file and the file has not changed since it was read.
     func embedded(_ name: FileName, token: UInt64, _ result: Result<[[Float]], EmbedError>, retrying: Bool) {
-        state.withLock { s in
-            guard s.embedding[name] == token, var record = s.files[name] else { return }
+        let readAgain = state.withLock { s -> Bool in
+            guard s.embedding[name] == token, var record = s.files[name] else { return false }
             switch result {
             case .failure(let e):
                 record.status = "not indexed: \(e)" + (retrying ? " (retrying)" : "")
                 if !retrying { s.embedding[name] = nil }
                 s.files[name] = record
-                return
+                return false
             case .success(let vectors):
                 s.embedding[name] = nil
-                guard let st = (try? StoreFiles.stat(directory, name)), record.sameSignature(st) else { return }
+                guard let st = (try? StoreFiles.stat(directory, name)) else { return false }
+                // Changed since it was read: a write is read again at its close, but a chmod or an
+                // attribute set after the write (cp -p) is no write. Read again now; the passages
+                // that did not change come back from the embedding cache.
+                guard record.sameSignature(st) else {
+                    refresh(name, &s)
+                    return true
+                }
                 let d = vectors[0].count
                 guard let index = index(forDimension: d, &s), vectors.count == record.passages.count else {
                     record.status = "not indexed: the embedder gives \(d) numbers, the collection's dimension is \(s.settings.dimension ?? 0)"
                     s.files[name] = record
                     published(s)
-                    return
+                    return false
                 }
                 record.firstLabel = s.nextLabel
                 s.nextLabel += UInt64(vectors.count)
@@ -107,7 +115,9 @@ extension Collection {
                 published(s)
                 host.journal.record(.index, s.path.child(name), detail: ["status": record.journalStatus])
                 considerCheckpoint(&s)
+                return false
             }
         }
+        if readAgain { sendSoon() }
     }
 }

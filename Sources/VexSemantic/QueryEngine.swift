@@ -166,6 +166,7 @@ extension SemanticLayer {
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         let options = file.name.isQuery ? try QueryOptions.read(opath: file.fd) : QueryOptions()
+        try keywordsKept(for: options)
         let lost = SemanticError.denied("the answer cannot be checked as you")
         let scoped = try requester.withAccess(orElse: lost) { () throws(SemanticError) in try scope(file.dir, options, requester: requester) }
         for s in scoped { bridge.settle(s.collection.key) }
@@ -177,6 +178,16 @@ extension SemanticLayer {
             metrics.cached.increment()
             return cached.bytes
         }
+        // By words alone: no vector, no embedder.
+        if options.mode == .keyword {
+            let expression = try keywordExpression(file, options)
+            let out = try requester.withAccess(orElse: lost) { () throws(SemanticError) -> [UInt8] in
+                try keywordAnswer(expression, in: scoped, k: k, excludingFile: UInt64(st.st_ino), requester: requester, options: options, deadline: deadline)
+            }
+            finished(out, key: key, file: file, signature: signature, since: t0, k: k, options: options, rows: 1, requester: requester)
+            return out
+        }
+        let expression = options.mode == .hybrid ? try keywordExpression(file, options) : nil
         let vectors: ParsedVectors
         if let words = try words(of: file) {
             vectors = words
@@ -219,38 +230,48 @@ extension SemanticLayer {
                 for s in searched {
                     try deadline.check()
                     // The file itself is left out, under every name it has here.
-                    for h in try s.collection.nearest(vectors.row(row), k: k, excludingFile: UInt64(st.st_ino), requester: requester,
-                                                      options: options, admissions: admissions[s.collection.key]!) {
-                        if let r = options.radius, h.distance > r { continue }
-                        let shown = s.prefix.isEmpty ? h.name.escaped : s.prefix.child(h.name).escaped
-                        hits.append((h.row.map { "\(shown)#\($0)" } ?? shown, h.distance))
+                    let depth = expression == nil ? k : min(1000, k * QueryOptions.hybridDepth)
+                    let near = try s.collection.nearest(vectors.row(row), k: depth, excludingFile: UInt64(st.st_ino), requester: requester,
+                                                        options: options, admissions: admissions[s.collection.key]!)
+                    guard let expression else {
+                        for h in near {
+                            if let r = options.radius, h.distance > r { continue }
+                            hits.append(s.shown(h))
+                        }
+                        continue
                     }
+                    let admits = s.collection.admission(requester: requester, options: options, admissions: admissions[s.collection.key]!)
+                    let words = try s.collection.keywordNearest(expression, k: depth, excludingFile: UInt64(st.st_ino), admits: admits)
+                    hits += SemanticLayer.fused(near.map(s.shown), words.map(s.shown)).prefix(k)
                 }
-                if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+                if searched.count > 1 || expression != nil { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
                 for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
                 guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
             }
             return out
         }
+        finished(out, key: key, file: file, signature: signature, since: t0, k: k, options: options, rows: vectors.rows, requester: requester)
+        return out
+    }
+
+    /// An answer made: kept for the second ask, timed, journalled.
+    func finished(_ out: [UInt8], key: AnswerKey, file: FileRef, signature: [Int64], since t0: timespec, k: Int, options: QueryOptions,
+                  rows: Int, requester: Caller) {
+        var t1 = timespec()
         answers.withLock { $0.put(key, Answer(collection: file.dir.key, signature: signature, bytes: out)) }
         clock_gettime(CLOCK_MONOTONIC, &t1)
         metrics.queries.recordNanoseconds(nanoseconds(t1) - nanoseconds(t0))
         var detail = ["k": String(k)]
         if options.scope == .tree { detail["scope"] = "tree" }
-        if vectors.rows > 1 { detail["rows"] = String(vectors.rows) }
+        if options.mode != .vector { detail["mode"] = options.mode.rawValue }
+        if rows > 1 { detail["rows"] = String(rows) }
         journal.record(.query, file.dir.child(file.name), detail: detail, by: requester.uid)
-        return out
     }
 
     /// A bare `.query` file that holds words rather than numbers, as a vector of the query model;
     /// nil for numbers (or with no embedder). The one FUSE request that waits on the network.
     func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
-        guard let client = embedClient, file.name.isQuery, file.name.queryFormat == nil,
-              let bytes = try? StoreFiles.read(opath: file.fd, limit: SemanticLayer.maxQueryBytes) else { return nil }
-        let sniffed = bytes.withUnsafeBytes { VectorFormat.sniff($0) }
-        guard sniffed == .raw, !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self),
-              text.unicodeScalars.contains(where: { $0.properties.isAlphabetic }) else { return nil }
-        guard bytes.count <= SemanticLayer.maxTextQueryBytes else { throw .invalid("a question in words is at most \(SemanticLayer.maxTextQueryBytes) bytes") }
+        guard let client = embedClient, let text = try question(of: file) else { return nil }
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         do {
@@ -262,6 +283,17 @@ extension SemanticLayer {
             metrics.embed.note(texts: 1, nanoseconds: nil)
             throw .embedder("the question cannot be embedded: \(error)")
         }
+    }
+
+    /// The words of a bare `.query` file that holds words rather than numbers; nil for numbers.
+    func question(of file: FileRef) throws(SemanticError) -> String? {
+        guard file.name.isQuery, file.name.queryFormat == nil,
+              let bytes = try? StoreFiles.read(opath: file.fd, limit: SemanticLayer.maxTextQueryBytes + 1) else { return nil }
+        let sniffed = bytes.withUnsafeBytes { VectorFormat.sniff($0) }
+        guard sniffed == .raw, !bytes.contains(0), let text = String(validating: bytes, as: UTF8.self),
+              text.unicodeScalars.contains(where: { $0.properties.isAlphabetic }) else { return nil }
+        guard bytes.count <= SemanticLayer.maxTextQueryBytes else { throw .invalid("a question in words is at most \(SemanticLayer.maxTextQueryBytes) bytes") }
+        return text
     }
 
     /// What `file` holds as vectors, read through its own descriptor: at most a query file's worth

@@ -1,9 +1,11 @@
 import Glibc
+import VexKeyword
 import VexStore
 
 /// How a query is to be answered, read from the query file's own attributes (PRODUCT.md §3): where
 /// to look (`user.vexfs.scope`), which files may answer (`user.vexfs.filter`), how far
-/// (`user.vexfs.radius`) and how hard to look (`user.vexfs.ef`). The options are ordinary extended
+/// (`user.vexfs.radius`) and how hard to look (`user.vexfs.ef`); for text, which passages must hold
+/// which words (`user.vexfs.match`) and how answers are ranked (`user.vexfs.mode`). The options are ordinary extended
 /// attributes of the backing file, so they stay with the query file; they are checked when set (a
 /// bad value is EINVAL and never stored) and again when read, since the store can be written
 /// around the mount.
@@ -22,10 +24,23 @@ public struct QueryOptions: Equatable, Sendable {
         case attribute(name: String, value: [UInt8])
     }
 
+    /// How a question is answered.
+    public enum Mode: String, Sendable {
+        /// By meaning: the nearest vectors.
+        case vector
+        /// By words: BM25 over the keyword index (no embedder needed).
+        case keyword
+        /// Both lists, `hybridDepth` x K deep each, fused by reciprocal rank.
+        case hybrid
+    }
+
     public var scope = Scope.directory
     public var conditions: [Condition] = []
     public var radius: Float?
     public var ef: Int?
+    /// An FTS5 expression every answered passage matches.
+    public var match: String?
+    public var mode = Mode.vector
 
     public init() {}
 
@@ -34,7 +49,14 @@ public struct QueryOptions: Equatable, Sendable {
         case filter = "user.vexfs.filter"
         case radius = "user.vexfs.radius"
         case ef = "user.vexfs.ef"
+        case match = "user.vexfs.match"
+        case mode = "user.vexfs.mode"
     }
+
+    /// Reciprocal rank fusion (`mode=hybrid`): each of the two lists is this many times K deep, and
+    /// a passage at rank r (from 1) of a list scores 1 / (`fusionK` + r) from it.
+    public static let hybridDepth = 4
+    public static let fusionK = 60
 
     /// A filter holds at most this many bytes and conditions.
     public static let maxFilterBytes = 4096
@@ -45,7 +67,7 @@ public struct QueryOptions: Equatable, Sendable {
     /// Checks the value of one option as given (any bytes) and records it: EINVAL with the reason
     /// when it is not a good value.
     public mutating func set(_ option: Option, _ value: [UInt8]) throws(SemanticError) {
-        let limit = option == .filter ? QueryOptions.maxFilterBytes : 64
+        let limit = option == .filter || option == .match ? QueryOptions.maxFilterBytes : 64
         guard value.count <= limit else { throw .invalid("\(option.rawValue): the value is longer than \(limit) bytes") }
         if option == .filter {
             conditions = try QueryOptions.conditions(value)
@@ -65,6 +87,13 @@ public struct QueryOptions: Equatable, Sendable {
                 throw .invalid("user.vexfs.ef must be a whole number from \(QueryOptions.efRange.lowerBound) to \(QueryOptions.efRange.upperBound)")
             }
             ef = e
+        case .match:
+            guard !text.isEmpty, !value.contains(0) else { throw .invalid("user.vexfs.match: an FTS5 expression (words, phrases, AND/OR/NOT, prefix*)") }
+            if let problem = KeywordIndex.problem(in: decoded) { throw .invalid("user.vexfs.match: \(problem)") }
+            match = decoded
+        case .mode:
+            guard let m = Mode(rawValue: text) else { throw .invalid("user.vexfs.mode must be vector, keyword or hybrid") }
+            mode = m
         case .filter:
             break
         }

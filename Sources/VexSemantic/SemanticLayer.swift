@@ -27,6 +27,7 @@ import Synchronization
 import VexEmbed
 import VexIndex
 import VexKernels
+import VexKeyword
 
 /// The vector layer of one mount: what the FUSE side calls (through the protocols in
 /// SemanticService.swift) and the host of every collection.
@@ -84,7 +85,8 @@ public final class SemanticLayer: @unchecked Sendable {
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
                 embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold,
                 maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds,
-                collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, sharedID: String? = nil) {
+                collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, sharedID: String? = nil,
+                keywords: Bool = true) {
         self.storeRoot = storeRoot
         self.collectionsPerUser = collectionsPerUser
         budget = QueryBudget(perUser: maxQueriesPerUser, seconds: querySeconds)
@@ -96,13 +98,15 @@ public final class SemanticLayer: @unchecked Sendable {
         }
         configuration = CollectionConfiguration(stateRoot: stateRoot, kernels: kernels, indexKind: indexKind, parameters: parameters,
                                                 exactScanRows: exactScanRows, streamThreshold: streamThreshold,
-                                                embedChunk: embedder?.chunk ?? 2000)
+                                                embedChunk: embedder?.chunk ?? 2000, keywords: keywords)
         let client = embedder.map { EmbeddingClient($0) }
         embedClient = client
+        mkdir(stateRoot, 0o700)
+        let cache = embedder.flatMap { SemanticLayer.embeddingCache(stateRoot, $0) }
         // The queue and the bridge call back into `self`: a weak box breaks the cycle.
         let back = WeakLayer()
         embedQueue = client.map { c in
-            EmbedQueue<Bridge.Key>.start(client: c, metrics: metrics.embed) { key, token, result, retrying in
+            EmbedQueue<Bridge.Key>.start(client: c, metrics: metrics.embed, memory: cache) { key, token, result, retrying in
                 back.layer?.existing(key.collection)?.embedded(key.name, token: token, result, retrying: retrying)
             }
         }

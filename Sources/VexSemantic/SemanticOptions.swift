@@ -16,6 +16,10 @@ public struct SemanticOptions: Sendable, Equatable {
     public var embedModel = ""
     public var embedQueryModel: String?
     public var embedChunk = 2000
+    /// `embed_batch=N`: texts one request carries at most (a slow endpoint answers fewer in time).
+    public var embedBatch = 64
+    /// `keywords=on|off`: whether text collections keep a keyword index beside their vectors.
+    public var keywords = true
     /// `max_user_queries=N`: questions one user other than root may have running at once.
     public var maxQueriesPerUser = SemanticOptions.defaultMaxQueriesPerUser
     public static let defaultMaxQueriesPerUser = 2
@@ -62,6 +66,12 @@ public struct SemanticOptions: Sendable, Equatable {
         case "embed_chunk":
             guard let value, let n = Int(value), n >= 16, n <= 1_000_000 else { throw BadValue() }
             embedChunk = n
+        case "embed_batch":
+            guard let value, let n = Int(value), (1...2048).contains(n) else { throw BadValue() }
+            embedBatch = n
+        case "keywords":
+            guard let value, value == "on" || value == "off" else { throw BadValue() }
+            keywords = value == "on"
         case "max_user_queries":
             guard let value, let n = Int(value), (1...1000).contains(n) else { throw BadValue() }
             maxQueriesPerUser = n
@@ -95,6 +105,7 @@ public struct SemanticOptions: Sendable, Equatable {
         embedder.map { url in
             var c = EmbedderConfiguration(url: url, documentModel: embedModel, queryModel: embedQueryModel, apiKey: apiKey)
             c.chunk = embedChunk
+            c.batchTexts = embedBatch
             return c
         }
     }

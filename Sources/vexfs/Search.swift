@@ -25,6 +25,8 @@ struct Search: ParsableCommand {
     @Option(help: "name=GLOB or user.KEY=VALUE: only files that pass (repeat: all must hold).") var filter: [String] = []
     @Option(help: "Only neighbours at most this distance away.") var radius: Float?
     @Option(help: "Search breadth for this query (approximate indexes).") var ef: Int?
+    @Option(help: "An FTS5 expression (words, \"phrases\", AND/OR/NOT, prefix*): only text passages that match.") var match: String?
+    @Option(help: "vector (by meaning), keyword (BM25) or hybrid (both, fused by reciprocal rank).") var mode: String?
     @Flag(help: "JSON: an array of {name, distance}; an array of those for several query vectors.") var json = false
 
     func validate() throws {
@@ -86,6 +88,8 @@ struct Search: ParsableCommand {
         if !filter.isEmpty { options.append(("user.vexfs.filter", filter.joined(separator: "\n"))) }
         if let radius { options.append(("user.vexfs.radius", String(radius))) }
         if let ef { options.append(("user.vexfs.ef", String(ef))) }
+        if let match { options.append(("user.vexfs.match", match)) }
+        if let mode { options.append(("user.vexfs.mode", mode)) }
         for (name, value) in options where vx_lsetxattr(path, name, value, value.utf8.count, 0) != 0 {
             throw UserError("\(name): \(reason(path, errno))")
         }

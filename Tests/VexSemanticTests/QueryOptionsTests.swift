@@ -30,6 +30,30 @@ import VexStore
         #expect(throws: SemanticError.self) { try o.set(.filter, Array(many.utf8)) }
     }
 
+    @Test func matchIsAnFTS5ExpressionAndModeOneOfThree() throws {
+        var o = QueryOptions()
+        #expect(o.mode == .vector && o.match == nil)
+        try o.set(.match, Array("\"log rotation\" OR logrot*".utf8))
+        try o.set(.mode, Array("hybrid\n".utf8))
+        #expect(o.match == "\"log rotation\" OR logrot*" && o.mode == .hybrid)
+        try o.set(.mode, Array("keyword".utf8))
+        #expect(o.mode == .keyword)
+        for (option, value) in [(QueryOptions.Option.match, "AND"), (.match, "\"open"), (.match, "  "), (.match, "a\u{0}b"), (.mode, "bm25"),
+                                (.mode, "")] {
+            #expect(throws: SemanticError.self) { try o.set(option, Array(value.utf8)) }
+        }
+        // The reason names the option and what FTS5 found.
+        do { try o.set(.match, Array("NOT NOT".utf8)); Issue.record("accepted") } catch { #expect(error.description.contains("user.vexfs.match: fts5")) }
+        #expect(throws: SemanticError.self) { try o.set(.match, [UInt8](repeating: 0x61, count: QueryOptions.maxFilterBytes + 1)) }
+    }
+
+    @Test func hybridFusesByReciprocalRankWithTiesByName() {
+        let fused = SemanticLayer.fused([("a", 0.1), ("b", 0.2), ("c", 0.3)], [("c", -5), ("d", -4), ("a", -3)])
+        // a: 1/61 + 1/63; c: 1/63 + 1/61 (a tie, by name); b: 1/62; d: 1/62 (a tie, by name).
+        #expect(fused.map(\.0) == ["a", "c", "b", "d"])
+        #expect(abs(fused[0].1 + Float(1.0 / 61 + 1.0 / 63)) < 1e-6)
+    }
+
     @Test func knnNamesKAndPages() throws {
         #expect(try SemanticLayer.knnRequest("") == (10, nil))
         #expect(try SemanticLayer.knnRequest(".7") == (7, nil))

@@ -1,0 +1,63 @@
+import Glibc
+import VexStore
+import VexKeyword
+
+// Questions answered by words (`user.vexfs.mode=keyword`) and by words and meaning fused
+// (`hybrid`): the FTS5 expression asked, the keyword answer across the collections in scope, and
+// reciprocal rank fusion. Both go through the same admission check as vector answers.
+
+extension SemanticLayer {
+    /// Refuses words options on a mount that keeps no keyword index (no embedder, or `keywords=off`).
+    func keywordsKept(for options: QueryOptions) throws(SemanticError) {
+        guard options.mode != .vector || options.match != nil else { return }
+        guard embedQueue != nil else { throw .invalid("keyword search is over text files, and this mount embeds none (-o embedder=URL)") }
+        guard configuration.keywords else { throw .invalid("this mount keeps no keyword index (-o keywords=off)") }
+    }
+
+    /// The FTS5 expression a keyword list is made from: `user.vexfs.match` when set, else any word
+    /// of the question in words the query file holds.
+    func keywordExpression(_ file: FileRef, _ options: QueryOptions) throws(SemanticError) -> String {
+        if let match = options.match { return match }
+        guard let text = try question(of: file), let any = KeywordIndex.anyWord(of: text) else {
+            throw .invalid("user.vexfs.mode=\(options.mode.rawValue) needs a question in words in the query file, or user.vexfs.match")
+        }
+        return any
+    }
+
+    /// The `k` best passages by BM25 in the collections `scoped`, merged by score (lower is better;
+    /// ties by name). Runs with the asker's identity, like a vector answer.
+    func keywordAnswer(_ expression: String, in scoped: [Scoped], k: Int, excludingFile: UInt64, requester: Caller, options: QueryOptions,
+                       deadline: QueryBudget.Deadline) throws(SemanticError) -> [UInt8] {
+        var hits: [(String, Float)] = []
+        for s in scoped {
+            try deadline.check()
+            bridge.settle(s.collection.key)
+            let admits = s.collection.admission(requester: requester, options: options, admissions: Admissions())
+            hits += try s.collection.keywordNearest(expression, k: k, excludingFile: excludingFile, admits: admits).map(s.shown)
+        }
+        hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) }
+        var out: [UInt8] = []
+        for (name, score) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(score)\n".utf8) }
+        return out
+    }
+
+    /// Reciprocal rank fusion of two ranked lists of names: a name at rank r (from 1) of a list
+    /// scores 1 / (60 + r) from it; the answer is every name, best first (ties by name), with its
+    /// score negated so that, like a distance, lower is better.
+    static func fused(_ vector: [(String, Float)], _ keyword: [(String, Float)]) -> [(String, Float)] {
+        var score: [String: Double] = [:]
+        for list in [vector, keyword] {
+            for (rank, (name, _)) in list.enumerated() { score[name, default: 0] += 1 / Double(QueryOptions.fusionK + rank + 1) }
+        }
+        return score.map { ($0.key, -Float($0.value)) }
+            .sorted { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) }
+    }
+}
+
+extension SemanticLayer.Scoped {
+    /// A hit's line name: relative to the query's directory, with `#ROW` for a passage of several.
+    func shown(_ h: Collection.Hit) -> (String, Float) {
+        let name = prefix.isEmpty ? h.name.escaped : prefix.child(h.name).escaped
+        return (h.row.map { "\(name)#\($0)" } ?? name, h.distance)
+    }
+}

