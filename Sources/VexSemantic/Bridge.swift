@@ -44,6 +44,8 @@ final class Bridge: @unchecked Sendable {
     private let apply: @Sendable ([Event]) -> Void
     /// Whether applying an event is long work, for the builder (asked without the queue's lock).
     private let isLong: @Sendable (Event) -> Bool
+    /// Whose collection it is (asked without the queue's lock): the builder takes turns by user.
+    private let owner: @Sendable (UInt64) -> uid_t
     /// Background work for when the queue is empty, a little at a time; true while more remains.
     private let idle: @Sendable () -> Bool
 
@@ -90,8 +92,11 @@ final class Bridge: @unchecked Sendable {
     private var urgent: [UInt64: UInt64] = [:]
     /// Collections whose long event the builder has: none of their events is taken meanwhile.
     private var busy: Set<UInt64> = []
-    /// Work for the builder, oldest first.
-    private var long: [LongWork] = []
+    /// Work for the builder, oldest first, each with the user whose collection it is.
+    private var long: [(work: LongWork, owner: uid_t)] = []
+    /// When the builder last took work of each user (a count of the pieces it has taken).
+    private var builderServed: [uid_t: UInt64] = [:]
+    private var builderTurns: UInt64 = 0
     private enum LongWork {
         case event(Event, UInt64)
         case job(UInt64, @Sendable () -> (@Sendable () -> Void)?)
@@ -157,10 +162,12 @@ final class Bridge: @unchecked Sendable {
 
     init(capacity: Int = 65_536, batchSize: Int = 1024, batchDelayMicroseconds: Int = 20_000, counters: Counters = Counters(factory: NOOPMetricsHandler.instance),
          idle: @escaping @Sendable () -> Bool = { false }, isLong: @escaping @Sendable (Event) -> Bool = { _ in false },
+         owner: @escaping @Sendable (UInt64) -> uid_t = { _ in 0 },
          apply: @escaping @Sendable ([Event]) -> Void) {
         self.counters = counters
         self.idle = idle
         self.isLong = isLong
+        self.owner = owner
         self.capacity = capacity
         self.batchSize = batchSize
         batchDelayNanoseconds = batchDelayMicroseconds * 1000
@@ -281,19 +288,21 @@ final class Bridge: @unchecked Sendable {
     /// Runs `job` on the builder with `collection` held: none of its events is applied meanwhile.
     /// What `job` returns runs next on the builder, with the collection let go.
     func hold(_ collection: UInt64, _ job: @escaping @Sendable () -> (@Sendable () -> Void)?) {
+        let user = owner(collection)
         locked {
             jobsAsked += 1
-            long.append(.job(collection, job))
+            long.append((.job(collection, job), user))
             pthread_cond_signal(longReady)
         }
     }
 
     /// `hold`, and returns once `job` is done (once the builder has stopped, it runs here).
     func holdAndWait(_ collection: UInt64, _ job: @escaping @Sendable () -> Void) {
+        let user = owner(collection)
         let ticket: UInt64? = locked {
             guard !builderStopping else { return nil }
             jobsAsked += 1
-            long.append(.job(collection, { job(); return nil }))
+            long.append((.job(collection, { job(); return nil }), user))
             pthread_cond_signal(longReady)
             return jobsAsked
         }
@@ -307,13 +316,13 @@ final class Bridge: @unchecked Sendable {
         while true {
             while long.isEmpty && !builderStopping { pthread_cond_wait(longReady, queueLock) }
             if long.isEmpty { break }
-            let work = long.removeFirst()
+            let work = takeLong()
             let c = work.collection
             // Stopping: a long file waiting is not read now. Its catalog entry does not match it,
             // so the next mount reads it; the mount stops within one slice of the one being read.
             if stopping, case .event(let e, let order) = work {
                 finish(e, order)
-                if !long.contains(where: { if case .event(let e, _) = $0 { e.key.collection == c } else { false } }) { busy.remove(c) }
+                if !long.contains(where: { if case .event(let e, _) = $0.work { e.key.collection == c } else { false } }) { busy.remove(c) }
                 pthread_cond_broadcast(progress)
                 pthread_cond_signal(wake)
                 continue
@@ -330,7 +339,7 @@ final class Bridge: @unchecked Sendable {
             pthread_mutex_lock(queueLock)
             if case .event(let e, let order) = work { finish(e, order) } else { jobsDone += 1 }
             // Held on while more of its long events wait (they were taken in order).
-            if !long.contains(where: { if case .event(let e, _) = $0 { e.key.collection == c } else { false } }) { busy.remove(c) }
+            if !long.contains(where: { if case .event(let e, _) = $0.work { e.key.collection == c } else { false } }) { busy.remove(c) }
             pthread_cond_broadcast(progress)
             pthread_cond_signal(wake)
             if let then {
@@ -340,6 +349,34 @@ final class Bridge: @unchecked Sendable {
             }
         }
         pthread_mutex_unlock(queueLock)
+    }
+
+    /// The builder's next work (under the queue's lock, `long` not empty): the oldest of the user it
+    /// served least lately, so one user's pile of big files delays another's by one piece of work
+    /// at most. Only the first entry of each collection can be taken (a collection's work keeps its
+    /// order), and only the first job (`holdAndWait` counts jobs done in order).
+    private func takeLong() -> LongWork {
+        var chosen = 0
+        var chosenTurn = UInt64.max
+        var collections: Set<UInt64> = []
+        var jobSeen = false
+        for (i, entry) in long.enumerated() {
+            guard collections.insert(entry.work.collection).inserted else { continue }
+            if case .job = entry.work {
+                if jobSeen { continue }
+                jobSeen = true
+            }
+            let turn = builderServed[entry.owner].map { $0 + 1 } ?? 0
+            if turn < chosenTurn {
+                chosen = i
+                chosenTurn = turn
+            }
+            if turn == 0 { break }
+        }
+        let entry = long.remove(at: chosen)
+        builderServed[entry.owner] = builderTurns
+        builderTurns += 1
+        return entry.work
     }
 
     private func finish(_ e: Event, _ order: UInt64) {
@@ -389,13 +426,14 @@ final class Bridge: @unchecked Sendable {
             // this batch go back to wait, in order.
             pthread_mutex_unlock(queueLock)
             let longOnes = Set(batch.indices.filter { batch[$0].0.op == .refresh && isLong(batch[$0].0) })
+            let owners = Dictionary(longOnes.map { (batch[$0].0.key.collection, owner(batch[$0].0.key.collection)) }) { a, _ in a }
             pthread_mutex_lock(queueLock)
             if !longOnes.isEmpty {
                 var kept: [(Event, UInt64)] = []
                 for (i, (e, order)) in batch.enumerated() {
                     if longOnes.contains(i) && !busy.contains(e.key.collection) {
                         busy.insert(e.key.collection)
-                        long.append(.event(e, order))
+                        long.append((.event(e, order), owners[e.key.collection] ?? 0))
                         pthread_cond_signal(longReady)
                     } else {
                         kept.append((e, order))

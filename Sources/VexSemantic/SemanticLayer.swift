@@ -117,7 +117,8 @@ public final class SemanticLayer: @unchecked Sendable {
         journal = Journal(directory: stateRoot + "/journal")
         sharing = sharedID.flatMap { SharedStore(storeRoot: storeRoot, id: $0, metrics: metrics.shared) }
         bridge = Bridge(counters: metrics.bridge, idle: { back.layer?.absorbSome() ?? false },
-                        isLong: { event in back.layer?.isLong(event) ?? false }) { events in back.layer?.apply(events) }
+                        isLong: { event in back.layer?.isLong(event) ?? false },
+                        owner: { key in back.layer?.existing(key)?.owner ?? 0 }) { events in back.layer?.apply(events) }
         back.layer = self
         if sharedID != nil && sharing == nil {
             logger.error("shared store: cannot make \(storeRoot)/.vexfs/shared/changes/\(sharedID ?? ""): other mounts will not hear of changes made here")

@@ -168,6 +168,27 @@ final class Recorder: @unchecked Sendable {
         #expect(r.all.filter { $0.key.collection == 3 }.map(\.key.name.text) == ["big2.npy", "x"])
     }
 
+    @Test func theBuilderTakesTurnsByUser() {
+        let r = Recorder()
+        let open = Atomic<Bool>(false)
+        // Collections 1-4 are one user's, 9 another's.
+        let bridge = Bridge(batchDelayMicroseconds: 1000, isLong: { $0.key.name.text.hasPrefix("big") },
+                            owner: { $0 == 9 ? 2000 : 1000 }) { events in
+            while !open.load(ordering: .relaxed) { usleep(1000) }
+            r.apply(events)
+        }
+        for c in UInt64(1)...4 { bridge.post(.refresh, collection: c, name: "big.npy") }
+        usleep(30_000)   // the builder holds the first; three more of that user's wait
+        bridge.post(.refresh, collection: 9, name: "big.npy")
+        usleep(30_000)
+        open.store(true, ordering: .relaxed)
+        bridge.settleAll()
+        let order = r.all.map(\.key.collection)
+        #expect(order.count == 5)
+        #expect(order.firstIndex(of: 9) == 1, "the other user's file waits for one file, not four: \(order)")
+        bridge.stop()
+    }
+
     @Test func stopAppliesWhatIsPending() {
         let r = Recorder()
         let bridge = Bridge(batchDelayMicroseconds: 1_000_000) { r.apply($0) }
