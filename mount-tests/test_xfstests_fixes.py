@@ -413,3 +413,131 @@ def test_chattr_flags_are_the_store_files_own(either, plain):
     subprocess.run(["chattr", "+A", str(either.root / "f")], check=True)
     assert "A" in lsattr(either.store / "f")
     subprocess.run(["chattr", "-A", str(either.root / "f")], check=True)
+
+
+# O_TMPFILE (generic/004, 389, 509, ...): a file with no name until linkat(2) gives it one
+
+
+AT_EMPTY_PATH, AT_SYMLINK_FOLLOW = 0x1000, 0x400
+
+
+def link_by_descriptor(fd, path):
+    """linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH), as a privileged caller links an open file."""
+    linkat(fd, b"", path, AT_EMPTY_PATH)
+
+
+def link_through_proc(fd, path):
+    """linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, path, AT_SYMLINK_FOLLOW), as anyone may (Python's
+    os.link calls link(2), which would link the magic link itself)."""
+    linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), path, AT_SYMLINK_FOLLOW)
+
+
+def linkat(dirfd, name, path, flags):
+    libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    if libc.linkat(dirfd, name, AT_FDCWD, os.fsencode(path), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+
+
+def test_tmpfile_is_unnamed_until_linked_as_on_the_store(either, plain):
+    """open(O_TMPFILE) makes a file no directory lists, with the caller's umask and owner; linkat by
+    descriptor and through /proc/self/fd name it; O_EXCL forbids that; an unlinked one leaves nothing."""
+    as_user = open_to(either, plain, 100, 100)
+
+    def steps(root):
+        r = []
+        d = root / "d"
+        d.mkdir()
+        old = os.umask(0o027)
+        try:
+            fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o666)
+        finally:
+            os.umask(old)
+        os.write(fd, b"held\n")
+        st = os.fstat(fd)
+        r += [stat.S_IMODE(st.st_mode), st.st_nlink, st.st_size, sorted(os.listdir(d))]
+        link_by_descriptor(fd, d / "by-fd")
+        link_through_proc(fd, d / "by-proc")
+        os.write(fd, b"more\n")
+        r += [os.fstat(fd).st_nlink, (d / "by-fd").read_bytes(), sorted(os.listdir(d))]
+        os.close(fd)
+        # O_EXCL: never linkable.
+        fd = os.open(d, os.O_TMPFILE | os.O_WRONLY | os.O_EXCL, 0o600)
+        with pytest.raises(OSError) as refused:
+            link_through_proc(fd, d / "never")
+        r.append(refused.value.errno)
+        os.close(fd)
+        # Written, closed and dropped: nothing left behind.
+        fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        os.write(fd, b"gone\n")
+        os.close(fd)
+        r.append(sorted(os.listdir(d)))
+        # Made by a user other than root: theirs.
+        os.chmod(d, 0o777)
+        made = subprocess.run(as_user + ["python3", "-c", f"""
+import ctypes, os
+fd = os.open({str(d)!r}, os.O_TMPFILE | os.O_WRONLY, 0o640)
+os.write(fd, b"user's\\n")
+assert ctypes.CDLL(None).linkat(-100, f"/proc/self/fd/{{fd}}".encode(), -100, {os.fsencode(d / "users")!r}, 0x400) == 0
+"""], capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        st = os.stat(d / "users")
+        r += [st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), (d / "users").read_bytes()]
+        return r
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs[:4] == [0o640, 0, 5, []]
+    assert ours == theirs
+    assert sorted(os.listdir(either.store / "d")) == ["by-fd", "by-proc", "users"]
+    assert (either.store / "d" / "by-proc").read_bytes() == b"held\nmore\n"
+    assert os.stat(either.store / "d" / "by-fd").st_ino == os.stat(either.store / "d" / "by-proc").st_ino
+
+
+def test_tmpfile_linked_into_a_collection_is_indexed(either):
+    """A vector written to an O_TMPFILE and then linked in is a vector of the collection like any
+    other: knn answers name it, before and after a remount; a tmpfile never linked is never one."""
+    c = either.root / "c"
+    c.mkdir()
+    (c / "q.vec").write_text("0 0 0\n")
+    (c / "far.vec").write_text("5 5 5\n")
+    fd = os.open(c, os.O_TMPFILE | os.O_RDWR, 0o644)
+    os.write(fd, b"0.1 0.1 0.1\n")
+    link_by_descriptor(fd, c / "near.vec")
+    os.close(fd)
+    fd = os.open(c, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    os.write(fd, b"0.01 0 0\n")  # nearest of all, but never named
+    os.close(fd)
+    # Linked while still open and written after: the close brings the last bytes.
+    fd = os.open(c, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    os.write(fd, b"9 9 9\n")
+    link_through_proc(fd, c / "moved.vec")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"0.2 0.2 0.2\n", 0)
+    os.close(fd)
+
+    def answer():
+        return [line.split("\t")[0] for line in os.getxattr(c / "q.vec", "user.vexfs.knn").decode().splitlines()]
+
+    assert answer() == ["near.vec", "moved.vec", "far.vec"]
+    assert os.getxattr(c, "user.vexfs.count") == b"4"
+    either.unmount()
+    either.mount()
+    assert answer() == ["near.vec", "moved.vec", "far.vec"]
+
+
+@pytest.mark.parametrize("reads", ["splice", "no_splice"])
+def test_tmpfile_whichever_way_the_daemon_reads_requests(make_mount, reads):
+    """The daemon reads requests with splice(2) by default and with read(2) under -o no_splice: O_TMPFILE
+    works on both paths, and so do the requests around it (a large write, a small create)."""
+    m = make_mount("-o", f"no_passthrough,{reads}")
+    m.mount()
+    fd = os.open(m.root, os.O_TMPFILE | os.O_RDWR, 0o600)
+    big = os.urandom(1 << 20)
+    assert os.write(fd, big) == len(big)
+    link_by_descriptor(fd, m.root / "t")
+    os.close(fd)
+    (m.root / "a").write_bytes(b"x")  # a CREATE of a one-letter name is as long as a TMPFILE
+    m.unmount()
+    m.mount()
+    assert (m.root / "t").read_bytes() == big
+    assert (m.store / "a").read_bytes() == b"x"

@@ -67,6 +67,7 @@ _Static_assert(VX_FUSE_DEV_IOC_BACKING_CLOSE == 0x4004e502, "FUSE_DEV_IOC_BACKIN
 static ssize_t vx_dev_read(int fd, void *buf, size_t len, void *userdata) {
     struct vexfs_session *s = userdata;
     ssize_t n = read(fd, buf, len);
+    if (n > 0) vx_tmpfile_as_create(buf, (size_t)n);
     if (n >= (ssize_t)(sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in))) {
         const struct fuse_in_header *in = buf;
         if (in->opcode == FUSE_INIT) {
@@ -121,7 +122,7 @@ static ssize_t vx_dev_writev(int fd, struct iovec *iov, int count, void *userdat
 static ssize_t vx_dev_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
                                      unsigned int flags, void *userdata) {
     (void)userdata;
-    return splice(fdin, offin, fdout, offout, len, flags);
+    return vx_tmpfile_splice_receive(fdin, offin, fdout, offout, len, flags);
 }
 
 static ssize_t vx_dev_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,

@@ -224,10 +224,14 @@ enum Handlers {
         let fs = fs(req)
         do throws(Errno) {
             let dir = try fs.inode(parent)
+            // "/", a name no create carries: open(O_TMPFILE), rewritten into a create by the bridge.
+            let unnamed = strcmp(name!, "/") == 0
             let (entry, file) = try withCallerUmask(req) { () throws(Errno) in
-                try fs.store.create(dir, name!, mode: mode, flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
+                let flags = fs.backingOpenFlags(fi!.pointee.flags)
+                return unnamed ? try fs.store.createUnnamed(in: dir, mode: mode, flags: flags, caller: caller(req))
+                    : try fs.store.create(dir, name!, mode: mode, flags: flags, caller: caller(req))
             }
-            fs.created(dir, name!, file)
+            if !unnamed { fs.created(dir, name!, file) }
             Filesystem.store(file, in: fi)
             var ep = fs.entryParam(entry)
             let answered: Int32

@@ -398,6 +398,38 @@ public final class Store: Sendable {
         }
     }
 
+    /// open(O_TMPFILE): a new file in `parent`'s filesystem with no name, open as `flags` (which
+    /// write), belonging to `caller`. It is an inode like any other: linkat(2) of it (unless opened
+    /// O_EXCL) gives it a name through `link`, and from then on it is found, reopened and indexed
+    /// as any file; never linked, it is gone at its last close.
+    public func createUnnamed(in parent: Inode, mode: mode_t, flags: Int32, caller: Caller) throws(Errno) -> (Entry, OpenFile) {
+        let fd = try inodes.using(parent) { dir throws(Errno) in
+            let fd = openat(dir, ".", (flags & ~(O_CREAT | O_TRUNC | O_DIRECTORY)) | vx_O_TMPFILE | O_CLOEXEC, mode)
+            guard fd >= 0 else { throw Errno.current }
+            return fd
+        }
+        if canChown { giveToCaller(fd, parent, caller) }
+        var st = stat()
+        let path = vx_reopen(fd, vx_O_PATH | O_CLOEXEC)
+        guard path >= 0, fstat(path, &st) == 0 else {
+            let e = Errno.current
+            if path >= 0 { close(path) }
+            close(fd)
+            throw e
+        }
+        let inode = inodes.adopt(fd: path, attributes: st)
+        inode.knownWithoutCapability.store(true, ordering: .relaxed)
+        if mode & (S_ISUID | S_ISGID) == 0 { inode.knownUnprivileged.store(true, ordering: .relaxed) }
+        do throws(Errno) {
+            _ = try inodes.pin(inode)
+        } catch {
+            close(fd)
+            forget(inode, 1)
+            throw error
+        }
+        return (Entry(inode: inode, attributes: st), OpenFile(fd: fd, inode: inode, table: inodes, flags: flags))
+    }
+
     public func openDirectory(_ inode: Inode) throws(Errno) -> DirectoryStream {
         let fd = try inodes.using(inode) { path throws(Errno) in
             let fd = openat(path, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
