@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from conftest import VEXFS as VEXFS_BIN
 
 MODES = {"passthrough": (), "no_passthrough": ("-o", "no_passthrough")}
 libc = ctypes.CDLL(None, use_errno=True)
@@ -159,6 +160,46 @@ def test_noatime_relatime_strictatime(make_mount, mode):
     # The kernel's precedence: strictatime over noatime.
     m = make_mount("-o", "noatime,strictatime", *MODES[mode])
     assert atime_after_read(m, "recent", recent)[1] != recent
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_strictatime_moves_atime_at_every_read(make_mount, mode):
+    """generic/003: under strictatime each read moves atime, also a read of pages the kernel has
+    cached from the read before (the store's filesystem sees every one)."""
+    m = make_mount("-o", "strictatime", *MODES[mode])
+    (m.store / "f").write_bytes(b"cached\n" * 100)
+    m.mount()
+    try:
+        seen = []
+        for _ in range(3):
+            (m.root / "f").read_bytes()
+            seen.append(os.stat(m.store / "f").st_atime_ns)
+            assert os.stat(m.root / "f").st_atime_ns == seen[-1]
+            time.sleep(0.05)
+        assert seen[0] < seen[1] < seen[2]
+    finally:
+        m.unmount()
+
+
+def test_a_mount_right_after_an_unmount_says_nothing(make_mount):
+    """generic/003 and every test that cycles a mount: a mount while the previous daemon still saves
+    the indexes of the store waits for it in silence (mount(8) would pass a message on to the
+    test's output)."""
+    m = make_mount()
+    m.mount()
+    c = m.root / "c"
+    c.mkdir()
+    for i in range(200):
+        np_rows = "\n".join(" ".join(str((i * 31 + j * 7 + k) % 97 / 97) for k in range(64)) for j in range(100))
+        (c / f"{i}.vec").write_text(np_rows + "\n")
+    count = os.getxattr(c, "user.vexfs.count")
+    assert int(count) == 200
+    for _ in range(8):
+        subprocess.run(["umount", str(m.root)], check=True, timeout=120)  # as xfstests does
+        again = subprocess.run([VEXFS_BIN, "mount", str(m.store), str(m.root)], capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert again.stderr == ""
+        assert os.getxattr(c, "user.vexfs.count") == count
 
 
 def test_nodiratime_leaves_directories_alone(make_mount):
