@@ -582,3 +582,35 @@ def test_tmpfile_whichever_way_the_daemon_reads_requests(make_mount, reads):
     m.mount()
     assert (m.root / "t").read_bytes() == big
     assert (m.store / "a").read_bytes() == b"x"
+
+
+def test_a_user_appends_to_an_append_only_file_as_on_the_store(either, plain):
+    """generic/079: a user other than root may open an append-only file to append (the daemon's
+    check for a capability to drop must not try to remove one that is not there: removexattr is
+    refused on such a file); writing in place and truncating stay refused."""
+    as_user = open_to(either, plain, 100, 100)
+
+    def steps(root):
+        f = root / "append-only"
+        f.write_text("first\n")
+        os.chmod(f, 0o666)
+        subprocess.run(["chattr", "+a", str(f)], check=True)
+        try:
+            r = []
+            for flags in ("os.O_WRONLY | os.O_APPEND", "os.O_RDWR | os.O_APPEND", "os.O_WRONLY", "os.O_WRONLY | os.O_APPEND | os.O_TRUNC"):
+                done = subprocess.run(as_user + ["python3", "-c", f"""
+import os, sys
+try:
+    fd = os.open({str(f)!r}, {flags})
+except OSError as e:
+    sys.exit(e.errno)
+os.write(fd, b"appended\\n")
+"""], capture_output=True, text=True)
+                r.append(done.returncode)
+            return r, f.read_text()
+        finally:
+            subprocess.run(["chattr", "-a", str(f)], check=True)
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs == ([0, 0, errno.EPERM, errno.EPERM], "first\nappended\nappended\n")
+    assert ours == theirs

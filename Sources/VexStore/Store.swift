@@ -334,8 +334,13 @@ public final class Store: Sendable {
                 let mode = st.st_mode & 0o7777 & ~kill
                 try check(fd.map { fchmod($0, mode) } ?? vx_chmod(path, mode))
             }
-            let removed = fd.map { vx_fremovexattr($0, Store.capabilityName) } ?? vx_removexattr(path, Store.capabilityName)
-            if removed != 0 && errno != ENODATA && errno != ENOTSUP { throw Errno.current }
+            // Only a capability that is there is removed: removexattr(2) is refused outright (EPERM)
+            // on an append-only or immutable file, even with nothing to remove.
+            let size = vx_getxattr(path, Store.capabilityName, nil, 0)
+            if size >= 0 {
+                let removed = fd.map { vx_fremovexattr($0, Store.capabilityName) } ?? vx_removexattr(path, Store.capabilityName)
+                if removed != 0 && errno != ENODATA && errno != ENOTSUP { throw Errno.current }
+            }
         }
         inode.knownWithoutCapability.store(true, ordering: .relaxed)
         inode.knownUnprivileged.store(true, ordering: .relaxed)
