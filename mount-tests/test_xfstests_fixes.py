@@ -614,3 +614,25 @@ os.write(fd, b"appended\\n")
     ours, theirs = steps(either.root), steps(plain)
     assert theirs == ([0, 0, errno.EPERM, errno.EPERM], "first\nappended\nappended\n")
     assert ours == theirs
+
+
+def test_a_group_member_truncating_keeps_setgid_without_group_execute(either, plain):
+    """generic/193: a user in a file's group who truncates and writes it drops set-user-ID, and keeps
+    set-group-ID where group execute is off (it grants nothing then), as on the store; with group
+    execute on, both go."""
+    as_user = open_to(either, plain, 100, 100)
+
+    def steps(root):
+        r = []
+        for mode in (0o6666, 0o6676):
+            f = root / f"f{mode:o}"
+            f.write_text("x\n")
+            os.chown(f, 0, 100)
+            os.chmod(f, mode)
+            subprocess.run(as_user + ["sh", "-c", f"echo > {f}"], check=True)
+            r.append(oct(stat.S_IMODE(os.stat(f).st_mode)))
+        return r
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs == [oct(0o2666), oct(0o0676)]
+    assert ours == theirs
