@@ -450,6 +450,13 @@ def test_chattr_flags_are_the_store_files_own(either, plain):
     ours, theirs = steps(either.root), steps(plain)
     assert ours == theirs
     assert lsattr(either.store / "f") == lsattr(plain / "f")
+    # chattr moves ctime, and stat through the mount shows it at once (generic/277).
+    f = either.root / "f"
+    before = os.stat(f).st_ctime_ns
+    time.sleep(0.05)
+    subprocess.run(["chattr", "+A", str(f)], check=True)
+    assert os.stat(f).st_ctime_ns == os.stat(either.store / "f").st_ctime_ns > before
+    subprocess.run(["chattr", "-A", str(f)], check=True)
     # Set through the mount, seen in the store.
     subprocess.run(["chattr", "+A", str(either.root / "f")], check=True)
     assert "A" in lsattr(either.store / "f")

@@ -412,6 +412,8 @@ enum Handlers {
             if inode.fileType == S_IFREG {
                 inode.knownUnprivileged.store(false, ordering: .relaxed)
             }
+            // The flags moved the file's ctime, which the kernel has cached (generic/277).
+            _ = vexfs_req_invalidate_attributes(req, ino)
             fuse_reply_ioctl(req, 0, nil, 0)
         } else {
             value.withUnsafeBytes { _ = fuse_reply_ioctl(req, 0, $0.baseAddress, min(outputSize, size)) }
