@@ -643,3 +643,24 @@ def test_a_group_member_truncating_keeps_setgid_without_group_execute(either, pl
     ours, theirs = steps(either.root), steps(plain)
     assert theirs == [oct(0o2666), oct(0o0676)]
     assert ours == theirs
+
+
+def test_a_writer_outside_the_group_drops_setgid_as_on_the_store(either, plain):
+    """generic/683-685: a user outside a set-group-ID file's group who truncates, writes or
+    allocates in it drops set-group-ID even without group execute, as on the store."""
+    as_user = open_to(either, plain, 100, 101)
+
+    def steps(root):
+        r = []
+        for how in ("echo > {f}", "python3 -c \"import os; fd = os.open('{f}', os.O_WRONLY); os.posix_fallocate(fd, 0, 8192)\""):
+            f = root / f"f{len(r)}"
+            f.write_text("x\n")
+            os.chown(f, 0, 100)
+            os.chmod(f, 0o2666)
+            subprocess.run(as_user + ["sh", "-c", how.format(f=f)], check=True)
+            r.append(oct(stat.S_IMODE(os.stat(f).st_mode)))
+        return r
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs == [oct(0o666), oct(0o666)]
+    assert ours == theirs

@@ -169,7 +169,8 @@ enum Handlers {
             // on a directory it is a DirectoryStream, which the store does not need.
             let file = fi != nil && !inode.isDirectory ? Filesystem.handle(fi, as: OpenFile.self) : nil
             let dropPrivileges = change.size != nil && vexfs_req_killpriv_v2(req) != 0 && caller(req).uid != 0
-            fs.reply(req, attributes: try fs.setAttributes(inode, change, file: file, dropPrivileges: dropPrivileges))
+            fs.reply(req, attributes: try fs.setAttributes(inode, change, file: file, dropPrivileges: dropPrivileges,
+                                                           writerInGroup: { inGroup(req, $0) }))
         } catch { reply(req, error: error) }
     }
 
@@ -355,9 +356,14 @@ enum Handlers {
         guard file.writable, let inode = file.inode, !inode.knownUnprivileged.load(ordering: .relaxed),
               caller(req).uid != 0, BackingFiles.negotiated(req) else { return nil }
         do throws(Errno) {
-            try fs(req).store.dropPrivileges(inode, openFile: file.fd)
+            try fs(req).store.dropPrivileges(inode, openFile: file.fd, writerInGroup: { inGroup(req, $0) })
             return nil
         } catch { return error }
+    }
+
+    /// Whether the caller of `req` is in group `gid` (its supplementary groups read only when needed).
+    static func inGroup(_ req: fuse_req_t?, _ gid: gid_t) -> Bool {
+        fuse_req_ctx(req)!.pointee.gid == gid || requester(req).groups.contains(gid)
     }
 
     /// Under FUSE_HANDLE_KILLPRIV_V2 the kernel no longer drops privileges when an unprivileged
@@ -367,7 +373,7 @@ enum Handlers {
         guard let inode = file.inode, !inode.knownUnprivileged.load(ordering: .relaxed),
               vexfs_req_killpriv_v2(req) != 0, caller(req).uid != 0 else { return nil }
         do throws(Errno) {
-            try fs(req).store.dropPrivileges(inode, openFile: file.fd)
+            try fs(req).store.dropPrivileges(inode, openFile: file.fd, writerInGroup: { inGroup(req, $0) })
             return nil
         } catch { return error }
     }

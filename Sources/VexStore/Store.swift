@@ -320,16 +320,19 @@ public final class Store: Sendable {
     }
 
     /// What a local filesystem does when an unprivileged user writes to or truncates a file: drop
-    /// set-user-id, set-group-id (where group execution is on) and security.capability. The kernel
-    /// leaves this to vexfs when it negotiated FUSE_HANDLE_KILLPRIV_V2. `fd` is the open file's
-    /// descriptor, or nil to reach the file through its inode.
-    public func dropPrivileges(_ inode: Inode, openFile fd: Int32?) throws(Errno) {
+    /// set-user-id, set-group-id (where group execution is on, or the writer is not in the file's
+    /// group, as `writerInGroup` tells) and security.capability. The kernel leaves this to vexfs when
+    /// it negotiated FUSE_HANDLE_KILLPRIV_V2. `fd` is the open file's descriptor, or nil to reach
+    /// the file through its inode.
+    public func dropPrivileges(_ inode: Inode, openFile fd: Int32?, writerInGroup: (gid_t) -> Bool) throws(Errno) {
+        var left: mode_t = 0
         if inode.knownUnprivileged.load(ordering: .relaxed) || inode.fileType != S_IFREG { return }
         try inodes.using(inode) { path throws(Errno) in
             var st = stat()
             try check(fd.map { fstat($0, &st) } ?? fstatat(path, "", &st, vx_AT_EMPTY_PATH))
             var kill: mode_t = st.st_mode & S_ISUID
-            if st.st_mode & S_ISGID != 0 && st.st_mode & S_IXGRP != 0 { kill |= S_ISGID }
+            if st.st_mode & S_ISGID != 0 && (st.st_mode & S_IXGRP != 0 || !writerInGroup(st.st_gid)) { kill |= S_ISGID }
+            left = st.st_mode & ~kill & (S_ISUID | S_ISGID)
             if kill != 0 {
                 let mode = st.st_mode & 0o7777 & ~kill
                 try check(fd.map { fchmod($0, mode) } ?? vx_chmod(path, mode))
@@ -343,7 +346,8 @@ public final class Store: Sendable {
             }
         }
         inode.knownWithoutCapability.store(true, ordering: .relaxed)
-        inode.knownUnprivileged.store(true, ordering: .relaxed)
+        // A set-group-ID a member's write kept must still be judged at the next writer's.
+        if left == 0 { inode.knownUnprivileged.store(true, ordering: .relaxed) }
     }
 
     public static let capabilityName = "security.capability"
