@@ -2,6 +2,7 @@
 with a minus, `vexfs status`, `vexfs wait`), mount(8) and fstab, systemd's Type=notify readiness, and
 the Prometheus endpoint with its Grafana dashboard. Every test that writes a collection remounts and
 asks again."""
+import errno
 import hashlib
 import json
 import os
@@ -219,6 +220,34 @@ def test_fstab_lines_and_mount_t_fuse_vexfs(tmp_path, mount_helpers):
         # mount -f (fake) reaches the helper as -f: nothing is mounted, and that is success.
         subprocess.run(["/usr/sbin/mount.vexfs", str(store), str(root), "-f", "-o", "rw"], check=True, timeout=60)
         assert not is_mounted(root)
+    finally:
+        if is_mounted(root):
+            subprocess.run(["fusermount3", "-u", "-z", str(root)], timeout=30)
+        wait_gone(daemon_pid(store))
+
+
+def test_remount_read_only_and_back_through_the_helper(tmp_path, mount_helpers):
+    """mount -o remount,ro reaches mount.fuse.vexfs as any mount does: the mount that is there turns
+    read-only (and back), its daemon and answers the same; no second daemon is started."""
+    store, root = tmp_path / "store", tmp_path / "mnt"
+    store.mkdir()
+    root.mkdir()
+    try:
+        subprocess.run(["mount", "-t", "fuse.vexfs", str(store), str(root)], check=True, timeout=60)
+        write_collection(root / "c")
+        first, pid = knn(root / "c" / "v3.vec"), daemon_pid(store)
+        subprocess.run(["mount", "-o", "remount,ro", str(root)], check=True, timeout=60)
+        with pytest.raises(OSError) as refused:
+            (root / "c" / "new.vec").write_text("1 2 3\n")
+        assert refused.value.errno == errno.EROFS
+        assert knn(root / "c" / "v3.vec") == first and daemon_pid(store) == pid
+        subprocess.run(["mount", "-o", "remount,rw", str(root)], check=True, timeout=60)
+        (root / "c" / "new.vec").write_text("1 2 3\n")
+        subprocess.run(["umount", str(root)], check=True, timeout=60)
+        wait_gone(pid)
+        subprocess.run(["mount", "-t", "fuse.vexfs", str(store), str(root)], check=True, timeout=60)
+        assert (root / "c" / "new.vec").read_text() == "1 2 3\n"
+        assert knn(root / "c" / "v3.vec") != []
     finally:
         if is_mounted(root):
             subprocess.run(["fusermount3", "-u", "-z", str(root)], timeout=30)

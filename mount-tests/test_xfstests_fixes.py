@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+from conftest import VEXFS as VEXFS_BIN
 
 MODES = {"passthrough": (), "no_passthrough": ("-o", "no_passthrough")}
 libc = ctypes.CDLL(None, use_errno=True)
@@ -159,6 +160,46 @@ def test_noatime_relatime_strictatime(make_mount, mode):
     # The kernel's precedence: strictatime over noatime.
     m = make_mount("-o", "noatime,strictatime", *MODES[mode])
     assert atime_after_read(m, "recent", recent)[1] != recent
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_strictatime_moves_atime_at_every_read(make_mount, mode):
+    """generic/003: under strictatime each read moves atime, also a read of pages the kernel has
+    cached from the read before (the store's filesystem sees every one)."""
+    m = make_mount("-o", "strictatime", *MODES[mode])
+    (m.store / "f").write_bytes(b"cached\n" * 100)
+    m.mount()
+    try:
+        seen = []
+        for _ in range(3):
+            (m.root / "f").read_bytes()
+            seen.append(os.stat(m.store / "f").st_atime_ns)
+            assert os.stat(m.root / "f").st_atime_ns == seen[-1]
+            time.sleep(0.05)
+        assert seen[0] < seen[1] < seen[2]
+    finally:
+        m.unmount()
+
+
+def test_a_mount_right_after_an_unmount_says_nothing(make_mount):
+    """generic/003 and every test that cycles a mount: a mount while the previous daemon still saves
+    the indexes of the store waits for it in silence (mount(8) would pass a message on to the
+    test's output)."""
+    m = make_mount()
+    m.mount()
+    c = m.root / "c"
+    c.mkdir()
+    for i in range(200):
+        np_rows = "\n".join(" ".join(str((i * 31 + j * 7 + k) % 97 / 97) for k in range(64)) for j in range(100))
+        (c / f"{i}.vec").write_text(np_rows + "\n")
+    count = os.getxattr(c, "user.vexfs.count")
+    assert int(count) == 200
+    for _ in range(8):
+        subprocess.run(["umount", str(m.root)], check=True, timeout=120)  # as xfstests does
+        again = subprocess.run([VEXFS_BIN, "mount", str(m.store), str(m.root)], capture_output=True, text=True, timeout=120)
+        assert again.returncode == 0, again.stderr
+        assert again.stderr == ""
+        assert os.getxattr(c, "user.vexfs.count") == count
 
 
 def test_nodiratime_leaves_directories_alone(make_mount):
@@ -409,7 +450,217 @@ def test_chattr_flags_are_the_store_files_own(either, plain):
     ours, theirs = steps(either.root), steps(plain)
     assert ours == theirs
     assert lsattr(either.store / "f") == lsattr(plain / "f")
+    # chattr moves ctime, and stat through the mount shows it at once (generic/277).
+    f = either.root / "f"
+    before = os.stat(f).st_ctime_ns
+    time.sleep(0.05)
+    subprocess.run(["chattr", "+A", str(f)], check=True)
+    assert os.stat(f).st_ctime_ns == os.stat(either.store / "f").st_ctime_ns > before
+    subprocess.run(["chattr", "-A", str(f)], check=True)
     # Set through the mount, seen in the store.
     subprocess.run(["chattr", "+A", str(either.root / "f")], check=True)
     assert "A" in lsattr(either.store / "f")
     subprocess.run(["chattr", "-A", str(either.root / "f")], check=True)
+
+
+# O_TMPFILE (generic/004, 389, 509, ...): a file with no name until linkat(2) gives it one
+
+
+AT_EMPTY_PATH, AT_SYMLINK_FOLLOW = 0x1000, 0x400
+
+
+def link_by_descriptor(fd, path):
+    """linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH), as a privileged caller links an open file."""
+    linkat(fd, b"", path, AT_EMPTY_PATH)
+
+
+def link_through_proc(fd, path):
+    """linkat(AT_FDCWD, "/proc/self/fd/N", AT_FDCWD, path, AT_SYMLINK_FOLLOW), as anyone may (Python's
+    os.link calls link(2), which would link the magic link itself)."""
+    linkat(AT_FDCWD, f"/proc/self/fd/{fd}".encode(), path, AT_SYMLINK_FOLLOW)
+
+
+def linkat(dirfd, name, path, flags):
+    libc.linkat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+    if libc.linkat(dirfd, name, AT_FDCWD, os.fsencode(path), flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), str(path))
+
+
+def test_tmpfile_is_unnamed_until_linked_as_on_the_store(either, plain):
+    """open(O_TMPFILE) makes a file no directory lists, with the caller's umask and owner; linkat by
+    descriptor and through /proc/self/fd name it; O_EXCL forbids that; an unlinked one leaves nothing."""
+    as_user = open_to(either, plain, 100, 100)
+
+    def steps(root):
+        r = []
+        d = root / "d"
+        d.mkdir()
+        old = os.umask(0o027)
+        try:
+            fd = os.open(d, os.O_TMPFILE | os.O_RDWR, 0o666)
+        finally:
+            os.umask(old)
+        os.write(fd, b"held\n")
+        st = os.fstat(fd)
+        r += [stat.S_IMODE(st.st_mode), st.st_nlink, st.st_size, sorted(os.listdir(d))]
+        link_by_descriptor(fd, d / "by-fd")
+        link_through_proc(fd, d / "by-proc")
+        os.write(fd, b"more\n")
+        r += [os.fstat(fd).st_nlink, (d / "by-fd").read_bytes(), sorted(os.listdir(d))]
+        os.close(fd)
+        # O_EXCL: never linkable.
+        fd = os.open(d, os.O_TMPFILE | os.O_WRONLY | os.O_EXCL, 0o600)
+        with pytest.raises(OSError) as refused:
+            link_through_proc(fd, d / "never")
+        r.append(refused.value.errno)
+        os.close(fd)
+        # Written, closed and dropped: nothing left behind.
+        fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o600)
+        os.write(fd, b"gone\n")
+        os.close(fd)
+        r.append(sorted(os.listdir(d)))
+        # Made by a user other than root: theirs.
+        os.chmod(d, 0o777)
+        made = subprocess.run(as_user + ["python3", "-c", f"""
+import ctypes, os
+fd = os.open({str(d)!r}, os.O_TMPFILE | os.O_WRONLY, 0o640)
+os.write(fd, b"user's\\n")
+assert ctypes.CDLL(None).linkat(-100, f"/proc/self/fd/{{fd}}".encode(), -100, {os.fsencode(d / "users")!r}, 0x400) == 0
+"""], capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        st = os.stat(d / "users")
+        r += [st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode), (d / "users").read_bytes()]
+        return r
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs[:4] == [0o640, 0, 5, []]
+    assert ours == theirs
+    assert sorted(os.listdir(either.store / "d")) == ["by-fd", "by-proc", "users"]
+    assert (either.store / "d" / "by-proc").read_bytes() == b"held\nmore\n"
+    assert os.stat(either.store / "d" / "by-fd").st_ino == os.stat(either.store / "d" / "by-proc").st_ino
+
+
+def test_tmpfile_linked_into_a_collection_is_indexed(either):
+    """A vector written to an O_TMPFILE and then linked in is a vector of the collection like any
+    other: knn answers name it, before and after a remount; a tmpfile never linked is never one."""
+    c = either.root / "c"
+    c.mkdir()
+    (c / "q.vec").write_text("0 0 0\n")
+    (c / "far.vec").write_text("5 5 5\n")
+    fd = os.open(c, os.O_TMPFILE | os.O_RDWR, 0o644)
+    os.write(fd, b"0.1 0.1 0.1\n")
+    link_by_descriptor(fd, c / "near.vec")
+    os.close(fd)
+    fd = os.open(c, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    os.write(fd, b"0.01 0 0\n")  # nearest of all, but never named
+    os.close(fd)
+    # Linked while still open and written after: the close brings the last bytes.
+    fd = os.open(c, os.O_TMPFILE | os.O_WRONLY, 0o644)
+    os.write(fd, b"9 9 9\n")
+    link_through_proc(fd, c / "moved.vec")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, b"0.2 0.2 0.2\n", 0)
+    os.close(fd)
+
+    def answer():
+        return [line.split("\t")[0] for line in os.getxattr(c / "q.vec", "user.vexfs.knn").decode().splitlines()]
+
+    assert answer() == ["near.vec", "moved.vec", "far.vec"]
+    assert os.getxattr(c, "user.vexfs.count") == b"4"
+    either.unmount()
+    either.mount()
+    assert answer() == ["near.vec", "moved.vec", "far.vec"]
+
+
+@pytest.mark.parametrize("reads", ["splice", "no_splice"])
+def test_tmpfile_whichever_way_the_daemon_reads_requests(make_mount, reads):
+    """The daemon reads requests with splice(2) by default and with read(2) under -o no_splice: O_TMPFILE
+    works on both paths, and so do the requests around it (a large write, a small create)."""
+    m = make_mount("-o", f"no_passthrough,{reads}")
+    m.mount()
+    fd = os.open(m.root, os.O_TMPFILE | os.O_RDWR, 0o600)
+    big = os.urandom(1 << 20)
+    assert os.write(fd, big) == len(big)
+    link_by_descriptor(fd, m.root / "t")
+    os.close(fd)
+    (m.root / "a").write_bytes(b"x")  # a CREATE of a one-letter name is as long as a TMPFILE
+    m.unmount()
+    m.mount()
+    assert (m.root / "t").read_bytes() == big
+    assert (m.store / "a").read_bytes() == b"x"
+
+
+def test_a_user_appends_to_an_append_only_file_as_on_the_store(either, plain):
+    """generic/079: a user other than root may open an append-only file to append (the daemon's
+    check for a capability to drop must not try to remove one that is not there: removexattr is
+    refused on such a file); writing in place and truncating stay refused."""
+    as_user = open_to(either, plain, 100, 100)
+
+    def steps(root):
+        f = root / "append-only"
+        f.write_text("first\n")
+        os.chmod(f, 0o666)
+        subprocess.run(["chattr", "+a", str(f)], check=True)
+        try:
+            r = []
+            for flags in ("os.O_WRONLY | os.O_APPEND", "os.O_RDWR | os.O_APPEND", "os.O_WRONLY", "os.O_WRONLY | os.O_APPEND | os.O_TRUNC"):
+                done = subprocess.run(as_user + ["python3", "-c", f"""
+import os, sys
+try:
+    fd = os.open({str(f)!r}, {flags})
+except OSError as e:
+    sys.exit(e.errno)
+os.write(fd, b"appended\\n")
+"""], capture_output=True, text=True)
+                r.append(done.returncode)
+            return r, f.read_text()
+        finally:
+            subprocess.run(["chattr", "-a", str(f)], check=True)
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs == ([0, 0, errno.EPERM, errno.EPERM], "first\nappended\nappended\n")
+    assert ours == theirs
+
+
+def test_a_group_member_truncating_keeps_setgid_without_group_execute(either, plain):
+    """generic/193: a user in a file's group who truncates and writes it drops set-user-ID, and keeps
+    set-group-ID where group execute is off (it grants nothing then), as on the store; with group
+    execute on, both go."""
+    as_user = open_to(either, plain, 100, 100)
+
+    def steps(root):
+        r = []
+        for mode in (0o6666, 0o6676):
+            f = root / f"f{mode:o}"
+            f.write_text("x\n")
+            os.chown(f, 0, 100)
+            os.chmod(f, mode)
+            subprocess.run(as_user + ["sh", "-c", f"echo > {f}"], check=True)
+            r.append(oct(stat.S_IMODE(os.stat(f).st_mode)))
+        return r
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs == [oct(0o2666), oct(0o0676)]
+    assert ours == theirs
+
+
+def test_a_writer_outside_the_group_drops_setgid_as_on_the_store(either, plain):
+    """generic/683-685: a user outside a set-group-ID file's group who truncates, writes or
+    allocates in it drops set-group-ID even without group execute, as on the store."""
+    as_user = open_to(either, plain, 100, 101)
+
+    def steps(root):
+        r = []
+        for how in ("echo > {f}", "python3 -c \"import os; fd = os.open('{f}', os.O_WRONLY); os.posix_fallocate(fd, 0, 8192)\""):
+            f = root / f"f{len(r)}"
+            f.write_text("x\n")
+            os.chown(f, 0, 100)
+            os.chmod(f, 0o2666)
+            subprocess.run(as_user + ["sh", "-c", how.format(f=f)], check=True)
+            r.append(oct(stat.S_IMODE(os.stat(f).st_mode)))
+        return r
+
+    ours, theirs = steps(either.root), steps(plain)
+    assert theirs == [oct(0o666), oct(0o666)]
+    assert ours == theirs

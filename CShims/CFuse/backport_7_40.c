@@ -68,6 +68,7 @@ _Static_assert(VX_FUSE_DEV_IOC_BACKING_CLOSE == 0x4004e502, "FUSE_DEV_IOC_BACKIN
 // capabilities themselves (vexfs_req_killpriv_v2 tells them to).
 size_t vx_request_in(struct vexfs_session *s, void *buf, size_t len, size_t capacity) {
     (void)capacity;
+    vx_tmpfile_as_create(buf, len);
     if (len >= sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in)) {
         const struct fuse_in_header *in = buf;
         if (in->opcode == FUSE_INIT) {
@@ -158,7 +159,7 @@ static ssize_t vx_dev_writev(int fd, struct iovec *iov, int count, void *userdat
 static ssize_t vx_dev_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
                                      unsigned int flags, void *userdata) {
     (void)userdata;
-    return splice(fdin, offin, fdout, offout, len, flags);
+    return vx_tmpfile_splice_receive(fdin, offin, fdout, offout, len, flags);
 }
 
 static ssize_t vx_dev_splice_send(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,

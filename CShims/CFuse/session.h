@@ -59,4 +59,10 @@ void vx_uring_stop(struct vexfs_session *s);
 /// Called once, right after the mount; 0 on success.
 int vx_backport_watch_init(struct vexfs_session *s);
 
+/// O_TMPFILE (tmpfile.c): rewrites a FUSE_TMPFILE request in memory into a CREATE of "/", which the
+/// create handler makes an unnamed file of; 1 when it did. Every transport calls it on each request.
+int vx_tmpfile_as_create(void *request, size_t len);
+/// The same for a request read from the device with splice into libfuse's pipe `fdout`.
+ssize_t vx_tmpfile_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags);
+
 #endif

@@ -45,3 +45,5 @@ int vx_thread_restore_capabilities(const uint32_t saved[6]) {
     }
     return (int)syscall(SYS_capset, &header, data);
 }
+
+gid_t vx_thread_set_fsgid(gid_t gid) { return (gid_t)syscall(SYS_setfsgid, gid); }

@@ -77,8 +77,9 @@ extension Filesystem {
     /// setattr: chmod, chown, truncate, utimens. `file` is the handle the request came with (ftruncate,
     /// futimens); `dropPrivileges` is set when a truncation must drop set-id bits and capabilities
     /// (FUSE_HANDLE_KILLPRIV_V2 and a caller other than root).
-    func setAttributes(_ inode: Inode, _ change: Store.AttributeChange, file: OpenFile?, dropPrivileges: Bool) throws(Errno) -> stat {
-        if change.size != nil && dropPrivileges { try store.dropPrivileges(inode, openFile: file?.fd) }
+    func setAttributes(_ inode: Inode, _ change: Store.AttributeChange, file: OpenFile?, dropPrivileges: Bool,
+                       writerInGroup: (gid_t) -> Bool = { _ in true }) throws(Errno) -> stat {
+        if change.size != nil && dropPrivileges { try store.dropPrivileges(inode, openFile: file?.fd, writerInGroup: writerInGroup) }
         let attributes = try store.setAttributes(inode, change, openFile: file)
         // Truncation changes what a vector file holds (to nothing: it leaves the index). Through
         // an open handle the change is indexed at its close, like a write.

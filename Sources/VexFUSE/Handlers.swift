@@ -169,7 +169,8 @@ enum Handlers {
             // on a directory it is a DirectoryStream, which the store does not need.
             let file = fi != nil && !inode.isDirectory ? Filesystem.handle(fi, as: OpenFile.self) : nil
             let dropPrivileges = change.size != nil && vexfs_req_killpriv_v2(req) != 0 && caller(req).uid != 0
-            fs.reply(req, attributes: try fs.setAttributes(inode, change, file: file, dropPrivileges: dropPrivileges))
+            fs.reply(req, attributes: try fs.setAttributes(inode, change, file: file, dropPrivileges: dropPrivileges,
+                                                           writerInGroup: { inGroup(req, $0) }))
         } catch { reply(req, error: error) }
     }
 
@@ -224,10 +225,14 @@ enum Handlers {
         let fs = fs(req)
         do throws(Errno) {
             let dir = try fs.inode(parent)
+            // "/", a name no create carries: open(O_TMPFILE), rewritten into a create by the bridge.
+            let unnamed = strcmp(name!, "/") == 0
             let (entry, file) = try withCallerUmask(req) { () throws(Errno) in
-                try fs.store.create(dir, name!, mode: mode, flags: fs.backingOpenFlags(fi!.pointee.flags), caller: caller(req))
+                let flags = fs.backingOpenFlags(fi!.pointee.flags)
+                return unnamed ? try fs.store.createUnnamed(in: dir, mode: mode, flags: flags, caller: caller(req))
+                    : try fs.store.create(dir, name!, mode: mode, flags: flags, caller: caller(req))
             }
-            fs.created(dir, name!, file)
+            if !unnamed { fs.created(dir, name!, file) }
             Filesystem.store(file, in: fi)
             var ep = fs.entryParam(entry)
             let answered: Int32
@@ -316,6 +321,9 @@ enum Handlers {
         }
         let status = vx_fallocate(file.fd, mode, Int64(off), Int64(len))
         if status == 0 { file.wasWritten.store(true, ordering: .relaxed) }
+        // Set-id bits the daemon dropped are news to the kernel, which refreshes only size and
+        // times after a fallocate (generic/683-685).
+        if status == 0 && vexfs_req_killpriv_v2(req) != 0 && caller(req).uid != 0 { _ = vexfs_req_invalidate_attributes(req, ino) }
         reply(req, status: status)
     }
 
@@ -351,9 +359,14 @@ enum Handlers {
         guard file.writable, let inode = file.inode, !inode.knownUnprivileged.load(ordering: .relaxed),
               caller(req).uid != 0, BackingFiles.negotiated(req) else { return nil }
         do throws(Errno) {
-            try fs(req).store.dropPrivileges(inode, openFile: file.fd)
+            try fs(req).store.dropPrivileges(inode, openFile: file.fd, writerInGroup: { inGroup(req, $0) })
             return nil
         } catch { return error }
+    }
+
+    /// Whether the caller of `req` is in group `gid` (its supplementary groups read only when needed).
+    static func inGroup(_ req: fuse_req_t?, _ gid: gid_t) -> Bool {
+        fuse_req_ctx(req)!.pointee.gid == gid || requester(req).groups.contains(gid)
     }
 
     /// Under FUSE_HANDLE_KILLPRIV_V2 the kernel no longer drops privileges when an unprivileged
@@ -363,7 +376,7 @@ enum Handlers {
         guard let inode = file.inode, !inode.knownUnprivileged.load(ordering: .relaxed),
               vexfs_req_killpriv_v2(req) != 0, caller(req).uid != 0 else { return nil }
         do throws(Errno) {
-            try fs(req).store.dropPrivileges(inode, openFile: file.fd)
+            try fs(req).store.dropPrivileges(inode, openFile: file.fd, writerInGroup: { inGroup(req, $0) })
             return nil
         } catch { return error }
     }
@@ -408,6 +421,8 @@ enum Handlers {
             if inode.fileType == S_IFREG {
                 inode.knownUnprivileged.store(false, ordering: .relaxed)
             }
+            // The flags moved the file's ctime, which the kernel has cached (generic/277).
+            _ = vexfs_req_invalidate_attributes(req, ino)
             fuse_reply_ioctl(req, 0, nil, 0)
         } else {
             value.withUnsafeBytes { _ = fuse_reply_ioctl(req, 0, $0.baseAddress, min(outputSize, size)) }

@@ -6,7 +6,9 @@
 // it registered the id. An id registered for an open by a user other than root lacks CAP_FSETID
 // (dropped around the registration): the kernel's writes through it then clear set-id bits as the
 // store's own filesystem does for a user who may not keep them, also through a descriptor opened
-// before a chmod 4777. Root's opens keep it, so root's writes keep set-id bits, as on ext4. One id
+// before a chmod 4777. It has that user's group as its filesystem group, since whether a write keeps
+// set-group-ID on a file without group execute depends on the writer being in the file's group (as
+// on ext4). Root's opens keep CAP_FSETID, so root's writes keep set-id bits, as on ext4. One id
 // serves every open of an inode: a user who opens a file root holds open shares root's id.
 //
 // The kernel's rules, which this file keeps: while any open of an inode passes through, every open
@@ -73,7 +75,7 @@ final class BackingFiles: Sendable {
                     return nil
                 }
                 let id = caller(req).uid == 0 ? vexfs_req_backing_open(req, file.fd)
-                    : BackingFiles.withoutFSETID { vexfs_req_backing_open(req, file.fd) }
+                    : BackingFiles.withoutFSETID(group: caller(req).gid) { vexfs_req_backing_open(req, file.fd) }
                 guard id > 0 else {
                     // Refused for want of privilege (a user namespace) or support: off for the rest
                     // of the mount. Anything else concerns this file alone.
@@ -90,11 +92,16 @@ final class BackingFiles: Sendable {
         }
     }
 
-    /// Runs `body` with CAP_FSETID out of this thread's effective capabilities (see the top).
-    static func withoutFSETID<R>(_ body: () -> R) -> R {
+    /// Runs `body` with CAP_FSETID out of this thread's effective capabilities and `group` as its
+    /// filesystem group (see the top).
+    static func withoutFSETID<R>(group: gid_t, _ body: () -> R) -> R {
         var saved = [UInt32](repeating: 0, count: 6)
         guard saved.withUnsafeMutableBufferPointer({ vx_thread_drop_fsetid($0.baseAddress) }) == 0 else { return body() }
-        defer { _ = saved.withUnsafeBufferPointer { vx_thread_restore_capabilities($0.baseAddress) } }
+        let daemonGroup = vx_thread_set_fsgid(group)
+        defer {
+            _ = vx_thread_set_fsgid(daemonGroup)
+            _ = saved.withUnsafeBufferPointer { vx_thread_restore_capabilities($0.baseAddress) }
+        }
         return body()
     }
 

@@ -180,7 +180,10 @@ public struct MountOptions: Sendable, Equatable {
                 if atime != .strictatime { atime = .noatime }
                 kernelOptions.append(option)
             case "relatime": if atime == .store { atime = .relatime }
-            case "strictatime": atime = .strictatime
+            // Every read moves atime: each open drops the page cache, so the reads of each open
+            // reach the store (the kernel keeps no atime of a FUSE file and serves cached pages
+            // without a word to the daemon). Passthrough reads reach it anyway.
+            case "strictatime": atime = .strictatime; keepCache = false
             case "nodiratime": nodiratime = true
             case "attr_timeout": attrTimeout = try seconds()
             case "entry_timeout": entryTimeout = try seconds()

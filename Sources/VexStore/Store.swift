@@ -324,25 +324,34 @@ public final class Store: Sendable {
     }
 
     /// What a local filesystem does when an unprivileged user writes to or truncates a file: drop
-    /// set-user-id, set-group-id (where group execution is on) and security.capability. The kernel
-    /// leaves this to vexfs when it negotiated FUSE_HANDLE_KILLPRIV_V2. `fd` is the open file's
-    /// descriptor, or nil to reach the file through its inode.
-    public func dropPrivileges(_ inode: Inode, openFile fd: Int32?) throws(Errno) {
+    /// set-user-id, set-group-id (where group execution is on, or the writer is not in the file's
+    /// group, as `writerInGroup` tells) and security.capability. The kernel leaves this to vexfs when
+    /// it negotiated FUSE_HANDLE_KILLPRIV_V2. `fd` is the open file's descriptor, or nil to reach
+    /// the file through its inode.
+    public func dropPrivileges(_ inode: Inode, openFile fd: Int32?, writerInGroup: (gid_t) -> Bool) throws(Errno) {
+        var left: mode_t = 0
         if inode.knownUnprivileged.load(ordering: .relaxed) || inode.fileType != S_IFREG { return }
         try inodes.using(inode) { path throws(Errno) in
             var st = stat()
             try check(fd.map { fstat($0, &st) } ?? fstatat(path, "", &st, vx_AT_EMPTY_PATH))
             var kill: mode_t = st.st_mode & S_ISUID
-            if st.st_mode & S_ISGID != 0 && st.st_mode & S_IXGRP != 0 { kill |= S_ISGID }
+            if st.st_mode & S_ISGID != 0 && (st.st_mode & S_IXGRP != 0 || !writerInGroup(st.st_gid)) { kill |= S_ISGID }
+            left = st.st_mode & ~kill & (S_ISUID | S_ISGID)
             if kill != 0 {
                 let mode = st.st_mode & 0o7777 & ~kill
                 try check(fd.map { fchmod($0, mode) } ?? vx_chmod(path, mode))
             }
-            let removed = fd.map { vx_fremovexattr($0, Store.capabilityName) } ?? vx_removexattr(path, Store.capabilityName)
-            if removed != 0 && errno != ENODATA && errno != ENOTSUP { throw Errno.current }
+            // Only a capability that is there is removed: removexattr(2) is refused outright (EPERM)
+            // on an append-only or immutable file, even with nothing to remove.
+            let size = vx_getxattr(path, Store.capabilityName, nil, 0)
+            if size >= 0 {
+                let removed = fd.map { vx_fremovexattr($0, Store.capabilityName) } ?? vx_removexattr(path, Store.capabilityName)
+                if removed != 0 && errno != ENODATA && errno != ENOTSUP { throw Errno.current }
+            }
         }
         inode.knownWithoutCapability.store(true, ordering: .relaxed)
-        inode.knownUnprivileged.store(true, ordering: .relaxed)
+        // A set-group-ID a member's write kept must still be judged at the next writer's.
+        if left == 0 { inode.knownUnprivileged.store(true, ordering: .relaxed) }
     }
 
     public static let capabilityName = "security.capability"
@@ -400,6 +409,38 @@ public final class Store: Sendable {
             close(fd)
             throw error
         }
+    }
+
+    /// open(O_TMPFILE): a new file in `parent`'s filesystem with no name, open as `flags` (which
+    /// write), belonging to `caller`. It is an inode like any other: linkat(2) of it (unless opened
+    /// O_EXCL) gives it a name through `link`, and from then on it is found, reopened and indexed
+    /// as any file; never linked, it is gone at its last close.
+    public func createUnnamed(in parent: Inode, mode: mode_t, flags: Int32, caller: Caller) throws(Errno) -> (Entry, OpenFile) {
+        let fd = try inodes.using(parent) { dir throws(Errno) in
+            let fd = openat(dir, ".", (flags & ~(O_CREAT | O_TRUNC | O_DIRECTORY)) | vx_O_TMPFILE | O_CLOEXEC, mode)
+            guard fd >= 0 else { throw Errno.current }
+            return fd
+        }
+        if canChown { giveToCaller(fd, parent, caller) }
+        var st = stat()
+        let path = vx_reopen(fd, vx_O_PATH | O_CLOEXEC)
+        guard path >= 0, fstat(path, &st) == 0 else {
+            let e = Errno.current
+            if path >= 0 { close(path) }
+            close(fd)
+            throw e
+        }
+        let inode = inodes.adopt(fd: path, attributes: st)
+        inode.knownWithoutCapability.store(true, ordering: .relaxed)
+        if mode & (S_ISUID | S_ISGID) == 0 { inode.knownUnprivileged.store(true, ordering: .relaxed) }
+        do throws(Errno) {
+            _ = try inodes.pin(inode)
+        } catch {
+            close(fd)
+            forget(inode, 1)
+            throw error
+        }
+        return (Entry(inode: inode, attributes: st), OpenFile(fd: fd, inode: inode, table: inodes, flags: flags))
     }
 
     public func openDirectory(_ inode: Inode) throws(Errno) -> DirectoryStream {

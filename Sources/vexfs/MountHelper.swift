@@ -34,7 +34,21 @@ enum MountHelper {
             }
             i += 1
         }
+        // mount -o remount,... reaches the helper too, for a mount that is there already: the
+        // kernel changes it (ro, rw, and the other mount flags), no second daemon starts.
+        if options.contains(where: { $0.split(separator: ",").contains("remount") }), let dir = positional.last {
+            remount(dir, options: options.joined(separator: ","))
+        }
         return ["mount"] + positional + options.flatMap { ["-o", $0] }
+    }
+
+    /// `mount -i -o OPTIONS DIR`: mount(8) itself, told not to call a helper again.
+    private static func remount(_ dir: String, options: String) -> Never {
+        let words: [String] = ["mount", "-i", "-o", options, dir]
+        var argv: [UnsafeMutablePointer<CChar>?] = words.map { strdup($0) } + [nil]
+        execv("/bin/mount", &argv)
+        perror("vexfs: /bin/mount")
+        exit(1)
     }
 
     private static func isDirectory(_ path: String) -> Bool {

@@ -260,14 +260,15 @@ func runProcess(_ path: String, _ arguments: [String]) -> Int32 {
 }
 
 /// The store's lock. A daemon whose mount is gone (just unmounted, still persisting its indexes)
-/// is waited for, up to 30 s, with a message; one still mounted somewhere is an error at once.
+/// is waited for, up to 30 s, with a message once the wait is long enough to notice (a mount right
+/// after an unmount, as scripts do, says nothing); one still mounted somewhere is an error at once.
 func acquireLock(_ storePath: String, _ take: () throws(MountLock.Failure) -> Int32) throws(MountLock.Failure) -> Int32 {
     var attempt = 0
     while true {
         do { return try take() } catch .held {
             let mounted = MountTable.all().contains { $0.type == "fuse.vexfs" && $0.source == storePath }
             if mounted || attempt == 300 { throw .held }
-            if attempt == 0 {
+            if attempt == 20 {
                 FileHandle.standardError.write(Data("vexfs: waiting (up to 30 s) for the previous daemon of \(storePath) to finish\n".utf8))
             }
             usleep(100_000)

@@ -18,5 +18,8 @@ int vx_thread_restore(const gid_t *groups, size_t count);
 /// captures meanwhile (a FUSE backing file's) then write as someone who may not keep set-id bits.
 int vx_thread_drop_fsetid(uint32_t saved[6]);
 int vx_thread_restore_capabilities(const uint32_t saved[6]);
+/// Sets the calling thread's filesystem gid alone (no capability moves with it) and returns the
+/// one it had.
+gid_t vx_thread_set_fsgid(gid_t gid);
 
 #endif
