@@ -177,6 +177,7 @@ final class Collection: @unchecked Sendable {
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.settings.metric, kind: configuration.indexKind,
                                                  parameters: configuration.parameters, kernels: configuration.kernels, empty: beside)
+            index.recallTarget = s.settings.recall
             s.index = index
             if let error = index.recovery.setAside { noteSetAside(error, &s) }
             return index.recovery.problems.map { "\(shown(s)): \($0)" }
