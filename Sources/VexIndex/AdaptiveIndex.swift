@@ -74,6 +74,21 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     private let tuned = Mutex<RecallMeasurement?>(nil)
     /// `tuned`'s ef, read by every search without a lock; 0 until measured.
     private let tunedEf = Atomic<Int>(0)
+    /// The last queries asked at the default breadth, kept while `askedDue` (a calibration on
+    /// them is wanted): the sample of the distribution queries really come from.
+    private let asked = Mutex<AskedQueries>(AskedQueries())
+    struct AskedQueries {
+        var rows: [Float] = []
+        /// Where the next query goes once `rows` is full (the oldest is replaced).
+        var next = 0
+        /// Queries kept since the last calibration on them.
+        var fresh = 0
+    }
+    /// 1 while queries are kept for a calibration on them: until the first, and again after any
+    /// other measurement of the graph.
+    private let askedDue = Atomic<Int>(1)
+    /// Called once when enough queries have been kept for a calibration (`whenQueriesKept`).
+    private let queriesKept = Mutex<(@Sendable () -> Void)?>(nil)
     /// The recall@10 the breadth is chosen for (`recallTarget`), as its bit pattern.
     private let target = Atomic<UInt64>(AdaptiveIndex.defaultTarget.bitPattern)
     public static let defaultTarget = 0.95
@@ -339,6 +354,9 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         // (or gone, if a writer removed it), and its copy in the graph may be older.
         let beingLinked = linking.withLock { $0.labels }
         let measured = tunedEf.load(ordering: .relaxed)
+        if ef == nil && filter.excluding == nil && filter.accept == nil && measured > 0 && askedDue.load(ordering: .relaxed) == 1 {
+            keepAsked(query)
+        }
         var found = try active.search(query, k: min(k + beingLinked.count, 1000), ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
         if !beingLinked.isEmpty { found.removeAll { beingLinked.contains($0.label) } }
         if found.count > k { found.removeLast(found.count - k) }
@@ -359,10 +377,21 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// writer and searches go on meanwhile. Meant for a background thread.
     /// The graph's own vectors overstate the recall of new queries; the last calibration's
     /// `optimism` says by how much, and is taken off (with none, a fixed margin is added).
+    /// With enough queries kept since the last measurement, it calibrates on them instead.
     @discardableResult
     public func tune(target: Double) -> RecallMeasurement? {
-        guard let graph = active as? HNSWIndex,
-              let m = graph.measureRecall(target: target, optimism: measurement?.optimism) else { return nil }
+        guard let graph = active as? HNSWIndex else { return nil }
+        let previous = measurement
+        let kept = asked.withLock { a -> [Float]? in
+            guard a.fresh >= AdaptiveIndex.calibrationSamples else { return nil }
+            a.fresh = 0
+            return a.rows
+        }
+        if let kept, let m = kept.withUnsafeBufferPointer({ graph.calibrate(asked: $0, count: kept.count / dimension, target: target, optimism: previous?.optimism) }) {
+            keep(m)
+            return m
+        }
+        guard let m = graph.measureRecall(target: target, optimism: previous?.optimism) else { return nil }
         keep(m)
         return m
     }
@@ -370,7 +399,31 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     private func keep(_ m: RecallMeasurement) {
         tuned.withLock { $0 = m }
         tunedEf.store(m.ef, ordering: .relaxed)
+        // Any measurement but one on queries asked wants the queries' own next (they may differ
+        // from the collection's vectors).
+        if m.sample != .asked { askedDue.store(1, ordering: .relaxed) }
     }
+
+    /// Keeps a copy of a query asked at the default breadth of the graph; calls `whenQueriesKept`
+    /// once enough are new for a calibration.
+    private func keepAsked(_ query: UnsafeBufferPointer<Float>) {
+        let enough = asked.withLock { a -> Bool in
+            let room = AdaptiveIndex.calibrationSamples * dimension
+            if a.rows.count < room {
+                a.rows.append(contentsOf: query)
+            } else {
+                (a.rows.withUnsafeMutableBufferPointer { $0.baseAddress! } + a.next * dimension).update(from: query.baseAddress!, count: dimension)
+                a.next = (a.next + 1) % AdaptiveIndex.calibrationSamples
+            }
+            a.fresh += 1
+            return a.fresh >= AdaptiveIndex.calibrationSamples
+        }
+        if enough, askedDue.compareExchange(expected: 1, desired: 0, ordering: .relaxed).exchanged { queriesKept.withLock { $0 }?() }
+    }
+
+    /// Has `body` called, once each time, when enough queries have been kept for a calibration on
+    /// them (the owner then asks its background thread for `tune`).
+    public func whenQueriesKept(_ body: @escaping @Sendable () -> Void) { queriesKept.withLock { $0 = body } }
 
     // MARK: calibration while building
 

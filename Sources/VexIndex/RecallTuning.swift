@@ -1,32 +1,44 @@
 import CKernels
 import Synchronization
 
+/// What a recall measurement asked.
+public enum RecallSampleKind: UInt8, Sendable {
+    /// The graph's own vectors, each asked as if new (`measureRecall`).
+    case own = 0
+    /// Rows of a batch held out of the graph while it was built (`insertCalibrating`).
+    case heldOut = 1
+    /// Queries the collection was asked (`calibrate(asked:)`).
+    case asked = 2
+}
+
 /// What a graph's recall measurement found: the search breadth chosen, the recall@10 it gave on the
-/// sample, and the size of the graph when measured. `heldOut`: the sample was vectors the graph did
-/// not hold (calibration while building), else the graph's own (`measureRecall`). `optimism`: how
-/// much the graph's own vectors, asked as if new, overstated held-out recall at this breadth when
-/// last calibrated (nil: never calibrated).
+/// sample, what the sample was, and the size of the graph when measured. `optimism`: how much the
+/// graph's own vectors, asked as if new, overstated held-out recall at this breadth when last
+/// calibrated (nil: never calibrated).
 public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
     public let ef: Int
     public let recall: Double
     public let vectors: Int
     public let target: Double
-    public let heldOut: Bool
+    public let sample: RecallSampleKind
     public let optimism: Double?
-    init(ef: Int, recall: Double, vectors: Int, target: Double, heldOut: Bool, optimism: Double?) {
+    init(ef: Int, recall: Double, vectors: Int, target: Double, sample: RecallSampleKind, optimism: Double?) {
         self.ef = ef
         self.recall = recall
         self.vectors = vectors
         self.target = target
-        self.heldOut = heldOut
+        self.sample = sample
         self.optimism = optimism
     }
+
+    /// Measured on vectors the graph did not hold when it answered them.
+    public var heldOut: Bool { sample != .own }
 
     /// The snapshot's TUNE section.
     var encoded: [UInt8] {
         var w = ByteWriter()
         w.put(UInt32(ef)); w.put(recall.bitPattern); w.put(UInt64(vectors)); w.put(target.bitPattern)
-        w.put(UInt8(heldOut ? 1 : 0)); w.put((optimism ?? .nan).bitPattern)
+        w.put(sample.rawValue); w.put((optimism ?? .nan).bitPattern)
         return w.bytes
     }
 
@@ -38,15 +50,19 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
         guard let ef = try? r.get(UInt32.self), let recall = try? r.get(UInt64.self), let vectors = try? r.get(UInt64.self),
               let target = try? r.get(UInt64.self), let held = try? r.get(UInt8.self), let optimism = try? r.get(UInt64.self) else { return nil }
         let (rc, t, o) = (Double(bitPattern: recall), Double(bitPattern: target), Double(bitPattern: optimism))
-        guard (1...4096).contains(ef), (0...1).contains(rc), (0...1).contains(t), held <= 1, o.isNaN || (-1...1).contains(o),
-              let n = Int(exactly: vectors) else { return nil }
-        self.init(ef: Int(ef), recall: rc, vectors: n, target: t, heldOut: held == 1, optimism: o.isNaN ? nil : o)
+        guard (1...4096).contains(ef), (0...1).contains(rc), (0...1).contains(t), let kind = RecallSampleKind(rawValue: held),
+              o.isNaN || (-1...1).contains(o), let n = Int(exactly: vectors) else { return nil }
+        self.init(ef: Int(ef), recall: rc, vectors: n, target: t, sample: kind, optimism: o.isNaN ? nil : o)
     }
 
     public var description: String {
         let r = (recall * 1000).rounded() / 1000
-        let sample = heldOut ? "on held-out vectors" : "on its own vectors"
-        return "ef \(ef) (recall@10 \(r) measured \(sample) at \(vectors) vectors, target \(target))"
+        let asked = switch sample {
+        case .own: "on its own vectors"
+        case .heldOut: "on held-out vectors"
+        case .asked: "on queries asked"
+        }
+        return "ef \(ef) (recall@10 \(r) measured \(asked) at \(vectors) vectors, target \(target))"
     }
 }
 
@@ -100,12 +116,22 @@ extension HNSWIndex {
     /// Recall@10 of each of `queries` (prepared rows) at breadth `ef` against `truths`; a node in
     /// `avoiding` is walked around as if not in the graph.
     func recalls(_ queries: UnsafePointer<Float>, _ truths: [Set<UInt64>], ef: Int, excluding: [UInt64]? = nil,
-                 avoiding: [UInt32]? = nil) -> [Double] {
-        truths.indices.map { i in
-            let query = UnsafeBufferPointer(start: queries + i * dimension, count: dimension)
-            let got = (try? search(query, k: 10, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i])) ?? []
-            return truths[i].isEmpty ? 1 : Double(got.filter { truths[i].contains($0.label) }.count) / Double(truths[i].count)
+                 avoiding: [UInt32]? = nil, threads: Int = 1) -> [Double] {
+        let n = truths.count
+        let out = UnsafeMutablePointer<Double>.allocate(capacity: n)
+        defer { out.deallocate() }
+        let (q, slots) = (UnsafeSendable(queries), UnsafeSendable(out))
+        let next = Atomic<Int>(0)
+        runParallel(max(1, min(threads, n / 16))) { [self] in
+            while true {
+                let i = next.add(1, ordering: .relaxed).oldValue
+                if i >= n { break }
+                let query = UnsafeBufferPointer(start: UnsafePointer(q.pointer) + i * dimension, count: dimension)
+                let got = (try? search(query, k: 10, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i])) ?? []
+                slots.pointer[i] = truths[i].isEmpty ? 1 : Double(got.filter { truths[i].contains($0.label) }.count) / Double(truths[i].count)
+            }
         }
+        return Array(UnsafeBufferPointer(start: out, count: n))
     }
 
     /// Links a batch as `insert(batch:)` does, calibrating the breadth for `target` on the way:
@@ -148,7 +174,8 @@ extension HNSWIndex {
         defer { vectors.releaseAll() }
         let truths = nearest.map { Set($0.map(\.label)) }
         let (ef, sample) = prepared.withUnsafeBufferPointer { q in
-            HNSWIndex.smallestEf(passing: { $0.lowerBound >= target }, recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0)) })
+            HNSWIndex.smallestEf(passing: { $0.lowerBound >= target },
+                                 recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, threads: threads)) })
         }
         try heldRows.withUnsafeBufferPointer { (p) throws(IndexError) in try insert(batch: heldLabels, vectors: p, threads: threads) }
 
@@ -168,11 +195,37 @@ extension HNSWIndex {
             }
         }
         let nodes = writer.withLock { s in heldLabels.map { s.nodeOfLabel[$0] } }
-        guard nodes.allSatisfy({ $0 != nil }) else { return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, heldOut: true, optimism: nil) }
+        guard nodes.allSatisfy({ $0 != nil }) else { return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: nil) }
         let own = prepared.withUnsafeBufferPointer { q in
-            RecallSample(recalls(q.baseAddress!, after, ef: ef, excluding: heldLabels, avoiding: nodes.map { $0! }))
+            RecallSample(recalls(q.baseAddress!, after, ef: ef, excluding: heldLabels, avoiding: nodes.map { $0! }, threads: threads))
         }
-        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, heldOut: true, optimism: own.mean - sample.mean)
+        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: own.mean - sample.mean)
+    }
+
+    /// Chooses the breadth for `target` on `count` queries the collection was asked (rows of
+    /// `queries`, as asked): the sample that is the queries' own distribution, which the
+    /// collection's vectors need not share (GloVe-50's rarest words asked of its most frequent
+    /// ones need a broader search than frequent words held out: BENCHMARKS.md). The exact answers
+    /// cost one scan.
+    public func calibrate(asked queries: UnsafeBufferPointer<Float>, count: Int, target: Double, optimism: Double?,
+                          threads: Int = 1) -> RecallMeasurement? {
+        let limit = published.load(ordering: .acquiring)
+        guard limit > 0, count > 0, queries.count >= count * dimension else { return nil }
+        var prepared = [Float](repeating: 0, count: count * dimension)
+        prepared.withUnsafeMutableBufferPointer { out in
+            for i in 0..<count {
+                metric.prepare(UnsafeBufferPointer(rebasing: queries[(i * dimension)..<((i + 1) * dimension)]),
+                               into: out.baseAddress! + i * dimension, kernels: kernels)
+            }
+        }
+        let truths = prepared.withUnsafeBufferPointer { exactNearest(queries: $0.baseAddress!, count: count, k: 10, limit: limit, threads: threads) }
+            .map { Set($0.map(\.label)) }
+        defer { vectors.releaseAll() }
+        let (ef, sample) = prepared.withUnsafeBufferPointer { q in
+            HNSWIndex.smallestEf(passing: { $0.lowerBound >= target },
+                                 recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, threads: threads)) })
+        }
+        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: self.count, target: target, sample: .asked, optimism: optimism)
     }
 
     /// Measures recall@10 against the exact answer (a scan of every live vector) on `samples` of the
@@ -216,7 +269,7 @@ extension HNSWIndex {
                 return r.mean >= target + (1 - target) * 0.4
             }, recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, excluding: labels, avoiding: chosen)) })
         }
-        return RecallMeasurement(ef: ef, recall: sample.mean - (optimism ?? 0), vectors: count, target: target, heldOut: false, optimism: optimism)
+        return RecallMeasurement(ef: ef, recall: sample.mean - (optimism ?? 0), vectors: count, target: target, sample: .own, optimism: optimism)
     }
 
     /// For each of `count` prepared query rows, the `k` live nodes nearest to it (by label, with

@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 import VexKernels
 import VexTestSupport
@@ -48,9 +49,8 @@ import VexTestSupport
         let recall = try heldOutRecall(index, table, queries)
         // 1,000 queries: a standard error of about 0.005 on top of the sample's own.
         #expect(recall >= target - 0.01 && recall <= target + 0.03, "held-out recall@10 \(recall) at ef \(m.ef), sample \(m.recall)")
-        // The graph's own vectors, asked as if new, find more than queries never seen.
-        let optimism = try #require(m.optimism)
-        #expect(optimism > 0)
+        // The held-out rows were asked again once linked, as the graph's own vectors.
+        #expect(m.optimism != nil)
     }
 
     @Test func aHigherTargetChoosesABroaderSearch() throws {
@@ -113,11 +113,38 @@ import VexTestSupport
         #expect(recall >= 0.92 - 0.015 && recall <= 0.92 + 0.035, "held-out recall@10 \(recall) at ef \(tuned.ef) (calibrated \(calibrated.ef))")
     }
 
+    @Test func queriesAskedUnlikeTheVectorsAreCalibratedOnOnceEnoughAreKept() throws {
+        // The collection: one half of the clusters, densely; the queries: the other half, which
+        // the held-out rows of the build do not represent.
+        let rows = Self.data(12_000, seed: 67)
+        let index = try build(rows, target: 0.95)
+        let built = try #require(index.measurement)
+        let far = clusteredSet(count: 1400, dimension: Self.dim, clusters: 12, seed: 71).map { v in v.map { $0 * 0.9 } }
+        let kept = Mutex(0)
+        index.whenQueriesKept { kept.withLock { $0 += 1 } }
+        for q in far[..<AdaptiveIndex.calibrationSamples] { _ = try index.search(q, k: 10) }
+        #expect(kept.withLock { $0 } == 1)
+        // Queries naming their own breadth or a filter are not a sample of the default's.
+        _ = try index.search(far[0], k: 10, ef: 30)
+        let m = try #require(index.tune(target: 0.95))
+        #expect(m.sample == .asked && m.vectors == rows.count)
+        var table: [UInt64: [Float]] = [:]
+        for (i, v) in rows.enumerated() { table[UInt64(i)] = v }
+        let recall = try heldOutRecall(index, table, Array(far[AdaptiveIndex.calibrationSamples...]))
+        #expect(recall >= 0.95 - 0.01 && recall <= 0.95 + 0.03, "recall@10 \(recall) at ef \(m.ef) (built: ef \(built.ef))")
+        // Another measurement wants the queries' own again: 400 more are kept and it is called again.
+        _ = index.tune(target: 0.95)
+        for q in far[..<AdaptiveIndex.calibrationSamples] { _ = try index.search(q, k: 10) }
+        #expect(kept.withLock { $0 } == 2)
+    }
+
     @Test func theMeasurementSurvivesTheSnapshotSection() throws {
-        let m = RecallMeasurement(ef: 97, recall: 0.958, vectors: 200_000, target: 0.95, heldOut: true, optimism: 0.021)
+        let m = RecallMeasurement(ef: 97, recall: 0.958, vectors: 200_000, target: 0.95, sample: .heldOut, optimism: 0.021)
         #expect(RecallMeasurement(section: m.encoded) == m)
-        let never = RecallMeasurement(ef: 64, recall: 0.97, vectors: 5000, target: 0.9, heldOut: false, optimism: nil)
+        let never = RecallMeasurement(ef: 64, recall: 0.97, vectors: 5000, target: 0.9, sample: .own, optimism: nil)
         #expect(RecallMeasurement(section: never.encoded) == never)
+        let asked = RecallMeasurement(ef: 120, recall: 0.955, vectors: 9000, target: 0.95, sample: .asked, optimism: -0.002)
+        #expect(RecallMeasurement(section: asked.encoded) == asked)
         // An older version's section (measured on the graph's own vectors only) is measured again.
         #expect(RecallMeasurement(section: Array(m.encoded.prefix(28))) == nil)
         var bad = m.encoded
