@@ -95,7 +95,8 @@ extension HNSWIndex {
     /// when none does. Recall grows with the breadth, so a halving search between two rungs finds
     /// the smallest to within a few percent.
     static func smallestEf(passing passes: (RecallSample) -> Bool, recallAt: (Int) -> RecallSample) -> (Int, RecallSample) {
-        var below = 0
+        // A breadth below k is k (the walk keeps at least k): 10, the k measured, is the least.
+        var below = 9
         for ef in efLadder {
             let r = recallAt(ef)
             guard passes(r) else { below = ef; continue }
