@@ -220,6 +220,13 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     }
     /// The last measurement, kept across snapshots.
     public var measurement: RecallMeasurement? { index.measurement }
+    /// Has `body` called when enough queries have been asked for a calibration on them (`tune`).
+    public func whenQueriesKept(_ body: @escaping @Sendable () -> Void) { index.whenQueriesKept(body) }
+    /// The recall@10 big batches calibrate the breadth for as they build (the owner's setting).
+    public var recallTarget: Double {
+        get { index.recallTarget }
+        set { index.recallTarget = newValue }
+    }
 
     /// Writes a snapshot of the index. `attachments` (tags of up to 3 letters) are stored with it and
     /// come back in `attachments` at the next open: the owner's own state that must agree with the

@@ -182,6 +182,10 @@ final class Collection: @unchecked Sendable {
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.settings.metric, kind: configuration.indexKind,
                                                  parameters: configuration.parameters, kernels: configuration.kernels, empty: beside)
+            index.recallTarget = s.settings.recall
+            // Queries asked at the default breadth are a sample of what is really asked: the tuner
+            // calibrates on them once there are enough.
+            index.whenQueriesKept { [weak self] in if let self { self.host.measureRecallSoon(self) } }
             s.index = index
             if let error = index.recovery.setAside { noteSetAside(error, &s) }
             return index.recovery.problems.map { "\(shown(s)): \($0)" }

@@ -28,9 +28,12 @@ extension Collection {
 
     // MARK: recall target (measured by the layer's tuner thread)
 
-    /// Asks for a recall measurement when the graph is new or has doubled since the last one.
+    /// Asks for a recall measurement when the graph is new or has doubled since the last one. A big
+    /// batch calibrates the graph on held-out rows as it builds it: that counts as a measurement.
     func considerMeasuring(_ s: inout State) {
-        guard let index = s.index, index.isGraph, s.measuredAt == 0 || index.count >= 2 * s.measuredAt else { return }
+        guard let index = s.index, index.isGraph else { return }
+        if let m = index.measurement, m.heldOut, m.target == s.settings.recall { s.measuredAt = max(s.measuredAt, m.vectors) }
+        guard s.measuredAt == 0 || index.count >= 2 * s.measuredAt else { return }
         s.measuredAt = max(index.count, 1)
         host.measureRecallSoon(self)
     }

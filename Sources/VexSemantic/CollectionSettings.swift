@@ -131,6 +131,7 @@ extension Collection {
             case .recall(let r):
                 setting.write(to: directory)
                 s.settings.recall = r
+                s.index?.recallTarget = r
                 s.measuredAt = 0
                 considerMeasuring(&s)
                 return nil
@@ -173,6 +174,7 @@ extension Collection {
                 // the recall target.
                 t.path = s.path
                 t.settings.recall = s.settings.recall
+                t.index?.recallTarget = s.settings.recall
                 for (name, r) in s.files where t.files[name]?.inode != r.inode {
                     host.noteLink(collection: key, name: name, from: r.inode, to: t.files[name]?.inode)
                 }

@@ -26,6 +26,8 @@ struct IndexBench: ParsableCommand {
     @Flag(help: "Build the graph measuring on the float32 vectors instead of the int8 codes.") var floatConstruction = false
     @Option(help: "Threads that build the graph (default: every core).") var buildThreads = availableCores
     @Option(help: "Also measure the graph's own recall the way a collection does, for this target.") var tuneRecall: Double?
+    @Option(help: "Build as a collection does, calibrating the breadth on held-out rows for this recall@10 target, and query at the breadth chosen.")
+    var target: Double?
 
     func run() throws {
         guard let metric = Metric(rawValue: metric) else { throw UserError("unknown metric \(metric)") }
@@ -38,6 +40,7 @@ struct IndexBench: ParsableCommand {
         let rssBefore = residentBytes()
         let index: any VectorIndex
         var hnsw: HNSWIndex?
+        var adaptive: AdaptiveIndex?
         if kind == "flat" {
             index = FlatIndex(dimension: dim, metric: metric, kernels: kernels, capacity: n)
         } else {
@@ -45,9 +48,17 @@ struct IndexBench: ParsableCommand {
             p.int8Traversal = !floatTraversal
             p.int8Construction = !floatConstruction
             p.hopWidth = hopWidth
-            let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels, parameters: p)
-            hnsw = h
-            index = h
+            if let target {
+                let a = AdaptiveIndex(dimension: dim, metric: metric, kind: .hnsw, parameters: p, kernels: kernels)
+                a.recallTarget = target
+                adaptive = a
+                hnsw = a.active as? HNSWIndex
+                index = a
+            } else {
+                let h = HNSWIndex(dimension: dim, metric: metric, kernels: kernels, parameters: p)
+                hnsw = h
+                index = h
+            }
         }
         let labels = (0..<n).map { UInt64($0) }
         let build = time {
@@ -59,6 +70,10 @@ struct IndexBench: ParsableCommand {
         let accounted = hnsw?.memoryBytes ?? (n * ((dim + 15) / 16 * 16) * 4 + n * 8)
         print(#"{"engine":"vexfs","kind":"\#(kind)","n":\#(n),"build_s":\#(build),"build_threads":\#(buildThreads),"rss_bytes":\#(rss),"index_bytes":\#(accounted),"raw_bytes":\#(n * dim * 4),"unreachable":\#(hnsw?.unreachableCount() ?? 0)}"#)
         fflush(nil)
+        if let target, let m = adaptive?.measurement {
+            print(#"{"engine":"vexfs","target":\#(target),"calibrated_ef":\#(m.ef),"held_out_sample_recall":\#(m.recall),"optimism":\#(m.optimism ?? 0)}"#)
+            fflush(nil)
+        }
         if let target = tuneRecall, let h = hnsw {
             var m: RecallMeasurement?
             let seconds = time { m = h.measureRecall(target: target) }
@@ -66,7 +81,8 @@ struct IndexBench: ParsableCommand {
             fflush(nil)
         }
 
-        let breadths = kind == "flat" ? [0] : ef
+        // 0: the breadth the index chose itself (exact, or calibrated).
+        let breadths = kind == "flat" || target != nil ? [0] : ef
         for e in breadths {
             // Recall, single-threaded.
             var hits = 0

@@ -1,0 +1,157 @@
+import Synchronization
+import Testing
+import VexKernels
+import VexTestSupport
+@testable import VexIndex
+
+/// Calibration while building: a big batch holds rows out of the graph, asks them as queries the
+/// graph has never seen, and searches then use the smallest breadth that reaches the target on them.
+@Suite struct CalibrationTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+    /// A graph made weak on purpose (few links, a narrow build) over clusters wide enough that the
+    /// breadth matters: recall@10 runs from about 0.7 at ef 16 to 0.99 at ef 200.
+    static let weak = HNSWParameters(m: 5, efConstruction: 24)
+    static let dim = 24
+
+    static func data(_ count: Int, seed: UInt64) -> [[Float]] {
+        clusteredSet(count: count, dimension: dim, clusters: 12, seed: seed).map { v in v.map { $0 * 0.6 } }
+    }
+
+    /// recall@10 of `queries` (never inserted) at the breadth the index chose.
+    func heldOutRecall(_ index: AdaptiveIndex, _ table: [UInt64: [Float]], _ queries: [[Float]], ef: Int? = nil) throws -> Double {
+        var hits = 0
+        for q in queries {
+            let got = try index.search(q, k: 10, ef: ef)
+            hits += Set(got.map(\.label)).intersection(bruteForce(table, q, .l2, k: 10).map(\.0)).count
+        }
+        return Double(hits) / Double(queries.count * 10)
+    }
+
+    func build(_ rows: [[Float]], target: Double, firstLabel: UInt64 = 0, into index: AdaptiveIndex? = nil) throws -> AdaptiveIndex {
+        let index = index ?? AdaptiveIndex(dimension: Self.dim, metric: .l2, kind: .hnsw, parameters: Self.weak, kernels: Self.kernels)
+        index.recallTarget = target
+        let labels = (0..<UInt64(rows.count)).map { firstLabel + $0 }
+        try rows.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in try index.insert(batch: labels, vectors: p, threads: 2) }
+        return index
+    }
+
+    @Test(arguments: [0.85, 0.95])
+    func theFirstAnswerHasTheTargetOnQueriesNeverSeen(_ target: Double) throws {
+        let all = Self.data(12_000, seed: 41)
+        let rows = Array(all[..<11_000]), queries = Array(all[11_000...])
+        let index = try build(rows, target: target)
+        let m = try #require(index.measurement)
+        #expect(m.heldOut && m.target == target && m.vectors == rows.count)
+        // Every row is in the graph, the held-out ones too, and none waits beside it.
+        #expect(index.count == rows.count && index.unabsorbed == 0)
+        var table: [UInt64: [Float]] = [:]
+        for (i, v) in rows.enumerated() { table[UInt64(i)] = v }
+        let recall = try heldOutRecall(index, table, queries)
+        // 1,000 queries: a standard error of about 0.005 on top of the sample's own.
+        #expect(recall >= target - 0.01 && recall <= target + 0.03, "held-out recall@10 \(recall) at ef \(m.ef), sample \(m.recall)")
+        // The held-out rows were asked again once linked, as the graph's own vectors.
+        #expect(m.optimism != nil)
+    }
+
+    @Test func aHigherTargetChoosesABroaderSearch() throws {
+        let rows = Self.data(8000, seed: 43)
+        let low = try #require(try build(rows, target: 0.8).measurement)
+        let high = try #require(try build(rows, target: 0.97).measurement)
+        #expect(low.ef < high.ef && low.recall < high.recall)
+        #expect(low.recall >= 0.8 && high.recall >= 0.97)
+    }
+
+    @Test func theGraphIsCalibratedAgainOnlyOnceItHasGrownByHalf() throws {
+        let rows = Self.data(16_000, seed: 47)
+        let index = try build(Array(rows[..<8000]), target: 0.9)
+        let first = try #require(index.measurement)
+        #expect(first.vectors == 8000)
+        _ = try build(Array(rows[8000..<10_000]), target: 0.9, firstLabel: 8000, into: index)
+        #expect(index.measurement == first)
+        _ = try build(Array(rows[10_000...]), target: 0.9, firstLabel: 10_000, into: index)
+        let second = try #require(index.measurement)
+        #expect(second.vectors == 16_000 && second.heldOut)
+        #expect(index.count == 16_000 && index.unabsorbed == 0)
+        // Every row is held under its own label, the held-out ones too.
+        for i in stride(from: 0, to: 16_000, by: 7) { #expect(index.vector(of: UInt64(i)) == rows[i]) }
+    }
+
+    @Test func aNewTargetCalibratesTheNextBatch() throws {
+        let rows = Self.data(12_000, seed: 53)
+        let index = try build(Array(rows[..<8000]), target: 0.8)
+        let first = try #require(index.measurement)
+        _ = try build(Array(rows[8000..<10_000]), target: 0.97, firstLabel: 8000, into: index)
+        let second = try #require(index.measurement)
+        #expect(second.target == 0.97 && second.ef > first.ef)
+    }
+
+    @Test func aBatchRepeatingALabelKeepsItsLastRowThroughCalibration() throws {
+        var rows = Self.data(6000, seed: 59)
+        var labels = (0..<UInt64(rows.count)).map { $0 }
+        // Row 6000 replaces label 17 (its earlier row stays out of the graph).
+        rows.append(rows[5999].map { $0 + 0.01 })
+        labels.append(17)
+        let index = AdaptiveIndex(dimension: Self.dim, metric: .l2, kind: .hnsw, parameters: Self.weak, kernels: Self.kernels)
+        try rows.flatMap { $0 }.withUnsafeBufferPointer { (p) throws(IndexError) in try index.insert(batch: labels, vectors: p, threads: 2) }
+        #expect(index.measurement?.heldOut == true)
+        #expect(index.count == 6000)
+        #expect(index.vector(of: 17) == rows[6000])
+    }
+
+    @Test func theTunerTakesOffWhatTheGraphsOwnVectorsOverstate() throws {
+        let all = Self.data(12_000, seed: 61)
+        let rows = Array(all[..<11_000]), queries = Array(all[11_000...])
+        let index = try build(rows, target: 0.92)
+        let calibrated = try #require(index.measurement)
+        let tuned = try #require(index.tune(target: 0.92))
+        #expect(!tuned.heldOut && tuned.optimism == calibrated.optimism)
+        var table: [UInt64: [Float]] = [:]
+        for (i, v) in rows.enumerated() { table[UInt64(i)] = v }
+        let recall = try heldOutRecall(index, table, queries)
+        #expect(recall >= 0.92 - 0.015 && recall <= 0.92 + 0.035, "held-out recall@10 \(recall) at ef \(tuned.ef) (calibrated \(calibrated.ef))")
+    }
+
+    @Test func queriesAskedUnlikeTheVectorsAreCalibratedOnOnceEnoughAreKept() throws {
+        // The collection: one half of the clusters, densely; the queries: the other half, which
+        // the held-out rows of the build do not represent.
+        let rows = Self.data(12_000, seed: 67)
+        let index = try build(rows, target: 0.95)
+        let built = try #require(index.measurement)
+        let far = clusteredSet(count: 1400, dimension: Self.dim, clusters: 12, seed: 71).map { v in v.map { $0 * 0.9 } }
+        var table: [UInt64: [Float]] = [:]
+        for (i, v) in rows.enumerated() { table[UInt64(i)] = v }
+        let later = Array(far[AdaptiveIndex.calibrationSamples...])
+        // At the build's breadth, named: a query naming its breadth is not kept.
+        let before = try heldOutRecall(index, table, later, ef: built.ef)
+        let kept = Mutex(0)
+        index.whenQueriesKept { kept.withLock { $0 += 1 } }
+        for q in far[..<AdaptiveIndex.calibrationSamples] { _ = try index.search(q, k: 10) }
+        #expect(kept.withLock { $0 } == 1)
+        // Queries naming their own breadth or a filter are not a sample of the default's.
+        _ = try index.search(far[0], k: 10, ef: 30)
+        let m = try #require(index.tune(target: 0.95))
+        #expect(m.sample == .asked && m.vectors == rows.count)
+        // More queries like those asked: the breadth chosen for them finds more of their answers
+        // than the one chosen for the collection's own rows.
+        let after = try heldOutRecall(index, table, later)
+        #expect(m.ef > built.ef && after > before, "recall@10 \(before) at ef \(built.ef), \(after) at ef \(m.ef) (\(m.recall) on those asked)")
+        // Another measurement wants the queries' own again: 400 more are kept and it is called again.
+        _ = index.tune(target: 0.95)
+        for q in far[..<AdaptiveIndex.calibrationSamples] { _ = try index.search(q, k: 10) }
+        #expect(kept.withLock { $0 } == 2)
+    }
+
+    @Test func theMeasurementSurvivesTheSnapshotSection() throws {
+        let m = RecallMeasurement(ef: 97, recall: 0.958, vectors: 200_000, target: 0.95, sample: .heldOut, optimism: 0.021)
+        #expect(RecallMeasurement(section: m.encoded) == m)
+        let never = RecallMeasurement(ef: 64, recall: 0.97, vectors: 5000, target: 0.9, sample: .own, optimism: nil)
+        #expect(RecallMeasurement(section: never.encoded) == never)
+        let asked = RecallMeasurement(ef: 120, recall: 0.955, vectors: 9000, target: 0.95, sample: .asked, optimism: -0.002)
+        #expect(RecallMeasurement(section: asked.encoded) == asked)
+        // An older version's section (measured on the graph's own vectors only) is measured again.
+        #expect(RecallMeasurement(section: Array(m.encoded.prefix(28))) == nil)
+        var bad = m.encoded
+        bad[0] = 0; bad[1] = 0; bad[2] = 0; bad[3] = 0
+        #expect(RecallMeasurement(section: bad) == nil)
+    }
+}
