@@ -287,7 +287,8 @@ final class Collection: @unchecked Sendable {
             // a stopping mount need not wait for the rest.
             let labels = (0..<UInt64(vectors.rows)).map { record.firstLabel + $0 }
             let inserted = vectors.values.withUnsafeBufferPointer { all in
-                insertInPieces(index, labels: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]))
+                insertInPieces(index, labels: labels, vectors: UnsafeBufferPointer(rebasing: all[0..<(vectors.rows * vectors.dimension)]),
+                               mayGiveUp: Int(st.st_size) >= configuration.longFileBytes)
             }
             if case .success(false) = inserted {
                 abandon(name, labels: labels, &s)

@@ -95,10 +95,12 @@ extension Collection {
     }
 
     /// Inserts `vectors` under `labels` on every core, a piece at a time, each sized to take about
-    /// a quarter of a second, so that a stopping mount waits for one piece at most. Fewer than
-    /// 1,024 rows go in at once on one thread. `.success(false)`: the mount is stopping, and only
-    /// some of them went in.
-    func insertInPieces(_ index: PersistentIndex, labels: [UInt64], vectors: UnsafeBufferPointer<Float>) -> Result<Bool, IndexError> {
+    /// a quarter of a second, so that a stopping mount waits for one piece of a long file at most
+    /// (`mayGiveUp`: a small file is always finished, as unmount applies what is pending). Fewer
+    /// than 1,024 rows go in at once on one thread. `.success(false)`: the mount is stopping, and
+    /// only some of them went in.
+    func insertInPieces(_ index: PersistentIndex, labels: [UInt64], vectors: UnsafeBufferPointer<Float>,
+                        mayGiveUp: Bool = true) -> Result<Bool, IndexError> {
         let dimension = index.dimension
         guard labels.count >= 1024 else {
             return Result { () throws(IndexError) in try index.insert(batch: labels, vectors: vectors, threads: 1) }.map { true }
@@ -106,7 +108,7 @@ extension Collection {
         var done = 0
         var piece = 4096
         while done < labels.count {
-            if host.isStopping { return .success(false) }
+            if mayGiveUp && host.isStopping { return .success(false) }
             let end = min(labels.count, done + piece)
             let began = QueryBudget.Deadline.now()
             do {
