@@ -200,18 +200,17 @@ except OSError as e:
     assert py(ask, hidden / "q.query", 3) == "errno 13"
 
 
-def test_a_user_cannot_hold_every_thread_with_long_questions(make_mount, mallory):
-    """Issue 24, attack 5: query files of 1,024 rows at ef 10,000 held every FUSE thread for minutes.
-    A user other than root now has at most `max_user_queries` questions running (EBUSY past it), each
-    at most `query_seconds` (ETIMEDOUT), and the reason shows in the query file's status."""
+def long_questions(make_mount, seconds, seed):
+    """A mount where each user has two questions at once of `seconds` each, and a collection c of
+    20,000 x 32 with heavy.npy.query (1,024 rows at ef 10,000: long) and light.query, readable by all."""
     import numpy as np
-    m = make_mount("-o", "allow_other,max_user_queries=2,query_seconds=1")
+    m = make_mount("-o", f"allow_other,max_user_queries=2,query_seconds={seconds}")
     m.mount()
     open_to_everyone(m)
     c = m / "c"
     c.mkdir()
     os.chmod(c, 0o777)
-    rng = np.random.default_rng(5)
+    rng = np.random.default_rng(seed)
     np.save(c / "data.npy", rng.normal(size=(20_000, 32)).astype(np.float32))
     assert os.getxattr(c, "user.vexfs.count") == b"20000"
     with open(c / "heavy.npy.query", "wb") as f:  # np.save would add .npy to the name
@@ -220,6 +219,14 @@ def test_a_user_cannot_hold_every_thread_with_long_questions(make_mount, mallory
     for q in ("heavy.npy.query", "light.query"):
         os.chmod(c / q, 0o644)
     os.setxattr(c / "heavy.npy.query", "user.vexfs.ef", b"10000")
+    return m, c
+
+
+def test_a_user_cannot_hold_every_thread_with_long_questions(make_mount, mallory):
+    """Issue 24, attack 5: query files of 1,024 rows at ef 10,000 held every FUSE thread for minutes.
+    A user other than root now has at most `max_user_queries` questions running (EBUSY past it), each
+    at most `query_seconds` (ETIMEDOUT), and the reason shows in the query file's status."""
+    m, c = long_questions(make_mount, seconds=1, seed=5)
     out = py("""
 import os, sys, threading, time
 heavy, light = sys.argv[1], sys.argv[2]
@@ -670,23 +677,8 @@ def test_a_question_given_up_frees_its_thread_at_once(make_mount, mallory):
     """FUSE interrupts are honoured: a user's long questions whose processes are killed stop within a
     row's work (EINTR to the kernel), so the processes go away at once and the user's next question
     is admitted, not refused with EBUSY for the rest of the long ones' time."""
-    import numpy as np
     import signal
-    m = make_mount("-o", "allow_other,max_user_queries=2,query_seconds=60")
-    m.mount()
-    open_to_everyone(m)
-    c = m / "c"
-    c.mkdir()
-    os.chmod(c, 0o777)
-    rng = np.random.default_rng(8)
-    np.save(c / "data.npy", rng.normal(size=(20_000, 32)).astype(np.float32))
-    assert os.getxattr(c, "user.vexfs.count") == b"20000"
-    with open(c / "heavy.npy.query", "wb") as f:
-        np.save(f, rng.normal(size=(1024, 32)).astype(np.float32))
-    (c / "light.query").write_text(" ".join(["0"] * 32))
-    for q in ("heavy.npy.query", "light.query"):
-        os.chmod(c / q, 0o644)
-    os.setxattr(c / "heavy.npy.query", "user.vexfs.ef", b"10000")
+    m, c = long_questions(make_mount, seconds=60, seed=8)
     ask_heavy = "import os, sys; os.getxattr(sys.argv[1], 'user.vexfs.knn.10.from.0')"
     heavy = [subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", PYTHON, "-c", ask_heavy,
                                str(c / "heavy.npy.query")]) for _ in range(2)]
