@@ -72,11 +72,8 @@ extension HNSWIndex {
             published.store(end, ordering: .releasing)
             entry.store(build.entry.load(ordering: .acquiring), ordering: .releasing)
             // Each time the graph has grown by a quarter (so the passes cost the graph's size once
-            // over), however many batches that took: no node left out of reach of every search.
-            if (end - state.reconnectedAt) * 4 >= end {
-                reconnect(&state)
-                state.reconnectedAt = end
-            }
+            // over): no node left out of reach of every search.
+            if rows.count * 4 >= end { reconnect(&state) }
         }
     }
 

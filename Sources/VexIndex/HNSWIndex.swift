@@ -102,8 +102,6 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         var deleted = 0
         var chunkCount = 0
         var random = SplitMixRandom(seed: 0)
-        /// The node count at the last reconnecting pass (see `insert(batch:)`).
-        var reconnectedAt = 0
     }
 
     private let scratch = Mutex<[SearchScratch]>([])
