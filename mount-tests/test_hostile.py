@@ -374,6 +374,51 @@ print(codes)
     assert b"max_user_collections" in os.getxattr(m / "c7", "user.vexfs.status")
 
 
+SPARSE_NPY = """
+import os, sys
+d = sys.argv[1]
+def sparse(name, rows, dim):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
+    header += " " * (-(10 + len(header) + 1) % 64) + "\\n"
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(b"\\x93NUMPY\\x01\\x00" + len(header).to_bytes(2, "little") + header.encode())
+        f.truncate(10 + len(header) + rows * dim * 4)
+"""
+
+
+@pytest.mark.parametrize("option", ["max_user_index_mb", "max_user_state_mb"])
+def test_one_user_cannot_take_all_index_memory_or_state_disk(make_mount, mallory, option):
+    """Issue 24: index memory and the disk under STORE/.vexfs were bounded for the whole mount
+    only, so one user could take all of both. The collections a user other than root owns share
+    `max_user_index_mb` of memory and `max_user_state_mb` of disk; a file past either is not
+    indexed, and its status names the bound. Root's collections, and other users', still index."""
+    m = make_mount("-o", f"allow_other,{option}=1")
+    m.mount()
+    open_to_everyone(m)
+    script = SPARSE_NPY + """
+os.mkdir(d)
+sparse("small.npy", 1000, 16)   # about 0.35 MiB of graph, 0.4 MiB on disk
+sparse("big.npy", 8000, 16)     # about 2.7 MiB and 3.2 MiB: past 1 MiB
+for name in ("small.npy", "big.npy"):
+    print(os.getxattr(os.path.join(d, name), "user.vexfs.status").decode())
+print(os.getxattr(d, "user.vexfs.count").decode())
+"""
+    small, big, count = py(script, m / "mine").splitlines()
+    assert small.startswith("indexed"), small
+    assert big.startswith("not indexed: 8000 vectors of dimension 16; ") and option in big, big
+    assert count == "1000"
+    # Root is not bounded by it: the same file indexes in root's directory.
+    exec(compile(SPARSE_NPY.replace("d = sys.argv[1]", f"d = {str(m / 'roots')!r}") + "os.mkdir(d)\nsparse('big.npy', 8000, 16)", "sparse", "exec"), {})
+    assert os.getxattr(m / "roots" / "big.npy", "user.vexfs.status").startswith(b"indexed")
+    assert os.getxattr(m / "roots", "user.vexfs.count") == b"8000"
+    m.unmount()
+    m.mount()
+    assert os.getxattr(m / "mine", "user.vexfs.count") == b"1000"
+    status = os.getxattr(m / "mine" / "big.npy", "user.vexfs.status").decode()
+    assert status.startswith("not indexed: 8000 vectors of dimension 16; ") and option in status, status
+    assert os.getxattr(m / "roots", "user.vexfs.count") == b"8000"
+
+
 def test_the_journal_shows_each_user_only_what_they_may_read(shared):
     (shared / "x.vec").write_text("1 2")
     (shared / "secret.vec").write_text("3 4")
@@ -696,3 +741,36 @@ def test_a_question_given_up_frees_its_thread_at_once(make_mount, mallory):
     m.unmount()
     m.mount()
     assert len(knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", c / "light.query"))) == 3
+
+
+def test_a_directory_on_another_filesystem_is_served_but_never_a_collection(make_mount):
+    """Collections, their indexes and the hard-link table are keyed by inode number, unique on one
+    filesystem only: a directory of another filesystem mounted inside the store (whose inode numbers
+    may equal those of the store's own directories) is served as files, never as a collection."""
+    import errno as E
+    m = make_mount()
+    (m.store / "other").mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(m.store / "other")], check=True)
+    try:
+        m.mount()
+        (m / "other" / "c").mkdir()
+        (m / "other" / "c" / "a.vec").write_text("1 2")
+        assert (m / "other" / "c" / "a.vec").read_text() == "1 2"
+        with pytest.raises(OSError) as e:
+            os.setxattr(m / "other" / "c", "user.vexfs.dim", b"2")
+        assert e.value.errno == E.EINVAL
+        status = os.getxattr(m / "other" / "c", "user.vexfs.status")
+        assert status == b"not a collection: it is on another filesystem than the store's root", status
+        # The store's own directories still are.
+        (m / "c").mkdir()
+        (m / "c" / "a.vec").write_text("1 2")
+        assert os.getxattr(m / "c", "user.vexfs.count") == b"1"
+        m.unmount()
+        m.mount()
+        assert (m / "other" / "c" / "a.vec").read_text() == "1 2"
+        assert os.getxattr(m / "other" / "c", "user.vexfs.status").startswith(b"not a collection: it is on another")
+        assert os.getxattr(m / "c", "user.vexfs.count") == b"1"
+        m.unmount()
+    finally:
+        m.cleanup()
+        subprocess.run(["umount", str(m.store / "other")], check=False)

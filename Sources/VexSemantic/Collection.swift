@@ -276,9 +276,9 @@ final class Collection: @unchecked Sendable {
             }
             // Every file counts against the mount's memory, not only streamed ones: a small sparse
             // `.npy` may claim millions of rows.
-            let bound = host.maxFileVectors(dimension: vectors.dimension, replacing: old?.rows ?? 0)
-            guard vectors.rows <= bound else {
-                record.status = "not indexed: \(vectors.rows) vectors of dimension \(vectors.dimension); the memory left for indexes holds \(bound) more"
+            let room = host.room(forDimension: vectors.dimension, replacing: old?.rows ?? 0, owner: owner)
+            guard vectors.rows <= room.rows else {
+                record.status = "not indexed: \(vectors.rows) vectors of dimension \(vectors.dimension); \(room.limit) holds \(room.rows) more"
                 release(old, &s)
                 break
             }

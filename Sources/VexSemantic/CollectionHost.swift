@@ -22,9 +22,10 @@ protocol CollectionHost: AnyObject, Sendable {
     /// The names the file `inode` is indexed under in `collection`.
     func names(of inode: UInt64, in collection: UInt64) -> [FileName]
 
-    /// Vectors one file of dimension `dimension` may bring, after every collection's, the asking one
-    /// included, less the `replacing` vectors the file had (the mount's memory budget).
-    func maxFileVectors(dimension: Int, replacing: Int) -> Int
+    /// Vectors one file of dimension `dimension` may bring into a collection of `owner`, after
+    /// every collection's, the asking one included, less the `replacing` vectors the file had (the
+    /// mount's memory budget, and the owner's share of it and of the state directory's disk).
+    func room(forDimension dimension: Int, replacing: Int, owner: uid_t) -> IndexRoom
 
     /// The bridge that applies file events and runs long work (streams, rebuilds, snapshots).
     var bridge: Bridge { get }
@@ -46,6 +47,12 @@ protocol CollectionHost: AnyObject, Sendable {
     /// On a shared store: copies into `directory` the snapshot another mount published for the
     /// collection `key`, when it is newer than the one there.
     func adoptPublished(_ key: UInt64, into directory: String)
+}
+
+/// How many vectors a file may still bring, and which bound says so (for its status).
+struct IndexRoom {
+    var rows: Int
+    var limit: String
 }
 
 /// How the mount configures every collection's index: fixed for the mount's life, shared by value.

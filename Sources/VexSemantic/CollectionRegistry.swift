@@ -123,6 +123,14 @@ extension SemanticLayer {
             Glibc.close(fd)
             return nil
         }
+        // Collections, their indexes and the hard-link table are keyed by inode number, which is
+        // unique on one filesystem only: a directory of another one mounted inside the store is
+        // served, but never a collection.
+        guard UInt64(st.st_dev) == storeDevice else {
+            Glibc.close(fd)
+            log(problems: ["\(shown): not a collection: it is on another filesystem than the store's root"])
+            return nil
+        }
         let fresh = Collection(key: dir.key, path: dir.path, directory: fd, owner: st.st_uid, host: self, configuration: configuration)
         switch registry.register(fresh, perOwner: st.st_uid == 0 ? nil : collectionsPerUser) {
         case .registered(let c, let made): return (c, made)

@@ -62,9 +62,9 @@ extension Collection {
         }
         // A sparse file claims millions of rows at no cost to its writer: refuse what memory cannot
         // hold before reading any of it, rather than let the daemon be killed for memory.
-        let bound = host.maxFileVectors(dimension: input.dimension, replacing: old?.rows ?? 0)
-        guard input.rows <= bound else {
-            record.status = "not indexed: \(input.rows) vectors of dimension \(input.dimension); the memory left for indexes holds \(bound) more"
+        let room = host.room(forDimension: input.dimension, replacing: old?.rows ?? 0, owner: owner)
+        guard input.rows <= room.rows else {
+            record.status = "not indexed: \(input.rows) vectors of dimension \(input.dimension); \(room.limit) holds \(room.rows) more"
             release(old, &s)
             return nil
         }

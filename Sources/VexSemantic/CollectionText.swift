@@ -97,6 +97,14 @@ extension Collection {
                     published(s)
                     return false
                 }
+                // Passages count against the same memory and the owner's share as vector files.
+                let room = host.room(forDimension: d, replacing: 0, owner: owner)
+                guard vectors.count <= room.rows else {
+                    record.status = "not indexed: \(vectors.count) passages of dimension \(d); \(room.limit) holds \(room.rows) more"
+                    s.files[name] = record
+                    published(s)
+                    return false
+                }
                 record.firstLabel = s.nextLabel
                 s.nextLabel += UInt64(vectors.count)
                 let labels = (0..<UInt64(vectors.count)).map { record.firstLabel + $0 }

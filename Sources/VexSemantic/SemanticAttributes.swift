@@ -81,7 +81,7 @@ extension SemanticLayer {
         case "count": return Array(String(summary?.count ?? 0).utf8)
         case "status":
             guard let summary, summary.dimension != nil else {
-                if summary == nil, let why = ownerFull(dir) { return Array("not a collection: \(why)".utf8) }
+                if summary == nil, let why = onOtherFilesystem(dir) ?? ownerFull(dir) { return Array("not a collection: \(why)".utf8) }
                 return Array("not a collection yet: no vectors".utf8)
             }
             var text = "indexed: \(summary.count) vectors"
@@ -96,6 +96,14 @@ extension SemanticLayer {
             return Array(String(summary?.recall ?? stored ?? Setting.defaultRecall).utf8)
         default: throw .noData
         }
+    }
+
+    /// Why `dir` cannot become a collection when it is on another filesystem than the store's root
+    /// (see `register`).
+    func onOtherFilesystem(_ dir: DirectoryRef) -> String? {
+        var st = stat()
+        guard fstat(dir.fd, &st) == 0, UInt64(st.st_dev) != storeDevice else { return nil }
+        return "it is on another filesystem than the store's root"
     }
 
     /// Why `dir` cannot become a collection when its owner (other than root) has as many as they may.
@@ -118,6 +126,7 @@ extension SemanticLayer {
         }
         bridge.settle(dir.key)
         guard let c = collection(dir) else {
+            if let why = onOtherFilesystem(dir) { throw .invalid(why) }
             if let why = ownerFull(dir) { throw .quota(why) }
             throw .invalid("there are \(registry.maxCollections) collections already")
         }

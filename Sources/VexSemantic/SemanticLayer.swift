@@ -45,6 +45,8 @@ public final class SemanticLayer: @unchecked Sendable {
     public let storeRoot: String
     /// The store's root, held: every collection's directory is reached from it or from the request.
     let rootFD: Int32
+    /// The filesystem of the store's root: the only one whose directories become collections.
+    let storeDevice: UInt64
     let configuration: CollectionConfiguration
     var stateRoot: String { configuration.stateRoot }
     /// Text files become vectors through this endpoint's queue (nil: no embedder configured).
@@ -68,6 +70,12 @@ public final class SemanticLayer: @unchecked Sendable {
     let budget: QueryBudget
     /// Collections whose directories one user other than root may own.
     let collectionsPerUser: Int
+    /// What every index together may hold in memory: half of the machine's.
+    let indexMemory: Int
+    /// The index memory, and the disk under the state directory, of the collections one user
+    /// other than root owns (see `room`).
+    let indexBytesPerUser: Int
+    let stateBytesPerUser: Int
     /// The journal views readers share (see `journalFile`).
     let journalViews = Mutex<JournalViews>(JournalViews())
     /// getfattr asks twice (the size, then the value): the second ask is served from here.
@@ -85,10 +93,12 @@ public final class SemanticLayer: @unchecked Sendable {
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
                 embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold,
                 maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds,
-                collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, sharedID: String? = nil,
-                keywords: Bool = true) {
+                collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, indexMiBPerUser: Int? = nil,
+                stateMiBPerUser: Int? = nil, sharedID: String? = nil, keywords: Bool = true) {
         self.storeRoot = storeRoot
         self.collectionsPerUser = collectionsPerUser
+        indexMemory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / 2
+        indexBytesPerUser = indexMiBPerUser.map { $0 << 20 } ?? indexMemory / 2
         budget = QueryBudget(perUser: maxQueriesPerUser, seconds: querySeconds)
         // A shared store keeps each mount's own state apart (STORE/.vexfs/mounts/ID).
         let stateRoot = storeRoot + "/.vexfs" + (sharedID.map { "/mounts/" + $0 } ?? "")
@@ -102,6 +112,9 @@ public final class SemanticLayer: @unchecked Sendable {
         let client = embedder.map { EmbeddingClient($0) }
         embedClient = client
         mkdir(stateRoot, 0o700)
+        var fs = statvfs()
+        let stateDisk = statvfs(stateRoot, &fs) == 0 ? Int(fs.f_blocks) * Int(fs.f_frsize) : Int.max / 2
+        stateBytesPerUser = stateMiBPerUser.map { $0 << 20 } ?? stateDisk / 4
         let cache = embedder.flatMap { SemanticLayer.embeddingCache(stateRoot, $0) }
         // The queue and the bridge call back into `self`: a weak box breaks the cycle.
         let back = WeakLayer()
@@ -112,6 +125,8 @@ public final class SemanticLayer: @unchecked Sendable {
         }
         self.metrics = metrics
         rootFD = Glibc.open(storeRoot, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+        var rootStat = stat()
+        storeDevice = fstat(rootFD, &rootStat) == 0 ? UInt64(rootStat.st_dev) : 0
         mkdir(stateRoot, 0o700)
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
@@ -240,20 +255,36 @@ public final class SemanticLayer: @unchecked Sendable {
 
     func nextEmbedToken() -> UInt64 { embedTokens.add(1, ordering: .relaxed).newValue }
 
-    /// Vectors one file may bring: what is left of half of this machine's memory, after every
-    /// collection's vectors (the asking one's too, less the `replacing` vectors of the file's last
-    /// version), at a graph's in-memory cost per vector (the int8 code and links of a node, its
-    /// label, its entries in the maps; the float32 vectors are in a file the kernel pages). A bound
-    /// on the whole mount, not per file: sparse files must not add up to more than memory holds.
-    func maxFileVectors(dimension: Int, replacing: Int) -> Int {
-        let memory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE)))
+    /// Vectors one file of `dimension` may bring into a collection of `owner`, and the bound that
+    /// says so. Every collection's vectors count (the asking one's too, less the `replacing`
+    /// vectors of the file's last version) at a graph's in-memory cost per vector (the int8 code
+    /// and links of a node, its label, its entries in the maps; the float32 vectors are in a file
+    /// the kernel pages), against half of this machine's memory: sparse files must not add up to
+    /// more than memory holds. A user other than root also has their own share of that memory and
+    /// of the disk under STORE/.vexfs (the float32 file and the snapshot), counted over the
+    /// collections whose directories they own, so that nobody can take all of either.
+    func room(forDimension dimension: Int, replacing: Int, owner: uid_t) -> IndexRoom {
         let m = configuration.parameters.m
-        func perVector(_ d: Int) -> Int { (d + 63) / 64 * 64 + (8 + 8 * m + 63) / 64 * 64 + 96 }
-        var used = -replacing * perVector(dimension)
+        func inMemory(_ d: Int) -> Int { (d + 63) / 64 * 64 + (8 + 8 * m + 63) / 64 * 64 + 96 }
+        func onDisk(_ d: Int) -> Int { 4 * d + inMemory(d) }
+        var used = -replacing * inMemory(dimension)
+        var usedByOwner = (memory: used, disk: -replacing * onDisk(dimension))
         for c in registry.all {
-            used += c.vectorCount.load(ordering: .relaxed) * perVector(c.knownDimension.load(ordering: .relaxed))
+            let n = c.vectorCount.load(ordering: .relaxed), d = c.knownDimension.load(ordering: .relaxed)
+            used += n * inMemory(d)
+            if c.owner == owner {
+                usedByOwner.memory += n * inMemory(d)
+                usedByOwner.disk += n * onDisk(d)
+            }
         }
-        return min(VectorStream.maxRows, max(0, memory / 2 - used) / perVector(dimension))
+        var room = IndexRoom(rows: min(VectorStream.maxRows, max(0, indexMemory - used) / inMemory(dimension)),
+                             limit: "the memory left for indexes")
+        guard owner != 0 else { return room }
+        let memory = max(0, indexBytesPerUser - usedByOwner.memory) / inMemory(dimension)
+        if memory < room.rows { room = IndexRoom(rows: memory, limit: "the index memory left to the directory's owner (max_user_index_mb)") }
+        let disk = max(0, stateBytesPerUser - usedByOwner.disk) / onDisk(dimension)
+        if disk < room.rows { room = IndexRoom(rows: disk, limit: "the space under .vexfs left to the directory's owner (max_user_state_mb)") }
+        return room
     }
 
     // MARK: stats

@@ -29,6 +29,12 @@ public struct SemanticOptions: Sendable, Equatable {
     /// `max_user_collections=N`: collections whose directories one user other than root may own.
     public var collectionsPerUser = SemanticOptions.defaultCollectionsPerUser
     public static let defaultCollectionsPerUser = 1000
+    /// `max_user_index_mb=N`: index memory the collections of one user other than root may hold
+    /// (nil: half of the mount's, which is half of the machine's memory).
+    public var indexMiBPerUser: Int?
+    /// `max_user_state_mb=N`: disk under STORE/.vexfs the indexes of one user other than root may
+    /// take (nil: a quarter of the filesystem that holds it).
+    public var stateMiBPerUser: Int?
 
     /// `shared[=ID]`: the store is shared with vexfs mounts on other machines (a distributed
     /// filesystem's clients); ID names this mount among them (default: the host's name), and at
@@ -78,6 +84,9 @@ public struct SemanticOptions: Sendable, Equatable {
         case "max_user_collections":
             guard let value, let n = Int(value), (1...10_000).contains(n) else { throw BadValue() }
             collectionsPerUser = n
+        case "max_user_index_mb", "max_user_state_mb":
+            guard let value, let n = Int(value), (1...(1 << 30)).contains(n) else { throw BadValue() }
+            if key == "max_user_index_mb" { indexMiBPerUser = n } else { stateMiBPerUser = n }
         case "query_seconds":
             guard let value, let s = Double(value), s.isFinite, s >= 0.1, s <= 86_400 else { throw BadValue() }
             querySeconds = s
