@@ -259,6 +259,54 @@ print(sorted(errors.values()), third)
     assert len(knn_of(py("import os, sys; print(os.getxattr(sys.argv[1], 'user.vexfs.knn.3').decode(), end='')", c / "light.query"))) == 3
 
 
+def test_waiting_for_a_build_holds_no_more_threads_than_a_users_questions(make_mount, mallory):
+    """A file's status waits until the file is indexed (read-your-writes), and a big file's build
+    takes seconds: sixteen threads of one user asking the status of a file being built held every
+    FUSE thread, and everyone's `stat` and `create` waited for the build. Such a wait now counts as
+    one of the user's questions (`max_user_queries`, EBUSY past it) and ends when its asker gives up."""
+    import errno as E
+    import numpy as np
+    m = make_mount("-o", "allow_other,max_user_queries=2")
+    m.mount()
+    open_to_everyone(m)
+    py("import os, sys; os.mkdir(sys.argv[1])", m / "a")
+    (m / "r").mkdir()
+    np.save(m / "a" / "big.npy", np.random.default_rng(3).normal(size=(100_000, 32)).astype(np.float32))
+    asker = subprocess.Popen(["setpriv", f"--reuid={USER}", f"--regid={USER}", "--init-groups", PYTHON, "-c", """
+import errno, os, sys, threading, time
+f = sys.argv[1]
+got = []
+def ask():
+    try:
+        got.append(os.getxattr(f, "user.vexfs.status").decode()[:7])
+    except OSError as e:
+        got.append(errno.errorcode[e.errno])
+threads = [threading.Thread(target=ask) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(sorted(got))
+""", str(m / "a" / "big.npy")], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    slowest, i, end = 0.0, 0, time.monotonic() + 2
+    while time.monotonic() < end:
+        t = time.monotonic()
+        (m / "r" / f"f{i}").write_text("x")
+        os.stat(m / "r" / f"f{i}")
+        slowest = max(slowest, time.monotonic() - t)
+        i += 1
+    building = asker.poll() is None
+    out, _ = asker.communicate(timeout=600)
+    got = eval(out)
+    assert slowest < 1.0, (slowest, got)
+    if building:  # the waits were still going on while root worked: the bound is what kept root's thread free
+        assert got.count("EBUSY") >= 14 and got.count("indexed") >= 1, got
+    assert os.getxattr(m / "a", "user.vexfs.count") == b"100000"
+    m.unmount()
+    m.mount()
+    assert os.getxattr(m / "a" / "big.npy", "user.vexfs.status").startswith(b"indexed")
+    assert os.getxattr(m / "a", "user.vexfs.count") == b"100000"
+
+
 def test_knn_of_a_big_sparse_file_reads_no_more_than_a_question(shared):
     """Issue 24, attack 3: knn of a big sparse vector file read all of it (up to 1 GiB) per request;
     four at once took the daemon to 5.6 GiB. A file asked about is read only up to a query file's

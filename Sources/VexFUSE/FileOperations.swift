@@ -143,7 +143,7 @@ extension Filesystem {
         let answer: Result<[UInt8], SemanticError>?
         if inode.isDirectory {
             answer = withDirectory(inode) { dir in
-                Result { () throws(SemanticError) in try semantic.directoryAttribute(attribute, dir: dir) }
+                Result { () throws(SemanticError) in try semantic.directoryAttribute(attribute, dir: dir, requester: requester()) }
             }
         } else {
             guard inode.fileType == S_IFREG else { throw .noData }

@@ -249,6 +249,30 @@ final class Bridge: @unchecked Sendable {
         }
     }
 
+    /// Whether anything posted for `collection` is still unapplied (a settle would wait).
+    func hasUnapplied(_ collection: UInt64) -> Bool { unappliedStripes.any(collection) }
+
+    /// As `settle`, but false as soon as `givenUp` says so (asked every 50 ms): the request waiting
+    /// here may have been interrupted by its asker, whose FUSE thread must then be free at once.
+    func settle(_ collection: UInt64, unless givenUp: () -> Bool) -> Bool {
+        guard unappliedStripes.any(collection) else { return true }
+        return locked {
+            let watermark = nextOrder
+            while let first = unapplied[collection]?.first, first <= watermark {
+                if givenUp() { return false }
+                urgent[collection] = max(urgent[collection] ?? 0, watermark)
+                pthread_cond_signal(wake)
+                // `progress` waits on the realtime clock (its attributes are the default ones).
+                var t = timespec()
+                clock_gettime(CLOCK_REALTIME, &t)
+                t.tv_nsec += 50_000_000
+                if t.tv_nsec >= 1_000_000_000 { t.tv_sec += 1; t.tv_nsec -= 1_000_000_000 }
+                pthread_cond_timedwait(progress, queueLock, &t)
+            }
+            return true
+        }
+    }
+
     /// Returns once every event posted before the call is applied.
     func settleAll() {
         locked {

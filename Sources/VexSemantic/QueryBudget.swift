@@ -26,7 +26,7 @@ final class QueryBudget: Sendable {
             table[asker.uid, default: 0] += 1
             return true
         }
-        guard admitted else { throw .overloaded("\(perUser) of your questions are running already: ask again when one is answered") }
+        guard admitted else { throw .overloaded("\(perUser) of your questions (or waits for your writes to be indexed) are running already: ask again when one is answered") }
         defer {
             running.withLock { table in
                 table[asker.uid]! -= 1

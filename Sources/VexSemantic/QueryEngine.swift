@@ -169,7 +169,7 @@ extension SemanticLayer {
         try keywordsKept(for: options)
         let lost = SemanticError.denied("the answer cannot be checked as you")
         let scoped = try requester.withAccess(orElse: lost) { () throws(SemanticError) in try scope(file.dir, options, requester: requester) }
-        for s in scoped { bridge.settle(s.collection.key) }
+        for s in scoped { try settle(s.collection.key, deadline) }
         let versions = scoped.map { [Int64(bitPattern: $0.collection.key), Int64(bitPattern: $0.collection.version.load(ordering: .acquiring))] }
         let signature = [Int64(st.st_ino), Int64(st.st_size), nanoseconds(st.st_mtim), nanoseconds(st.st_ctim)] + versions.flatMap { $0 }
         let key = AnswerKey(inode: UInt64(st.st_ino), attribute: attribute,

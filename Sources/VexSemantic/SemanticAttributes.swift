@@ -32,7 +32,7 @@ extension SemanticLayer {
         }
         switch suffix {
         case "status":
-            bridge.settle(file.dir.key)
+            try settle(file.dir.key, for: requester)
             if file.name.isQuery {
                 if let inode = (try? StoreFiles.inodeNumber(file.fd)), let problem = queryProblems.withLock({ $0[inode] }) {
                     return Array("query file: never indexed; last refused: \(problem)".utf8)
@@ -58,7 +58,7 @@ extension SemanticLayer {
                   r.rows > 0, r.sameSignature(st), let d = c.dimension else { throw .noData }
             return Array(String(d).utf8)
         case "passages":
-            bridge.settle(file.dir.key)
+            try settle(file.dir.key, for: requester)
             guard let r = existing(file.dir.key)?.record(of: file.name), !r.passages.isEmpty else { throw .noData }
             var out = ""
             for (i, p) in r.passages.enumerated() { out += "\(i)\t\(p.lowerBound)\t\(p.upperBound)\n" }
@@ -69,8 +69,8 @@ extension SemanticLayer {
     }
 
     /// The value of our attribute of the collection `dir` itself.
-    public func directoryAttribute(_ attribute: String, dir: DirectoryRef) throws(SemanticError) -> [UInt8] {
-        bridge.settle(dir.key)
+    public func directoryAttribute(_ attribute: String, dir: DirectoryRef, requester: Caller = .root) throws(SemanticError) -> [UInt8] {
+        try settle(dir.key, for: requester)
         let summary = existing(dir.key)?.summary
         switch attribute.dropFirst(SemanticLayer.ownPrefix.count) {
         case "dim":
@@ -96,6 +96,20 @@ extension SemanticLayer {
             return Array(String(summary?.recall ?? stored ?? Setting.defaultRecall).utf8)
         default: throw .noData
         }
+    }
+
+    /// Waits until what was posted for `collection` is applied (read-your-writes). While there is
+    /// anything to wait for, the wait holds a FUSE thread: for a user other than root it counts as
+    /// one of their questions (`max_user_queries` at once, EBUSY past it), and it ends as soon as the
+    /// asker gives up (EINTR).
+    func settle(_ collection: UInt64, for requester: Caller) throws(SemanticError) {
+        guard bridge.hasUnapplied(collection) else { return }
+        try budget.run(for: requester) { (deadline) throws(SemanticError) in try settle(collection, deadline) }
+    }
+
+    /// The same, within a question that already counts.
+    func settle(_ collection: UInt64, _ deadline: QueryBudget.Deadline) throws(SemanticError) {
+        guard bridge.settle(collection, unless: { deadline.interrupted?() ?? false }) else { throw .interrupted }
     }
 
     /// Why `dir` cannot become a collection when it is on another filesystem than the store's root
@@ -124,7 +138,7 @@ extension SemanticLayer {
                 throw .denied("only the directory's owner (or root) may set user.vexfs.embed")
             }
         }
-        bridge.settle(dir.key)
+        try settle(dir.key, for: requester)
         guard let c = collection(dir) else {
             if let why = onOtherFilesystem(dir) { throw .invalid(why) }
             if let why = ownerFull(dir) { throw .quota(why) }

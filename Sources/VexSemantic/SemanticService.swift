@@ -57,7 +57,7 @@ public protocol ComputedAttributes: AnyObject, Sendable {
     func fileAttribute(_ attribute: String, file: FileRef, requester: Caller) throws(SemanticError) -> [UInt8]
     /// The value of `attribute` of the directory `dir` (its collection: dim, metric, count, status,
     /// index, embed, recall). Throws `.noData` (ENODATA) for a name with no value.
-    func directoryAttribute(_ attribute: String, dir: DirectoryRef) throws(SemanticError) -> [UInt8]
+    func directoryAttribute(_ attribute: String, dir: DirectoryRef, requester: Caller) throws(SemanticError) -> [UInt8]
     /// Sets a collection's setting (`user.vexfs.dim`, `.metric`, `.recall`, `.embed`) for
     /// `requester`. Throws `.invalid` (EINVAL) for another name or a bad value, `.busy` (ENOTEMPTY)
     /// for a change its vectors forbid (a new dimension while it holds vectors of another),

@@ -54,7 +54,7 @@ final class FakeSemantic: SemanticService, @unchecked Sendable {
         note(.fileAttribute(attribute, file: "\(file.dir.child(file.name))"))
         return try answered()
     }
-    func directoryAttribute(_ attribute: String, dir: DirectoryRef) throws(SemanticError) -> [UInt8] {
+    func directoryAttribute(_ attribute: String, dir: DirectoryRef, requester: Caller) throws(SemanticError) -> [UInt8] {
         note(.directoryAttribute(attribute, dir: "\(dir.path)"))
         return try answered()
     }
