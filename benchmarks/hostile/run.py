@@ -103,6 +103,23 @@ ts = [threading.Thread(target=ask) for _ in range(8)]
 for t in ts: t.start()
 for t in ts: t.join()
 """,
+    "status-waits": r"""
+import os, shutil, sys, threading, time
+root, seconds, source = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+end = time.monotonic() + seconds
+f = os.path.join(root, "attacker", "building.npy")
+def ask():
+    while time.monotonic() < end:
+        try: os.getxattr(f, "user.vexfs.status")
+        except OSError: time.sleep(0.01)
+def rewrite():
+    while time.monotonic() < end:
+        shutil.copyfile(source, f)  # each copy is a new build of 100,000 rows
+        time.sleep(0.5)
+ts = [threading.Thread(target=ask) for _ in range(16)] + [threading.Thread(target=rewrite)]
+for t in ts: t.start()
+for t in ts: t.join()
+""",
 }
 
 
@@ -133,6 +150,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--vexfs", default=str(REPO / ".build/release/vexfs"))
+    ap.add_argument("--attacks", default=None, help="comma-separated names (default: all)")
     args = ap.parse_args()
     victim, attacker = user(VICTIM), user(ATTACKER)
     work = Path(tempfile.mkdtemp(prefix="vexfs-hostile-"))
@@ -156,6 +174,9 @@ def main():
         many = work / "many.npy"
         np.save(many, rng.normal(size=(500_000, 1)).astype(np.float32))
         os.chmod(many, 0o644)
+        build = work / "build.npy"
+        np.save(build, rng.normal(size=(100_000, 32)).astype(np.float32))
+        os.chmod(build, 0o644)
         header = np.lib.format.header_data_from_array_1_0(np.zeros((1, 1024), np.float32))
         header["shape"] = (200_000, 1024)
         with open(a / "sparse.npy", "wb") as f:
@@ -170,8 +191,11 @@ def main():
         os.getxattr(a, "user.vexfs.count")
         idle = victim_run(mnt, args.seconds)
         rows = []
+        chosen = args.attacks.split(",") if args.attacks else list(ATTACKS)
         for name, code in ATTACKS.items():
-            extra = [many] if name == "many-rows" else []
+            if name not in chosen:
+                continue
+            extra = {"many-rows": [many], "status-waits": [build]}.get(name, [])
             proc = as_user(ATTACKER, code, mnt, args.seconds + 2, *extra)
             time.sleep(1)
             busy = victim_run(mnt, args.seconds)
