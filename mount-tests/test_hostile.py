@@ -822,3 +822,77 @@ def test_a_directory_on_another_filesystem_is_served_but_never_a_collection(make
     finally:
         m.cleanup()
         subprocess.run(["umount", str(m.store / "other")], check=False)
+
+
+class SlowEmbedder:
+    """An OpenAI-compatible endpoint that takes `delay` seconds per request and gives each text a
+    vector made from its bytes (4 numbers): slow enough that a pile of texts takes a while."""
+
+    def __init__(self, delay):
+        import http.server
+        import threading
+        self.requests = []
+
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                outer.requests.append((time.monotonic(), texts))
+                time.sleep(delay)
+                data = [{"index": i, "embedding": [1.0 + (sum(t.encode()) % 97) / 10, 1.0 + len(t) % 13, 1.0, 2.0]}
+                        for i, t in enumerate(texts)]
+                answer = json.dumps({"data": data}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/embeddings"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_one_users_pile_of_text_delays_anothers_by_one_request(make_mount, mallory):
+    """Issue 24, suspected: one user's pile of texts before a slow endpoint held everyone's text
+    behind it (one queue, first come first served). Requests now take turns by the owner of each
+    file's collection: a text written after another user's 60 is sent within a request or two."""
+    endpoint = SlowEmbedder(delay=0.2)
+    try:
+        m = make_mount("-o", f"allow_other,embedder={endpoint.url},embed_model=m,embed_batch=1")
+        m.mount()
+        open_to_everyone(m)
+        py("import os, sys; os.mkdir(sys.argv[1])", m / "pile")
+        (m / "mine").mkdir()
+        for i in range(60):
+            (m / "pile" / f"t{i}.txt").write_text(f"text number {i} of a pile")
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        (m / "mine" / "note.txt").write_text("a note of my own")
+        while not os.getxattr(m / "mine" / "note.txt", "user.vexfs.status").startswith(b"indexed"):
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.05)
+        waited = time.monotonic() - t0
+        pending = os.getxattr(m / "pile", "user.vexfs.count")
+        # First come, first served, the note would wait for the rest of the pile (about 12 s).
+        assert waited < 3, (waited, pending)
+        deadline = time.monotonic() + 120
+        while os.getxattr(m / "pile", "user.vexfs.count") != b"60":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        m.unmount()
+        m.mount()
+        assert os.getxattr(m / "pile", "user.vexfs.count") == b"60"
+        assert os.getxattr(m / "mine", "user.vexfs.count") == b"1"
+        assert os.getxattr(m / "mine" / "note.txt", "user.vexfs.status").startswith(b"indexed")
+    finally:
+        endpoint.stop()

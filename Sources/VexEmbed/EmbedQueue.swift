@@ -10,6 +10,12 @@ import Logging
 /// answers, `submit` waits when the backlog is full (backpressure); while it does not, a job past
 /// the bound is refused, so a writer never waits on a dead endpoint. With a `memory`, texts it holds
 /// vectors for are answered from it and never sent, and what the endpoint gives is kept in it.
+///
+/// Jobs belong to owners (the user whose collection asks). Requests take turns by owner: each is
+/// filled first with the jobs of the owners served least lately, so one user's thousands of texts
+/// delay another's by about one request, not by the pile. An owner other than root may have at most
+/// `shareBound` texts waiting; past it `offer` says `.full` at once instead of waiting, so the one
+/// thread that offers every collection's texts never waits on one user's behalf.
 public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     /// `retrying`: a failure that will be tried again (the endpoint away, or busy); false for one it
     /// refused for good (a 4xx about this text).
@@ -18,6 +24,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     struct Job {
         let key: Key
         let token: UInt64
+        let owner: UInt32
         /// The texts to send: those `memory` had no vector for.
         let texts: [String]
         /// The caller's texts in order: the vector `memory` had, nil for one sent.
@@ -32,8 +39,9 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     let metrics: EmbedMetrics
     let memory: (any EmbeddingMemory)?
     private let done: Done
-    /// Texts waiting at most.
+    /// Texts waiting at most, and of one owner other than root.
     public let backlogBound: Int
+    public var shareBound: Int { max(1, backlogBound / 4) }
     private let logger = Logger(label: "vexfs")
 
     /// Guards everything below.
@@ -41,6 +49,10 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
     private var jobs: [Job] = []
     private var waitingTexts = 0
+    private var waitingByOwner: [UInt32: Int] = [:]
+    /// When each owner's jobs last went in a request (a count of requests), for turns.
+    private var served: [UInt32: UInt64] = [:]
+    private var requestsMade: UInt64 = 0
     private var reachable = true
     private var stopping = false
     private var thread = pthread_t()
@@ -70,34 +82,75 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
         changed.deallocate()
     }
 
+    /// What `offer` did with a job.
+    public enum Offer: Sendable { case queued, full, refused }
+
     /// Queues `texts` under `key`; false when refused (the endpoint is away and the backlog full).
     /// When `memory` holds every text's vector, `done` hears at once, on this thread.
     @discardableResult
     public func submit(_ key: Key, token: UInt64, texts all: [String]) -> Bool {
+        offer(key, token: token, texts: all, owner: 0) == .queued
+    }
+
+    /// Queues `owner`'s `texts` under `key`: `.refused` when the endpoint is away and the backlog
+    /// full, `.full` (nothing queued, nothing waited for) when an owner other than root has their
+    /// share waiting already. While the endpoint answers and the whole backlog is full, it waits.
+    /// When `memory` holds every text's vector, `done` hears at once, on this thread.
+    public func offer(_ key: Key, token: UInt64, texts all: [String], owner: UInt32) -> Offer {
         var known: [[Float]?] = []
         var texts = all
         if let memory {
             known = memory.recall(all)
             texts = zip(all, known).filter { $0.1 == nil }.map(\.0)
-            metrics.cacheHits.increment(by: all.count - texts.count)
-            metrics.cacheMisses.increment(by: texts.count)
             if texts.isEmpty {
+                metrics.cacheHits.increment(by: all.count)
                 cancel(key)
                 done(key, token, .success(known.map { $0! }), false)
-                return true
+                return .queued
             }
         }
         pthread_mutex_lock(lock)
         defer { pthread_mutex_unlock(lock) }
         cancelLocked(key)
+        let mine = waitingByOwner[owner] ?? 0
+        if owner != 0 && !stopping && mine > 0 && mine + texts.count > shareBound { return .full }
         while reachable && !stopping && waitingTexts > 0 && waitingTexts + texts.count > backlogBound {
             pthread_cond_wait(changed, lock)
         }
-        guard !stopping, reachable || waitingTexts + texts.count <= backlogBound else { return false }
-        jobs.append(Job(key: key, token: token, texts: texts, known: known))
-        waitingTexts += texts.count
+        guard !stopping, reachable || waitingTexts + texts.count <= backlogBound else { return .refused }
+        if memory != nil {
+            metrics.cacheHits.increment(by: all.count - texts.count)
+            metrics.cacheMisses.increment(by: texts.count)
+        }
+        add(Job(key: key, token: token, owner: owner, texts: texts, known: known))
         pthread_cond_broadcast(changed)
-        return true
+        return .queued
+    }
+
+    /// Waits until `owner` has room for more texts, or `seconds` have passed.
+    public func waitForRoom(owner: UInt32, seconds: Double) {
+        pthread_mutex_lock(lock)
+        defer { pthread_mutex_unlock(lock) }
+        var until = timespec()
+        clock_gettime(CLOCK_REALTIME, &until)
+        let ns = Int(until.tv_nsec) + Int(seconds * 1e9)
+        until.tv_sec += ns / 1_000_000_000
+        until.tv_nsec = ns % 1_000_000_000
+        while !stopping && (waitingByOwner[owner] ?? 0) >= shareBound {
+            if pthread_cond_timedwait(changed, lock, &until) == ETIMEDOUT { break }
+        }
+    }
+
+    private func add(_ job: Job) {
+        jobs.append(job)
+        waitingTexts += job.texts.count
+        waitingByOwner[job.owner, default: 0] += job.texts.count
+    }
+
+    private func drop(_ job: Job) {
+        waitingTexts -= job.texts.count
+        waitingByOwner[job.owner, default: 0] -= job.texts.count
+        if waitingByOwner[job.owner] == 0 { waitingByOwner[job.owner] = nil }
     }
 
     /// Forgets the waiting job of `key` (its file changed or went).
@@ -109,7 +162,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
 
     private func cancelLocked(_ key: Key) {
         if let i = jobs.firstIndex(where: { $0.key == key }) {
-            waitingTexts -= jobs[i].texts.count
+            drop(jobs[i])
             jobs.remove(at: i)
             pthread_cond_broadcast(changed)
         }
@@ -145,7 +198,11 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
                 let now = EmbedQueue.now()
                 var texts = 0, bytes = 0
                 var taken: [Int] = []
-                for (i, job) in jobs.enumerated() where job.notBefore <= now {
+                // Ready jobs, those of the owners served least lately first, each owner's in order.
+                let ready = jobs.indices.filter { jobs[$0].notBefore <= now }
+                    .sorted { (served[jobs[$0].owner] ?? 0, $0) < (served[jobs[$1].owner] ?? 0, $1) }
+                for i in ready {
+                    let job = jobs[i]
                     let size = job.texts.reduce(0) { $0 + $1.utf8.count }
                     if !taken.isEmpty && (job.alone || texts + job.texts.count > client.configuration.batchTexts
                                           || bytes + size > client.configuration.batchBytes) { break }
@@ -159,7 +216,9 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
                 }
                 if !taken.isEmpty {
                     batch = taken.map { jobs[$0] }
-                    for i in taken.reversed() { jobs.remove(at: i) }
+                    for i in taken.sorted().reversed() { jobs.remove(at: i) }
+                    requestsMade += 1
+                    for job in batch { served[job.owner] = requestsMade }
                     break
                 }
                 // Nothing ready: sleep until the earliest retry, or until something arrives.
@@ -203,7 +262,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
             start = end
         }
         pthread_mutex_lock(lock)
-        for job in batch { waitingTexts -= job.texts.count }
+        for job in batch { drop(job) }
         // Refused for what was sent (not for being busy or away): each job alone finds whose text it
         // was, and a job refused alone is refused for good.
         var refusedForGood = false
@@ -211,8 +270,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
             if batch.count > 1 {
                 for var job in batch where !jobs.contains(where: { $0.key == job.key }) {
                     job.alone = true
-                    jobs.append(job)
-                    waitingTexts += job.texts.count
+                    add(job)
                 }
                 pthread_cond_broadcast(changed)
                 pthread_mutex_unlock(lock)
@@ -234,8 +292,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
             for var job in batch where !jobs.contains(where: { $0.key == job.key }) {
                 job.attempts += 1
                 job.notBefore = EmbedQueue.now() + min(60, pow(2, Double(job.attempts - 1)))
-                jobs.append(job)
-                waitingTexts += job.texts.count
+                add(job)
                 metrics.retries.increment()
             }
         } else {

@@ -20,20 +20,36 @@ extension Collection {
         if state.withLock({ !$0.outbox.isEmpty }) { host.sendSoon(self) }
     }
 
-    func sendOutbox() {
+    /// Offers the outbox to the embedder's queue; true when some of it is left because the
+    /// owner's share of the queue is full (the sender asks again, after other collections' turns).
+    func sendOutbox() -> Bool {
         let requests = state.withLock { s in
             defer { s.outbox.removeAll() }
             return s.outbox
         }
-        guard let queue = host.embedQueue else { return }
-        for (name, token, texts) in requests where !queue.submit(Bridge.Key(collection: key, name: name), token: token, texts: texts) {
-            state.withLock { s in
-                guard s.embedding[name] == token, var r = s.files[name] else { return }
-                r.status = "not indexed: embedder unreachable and \(queue.backlogBound) texts already wait: read again at the next write or mount"
-                s.files[name] = r
-                s.embedding[name] = nil
+        guard let queue = host.embedQueue else { return false }
+        for (i, (name, token, texts)) in requests.enumerated() {
+            switch queue.offer(Bridge.Key(collection: key, name: name), token: token, texts: texts, owner: UInt32(owner)) {
+            case .queued:
+                continue
+            case .full:
+                // Back in front of what came since, unless a newer request for a file replaced it.
+                state.withLock { s in
+                    let newer = Set(s.outbox.map(\.0))
+                    s.outbox = requests[i...].filter { s.embedding[$0.0] == $0.1 && !newer.contains($0.0) } + s.outbox
+                }
+                queue.waitForRoom(owner: UInt32(owner), seconds: 0.02)
+                return true
+            case .refused:
+                state.withLock { s in
+                    guard s.embedding[name] == token, var r = s.files[name] else { return }
+                    r.status = "not indexed: embedder unreachable and \(queue.backlogBound) texts already wait: read again at the next write or mount"
+                    s.files[name] = r
+                    s.embedding[name] = nil
+                }
             }
         }
+        return false
     }
 
     /// The rules this collection classifies its names by.

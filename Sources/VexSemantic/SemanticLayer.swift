@@ -58,8 +58,8 @@ public final class SemanticLayer: @unchecked Sendable {
     let tuner = CollectionWorker { $0.measureRecall(); return false }
     /// One thread links the vectors waiting beside a graph into it past `freshBound`.
     let linker = CollectionWorker { $0.linkWaiting() }
-    /// One thread hands text to the embedder's queue, waiting for room when its backlog is full.
-    let sender = CollectionWorker { $0.sendOutbox(); return false }
+    /// One thread hands text to the embedder's queue, each user's collections in turn.
+    let sender = CollectionWorker { $0.sendOutbox() }
     public let journal: Journal
     let bridge: Bridge
     /// Set when `close` begins (see `CollectionHost.isStopping`).
