@@ -348,16 +348,23 @@ final class Collection: @unchecked Sendable {
 
     /// Removes `name` and its vectors.
     func forget(_ name: FileName, _ s: inout State) {
-        guard let old = s.files.removeValue(forKey: name) else { return }
-        s.unsavedFiles += 1
-        s.embedding[name] = nil
-        host.noteLink(collection: key, name: name, from: old.inode, to: nil)
-        forgetTags(of: old.inode)
+        guard let old = leaveCatalog(name, &s) else { return }
         release(old, &s)
         dropKeywords(name, &s)
         attributeCarriers.withLock { _ = $0.remove(name) }
         published(s)
         if old.rows > 0 { host.journal.record(.index, s.path.child(name), detail: ["status": "removed"]) }
+    }
+
+    /// Takes `name` out of the catalog and the tables kept beside it (links, tags, a pending
+    /// embedding); its record, if it had one. Its vectors are the caller's to remove.
+    private func leaveCatalog(_ name: FileName, _ s: inout State) -> FileRecord? {
+        s.embedding[name] = nil
+        guard let old = s.files.removeValue(forKey: name) else { return nil }
+        s.unsavedFiles += 1
+        host.noteLink(collection: key, name: name, from: old.inode, to: nil)
+        forgetTags(of: old.inode)
+        return old
     }
 
     /// Makes a change visible to cached answers and stats.
@@ -372,12 +379,7 @@ final class Collection: @unchecked Sendable {
     func abandon(_ name: FileName, labels: [UInt64], _ s: inout State) {
         s.index?.remove(labels: labels)
         for l in labels { s.owner[l] = nil }
-        if let held = s.files.removeValue(forKey: name) {
-            host.noteLink(collection: key, name: name, from: held.inode, to: nil)
-            forgetTags(of: held.inode)
-        }
-        s.embedding[name] = nil
-        s.unsavedFiles += 1
+        _ = leaveCatalog(name, &s)
         published(s)
     }
 
