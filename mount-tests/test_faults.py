@@ -277,9 +277,6 @@ def test_stopping_while_a_big_file_is_built_is_bounded_and_loses_nothing(make_mo
     up within a piece and exits within the bound (after a signal, even with a question waiting for
     that build; an unmount is refused while one is in flight, as on any filesystem); the next mount
     reads the file again and answers as a fresh index would."""
-    if stop == "SIGTERM" and "io_uring" in os.environ.get("VEXFS_MOUNT_OPTIONS", "").split(","):
-        pytest.skip("known bug: over io_uring a stop signal does not end the ring threads while a "
-                    "question waits for a build (the daemon outlived 30 s); /dev/fuse is bounded")
     m = make_mount("-o", "index=hnsw")
     m.mount()
     c = m / "c"

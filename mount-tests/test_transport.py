@@ -1,5 +1,6 @@
 """How requests reach the daemon: FUSE over io_uring where the kernel offers it, /dev/fuse otherwise,
 and `.vexfs/stats` saying which and why. (scripts/test runs every other mount-test over both.)"""
+import errno
 import os
 import subprocess
 from pathlib import Path
@@ -91,3 +92,42 @@ def test_io_uring_serves_everything_and_survives_a_remount(make_mount, passthrou
     assert transport(m) == ("io_uring", 1)
     assert os.getxattr(m.root / "c" / "seven.vec", "user.vexfs.knn.3").decode().splitlines() == first
     assert (m.root / "big").stat().st_size == 3 << 20
+
+
+def test_ls_l_asks_a_mount_for_selinux_labels_once(make_mount):
+    """ls -l asks every file for its SELinux label and stops asking a mount that answers "not
+    supported": a file without a label says so (other missing attributes stay ENODATA), a file with a
+    label still has it, also after a remount, and a second ls -l of 60 files costs at most two
+    GETXATTR requests instead of one per file."""
+    if Path("/sys/fs/selinux").exists():
+        pytest.skip("SELinux answers labels in the kernel: the daemon never sees the request")
+    m = make_mount()
+    m.mount()
+    d = m.root / "d"
+    d.mkdir()
+    for i in range(60):
+        (d / f"f{i}").write_bytes(b"x")
+    with pytest.raises(OSError) as missing:
+        os.getxattr(d / "f0", "security.selinux")
+    assert missing.value.errno == errno.EOPNOTSUPP
+    with pytest.raises(OSError) as other:
+        os.getxattr(d / "f0", "user.absent")
+    assert other.value.errno == errno.ENODATA
+    label = b"system_u:object_r:tmp_t:s0"
+    os.setxattr(d / "f1", "security.selinux", label)
+    assert os.getxattr(d / "f1", "security.selinux") == label
+
+    def getxattrs():
+        stats = parse_prometheus((m.root / ".vexfs" / "stats").read_text())
+        return stats.get(("vexfs_fuse_requests_total", 'op="getxattr"'), 0)
+
+    subprocess.run(["ls", "-l", str(d)], check=True, stdout=subprocess.DEVNULL)
+    before = getxattrs()
+    subprocess.run(["ls", "-l", str(d)], check=True, stdout=subprocess.DEVNULL)
+    assert getxattrs() - before <= 2
+    m.unmount()
+    m.mount()
+    assert os.getxattr(m.root / "d" / "f1", "security.selinux") == label
+    with pytest.raises(OSError) as again:
+        os.getxattr(m.root / "d" / "f0", "security.selinux")
+    assert again.value.errno == errno.EOPNOTSUPP

@@ -85,6 +85,7 @@ size_t vx_request_in(struct vexfs_session *s, void *buf, size_t len, size_t capa
 }
 
 static ssize_t vx_dev_read(int fd, void *buf, size_t len, void *userdata) {
+    if (!vx_wait_for_request(userdata, fd)) return -1;
     ssize_t n = read(fd, buf, len);
     if (n > 0) n = (ssize_t)vx_request_in(userdata, buf, (size_t)n, len);
     return n;
@@ -158,7 +159,7 @@ static ssize_t vx_dev_writev(int fd, struct iovec *iov, int count, void *userdat
 
 static ssize_t vx_dev_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len,
                                      unsigned int flags, void *userdata) {
-    (void)userdata;
+    if (!vx_wait_for_request(userdata, fdin)) return -1;
     return vx_tmpfile_splice_receive(fdin, offin, fdout, offout, len, flags);
 }
 

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
@@ -217,19 +218,21 @@ vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs
     struct vexfs_session *s = calloc(1, sizeof *s);
     if (!s) return NULL;
     s->stop_fd = -1;
+    s->exit_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (s->exit_fd < 0) { free(s); return NULL; }
     s->handlers = *handlers;
     s->config = *config;
     s->userdata = userdata;
     atomic_store(&s->transport, VEXFS_TRANSPORT_NOT_OFFERED);  // until INIT says
     // libfuse keeps pointers into args only during fuse_session_new; a copy of argv suffices.
     char **copy = calloc((size_t)argc + 1, sizeof(char *));
-    if (!copy) { free(s); return NULL; }
+    if (!copy) { close(s->exit_fd); free(s); return NULL; }
     for (int i = 0; i < argc; i++) copy[i] = (char *)argv[i];
     struct fuse_args args = FUSE_ARGS_INIT(argc, copy);
     s->se = fuse_session_new(&args, &vx_ops, sizeof vx_ops, s);
     fuse_opt_free_args(&args);
     free(copy);
-    if (!s->se) { free(s); return NULL; }
+    if (!s->se) { close(s->exit_fd); free(s); return NULL; }
     return s;
 }
 
@@ -289,12 +292,18 @@ int vexfs_req_invalidate_range(fuse_req_t req, fuse_ino_t ino, off_t off, off_t 
 }
 
 // A stop signal first wakes whoever waits on the session's stop descriptor, then runs libfuse's own
-// handler, which ends the loop. The loop returns only once every request in flight is answered, and
-// a request may be waiting for long index work that must hear of the stop to give up. A signal
-// handler finds nothing but globals: these two are all it needs.
+// handler, which marks the session ended, and makes the session's exit descriptor readable. The
+// loop returns only once every request in flight is answered, and a request may be waiting for long
+// index work that must hear of the stop to give up. libfuse's handler alone does not end the loop:
+// its thread sleeps until a worker leaves, and a worker leaves only after a request, or when the
+// signal happens to interrupt that thread's sleep. Over io_uring no request may come through the
+// device again, and the signal may be taken by any thread that does not block it; so the workers
+// and the ring threads wait on the exit descriptor too (vx_wait_for_request, uring.c). A signal
+// handler finds nothing but globals: these are all it needs.
 static const int vx_stop_signals[] = {SIGHUP, SIGINT, SIGTERM};
 static struct sigaction vx_libfuse_actions[3];
 static int vx_stop_signal_fd = -1;
+static int vx_exit_signal_fd = -1;
 
 static void vx_on_stop_signal(int sig) {
     int saved = errno;
@@ -304,6 +313,7 @@ static void vx_on_stop_signal(int sig) {
         void (*libfuse)(int) = vx_libfuse_actions[i].sa_handler;
         if (vx_stop_signals[i] == sig && libfuse != SIG_DFL && libfuse != SIG_IGN) libfuse(sig);
     }
+    if (vx_exit_signal_fd >= 0) (void)!write(vx_exit_signal_fd, &one, sizeof one);
     errno = saved;
 }
 
@@ -313,6 +323,7 @@ int vexfs_session_set_signal_handlers(vexfs_session *s) {
     s->stop_fd = eventfd(0, EFD_CLOEXEC);
     if (s->stop_fd < 0) return -1;
     vx_stop_signal_fd = s->stop_fd;
+    vx_exit_signal_fd = s->exit_fd;
     struct sigaction ours = {.sa_handler = vx_on_stop_signal};
     sigemptyset(&ours.sa_mask);
     for (int i = 0; i < 3; i++)
@@ -321,6 +332,18 @@ int vexfs_session_set_signal_handlers(vexfs_session *s) {
 }
 
 int vexfs_session_stop_fd(vexfs_session *s) { return s->stop_fd; }
+
+int vx_wait_for_request(struct vexfs_session *s, int fd) {
+    struct pollfd wait[2] = {{.fd = fd, .events = POLLIN}, {.fd = s->exit_fd, .events = POLLIN}};
+    if (poll(wait, 2, -1) < 0) {
+        // Interrupted: libfuse's worker looks at the session again and comes back. Any other failure
+        // leaves it to the read, which blocks as it did before there was an exit descriptor.
+        return errno == EINTR ? 0 : 1;
+    }
+    if (!(wait[1].revents & POLLIN)) return 1;
+    errno = ENODEV;
+    return 0;
+}
 
 void vexfs_session_wake_stop_waiter(vexfs_session *s) {
     uint64_t one = 1;
@@ -345,9 +368,11 @@ void vexfs_session_destroy(vexfs_session *s) {
     if (s->signals) {
         for (int i = 0; i < 3; i++) sigaction(vx_stop_signals[i], &vx_libfuse_actions[i], NULL);
         vx_stop_signal_fd = -1;
+        vx_exit_signal_fd = -1;
         fuse_remove_signal_handlers(s->se);
     }
     if (s->stop_fd >= 0) close(s->stop_fd);
+    close(s->exit_fd);
     if (s->mounted) fuse_session_unmount(s->se);
     fuse_session_destroy(s->se);
     free(s);

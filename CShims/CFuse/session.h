@@ -19,6 +19,10 @@ struct vexfs_session {
     int signals;
     // Readable (an eventfd) once a stop signal came: see vexfs_session_stop_fd.
     int stop_fd;
+    // Readable for good (an eventfd never read) once the session ends: written by a stop signal and
+    // after the loop. Every wait for a request (libfuse's workers on the device, the ring threads)
+    // also waits on it, so each ends after the request it serves, whichever thread took the signal.
+    int exit_fd;
     // A vexfs_passthrough value: decided in init, applied to the INIT reply by the back-port, and
     // turned to REFUSED if the kernel refuses a registration.
     _Atomic int passthrough;
@@ -54,6 +58,11 @@ void vx_uring_start(struct vexfs_session *s, int init_sent);
 int vx_uring_reply(struct vexfs_session *s, const struct iovec *iov, int count);
 /// Ends the ring threads (after the loop) and frees the rings.
 void vx_uring_stop(struct vexfs_session *s);
+
+/// Waits until the device `fd` has a request (1) or the session ends (0, errno ENODEV: what libfuse
+/// takes for an unmount, so its worker leaves its loop and wakes the loop's thread); 0 with EINTR
+/// when a signal interrupted the wait.
+int vx_wait_for_request(struct vexfs_session *s, int fd);
 
 /// Back-port: routes the session's device traffic through the bridge, to see and patch INIT.
 /// Called once, right after the mount; 0 on success.

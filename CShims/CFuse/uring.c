@@ -23,8 +23,10 @@
 // - FORGET and INTERRUPT keep coming through /dev/fuse (the kernel sends them there), so libfuse's
 //   loop keeps running beside the rings; so do the passthrough ioctls, on the device descriptor.
 // - Unmount: the kernel ends every registered command with ENOTCONN, and the threads return.
-//   vx_uring_stop (after the loop) also wakes them through an eventfd each ring polls, for a loop
-//   that ended on a signal while the mount was still there.
+// - A stop signal: each ring polls the session's exit descriptor (session.h), so each thread ends
+//   once its request is answered, as libfuse's workers do, while the mount is still there (requests
+//   that reach the rings after that are failed by the kernel when the device closes at unmount).
+//   vx_uring_stop (after the loop) makes it readable too, and joins the threads.
 //
 // Names from protocol 7.42 that the system's <linux/fuse.h> (7.38) lacks are spelled out below,
 // checked against the kernel's uapi header.
@@ -40,7 +42,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -71,7 +72,7 @@ _Static_assert(sizeof(struct vx_uring_cmd) == 24, "fuse_uring_cmd_req");
 // Room in front of the payload for the in-header and the operation's header, so that the request
 // lies contiguous in memory as libfuse expects; a page keeps the payload page-aligned.
 #define VX_HEADROOM 4096
-#define VX_STOP_TAG 1  // user_data of the eventfd poll; the entry's commands carry 0
+#define VX_STOP_TAG 1  // user_data of the exit descriptor's poll; the entry's commands carry 0
 
 struct vx_ring_entry {
     struct vexfs_session *s;
@@ -94,7 +95,6 @@ struct vx_ring_entry {
 
 struct vx_uring {
     unsigned queues, per_queue, count;
-    int stop_fd;
     size_t payload_size;
     struct vx_ring_entry *entries;
     // Threads report setup (ring and buffers) here, then wait for `go` before they register.
@@ -210,7 +210,7 @@ static void vx_report(struct vx_uring *u, int error) {
     pthread_mutex_unlock(&u->lock);
 }
 
-static int vx_setup_entry(struct vx_ring_entry *e, int stop_fd) {
+static int vx_setup_entry(struct vx_ring_entry *e, int exit_fd) {
     struct io_uring_params params = {.flags = IORING_SETUP_SQE128 | IORING_SETUP_SINGLE_ISSUER |
                                               IORING_SETUP_DEFER_TASKRUN};
     int r = io_uring_queue_init_params(4, &e->ring, &params);
@@ -223,10 +223,10 @@ static int vx_setup_entry(struct vx_ring_entry *e, int stop_fd) {
     memset(e->header, 0, sizeof *e->header);
     e->iov[0] = (struct iovec){.iov_base = e->header, .iov_len = sizeof *e->header};
     e->iov[1] = (struct iovec){.iov_base = e->buffer + VX_HEADROOM, .iov_len = e->payload_size};
-    // The stop signal: a poll on the shared eventfd, armed for the thread's life.
+    // The end of the session: a poll on its exit descriptor, armed for the thread's life.
     struct io_uring_sqe *sqe = io_uring_get_sqe(&e->ring);
     if (!sqe) return ENOMEM;
-    io_uring_prep_poll_add(sqe, stop_fd, POLLIN);
+    io_uring_prep_poll_add(sqe, exit_fd, POLLIN);
     sqe->user_data = VX_STOP_TAG;
     return 0;
 }
@@ -239,7 +239,7 @@ static void *vx_ring_thread(void *arg) {
     CPU_ZERO(&cpus);
     CPU_SET(e->qid, &cpus);
     (void)sched_setaffinity(0, sizeof cpus, &cpus);
-    vx_report(u, vx_setup_entry(e, u->stop_fd));
+    vx_report(u, vx_setup_entry(e, e->s->exit_fd));
     pthread_mutex_lock(&u->lock);
     while (!u->go) pthread_cond_wait(&u->changed, &u->lock);
     int go = u->go;
@@ -338,7 +338,6 @@ static void vx_uring_free(struct vx_uring *u) {
         pthread_mutex_destroy(&e->handoff_lock);
         pthread_cond_destroy(&e->handoff);
     }
-    if (u->stop_fd >= 0) close(u->stop_fd);
     free(u->entries);
     free(u);
 }
@@ -357,11 +356,10 @@ int vx_uring_prepare(struct vexfs_session *s, size_t payload_size) {
     unsigned threads = s->config.max_threads ? s->config.max_threads : 10;  // libfuse's default
     u->per_queue = threads / u->queues ? threads / u->queues : 1;
     u->payload_size = payload_size;
-    u->stop_fd = eventfd(0, EFD_CLOEXEC);
     pthread_mutex_init(&u->lock, NULL);
     pthread_cond_init(&u->changed, NULL);
     u->entries = calloc((size_t)u->queues * u->per_queue, sizeof *u->entries);
-    if (u->stop_fd < 0 || !u->entries) {
+    if (!u->entries) {
         vx_uring_free(u);
         return ENOMEM;
     }
@@ -419,7 +417,7 @@ void vx_uring_stop(struct vexfs_session *s) {
     struct vx_uring *u = s->uring;
     if (!u) return;
     uint64_t one = 1;
-    if (write(u->stop_fd, &one, sizeof one) != sizeof one) { /* the eventfd cannot overflow at 1 */ }
+    if (write(s->exit_fd, &one, sizeof one) != sizeof one) { /* readable already: enough */ }
     for (unsigned i = 0; i < u->count; i++) pthread_join(u->entries[i].thread, NULL);
     s->uring = NULL;
     vx_uring_free(u);

@@ -118,7 +118,8 @@ extension Filesystem {
     /// getxattr(2) of `name` on `inode`, for a buffer of `size` bytes (0: a size probe). A stored
     /// value is read into `buffer` (given when `size` > 0 and `name` is not computed); a computed one
     /// is returned. ERANGE when the value is longer than `size`; ENODATA for a computed name with no
-    /// value, or on a node that is neither a directory nor a regular file, or with no vector layer.
+    /// value, or on a node that is neither a directory nor a regular file, or with no vector layer;
+    /// EOPNOTSUPP for an SELinux label the file does not have.
     func attribute(_ inode: Inode, _ name: UnsafePointer<CChar>, size: Int, into buffer: UnsafeMutableRawBufferPointer?,
                    requester: () -> Caller) throws(Errno) -> AttributeAnswer {
         if SemanticAttributeNames.isComputed(name) {
@@ -132,6 +133,12 @@ extension Filesystem {
             return .stored(try store.getxattr(inode, name, into: buffer))
         } catch {
             if isCapability && error == .noData { inode.knownWithoutCapability.store(true, ordering: .relaxed) }
+            // No SELinux label: "not supported" rather than "none". ls -l asks every file for its
+            // label and, told "not supported", takes that as true of the whole mount and stops asking:
+            // a warm ls -lR cost one round trip per file for it. The request reaches vexfs only when no
+            // security module answers for that name in the kernel (SELinux would), and a label a file
+            // does have is still read and set as before.
+            if error == .noData && strcmp(name, selinuxLabel) == 0 { throw Errno(rawValue: EOPNOTSUPP) }
             throw error
         }
     }
@@ -208,6 +215,8 @@ extension Filesystem {
 
 /// The name the kernel asks for before writes when it cannot leave dropping privileges to us.
 let securityCapability = "security.capability"
+/// The SELinux label, which ls -l asks of every file it lists.
+let selinuxLabel = "security.selinux"
 
 /// What getxattr(2) answers.
 enum AttributeAnswer: Equatable {
