@@ -52,6 +52,18 @@ def shared(mnt, mallory):
     return open_to_everyone(mnt)
 
 
+SPARSE_NPY = """
+import os, sys
+d = sys.argv[1]
+def sparse(name, rows, dim):
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
+    header += " " * (-(10 + len(header) + 1) % 64) + "\\n"
+    with open(os.path.join(d, name), "wb") as f:
+        f.write(b"\\x93NUMPY\\x01\\x00" + len(header).to_bytes(2, "little") + header.encode())
+        f.truncate(10 + len(header) + rows * dim * 4)
+"""
+
+
 def knn_of(text):
     return [(line.split("\t")[0], float(line.split("\t")[1])) for line in text.splitlines()]
 
@@ -422,18 +434,6 @@ print(codes)
     assert b"max_user_collections" in os.getxattr(m / "c7", "user.vexfs.status")
 
 
-SPARSE_NPY = """
-import os, sys
-d = sys.argv[1]
-def sparse(name, rows, dim):
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
-    header += " " * (-(10 + len(header) + 1) % 64) + "\\n"
-    with open(os.path.join(d, name), "wb") as f:
-        f.write(b"\\x93NUMPY\\x01\\x00" + len(header).to_bytes(2, "little") + header.encode())
-        f.truncate(10 + len(header) + rows * dim * 4)
-"""
-
-
 @pytest.mark.parametrize("option", ["max_user_index_mb", "max_user_state_mb"])
 def test_one_user_cannot_take_all_index_memory_or_state_disk(make_mount, mallory, option):
     """Issue 24: index memory and the disk under STORE/.vexfs were bounded for the whole mount
@@ -456,7 +456,9 @@ print(os.getxattr(d, "user.vexfs.count").decode())
     assert big.startswith("not indexed: 8000 vectors of dimension 16; ") and option in big, big
     assert count == "1000"
     # Root is not bounded by it: the same file indexes in root's directory.
-    exec(compile(SPARSE_NPY.replace("d = sys.argv[1]", f"d = {str(m / 'roots')!r}") + "os.mkdir(d)\nsparse('big.npy', 8000, 16)", "sparse", "exec"), {})
+    import numpy as np
+    (m / "roots").mkdir()
+    np.save(m / "roots" / "big.npy", np.zeros((8000, 16), np.float32))
     assert os.getxattr(m / "roots" / "big.npy", "user.vexfs.status").startswith(b"indexed")
     assert os.getxattr(m / "roots", "user.vexfs.count") == b"8000"
     m.unmount()
@@ -744,15 +746,7 @@ def test_a_sparse_npy_claiming_millions_of_rows_is_refused_unread(shared):
     file's status, and goes on answering."""
     (shared / "d").mkdir()
     os.chmod(shared / "d", 0o777)
-    out = py("""
-import os, sys
-d = sys.argv[1]
-def sparse(name, rows, dim):
-    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (%d, %d), }" % (rows, dim)
-    header += " " * (-(10 + len(header) + 1) % 64) + "\\n"
-    with open(os.path.join(d, name), "wb") as f:
-        f.write(b"\\x93NUMPY\\x01\\x00" + len(header).to_bytes(2, "little") + header.encode())
-        f.truncate(10 + len(header) + rows * dim * 4)
+    out = py(SPARSE_NPY + """
 open(os.path.join(d, "good.vec"), "w").write(" ".join(["0.5"] * 64))
 sparse("huge.npy", 1 << 27, 64)     # 32 GiB of nothing: more than memory holds
 sparse("many.npy", 1 << 28, 1)      # 1 GiB of nothing: more rows than one file may bring
