@@ -385,3 +385,32 @@ def test_a_user_on_machine_b_learns_nothing_of_a_file_written_on_machine_a_they_
     assert "secret" not in theirs() and theirs().startswith("public.f32")
     a.unmount(), b.unmount()
     shutil.rmtree(default)
+
+
+def test_users_flock_excludes_users_of_other_machines(ceph_machines, make_mount):
+    (ceph_machines.a / "s9").mkdir()
+    a, b = two(ceph_machines, make_mount, "s9")
+    (a / "locked").write_bytes(b"x")
+    assert until(lambda: (b / "locked").exists(), SEEN_WITHIN) is not None
+
+    def try_lock(path):
+        return subprocess.run(["flock", "-n", str(path), "true"], timeout=30).returncode
+
+    for _ in range(2):
+        assert stat_of(a, "vexfs_shared_flock_across_machines") == stat_of(b, "vexfs_shared_flock_across_machines") == 1
+        # A holds it: B, and CephFS's own client B, are refused; A's other users too.
+        holder = subprocess.Popen(["flock", "-x", str(a / "locked"), "-c", "echo held; sleep 4"], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "held\n"
+        assert try_lock(b / "locked") == 1 and try_lock(ceph_machines.b / "s9" / "locked") == 1 and try_lock(a / "locked") == 1
+        # A caller that waits is woken by its timeout (an interrupt), and one that waits long enough gets it.
+        began = time.monotonic()
+        assert subprocess.run(["flock", "-w", "1", str(b / "locked"), "true"], timeout=30).returncode == 1
+        assert 0.9 < time.monotonic() - began < 3
+        waiter = subprocess.run(["flock", "-x", str(b / "locked"), "-c", "echo got"], capture_output=True, text=True, timeout=30)
+        assert waiter.stdout == "got\n" and holder.wait(timeout=10) == 0
+        # Given up at close: the next lock, at once, on either side.
+        for path in [a / "locked", b / "locked"] * 10:
+            assert try_lock(path) == 0
+        a.unmount(), b.unmount()
+        mount(a), mount(b)
+    a.unmount(), b.unmount()

@@ -86,7 +86,7 @@ public final class SemanticLayer: @unchecked Sendable {
                 embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold,
                 maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds,
                 collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, sharedID: String? = nil,
-                stateDirectory: String? = nil, keywords: Bool = true) {
+                stateDirectory: String? = nil, flockAcrossMachines: Bool = false, keywords: Bool = true) {
         self.storeRoot = storeRoot
         self.collectionsPerUser = collectionsPerUser
         budget = QueryBudget(perUser: maxQueriesPerUser, seconds: querySeconds)
@@ -119,6 +119,7 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
         sharing = sharedID.flatMap { SharedStore(storeRoot: storeRoot, id: $0, metrics: metrics.shared) }
+        metrics.shared.flockAcrossMachines.set(flockAcrossMachines ? 1 : 0)
         bridge = Bridge(counters: metrics.bridge, idle: { back.layer?.absorbSome() ?? false },
                         isLong: { event in back.layer?.isLong(event) ?? false },
                         owner: { key in back.layer?.existing(key)?.owner ?? 0 }) { events in back.layer?.apply(events) }

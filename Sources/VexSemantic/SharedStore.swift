@@ -139,7 +139,8 @@ public final class SharedMetrics: Sendable {
     let takeovers: Counter
     /// How files written past vexfs are found: 1 for the way in use (rctime, or rescan), 0 for the other.
     let detection: [String: Meter]
-    /// 0: users' flock(2) through a mount excludes only users of the same mount (README says why).
+    /// 1: users' flock(2) through a mount is taken on the backing file, so the distributed filesystem
+    /// makes it exclusive across machines; 0: it excludes only users of the same mount (README).
     let flockAcrossMachines: Meter
 
     init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {

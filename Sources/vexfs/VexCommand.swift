@@ -159,7 +159,8 @@ struct Mount: ParsableCommand {
                                              maxQueriesPerUser: mountOptions.semantic.maxQueriesPerUser,
                                              querySeconds: mountOptions.semantic.querySeconds,
                                              collectionsPerUser: mountOptions.semantic.collectionsPerUser,
-                                             sharedID: sharedID, stateDirectory: stateDirectory, keywords: mountOptions.semantic.keywords)
+                                             sharedID: sharedID, stateDirectory: stateDirectory,
+                                             flockAcrossMachines: mountOptions.forwardsFlock, keywords: mountOptions.semantic.keywords)
                 // Progress goes to a service manager (STATUS=), to a person at the terminal of a
                 // foreground mount (one line redrawn), else to the log.
                 notifier?.status("reconciling \(storePath)")
