@@ -197,6 +197,7 @@ extension SemanticLayer {
 
     func shareLoop() {
         guard let sharing else { return }
+        sweepPublished()
         var round = 0
         while !sharing.stopping.load(ordering: .relaxed) {
             for key in sharing.removed.withLock({ r in defer { r = [] }; return r }) {
@@ -338,7 +339,11 @@ extension SemanticLayer {
         }
         var fd = sharing.leaseFiles[key] ?? -1
         if fd < 0 { fd = Glibc.open("\(sharing.leases)/\(key)", O_RDWR | O_CLOEXEC | O_NOFOLLOW) }
-        guard fd >= 0 else { return true }  // no lease file: nothing was published
+        guard fd >= 0 else {
+            // No lease file, so no owner: what was published (if anything) is nobody's.
+            StatePaths.removeTree("\(sharing.published)/\(key)")
+            return true
+        }
         defer {
             Glibc.close(fd)
             sharing.leaseFiles[key] = nil
@@ -350,6 +355,19 @@ extension SemanticLayer {
         StatePaths.removeTree("\(sharing.published)/\(key)")
         unlink("\(sharing.leases)/\(key)")
         return true
+    }
+
+    /// After the reconciliation at mount this mount serves every collection of the store: a published
+    /// snapshot of one it does not serve belongs to a directory removed when its removal could not be
+    /// passed on (the remover unmounted first, or the owner was gone), and goes unless a mount holds
+    /// its lease (that mount serves it, so it is not gone).
+    func sweepPublished() {
+        guard let sharing else { return }
+        let known = Set(registry.all.map(\.key))
+        for name in ((try? StatePaths.entries(sharing.published))?.directories ?? []) {
+            guard let key = UInt64(name), !known.contains(key) else { continue }
+            collectionGone(key)
+        }
     }
 
     /// Copies this mount's latest snapshot of collection `key` to STORE/.vexfs/shared/index/KEY when
