@@ -48,9 +48,13 @@ def until(check, seconds):
         time.sleep(0.02)
 
 
-def shared(make_mount, store, mount_id):
-    m = make_mount("-o", f"shared={mount_id}", store=store)
+def shared(make_mount, store, mount_id, extra=""):
+    """A mount of `store` with the id `mount_id`, its private state in a local directory of its own
+    (`state=`, as on its own machine; beside the test's mountpoints, not in /var/lib/vexfs)."""
+    m = make_mount(store=store)
     m.mount_id = mount_id
+    m.state = m.root.parent / f"state-{Path(store).name}-{mount_id}"
+    m.options = ["-o", f"shared={mount_id},state={m.state}{extra}"]
     return m
 
 
@@ -93,7 +97,8 @@ def test_two_mounts_serve_reads_writes_and_queries_of_one_store(ceph_machines, m
                  SEEN_WITHIN) is not None
     # Each mount keeps its own state; one id is one daemon at a time.
     for m in (a, b):
-        assert (m.store / ".vexfs" / "mounts" / m.mount_id / "journal").is_dir()
+        assert (m.state / "journal").is_dir() and (m.state / "index").is_dir()
+        assert not (m.store / ".vexfs" / "mounts" / m.mount_id / "index").exists()
         assert stat_of(m, "vexfs_shared") == 1
     again = make_mount(store=ceph_machines.a / "s1")
     r = subprocess.run([VEXFS, "mount", str(again.store), str(again.root), "-o", "shared=machine-a"],
@@ -187,6 +192,19 @@ def test_a_second_mount_loads_the_published_snapshot_instead_of_reading_the_file
     mount(b)
     assert ask(b / "c" / "q.f32.query") == answer
     b.unmount()
+    # A machine's lost local state is loaded again from what the owner published.
+    shutil.rmtree(b.state)
+    mount(b)
+    assert ask(b / "c" / "q.f32.query") == answer
+    assert os.getxattr(b / "c", "user.vexfs.status").startswith(b"indexed: 20000 vectors; at mount: snapshot loaded")
+    b.unmount()
+    # One state directory belongs to one store: another store's mount is refused and deletes nothing.
+    (ceph_machines.b / "other").mkdir()
+    other = make_mount(store=ceph_machines.b / "other")
+    r = subprocess.run([VEXFS, "mount", str(other.store), str(other.root), "-o", f"shared=machine-b,state={b.state}"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "another store" in r.stderr
+    assert (b.state / "index").is_dir()
 
 
 def exact(files, query, k):
@@ -206,11 +224,12 @@ def test_kill9_of_the_owner_hands_the_collection_on_with_nothing_lost(ceph_machi
         files[f"v{i}.f32"] = rng.normal(size=8).astype(np.float32)
         files[f"v{i}.f32"].tofile(a / "c" / f"v{i}.f32")
     assert os.getxattr(a / "c", "user.vexfs.count") == b"40"
+    # A owns the collection (it met it first, and tries for leases every second); B does not.
+    assert until(lambda: stat_of(a, "vexfs_shared_leases_held") == 1, 5) is not None
     b = mount(shared(make_mount, ceph_machines.b / "s5", "machine-b"))
     assert os.getxattr(b / "c", "user.vexfs.count") == b"40"
-    # A owns the collection (it met it first); B does not.
-    assert until(lambda: stat_of(a, "vexfs_shared_leases_held") == 1, 5) is not None
-    assert stat_of(b, "vexfs_shared_leases_held") == 0
+    time.sleep(1.5)
+    assert stat_of(a, "vexfs_shared_leases_held") == 1 and stat_of(b, "vexfs_shared_leases_held") == 0
     a.kill9()
     began = time.monotonic()
     took = until(lambda: stat_of(b, "vexfs_shared_leases_held") == 1, 60)
@@ -230,6 +249,50 @@ def test_kill9_of_the_owner_hands_the_collection_on_with_nothing_lost(ceph_machi
     mount(b)
     assert names(ask(b / "c" / "q.f32.query", 10)) == exact(files, q, 10)
     b.unmount()
+
+
+def test_a_removed_collection_takes_its_shared_files_and_check_sees_every_index(ceph_machines, make_mount):
+    (ceph_machines.a / "s8").mkdir()
+    a, b = two(ceph_machines, make_mount, "s8")
+    shared_dir = ceph_machines.a / "s8" / ".vexfs" / "shared"
+    rows = np.random.default_rng(8).normal(size=(500, 8)).astype(np.float32)
+    keys = {}
+    for c in ("gone-a", "gone-b", "gone-offline", "kept"):
+        (a / c).mkdir()
+        os.setxattr(a / c, "user.vexfs.dim", b"8")
+        np.save(a / c / "d.npy", rows)
+        keys[c] = str(os.stat(a / c).st_ino)
+    assert until(lambda: all((shared_dir / "leases" / k).exists() for k in keys.values()), SEEN_WITHIN) is not None
+    # Unmounting writes snapshots; A, mounted first again, owns them all and publishes them.
+    a.unmount(), b.unmount()
+    mount(a)
+    assert until(lambda: all((shared_dir / "index" / k / "snapshot").exists() for k in keys.values()), 10) is not None
+    mount(b)
+    assert until(lambda: os.getxattr(b / "kept", "user.vexfs.count") == b"500", SEEN_WITHIN) is not None
+    # Removed through the owner, and through the other mount (which logs it for the owner).
+    shutil.rmtree(a / "gone-a")
+    shutil.rmtree(b / "gone-b")
+    for c in ("gone-a", "gone-b"):
+        assert until(lambda: not (shared_dir / "index" / keys[c]).exists() and not (shared_dir / "leases" / keys[c]).exists(),
+                     SEEN_WITHIN) is not None, f"{c}: its published snapshot or lease stayed"
+    assert (shared_dir / "index" / keys["kept"] / "snapshot").exists() and (shared_dir / "leases" / keys["kept"]).exists()
+    assert until(lambda: not (b.state / "index" / keys["gone-a"]).exists(), SEEN_WITHIN) is not None
+    a.unmount(), b.unmount()
+    # check reads the published snapshot and both mounts' states, one line each.
+    r = subprocess.run([VEXFS, "check", str(a.store), "--state", str(a.state), "--state", str(b.state)],
+                       capture_output=True, text=True, timeout=120)
+    lines = [line for line in r.stdout.splitlines() if line.startswith(("clean", "stale", "damaged"))
+             and line.split("\t")[1] == "kept"]
+    assert len(lines) == 3, r.stdout
+    assert {line.split("\t")[-1].rsplit("/", 1)[0] for line in lines} == {
+        str(shared_dir / "index"), str(a.state / "index"), str(b.state / "index")}, r.stdout
+    # Removed while no mount ran: the first mount after finds its published snapshot nobody's.
+    shutil.rmtree(ceph_machines.b / "s8" / "gone-offline")
+    mount(a), mount(b)
+    assert os.getxattr(b / "kept", "user.vexfs.count") == b"500" and not (b / "gone-a").exists()
+    assert until(lambda: not (shared_dir / "index" / keys["gone-offline"]).exists(), SEEN_WITHIN) is not None
+    assert (shared_dir / "index" / keys["kept"] / "snapshot").exists()
+    a.unmount(), b.unmount()
 
 
 def test_a_random_workload_from_both_sides_ends_in_agreement(ceph_machines, make_mount):
@@ -298,12 +361,15 @@ except OSError as e:
 
 def test_a_user_on_machine_b_learns_nothing_of_a_file_written_on_machine_a_they_may_not_read(ceph_machines, make_mount, mallory):
     (ceph_machines.a / "s7").mkdir()
+    # These two keep their state where a mount without `state=` does: /var/lib/vexfs/STORE-ID/ID.
     a = make_mount("-o", "shared=machine-a,allow_other", store=ceph_machines.a / "s7")
     a.mount_id = "machine-a"
     mount(a)
     b = make_mount("-o", "shared=machine-b,allow_other", store=ceph_machines.b / "s7")
     b.mount_id = "machine-b"
     mount(b)
+    default = Path("/var/lib/vexfs") / (ceph_machines.a / "s7" / ".vexfs" / "shared" / "store").read_text().strip()
+    assert (default / "machine-a" / "index").is_dir() and (default / "machine-b" / "journal").is_dir()
     open_to_everyone(b)
     (a / "c").mkdir()
     os.chmod(a / "c", 0o1777)
@@ -323,4 +389,34 @@ def test_a_user_on_machine_b_learns_nothing_of_a_file_written_on_machine_a_they_
     mount(b), mount(a)
     assert "secret.f32" in names(ask(b / "c" / "public.f32", 10))
     assert "secret" not in theirs() and theirs().startswith("public.f32")
+    a.unmount(), b.unmount()
+    shutil.rmtree(default)
+
+
+def test_users_flock_excludes_users_of_other_machines(ceph_machines, make_mount):
+    (ceph_machines.a / "s9").mkdir()
+    a, b = two(ceph_machines, make_mount, "s9")
+    (a / "locked").write_bytes(b"x")
+    assert until(lambda: (b / "locked").exists(), SEEN_WITHIN) is not None
+
+    def try_lock(path):
+        return subprocess.run(["flock", "-n", str(path), "true"], timeout=30).returncode
+
+    for _ in range(2):
+        assert stat_of(a, "vexfs_shared_flock_across_machines") == stat_of(b, "vexfs_shared_flock_across_machines") == 1
+        # A holds it: B, and CephFS's own client B, are refused; A's other users too.
+        holder = subprocess.Popen(["flock", "-x", str(a / "locked"), "-c", "echo held; sleep 4"], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "held\n"
+        assert try_lock(b / "locked") == 1 and try_lock(ceph_machines.b / "s9" / "locked") == 1 and try_lock(a / "locked") == 1
+        # A caller that waits is woken by its timeout (an interrupt), and one that waits long enough gets it.
+        began = time.monotonic()
+        assert subprocess.run(["flock", "-w", "1", str(b / "locked"), "true"], timeout=30).returncode == 1
+        assert 0.9 < time.monotonic() - began < 3
+        waiter = subprocess.run(["flock", "-x", str(b / "locked"), "-c", "echo got"], capture_output=True, text=True, timeout=30)
+        assert waiter.stdout == "got\n" and holder.wait(timeout=10) == 0
+        # Given up at close: the next lock, at once, on either side.
+        for path in [a / "locked", b / "locked"] * 10:
+            assert try_lock(path) == 0
+        a.unmount(), b.unmount()
+        mount(a), mount(b)
     a.unmount(), b.unmount()

@@ -73,11 +73,6 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
         atomic_store(&s->posix_acl, 1);
     }
     if (s->handlers.negotiated) s->handlers.negotiated(s->userdata, passthrough);
-    // flock(2) stays with the kernel: when the filesystem takes it over, the kernel releases a lock
-    // only in the asynchronous RELEASE after close(2), so a close-then-lock sequence could still
-    // find it held. Kept in the kernel, locks behave as on a local filesystem for every user of the
-    // mount (all access to the store goes through it).
-    conn->want &= ~FUSE_CAP_FLOCK_LOCKS;
     if (conn->capable & FUSE_CAP_PARALLEL_DIROPS)
         conn->want |= FUSE_CAP_PARALLEL_DIROPS;
     if (conn->capable & FUSE_CAP_ASYNC_DIO)
@@ -87,6 +82,16 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
     if (!s->config.io_uring) transport = VEXFS_TRANSPORT_NOT_ASKED;
     else if (!atomic_load(&s->kernel_offers_uring)) transport = VEXFS_TRANSPORT_NOT_OFFERED;  // seen by the back-port
     atomic_store(&s->transport, transport);
+    // flock(2) stays with the kernel: when the filesystem takes it over, the kernel releases a lock
+    // only in the asynchronous RELEASE after close(2), so a close-then-lock sequence could still
+    // find it held. Kept in the kernel, locks behave as on a local filesystem for every user of the
+    // mount (all access to the store goes through it). On a shared store other machines' users lock
+    // the same files, so there it goes to the backing file, where the distributed filesystem
+    // arbitrates (Handlers.flock waits out that RELEASE).
+    if (s->config.flock_locks && transport != VEXFS_TRANSPORT_URING && (conn->capable & FUSE_CAP_FLOCK_LOCKS))
+        conn->want |= FUSE_CAP_FLOCK_LOCKS;
+    else
+        conn->want &= ~FUSE_CAP_FLOCK_LOCKS;
     // Splice moves pages between a pipe and /dev/fuse; a ring's answer is bytes copied into its
     // buffer, so with a ring libfuse must make every answer in memory.
     if (s->config.splice && transport != VEXFS_TRANSPORT_URING) {
@@ -139,6 +144,7 @@ static void vx_write_buf(fuse_req_t req, fuse_ino_t i, struct fuse_bufvec *b, of
 }
 static void vx_flush(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(flush, i, fi); }
 static void vx_release(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(release, i, fi); }
+static void vx_flock_op(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi, int op) { FWD(flock, i, fi, op); }
 static void vx_fsync(fuse_req_t req, fuse_ino_t i, int d, struct fuse_file_info *fi) { FWD(fsync, i, d, fi); }
 static void vx_opendir(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(opendir, i, fi); }
 static void vx_readdir(fuse_req_t req, fuse_ino_t i, size_t s, off_t o, struct fuse_file_info *fi) {
@@ -211,6 +217,7 @@ static const struct fuse_lowlevel_ops vx_ops = {
     .copy_file_range = vx_copy_file_range,
     .lseek = vx_lseek,
     .ioctl = vx_ioctl,
+    .flock = vx_flock_op,
 };
 
 vexfs_session *vexfs_session_new(int argc, const char **argv, const struct vexfs_handlers *handlers,

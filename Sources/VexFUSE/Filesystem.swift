@@ -22,6 +22,10 @@ final class Filesystem: Sendable {
     let backing = BackingFiles()
     /// Query threads running above their nice value, per asking user other than root.
     let raisedQueries = RaisedQueries()
+    /// Users' flock(2) calls waiting for a lock on a shared store (Handlers.flock), each holding a
+    /// worker; at most half of libfuse's workers (10 unless -o threads= says) may.
+    let flockWaiters = Atomic<Int>(0)
+    var flockWaitLimit: Int { max(1, (options.threads > 0 ? options.threads : 10) / 2) }
     /// Every figure `.vexfs/stats` shows: the FUSE layer's and, through swift-metrics, the vector layer's.
     let metrics: MountMetrics
     /// The vector layer. Set once, before the request loop starts its threads, and only read after;

@@ -289,6 +289,8 @@ enum Handlers {
         // A shared mapping outlives close(2): its writes are seen here, at the last reference.
         let fs = fs(req), file = Filesystem.handle(fi, as: OpenFile.self)
         noticeChanges(req, fs, ino, file)
+        // Its flock(2) goes now, not when the last reference to the backing file does.
+        if fi?.pointee.flock_release == 1 { _ = vx_flock(file.fd, LOCK_UN) }
         fs.backing.detach(req, file)
         Filesystem.releaseHandle(fi, as: OpenFile.self)
         fuse_reply_err(req, 0)
@@ -306,6 +308,43 @@ enum Handlers {
         fs.backing.detach(req, file)
         Filesystem.releaseHandle(fi, as: OpenFile.self)
     }
+
+    /// Users' flock(2) on a shared store: taken on this open's own backing file (its own open file
+    /// description, as the caller's), where the distributed filesystem makes it exclusive across
+    /// machines. A worker never sleeps in flock(2): it polls, answers EINTR once the caller is
+    /// interrupted, and only `flockWaitLimit` callers wait at once (one more is answered ENOLCK), so
+    /// waiting locks never hold every worker. A lock given up by close(2) goes only at the RELEASE the
+    /// kernel sends after it, which a worker may take up second: a caller that would not wait is
+    /// answered EWOULDBLOCK only after `flockReleaseGrace` seconds of trying.
+    static func flock(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ fi: UnsafeMutablePointer<fuse_file_info>?, _ op: Int32) {
+        let fs = fs(req), file = Filesystem.handle(fi, as: OpenFile.self)
+        let waits = op & LOCK_NB == 0, kind = op & ~LOCK_NB
+        if kind == LOCK_UN { reply(req, status: vx_flock(file.fd, LOCK_UN)); return }
+        if vx_flock(file.fd, kind | LOCK_NB) == 0 { fuse_reply_err(req, 0); return }
+        guard errno == EWOULDBLOCK else { reply(req, status: -1); return }
+        guard fs.flockWaiters.add(1, ordering: .relaxed).newValue <= fs.flockWaitLimit else {
+            fs.flockWaiters.subtract(1, ordering: .relaxed)
+            fuse_reply_err(req, ENOLCK)
+            return
+        }
+        defer { fs.flockWaiters.subtract(1, ordering: .relaxed) }
+        var began = timespec(), now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &began)
+        var pause: useconds_t = 1000
+        while true {
+            usleep(pause)
+            pause = min(pause * 2, 50_000)
+            if vx_flock(file.fd, kind | LOCK_NB) == 0 { fuse_reply_err(req, 0); return }
+            guard errno == EWOULDBLOCK else { reply(req, status: -1); return }
+            if fuse_req_interrupted(req) != 0 { fuse_reply_err(req, EINTR); return }
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            let waited = Double(now.tv_sec - began.tv_sec) + Double(now.tv_nsec - began.tv_nsec) / 1e9
+            if !waits && waited >= flockReleaseGrace { fuse_reply_err(req, EWOULDBLOCK); return }
+        }
+    }
+
+    /// How long a flock(2) that would not wait keeps trying (see `flock`).
+    static let flockReleaseGrace = 0.1
 
     static func fsync(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ datasync: Int32, _ fi: UnsafeMutablePointer<fuse_file_info>?) {
         let file = Filesystem.handle(fi, as: OpenFile.self)
@@ -669,6 +708,7 @@ enum Handlers {
         h.ioctl = { a0, a1, a2, _, a4, a5, a6, a7, a8 in
             Handlers.monitored(a0, .ioctl) { Handlers.ioctl(a0, a1, a2, a4, a5, a6, a7, a8) }
         }
+        h.flock = { a0, a1, a2, a3 in Handlers.monitored(a0, .flock) { Handlers.flock(a0, a1, a2, a3) } }
         h.negotiated = { _, passthrough in BackingFiles.logOff(passthrough) }
         return h
     }

@@ -18,7 +18,7 @@ enum Operation: Int, CaseIterable {
     case lookup, forget, forgetMulti, getattr, setattr, readlink, mknod, mkdir, unlink, rmdir, symlink
     case rename, link, open, read, writeBuf, flush, release, fsync, opendir, readdir, readdirplus
     case releasedir, fsyncdir, statfs, setxattr, getxattr, listxattr, removexattr, access, create
-    case fallocate, copyFileRange, lseek, ioctl
+    case fallocate, copyFileRange, lseek, ioctl, flock
 
     static let names = allCases.map { "\($0)" }
 }

@@ -125,6 +125,12 @@ public struct MountOptions: Sendable, Equatable {
     public var nodiratime = false
     /// How much the daemon logs (`log_level=`): trace, debug, info (default), notice, warning, error, critical.
     public var logLevel = "info"
+    /// Users' flock(2) taken on the backing files (`shared`: other machines lock them too), not
+    /// kept in this kernel.
+    public var flockLocks = false
+    /// Whether users' flock(2) is taken on the backing files: asked, and not over io_uring.
+    public var forwardsFlock: Bool { flockLocks && !ioUring }
+    var ioUringChosen = false
     /// `shared` lowered the timeouts and turned the page cache off once already.
     var sharedDefaultsSet = false
     /// The attribute and entry timeouts on a shared store (`shared`).
@@ -170,8 +176,8 @@ public struct MountOptions: Sendable, Equatable {
             case "no_splice": splice = false
             case "killpriv": killprivV2 = true
             case "no_killpriv": killprivV2 = false
-            case "io_uring": ioUring = true
-            case "no_io_uring": ioUring = false
+            case "io_uring": ioUring = true; ioUringChosen = true
+            case "no_io_uring": ioUring = false; ioUringChosen = true
             case "clone_fd": cloneFD = true
             case "no_clone_fd": cloneFD = false
             // Atime: the kernel mount hears of noatime too (mount(8) shows it); libfuse 3.14 knows
@@ -219,6 +225,12 @@ public struct MountOptions: Sendable, Equatable {
                 // (timeouts given before stay; a later keep_cache or timeout wins).
                 if key == "shared" && !sharedDefaultsSet {
                     sharedDefaultsSet = true
+                    // Users' flock(2) goes to the backing files, and a lock waited for holds the
+                    // worker that waits: over io_uring that is a CPU's only ring thread, so the
+                    // shared default is /dev/fuse (whose loop starts more workers); a chosen
+                    // io_uring keeps flock(2) in this kernel.
+                    flockLocks = true
+                    if !ioUringChosen { ioUring = false }
                     if attrTimeout == 60 { attrTimeout = MountOptions.sharedTimeout }
                     if entryTimeout == 60 { entryTimeout = MountOptions.sharedTimeout }
                     keepCache = false

@@ -111,6 +111,7 @@ extension SemanticLayer {
     /// A directory was removed: its collection and index go with it.
     public func directoryRemoved(key: UInt64, path: FileName) {
         journal.record(.unlink, path)
+        sharing?.removed.withLock { $0.append(key) }
         guard existing(key) != nil else { return }
         bridge.settle(key)
         guard let c = registry.remove(key) else { return }

@@ -94,17 +94,21 @@ public final class SemanticLayer: @unchecked Sendable {
                 embedder: EmbedderConfiguration? = nil, streamThreshold: Int = VectorStream.threshold,
                 maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds,
                 collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, indexMiBPerUser: Int? = nil,
-                stateMiBPerUser: Int? = nil, sharedID: String? = nil, keywords: Bool = true) {
+                stateMiBPerUser: Int? = nil, sharedID: String? = nil,
+                stateDirectory: String? = nil, flockAcrossMachines: Bool = false, keywords: Bool = true) {
         self.storeRoot = storeRoot
         self.collectionsPerUser = collectionsPerUser
         indexMemory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / 2
         indexBytesPerUser = indexMiBPerUser.map { $0 << 20 } ?? indexMemory / 2
         budget = QueryBudget(perUser: maxQueriesPerUser, seconds: querySeconds)
-        // A shared store keeps each mount's own state apart (STORE/.vexfs/mounts/ID).
-        let stateRoot = storeRoot + "/.vexfs" + (sharedID.map { "/mounts/" + $0 } ?? "")
+        // A shared store keeps each mount's own state apart: in `stateDirectory` (see SharedState),
+        // else in STORE/.vexfs/mounts/ID, where an earlier vexfs kept it and left what is removed here.
+        let inStore = storeRoot + "/.vexfs" + (sharedID.map { "/mounts/" + $0 } ?? "")
+        let stateRoot = stateDirectory ?? inStore
         if sharedID != nil {
             mkdir(storeRoot + "/.vexfs/mounts", 0o700)
-            mkdir(stateRoot, 0o700)
+            mkdir(inStore, 0o700)
+            if stateRoot != inStore { for old in ["index", "journal"] { StatePaths.removeTree(inStore + "/" + old) } }
         }
         configuration = CollectionConfiguration(stateRoot: stateRoot, kernels: kernels, indexKind: indexKind, parameters: parameters,
                                                 exactScanRows: exactScanRows, streamThreshold: streamThreshold,
@@ -131,6 +135,7 @@ public final class SemanticLayer: @unchecked Sendable {
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
         sharing = sharedID.flatMap { SharedStore(storeRoot: storeRoot, id: $0, metrics: metrics.shared) }
+        metrics.shared.flockAcrossMachines.set(flockAcrossMachines ? 1 : 0)
         bridge = Bridge(counters: metrics.bridge, idle: { back.layer?.absorbSome() ?? false },
                         isLong: { event in back.layer?.isLong(event) ?? false },
                         owner: { key in back.layer?.existing(key)?.owner ?? 0 }) { events in back.layer?.apply(events) }
@@ -296,7 +301,8 @@ public final class SemanticLayer: @unchecked Sendable {
         metrics.vectors.set(all.reduce(0) { $0 + $1.vectorCount.load(ordering: .relaxed) })
         metrics.depth.set(bridge.depth)
         metrics.journalBytes.set(journal.size)
-        metrics.stateBytes.set(Int(StatePaths.diskUsage(storeRoot + "/" + Store.reservedName)))
+        let outside = stateRoot.hasPrefix(storeRoot + "/") ? 0 : StatePaths.diskUsage(stateRoot)
+        metrics.stateBytes.set(Int(StatePaths.diskUsage(storeRoot + "/" + Store.reservedName) + outside))
         // Taken only where no builder holds a collection: a gauge never waits for a batch.
         var measured = Double.nan, target = Setting.defaultRecall, ef = 0
         for c in all {

@@ -40,6 +40,9 @@ public struct SemanticOptions: Sendable, Equatable {
     /// filesystem's clients); ID names this mount among them (default: the host's name), and at
     /// most one daemon per store runs with it.
     public var sharedID: String?
+    /// `state=DIR` (with `shared`): where this mount keeps its private state (indexes, journal), an
+    /// absolute path on a local disk; default `SharedState.defaultRoot`/STORE-ID/ID.
+    public var stateDirectory: String?
 
     public init() {}
 
@@ -97,6 +100,9 @@ public struct SemanticOptions: Sendable, Equatable {
             } else {
                 sharedID = SemanticOptions.hostID
             }
+        case "state":
+            guard let value, value.hasPrefix("/"), value.utf8.count <= 1024, !value.utf8.contains(0) else { throw BadValue() }
+            stateDirectory = value
         case "index":
             guard let value, let kind = IndexKind(value) else { throw BadValue() }
             indexKind = kind

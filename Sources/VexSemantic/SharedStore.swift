@@ -3,6 +3,7 @@ import CoreMetrics
 import Glibc
 import Logging
 import Synchronization
+import VexIndex
 import VexStore
 
 /// Many mounts, one store (`-o shared`): the store lives on a distributed filesystem (CephFS) and each
@@ -13,6 +14,8 @@ import VexStore
 ///   the file NAME in the collection whose directory is inode KEY changed; `s`: its settings did),
 ///   and tails every other mount's log every `tick`, re-reading the files named there. The files stay
 ///   the truth: a line only says where to look, so a torn, forged or repeated one costs a stat.
+///   `g`: the collection's directory was removed; the owner of its lease then removes its published
+///   snapshot and its lease file (a line only makes a mount look: the directory must really be gone).
 /// - `leases/KEY`: one mount at a time owns each collection (an exclusive flock, which the distributed
 ///   filesystem arbitrates across machines and drops when the owner's process or client dies). The
 ///   owner publishes its snapshots to `index/KEY/`; a mount opening a collection loads the published
@@ -49,6 +52,9 @@ final class SharedStore: @unchecked Sendable {
     var since: timespec
     var lastPublished: [UInt64: (UInt64, Int64)] = [:]
     var lastRescan = 0
+    /// Collections whose directories were removed through this mount (any FUSE thread adds, the
+    /// sharing thread takes): their shared files go, by this mount if it owns them, else by the owner.
+    let removed = Mutex<[UInt64]>([])
 
     /// Makes the shared directories and this mount's new change log, and notes where every other
     /// mount's log ends now: what is logged from here on is applied, what came before is in the
@@ -82,7 +88,7 @@ final class SharedStore: @unchecked Sendable {
         if scanLease >= 0 { Glibc.close(scanLease) }
     }
 
-    enum Change: UInt8 { case file = 0x72, settings = 0x73 }  // "r", "s"
+    enum Change: UInt8 { case file = 0x72, settings = 0x73, gone = 0x67 }  // "r", "s", "g"
 
     /// Tells the other mounts that `name` in collection `key` changed (or its settings did). `path`,
     /// the directory's path in the store, lets a mount that has not met the collection yet find it.
@@ -133,7 +139,8 @@ public final class SharedMetrics: Sendable {
     let takeovers: Counter
     /// How files written past vexfs are found: 1 for the way in use (rctime, or rescan), 0 for the other.
     let detection: [String: Meter]
-    /// 0: users' flock(2) through a mount excludes only users of the same mount (README says why).
+    /// 1: users' flock(2) through a mount is taken on the backing file, so the distributed filesystem
+    /// makes it exclusive across machines; 0: it excludes only users of the same mount (README).
     let flockAcrossMachines: Meter
 
     init(factory: any MetricsFactory = NOOPMetricsHandler.instance) {
@@ -190,8 +197,12 @@ extension SemanticLayer {
 
     func shareLoop() {
         guard let sharing else { return }
+        sweepPublished()
         var round = 0
         while !sharing.stopping.load(ordering: .relaxed) {
+            for key in sharing.removed.withLock({ r in defer { r = [] }; return r }) {
+                if !collectionGone(key) { sharing.note(.gone, collection: key, path: nil) }
+            }
             tailChanges()
             // Leases, publication and foreign writes once a second; the logs every tick.
             if round % 5 == 0 {
@@ -229,11 +240,17 @@ extension SemanticLayer {
                     break
                 }
                 for line in buffer[...end].split(separator: 0x0A) {
-                    guard let (key, change, file, path) = SharedStore.parse(line),
-                          let c = existing(key) ?? path.flatMap({ discover(key, at: $0) }) else { continue }
+                    guard let (key, change, file, path) = SharedStore.parse(line) else { continue }
+                    if change == .gone {
+                        collectionGone(key)
+                        sharing.metrics.applied.increment()
+                        continue
+                    }
+                    guard let c = existing(key) ?? path.flatMap({ discover(key, at: $0) }) else { continue }
                     switch change {
                     case .file: bridge.post(.refresh, collection: key, name: file)
                     case .settings: c.adoptSettings()
+                    case .gone: break
                     }
                     sharing.metrics.applied.increment()
                 }
@@ -265,6 +282,11 @@ extension SemanticLayer {
     /// death frees it), and of the scan.
     func takeLeases() {
         guard let sharing else { return }
+        // A collection whose directory another mount removed goes here too (no line need say so).
+        for c in registry.all {
+            var st = stat()
+            if fstat(c.directory, &st) == 0 && st.st_nlink == 0 { collectionGone(c.key) }
+        }
         let all = registry.all
         let keys = Set(all.map(\.key))
         for (key, fd) in sharing.leaseFiles where !keys.contains(key) {
@@ -273,6 +295,9 @@ extension SemanticLayer {
             sharing.owned.remove(key)
         }
         func tryLock(_ name: String, _ fd: inout Int32) -> Bool {
+            // A lease file removed with its collection is let go of: locking it would own nothing.
+            var st = stat()
+            if fd >= 0 && fstat(fd, &st) == 0 && st.st_nlink == 0 { Glibc.close(fd); fd = -1 }
             if fd < 0 { fd = Glibc.open(sharing.leases + "/" + name, O_RDWR | O_CREAT | O_CLOEXEC, 0o600) }
             guard fd >= 0, vx_flock(fd, LOCK_EX | LOCK_NB) == 0 else { return false }
             // Who owns it, for people: the lock itself is the truth.
@@ -285,7 +310,7 @@ extension SemanticLayer {
         for c in all where !sharing.owned.contains(c.key) {
             var fd = sharing.leaseFiles[c.key] ?? -1
             let took = tryLock(String(c.key), &fd)
-            if fd >= 0 { sharing.leaseFiles[c.key] = fd }
+            sharing.leaseFiles[c.key] = fd >= 0 ? fd : nil
             if took {
                 sharing.owned.insert(c.key)
                 // What the last owner published may be newer than what this mount has: the files decide.
@@ -294,6 +319,55 @@ extension SemanticLayer {
         }
         if !sharing.holdsScan { sharing.holdsScan = tryLock("scan", &sharing.scanLease) }
         sharing.metrics.leasesHeld.set(sharing.owned.count)
+    }
+
+    /// Collection `key`'s directory is gone (removed through this mount, or another said so): this
+    /// mount's collection of it goes when its directory really is unlinked, and when this mount holds
+    /// (or can take) its lease, the published snapshot and the lease file go too; false when another
+    /// mount holds the lease (that mount removes them when it hears of it).
+    @discardableResult func collectionGone(_ key: UInt64) -> Bool {
+        guard let sharing else { return true }
+        if let c = existing(key) {
+            var st = stat()
+            // Another mount's word is only a hint: the directory decides.
+            guard fstat(c.directory, &st) == 0, st.st_nlink == 0 else { return true }
+            bridge.settle(key)
+            if let c = registry.remove(key) {
+                c.forgetAllLinks()
+                StatePaths.removeTree(c.indexDirectory)
+            }
+        }
+        var fd = sharing.leaseFiles[key] ?? -1
+        if fd < 0 { fd = Glibc.open("\(sharing.leases)/\(key)", O_RDWR | O_CLOEXEC | O_NOFOLLOW) }
+        guard fd >= 0 else {
+            // No lease file, so no owner: what was published (if anything) is nobody's.
+            StatePaths.removeTree("\(sharing.published)/\(key)")
+            return true
+        }
+        defer {
+            Glibc.close(fd)
+            sharing.leaseFiles[key] = nil
+            sharing.owned.remove(key)
+            sharing.lastPublished[key] = nil
+        }
+        guard sharing.owned.contains(key) || vx_flock(fd, LOCK_EX | LOCK_NB) == 0 else { return false }
+        // Removed while locked: a mount that opened the file before tries its lock on a name gone.
+        StatePaths.removeTree("\(sharing.published)/\(key)")
+        unlink("\(sharing.leases)/\(key)")
+        return true
+    }
+
+    /// After the reconciliation at mount this mount serves every collection of the store: a published
+    /// snapshot of one it does not serve belongs to a directory removed when its removal could not be
+    /// passed on (the remover unmounted first, or the owner was gone), and goes unless a mount holds
+    /// its lease (that mount serves it, so it is not gone).
+    func sweepPublished() {
+        guard let sharing else { return }
+        let known = Set(registry.all.map(\.key))
+        for name in ((try? StatePaths.entries(sharing.published))?.directories ?? []) {
+            guard let key = UInt64(name), !known.contains(key) else { continue }
+            collectionGone(key)
+        }
     }
 
     /// Copies this mount's latest snapshot of collection `key` to STORE/.vexfs/shared/index/KEY when
@@ -509,3 +583,84 @@ enum SharedCopy {
     }
 }
 
+
+/// Where a mount of a shared store keeps its private state (its indexes, its journal): on a local
+/// disk, so that building, snapshots and loading another mount's published snapshot touch the
+/// distributed filesystem once (the published copy), not for every page. It is derived data like
+/// all state: lost, the mount loads the published snapshots again and reads the files that differ.
+public enum SharedState {
+    /// Without `-o state=DIR`: ROOT/STORE-ID/ID.
+    public static let defaultRoot = "/var/lib/vexfs"
+
+    public enum Failure: Error, CustomStringConvertible {
+        case system(String, Int32)
+        case otherStore(String, String)
+        case held(String)
+
+        public var description: String {
+            switch self {
+            case let .system(path, e): "\(path): \(String(cString: strerror(e)))"
+            case let .otherStore(path, id): "\(path) holds the state of another store (\(id)): give each store its own state= directory"
+            case let .held(path): "\(path) is in use by another vexfs on this machine"
+            }
+        }
+    }
+
+    /// The store's identity, made once by the first shared mount: STORE/.vexfs/shared/store holds 32
+    /// hex digits. Two machines making it at once both link their own into place; one link wins and
+    /// both read the winner's.
+    public static func storeIdentity(storeRoot: String) throws(Failure) -> String {
+        let shared = storeRoot + "/.vexfs/shared", path = shared + "/store"
+        if let id = readIdentity(path) { return id }
+        if mkdir(shared, 0o700) != 0 && errno != EEXIST { throw .system(shared, errno) }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        for i in bytes.indices { bytes[i] = UInt8.random(in: 0...255) }
+        let id = bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
+        let temporary = "\(path).\(getpid()).\(UInt32.random(in: 0...UInt32.max))"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .system(temporary, errno) }
+        let text = Array((id + "\n").utf8)
+        let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == text.count && fsync(fd) == 0
+        close(fd)
+        defer { unlink(temporary) }
+        guard written else { throw .system(temporary, errno) }
+        if link(temporary, path) != 0 && errno != EEXIST { throw .system(path, errno) }
+        guard let found = readIdentity(path) else { throw .system(path, EINVAL) }
+        return found
+    }
+
+    static func readIdentity(_ path: String) -> String? {
+        guard let bytes = try? readFile(path, limit: 64) else { return nil }
+        let text = String(decoding: bytes.filter { $0 != 0x0A }, as: UTF8.self)
+        return text.utf8.count == 32 && text.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }) ? text : nil
+    }
+
+    /// Makes (0700, parents too) and locks the private state directory of mount `id` of the store:
+    /// `given`, or the default. The directory names its store in `DIR/store`; one of another store's
+    /// is refused (it may be someone's mistake in `state=`: nothing in it is deleted). The lock
+    /// (`DIR/lock`, an exclusive flock) keeps a second daemon on this machine away; its descriptor is
+    /// returned, to be held until the process ends.
+    public static func prepare(storeRoot: String, id: String, given: String?) throws(Failure) -> (path: String, lock: Int32) {
+        let store = try storeIdentity(storeRoot: storeRoot)
+        let path = given ?? "\(defaultRoot)/\(store)/\(id)"
+        guard SharedCopy.makeDirectories(path) else { throw .system(path, errno) }
+        let lock = open(path + "/lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard lock >= 0 else { throw .system(path + "/lock", errno) }
+        guard vx_flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            let e = errno
+            close(lock)
+            throw e == EWOULDBLOCK ? .held(path) : .system(path + "/lock", e)
+        }
+        let mark = path + "/store"
+        if let there = readIdentity(mark) {
+            guard there == store else { close(lock); throw .otherStore(path, there) }
+        } else {
+            let fd = open(mark, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            let text = Array((store + "\n").utf8)
+            let written = fd >= 0 && text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == text.count && fsync(fd) == 0
+            if fd >= 0 { close(fd) }
+            guard written else { close(lock); throw .system(mark, errno) }
+        }
+        return (path, lock)
+    }
+}

@@ -123,19 +123,41 @@ public enum StoreCheck {
     /// Checks every collection's saved state in the store at `root` against its files, without
     /// mounting. `repair`: a damaged snapshot is renamed `snapshot.bad`, so the next mount rebuilds
     /// it from the files (the store must not be mounted then). `progress(done, total)`.
-    public static func run(root: String, repair: Bool, kernels: DistanceKernels,
+    /// `indexRoots`: the directories of indexes to check (each holds one directory per collection);
+    /// by default the store's own (STORE/.vexfs/index), see `indexRoots(root:states:)` for a shared one.
+    public static func run(root: String, indexRoots: [String]? = nil, repair: Bool, kernels: DistanceKernels,
                            progress: (Int, Int) -> Void = { _, _ in }) -> [CollectionCheck] {
-        let stateRoot = root + "/.vexfs"
-        let keys = ((try? StatePaths.entries(stateRoot + "/index"))?.directories ?? []).compactMap { UInt64($0) }.sorted()
-        let directories = directoriesByInode(root, wanted: Set(keys))
+        let work = (indexRoots ?? [root + "/.vexfs/index"]).flatMap { r in
+            ((try? StatePaths.entries(r))?.directories ?? []).compactMap { UInt64($0) }.sorted().map { (r, $0) }
+        }
+        let directories = directoriesByInode(root, wanted: Set(work.map(\.1)))
+        defer { for d in directories.values { close(d.fd) } }
         var results: [CollectionCheck] = []
-        for (i, key) in keys.enumerated() {
-            progress(i, keys.count)
-            results.append(check(key: key, indexDirectory: "\(stateRoot)/index/\(key)", directory: directories[key],
+        for (i, (r, key)) in work.enumerated() {
+            progress(i, work.count)
+            results.append(check(key: key, indexDirectory: "\(r)/\(key)", directory: directories[key],
                                  repair: repair, kernels: kernels))
         }
-        progress(keys.count, keys.count)
+        progress(work.count, work.count)
         return results
+    }
+
+    /// Every place a store's indexes are kept on this machine: STORE/.vexfs/index (a mount without
+    /// `-o shared`), and for a shared store the published snapshots (STORE/.vexfs/shared/index), the
+    /// private state of each of this machine's mounts in the default place (`SharedState.defaultRoot`),
+    /// the directories named in `states` (`state=`), and state an earlier vexfs kept in
+    /// STORE/.vexfs/mounts/ID/index.
+    public static func indexRoots(root: String, states: [String]) -> [String] {
+        let state = root + "/.vexfs"
+        var roots = [state + "/index", state + "/shared/index"]
+        roots += ((try? StatePaths.entries(state + "/mounts"))?.directories ?? []).map { "\(state)/mounts/\($0)/index" }
+        if let store = SharedState.readIdentity(state + "/shared/store") {
+            let local = "\(SharedState.defaultRoot)/\(store)"
+            roots += ((try? StatePaths.entries(local))?.directories ?? []).map { "\(local)/\($0)/index" }
+        }
+        roots += states.map { $0 + "/index" }
+        var seen = Set<String>()
+        return roots.filter { (try? StatePaths.stat($0)) != nil && seen.insert($0).inserted }
     }
 
     private static func check(key: UInt64, indexDirectory: String, directory: (path: String, fd: Int32)?, repair: Bool,
@@ -147,7 +169,6 @@ public enum StoreCheck {
                                    findings: ["no directory has inode \(key) now: the next mount deletes this index"],
                                    vectors: 0, repaired: false)
         }
-        defer { close(directory.fd) }
         let saved: SavedCollection
         do {
             let bytes = try readFile(snapshot, limit: snapshotMemoryLimit)

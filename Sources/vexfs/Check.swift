@@ -20,6 +20,8 @@ struct Check: ParsableCommand {
     @Flag(help: "Move damaged snapshots aside (snapshot.bad) so the next mount rebuilds them; the store must not be mounted.")
     var repair = false
     @Flag(help: "List every finding, not only the first few of each collection.") var verbose = false
+    @Option(name: .customLong("state"), help: "A shared mount's private state directory (its -o state=); repeatable. Those in the default place are found.")
+    var states: [String] = []
 
     func run() throws {
         guard let resolved = realpath(store, nil) else { throw UserError("store \(store) does not exist") }
@@ -44,7 +46,9 @@ struct Check: ParsableCommand {
         do { kernels = try DistanceKernels.forProcess.get() } catch { throw UserError(error.description) }
 
         let bar = isatty(STDERR_FILENO) == 1
-        let results = StoreCheck.run(root: root, repair: repair, kernels: kernels) { done, total in
+        // A shared store's indexes are in several places: each line then names its index directory.
+        let roots = StoreCheck.indexRoots(root: root, states: states)
+        let results = StoreCheck.run(root: root, indexRoots: roots, repair: repair, kernels: kernels) { done, total in
             guard bar, total > 0 else { return }
             let width = 30, filled = done * width / total
             let line = "\rchecking [\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(done)/\(total)"
@@ -57,6 +61,7 @@ struct Check: ParsableCommand {
             let name = r.path ?? r.indexDirectory
             var line = "\(r.verdict.rawValue)\t\(name)"
             if r.verdict == .clean { line += "\t\(r.vectors) vectors" }
+            if roots.count > 1 && r.path != nil { line += "\t\(r.indexDirectory)" }
             if r.repaired { line += "\tset aside: the next mount rebuilds it" }
             print(line)
             let shown = verbose ? r.findings : Array(r.findings.prefix(5))

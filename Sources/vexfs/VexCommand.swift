@@ -110,6 +110,16 @@ struct Mount: ParsableCommand {
             throw UserError("store \(storePath) is already mounted by another vexfs (mounts on several machines need -o shared)")
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
         do { try StoreFormat.adopt(stateRoot: storePath + "/.vexfs") } catch { throw UserError("cannot mount \(storePath): \(error)") }
+        // A shared mount's private state is on a local disk (its lock, like the store's, is held
+        // until the process ends).
+        var stateDirectory: String?
+        if let sharedID {
+            do {
+                stateDirectory = try SharedState.prepare(storeRoot: storePath, id: sharedID, given: mountOptions.semantic.stateDirectory).path
+            } catch { throw UserError("cannot mount \(storePath): \(error)") }
+        } else if mountOptions.semantic.stateDirectory != nil {
+            throw UserError("-o state= is for a shared store (-o shared): a store of one mount keeps its state in STORE/.vexfs")
+        }
         // The lock is never closed here: the kernel drops it when this process's files are closed
         // in exit, after its threads and memory are gone, so `vexfs unmount` (which waits on the
         // lock) returns only once the daemon has truly finished.
@@ -151,7 +161,8 @@ struct Mount: ParsableCommand {
                                              collectionsPerUser: mountOptions.semantic.collectionsPerUser,
                                              indexMiBPerUser: mountOptions.semantic.indexMiBPerUser,
                                              stateMiBPerUser: mountOptions.semantic.stateMiBPerUser,
-                                             sharedID: sharedID, keywords: mountOptions.semantic.keywords)
+                                             sharedID: sharedID, stateDirectory: stateDirectory,
+                                             flockAcrossMachines: mountOptions.forwardsFlock, keywords: mountOptions.semantic.keywords)
                 // Progress goes to a service manager (STATUS=), to a person at the terminal of a
                 // foreground mount (one line redrawn), else to the log.
                 notifier?.status("reconciling \(storePath)")

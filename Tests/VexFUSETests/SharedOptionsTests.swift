@@ -17,6 +17,32 @@ import Testing
         #expect(p.semantic.sharedID?.isEmpty == false)
     }
 
+    /// Users' flock(2) goes to the backing files on a shared store, served through /dev/fuse (a
+    /// waiting lock holds its worker); an io_uring asked for, before or after, keeps it local.
+    @Test func sharedTakesFlockToTheStoreUnlessIoUringIsAsked() throws {
+        let plain = MountOptions()
+        #expect(!plain.forwardsFlock && plain.ioUring)
+        var o = MountOptions()
+        try o.apply("shared")
+        #expect(o.forwardsFlock && !o.ioUring)
+        var after = MountOptions()
+        try after.apply("shared,io_uring")
+        #expect(after.ioUring && !after.forwardsFlock)
+        var before = MountOptions()
+        try before.apply("io_uring,shared")
+        #expect(before.ioUring && !before.forwardsFlock)
+    }
+
+    @Test func stateIsAnAbsolutePath() throws {
+        var o = MountOptions()
+        try o.apply("shared=m,state=/var/lib/vexfs-here")
+        #expect(o.semantic.stateDirectory == "/var/lib/vexfs-here")
+        for bad in ["state=", "state=relative/dir", "state"] {
+            var p = MountOptions()
+            #expect(throws: MountOptions.ParseError.self) { try p.apply(bad) }
+        }
+    }
+
     @Test(arguments: ["shared=", "shared=a/b", "shared=..", "shared=a b", "shared=\(String(repeating: "x", count: 65))"])
     func rejectsBadIDs(_ option: String) {
         var o = MountOptions()

@@ -144,7 +144,8 @@ def second_mount(binary, base, machines, n, dim=768):
     rows /= np.linalg.norm(rows, axis=1, keepdims=True)
     src = base / "big.npy"
     np.save(src, rows)
-    a = Vexfs(binary, machines[0] / "big", base / "big-a", ["-o", "shared=owner"])
+    # Each mount's private state on local disk (`state=`), as on two machines.
+    a = Vexfs(binary, machines[0] / "big", base / "big-a", ["-o", f"shared=owner,state={base / 'state-owner'}"])
     a.mount()
     try:
         c = a / "c"
@@ -159,7 +160,7 @@ def second_mount(binary, base, machines, n, dim=768):
         # The second mount comes once the owner's last snapshot is published: the same as its own, and
         # its own unchanged for 3 s (snapshots are written while the file streams in).
         published = machines[0] / "big" / ".vexfs" / "shared" / "index"
-        private = machines[0] / "big" / ".vexfs" / "mounts" / "owner" / "index"
+        private = base / "state-owner" / "index"
         last = {}
 
         def settled():
@@ -172,7 +173,7 @@ def second_mount(binary, base, machines, n, dim=768):
                     return True
             return False
         until(settled, 600, 0.2)
-        b = Vexfs(binary, machines[1] / "big", base / "big-b", ["-o", "shared=second"])
+        b = Vexfs(binary, machines[1] / "big", base / "big-b", ["-o", f"shared=second,state={base / 'state-second'}"])
         began = time.monotonic()
         b.mount()
         try:
@@ -214,8 +215,9 @@ def main():
         (machines[0] / "s").mkdir()
         results = {}
         local = Vexfs(args.vexfs, base / "local-store", base / "local")
-        one = Vexfs(args.vexfs, machines[0] / "one", base / "one", ["-o", "shared=one"])
-        two = [Vexfs(args.vexfs, machines[k] / "s", base / f"two{k}", ["-o", f"shared=m{k}"], cpu=k) for k in (0, 1)]
+        one = Vexfs(args.vexfs, machines[0] / "one", base / "one", ["-o", f"shared=one,state={base / 'state-one'}"])
+        two = [Vexfs(args.vexfs, machines[k] / "s", base / f"two{k}", ["-o", f"shared=m{k},state={base / f'state-m{k}'}"], cpu=k)
+               for k in (0, 1)]
         setups = () if args.skip_rates else (("local ext4, one mount", [local]), ("CephFS, one mount", [one]), ("CephFS, two mounts", two))
         for label, ms in setups:
             for m in ms:

@@ -55,6 +55,9 @@ struct vexfs_handlers {
     void (*lseek)(fuse_req_t, fuse_ino_t ino, off_t off, int whence, struct fuse_file_info *fi);
     void (*ioctl)(fuse_req_t, fuse_ino_t ino, unsigned int cmd, void *arg, struct fuse_file_info *fi,
                   unsigned flags, const void *in_buf, size_t in_bufsz, size_t out_bufsz);
+    /// Users' flock(2), when the session takes it over (`flock_locks`); op is LOCK_SH, LOCK_EX or
+    /// LOCK_UN, with LOCK_NB when the caller would not wait.
+    void (*flock)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi, int op);
     /// Optional: called once, on the loop thread, after the kernel has stopped sending requests.
     void (*destroy)(void *userdata);
     /// Optional: called once at INIT with the passthrough state agreed (a vexfs_passthrough).
@@ -71,6 +74,7 @@ struct vexfs_session_config {
     int passthrough;    // let the kernel read and write open files itself, if it offers and we may
     int posix_acl;      // FUSE_POSIX_ACL: the kernel caches and enforces ACLs
     int io_uring;       // serve requests through io_uring queues, if the kernel offers (uring.c)
+    int flock_locks;    // FUSE_CAP_FLOCK_LOCKS: users' flock(2) comes to the daemon (a shared store's)
 };
 
 /// How requests reach the daemon: io_uring queues, or /dev/fuse and why.
