@@ -5,6 +5,7 @@
 #include <linux/fs.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -63,3 +64,15 @@ int vx_ioctl_ptr(int fd, unsigned long cmd, void *arg) { return ioctl(fd, cmd, a
 
 const int vx_O_TMPFILE = O_TMPFILE;
 const unsigned vx_RENAME_WHITEOUT = RENAME_WHITEOUT;
+
+int vx_statx_birth(int fd, int *has_btime, int64_t *btime_sec, uint32_t *btime_nsec, uint64_t *attributes,
+                   uint64_t *attributes_mask) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BTIME, &sx) != 0) return -1;
+    *has_btime = (sx.stx_mask & STATX_BTIME) != 0;
+    *btime_sec = sx.stx_btime.tv_sec;
+    *btime_nsec = sx.stx_btime.tv_nsec;
+    *attributes = sx.stx_attributes;
+    *attributes_mask = sx.stx_attributes_mask;
+    return 0;
+}
