@@ -4,6 +4,7 @@ against cached pages, file handles after the caches are dropped and after a remo
 features the mount passes through (O_TMPFILE, RENAME_WHITEOUT, chattr flags, statx's birth time)."""
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import stat
@@ -757,3 +758,69 @@ def test_statx_whichever_way_the_daemon_reads_requests(make_mount, reads):
         assert os.stat(m.root / name).st_size == len(big)
         assert (m.root / name).read_bytes() == big
         m.unmount()
+
+
+# generic/732: the same store mounted at a second mountpoint on one machine
+
+
+def mounted_device(root):
+    """The mount's device ("major:minor") in /proc/self/mountinfo, or None."""
+    with open("/proc/self/mountinfo") as f:
+        return next((line.split()[2] for line in f if line.split()[4] == str(root)), None)
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_second_mount_of_a_served_store_is_the_same_filesystem(make_mount, tmp_path, mode):
+    """generic/732: mounting a store this machine serves at a second mountpoint shows the same
+    filesystem there (one superblock, one daemon, as a second mount of one ext4 device), renames
+    through either are seen through the other, a read-only second mount refuses writes, and each
+    mountpoint unmounts alone; after the last, the daemon is gone and a new mount has everything."""
+    m = make_mount(*MODES[mode])
+    m.mount()
+    second, third = tmp_path / "second", tmp_path / "third"
+    second.mkdir()
+    third.mkdir()
+    try:
+        subprocess.run([VEXFS_BIN, "mount", str(m.store), str(second), *MODES[mode]], check=True, timeout=60)
+        assert mounted_device(second) == mounted_device(m.root) is not None
+        assert daemon_pid(m.store) == m.pid, "no second daemon"
+        (m.root / "A").mkdir()
+        (m.root / "B").mkdir()
+        (m.root / "A" / "f").write_text("one\n")
+        os.rename(m.root / "A" / "f", m.root / "B" / "f")
+        assert (second / "B" / "f").read_text() == "one\n"
+        os.rename(second / "B" / "f", second / "A" / "f")
+        assert (m.root / "A" / "f").read_text() == "one\n"
+        os.rename(m.root / "A" / "f", m.root / "B" / "f")
+        assert sorted(os.listdir(second / "B")) == ["f"] and os.listdir(second / "A") == []
+        (second / "c").mkdir()
+        for i in range(5):
+            (second / "c" / f"{i}.vec").write_text(f"{i} 0 1")
+        near = os.getxattr(m.root / "c" / "0.vec", "user.vexfs.knn.2").decode().splitlines()
+        assert near == os.getxattr(second / "c" / "0.vec", "user.vexfs.knn.2").decode().splitlines()
+        assert [line.split()[0] for line in near] == ["1.vec", "2.vec"]
+
+        subprocess.run([VEXFS_BIN, "mount", str(m.store), str(third), "-o", "ro"], check=True, timeout=60)
+        assert (third / "B" / "f").read_text() == "one\n"
+        with pytest.raises(OSError) as refused:
+            (third / "g").write_text("no")
+        assert refused.value.errno == errno.EROFS
+        subprocess.run([VEXFS_BIN, "unmount", str(third)], check=True, timeout=60)
+
+        # The first mountpoint goes; the daemon serves on through the second.
+        subprocess.run([VEXFS_BIN, "unmount", str(m.root)], check=True, timeout=60)
+        assert mounted_device(m.root) is None
+        assert (second / "B" / "f").read_text() == "one\n"
+        (second / "B" / "g").write_text("two\n")
+        os.kill(m.pid, 0)
+        subprocess.run([VEXFS_BIN, "unmount", str(second)], check=True, timeout=60)
+        assert mounted_device(second) is None
+        with open(m.store / ".vexfs" / "mount.lock") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH | fcntl.LOCK_NB)  # the daemon has exited
+    finally:
+        for d in (third, second):
+            if mounted_device(d):
+                subprocess.run(["umount", "-l", str(d)], check=False)
+    m.mount()
+    assert (m.root / "B" / "g").read_text() == "two\n" and (m.root / "B" / "f").read_text() == "one\n"
+    assert os.getxattr(m.root / "c" / "0.vec", "user.vexfs.knn.2").decode().splitlines() == near

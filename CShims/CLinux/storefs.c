@@ -5,6 +5,7 @@
 #include <linux/fs.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
@@ -74,5 +75,16 @@ int vx_statx_birth(int fd, int *has_btime, int64_t *btime_sec, uint32_t *btime_n
     *btime_nsec = sx.stx_btime.tv_nsec;
     *attributes = sx.stx_attributes;
     *attributes_mask = sx.stx_attributes_mask;
+    return 0;
+}
+
+int vx_bind_mount(const char *source, const char *target, int readonly) {
+    if (mount(source, target, NULL, MS_BIND, NULL) != 0) return -1;
+    if (readonly && mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0) {
+        int e = errno;
+        umount2(target, MNT_DETACH);
+        errno = e;
+        return -1;
+    }
     return 0;
 }
