@@ -76,6 +76,8 @@ static __thread struct {
 
 size_t vx_statx_as_getattr(void *request, size_t len) {
     struct fuse_in_header *in = request;
+    // A mark libfuse never consumed (a request it answered itself) must not outlive its request.
+    vx_statx_mark.pending = 0;
     if (len != VX_STATX_REQUEST_SIZE || in->opcode != VX_FUSE_STATX || in->len != len) return len;
     in->opcode = FUSE_GETATTR;
     in->len = (uint32_t)(sizeof *in + sizeof(struct fuse_getattr_in));
