@@ -69,6 +69,7 @@ _Static_assert(VX_FUSE_DEV_IOC_BACKING_CLOSE == 0x4004e502, "FUSE_DEV_IOC_BACKIN
 size_t vx_request_in(struct vexfs_session *s, void *buf, size_t len, size_t capacity) {
     (void)capacity;
     vx_tmpfile_as_create(buf, len);
+    len = vx_statx_as_getattr(buf, len);
     if (len >= sizeof(struct fuse_in_header) + sizeof(struct fuse_init_in)) {
         const struct fuse_in_header *in = buf;
         if (in->opcode == FUSE_INIT) {

@@ -120,7 +120,10 @@ static void vx_destroy(void *data) {
 static void vx_lookup(fuse_req_t req, fuse_ino_t p, const char *n) { FWD(lookup, p, n); }
 static void vx_forget(fuse_req_t req, fuse_ino_t i, uint64_t n) { FWD(forget, i, n); }
 static void vx_forget_multi(fuse_req_t req, size_t c, struct fuse_forget_data *f) { FWD(forget_multi, c, f); }
-static void vx_getattr(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) { FWD(getattr, i, fi); }
+static void vx_getattr(fuse_req_t req, fuse_ino_t i, struct fuse_file_info *fi) {
+    if (vx_statx_take(i)) FWD(statx, i, fi);  // a STATX rewritten on its way in (statx.c)
+    else FWD(getattr, i, fi);
+}
 static void vx_setattr(fuse_req_t req, fuse_ino_t i, struct stat *a, int s, struct fuse_file_info *fi) {
     FWD(setattr, i, a, s, fi);
 }

@@ -6,6 +6,7 @@
 
 #include "cfuse.h"
 #include <stdatomic.h>
+#include <linux/fuse.h>
 #include <sys/uio.h>
 
 struct vx_uring;
@@ -73,5 +74,13 @@ int vx_backport_watch_init(struct vexfs_session *s);
 int vx_tmpfile_as_create(void *request, size_t len);
 /// The same for a request read from the device with splice into libfuse's pipe `fdout`.
 ssize_t vx_tmpfile_splice_receive(int fdin, off_t *offin, int fdout, off_t *offout, size_t len, unsigned int flags);
+
+/// statx(2) (statx.c): a FUSE_STATX request has this length (no extensions).
+#define VX_STATX_REQUEST_SIZE (sizeof(struct fuse_in_header) + 24)
+/// Rewrites a FUSE_STATX request in memory into a GETATTR and marks the calling thread; returns
+/// the request's new length (`len` when it is not a STATX). Every transport calls it on each request.
+size_t vx_statx_as_getattr(void *request, size_t len);
+/// In the getattr trampoline: 1 when the request for `ino` came as a STATX (the mark is cleared).
+int vx_statx_take(fuse_ino_t ino);
 
 #endif

@@ -10,7 +10,7 @@
 //
 // Every transport that reads requests into memory calls vx_tmpfile_as_create on each one. The
 // device read with splice (vx_tmpfile_splice_receive) cannot see the request in libfuse's pipe, so it
-// takes it through a pipe of its own first.
+// takes it through a pipe of its own first (and gives statx.c's rewrite the same chance).
 //
 // libfuse 3.17 and later answer FUSE_TMPFILE (fuse_lowlevel_ops.tmpfile): once the system's libfuse is
 // that new, delete this file and its calls, and give Handlers' unnamed create its own operation.
@@ -91,12 +91,14 @@ ssize_t vx_tmpfile_splice_receive(int fdin, off_t *offin, int fdout, off_t *offo
     if (!p) return splice(fdin, offin, fdout, offout, len, flags);
     ssize_t n = splice(fdin, offin, p->fd[1], NULL, len, flags);
     if (n <= 0) return n;
-    if ((size_t)n == VX_TMPFILE_REQUEST_SIZE) {
-        // As long as a TMPFILE request (other requests can be): read it, rewrite it if it is one.
-        char request[VX_TMPFILE_REQUEST_SIZE];
-        if (read(p->fd[0], request, sizeof request) != (ssize_t)sizeof request) return -1;
-        vx_tmpfile_as_create(request, sizeof request);
-        return write(fdout, request, sizeof request);
+    if ((size_t)n == VX_TMPFILE_REQUEST_SIZE || (size_t)n == VX_STATX_REQUEST_SIZE) {
+        // As long as a TMPFILE or a STATX request (other requests can be): read it, rewrite it if
+        // it is one (statx.c's rewrite shortens it).
+        char request[VX_TMPFILE_REQUEST_SIZE > VX_STATX_REQUEST_SIZE ? VX_TMPFILE_REQUEST_SIZE : VX_STATX_REQUEST_SIZE];
+        if (read(p->fd[0], request, (size_t)n) != n) return -1;
+        vx_tmpfile_as_create(request, (size_t)n);
+        size_t len = vx_statx_as_getattr(request, (size_t)n);
+        return write(fdout, request, len);
     }
     // Anything else moves on whole, its pages not copied (libfuse's pipe is empty and as large).
     size_t moved = 0;

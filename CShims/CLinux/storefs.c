@@ -5,6 +5,8 @@
 #include <linux/fs.h>
 #include <stdio.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -63,3 +65,26 @@ int vx_ioctl_ptr(int fd, unsigned long cmd, void *arg) { return ioctl(fd, cmd, a
 
 const int vx_O_TMPFILE = O_TMPFILE;
 const unsigned vx_RENAME_WHITEOUT = RENAME_WHITEOUT;
+
+int vx_statx_birth(int fd, int *has_btime, int64_t *btime_sec, uint32_t *btime_nsec, uint64_t *attributes,
+                   uint64_t *attributes_mask) {
+    struct statx sx;
+    if (statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_BTIME, &sx) != 0) return -1;
+    *has_btime = (sx.stx_mask & STATX_BTIME) != 0;
+    *btime_sec = sx.stx_btime.tv_sec;
+    *btime_nsec = sx.stx_btime.tv_nsec;
+    *attributes = sx.stx_attributes;
+    *attributes_mask = sx.stx_attributes_mask;
+    return 0;
+}
+
+int vx_bind_mount(const char *source, const char *target, int readonly) {
+    if (mount(source, target, NULL, MS_BIND, NULL) != 0) return -1;
+    if (readonly && mount(NULL, target, NULL, MS_REMOUNT | MS_BIND | MS_RDONLY, NULL) != 0) {
+        int e = errno;
+        umount2(target, MNT_DETACH);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}

@@ -30,6 +30,24 @@ public enum MountLock {
         _ = text.withCString { pwrite(fd, $0, strlen($0), 0) }
     }
 
+    /// The daemon serving the store, as it recorded itself (its pid and mountpoint), while it holds
+    /// the lock; nil when none does.
+    public static func holder(storePath: String) -> (pid: pid_t, mountpoint: String)? {
+        let fd = open(path(storePath), O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        if vx_flock(fd, LOCK_SH | LOCK_NB) == 0 {  // nobody holds it
+            vx_flock(fd, LOCK_UN)
+            return nil
+        }
+        var buffer = [UInt8](repeating: 0, count: 4200)
+        let n = pread(fd, &buffer, buffer.count, 0)
+        guard n > 0 else { return nil }
+        let lines = String(decoding: buffer[..<n], as: UTF8.self).split(separator: "\n")
+        guard lines.count == 2, let pid = pid_t(lines[0]) else { return nil }
+        return (pid, String(lines[1]))
+    }
+
     /// Waits until no daemon holds the lock; false on time-out.
     public static func waitForRelease(storePath: String, timeoutSeconds: Double) -> Bool {
         let fd = open(path(storePath), O_RDONLY | O_CLOEXEC)

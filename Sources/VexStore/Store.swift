@@ -183,6 +183,26 @@ public final class Store: Sendable {
         return st
     }
 
+    /// What statx(2) tells of a file beyond `attributes`: its birth time, if the store's filesystem
+    /// records one, and its attribute flags (STATX_ATTR_*) with the mask of those it supports.
+    public struct BirthAndFlags {
+        public var birth: timespec?
+        public var attributes: UInt64
+        public var attributesMask: UInt64
+    }
+
+    public func birthAndFlags(_ inode: Inode) throws(Errno) -> BirthAndFlags {
+        var hasBirth: Int32 = 0
+        var seconds: Int64 = 0
+        var nanoseconds: UInt32 = 0
+        var result = BirthAndFlags(birth: nil, attributes: 0, attributesMask: 0)
+        try inodes.using(inode) { fd throws(Errno) in
+            try check(vx_statx_birth(fd, &hasBirth, &seconds, &nanoseconds, &result.attributes, &result.attributesMask))
+        }
+        if hasBirth != 0 { result.birth = timespec(tv_sec: Int(seconds), tv_nsec: Int(nanoseconds)) }
+        return result
+    }
+
     public func mkdir(_ parent: Inode, _ name: UnsafePointer<CChar>, mode: mode_t, caller: Caller) throws(Errno) -> Entry {
         try refuseReserved(parent, name)
         try inodes.using(parent) { dir throws(Errno) in try check(mkdirat(dir, name, mode)) }

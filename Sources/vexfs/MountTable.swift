@@ -6,6 +6,9 @@ enum MountTable {
         let mountpoint: String
         let type: String
         let source: String
+        /// The filesystem's device, "major:minor": the same for every mount of one superblock (a bind
+        /// mount, a second mount of a served store).
+        let device: String
     }
 
     /// Every mount, in the order of /proc/self/mountinfo (later mounts over earlier ones).
@@ -19,7 +22,7 @@ enum MountTable {
         while getline(&line, &capacity, file) > 0 {
             let fields = String(cString: line!).split(separator: " ", omittingEmptySubsequences: true).map(String.init)
             guard fields.count > 4, let dash = fields.firstIndex(of: "-"), dash + 2 < fields.count else { continue }
-            found.append(Entry(mountpoint: unescape(fields[4]), type: fields[dash + 1], source: unescape(fields[dash + 2])))
+            found.append(Entry(mountpoint: unescape(fields[4]), type: fields[dash + 1], source: unescape(fields[dash + 2]), device: fields[2]))
         }
         return found
     }

@@ -1,6 +1,7 @@
 // The `vexfs` command: mount a store, unmount it. Checks what a user can get wrong (a missing store, a
 // busy or missing mountpoint, no /dev/fuse) before libfuse is involved, and says so in one line.
 import ArgumentParser
+import CLinux
 import Foundation
 import Glibc
 import Logging
@@ -97,6 +98,15 @@ struct Mount: ParsableCommand {
         }
         let lock: Int32
         let sharedID = mountOptions.semantic.sharedID
+        // A second mount of a store this machine serves already: the kernel's mount of it appears at
+        // the new mountpoint too, as a second mount of one ext4 device shares its superblock.
+        if sharedID == nil, let served = servingMount(of: storePath) {
+            let readOnly = mountOptions.kernelOptions.contains("ro")
+            guard vx_bind_mount(served, mountPath, readOnly ? 1 : 0) == 0 else {
+                throw UserError("cannot mount \(storePath) a second time on \(mountPath): \(String(cString: strerror(errno)))")
+            }
+            return
+        }
         do {
             if let sharedID {
                 lock = try acquireLock(storePath) { () throws(MountLock.Failure) in try MountLock.acquireShared(storePath: storePath, id: sharedID).mount }
@@ -146,11 +156,7 @@ struct Mount: ParsableCommand {
         var server: MetricsServer?
         do {
             try Session.run(store: store, mountpoint: mountPath, options: mountOptions, detached: {
-                if sharedID != nil {
-                    MountLock.record(pid: getpid(), mountpoint: mountPath, in: lock)
-                } else {
-                    MountLock.record(pid: getpid(), in: lock)
-                }
+                MountLock.record(pid: getpid(), mountpoint: mountPath, in: lock)
             }, prepare: { factory in
                 // Made here, after the fork: the HTTP client's threads would not survive it.
                 let embedder = mountOptions.semantic.embedderConfiguration(apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
@@ -251,6 +257,8 @@ struct Unmount: ParsableCommand {
         let sharedLock = MountLock.sharedPath(storePath: entry.source, mountpoint: path)
         let status = runProcess("/bin/fusermount3", ["-u", path])
         guard status == 0 else { throw UserError("fusermount3 -u \(path) failed (is the filesystem busy?)") }
+        // Mounted elsewhere too (a second mount of the store): the daemon serves on there.
+        if MountTable.all().contains(where: { $0.device == entry.device && $0.type == entry.type }) { return }
         let released = if let sharedLock {
             MountLock.waitForRelease(lockPath: sharedLock, timeoutSeconds: timeout)
         } else {
@@ -270,6 +278,34 @@ func runProcess(_ path: String, _ arguments: [String]) -> Int32 {
     var status: Int32 = 0
     while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
     return (status & 0x7f) == 0 ? (status >> 8) & 0xff : -1
+}
+
+/// The mountpoint where the daemon holding the store's lock serves it in this mount namespace, if
+/// that mount is not a shared one (`-o shared` mounts each serve on their own): its root must be the
+/// store's root (inode number and birth time), so a stale record never names another filesystem.
+func servingMount(of storePath: String) -> String? {
+    guard let holder = MountLock.holder(storePath: storePath), kill(holder.pid, 0) == 0,
+          MountLock.sharedPath(storePath: storePath, mountpoint: holder.mountpoint) == nil,
+          let ours = rootIdentity(storePath) else { return nil }
+    // Where the daemon mounted it, or (that one unmounted since) another mount of the store.
+    let candidates = [holder.mountpoint] + MountTable.all().filter { $0.source == storePath }.map(\.mountpoint)
+    return candidates.first { MountTable.entry(at: $0)?.type == "fuse.vexfs" && rootIdentity($0) == ours }
+}
+
+/// A directory's inode number and birth time (nanoseconds); nil when it has no birth time.
+private func rootIdentity(_ path: String) -> [Int64]? {
+    let fd = open(path, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var st = stat()
+    var hasBirth: Int32 = 0
+    var seconds: Int64 = 0
+    var nanoseconds: UInt32 = 0
+    var attributes: UInt64 = 0
+    var mask: UInt64 = 0
+    guard fstatat(fd, "", &st, vx_AT_EMPTY_PATH) == 0,
+          vx_statx_birth(fd, &hasBirth, &seconds, &nanoseconds, &attributes, &mask) == 0, hasBirth != 0 else { return nil }
+    return [Int64(st.st_ino), seconds, Int64(nanoseconds)]
 }
 
 /// The store's lock. A daemon whose mount is gone (just unmounted, still persisting its indexes)

@@ -165,4 +165,27 @@ final class TemporaryStore {
         close(fd)
         #expect(MountLock.waitForRelease(storePath: t.path, timeoutSeconds: 1))
     }
+
+    @Test func mountLockNamesItsHolderOnlyWhileHeld() throws {
+        let t = try TemporaryStore()
+        #expect(MountLock.holder(storePath: t.path) == nil)
+        let fd = try MountLock.acquire(storePath: t.path)
+        MountLock.record(pid: 4321, mountpoint: "/mnt/a b", in: fd)
+        let holder = try #require(MountLock.holder(storePath: t.path))
+        #expect(holder.pid == 4321 && holder.mountpoint == "/mnt/a b")
+        close(fd)
+        #expect(MountLock.holder(storePath: t.path) == nil, "a record left by a daemon that is gone names nobody")
+    }
+
+    @Test func birthTimeAndFlagsAreTheStoreFilesOwn() throws {
+        let t = try TemporaryStore()
+        let dir = try t.store.mkdir(t.store.root, "d", mode: 0o755, caller: Caller(uid: 0, gid: 0))
+        let more = try t.store.birthAndFlags(dir.inode)
+        let st = try t.store.attributes(dir.inode)
+        if let birth = more.birth {
+            // Born no later than its last change.
+            #expect((birth.tv_sec, birth.tv_nsec) <= (st.st_ctim.tv_sec, st.st_ctim.tv_nsec))
+        }
+        #expect(more.attributes & ~more.attributesMask == 0, "only flags the filesystem supports")
+    }
 }

@@ -58,6 +58,8 @@ struct vexfs_handlers {
     /// Users' flock(2), when the session takes it over (`flock_locks`); op is LOCK_SH, LOCK_EX or
     /// LOCK_UN, with LOCK_NB when the caller would not wait.
     void (*flock)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi, int op);
+    /// statx(2) asking for more than stat gives (a birth time): answered with vexfs_reply_statx.
+    void (*statx)(fuse_req_t, fuse_ino_t ino, struct fuse_file_info *fi);
     /// Optional: called once, on the loop thread, after the kernel has stopped sending requests.
     void (*destroy)(void *userdata);
     /// Optional: called once at INIT with the passthrough state agreed (a vexfs_passthrough).
@@ -150,6 +152,19 @@ int vexfs_session_posix_acl(vexfs_session *s);
 int vexfs_session_passthrough(vexfs_session *s);
 int vexfs_session_transport(vexfs_session *s);
 int vexfs_req_transport(fuse_req_t req);
+
+/// What a statx reply carries beyond a stat: the backing inode's birth time and its attribute flags
+/// (statx(2)'s stx_btime, stx_attributes and stx_attributes_mask).
+struct vexfs_statx_extra {
+    int has_btime;
+    int64_t btime_sec;
+    uint32_t btime_nsec;
+    uint64_t attributes;
+    uint64_t attributes_mask;
+};
+/// Answers a statx request (statx.c): the attributes `st` (what GETATTR would answer) for `timeout`
+/// seconds, with `extra` when there is a backing inode (NULL for vexfs's own virtual files).
+int vexfs_reply_statx(fuse_req_t req, const struct stat *st, const struct vexfs_statx_extra *extra, double timeout);
 
 /// The userdata given to vexfs_session_new, from inside a request.
 void *vexfs_req_context(fuse_req_t req);

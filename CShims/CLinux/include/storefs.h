@@ -26,6 +26,14 @@ extern const unsigned long vx_FS_IOC_FSGETXATTR;
 extern const unsigned long vx_FS_IOC_FSSETXATTR;
 /// ioctl(2) with a pointer argument.
 int vx_ioctl_ptr(int fd, unsigned long cmd, void *arg);
+/// statx(2) of the file at `fd` (AT_EMPTY_PATH; a symlink's own) for what stat(2) lacks: its birth
+/// time, when the filesystem records one (`has_btime`), and its attribute flags (append, immutable,
+/// nodump, ...) with the mask of those the filesystem supports. 0, or -1 with errno set.
+int vx_statx_birth(int fd, int *has_btime, int64_t *btime_sec, uint32_t *btime_nsec, uint64_t *attributes,
+                   uint64_t *attributes_mask);
+/// Makes the mount at `source` appear at `target` too (a bind mount of its root, one superblock),
+/// read-only there when `readonly`. 0, or -1 with errno set (nothing left mounted).
+int vx_bind_mount(const char *source, const char *target, int readonly);
 /// O_TMPFILE, which Swift's Glibc module does not name.
 extern const int vx_O_TMPFILE;
 extern const unsigned vx_RENAME_WHITEOUT;
