@@ -339,7 +339,7 @@ final class Bridge: @unchecked Sendable {
         // Background work, on every core (its helper threads inherit this): every FUSE request,
         // the worker and the questions come first. A victim's query p99 was 6x its idle figure
         // while another user kept a 100,000-row build going beside floods of requests.
-        _ = vx_nice_this_thread(5)
+        _ = vx_nice_this_thread(10)
         pthread_mutex_lock(queueLock)
         while true {
             while long.isEmpty && !builderStopping { pthread_cond_wait(longReady, queueLock) }

@@ -4,7 +4,7 @@ unprivileged account) that creates, stats and asks in its own collection, and an
 account) that runs each attack of issue 24 in turn. For each attack the victim's p50 and p99 are
 printed with the attacker idle and busy, side by side, and their ratio.
 
-    python3 benchmarks/hostile/run.py [--seconds 10] [--vexfs PATH]
+    python3 benchmarks/hostile/run.py [--seconds 10] [--vexfs PATH] [--attacks A,B] [--options io_uring]
 
 The victim's loop: create a 3-number `.vec`, `stat` it, and ask `user.vexfs.knn.5` of a query file in
 a collection of 2,000 vectors; each step is timed on its own. Accounts vexfs-victim and
@@ -115,7 +115,7 @@ def ask():
 def rewrite():
     while time.monotonic() < end:
         shutil.copyfile(source, f)  # each copy is a new build of 100,000 rows
-        time.sleep(0.5)
+        time.sleep(2)
 ts = [threading.Thread(target=ask) for _ in range(16)] + [threading.Thread(target=rewrite)]
 for t in ts: t.start()
 for t in ts: t.join()
@@ -151,6 +151,7 @@ def main():
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--vexfs", default=str(REPO / ".build/release/vexfs"))
     ap.add_argument("--attacks", default=None, help="comma-separated names (default: all)")
+    ap.add_argument("--options", default="", help="more mount options, e.g. io_uring or no_io_uring")
     args = ap.parse_args()
     victim, attacker = user(VICTIM), user(ATTACKER)
     work = Path(tempfile.mkdtemp(prefix="vexfs-hostile-"))
@@ -158,7 +159,7 @@ def main():
     store, mnt = work / "store", work / "mnt"
     store.mkdir()
     mnt.mkdir()
-    subprocess.run([args.vexfs, "mount", str(store), str(mnt), "-o", "allow_other"], check=True)
+    subprocess.run([args.vexfs, "mount", str(store), str(mnt), "-o", ",".join(["allow_other"] + ([args.options] if args.options else []))], check=True)
     try:
         os.chmod(mnt, 0o1777)
         v, a = mnt / "victim", mnt / "attacker"
