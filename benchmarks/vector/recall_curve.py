@@ -2,8 +2,9 @@
 """The recall a collection is set to against the recall it gives on queries it has never seen.
 
 For each target (user.vexfs.recall) the index is built as a collection builds one big .npy (`vexfs
-bench index --target T`: the same AdaptiveIndex, which holds 400 rows of the batch out of the graph,
-asks them, keeps the smallest breadth that reaches the target on them, then links them), and then
+bench index --target T`: the same AdaptiveIndex, which holds 800 rows of the batch out of the graph,
+400 drawn from all of it and its last 400, asks them, keeps the smallest breadth that reaches the
+target on each group, then links them), and then
 answers 1,000 held-out queries at the breadth it chose, one query at a time on one thread:
 recall@10 against the exact answer, and p50.
 
