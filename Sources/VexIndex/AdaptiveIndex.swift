@@ -427,9 +427,10 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
 
     // MARK: calibration while building
 
-    /// Held-out rows per calibration: the exact answers for them cost a scan of the graph per 400
-    /// queries (on 200,000 GloVe words a second, a few percent of the build), and their recall's
-    /// standard error near 0.95 is about 0.005.
+    /// Held-out rows per group of a calibration (two groups while building), and queries asked
+    /// kept for one: the exact answers cost a scan of the graph per 400 queries (on 200,000 GloVe
+    /// words a second, a few percent of the build), and their recall's standard error near 0.95 is
+    /// about 0.005.
     static let calibrationSamples = 400
     /// A graph smaller than this is not calibrated: at the default breadth it answers almost
     /// exactly, and too few rows are left to hold out.
@@ -450,8 +451,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     private func link(_ labels: [UInt64], _ vectors: UnsafeBufferPointer<Float>, into graph: HNSWIndex, threads: Int,
                       published: Bool) throws(IndexError) {
         let goal = recallTarget
-        let held = min(AdaptiveIndex.calibrationSamples, labels.count / 4)
-        guard held >= 32, calibrationDue(graphOf: graph.count + labels.count, target: goal) else {
+        let held = min(2 * AdaptiveIndex.calibrationSamples, labels.count / 4)
+        guard held >= 64, calibrationDue(graphOf: graph.count + labels.count, target: goal) else {
             try graph.insert(batch: labels, vectors: vectors, threads: threads)
             return
         }
@@ -468,16 +469,29 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             for r in rows { values.append(contentsOf: UnsafeBufferPointer(rebasing: vectors[(r * dimension)..<((r + 1) * dimension)])) }
         }
         let batchLabels = rows.count < labels.count ? unique : labels
+        // Two groups, each of which must reach the target: rows drawn from the whole batch, and
+        // its last rows. A file's order often means something (a vocabulary by frequency, records
+        // by time), and its tail is then the part least like its head: GloVe-50's 200,000 most
+        // frequent words held out at random reach 0.95 at ef 64, its last 400 at ef 96, and the
+        // 1,000 rarest words of the vocabulary, never in the file, need about 110 (BENCHMARKS.md).
+        // In a file in no order the tail is one more random sample.
+        let perGroup = min(held, batchLabels.count / 4) / 2
+        guard perGroup >= 32 else {
+            try graph.insert(batch: labels, vectors: vectors, threads: threads)
+            return
+        }
+        let tail = (batchLabels.count - perGroup)..<batchLabels.count
         var random = SplitMixRandom(seed: UInt64(graph.count + batchLabels.count) ^ 0xca1b)
         var chosen = Set<Int>()
-        while chosen.count < min(held, batchLabels.count / 4) { chosen.insert(Int(random.next() % UInt64(batchLabels.count))) }
-        let heldOut = chosen.sorted()
+        while chosen.count < perGroup { chosen.insert(Int(random.next() % UInt64(tail.lowerBound))) }
+        let heldOut = chosen.sorted() + Array(tail)
+        let groups = [0..<perGroup, perGroup..<(2 * perGroup)]
         let measured: RecallMeasurement?
         let body = { (p: UnsafeBufferPointer<Float>) throws(IndexError) -> RecallMeasurement? in
             if published {
                 for i in heldOut { try self.fresh.insert(label: batchLabels[i], vector: UnsafeBufferPointer(rebasing: p[(i * self.dimension)..<((i + 1) * self.dimension)])) }
             }
-            let m = try graph.insertCalibrating(batch: batchLabels, vectors: p, heldOut: heldOut, threads: threads, target: goal)
+            let m = try graph.insertCalibrating(batch: batchLabels, vectors: p, heldOut: heldOut, groups: groups, threads: threads, target: goal)
             // Linked now: searches find them in the graph (and drop the duplicate) before `fresh`
             // lets go of them.
             if published { for i in heldOut { self.fresh.remove(label: batchLabels[i]) } }

@@ -57,6 +57,36 @@ import VexTestSupport
         #expect(m.optimism != nil)
     }
 
+    @Test func theLastRowsOfABatchAreAGroupOfTheirOwn() throws {
+        // A batch ordered as many files are (GloVe by frequency, records by time): its last rows
+        // from clusters twice as wide, which the graph finds harder, and the queries like them.
+        var rng = SplitMix64(state: 83)
+        let wide = clusteredSet(count: 1400, dimension: Self.dim, clusters: 12, seed: 79).map { v in
+            v.map { ($0 + Float.random(in: -0.4...0.4, using: &rng)) * 0.6 }
+        }
+        let rows = Self.data(10_000, seed: 73) + wide[..<1000], queries = Array(wide[1000...])
+        var order = Array(rows.indices)
+        order.shuffle(using: &rng)
+        let shuffledRows = order.map { rows[$0] }
+        let ordered = try build(rows, target: 0.95, parameters: Self.sound)
+        let shuffled = try build(shuffledRows, target: 0.95, parameters: Self.sound)
+        let (o, s) = (try #require(ordered.measurement), try #require(shuffled.measurement))
+        // In order, the last rows held out are the wide ones, and the breadth is chosen for them.
+        #expect(o.ef > s.ef, "ef \(o.ef) in order, \(s.ef) shuffled")
+        var inOrder: [UInt64: [Float]] = [:], inShuffle: [UInt64: [Float]] = [:]
+        for (i, v) in rows.enumerated() { inOrder[UInt64(i)] = v }
+        for (i, v) in shuffledRows.enumerated() { inShuffle[UInt64(i)] = v }
+        let (ro, rs) = (try heldOutRecall(ordered, inOrder, queries), try heldOutRecall(shuffled, inShuffle, queries))
+        #expect(ro > rs, "recall@10 of queries like the last rows: \(ro) at ef \(o.ef) in order, \(rs) at ef \(s.ef) shuffled")
+    }
+
+    @Test func theBreadthMustPassTheWeakestGroup() {
+        let perQuery = [1.0, 1.0, 0.9, 1.0, 0.6, 0.7, 0.8, 0.7]
+        let weakest = RecallSample(weakestOf: perQuery, parts: [0..<4, 4..<8, 8..<8])
+        #expect(weakest.mean == RecallSample(Array(perQuery[4..<8])).mean)
+        #expect(RecallSample(weakestOf: perQuery, parts: [0..<8]).mean == RecallSample(perQuery).mean)
+    }
+
     @Test func aHigherTargetChoosesABroaderSearch() throws {
         let rows = Self.data(8000, seed: 43)
         let low = try #require(try build(rows, target: 0.8).measurement)

