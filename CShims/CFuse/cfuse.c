@@ -86,6 +86,8 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
     int transport = VEXFS_TRANSPORT_URING;
     if (!s->config.io_uring) transport = VEXFS_TRANSPORT_NOT_ASKED;
     else if (!atomic_load(&s->kernel_offers_uring)) transport = VEXFS_TRANSPORT_NOT_OFFERED;  // seen by the back-port
+    else if (s->config.io_uring == VEXFS_IO_URING_WITH_PASSTHROUGH && passthrough != VEXFS_PASSTHROUGH_ON)
+        transport = VEXFS_TRANSPORT_DATA_THROUGH_DAEMON;
     atomic_store(&s->transport, transport);
     // Splice moves pages between a pipe and /dev/fuse; a ring's answer is bytes copied into its
     // buffer, so with a ring libfuse must make every answer in memory.

@@ -100,7 +100,9 @@ public struct MountOptions: Sendable, Equatable {
     public var killprivV2 = true
     /// FUSE over io_uring: requests come through per-CPU io_uring queues instead of read(2) and
     /// write(2) on /dev/fuse, where the kernel offers it (6.14 and later, fuse.enable_uring=Y).
-    public var ioUring = true
+    /// nil (the default): only with passthrough, as file data through the daemon is read faster
+    /// over /dev/fuse with splice.
+    public var ioUring: Bool? = nil
     public var attrTimeout = 60.0
     public var entryTimeout = 60.0
     /// How long a "no such name" answer is cached; 0 because files may appear in STORE meanwhile.
