@@ -94,6 +94,25 @@ def test_io_uring_serves_everything_and_survives_a_remount(make_mount, passthrou
     assert (m.root / "big").stat().st_size == 3 << 20
 
 
+def test_by_default_the_rings_serve_only_with_passthrough(make_mount):
+    """Without -o io_uring or no_io_uring, the rings serve only when the kernel reads and writes open
+    files itself: a file's data through the daemon is read faster over /dev/fuse (splice). Both
+    serve what a user does, also after a remount."""
+    if not uring_enabled():
+        pytest.skip("the kernel does not offer FUSE over io_uring (fuse.enable_uring is not Y)")
+    m = make_mount()
+    mount_exactly(m)
+    assert transport(m) == ("io_uring", 1)
+    plain = make_mount()
+    mount_exactly(plain, "-o", "no_passthrough")
+    reason, value = transport(plain)
+    assert value == 0 and reason.startswith("/dev/fuse: file data goes through the daemon"), reason
+    first = exercise(plain.root)
+    plain.unmount()
+    mount_exactly(plain, "-o", "no_passthrough")
+    assert os.getxattr(plain.root / "c" / "seven.vec", "user.vexfs.knn.3").decode().splitlines() == first
+
+
 def test_ls_l_asks_a_mount_for_selinux_labels_once(make_mount):
     """ls -l asks every file for its SELinux label and stops asking a mount that answers "not
     supported": a file without a label says so (other missing attributes stay ENODATA), a file with a

@@ -81,6 +81,8 @@ static void vx_init(void *data, struct fuse_conn_info *conn) {
     int transport = VEXFS_TRANSPORT_URING;
     if (!s->config.io_uring) transport = VEXFS_TRANSPORT_NOT_ASKED;
     else if (!atomic_load(&s->kernel_offers_uring)) transport = VEXFS_TRANSPORT_NOT_OFFERED;  // seen by the back-port
+    else if (s->config.io_uring == VEXFS_IO_URING_WITH_PASSTHROUGH && passthrough != VEXFS_PASSTHROUGH_ON)
+        transport = VEXFS_TRANSPORT_DATA_THROUGH_DAEMON;
     atomic_store(&s->transport, transport);
     // flock(2) stays with the kernel: when the filesystem takes it over, the kernel releases a lock
     // only in the asynchronous RELEASE after close(2), so a close-then-lock sequence could still

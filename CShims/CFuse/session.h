@@ -20,9 +20,10 @@ struct vexfs_session {
     int signals;
     // Readable (an eventfd) once a stop signal came: see vexfs_session_stop_fd.
     int stop_fd;
-    // Readable for good (an eventfd never read) once the session ends: written by a stop signal and
-    // after the loop. Every wait for a request (libfuse's workers on the device, the ring threads)
-    // also waits on it, so each ends after the request it serves, whichever thread took the signal.
+    // Readable for good (an eventfd never read) once the session ends: written by a stop signal, and
+    // by vx_uring_stop for rings outliving a loop an unmount ended. Every wait for a request
+    // (libfuse's workers on the device, the ring threads) also waits on it, so each ends after the
+    // request it serves, whichever thread took the signal.
     int exit_fd;
     // A vexfs_passthrough value: decided in init, applied to the INIT reply by the back-port, and
     // turned to REFUSED if the kernel refuses a registration.

@@ -114,10 +114,12 @@ static const char *vx_transport_reasons[] = {
                                     "CONFIG_FUSE_IO_URING, or /sys/module/fuse/parameters/enable_uring is N)",
     [VEXFS_TRANSPORT_SETUP_FAILED] = "/dev/fuse: the rings could not be set up",
     [VEXFS_TRANSPORT_REFUSED] = "/dev/fuse: the kernel refused to register the rings",
+    [VEXFS_TRANSPORT_DATA_THROUGH_DAEMON] = "/dev/fuse: file data goes through the daemon (no passthrough), "
+                                            "which splice reads faster; -o io_uring chooses the rings",
 };
 
 const char *vexfs_transport_reason(int state) {
-    if (state < 0 || state > VEXFS_TRANSPORT_REFUSED) return "unknown";
+    if (state < 0 || state > VEXFS_TRANSPORT_DATA_THROUGH_DAEMON) return "unknown";
     return vx_transport_reasons[state];
 }
 

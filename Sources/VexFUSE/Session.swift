@@ -47,7 +47,7 @@ public enum Session {
         var config = vexfs_session_config(writeback: options.writeback ? 1 : 0, splice: options.splice ? 1 : 0,
                                           max_threads: UInt32(options.threads), clone_fd: options.cloneFD ? 1 : 0,
                                           killpriv_v2: options.killprivV2 ? 1 : 0, passthrough: options.passthrough ? 1 : 0,
-                                          posix_acl: options.posixACL ? 1 : 0, io_uring: options.ioUring ? 1 : 0,
+                                          posix_acl: options.posixACL ? 1 : 0, io_uring: options.ioUring.map { $0 ? 1 : 0 } ?? VEXFS_IO_URING_WITH_PASSTHROUGH,
                                           flock_locks: options.forwardsFlock ? 1 : 0)
         var handlers = Handlers.table
         let session = vexfs_session_new(Int32(argv.count), &argv, &handlers, &config, context.toOpaque())

@@ -100,7 +100,9 @@ public struct MountOptions: Sendable, Equatable {
     public var killprivV2 = true
     /// FUSE over io_uring: requests come through per-CPU io_uring queues instead of read(2) and
     /// write(2) on /dev/fuse, where the kernel offers it (6.14 and later, fuse.enable_uring=Y).
-    public var ioUring = true
+    /// nil (the default): only with passthrough, as file data through the daemon is read faster
+    /// over /dev/fuse with splice.
+    public var ioUring: Bool? = nil
     public var attrTimeout = 60.0
     public var entryTimeout = 60.0
     /// How long a "no such name" answer is cached; 0 because files may appear in STORE meanwhile.
@@ -129,8 +131,7 @@ public struct MountOptions: Sendable, Equatable {
     /// kept in this kernel.
     public var flockLocks = false
     /// Whether users' flock(2) is taken on the backing files: asked, and not over io_uring.
-    public var forwardsFlock: Bool { flockLocks && !ioUring }
-    var ioUringChosen = false
+    public var forwardsFlock: Bool { flockLocks && ioUring == false }
     /// `shared` lowered the timeouts and turned the page cache off once already.
     var sharedDefaultsSet = false
     /// The attribute and entry timeouts on a shared store (`shared`).
@@ -176,8 +177,8 @@ public struct MountOptions: Sendable, Equatable {
             case "no_splice": splice = false
             case "killpriv": killprivV2 = true
             case "no_killpriv": killprivV2 = false
-            case "io_uring": ioUring = true; ioUringChosen = true
-            case "no_io_uring": ioUring = false; ioUringChosen = true
+            case "io_uring": ioUring = true
+            case "no_io_uring": ioUring = false
             case "clone_fd": cloneFD = true
             case "no_clone_fd": cloneFD = false
             // Atime: the kernel mount hears of noatime too (mount(8) shows it); libfuse 3.14 knows
@@ -230,7 +231,7 @@ public struct MountOptions: Sendable, Equatable {
                     // shared default is /dev/fuse (whose loop starts more workers); a chosen
                     // io_uring keeps flock(2) in this kernel.
                     flockLocks = true
-                    if !ioUringChosen { ioUring = false }
+                    if ioUring == nil { ioUring = false }
                     if attrTimeout == 60 { attrTimeout = MountOptions.sharedTimeout }
                     if entryTimeout == 60 { entryTimeout = MountOptions.sharedTimeout }
                     keepCache = false

@@ -21,16 +21,16 @@ import Testing
     /// waiting lock holds its worker); an io_uring asked for, before or after, keeps it local.
     @Test func sharedTakesFlockToTheStoreUnlessIoUringIsAsked() throws {
         let plain = MountOptions()
-        #expect(!plain.forwardsFlock && plain.ioUring)
+        #expect(!plain.forwardsFlock && plain.ioUring == nil)
         var o = MountOptions()
         try o.apply("shared")
-        #expect(o.forwardsFlock && !o.ioUring)
+        #expect(o.forwardsFlock && o.ioUring == false)
         var after = MountOptions()
         try after.apply("shared,io_uring")
-        #expect(after.ioUring && !after.forwardsFlock)
+        #expect(after.ioUring == true && !after.forwardsFlock)
         var before = MountOptions()
         try before.apply("io_uring,shared")
-        #expect(before.ioUring && !before.forwardsFlock)
+        #expect(before.ioUring == true && !before.forwardsFlock)
     }
 
     @Test func stateIsAnAbsolutePath() throws {

@@ -124,8 +124,9 @@ def main():
     ap.add_argument("--size", default="512M")
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--workdir", default=None, help="a directory on the disk to test (default: under /var/tmp)")
-    ap.add_argument("--also", default=None, metavar="OPTIONS",
-                    help="a second vexfs mount with these -o options (e.g. writeback), as one more column")
+    ap.add_argument("--also", action="append", default=[], metavar="OPTIONS",
+                    help="one more vexfs mount with these -o options (e.g. writeback), as one more column; "
+                         "may be given more than once")
     args = ap.parse_args()
 
     vexfs = build_vexfs()
@@ -134,28 +135,26 @@ def main():
         work = Path(tempfile.mkdtemp(prefix="vexfs-fio.", dir=args.workdir))
     else:
         # Four jobs, two files each, on three targets, plus room for the metadata run.
-        disk = make_disk(str((5 if args.also else 4) * 8 * size_bytes(args.size) + (4 << 30)))
+        disk = make_disk(str((4 + len(args.also)) * 8 * size_bytes(args.size) + (4 << 30)))
         work = disk[0] / "work"
         work.mkdir()
     native = work / "native"
     vstore, vmnt = work / "vexfs-store", work / "vexfs-mnt"
     nstore, nmnt = work / "nopt-store", work / "nopt-mnt"
     psrc, pmnt = work / "pll-src", work / "pll-mnt"
-    astore, amnt = work / "also-store", work / "also-mnt"
-    for d in (native, vstore, vmnt, nstore, nmnt, psrc, pmnt, astore, amnt):
+    also = {f"vexfs -o {o}": (o, work / f"also{i}-store", work / f"also{i}-mnt") for i, o in enumerate(args.also)}
+    for d in (native, vstore, vmnt, nstore, nmnt, psrc, pmnt, *(p for _, s, m in also.values() for p in (s, m))):
         d.mkdir()
     nopt = "vexfs -o no_passthrough"
     targets = {"native": native, "vexfs": vmnt, nopt: nmnt, "passthrough_ll": pmnt}
-    also = f"vexfs -o {args.also}" if args.also else None
-    if also:
-        targets[also] = amnt
+    targets.update({name: amnt for name, (_, _, amnt) in also.items()})
     ceiling = descriptor_ceiling()
     try:
         pll = build_passthrough_ll(work)
         sh(str(vexfs), "mount", str(vstore), str(vmnt))
         sh(str(vexfs), "mount", str(nstore), str(nmnt), "-o", "no_passthrough")
-        if also:
-            sh(str(vexfs), "mount", str(astore), str(amnt), "-o", args.also)
+        for options, astore, amnt in also.values():
+            sh(str(vexfs), "mount", str(astore), str(amnt), "-o", options)
         # Its own defaults, as shipped, with the descriptor limit vexfs gives itself.
         sh("prlimit", f"--nofile={ceiling}:{ceiling}", str(pll), "-o", f"source={psrc}", str(pmnt))
         wait_mounted(pmnt)
@@ -186,7 +185,7 @@ def main():
             print(f"rep {rep + 1}/{args.reps} done", file=sys.stderr)
         stats = (vmnt / ".vexfs" / "stats").read_text()
     finally:
-        for m in (vmnt, nmnt, pmnt, amnt):
+        for m in (vmnt, nmnt, pmnt, *(amnt for _, _, amnt in also.values())):
             if is_mounted(m):
                 subprocess.run(["fusermount3", "-u", str(m)])
         time.sleep(0.5)

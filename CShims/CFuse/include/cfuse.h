@@ -75,9 +75,13 @@ struct vexfs_session_config {
     int killpriv_v2;    // take over dropping privileges on write, if the kernel offers (backport_7_40.c)
     int passthrough;    // let the kernel read and write open files itself, if it offers and we may
     int posix_acl;      // FUSE_POSIX_ACL: the kernel caches and enforces ACLs
-    int io_uring;       // serve requests through io_uring queues, if the kernel offers (uring.c)
+    int io_uring;       // serve requests through io_uring queues, if the kernel offers (uring.c):
+                        // 1 asked, 0 not, VEXFS_IO_URING_WITH_PASSTHROUGH where file data passes through
     int flock_locks;    // FUSE_CAP_FLOCK_LOCKS: users' flock(2) comes to the daemon (a shared store's)
 };
+/// The default of `io_uring`: only when the kernel reads and writes open files itself. A file's data
+/// through the daemon is faster over /dev/fuse, where splice moves it (BENCHMARKS.md).
+#define VEXFS_IO_URING_WITH_PASSTHROUGH 2
 
 /// How requests reach the daemon: io_uring queues, or /dev/fuse and why.
 enum vexfs_transport {
@@ -86,6 +90,7 @@ enum vexfs_transport {
     VEXFS_TRANSPORT_NOT_OFFERED,      // the kernel's INIT did not offer it
     VEXFS_TRANSPORT_SETUP_FAILED,     // rings, buffers or threads could not be made
     VEXFS_TRANSPORT_REFUSED,          // the kernel refused a registration
+    VEXFS_TRANSPORT_DATA_THROUGH_DAEMON,  // the default, without passthrough
 };
 /// One line for the log and stats: "io_uring", or "/dev/fuse: " and why.
 const char *vexfs_transport_reason(int state);
