@@ -34,12 +34,14 @@ class CountingProxy:
 
     def __init__(self, upstream):
         self.texts = []
+        self.requests = 0
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 inputs = json.loads(body).get("input", [])
+                proxy.requests += 1
                 proxy.texts += inputs if isinstance(inputs, list) else [inputs]
                 request = urllib.request.Request(upstream.url, data=body, headers={"Content-Type": "application/json"})
                 try:
@@ -332,6 +334,44 @@ def test_the_same_text_is_never_embedded_twice(make_mount, proxy):
     wait_indexed([a / "three.txt"] + [b / p.name for p in files[1:]])
     assert sent_since(proxy, mark) == []
     assert [n for n, _ in lines(a / "three.txt")] == [n for n, _ in before]
+
+
+def test_a_question_asked_again_is_not_sent_again(make_mount, proxy):
+    """The question's vector is kept in the embedding cache too: the same words asked from another
+    query file, another collection, or after a remount send no request to the endpoint."""
+    m = make_mount(*options(proxy))
+    m.mount()
+    docs = descriptions(6)
+    for coll in ("a", "b"):
+        (m / coll).mkdir()
+        for name, text in docs.items():
+            (m / coll / f"{name}.txt").write_text(text + "\n")
+    wait_indexed([m / c / f"{n}.txt" for c in ("a", "b") for n in docs])
+    question = "a library for compressing data"
+
+    def ask(path, words):
+        """The answer, and the requests and texts the endpoint got for it."""
+        requests, texts = proxy.requests, len(proxy.texts)
+        path.write_text(words)
+        got = [n for n, _ in lines(path, 3)]
+        return got, proxy.requests - requests, proxy.texts[texts:]
+
+    first, requests, texts = ask(m / "a" / "one.query", question)
+    assert (requests, texts) == (1, [question])
+    # The same words (around them other blanks) in another query file, in another collection, in hybrid mode.
+    assert ask(m / "a" / "two.query", f"  {question}\n") == (first, 0, [])
+    assert ask(m / "b" / "three.query", question)[1:] == (0, [])
+    os.setxattr(m / "a" / "two.query", "user.vexfs.mode", b"hybrid")
+    assert ask(m / "a" / "two.query", question)[1:] == (0, [])
+    hits = [float(l.split()[1]) for l in (m / ".vexfs" / "stats").read_text().splitlines() if l.startswith("vexfs_embed_cache_hits_total ")]
+    assert hits and hits[0] >= 3
+    # Other words are sent, once.
+    assert ask(m / "a" / "one.query", "tools to manage users")[1:] == (1, ["tools to manage users"])
+    m.unmount()
+    m.mount()
+    wait_indexed([m / "a" / f"{n}.txt" for n in docs])
+    assert ask(m / "a" / "four.query", question) == (first, 0, [])
+    assert ask(m / "b" / "four.query", "tools to manage users")[1:] == (0, [])
 
 
 def test_words_options_on_a_mount_without_text_say_why(make_mount):

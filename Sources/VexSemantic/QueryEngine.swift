@@ -270,15 +270,24 @@ extension SemanticLayer {
     }
 
     /// A bare `.query` file that holds words rather than numbers, as a vector of the query model;
-    /// nil for numbers (or with no embedder). The one FUSE request that waits on the network.
+    /// nil for numbers (or with no embedder). The one FUSE request that waits on the network, unless
+    /// the same words were asked before (the embedding cache keeps questions too).
     func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
-        guard let client = embedClient, let text = try question(of: file) else { return nil }
+        guard let client = embedClient, let question = try question(of: file) else { return nil }
+        // Asked as the words alone: `echo` adds a newline an editor may not, and both are one question.
+        let text = String(question.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+        if let v = embeddingCache?.recall(question: text) {
+            metrics.embed.noteCache(hits: 1, misses: 0)
+            return ParsedVectors(dimension: v.count, values: v)
+        }
+        if embeddingCache != nil { metrics.embed.noteCache(hits: 0, misses: 1) }
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         do {
-            let v = try client.embed([text.trimmingCharacters()], query: true)[0]
+            let v = try client.embed([text], query: true)[0]
             clock_gettime(CLOCK_MONOTONIC, &t1)
             metrics.embed.note(texts: 1, nanoseconds: nanoseconds(t1) - nanoseconds(t0))
+            embeddingCache?.keep(question: text, v)
             return ParsedVectors(dimension: v.count, values: v)
         } catch {
             metrics.embed.note(texts: 1, nanoseconds: nil)

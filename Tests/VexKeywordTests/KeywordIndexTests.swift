@@ -114,6 +114,21 @@ func scratch(_ name: String) -> String {
         #expect(try EmbeddingCache(path: path, model: "m", chunk: 100).recall(["one"]) == [[1, 2, 3]])
     }
 
+    @Test func questionsAreKeptApartFromPassagesByQueryModel() throws {
+        let path = scratch("cache.sqlite")
+        let cache = try EmbeddingCache(path: path, model: "m", chunk: 100, questionModel: "q")
+        cache.keep(["how to rotate logs"], [[1, 2]])
+        // The same words as a question are not the passage's vector (another model embeds them).
+        #expect(cache.recall(question: "how to rotate logs") == nil)
+        cache.keep(question: "how to rotate logs", [3, 4])
+        #expect(cache.recall(question: "how to rotate logs") == [3, 4])
+        #expect(cache.recall(["how to rotate logs"]) == [[1, 2]])
+        // Kept across an open, for the same query model only (the chunking does not matter to questions).
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 50, questionModel: "q").recall(question: "how to rotate logs") == [3, 4])
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 100, questionModel: "other").recall(question: "how to rotate logs") == nil)
+        #expect(cache.usage.passages == 2)
+    }
+
     @Test func theLeastRecentlyUsedGoPastTheBound() throws {
         // Room for three vectors of four numbers.
         let cache = try EmbeddingCache(path: scratch("cache.sqlite"), model: "m", chunk: 1, maxBytes: 48)
