@@ -240,6 +240,48 @@ def test_keyword_hybrid_and_match_answers_agree_with_a_reference(make_mount, pro
     assert [n for n, _ in lines(q)] == [n for n, _ in ref.keyword('"compression"', K)]
 
 
+def test_keyword_answers_across_collections_rank_as_one_collection(make_mount, proxy):
+    """scope=tree: BM25 of two collections of different sizes and words, ranked as one table holding
+    every passage would rank them (the reference is that table), and hybrid fuses the whole scope's
+    two lists."""
+    m = make_mount(*options(proxy))
+    m.mount()
+    docs = list(descriptions(60).items())
+    top = m / "all"
+    parts = {"small": docs[:15], "large": docs[15:]}
+    for part, items in parts.items():
+        (top / part).mkdir(parents=True)
+        for name, text in items:
+            (top / part / f"{name}.txt").write_text(text + "\n")
+    files = [top / part / f"{n}.txt" for part, items in parts.items() for n, _ in items]
+    wait_indexed(files)
+    ref = Reference({f"{part}/{n}.txt": t for part, items in parts.items() for n, t in items})
+    q = top / "ask.query"
+
+    def check():
+        for question in QUESTIONS:
+            q.write_text(question)
+            os.setxattr(q, "user.vexfs.scope", b"tree")
+            os.setxattr(q, "user.vexfs.mode", b"keyword")
+            for expression in (any_word(question), question.split()[-1] + "*"):
+                os.setxattr(q, "user.vexfs.match", expression.encode())
+                got, want = lines(q, K), ref.keyword(expression, K)
+                assert [n for n, _ in got] == [n for n, _ in want], (question, expression)
+                assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-4, abs=1e-9)
+            os.removexattr(q, "user.vexfs.match")
+            os.setxattr(q, "user.vexfs.mode", b"vector")
+            vector = lines(q, K * DEPTH)
+            os.setxattr(q, "user.vexfs.mode", b"hybrid")
+            want = fused(vector, [(n, f32(s)) for n, s in ref.keyword(any_word(question), K * DEPTH)])
+            assert [want[n] for n, _ in lines(q, K)] == pytest.approx(sorted(want.values())[:K], abs=1e-5), question
+
+    check()
+    m.unmount()
+    m.mount()
+    wait_indexed(files)
+    check()
+
+
 def test_a_passage_of_an_unreadable_file_never_appears_in_any_mode(make_mount, proxy, mallory):  # noqa: F811
     m = make_mount("-o", "allow_other," + options(proxy)[1])
     m.mount()

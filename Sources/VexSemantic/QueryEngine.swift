@@ -224,6 +224,7 @@ extension SemanticLayer {
         let out = try requester.withAccess(orElse: lost) { () throws(SemanticError) -> [UInt8] in
             var out: [UInt8] = []
             let admissions = Dictionary(uniqueKeysWithValues: searched.map { ($0.collection.key, Admissions()) })
+            let ranking = try expression.flatMap { (e) throws(SemanticError) in try keywordRanking(e, in: searched, deadline: deadline) }
             for row in 0..<vectors.rows {
                 if row > 0 { out.append(0x0A) }
                 var hits: [(String, Float)] = []
@@ -240,7 +241,8 @@ extension SemanticLayer {
                     }
                     guard let expression else { continue }
                     let admits = s.collection.admission(requester: requester, options: options, admissions: admissions[s.collection.key]!)
-                    words.append(try s.collection.keywordNearest(expression, k: depth, excludingFile: UInt64(st.st_ino), admits: admits).map(s.shown))
+                    words.append(try s.collection.keywordNearest(expression, k: depth, excludingFile: UInt64(st.st_ino), ranking: ranking,
+                                                                 admits: admits).map(s.shown))
                 }
                 if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
                 // Hybrid: the two lists of the whole scope, each `depth` deep, fused once (distances of

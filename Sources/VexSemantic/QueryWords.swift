@@ -28,19 +28,33 @@ extension SemanticLayer {
     /// ties by name). Runs with the asker's identity, like a vector answer.
     func keywordAnswer(_ expression: String, in scoped: [Scoped], k: Int, excludingFile: UInt64, requester: Caller, options: QueryOptions,
                        deadline: QueryBudget.Deadline) throws(SemanticError) -> [UInt8] {
+        for s in scoped { bridge.settle(s.collection.key) }
+        let ranking = try keywordRanking(expression, in: scoped, deadline: deadline)
         var lists: [[(String, Float)]] = []
         for s in scoped {
             try deadline.check()
-            bridge.settle(s.collection.key)
             let admits = s.collection.admission(requester: requester, options: options, admissions: Admissions())
-            lists.append(try s.collection.keywordNearest(expression, k: k, excludingFile: excludingFile, admits: admits).map(s.shown))
+            lists.append(try s.collection.keywordNearest(expression, k: k, excludingFile: excludingFile, ranking: ranking, admits: admits).map(s.shown))
         }
         var out: [UInt8] = []
         for (name, score) in SemanticLayer.mergedKeywords(lists).prefix(k) { out.append(contentsOf: "\(name)\t\(score)\n".utf8) }
         return out
     }
 
-    /// The keyword lists of the collections in scope (each best first) as one, by score.
+    /// How the collections `scoped` are ranked as one (KeywordRanking.swift): nil for one collection,
+    /// which its own `bm25()` ranks the same. The statistics are of every passage, readable or not,
+    /// as one collection's are: they are sums, and no passage is named by them.
+    func keywordRanking(_ expression: String, in scoped: [Scoped], deadline: QueryBudget.Deadline) throws(SemanticError) -> KeywordIndex.Ranking? {
+        guard scoped.count > 1 else { return nil }
+        var sums = KeywordIndex.Statistics()
+        for s in scoped {
+            try deadline.check()
+            sums = sums + (try s.collection.keywordStatistics(expression))
+        }
+        return KeywordIndex.Ranking(sums)
+    }
+
+    /// The keyword lists of the collections in scope (each best first, scored by one ranking) as one.
     static func mergedKeywords(_ lists: [[(String, Float)]]) -> [(String, Float)] {
         guard lists.count > 1 else { return lists.first ?? [] }
         return lists.flatMap { $0 }.sorted { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) }
