@@ -420,6 +420,81 @@ def test_a_question_asked_again_is_not_sent_again(make_mount, proxy):
     assert ask(m / "b" / "four.query", "tools to manage users")[1:] == (0, [])
 
 
+def test_check_finds_stale_and_damaged_keyword_indexes_and_damaged_cache_rows(make_mount, proxy):
+    """vexfs check: a keyword index behind its files (stale: the next mount reads those again), one
+    whose FTS5 data is damaged (--repair sets it aside, the next mount rebuilds it from the files),
+    and rows of the embedding cache that fail their check (counted; --repair drops them)."""
+    m = make_mount(*options(proxy))
+    m.mount()
+    docs = descriptions(8)
+    d = m / "notes"
+    d.mkdir()
+    for name, text in docs.items():
+        (d / f"{name}.txt").write_text(text + "\n")
+    files = [d / f"{n}.txt" for n in docs]
+    wait_indexed(files)
+    q = d / "ask.query"
+    q.write_text("a library for data")
+    os.setxattr(q, "user.vexfs.mode", b"keyword")
+    before = lines(q)
+    assert before
+    m.unmount()
+
+    def check(*extra):
+        return subprocess.run([VEXFS, "check", *extra, str(m.store)], capture_output=True, text=True)
+
+    def mounted_again():
+        m.mount()
+        wait_indexed(files)
+        assert lines(q) == before
+        m.unmount()
+        r = check()
+        assert r.returncode == 0, r.stdout
+
+    r = check()
+    assert r.returncode == 0, r.stdout
+    assert f"clean\tembedding cache\t{len(docs)} vectors" in r.stdout
+    keywords = next((m.store / ".vexfs" / "index").glob("*/keywords.sqlite"))
+    first = sorted(docs)[0] + ".txt"
+
+    # Behind its files: one file's passages gone from it.
+    db = sqlite3.connect(keywords)
+    db.execute("DELETE FROM body WHERE rowid IN (SELECT id FROM passage WHERE name = ?)", (first.encode(),))
+    db.execute("DELETE FROM passage WHERE name = ?", (first.encode(),))
+    db.execute("DELETE FROM file WHERE name = ?", (first.encode(),))
+    db.commit()
+    db.close()
+    r = check()
+    assert r.returncode == 1 and r.stdout.startswith("stale\tnotes"), r.stdout
+    assert f"keywords.sqlite: {first}: not in the keyword index" in r.stdout
+    mounted_again()
+
+    # Damaged inside FTS5's own data, where SQLite's page check sees nothing.
+    db = sqlite3.connect(keywords)
+    db.execute("UPDATE body_data SET block = substr(block, 1, length(block) - 2) WHERE id > 10")
+    db.commit()
+    db.close()
+    r = check()
+    assert r.returncode == 1 and r.stdout.startswith("damaged\tnotes") and "keywords.sqlite: damaged" in r.stdout, r.stdout
+    assert keywords.exists(), "check alone changes nothing"
+    r = check("--repair")
+    assert "set aside" in r.stdout and (keywords.parent / "keywords.sqlite.bad").exists(), r.stdout
+    mounted_again()
+
+    # Rows of the embedding cache whose vectors were damaged.
+    cache = m.store / ".vexfs" / "embeddings.sqlite"
+    db = sqlite3.connect(cache)
+    db.execute("UPDATE vector SET data = zeroblob(length(data)) WHERE key IN (SELECT key FROM vector ORDER BY key LIMIT 2)")
+    db.commit()
+    db.close()
+    r = check()
+    assert r.returncode == 1 and "2 rows fail their check" in r.stdout, r.stdout
+    r = check("--repair")
+    assert "2 damaged rows dropped" in r.stdout, r.stdout
+    r = check()
+    assert r.returncode == 0 and f"clean\tembedding cache\t{len(docs) - 2} vectors" in r.stdout, r.stdout
+
+
 def test_words_options_on_a_mount_without_text_say_why(make_mount):
     m = make_mount()
     m.mount()

@@ -147,6 +147,29 @@ public final class EmbeddingCache: @unchecked Sendable {
         }
     }
 
+    /// What `vexfs check` finds in the cache at `path` (nothing is made or set aside): the rows, those
+    /// whose check fails (each is a miss, never a wrong vector), and the bytes of the vectors. With
+    /// `dropDamaged` those rows are deleted. Throws when the file is not a cache or is damaged
+    /// (a mount sets it aside and starts again).
+    public static func inspect(path: String, dropDamaged: Bool = false) throws(SQLiteError) -> (rows: Int, damaged: Int, bytes: Int) {
+        let c = try SQLiteConnection(path, existing: true)
+        try c.check()
+        let rows = try c.prepare("SELECT key, data, check_ FROM vector")
+        var count = 0, bytes = 0
+        var damaged: [[UInt8]] = []
+        while try rows.step() {
+            let key = rows.blob(0), data = rows.blob(1)
+            count += 1
+            bytes += data.count
+            if key.count != 32 || data.isEmpty || data.count % 4 != 0 || check(key, data) != rows.blob(2) { damaged.append(key) }
+        }
+        if dropDamaged && !damaged.isEmpty {
+            let drop = try c.prepare("DELETE FROM vector WHERE key = ?")
+            try c.transaction { () throws(SQLiteError) in for k in damaged { try drop.run([.blob(k)]) } }
+        }
+        return (count, damaged.count, bytes)
+    }
+
     /// Passages kept, and the bytes of their vectors.
     public var usage: (passages: Int, bytes: Int) {
         state.withLock { s in

@@ -218,4 +218,24 @@ func scratch(_ name: String) -> String {
         try other.run("UPDATE vector SET data = zeroblob(8)")
         #expect(cache.recall(["x"]) == [nil])
     }
+
+    @Test func inspectionCountsDamagedRowsAndDropsThemWhenAsked() throws {
+        let path = scratch("cache.sqlite")
+        let cache = try EmbeddingCache(path: path, model: "m", chunk: 1)
+        cache.keep(["a", "b", "c"], [[1, 2], [3, 4], [5, 6, 7]])
+        #expect(try EmbeddingCache.inspect(path: path) == (3, 0, 28))
+        let other = try SQLiteConnection(path)
+        try other.run("UPDATE vector SET data = zeroblob(8) WHERE length(data) = 12")
+        #expect(try EmbeddingCache.inspect(path: path) == (3, 1, 24))
+        #expect(try EmbeddingCache.inspect(path: path, dropDamaged: true) == (3, 1, 24))
+        #expect(try EmbeddingCache.inspect(path: path) == (2, 0, 16))
+        #expect(cache.recall(["a", "b", "c"]) == [[1, 2], [3, 4], nil])
+        // Not a cache at all: the reason.
+        let junk = scratch("junk.sqlite")
+        let fd = open(junk, O_CREAT | O_WRONLY, 0o600)
+        _ = write(fd, Array(repeating: UInt8(7), count: 4096), 4096)
+        close(fd)
+        #expect(throws: SQLiteError.self) { try EmbeddingCache.inspect(path: junk) }
+        #expect(throws: SQLiteError.self) { try EmbeddingCache.inspect(path: scratch("absent.sqlite")) }
+    }
 }
