@@ -107,7 +107,9 @@ class Mount:
         return len(docs) / (time.perf_counter() - t0)
 
     def unmount(self):
-        subprocess.run([self.vexfs, "unmount", self.mnt])
+        if self.mnt:
+            subprocess.run([self.vexfs, "unmount", self.mnt])
+            self.mnt = None
 
 
 def main():
