@@ -324,9 +324,16 @@ public struct EmbedMetrics: Sendable {
     let failures: Counter
     let retries: Counter
     let latency: CoreMetrics.Timer
-    /// Passages answered from the queue's memory, and those it had to send.
+    /// Texts (passages, and questions asked outside a queue) answered from the embedding cache, and
+    /// those that had to be sent.
     let cacheHits: Counter
     let cacheMisses: Counter
+
+    /// Texts looked up in the embedding cache outside a queue (a question in words).
+    public func noteCache(hits: Int, misses: Int) {
+        if hits > 0 { cacheHits.increment(by: hits) }
+        if misses > 0 { cacheMisses.increment(by: misses) }
+    }
 
     /// One request made outside a queue (a text query): its texts, and its time if it succeeded.
     public func note(texts count: Int, nanoseconds: Int64?) {

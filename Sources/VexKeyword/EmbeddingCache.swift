@@ -13,8 +13,10 @@ public final class EmbeddingCache: @unchecked Sendable {
     public let maxBytes: Int
     /// Why the file there before was set aside at open (nil: it opened as it was).
     public let setAside: String?
-    /// What every key starts with: the model and the chunking.
+    /// What every passage's key starts with: the model and the chunking.
     private let prefix: [UInt8]
+    /// What every question's key starts with: the query model (questions are not cut).
+    private let questionPrefix: [UInt8]
 
     /// The statements, prepared at open: a file whose table has another shape fails here.
     final class State: @unchecked Sendable {
@@ -46,16 +48,20 @@ public final class EmbeddingCache: @unchecked Sendable {
     public static let defaultMaxBytes = 256 << 20
 
     /// Opens (or makes) the cache at `path` for vectors of `model` from passages cut at `chunk`
-    /// characters; a damaged or foreign file there is set aside as `PATH.bad`.
-    public init(path: String, model: String, chunk: Int, maxBytes: Int = EmbeddingCache.defaultMaxBytes) throws(SQLiteError) {
+    /// characters, and of `questionModel` (default: `model`) from questions; a damaged or foreign
+    /// file there is set aside as `PATH.bad`.
+    public init(path: String, model: String, chunk: Int, questionModel: String? = nil, maxBytes: Int = EmbeddingCache.defaultMaxBytes) throws(SQLiteError) {
         self.maxBytes = maxBytes
         prefix = Array("model=\(model)\u{0}chunk=\(chunk)\u{0}".utf8)
+        questionPrefix = Array("question-model=\(questionModel ?? model)\u{0}".utf8)
         let (s, aside) = try SQLiteConnection.openOrReplace(path, schema: EmbeddingCache.schema) { (db) throws(SQLiteError) in try State(db) }
         setAside = aside
         state = Mutex(s)
     }
 
-    func key(_ text: String) -> [UInt8] {
+    func key(_ text: String) -> [UInt8] { EmbeddingCache.key(prefix, text) }
+
+    static func key(_ prefix: [UInt8], _ text: String) -> [UInt8] {
         var h = SHA256()
         h.update(prefix)
         h.update(text.utf8)
@@ -69,10 +75,20 @@ public final class EmbeddingCache: @unchecked Sendable {
         return Array(h.finish().prefix(8))
     }
 
-    /// The vector kept for each text, nil where none is (or its row fails its check).
-    public func recall(_ texts: [String]) -> [[Float]?] {
-        let keys = texts.map(key)
-        return state.withLock { s in
+    /// The vector kept for each passage, nil where none is (or its row fails its check).
+    public func recall(_ texts: [String]) -> [[Float]?] { recall(keys: texts.map(key)) }
+
+    /// Keeps `vectors[i]` as the vector of the passage `texts[i]`, then drops the least recently used past the bound.
+    public func keep(_ texts: [String], _ vectors: [[Float]]) { keep(keys: texts.map(key), vectors) }
+
+    /// The vector kept for a question in words (as the query model embeds it), nil when none is.
+    public func recall(question: String) -> [Float]? { recall(keys: [EmbeddingCache.key(questionPrefix, question)])[0] }
+
+    /// Keeps the query model's `vector` for the question `question`, under the same bound as passages.
+    public func keep(question: String, _ vector: [Float]) { keep(keys: [EmbeddingCache.key(questionPrefix, question)], [vector]) }
+
+    private func recall(keys: [[UInt8]]) -> [[Float]?] {
+        state.withLock { s in
             var out: [[Float]?] = []
             var used: [[UInt8]] = []
             for k in keys {
@@ -100,13 +116,12 @@ public final class EmbeddingCache: @unchecked Sendable {
         }
     }
 
-    /// Keeps `vectors[i]` as the vector of `texts[i]`, then drops the least recently used past the bound.
-    public func keep(_ texts: [String], _ vectors: [[Float]]) {
-        let rows = zip(texts, vectors).map { text, v -> ([UInt8], [UInt8]) in
+    private func keep(keys: [[UInt8]], _ vectors: [[Float]]) {
+        let rows = zip(keys, vectors).map { key, v -> ([UInt8], [UInt8]) in
             var data = [UInt8]()
             data.reserveCapacity(v.count * 4)
             for x in v { withUnsafeBytes(of: x.bitPattern.littleEndian) { data.append(contentsOf: $0) } }
-            return (key(text), data)
+            return (key, data)
         }
         state.withLock { s in
             _ = try? s.db.transaction { () throws(SQLiteError) in
@@ -130,6 +145,29 @@ public final class EmbeddingCache: @unchecked Sendable {
                 }
             }
         }
+    }
+
+    /// What `vexfs check` finds in the cache at `path` (nothing is made or set aside): the rows, those
+    /// whose check fails (each is a miss, never a wrong vector), and the bytes of the vectors. With
+    /// `dropDamaged` those rows are deleted. Throws when the file is not a cache or is damaged
+    /// (a mount sets it aside and starts again).
+    public static func inspect(path: String, dropDamaged: Bool = false) throws(SQLiteError) -> (rows: Int, damaged: Int, bytes: Int) {
+        let c = try SQLiteConnection(path, existing: true)
+        try c.check()
+        let rows = try c.prepare("SELECT key, data, check_ FROM vector")
+        var count = 0, bytes = 0
+        var damaged: [[UInt8]] = []
+        while try rows.step() {
+            let key = rows.blob(0), data = rows.blob(1)
+            count += 1
+            bytes += data.count
+            if key.count != 32 || data.isEmpty || data.count % 4 != 0 || check(key, data) != rows.blob(2) { damaged.append(key) }
+        }
+        if dropDamaged && !damaged.isEmpty {
+            let drop = try c.prepare("DELETE FROM vector WHERE key = ?")
+            try c.transaction { () throws(SQLiteError) in for k in damaged { try drop.run([.blob(k)]) } }
+        }
+        return (count, damaged.count, bytes)
     }
 
     /// Passages kept, and the bytes of their vectors.

@@ -24,6 +24,9 @@ public final class KeywordIndex: @unchecked Sendable {
         let signatureOf, putFile, dropFile, dropBodies, dropPassages, putPassage, putBody: Statement
         init(_ db: SQLiteConnection) throws(SQLiteError) {
             self.db = db
+            try KeywordIndex.registerRanking(db)
+            // The index's words (the statistics of a table no passage of which matches ask one).
+            try db.run("CREATE VIRTUAL TABLE IF NOT EXISTS temp.body_terms USING fts5vocab(main, 'body', 'row')")
             signatureOf = try db.prepare("SELECT signature FROM file WHERE name = ?")
             putFile = try db.prepare("INSERT OR REPLACE INTO file(name, signature, passages) VALUES (?, ?, ?)")
             dropFile = try db.prepare("DELETE FROM file WHERE name = ?")
@@ -122,19 +125,90 @@ public final class KeywordIndex: @unchecked Sendable {
     /// The passages that match the FTS5 expression `match`, best first (ties by name, then row, so
     /// an answer never depends on the order files came in), from the `offset`-th on, at most `limit`
     /// (nil: all). A caller that needs K answers its asker may read asks a page at a time, so it
-    /// reads no further than that, and holds no lock of this index while it judges a page.
-    public func search(_ match: String, offset: Int = 0, limit: Int?) throws(SQLiteError) -> [Hit] {
+    /// reads no further than that, and holds no lock of this index while it judges a page. Scored by
+    /// `ranking` when given (several collections ranked as one, KeywordRanking.swift), else by this
+    /// table's own `bm25()`.
+    public func search(_ match: String, ranking: Ranking? = nil, offset: Int = 0, limit: Int?) throws(SQLiteError) -> [Hit] {
         try connection.withLock { c throws(SQLiteError) in
             let s = try c.db.prepare("""
-                SELECT passage.name, passage.row, file.passages, bm25(body) AS score
+                SELECT passage.name, passage.row, file.passages, \(ranking == nil ? "bm25(body)" : "vexfs_bm25(body, ?)") AS score
                 FROM body JOIN passage ON passage.id = body.rowid JOIN file ON file.name = passage.name
                 WHERE body MATCH ? ORDER BY score, passage.name, passage.row LIMIT ? OFFSET ?
                 """)
-            s.bind([.text(match), .int(limit ?? -1), .int(offset)])
+            let rank: [Statement.Value] = ranking.map { [.blob($0.blob)] } ?? []
+            s.bind(rank + [.text(match), .int(limit ?? -1), .int(offset)])
             var out: [Hit] = []
             while try s.step() { out.append(Hit(name: s.blob(0), row: s.int(1), passages: s.int(2), score: s.double(3))) }
             return out
         }
+    }
+
+    /// This table's statistics for the expression `match` (what `Ranking` sums over collections).
+    public func statistics(_ match: String) throws(SQLiteError) -> Statistics {
+        try connection.withLock { c throws(SQLiteError) in
+            // Asked of a passage that matches. When none does (`a AND b` where only `a` is here), the
+            // expression is asked OR one word the table holds (its first): FTS5 numbers phrases as
+            // they are written, so that word is the last phrase, and not counted.
+            var asks: [(String, [Statement.Value])] = [("SELECT vexfs_statistics(body, 0) FROM body WHERE body MATCH ? LIMIT 1", [.text(match)])]
+            let first = try c.db.prepare("SELECT term FROM temp.body_terms LIMIT 1")
+            if try first.step() {
+                let word = "\"" + String(first.text(0).flatMap { $0 == "\"" ? ["\"", "\""] : [$0] }) + "\""
+                asks.append(("SELECT vexfs_statistics(body, 1) FROM body WHERE body MATCH ? LIMIT 1", [.text("(" + match + ") OR " + word)]))
+            }
+            first.reset()
+            // Passages without a word: their number and length (0), no phrase counted.
+            asks.append(("SELECT vexfs_statistics(body, 0) FROM body LIMIT 1", []))
+            for (sql, values) in asks {
+                let s = try c.db.prepare(sql)
+                s.bind(values)
+                guard try s.step() else { continue }
+                let v = s.blob(0).withUnsafeBytes { raw in
+                    (0..<(raw.count / 8)).map { Int64(littleEndian: raw.loadUnaligned(fromByteOffset: 8 * $0, as: Int64.self)) }
+                }
+                guard v.count >= 2 else { throw SQLiteError(code: SQLITE_ERROR, message: "vexfs_statistics gave \(v.count) numbers") }
+                return Statistics(passages: v[0], words: v[1], holding: Array(v.dropFirst(2)))
+            }
+            return Statistics()
+        }
+    }
+
+    /// What a file is kept as: the signature it was indexed with and its passages.
+    public struct Kept: Equatable, Sendable {
+        public let signature: [UInt8]
+        public let passages: Int
+    }
+
+    /// Reads the index at `path` for `vexfs check`, as it is (nothing is made or set aside): every
+    /// file it keeps. Throws when it is damaged: SQLite's page check, FTS5's own check of its
+    /// word lists against the text, a file whose passages are not those it says, a passage
+    /// without its text or text without its passage.
+    public static func inspect(path: String) throws(SQLiteError) -> [[UInt8]: Kept] {
+        let c = try SQLiteConnection(path, existing: true)
+        try c.check()
+        // Reads only, though SQLite asks for it as a write.
+        try c.run("INSERT INTO body(body) VALUES ('integrity-check')")
+        var out: [[UInt8]: Kept] = [:]
+        let files = try c.prepare("""
+            SELECT file.name, file.signature, file.passages, count(passage.id), count(DISTINCT passage.row), coalesce(min(passage.row), 0),
+                   coalesce(max(passage.row), -1)
+            FROM file LEFT JOIN passage ON passage.name = file.name GROUP BY file.name
+            """)
+        while try files.step() {
+            let name = files.blob(0), passages = files.int(2)
+            guard files.int(3) == passages, files.int(4) == passages, files.int(5) == 0, files.int(6) == passages - 1 else {
+                throw SQLiteError(code: SQLITE_CORRUPT, message: "\(String(decoding: name, as: UTF8.self)) says \(passages) passages and holds \(files.int(3))")
+            }
+            out[name] = Kept(signature: files.blob(1), passages: passages)
+        }
+        let orphans = try c.prepare("""
+            SELECT (SELECT count(*) FROM passage WHERE name NOT IN (SELECT name FROM file)),
+                   (SELECT count(*) FROM passage WHERE id NOT IN (SELECT rowid FROM body)),
+                   (SELECT count(*) FROM body WHERE rowid NOT IN (SELECT id FROM passage))
+            """)
+        guard try orphans.step(), orphans.int(0) == 0, orphans.int(1) == 0, orphans.int(2) == 0 else {
+            throw SQLiteError(code: SQLITE_CORRUPT, message: "passages without their file or text, or text without its passage")
+        }
+        return out
     }
 
     /// How many passages the index holds.

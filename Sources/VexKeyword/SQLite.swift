@@ -41,9 +41,10 @@ final class SQLiteConnection {
         }
     }
 
-    init(_ path: String) throws(SQLiteError) {
+    /// `existing`: the file must be there already (nothing is made).
+    init(_ path: String, existing: Bool = false) throws(SQLiteError) {
         var handle: OpaquePointer?
-        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, nil)
+        let rc = sqlite3_open_v2(path, &handle, SQLITE_OPEN_READWRITE | (existing ? 0 : SQLITE_OPEN_CREATE) | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_NOFOLLOW, nil)
         guard rc == SQLITE_OK, let handle else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "cannot open \(path)"
             if let handle { sqlite3_close_v2(handle) }

@@ -80,13 +80,14 @@ extension Collection {
     /// leaving out the file `excludingFile` (an inode number) under every name. Reads the ranked
     /// passages a page at a time, until `k` are admitted. The distance is `bm25()`'s score (lower is
     /// better).
-    func keywordNearest(_ match: String, k: Int, excludingFile: UInt64?, admits: (FileName, UInt64) -> Bool) throws(SemanticError) -> [Hit] {
+    func keywordNearest(_ match: String, k: Int, excludingFile: UInt64?, ranking: KeywordIndex.Ranking? = nil,
+                        admits: (FileName, UInt64) -> Bool) throws(SemanticError) -> [Hit] {
         guard let keywords = state.withLock({ $0.keywords }) else { return [] }
         var out: [Hit] = []
         var offset = 0, page = max(2 * k, 32)
         while out.count < k {
             let hits: [KeywordIndex.Hit]
-            do { hits = try keywords.search(match, offset: offset, limit: page) } catch { throw .invalid("user.vexfs.match: \(error)") }
+            do { hits = try keywords.search(match, ranking: ranking, offset: offset, limit: page) } catch { throw .invalid("user.vexfs.match: \(error)") }
             // Only files the catalog holds as text now (a glob change may leave passages behind until the next mount).
             let inodes = state.withLock { s in hits.map { s.files[FileName($0.name)].flatMap { $0.passages.isEmpty ? nil : $0.inode } } }
             for (hit, inode) in zip(hits, inodes) where out.count < k {
@@ -99,6 +100,13 @@ extension Collection {
             page = min(2 * page, 4096)
         }
         return out
+    }
+
+    /// This collection's BM25 statistics for `match`, to rank several collections as one (none
+    /// without a keyword index).
+    func keywordStatistics(_ match: String) throws(SemanticError) -> KeywordIndex.Statistics {
+        guard let keywords = state.withLock({ $0.keywords }) else { return KeywordIndex.Statistics() }
+        do { return try keywords.statistics(match) } catch { throw .invalid("user.vexfs.match: \(error)") }
     }
 
     /// The labels of the embedded passages that match `match` and `admits` lets through: what a

@@ -4,7 +4,8 @@ import VexKeyword
 
 // The mount's embedding cache (STORE/.vexfs/embeddings.sqlite) is what the embedder queue asks
 // before it sends a passage: a rename, a copy into another collection, a settings change or a
-// remount finds the passage's vector there and sends nothing.
+// remount finds the passage's vector there and sends nothing. A question in words asked again
+// (by anyone, in any collection) finds its vector there too.
 
 extension EmbeddingCache: EmbeddingMemory {}
 
@@ -13,7 +14,8 @@ extension SemanticLayer {
     /// be opened at all: the mount then sends every passage, as before there was a cache.
     static func embeddingCache(_ stateRoot: String, _ embedder: EmbedderConfiguration) -> EmbeddingCache? {
         do {
-            let cache = try EmbeddingCache(path: stateRoot + "/embeddings.sqlite", model: embedder.documentModel, chunk: embedder.chunk)
+            let cache = try EmbeddingCache(path: stateRoot + "/embeddings.sqlite", model: embedder.documentModel, chunk: embedder.chunk,
+                                           questionModel: embedder.queryModel)
             if let why = cache.setAside { Logger(label: "vexfs").warning("embeddings.sqlite set aside (\(why)); the cache starts empty") }
             return cache
         } catch {

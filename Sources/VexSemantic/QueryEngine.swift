@@ -224,27 +224,30 @@ extension SemanticLayer {
         let out = try requester.withAccess(orElse: lost) { () throws(SemanticError) -> [UInt8] in
             var out: [UInt8] = []
             let admissions = Dictionary(uniqueKeysWithValues: searched.map { ($0.collection.key, Admissions()) })
+            let ranking = try expression.flatMap { (e) throws(SemanticError) in try keywordRanking(e, in: searched, deadline: deadline) }
             for row in 0..<vectors.rows {
                 if row > 0 { out.append(0x0A) }
                 var hits: [(String, Float)] = []
+                var words: [[(String, Float)]] = []
+                let depth = expression == nil ? k : min(QueryOptions.hybridMaxDepth, k * QueryOptions.hybridDepth)
                 for s in searched {
                     try deadline.check()
                     // The file itself is left out, under every name it has here.
-                    let depth = expression == nil ? k : min(1000, k * QueryOptions.hybridDepth)
                     let near = try s.collection.nearest(vectors.row(row), k: depth, excludingFile: UInt64(st.st_ino), requester: requester,
                                                         options: options, admissions: admissions[s.collection.key]!)
-                    guard let expression else {
-                        for h in near {
-                            if let r = options.radius, h.distance > r { continue }
-                            hits.append(s.shown(h))
-                        }
-                        continue
+                    for h in near {
+                        if expression == nil, let r = options.radius, h.distance > r { continue }
+                        hits.append(s.shown(h))
                     }
+                    guard let expression else { continue }
                     let admits = s.collection.admission(requester: requester, options: options, admissions: admissions[s.collection.key]!)
-                    let words = try s.collection.keywordNearest(expression, k: depth, excludingFile: UInt64(st.st_ino), admits: admits)
-                    hits += SemanticLayer.fused(near.map(s.shown), words.map(s.shown)).prefix(k)
+                    words.append(try s.collection.keywordNearest(expression, k: depth, excludingFile: UInt64(st.st_ino), ranking: ranking,
+                                                                 admits: admits).map(s.shown))
                 }
-                if searched.count > 1 || expression != nil { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+                if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
+                // Hybrid: the two lists of the whole scope, each `depth` deep, fused once (distances of
+                // one metric compare across collections; keyword lists are merged as keyword answers are).
+                if expression != nil { hits = SemanticLayer.fused(Array(hits.prefix(depth)), Array(SemanticLayer.mergedKeywords(words).prefix(depth))) }
                 for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
                 guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
             }
@@ -269,15 +272,24 @@ extension SemanticLayer {
     }
 
     /// A bare `.query` file that holds words rather than numbers, as a vector of the query model;
-    /// nil for numbers (or with no embedder). The one FUSE request that waits on the network.
+    /// nil for numbers (or with no embedder). The one FUSE request that waits on the network, unless
+    /// the same words were asked before (the embedding cache keeps questions too).
     func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
-        guard let client = embedClient, let text = try question(of: file) else { return nil }
+        guard let client = embedClient, let question = try question(of: file) else { return nil }
+        // Asked as the words alone: `echo` adds a newline an editor may not, and both are one question.
+        let text = String(question.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
+        if let v = embeddingCache?.recall(question: text) {
+            metrics.embed.noteCache(hits: 1, misses: 0)
+            return ParsedVectors(dimension: v.count, values: v)
+        }
+        if embeddingCache != nil { metrics.embed.noteCache(hits: 0, misses: 1) }
         var t0 = timespec(), t1 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         do {
-            let v = try client.embed([text.trimmingCharacters()], query: true)[0]
+            let v = try client.embed([text], query: true)[0]
             clock_gettime(CLOCK_MONOTONIC, &t1)
             metrics.embed.note(texts: 1, nanoseconds: nanoseconds(t1) - nanoseconds(t0))
+            embeddingCache?.keep(question: text, v)
             return ParsedVectors(dimension: v.count, values: v)
         } catch {
             metrics.embed.note(texts: 1, nanoseconds: nil)

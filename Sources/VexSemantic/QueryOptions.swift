@@ -30,7 +30,7 @@ public struct QueryOptions: Equatable, Sendable {
         case vector
         /// By words: BM25 over the keyword index (no embedder needed).
         case keyword
-        /// Both lists, `hybridDepth` x K deep each, fused by reciprocal rank.
+        /// Both lists, `hybridDepth` x K deep each, fused by their scaled scores.
         case hybrid
     }
 
@@ -53,10 +53,10 @@ public struct QueryOptions: Equatable, Sendable {
         case mode = "user.vexfs.mode"
     }
 
-    /// Reciprocal rank fusion (`mode=hybrid`): each of the two lists is this many times K deep, and
-    /// a passage at rank r (from 1) of a list scores 1 / (`fusionK` + r) from it.
+    /// Hybrid fusion (`mode=hybrid`, `SemanticLayer.fused`): each of the two lists is this many
+    /// times K deep (at most `hybridMaxDepth`).
     public static let hybridDepth = 4
-    public static let fusionK = 60
+    public static let hybridMaxDepth = 1000
 
     /// A filter holds at most this many bytes and conditions.
     public static let maxFilterBytes = 4096

@@ -4,7 +4,7 @@ import VexKeyword
 
 // Questions answered by words (`user.vexfs.mode=keyword`) and by words and meaning fused
 // (`hybrid`): the FTS5 expression asked, the keyword answer across the collections in scope, and
-// reciprocal rank fusion. Both go through the same admission check as vector answers.
+// the fusion of the two lists. Both go through the same admission check as vector answers.
 
 extension SemanticLayer {
     /// Refuses words options on a mount that keeps no keyword index (no embedder, or `keywords=off`).
@@ -28,26 +28,53 @@ extension SemanticLayer {
     /// ties by name). Runs with the asker's identity, like a vector answer.
     func keywordAnswer(_ expression: String, in scoped: [Scoped], k: Int, excludingFile: UInt64, requester: Caller, options: QueryOptions,
                        deadline: QueryBudget.Deadline) throws(SemanticError) -> [UInt8] {
-        var hits: [(String, Float)] = []
+        for s in scoped { bridge.settle(s.collection.key) }
+        let ranking = try keywordRanking(expression, in: scoped, deadline: deadline)
+        var lists: [[(String, Float)]] = []
         for s in scoped {
             try deadline.check()
-            bridge.settle(s.collection.key)
             let admits = s.collection.admission(requester: requester, options: options, admissions: Admissions())
-            hits += try s.collection.keywordNearest(expression, k: k, excludingFile: excludingFile, admits: admits).map(s.shown)
+            lists.append(try s.collection.keywordNearest(expression, k: k, excludingFile: excludingFile, ranking: ranking, admits: admits).map(s.shown))
         }
-        hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) }
         var out: [UInt8] = []
-        for (name, score) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(score)\n".utf8) }
+        for (name, score) in SemanticLayer.mergedKeywords(lists).prefix(k) { out.append(contentsOf: "\(name)\t\(score)\n".utf8) }
         return out
     }
 
-    /// Reciprocal rank fusion of two ranked lists of names: a name at rank r (from 1) of a list
-    /// scores 1 / (60 + r) from it; the answer is every name, best first (ties by name), with its
-    /// score negated so that, like a distance, lower is better.
+    /// How the collections `scoped` are ranked as one (KeywordRanking.swift): nil for one collection,
+    /// which its own `bm25()` ranks the same. The statistics are of every passage, readable or not,
+    /// as one collection's are: they are sums, and no passage is named by them.
+    func keywordRanking(_ expression: String, in scoped: [Scoped], deadline: QueryBudget.Deadline) throws(SemanticError) -> KeywordIndex.Ranking? {
+        guard scoped.count > 1 else { return nil }
+        var sums = KeywordIndex.Statistics()
+        for s in scoped {
+            try deadline.check()
+            sums = sums + (try s.collection.keywordStatistics(expression))
+        }
+        return KeywordIndex.Ranking(sums)
+    }
+
+    /// The keyword lists of the collections in scope (each best first, scored by one ranking) as one.
+    static func mergedKeywords(_ lists: [[(String, Float)]]) -> [(String, Float)] {
+        guard lists.count > 1 else { return lists.first ?? [] }
+        return lists.flatMap { $0 }.sorted { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) }
+    }
+
+    /// Hybrid fusion of a list by meaning and a list by words (each best first, scores lower-is-better:
+    /// a distance, `bm25()`): each list's scores are scaled to [0, 1] over that list, its best 1 and
+    /// its worst 0 (all 1 when they are equal), and a name scores the mean of its two (0 from a list
+    /// it is not in). Scores, not ranks: reciprocal rank fusion gives a passage the words found far
+    /// better than any other no more than one a little better, and on known-item search it did no
+    /// better than meaning alone (BENCHMARKS.md). The answer is every name, best first (ties by
+    /// name), with its score negated so that, like a distance, lower is better: -1 is the best of both.
     static func fused(_ vector: [(String, Float)], _ keyword: [(String, Float)]) -> [(String, Float)] {
         var score: [String: Double] = [:]
         for list in [vector, keyword] {
-            for (rank, (name, _)) in list.enumerated() { score[name, default: 0] += 1 / Double(QueryOptions.fusionK + rank + 1) }
+            guard let best = list.lazy.map({ Double($0.1) }).min(), let worst = list.lazy.map({ Double($0.1) }).max() else { continue }
+            for (name, s) in list {
+                let scaled = worst > best ? (worst - Double(s)) / (worst - best) : 1
+                score[name, default: 0] += scaled.isFinite ? scaled / 2 : 0
+            }
         }
         return score.map { ($0.key, -Float($0.value)) }
             .sorted { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) }

@@ -52,6 +52,8 @@ public final class SemanticLayer: @unchecked Sendable {
     /// Text files become vectors through this endpoint's queue (nil: no embedder configured).
     let embedQueue: EmbedQueue<Bridge.Key>?
     let embedClient: EmbeddingClient?
+    /// The vectors the endpoint gave, passages' and questions' (STORE/.vexfs/embeddings.sqlite).
+    let embeddingCache: EmbeddingCache?
     /// Numbers each embedding request, so a late answer for an older version of a file is dropped.
     let embedTokens = Atomic<UInt64>(0)
     /// One thread measures collections' recall and sets their search breadth.
@@ -120,6 +122,7 @@ public final class SemanticLayer: @unchecked Sendable {
         let stateDisk = statvfs(stateRoot, &fs) == 0 ? Int(fs.f_blocks) * Int(fs.f_frsize) : Int.max / 2
         stateBytesPerUser = stateMiBPerUser.map { $0 << 20 } ?? stateDisk / 4
         let cache = embedder.flatMap { SemanticLayer.embeddingCache(stateRoot, $0) }
+        embeddingCache = cache
         // The queue and the bridge call back into `self`: a weak box breaks the cycle.
         let back = WeakLayer()
         embedQueue = client.map { c in

@@ -1,6 +1,7 @@
 import CLinux
 import Glibc
 import VexStore
+import VexKeyword
 import VexIndex
 import VexKernels
 
@@ -106,7 +107,8 @@ public struct CollectionCheck: Sendable {
         case clean
         /// Whole, but files changed since (the next mount reads those again), or there is none yet.
         case stale
-        /// It cannot be used: the next mount sets it aside and rebuilds the collection.
+        /// It cannot be used: the next mount sets the snapshot aside and rebuilds the collection (or,
+        /// for a damaged keyword index, `--repair` sets it aside and the next mount rebuilds that).
         case damaged
     }
     /// The collection's directory, relative to the store (nil: no directory has that inode now).
@@ -200,8 +202,77 @@ public enum StoreCheck {
                 findings.append("\(name.escaped): not in the snapshot")
             }
         }
-        return CollectionCheck(path: shown, indexDirectory: indexDirectory, verdict: findings.isEmpty ? .clean : .stale,
-                               findings: findings, vectors: saved.vectorCount, repaired: false)
+        var verdict: CollectionCheck.Verdict = findings.isEmpty ? .clean : .stale
+        var repaired = false
+        checkKeywords(indexDirectory + "/keywords.sqlite", saved, repair: repair, &verdict, &findings, &repaired)
+        return CollectionCheck(path: shown, indexDirectory: indexDirectory, verdict: verdict,
+                               findings: findings, vectors: saved.vectorCount, repaired: repaired)
+    }
+
+    /// The collection's keyword index against its catalog (when it has one: a mount with
+    /// `keywords=off` keeps none). Out of date: the next mount reads those files again. Damaged: a
+    /// mount would keep an index whose pages are sound but whose FTS5 data is not (it checks only
+    /// the pages), so `repair` sets it aside and the next mount rebuilds it from the files.
+    private static func checkKeywords(_ path: String, _ saved: SavedCollection, repair: Bool, _ verdict: inout CollectionCheck.Verdict,
+                                      _ findings: inout [String], _ repaired: inout Bool) {
+        guard access(path, F_OK) == 0 else { return }
+        let kept: [[UInt8]: KeywordIndex.Kept]
+        do {
+            kept = try KeywordIndex.inspect(path: path)
+        } catch {
+            verdict = .damaged
+            findings.append("keywords.sqlite: damaged (\(error)); " + (repair ? "set aside: the next mount rebuilds it from the files"
+                                                                              : "--repair sets it aside so the next mount rebuilds it"))
+            if repair && rename(path, path + ".bad") == 0 {
+                // Its log would be read into the new index of that name.
+                unlink(path + "-wal")
+                unlink(path + "-shm")
+                repaired = true
+            }
+            return
+        }
+        var stale: [String] = []
+        for (name, record) in saved.files.sorted(by: { $0.key < $1.key }) where !record.passages.isEmpty {
+            guard let k = kept[name.bytes] else { stale.append("\(name.escaped): not in the keyword index"); continue }
+            if k.signature != Collection.keywordSignature(record) || k.passages != record.passages.count {
+                stale.append("\(name.escaped): out of date in the keyword index")
+            }
+        }
+        for name in kept.keys.map(FileName.init).sorted() where saved.files[name].map({ $0.passages.isEmpty }) ?? true {
+            stale.append("\(name.escaped): in the keyword index, not a text file of the snapshot")
+        }
+        if !stale.isEmpty && verdict == .clean { verdict = .stale }
+        findings += stale.map { "keywords.sqlite: " + $0 + " (the next mount reads it again)" }
+    }
+
+    /// What `vexfs check` found in the store's embedding cache (STORE/.vexfs/embeddings.sqlite).
+    public struct CacheCheck: Sendable {
+        public let rows: Int
+        /// Rows whose check fails: each is a miss (sent again), never a wrong vector.
+        public let damaged: Int
+        public let bytes: Int
+        /// Why the file cannot be read as a cache (a mount sets it aside and starts again); nil when it can.
+        public let unreadable: String?
+        /// Set when `repair` dropped the damaged rows or set the file aside.
+        public let repaired: Bool
+    }
+
+    /// The embedding cache of the store at `root`, nil when it has none. `repair`: damaged rows are
+    /// dropped, a file that is not a cache is set aside (`embeddings.sqlite.bad`).
+    public static func embeddingCache(root: String, repair: Bool) -> CacheCheck? {
+        let path = root + "/.vexfs/embeddings.sqlite"
+        guard access(path, F_OK) == 0 else { return nil }
+        do {
+            let r = try EmbeddingCache.inspect(path: path, dropDamaged: repair)
+            return CacheCheck(rows: r.rows, damaged: r.damaged, bytes: r.bytes, unreadable: nil, repaired: repair && r.damaged > 0)
+        } catch {
+            let moved = repair && rename(path, path + ".bad") == 0
+            if moved {
+                unlink(path + "-wal")
+                unlink(path + "-shm")
+            }
+            return CacheCheck(rows: 0, damaged: 0, bytes: 0, unreadable: error.description, repaired: moved)
+        }
     }
 
     /// The store's directories (but .vexfs) whose inode numbers are `wanted`, held (O_PATH), with

@@ -11,8 +11,10 @@ struct Check: ParsableCommand {
         discussion: """
             Prints one line per collection: clean (the next mount reads nothing again), stale (files \
             changed since the snapshot, or there is none: the next mount reads those files again) or \
-            damaged (the next mount sets the snapshot aside and rebuilds the collection). Exits 0 when \
-            every collection is clean, 1 when any is stale or damaged, 2 when the store cannot be checked.
+            damaged (the next mount sets the snapshot aside and rebuilds the collection; a damaged keyword \
+            index is set aside by --repair and rebuilt by the next mount). Each keyword index is checked \
+            against its collection's files, and the embedding cache row by row. Exits 0 when \
+            everything is clean, 1 when anything is stale or damaged, 2 when the store cannot be checked.
             """
     )
 
@@ -69,6 +71,19 @@ struct Check: ParsableCommand {
             if shown.count < r.findings.count { print("\t... and \(r.findings.count - shown.count) more (--verbose lists them)") }
         }
         print("\(results.count) collections: \(counts[.clean] ?? 0) clean, \(counts[.stale] ?? 0) stale, \(counts[.damaged] ?? 0) damaged")
-        if results.contains(where: { $0.verdict != .clean }) { throw ExitCode(1) }
+        let cache = StoreCheck.embeddingCache(root: root, repair: repair)
+        if let cache {
+            if let why = cache.unreadable {
+                print("damaged\tembedding cache\t\(why)" + (cache.repaired ? "\tset aside: the next mount starts it again" : ""))
+            } else {
+                let state = cache.damaged == 0 ? "clean" : "damaged"
+                var line = "\(state)\tembedding cache\t\(cache.rows) vectors, \(cache.bytes >> 20) MiB"
+                if cache.damaged > 0 {
+                    line += cache.repaired ? "; \(cache.damaged) damaged rows dropped" : "; \(cache.damaged) rows fail their check (each a miss, never a wrong vector; --repair drops them)"
+                }
+                print(line)
+            }
+        }
+        if results.contains(where: { $0.verdict != .clean }) || (cache.map { $0.unreadable != nil || $0.damaged > 0 } ?? false) { throw ExitCode(1) }
     }
 }

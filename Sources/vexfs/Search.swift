@@ -26,7 +26,7 @@ struct Search: ParsableCommand {
     @Option(help: "Only neighbours at most this distance away.") var radius: Float?
     @Option(help: "Search breadth for this query (approximate indexes).") var ef: Int?
     @Option(help: "An FTS5 expression (words, \"phrases\", AND/OR/NOT, prefix*): only text passages that match.") var match: String?
-    @Option(help: "vector (by meaning), keyword (BM25) or hybrid (both, fused by reciprocal rank).") var mode: String?
+    @Option(help: "vector (by meaning), keyword (BM25) or hybrid (both lists, their scaled scores averaged).") var mode: String?
     @Flag(help: "JSON: an array of {name, distance}; an array of those for several query vectors.") var json = false
 
     func validate() throws {

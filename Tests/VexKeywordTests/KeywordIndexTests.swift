@@ -35,6 +35,76 @@ func scratch(_ name: String) -> String {
         #expect(try index.files() == [bytes("b.txt"): [4], bytes("c.txt"): [3]])
     }
 
+    @Test func severalIndexesRankAsOneHoldingEveryPassage() throws {
+        let texts = [("a1", "zebra crossing at the corner of the street"), ("a2", "a zebra and another zebra"), ("a3", "street lights"),
+                     ("b1", "zebra"), ("b2", "cats and dogs and cats"), ("b3", "the street of cats, a long street with many many houses"),
+                     ("b4", "nothing to see here")]
+        let a = try KeywordIndex(path: scratch("a.sqlite")), b = try KeywordIndex(path: scratch("b.sqlite"))
+        let one = try KeywordIndex(path: scratch("one.sqlite"))
+        for (name, text) in texts {
+            try (name.hasPrefix("a") ? a : b).put(bytes(name), signature: [1], passages: [text])
+            try one.put(bytes(name), signature: [1], passages: [text])
+        }
+        for expression in ["\"zebra\" OR \"street\"", "cats", "\"the street\" OR zeb* OR nothing", "zebra AND street", "unheard", "house NOT zebra"] {
+            let sums = try a.statistics(expression) + b.statistics(expression)
+            #expect(sums == (try one.statistics(expression)), "\(expression)")
+            let ranking = KeywordIndex.Ranking(sums)
+            let merged = try (a.search(expression, ranking: ranking, limit: nil) + b.search(expression, ranking: ranking, limit: nil))
+                .sorted { $0.score < $1.score || ($0.score == $1.score && $0.name.lexicographicallyPrecedes($1.name)) }
+            let whole = try one.search(expression, limit: nil)
+            #expect(merged.map(\.name) == whole.map(\.name), "\(expression)")
+            for (m, w) in zip(merged, whole) { #expect(abs(m.score - w.score) < 1e-9, "\(expression)") }
+            // One table ranked by its own statistics scores as bm25() does.
+            let own = try one.search(expression, ranking: KeywordIndex.Ranking(one.statistics(expression)), limit: nil)
+            #expect(own.map(\.name) == whole.map(\.name) && zip(own, whole).allSatisfy { abs($0.score - $1.score) < 1e-9 })
+        }
+        // An empty index adds nothing; passages without a word add passages only.
+        let empty = try KeywordIndex(path: scratch("empty.sqlite"))
+        #expect(try empty.statistics("zebra") == KeywordIndex.Statistics())
+        try empty.put(bytes("blank"), signature: [1], passages: [" ... ", "--"])
+        #expect(try empty.statistics("zebra") == KeywordIndex.Statistics(passages: 2))
+    }
+
+    @Test func inspectionFindsWhatIsKeptAndEveryKindOfDamage() throws {
+        let path = scratch("keywords.sqlite")
+        let index = try KeywordIndex(path: path)
+        try index.put(bytes("a.txt"), signature: [1], passages: ["one passage about zebras", "and another about lions"])
+        try index.put(bytes("b.txt"), signature: [2], passages: ["cats"])
+        #expect(try KeywordIndex.inspect(path: path) == [bytes("a.txt"): .init(signature: [1], passages: 2), bytes("b.txt"): .init(signature: [2], passages: 1)])
+        #expect(throws: SQLiteError.self) { try KeywordIndex.inspect(path: scratch("absent.sqlite")) }
+        // Each damage on a copy of the sound index.
+        let damages = [
+            "DELETE FROM passage WHERE name = CAST('a.txt' AS BLOB) AND row = 1",  // a file short of a passage
+            "UPDATE passage SET row = 5 WHERE row = 1",  // passages numbered wrong
+            "DELETE FROM body WHERE rowid = (SELECT max(id) FROM passage)",  // a passage without its text
+            "INSERT INTO passage(name, row) VALUES (CAST('gone.txt' AS BLOB), 0)",  // a passage of no file
+            "UPDATE body_data SET block = substr(block, 1, length(block) - 2) WHERE id > 10",  // FTS5's own data
+        ]
+        for damage in damages {
+            let copy = scratch("keywords.sqlite")
+            let bytes = try readAll(path)
+            let fd = open(copy, O_CREAT | O_WRONLY, 0o600)
+            _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            close(fd)
+            try SQLiteConnection(copy).run(damage)
+            #expect(throws: SQLiteError.self, "\(damage)") { try KeywordIndex.inspect(path: copy) }
+        }
+    }
+
+    func readAll(_ path: String) throws -> [UInt8] {
+        // The index's writes are in its log until a checkpoint: one now, so the file alone is whole.
+        try SQLiteConnection(path).run("PRAGMA wal_checkpoint(TRUNCATE)")
+        let fd = open(path, O_RDONLY)
+        defer { close(fd) }
+        var out: [UInt8] = [], buffer = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = read(fd, &buffer, buffer.count)
+            if n <= 0 { break }
+            out += buffer[..<n]
+        }
+        return out
+    }
+
     @Test func persistsAndSetsDamageAside() throws {
         let path = scratch("keywords.sqlite")
         do {
@@ -114,6 +184,21 @@ func scratch(_ name: String) -> String {
         #expect(try EmbeddingCache(path: path, model: "m", chunk: 100).recall(["one"]) == [[1, 2, 3]])
     }
 
+    @Test func questionsAreKeptApartFromPassagesByQueryModel() throws {
+        let path = scratch("cache.sqlite")
+        let cache = try EmbeddingCache(path: path, model: "m", chunk: 100, questionModel: "q")
+        cache.keep(["how to rotate logs"], [[1, 2]])
+        // The same words as a question are not the passage's vector (another model embeds them).
+        #expect(cache.recall(question: "how to rotate logs") == nil)
+        cache.keep(question: "how to rotate logs", [3, 4])
+        #expect(cache.recall(question: "how to rotate logs") == [3, 4])
+        #expect(cache.recall(["how to rotate logs"]) == [[1, 2]])
+        // Kept across an open, for the same query model only (the chunking does not matter to questions).
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 50, questionModel: "q").recall(question: "how to rotate logs") == [3, 4])
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 100, questionModel: "other").recall(question: "how to rotate logs") == nil)
+        #expect(cache.usage.passages == 2)
+    }
+
     @Test func theLeastRecentlyUsedGoPastTheBound() throws {
         // Room for three vectors of four numbers.
         let cache = try EmbeddingCache(path: scratch("cache.sqlite"), model: "m", chunk: 1, maxBytes: 48)
@@ -132,5 +217,25 @@ func scratch(_ name: String) -> String {
         let other = try SQLiteConnection(path)
         try other.run("UPDATE vector SET data = zeroblob(8)")
         #expect(cache.recall(["x"]) == [nil])
+    }
+
+    @Test func inspectionCountsDamagedRowsAndDropsThemWhenAsked() throws {
+        let path = scratch("cache.sqlite")
+        let cache = try EmbeddingCache(path: path, model: "m", chunk: 1)
+        cache.keep(["a", "b", "c"], [[1, 2], [3, 4], [5, 6, 7]])
+        #expect(try EmbeddingCache.inspect(path: path) == (3, 0, 28))
+        let other = try SQLiteConnection(path)
+        try other.run("UPDATE vector SET data = zeroblob(8) WHERE length(data) = 12")
+        #expect(try EmbeddingCache.inspect(path: path) == (3, 1, 24))
+        #expect(try EmbeddingCache.inspect(path: path, dropDamaged: true) == (3, 1, 24))
+        #expect(try EmbeddingCache.inspect(path: path) == (2, 0, 16))
+        #expect(cache.recall(["a", "b", "c"]) == [[1, 2], [3, 4], nil])
+        // Not a cache at all: the reason.
+        let junk = scratch("junk.sqlite")
+        let fd = open(junk, O_CREAT | O_WRONLY, 0o600)
+        _ = write(fd, Array(repeating: UInt8(7), count: 4096), 4096)
+        close(fd)
+        #expect(throws: SQLiteError.self) { try EmbeddingCache.inspect(path: junk) }
+        #expect(throws: SQLiteError.self) { try EmbeddingCache.inspect(path: scratch("absent.sqlite")) }
     }
 }

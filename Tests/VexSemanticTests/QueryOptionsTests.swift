@@ -47,11 +47,19 @@ import VexStore
         #expect(throws: SemanticError.self) { try o.set(.match, [UInt8](repeating: 0x61, count: QueryOptions.maxFilterBytes + 1)) }
     }
 
-    @Test func hybridFusesByReciprocalRankWithTiesByName() {
+    @Test func hybridFusesScaledScoresWithTiesByName() {
         let fused = SemanticLayer.fused([("a", 0.1), ("b", 0.2), ("c", 0.3)], [("c", -5), ("d", -4), ("a", -3)])
-        // a: 1/61 + 1/63; c: 1/63 + 1/61 (a tie, by name); b: 1/62; d: 1/62 (a tie, by name).
+        // Scaled: a 1, b 0.5, c 0 by meaning; c 1, d 0.5, a 0 by words. a and c tie at 0.5 (by name),
+        // b and d at 0.25.
         #expect(fused.map(\.0) == ["a", "c", "b", "d"])
-        #expect(abs(fused[0].1 + Float(1.0 / 61 + 1.0 / 63)) < 1e-6)
+        #expect(fused.map(\.1) == [-0.5, -0.5, -0.25, -0.25])
+        // By how much, not only in what order: the words' far best beats meaning's narrow best.
+        let far = SemanticLayer.fused([("a", 0.10), ("b", 0.11), ("c", 0.5)], [("b", -20), ("c", -2), ("a", -1)])
+        #expect(far.map(\.0) == ["b", "a", "c"])
+        // A list of one (or of equal scores) gives each of its names the whole of its half.
+        let one = SemanticLayer.fused([("a", 0.3)], [])
+        #expect(one.map(\.0) == ["a"] && one.map(\.1) == [-0.5])
+        #expect(SemanticLayer.fused([("a", 0.3), ("b", 0.3)], [("b", -1)]).map(\.0) == ["b", "a"])
     }
 
     @Test func knnNamesKAndPages() throws {
