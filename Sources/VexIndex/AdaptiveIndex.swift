@@ -134,7 +134,19 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// The index in use now.
     public var active: any VectorIndex { current.withLock { $0 } }
 
-    public var count: Int { active.count + fresh.count }
+    /// Labels held, each once. While an absorb links labels without `writes`, the graph may hold
+    /// copies of them that `fresh` still holds (or that a writer removed meanwhile): as searches do,
+    /// the count takes `fresh`'s word for them (summing both, a follower of a shared store linking
+    /// what it adopted said it held more vectors than its files do). Under `linking`, which the
+    /// absorb holds to name its labels and to let go of them, their copies in `fresh` with them.
+    public var count: Int {
+        linking.withLock { l in
+            let now = active
+            guard !l.labels.isEmpty, let graph = now as? HNSWIndex else { return now.count + fresh.count }
+            let (linked, copies) = graph.count(holding: l.labels)
+            return linked - copies.count + fresh.count
+        }
+    }
 
     /// What `user.vexfs.index` shows: the index in use and its parameters.
     public var summary: String {
@@ -195,9 +207,12 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
                 let changed = linking.withLock { $0.changed }
                 let stillInUse = active as? HNSWIndex === graph
                 if stillInUse { for label in labels where changed.contains(label) { graph.remove(label: label) } }
-                // Searches see the graph's copies again before `fresh` lets go of them.
-                linking.withLock { $0 = Linking() }
-                if stillInUse { for label in labels where !changed.contains(label) { fresh.remove(label: label) } }
+                // Searches see the graph's copies again before `fresh` lets go of them (one step
+                // for `count`, which must not see them in both).
+                linking.withLock { l in
+                    l = Linking()
+                    if stillInUse { for label in labels where !changed.contains(label) { fresh.remove(label: label) } }
+                }
                 adapt()
                 return fresh.count
             }
