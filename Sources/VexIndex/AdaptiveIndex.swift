@@ -241,14 +241,20 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         let (labels, rows) = waiting(limit: limit)
         if let graph = active as? HNSWIndex {
             // Inserted first, then taken out of `fresh`: a search in between finds it twice, never
-            // not at all.
+            // not at all (`count` too, here only: an absorb of a thousand or more at once, which
+            // vexfs's own, a few at a time, never are).
             rows.withUnsafeBufferPointer { p in
                 try? graph.insert(batch: labels, vectors: p, threads: labels.count >= AdaptiveIndex.linkedAtOnce ? availableCores : 1)
             }
+            for label in labels { fresh.remove(label: label) }
         } else {
-            rows.withUnsafeBufferPointer { p in try? active.insert(batch: labels, vectors: p, threads: 1) }
+            // Rows a switch to the exact index left waiting: copied in one quick step under
+            // `linking`, so that `count` never finds them in both.
+            linking.withLock { _ in
+                rows.withUnsafeBufferPointer { p in try? active.insert(batch: labels, vectors: p, threads: 1) }
+                for label in labels { fresh.remove(label: label) }
+            }
         }
-        for label in labels { fresh.remove(label: label) }
         adapt()
         return fresh.count
     }

@@ -390,6 +390,7 @@ import VexTestSupport
         let dim = 8
         let data = clusteredSet(count: 1020, dimension: dim, clusters: 10, seed: 56)
         let index = try graph(data, linked: 1000, metric: .l2)
+        index.absorb()
         for label in 1000..<1008 { try index.insert(label: UInt64(label), vector: data[label]) }
         #expect(index.count == 1008 && index.unabsorbed == 8)
         let gate = Gate()
