@@ -138,7 +138,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// copies of them that `fresh` still holds (or that a writer removed meanwhile): as searches do,
     /// the count takes `fresh`'s word for them (summing both, a follower of a shared store linking
     /// what it adopted said it held more vectors than its files do). Under `linking`, which the
-    /// absorb holds to name its labels and to let go of them, their copies in `fresh` with them.
+    /// absorb holds to name its labels and to let go of them, their copies in `fresh` with them; so
+    /// it may wait for the graph to finish linking a few (milliseconds), which `roughCount` never does.
     public var count: Int {
         linking.withLock { l in
             let now = active
@@ -147,6 +148,10 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             return linked - copies.count + fresh.count
         }
     }
+
+    /// `count` without waiting for a link in progress (which `count` may, for a few milliseconds):
+    /// a vector being linked may be named twice. For sizing a search, never for showing.
+    public var roughCount: Int { active.count + fresh.count }
 
     /// What `user.vexfs.index` shows: the index in use and its parameters.
     public var summary: String {
