@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -211,6 +212,90 @@ def exact(files, query, k):
     """The k nearest file names by l2 over `files` (name -> vector), as a fresh index would answer."""
     order = sorted(files, key=lambda n: (float(np.sum((files[n] - query) ** 2)), n))
     return order[:k]
+
+
+def test_a_mount_joining_while_the_owner_ingests_counts_and_answers_as_the_files(ceph_machines, make_mount):
+    """B opens the collection while A still writes files into it, after A published a snapshot taken
+    mid-ingest: B adopts it (with the vectors waiting beside its graph), reads the files changed
+    since and tails A's log, which also names files the snapshot or that reading already hold, and
+    files written twice. No count either mount gives says more vectors than the files written hold
+    (each links waiting vectors into its graph meanwhile, 768 numbers each: long enough to be caught
+    at it), and in the end their counts and answers are those of a fresh index of the files, no name
+    twice; so after remounts."""
+    (ceph_machines.a / "s10").mkdir()
+    a = mount(shared(make_mount, ceph_machines.a / "s10", "machine-a", ",index=hnsw"))
+    (a / "c").mkdir()
+    os.setxattr(a / "c", "user.vexfs.dim", b"768")
+    rng = np.random.default_rng(10)
+    total = 600
+    rows = rng.normal(size=(total, 768)).astype(np.float32)
+    again = rng.normal(size=(total, 768)).astype(np.float32)
+    files = {}
+    written = [0]
+    published = ceph_machines.a / "s10" / ".vexfs" / "shared" / "index"
+
+    def write(i, vector):
+        vector.tofile(a / "c" / f"v{i}.f32")
+        files[f"v{i}.f32"] = vector
+
+    def ingest():
+        for i in range(total):
+            write(i, rows[i])
+            # Some files written twice, the second time a little later.
+            if i % 7 == 0 and i >= 20:
+                write(i - 20, again[i - 20])
+            written[0] = i + 1
+
+    def count(m):
+        return int(os.getxattr(m / "c", "user.vexfs.count"))
+
+    over = []
+
+    def check(m):
+        # A file being written may be counted already, no more.
+        n = count(m)
+        if n > written[0] + 1:
+            over.append((m.mount_id, n, written[0]))
+
+    writer = threading.Thread(target=ingest)
+    writer.start()
+    b = None
+    try:
+        while writer.is_alive():
+            check(a)
+            if b is None and any((p / "snapshot").exists() for p in published.iterdir()):
+                b = mount(shared(make_mount, ceph_machines.b / "s10", "machine-b", ",index=hnsw"))
+                joined = written[0]
+            if b is not None:
+                check(b)
+    finally:
+        writer.join()
+    assert b is not None and joined < total, "the ingest ended before a snapshot was published: nothing raced"
+    # B re-reads what A's log names after A wrote it: on a loaded machine that can be seconds behind.
+    assert until(lambda: count(a) == count(b) == total, 120) is not None, f"counts {count(a)}, {count(b)} of {total} files"
+    # Both link what waits beside their graphs while they idle: every count meanwhile, too.
+    began = time.monotonic()
+    while time.monotonic() - began < 3:
+        check(a), check(b)
+    assert not over, f"counts above the files written (mount, count, files): {over[:10]}"
+    print(f"B joined after {joined} of {total} files")
+    q = rng.normal(size=768).astype(np.float32)
+    q.tofile(a / "c" / "q.f32.query")
+    os.setxattr(a / "c" / "q.f32.query", "user.vexfs.ef", b"1000")
+    want = exact(files, q, 20)
+
+    def agree(m):
+        got = names(ask(m / "c" / "q.f32.query", 20))
+        return got == want and len(set(got)) == len(got) and count(m) == total and \
+            os.getxattr(m / "c", "user.vexfs.status").startswith(f"indexed: {total} vectors".encode())
+
+    def differ():
+        return [(m.mount_id, names(ask(m / "c" / "q.f32.query", 20)), os.getxattr(m / "c", "user.vexfs.status")) for m in (a, b)]
+    assert until(lambda: agree(a) and agree(b), SEEN_WITHIN) is not None, f"want {want}, got {differ()}"
+    b.unmount(), a.unmount()
+    mount(b), mount(a)
+    assert agree(a) and agree(b), f"want {want}, got {differ()}"
+    a.unmount(), b.unmount()
 
 
 def test_kill9_of_the_owner_hands_the_collection_on_with_nothing_lost(ceph_machines, make_mount):

@@ -134,7 +134,24 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// The index in use now.
     public var active: any VectorIndex { current.withLock { $0 } }
 
-    public var count: Int { active.count + fresh.count }
+    /// Labels held, each once. While an absorb links labels without `writes`, the graph may hold
+    /// copies of them that `fresh` still holds (or that a writer removed meanwhile): as searches do,
+    /// the count takes `fresh`'s word for them (summing both, a follower of a shared store linking
+    /// what it adopted said it held more vectors than its files do). Under `linking`, which the
+    /// absorb holds to name its labels and to let go of them, their copies in `fresh` with them; so
+    /// it may wait for the graph to finish linking a few (milliseconds), which `roughCount` never does.
+    public var count: Int {
+        linking.withLock { l in
+            let now = active
+            guard !l.labels.isEmpty, let graph = now as? HNSWIndex else { return now.count + fresh.count }
+            let (linked, copies) = graph.count(holding: l.labels)
+            return linked - copies.count + fresh.count
+        }
+    }
+
+    /// `count` without waiting for a link in progress (which `count` may, for a few milliseconds):
+    /// a vector being linked may be named twice. For sizing a search, never for showing.
+    public var roughCount: Int { active.count + fresh.count }
 
     /// What `user.vexfs.index` shows: the index in use and its parameters.
     public var summary: String {
@@ -195,9 +212,12 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
                 let changed = linking.withLock { $0.changed }
                 let stillInUse = active as? HNSWIndex === graph
                 if stillInUse { for label in labels where changed.contains(label) { graph.remove(label: label) } }
-                // Searches see the graph's copies again before `fresh` lets go of them.
-                linking.withLock { $0 = Linking() }
-                if stillInUse { for label in labels where !changed.contains(label) { fresh.remove(label: label) } }
+                // Searches see the graph's copies again before `fresh` lets go of them (one step
+                // for `count`, which must not see them in both).
+                linking.withLock { l in
+                    l = Linking()
+                    if stillInUse { for label in labels where !changed.contains(label) { fresh.remove(label: label) } }
+                }
                 adapt()
                 return fresh.count
             }
@@ -226,14 +246,20 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         let (labels, rows) = waiting(limit: limit)
         if let graph = active as? HNSWIndex {
             // Inserted first, then taken out of `fresh`: a search in between finds it twice, never
-            // not at all.
+            // not at all (`count` too, here only: an absorb of a thousand or more at once, which
+            // vexfs's own, a few at a time, never are).
             rows.withUnsafeBufferPointer { p in
                 try? graph.insert(batch: labels, vectors: p, threads: labels.count >= AdaptiveIndex.linkedAtOnce ? availableCores : 1)
             }
+            for label in labels { fresh.remove(label: label) }
         } else {
-            rows.withUnsafeBufferPointer { p in try? active.insert(batch: labels, vectors: p, threads: 1) }
+            // Rows a switch to the exact index left waiting: copied in one quick step under
+            // `linking`, so that `count` never finds them in both.
+            linking.withLock { _ in
+                rows.withUnsafeBufferPointer { p in try? active.insert(batch: labels, vectors: p, threads: 1) }
+                for label in labels { fresh.remove(label: label) }
+            }
         }
-        for label in labels { fresh.remove(label: label) }
         adapt()
         return fresh.count
     }

@@ -255,6 +255,11 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         }
     }
 
+    /// The live count and those of `labels` the graph holds, read together.
+    func count(holding labels: [UInt64]) -> (Int, [UInt64]) {
+        writer.withLock { state in (liveCount.load(ordering: .relaxed), labels.filter { state.nodeOfLabel[$0] != nil }) }
+    }
+
     /// Those of `labels` the graph holds.
     func held(_ labels: [UInt64]) -> [UInt64] {
         let ceiling = labelCeiling.load(ordering: .acquiring)

@@ -45,6 +45,8 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     public var dimension: Int { index.dimension }
     public var metric: Metric { index.metric }
     public var count: Int { index.count }
+    /// See `AdaptiveIndex.roughCount`.
+    public var roughCount: Int { index.roughCount }
 
     /// Vectors inserted or removed since the last snapshot.
     public var unsaved: Int { changes.load(ordering: .relaxed) }

@@ -41,7 +41,8 @@ extension Collection {
         guard query.count == dimension else { throw .invalid("the query has \(query.count) numbers, the collection's dimension is \(dimension)") }
         let mustCheck = !requester.seesEverything
         let admits = admission(requester: requester, options: options, admissions: admissions)
-        let total = index.count
+        // A query never waits for a link in progress: a vector too many changes nothing here.
+        let total = index.roughCount
         let few = max(configuration.exactScanRows, total / 20)
         // With `match`, only passages that hold the words: few are scanned exactly, many walked with a filter.
         var matched: [UInt64]?

@@ -383,6 +383,31 @@ import VexTestSupport
         for label in 1000...1002 { try check(label) }
         #expect(index.count == 1000 + 2 + 3)
     }
+
+    /// Held after linking and before settling, an absorb has the same vectors in the graph and
+    /// beside it: the count names each once, also for one a writer removed meanwhile.
+    @Test func theCountNamesAVectorBeingLinkedOnce() throws {
+        let dim = 8
+        let data = clusteredSet(count: 1020, dimension: dim, clusters: 10, seed: 56)
+        let index = try graph(data, linked: 1000, metric: .l2)
+        index.absorb()
+        for label in 1000..<1008 { try index.insert(label: UInt64(label), vector: data[label]) }
+        #expect(index.count == 1008 && index.unabsorbed == 8)
+        let gate = Gate()
+        index.afterLinking = { gate.wait() }
+        runOnThreads([{ index.absorb(limit: 8) }, {
+            gate.waitUntilWaiting()
+            #expect(index.count == 1008)
+            #expect(index.remove(label: 1003))
+            #expect(index.count == 1007)
+            gate.open()
+        }])
+        index.afterLinking = nil
+        #expect(index.count == 1007 && index.unabsorbed == 0)
+        var labels = Set<UInt64>()
+        index.forEach { label, _ in labels.insert(label) }
+        #expect(labels.count == index.count)
+    }
 }
 
 /// A one-shot gate: `wait` blocks until `open`; `waitUntilWaiting` returns once someone waits.
