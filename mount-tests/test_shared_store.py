@@ -487,6 +487,16 @@ def test_users_flock_excludes_users_of_other_machines(ceph_machines, make_mount)
     def try_lock(path):
         return subprocess.run(["flock", "-n", str(path), "true"], timeout=30).returncode
 
+    if "io_uring" in os.environ.get("VEXFS_MOUNT_OPTIONS", "").split(","):
+        # io_uring asked for: a waiting lock would hold a CPU's ring thread, so flock(2) stays in
+        # each machine's kernel, as the README and the stats say.
+        assert stat_of(a, "vexfs_shared_flock_across_machines") == stat_of(b, "vexfs_shared_flock_across_machines") == 0
+        holder = subprocess.Popen(["flock", "-x", str(a / "locked"), "-c", "echo held; sleep 2"], stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline() == "held\n"
+        assert try_lock(a / "locked") == 1 and try_lock(b / "locked") == 0
+        assert holder.wait(timeout=10) == 0
+        return
+
     for _ in range(2):
         assert stat_of(a, "vexfs_shared_flock_across_machines") == stat_of(b, "vexfs_shared_flock_across_machines") == 1
         # A holds it: B, and CephFS's own client B, are refused; A's other users too.
