@@ -234,34 +234,24 @@ final class Bridge: @unchecked Sendable {
     }
 
     /// Returns once nothing posted for `collection` before the call is still unapplied (events
-    /// posted since are not waited for).
-    func settle(_ collection: UInt64) {
+    /// posted since are not waited for); true then. With `givenUp`, asked every 50 ms, false as soon
+    /// as it says so: the request waiting here may have been interrupted by its asker, whose FUSE
+    /// thread must then be free at once.
+    @discardableResult
+    func settle(_ collection: UInt64, unless givenUp: (() -> Bool)? = nil) -> Bool {
         // Every event posted before this call is counted by now (posting counts it before it
         // returns); none counted, none to wait for.
-        guard unappliedStripes.any(collection) else { return }
-        locked {
-            let watermark = nextOrder
-            while let first = unapplied[collection]?.first, first <= watermark {
-                urgent[collection] = max(urgent[collection] ?? 0, watermark)
-                pthread_cond_signal(wake)
-                pthread_cond_wait(progress, queueLock)
-            }
-        }
-    }
-
-    /// Whether anything posted for `collection` is still unapplied (a settle would wait).
-    func hasUnapplied(_ collection: UInt64) -> Bool { unappliedStripes.any(collection) }
-
-    /// As `settle`, but false as soon as `givenUp` says so (asked every 50 ms): the request waiting
-    /// here may have been interrupted by its asker, whose FUSE thread must then be free at once.
-    func settle(_ collection: UInt64, unless givenUp: () -> Bool) -> Bool {
         guard unappliedStripes.any(collection) else { return true }
         return locked {
             let watermark = nextOrder
             while let first = unapplied[collection]?.first, first <= watermark {
-                if givenUp() { return false }
+                if let givenUp, givenUp() { return false }
                 urgent[collection] = max(urgent[collection] ?? 0, watermark)
                 pthread_cond_signal(wake)
+                guard givenUp != nil else {
+                    pthread_cond_wait(progress, queueLock)
+                    continue
+                }
                 // `progress` waits on the realtime clock (its attributes are the default ones).
                 var t = timespec()
                 clock_gettime(CLOCK_REALTIME, &t)
@@ -272,6 +262,9 @@ final class Bridge: @unchecked Sendable {
             return true
         }
     }
+
+    /// Whether anything posted for `collection` is still unapplied (a settle would wait).
+    func hasUnapplied(_ collection: UInt64) -> Bool { unappliedStripes.any(collection) }
 
     /// Returns once every event posted before the call is applied.
     func settleAll() {

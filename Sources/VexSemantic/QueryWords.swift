@@ -28,7 +28,7 @@ extension SemanticLayer {
     /// ties by name). Runs with the asker's identity, like a vector answer.
     func keywordAnswer(_ expression: String, in scoped: [Scoped], k: Int, excludingFile: UInt64, requester: Caller, options: QueryOptions,
                        deadline: QueryBudget.Deadline) throws(SemanticError) -> [UInt8] {
-        for s in scoped { bridge.settle(s.collection.key) }
+        // `answer` settled every collection in scope already (interruptibly), as for any question.
         let ranking = try keywordRanking(expression, in: scoped, deadline: deadline)
         var lists: [[(String, Float)]] = []
         for s in scoped {
