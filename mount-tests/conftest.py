@@ -1,8 +1,12 @@
 """Fixtures that mount a real vexfs on a temporary store and always unmount it, also when a test fails."""
+import hashlib
+import json
 import os
 import signal
 import subprocess
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -112,3 +116,41 @@ def plain(tmp_path):
     d = tmp_path / "plain"
     d.mkdir()
     return d
+
+
+class FakeEmbedder:
+    """An OpenAI-compatible embeddings endpoint on loopback: each text's vector comes from its hash.
+    Each request takes `delay` seconds: a slow endpoint."""
+
+    def __init__(self, port, delay=0.0):
+        self.port, self.server, self.requests, self.delay = port, None, 0, delay
+
+    def start(self):
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests += 1
+                time.sleep(outer.delay)
+                data = [{"object": "embedding", "index": i,
+                         "embedding": [b / 255 - 0.5 for b in hashlib.sha256(t.encode()).digest()[:8]]}
+                        for i, t in enumerate(body["input"])]
+                out = json.dumps({"object": "list", "data": data, "model": body["model"]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

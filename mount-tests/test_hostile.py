@@ -5,13 +5,14 @@ answer line."""
 import json
 import os
 import pwd
+import socket
 import stat
 import subprocess
 import time
 
 import pytest
 
-from conftest import VEXFS, is_mounted
+from conftest import VEXFS, FakeEmbedder, is_mounted
 
 USER = "vexfs-mallory"
 # Debian's Python: the one under /root is out of an unprivileged user's reach.
@@ -818,51 +819,17 @@ def test_a_directory_on_another_filesystem_is_served_but_never_a_collection(make
         subprocess.run(["umount", str(m.store / "other")], check=False)
 
 
-class SlowEmbedder:
-    """An OpenAI-compatible endpoint that takes `delay` seconds per request and gives each text a
-    vector made from its bytes (4 numbers): slow enough that a pile of texts takes a while."""
-
-    def __init__(self, delay):
-        import http.server
-        import threading
-        self.requests = []
-
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-                outer.requests.append((time.monotonic(), texts))
-                time.sleep(delay)
-                data = [{"index": i, "embedding": [1.0 + (sum(t.encode()) % 97) / 10, 1.0 + len(t) % 13, 1.0, 2.0]}
-                        for i, t in enumerate(texts)]
-                answer = json.dumps({"data": data}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1/embeddings"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 def test_one_users_pile_of_text_delays_anothers_by_one_request(make_mount, mallory):
     """Issue 24, suspected: one user's pile of texts before a slow endpoint held everyone's text
     behind it (one queue, first come first served). Requests now take turns by the owner of each
     file's collection: a text written after another user's 60 is sent within a request or two."""
-    endpoint = SlowEmbedder(delay=0.2)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = FakeEmbedder(port, delay=0.2)
+    endpoint.start()
     try:
-        m = make_mount("-o", f"allow_other,embedder={endpoint.url},embed_model=m,embed_batch=1")
+        m = make_mount("-o", f"allow_other,embedder=http://127.0.0.1:{port}/v1/embeddings,embed_model=m,embed_batch=1")
         m.mount()
         open_to_everyone(m)
         py("import os, sys; os.mkdir(sys.argv[1])", m / "pile")

@@ -3,7 +3,6 @@ with a minus, `vexfs status`, `vexfs wait`), mount(8) and fstab, systemd's Type=
 the Prometheus endpoint with its Grafana dashboard. Every test that writes a collection remounts and
 asks again."""
 import errno
-import hashlib
 import json
 import os
 import re
@@ -11,16 +10,14 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO, VEXFS, daemon_pid, is_mounted
+from conftest import REPO, VEXFS, FakeEmbedder, daemon_pid, is_mounted
 
 
 def vexfs(*args, timeout=120):
@@ -70,42 +67,6 @@ def test_search_takes_vectors_that_begin_with_a_minus(mnt):
         assert [[h["name"] for h in block] for block in json.loads(r.stdout)] == [["a.vec"], ["b.vec"]]
         mnt.unmount()
         mnt.mount()
-
-
-class FakeEmbedder:
-    """An OpenAI-compatible embeddings endpoint on loopback: each text's vector comes from its hash."""
-
-    def __init__(self, port):
-        self.port, self.server, self.requests = port, None, 0
-
-    def start(self):
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests += 1
-                data = [{"object": "embedding", "index": i,
-                         "embedding": [b / 255 - 0.5 for b in hashlib.sha256(t.encode()).digest()[:8]]}
-                        for i, t in enumerate(body["input"])]
-                out = json.dumps({"object": "list", "data": data, "model": body["model"]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def stop(self):
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
 
 
 def test_wait_returns_once_texts_are_embedded_and_status_says_what_waits(make_mount):
