@@ -51,10 +51,8 @@ def recall_through_getxattr(collection, queries, truth):
     return hits / (10 * len(queries))
 
 
-@pytest.mark.parametrize("target", [0.95, 0.9])
-def test_held_out_words_get_the_target_from_the_first_answer_and_after_a_remount(make_mount, tmp_path, target):
-    base, queries = glove_split()
-    truth = exact_cosine(base, queries)
+def cosine_collection(make_mount, tmp_path, base):
+    """A mount with an empty cosine collection `glove`, and `base` saved beside it to be copied in."""
     source = tmp_path / "words.npy"
     np.save(source, base)
     m = make_mount()
@@ -62,6 +60,14 @@ def test_held_out_words_get_the_target_from_the_first_answer_and_after_a_remount
     c = m / "glove"
     c.mkdir()
     os.setxattr(c, "user.vexfs.metric", b"cosine")
+    return m, c, source
+
+
+@pytest.mark.parametrize("target", [0.95, 0.9])
+def test_held_out_words_get_the_target_from_the_first_answer_and_after_a_remount(make_mount, tmp_path, target):
+    base, queries = glove_split()
+    truth = exact_cosine(base, queries)
+    m, c, source = cosine_collection(make_mount, tmp_path, base)
     if target != 0.95:
         os.setxattr(c, "user.vexfs.recall", str(target).encode())
     else:
@@ -109,13 +115,7 @@ def test_the_rarest_words_asked_of_the_most_frequent(make_mount, tmp_path):
     words = glove_words()
     base, queries = words[:WORDS], words[len(words) - QUERIES:]
     truth = exact_cosine(base, queries)
-    source = tmp_path / "words.npy"
-    np.save(source, base)
-    m = make_mount()
-    m.mount()
-    c = m / "glove"
-    c.mkdir()
-    os.setxattr(c, "user.vexfs.metric", b"cosine")
+    m, c, source = cosine_collection(make_mount, tmp_path, base)
     for i, q in enumerate(queries):
         q.tofile(c / f"q{i:04}.f32.query")
     shutil.copyfile(source, c / "words.npy")
