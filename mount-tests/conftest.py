@@ -124,6 +124,7 @@ class FakeEmbedder:
 
     def __init__(self, port, delay=0.0):
         self.port, self.server, self.requests, self.delay = port, None, 0, delay
+        self.texts = []
 
     def start(self):
         outer = self
@@ -132,6 +133,7 @@ class FakeEmbedder:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.requests += 1
+                outer.texts += body["input"]
                 time.sleep(outer.delay)
                 data = [{"object": "embedding", "index": i,
                          "embedding": [b / 255 - 0.5 for b in hashlib.sha256(t.encode()).digest()[:8]]}

@@ -5,6 +5,7 @@ answer line."""
 import json
 import os
 import pwd
+import shutil
 import socket
 import stat
 import subprocess
@@ -855,5 +856,62 @@ def test_one_users_pile_of_text_delays_anothers_by_one_request(make_mount, mallo
         assert os.getxattr(m / "pile", "user.vexfs.count") == b"60"
         assert os.getxattr(m / "mine", "user.vexfs.count") == b"1"
         assert os.getxattr(m / "mine" / "note.txt", "user.vexfs.status").startswith(b"indexed")
+    finally:
+        endpoint.stop()
+
+
+def test_the_embedding_cache_tells_no_user_what_another_wrote_or_asked(make_mount, mallory):
+    """A vector the cache holds comes back at once: shared by all users, it told anyone whether a
+    file they may not read holds a passage they guessed (their copy was indexed with nothing sent,
+    and the stats' hits rose), or whether someone asked a question. Each user's texts and questions
+    now have cache rows of their own; a user's own copy still sends nothing."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = FakeEmbedder(port)
+    endpoint.start()
+    secret, question = "the launch code is 0451", "where is the launch code"
+
+    def indexed(f):
+        deadline = time.monotonic() + 30
+        while not os.getxattr(f, "user.vexfs.status").startswith(b"indexed"):
+            assert time.monotonic() < deadline, os.getxattr(f, "user.vexfs.status")
+            time.sleep(0.05)
+
+    def sent(text):
+        return endpoint.texts.count(text)
+
+    try:
+        m = make_mount("-o", f"allow_other,embedder=http://127.0.0.1:{port}/v1/embeddings,embed_model=m")
+        m.mount()
+        open_to_everyone(m)
+        (m / "vault").mkdir(mode=0o700)
+        (m / "vault" / "plan.txt").write_text(secret)
+        (m / "vault" / "ask.query").write_text(question)
+        indexed(m / "vault" / "plan.txt")
+        os.getxattr(m / "vault" / "ask.query", "user.vexfs.knn.1")
+        assert sent(secret) == 1 and sent(question) == 1
+        # Root's own copy elsewhere: nothing sent.
+        (m / "copy").mkdir()
+        shutil.copyfile(m / "vault" / "plan.txt", m / "copy" / "plan.txt")
+        indexed(m / "copy" / "plan.txt")
+        assert sent(secret) == 1
+
+        # Mallory guesses both in a collection of her own: each guess goes to the endpoint.
+        py("import os, sys; os.mkdir(sys.argv[1]); open(sys.argv[1] + '/guess.txt', 'w').write(sys.argv[2]);"
+           "open(sys.argv[1] + '/ask.query', 'w').write(sys.argv[3])", m / "probe", secret, question)
+        indexed(m / "probe" / "guess.txt")
+        py("import os, sys; os.getxattr(sys.argv[1], 'user.vexfs.knn.1')", m / "probe" / "ask.query")
+        assert sent(secret) == 2 and sent(question) == 2
+
+        # Her own again, after a remount: from her cache rows.
+        m.unmount()
+        m.mount()
+        py("import os, sys; open(sys.argv[1] + '/again.txt', 'w').write(sys.argv[2])", m / "probe", secret)
+        indexed(m / "probe" / "again.txt")
+        py("import os, sys; os.getxattr(sys.argv[1], 'user.vexfs.knn.1')", m / "probe" / "ask.query")
+        assert sent(secret) == 2 and sent(question) == 2
+        assert os.getxattr(m / "probe", "user.vexfs.count") == b"2"
+        m.unmount()
     finally:
         endpoint.stop()

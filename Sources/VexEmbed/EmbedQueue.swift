@@ -25,6 +25,8 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
         let key: Key
         let token: UInt64
         let owner: UInt32
+        /// Whose texts they are, for `memory`: the user who wrote them.
+        let author: UInt32
         /// The texts to send: those `memory` had no vector for.
         let texts: [String]
         /// The caller's texts in order: the vector `memory` had, nil for one sent.
@@ -89,18 +91,19 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
     /// When `memory` holds every text's vector, `done` hears at once, on this thread.
     @discardableResult
     public func submit(_ key: Key, token: UInt64, texts all: [String]) -> Bool {
-        offer(key, token: token, texts: all, owner: 0) == .queued
+        offer(key, token: token, texts: all, owner: 0, author: 0) == .queued
     }
 
     /// Queues `owner`'s `texts` under `key`: `.refused` when the endpoint is away and the backlog
     /// full, `.full` (nothing queued, nothing waited for) when an owner other than root has their
     /// share waiting already. While the endpoint answers and the whole backlog is full, it waits.
-    /// When `memory` holds every text's vector, `done` hears at once, on this thread.
-    public func offer(_ key: Key, token: UInt64, texts all: [String], owner: UInt32) -> Offer {
+    /// When `memory` holds every text's vector (kept for `author`'s texts), `done` hears at once,
+    /// on this thread.
+    public func offer(_ key: Key, token: UInt64, texts all: [String], owner: UInt32, author: UInt32) -> Offer {
         var known: [[Float]?] = []
         var texts = all
         if let memory {
-            known = memory.recall(all)
+            known = memory.recall(all, owner: author)
             texts = zip(all, known).filter { $0.1 == nil }.map(\.0)
             if texts.isEmpty {
                 metrics.cacheHits.increment(by: all.count)
@@ -122,7 +125,7 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
             metrics.cacheHits.increment(by: all.count - texts.count)
             metrics.cacheMisses.increment(by: texts.count)
         }
-        add(Job(key: key, token: token, owner: owner, texts: texts, known: known))
+        add(Job(key: key, token: token, owner: owner, author: author, texts: texts, known: known))
         pthread_cond_broadcast(changed)
         return .queued
     }
@@ -305,9 +308,9 @@ public final class EmbedQueue<Key: Hashable & Sendable>: @unchecked Sendable {
             for job in batch { done(job.key, job.token, .failure(failure), true) }
             return
         }
-        memory?.keep(texts, vectors)
         var at = 0
         for job in batch {
+            memory?.keep(job.texts, Array(vectors[at..<(at + job.texts.count)]), owner: job.author)
             var sent = vectors[at..<(at + job.texts.count)].makeIterator()
             let all = job.known.isEmpty ? Array(vectors[at..<(at + job.texts.count)]) : job.known.map { $0 ?? sent.next()! }
             done(job.key, job.token, .success(all), false)
@@ -354,12 +357,13 @@ public struct EmbedMetrics: Sendable {
 }
 
 /// Vectors kept from earlier requests, by text (the embedding cache in STORE/.vexfs/): asked before
-/// a text is sent, told what the endpoint gave. Its key must say which model and chunking made each.
+/// a text is sent, told what the endpoint gave. Its key must say which model and chunking made each,
+/// and whose text it was: one user's texts never answer for another's.
 public protocol EmbeddingMemory: AnyObject, Sendable {
-    /// The vector kept for each text, nil where there is none.
-    func recall(_ texts: [String]) -> [[Float]?]
-    /// Keeps `vectors[i]` as the vector of `texts[i]`.
-    func keep(_ texts: [String], _ vectors: [[Float]])
+    /// The vector kept for each of `owner`'s texts, nil where there is none.
+    func recall(_ texts: [String], owner: UInt32) -> [[Float]?]
+    /// Keeps `vectors[i]` as the vector of `owner`'s text `texts[i]`.
+    func keep(_ texts: [String], _ vectors: [[Float]], owner: UInt32)
 }
 
 /// Runs `body` on a new thread (a class box carries the closure through pthread_create's pointer).

@@ -4,7 +4,9 @@ import Synchronization
 
 /// The vectors an embedder gave for passages, kept so the same text is never sent twice: a rename, a
 /// copy into another collection, a metric change or a remount finds them here. Keyed by the SHA-256
-/// of the model's name, the chunking settings and the passage's bytes; each row also holds a check
+/// of the model's name, the chunking settings, the user whose text it is and the passage's bytes
+/// (a vector found in the cache comes back at once, so a cache shared by users would tell one of
+/// them whether another's file holds a passage they guessed); each row also holds a check
 /// (SHA-256 of key and vector, first 8 bytes) so a row damaged on disk is a miss, never a wrong
 /// vector. Bounded by the bytes of its vectors: past `maxBytes` the least recently used go.
 public final class EmbeddingCache: @unchecked Sendable {
@@ -59,11 +61,10 @@ public final class EmbeddingCache: @unchecked Sendable {
         state = Mutex(s)
     }
 
-    func key(_ text: String) -> [UInt8] { EmbeddingCache.key(prefix, text) }
-
-    static func key(_ prefix: [UInt8], _ text: String) -> [UInt8] {
+    static func key(_ prefix: [UInt8], _ owner: UInt32, _ text: String) -> [UInt8] {
         var h = SHA256()
         h.update(prefix)
+        h.update(Array("owner=\(owner)\u{0}".utf8))
         h.update(text.utf8)
         return h.finish()
     }
@@ -75,17 +76,24 @@ public final class EmbeddingCache: @unchecked Sendable {
         return Array(h.finish().prefix(8))
     }
 
-    /// The vector kept for each passage, nil where none is (or its row fails its check).
-    public func recall(_ texts: [String]) -> [[Float]?] { recall(keys: texts.map(key)) }
+    /// The vector kept for each of `owner`'s passages, nil where none is (or its row fails its check).
+    public func recall(_ texts: [String], owner: UInt32) -> [[Float]?] { recall(keys: texts.map { EmbeddingCache.key(prefix, owner, $0) }) }
 
-    /// Keeps `vectors[i]` as the vector of the passage `texts[i]`, then drops the least recently used past the bound.
-    public func keep(_ texts: [String], _ vectors: [[Float]]) { keep(keys: texts.map(key), vectors) }
+    /// Keeps `vectors[i]` as the vector of `owner`'s passage `texts[i]`, then drops the least
+    /// recently used past the bound.
+    public func keep(_ texts: [String], _ vectors: [[Float]], owner: UInt32) {
+        keep(keys: texts.map { EmbeddingCache.key(prefix, owner, $0) }, vectors)
+    }
 
-    /// The vector kept for a question in words (as the query model embeds it), nil when none is.
-    public func recall(question: String) -> [Float]? { recall(keys: [EmbeddingCache.key(questionPrefix, question)])[0] }
+    /// The vector kept for `owner`'s question in words (as the query model embeds it), nil when none is.
+    public func recall(question: String, owner: UInt32) -> [Float]? {
+        recall(keys: [EmbeddingCache.key(questionPrefix, owner, question)])[0]
+    }
 
-    /// Keeps the query model's `vector` for the question `question`, under the same bound as passages.
-    public func keep(question: String, _ vector: [Float]) { keep(keys: [EmbeddingCache.key(questionPrefix, question)], [vector]) }
+    /// Keeps the query model's `vector` for `owner`'s question `question`, under the same bound as passages.
+    public func keep(question: String, _ vector: [Float], owner: UInt32) {
+        keep(keys: [EmbeddingCache.key(questionPrefix, owner, question)], [vector])
+    }
 
     private func recall(keys: [[UInt8]]) -> [[Float]?] {
         state.withLock { s in

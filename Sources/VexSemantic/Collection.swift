@@ -61,8 +61,10 @@ final class Collection: @unchecked Sendable {
         var nextLabel: UInt64 = 1
         /// Text files waiting for their vectors, by the token of the newest request.
         var embedding: [FileName: UInt64] = [:]
-        /// Requests made under the lock, sent after it (sending may wait for room in the queue).
-        var outbox: [(FileName, UInt64, [String])] = []
+        /// Requests made under the lock, sent after it (sending may wait for room in the queue):
+        /// the file, the request's token, the file's owner when read (whose texts the embedding
+        /// cache keeps them as) and the passages.
+        var outbox: [(name: FileName, token: UInt64, author: uid_t, texts: [String])] = []
         /// The count at the last recall measurement asked for: the next is asked at twice it.
         var measuredAt = 0
         /// Catalog entries changed since the last snapshot.

@@ -28,15 +28,15 @@ extension Collection {
             return s.outbox
         }
         guard let queue = host.embedQueue else { return false }
-        for (i, (name, token, texts)) in requests.enumerated() {
-            switch queue.offer(Bridge.Key(collection: key, name: name), token: token, texts: texts, owner: UInt32(owner)) {
+        for (i, (name, token, author, texts)) in requests.enumerated() {
+            switch queue.offer(Bridge.Key(collection: key, name: name), token: token, texts: texts, owner: UInt32(owner), author: UInt32(author)) {
             case .queued:
                 continue
             case .full:
                 // Back in front of what came since, unless a newer request for a file replaced it.
                 state.withLock { s in
-                    let newer = Set(s.outbox.map(\.0))
-                    s.outbox = requests[i...].filter { s.embedding[$0.0] == $0.1 && !newer.contains($0.0) } + s.outbox
+                    let newer = Set(s.outbox.map(\.name))
+                    s.outbox = requests[i...].filter { s.embedding[$0.name] == $0.token && !newer.contains($0.name) } + s.outbox
                 }
                 queue.waitForRoom(owner: UInt32(owner), seconds: 0.02)
                 return true
@@ -82,7 +82,7 @@ extension Collection {
         record.status = "not indexed yet: \(ranges.count == 1 ? "1 passage" : "\(ranges.count) passages") waiting for the embedder"
         let token = host.nextEmbedToken()
         s.embedding[name] = token
-        s.outbox.append((name, token, ranges.map { String(decoding: text[$0], as: UTF8.self) }))
+        s.outbox.append((name, token, st.st_uid, ranges.map { String(decoding: text[$0], as: UTF8.self) }))
     }
 
     /// The vectors (or the failure) of the embedding request `token` for `name`: applied if the

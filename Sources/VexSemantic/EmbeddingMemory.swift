@@ -4,8 +4,10 @@ import VexKeyword
 
 // The mount's embedding cache (STORE/.vexfs/embeddings.sqlite) is what the embedder queue asks
 // before it sends a passage: a rename, a copy into another collection, a settings change or a
-// remount finds the passage's vector there and sends nothing. A question in words asked again
-// (by anyone, in any collection) finds its vector there too.
+// remount finds the passage's vector there and sends nothing. A question in words asked again (in
+// any collection) finds its vector there too. Both are kept apart for each user (the owner of the
+// file the words are in): a vector found comes back at once, so a shared cache would tell one user
+// whether another's files hold a passage, or their query files a question, that they guessed.
 
 extension EmbeddingCache: EmbeddingMemory {}
 

@@ -189,7 +189,7 @@ extension SemanticLayer {
         }
         let expression = options.mode == .hybrid ? try keywordExpression(file, options) : nil
         let vectors: ParsedVectors
-        if let words = try words(of: file) {
+        if let words = try words(of: file, author: st.st_uid) {
             vectors = words
         } else if case .success(let v)? = self.vectors(of: file) {
             vectors = v
@@ -273,12 +273,14 @@ extension SemanticLayer {
 
     /// A bare `.query` file that holds words rather than numbers, as a vector of the query model;
     /// nil for numbers (or with no embedder). The one FUSE request that waits on the network, unless
-    /// the same words were asked before (the embedding cache keeps questions too).
-    func words(of file: FileRef) throws(SemanticError) -> ParsedVectors? {
+    /// the same words were asked before in a file of the same owner, `author` (the embedding cache
+    /// keeps questions too, apart for each user: how fast an answer comes must not tell one user
+    /// what another asked).
+    func words(of file: FileRef, author: uid_t) throws(SemanticError) -> ParsedVectors? {
         guard let client = embedClient, let question = try question(of: file) else { return nil }
         // Asked as the words alone: `echo` adds a newline an editor may not, and both are one question.
         let text = String(question.drop(while: \.isWhitespace).reversed().drop(while: \.isWhitespace).reversed())
-        if let v = embeddingCache?.recall(question: text) {
+        if let v = embeddingCache?.recall(question: text, owner: UInt32(author)) {
             metrics.embed.noteCache(hits: 1, misses: 0)
             return ParsedVectors(dimension: v.count, values: v)
         }
@@ -289,7 +291,7 @@ extension SemanticLayer {
             let v = try client.embed([text], query: true)[0]
             clock_gettime(CLOCK_MONOTONIC, &t1)
             metrics.embed.note(texts: 1, nanoseconds: nanoseconds(t1) - nanoseconds(t0))
-            embeddingCache?.keep(question: text, v)
+            embeddingCache?.keep(question: text, v, owner: UInt32(author))
             return ParsedVectors(dimension: v.count, values: v)
         } catch {
             metrics.embed.note(texts: 1, nanoseconds: nil)

@@ -174,62 +174,73 @@ func scratch(_ name: String) -> String {
     @Test func keepsVectorsByTextModelAndChunking() throws {
         let path = scratch("cache.sqlite")
         let cache = try EmbeddingCache(path: path, model: "m", chunk: 100)
-        #expect(cache.recall(["one", "two"]) == [nil, nil])
-        cache.keep(["one"], [[1, 2, 3]])
-        #expect(cache.recall(["one", "two"]) == [[1, 2, 3], nil])
+        #expect(cache.recall(["one", "two"], owner: 0) == [nil, nil])
+        cache.keep(["one"], [[1, 2, 3]], owner: 0)
+        #expect(cache.recall(["one", "two"], owner: 0) == [[1, 2, 3], nil])
         // Another model or another chunking: not the same vectors.
-        #expect(try EmbeddingCache(path: path, model: "other", chunk: 100).recall(["one"]) == [nil])
-        #expect(try EmbeddingCache(path: path, model: "m", chunk: 50).recall(["one"]) == [nil])
+        #expect(try EmbeddingCache(path: path, model: "other", chunk: 100).recall(["one"], owner: 0) == [nil])
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 50).recall(["one"], owner: 0) == [nil])
         // Kept across an open.
-        #expect(try EmbeddingCache(path: path, model: "m", chunk: 100).recall(["one"]) == [[1, 2, 3]])
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 100).recall(["one"], owner: 0) == [[1, 2, 3]])
     }
 
     @Test func questionsAreKeptApartFromPassagesByQueryModel() throws {
         let path = scratch("cache.sqlite")
         let cache = try EmbeddingCache(path: path, model: "m", chunk: 100, questionModel: "q")
-        cache.keep(["how to rotate logs"], [[1, 2]])
+        cache.keep(["how to rotate logs"], [[1, 2]], owner: 0)
         // The same words as a question are not the passage's vector (another model embeds them).
-        #expect(cache.recall(question: "how to rotate logs") == nil)
-        cache.keep(question: "how to rotate logs", [3, 4])
-        #expect(cache.recall(question: "how to rotate logs") == [3, 4])
-        #expect(cache.recall(["how to rotate logs"]) == [[1, 2]])
+        #expect(cache.recall(question: "how to rotate logs", owner: 0) == nil)
+        cache.keep(question: "how to rotate logs", [3, 4], owner: 0)
+        #expect(cache.recall(question: "how to rotate logs", owner: 0) == [3, 4])
+        #expect(cache.recall(["how to rotate logs"], owner: 0) == [[1, 2]])
         // Kept across an open, for the same query model only (the chunking does not matter to questions).
-        #expect(try EmbeddingCache(path: path, model: "m", chunk: 50, questionModel: "q").recall(question: "how to rotate logs") == [3, 4])
-        #expect(try EmbeddingCache(path: path, model: "m", chunk: 100, questionModel: "other").recall(question: "how to rotate logs") == nil)
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 50, questionModel: "q").recall(question: "how to rotate logs", owner: 0) == [3, 4])
+        #expect(try EmbeddingCache(path: path, model: "m", chunk: 100, questionModel: "other").recall(question: "how to rotate logs", owner: 0) == nil)
         #expect(cache.usage.passages == 2)
+    }
+
+    @Test func oneUsersVectorsNeverAnswerForAnothers() throws {
+        let cache = try EmbeddingCache(path: scratch("cache.sqlite"), model: "m", chunk: 100)
+        cache.keep(["the secret plan"], [[1, 2]], owner: 1000)
+        cache.keep(question: "where is the plan", [3, 4], owner: 1000)
+        #expect(cache.recall(["the secret plan"], owner: 1001) == [nil])
+        #expect(cache.recall(question: "where is the plan", owner: 1001) == nil)
+        #expect(cache.recall(["the secret plan"], owner: 0) == [nil])
+        #expect(cache.recall(["the secret plan"], owner: 1000) == [[1, 2]])
+        #expect(cache.recall(question: "where is the plan", owner: 1000) == [3, 4])
     }
 
     @Test func theLeastRecentlyUsedGoPastTheBound() throws {
         // Room for three vectors of four numbers.
         let cache = try EmbeddingCache(path: scratch("cache.sqlite"), model: "m", chunk: 1, maxBytes: 48)
-        cache.keep(["a", "b", "c"], [[1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]])
-        _ = cache.recall(["a"])
-        cache.keep(["d"], [[4, 4, 4, 4]])
-        #expect(cache.recall(["a", "b", "c", "d"]) == [[1, 1, 1, 1], nil, [3, 3, 3, 3], [4, 4, 4, 4]])
+        cache.keep(["a", "b", "c"], [[1, 1, 1, 1], [2, 2, 2, 2], [3, 3, 3, 3]], owner: 0)
+        _ = cache.recall(["a"], owner: 0)
+        cache.keep(["d"], [[4, 4, 4, 4]], owner: 0)
+        #expect(cache.recall(["a", "b", "c", "d"], owner: 0) == [[1, 1, 1, 1], nil, [3, 3, 3, 3], [4, 4, 4, 4]])
         #expect(cache.usage.passages == 3 && cache.usage.bytes == 48)
     }
 
     @Test func aDamagedRowIsAMissNeverAWrongVector() throws {
         let path = scratch("cache.sqlite")
         let cache = try EmbeddingCache(path: path, model: "m", chunk: 1)
-        cache.keep(["x"], [[1, 2]])
+        cache.keep(["x"], [[1, 2]], owner: 0)
         // Flip the stored vector behind the cache's back.
         let other = try SQLiteConnection(path)
         try other.run("UPDATE vector SET data = zeroblob(8)")
-        #expect(cache.recall(["x"]) == [nil])
+        #expect(cache.recall(["x"], owner: 0) == [nil])
     }
 
     @Test func inspectionCountsDamagedRowsAndDropsThemWhenAsked() throws {
         let path = scratch("cache.sqlite")
         let cache = try EmbeddingCache(path: path, model: "m", chunk: 1)
-        cache.keep(["a", "b", "c"], [[1, 2], [3, 4], [5, 6, 7]])
+        cache.keep(["a", "b", "c"], [[1, 2], [3, 4], [5, 6, 7]], owner: 0)
         #expect(try EmbeddingCache.inspect(path: path) == (3, 0, 28))
         let other = try SQLiteConnection(path)
         try other.run("UPDATE vector SET data = zeroblob(8) WHERE length(data) = 12")
         #expect(try EmbeddingCache.inspect(path: path) == (3, 1, 24))
         #expect(try EmbeddingCache.inspect(path: path, dropDamaged: true) == (3, 1, 24))
         #expect(try EmbeddingCache.inspect(path: path) == (2, 0, 16))
-        #expect(cache.recall(["a", "b", "c"]) == [[1, 2], [3, 4], nil])
+        #expect(cache.recall(["a", "b", "c"], owner: 0) == [[1, 2], [3, 4], nil])
         // Not a cache at all: the reason.
         let junk = scratch("junk.sqlite")
         let fd = open(junk, O_CREAT | O_WRONLY, 0o600)
