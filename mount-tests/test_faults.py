@@ -271,17 +271,20 @@ def test_unmount_while_users_are_busy_is_bounded_and_needs_no_rebuild(make_mount
 STOP_BOUND = 10  # seconds; README "Unmounting" documents it
 
 
-@pytest.mark.parametrize("stop", ["SIGTERM", "unmount"])
-def test_stopping_while_a_big_file_is_built_is_bounded_and_loses_nothing(make_mount, stop):
+@pytest.mark.parametrize("stop,count,dim", [("SIGTERM", 60_000, 64), ("unmount", 60_000, 64), ("SIGTERM", 300_000, 1)],
+                         ids=["SIGTERM", "unmount", "SIGTERM-a-line"])
+def test_stopping_while_a_big_file_is_built_is_bounded_and_loses_nothing(make_mount, stop, count, dim):
     """A stop signal or an unmount while a graph is built from a big .npy: the daemon gives the build
     up within a piece and exits within the bound (after a signal, even with a question waiting for
     that build; an unmount is refused while one is in flight, as on any filesystem); the next mount
-    reads the file again and answers as a fresh index would."""
+    reads the file again and answers as a fresh index would. Numbers of dimension 1 lie on a line,
+    which the graph's pruning cuts into pieces: putting them back in reach once searched for every
+    node of the graph in one piece (minutes on a loaded machine before a stop was heard)."""
     m = make_mount("-o", "index=hnsw")
     m.mount()
     c = m / "c"
     c.mkdir()
-    rows = np.random.default_rng(5).normal(size=(60_000, 64)).astype(np.float32)
+    rows = np.random.default_rng(5).normal(size=(count, dim)).astype(np.float32)
     np.save(m.store / "staged.npy", rows)
     subprocess.run(["cp", str(m.store / "staged.npy"), str(c / "big.npy")], check=True)
     # A question that waits for the file (read-your-writes), in flight when the stop comes.
@@ -306,10 +309,13 @@ def test_stopping_while_a_big_file_is_built_is_bounded_and_loses_nothing(make_mo
     m.mount()
     # Given up at the stop, so read again now (a build that had finished would be in the snapshot).
     assert os.getxattr(c, "user.vexfs.status").decode().endswith("at mount: snapshot loaded, 1 files read again")
-    assert os.getxattr(c / "big.npy", "user.vexfs.status") == b"indexed: 60000 vectors"
-    assert os.getxattr(c, "user.vexfs.count") == b"60000"
+    assert os.getxattr(c / "big.npy", "user.vexfs.status") == f"indexed: {count} vectors".encode()
+    assert os.getxattr(c, "user.vexfs.count") == str(count).encode()
     first = names(knn(c / "q.f32.query", 3))
-    assert first[0] == "big.npy#7", first
+    assert len(first) == 3 and all(n.startswith("big.npy#") for n in first), first
+    if dim > 1:
+        # (A graph of numbers on a line walks poorly: its recall is the tuner's business, not this test's.)
+        assert first[0] == "big.npy#7", first
     m.unmount()
     m.mount()
     assert os.getxattr(c, "user.vexfs.status").decode().endswith("at mount: snapshot loaded")

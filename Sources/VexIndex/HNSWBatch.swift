@@ -72,8 +72,9 @@ extension HNSWIndex {
             published.store(end, ordering: .releasing)
             entry.store(build.entry.load(ordering: .acquiring), ordering: .releasing)
             // Each time the graph has grown by a quarter (so the passes cost the graph's size once
-            // over): no node left out of reach of every search.
-            if rows.count * 4 >= end { reconnect(&state) }
+            // over): no node left out of reach of every search. Searches for them cost no more
+            // than linking the batch did, so a batch's time stays proportional to its rows.
+            if rows.count * 4 >= end { reconnect(&state, searches: rows.count) }
         }
     }
 

@@ -371,10 +371,13 @@ extension HNSWIndex {
     /// Links every live node no walk reaches from the nearest node that is reached: into a free
     /// slot of its list, or in place of the link whose target has the most other links to it. The
     /// heuristic's pruning, more so with several threads linking at once, leaves a few such nodes
-    /// (GloVe-50 on 2 threads: 26 of 399,000). The writer's job; returns how many it linked.
+    /// (GloVe-50 on 2 threads: 26 of 399,000). The writer's job; returns how many it linked. At most
+    /// `searches` nodes are looked for: each costs a search as deep as an insert's, and data made to
+    /// leave most nodes out of reach (vectors of dimension 1: a line the pruning cuts into pieces)
+    /// would otherwise cost a search per node of the graph in one batch, which a stop waits for.
     @discardableResult
-    func reconnect(_ state: inout WriterState) -> Int {
-        var linked = 0
+    func reconnect(_ state: inout WriterState, searches: Int = .max) -> Int {
+        var linked = 0, searched = 0
         for _ in 0..<3 {
             let n = published.load(ordering: .relaxed)
             let reach = reached()
@@ -386,6 +389,8 @@ extension HNSWIndex {
                 for j in 0..<min(Int(list[0]), maxLinks0) { inDegree[Int(list[1 + j])] += 1 }
             }
             for u in lost {
+                guard searched < searches else { return linked }
+                searched += 1
                 let query = UnsafeBufferPointer(start: UnsafePointer(vector(UInt32(u))), count: dimension)
                 guard let near = try? search(query, k: 8, ef: parameters.efConstruction, filter: SearchFilter()) else { continue }
                 for neighbor in near {

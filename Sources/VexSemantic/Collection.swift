@@ -150,10 +150,13 @@ final class Collection: @unchecked Sendable {
                 // A text file whose vectors never came (the endpoint was away) is asked for again.
                 if let r = s.files[name], let st = (try? StoreFiles.stat(dir, name)), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
                 if s.files[name] != nil || rules(s).kind(of: name, carriesVector: { hasVectorAttribute(dir, name) }).isIndexed {
-                    // A file big enough to stream goes to the bridge's builder even now: the mount
-                    // serves meanwhile, and only this collection's queries wait for it.
-                    let streamed = !deferring && (try? StoreFiles.stat(dir, name)).flatMap { configuration.streamedFormat(name, $0) } != nil
-                    if deferring || streamed { toRead.append(name) } else { refresh(name, &s) }
+                    // A vector file long enough for the builder goes there even now (a megabyte of
+                    // numbers of dimension 1 is a graph of 250,000 nodes): the mount serves
+                    // meanwhile, and only this collection's queries wait for it.
+                    let long = !deferring && (try? StoreFiles.stat(dir, name)).map {
+                        StoreFiles.isRegular($0) && name.vectorFormat != nil && Int($0.st_size) >= configuration.longFileBytes
+                    } == true
+                    if deferring || long { toRead.append(name) } else { refresh(name, &s) }
                     changed += 1
                     host.progressed("\(shown(s)): \(changed) files read again")
                 }
