@@ -859,6 +859,14 @@ def ext4_dir(tmp_path):
         subprocess.run(["umount", "-l", str(top)], check=False)
 
 
+def sync_filesystem(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert libc.syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
 def trim(target, start, length, minimum=0):
     """FITRIM on `target` (a path, or an open descriptor): the trimmed length, or the errno."""
     fd = os.open(target, os.O_RDONLY) if not isinstance(target, int) else target
@@ -910,9 +918,9 @@ def test_fstrim_trims_the_store_filesystem_for_root_alone(ext4_dir, make_mount, 
     # xfstests takes the filesystem's end from df of the mount.
     assert os.statvfs(m.root).f_blocks * os.statvfs(m.root).f_frsize == size
     (m.root / "f").write_bytes(os.urandom(4 * ONE_MIB))
-    os.sync()
+    sync_filesystem(ext4_dir)
     os.unlink(m.root / "f")
-    os.sync()
+    sync_filesystem(ext4_dir)
     trimmed = trim(m.root, 0, LAST_BYTE)
     assert isinstance(trimmed, int) and size // 2 < trimmed <= size, trimmed
     # Past the end and at the last byte: refused as by the store's filesystem itself.
