@@ -980,3 +980,17 @@ def test_the_mount_has_a_label_of_its_own_that_survives_remounts(ext4_dir, make_
     m.unmount()
     m.mount()
     assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"by hand"
+    # Anything but a file there is no label, and a new label replaces it (a link is not followed).
+    m.unmount()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not a label")
+    (store / ".vexfs" / "label").unlink()
+    (store / ".vexfs" / "label").symlink_to(secret)
+    m.mount()
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"replaced") == b""
+    assert secret.read_bytes() == b"not a label"
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"replaced"
+    (store / ".vexfs" / "label").unlink()
+    os.mkfifo(store / ".vexfs" / "label")
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""

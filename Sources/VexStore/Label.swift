@@ -14,7 +14,8 @@ extension Store {
         try withStateDirectory { state throws(Errno) in
             let fd = openat(state, "label", O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
             if fd < 0 {
-                if errno == ENOENT { return [] }
+                // No file, or a link where a file should be (O_NOFOLLOW): no label.
+                if errno == ENOENT || errno == ELOOP { return [] }
                 throw Errno.current
             }
             defer { close(fd) }
