@@ -1,7 +1,8 @@
 """What xfstests' generic group found (issue 29), each compared with the store's own filesystem: set-group-ID
 after setfacl and at creation, the atime mount options, chown(f, -1, -1), direct writes through the daemon
 against cached pages, file handles after the caches are dropped and after a remount, and the store's
-features the mount passes through (O_TMPFILE, RENAME_WHITEOUT, chattr flags, statx's birth time)."""
+features the mount passes through (O_TMPFILE, RENAME_WHITEOUT, chattr flags, statx's birth time, FITRIM),
+and the mount's own filesystem label."""
 import ctypes
 import errno
 import fcntl
@@ -824,3 +825,172 @@ def test_a_second_mount_of_a_served_store_is_the_same_filesystem(make_mount, tmp
     m.mount()
     assert (m.root / "B" / "g").read_text() == "two\n" and (m.root / "B" / "f").read_text() == "one\n"
     assert os.getxattr(m.root / "c" / "0.vec", "user.vexfs.knn.2").decode().splitlines() == near
+
+
+# generic/260, 288, 537 (FITRIM) and generic/492 (the filesystem label): ioctls on the whole filesystem
+
+
+FITRIM, FS_IOC_GETFSLABEL, FS_IOC_SETFSLABEL = 0xC0185879, 0x81009431, 0x41009432
+ONE_MIB, LAST_BYTE = 1 << 20, 2**64 - 1
+AS_USER = """import errno, fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    fcntl.ioctl(fd, int(sys.argv[2]), bytearray(int(sys.argv[3])), True)
+    print("ok")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+@pytest.fixture
+def ext4_dir(tmp_path):
+    """An ext4 filesystem of its own (64 MiB on a loop device, which passes discards on to its image),
+    to hold a store and to compare with. Ask for it before make_mount: it is unmounted after them."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a loop device)")
+    image, top = tmp_path / "ext4.img", tmp_path / "ext4"
+    with open(image, "wb") as f:
+        f.truncate(64 * ONE_MIB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    top.mkdir()
+    subprocess.run(["mount", "-o", "loop", str(image), str(top)], check=True)
+    yield top
+    if subprocess.run(["umount", str(top)]).returncode != 0:
+        subprocess.run(["umount", "-l", str(top)], check=False)
+
+
+def sync_filesystem(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert libc.syncfs(fd) == 0
+    finally:
+        os.close(fd)
+
+
+def trim(target, start, length, minimum=0):
+    """FITRIM on `target` (a path, or an open descriptor): the trimmed length, or the errno."""
+    fd = os.open(target, os.O_RDONLY) if not isinstance(target, int) else target
+    try:
+        buf = bytearray(struct.pack("QQQ", start, length, minimum))
+        fcntl.ioctl(fd, FITRIM, buf, True)
+        return struct.unpack("QQQ", buf)[1]
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    finally:
+        if not isinstance(target, int):
+            os.close(fd)
+
+
+def label_ioctl(target, request, label=b""):
+    """FS_IOC_GETFSLABEL (the label) or FS_IOC_SETFSLABEL (b"") on `target`, or the errno's name."""
+    fd = os.open(target, os.O_RDONLY) if not isinstance(target, int) else target
+    try:
+        buf = bytearray(label.ljust(256, b"\0")[:256])
+        fcntl.ioctl(fd, request, buf, True)
+        return bytes(buf).split(b"\0")[0] if request == FS_IOC_GETFSLABEL else b""
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    finally:
+        if not isinstance(target, int):
+            os.close(fd)
+
+
+def as_user(tmp_path, path, request, size):
+    """The ioctl `request` (a zeroed buffer of `size` bytes) on `path` by uid 100: "ok" or the errno."""
+    for d in [tmp_path, *list(tmp_path.parents)[:2]]:
+        os.chmod(d, 0o755)
+    out = subprocess.run(["setpriv", "--reuid=100", "--regid=100", "--clear-groups", "python3", "-c", AS_USER,
+                          str(path), str(request), str(size)], capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_fstrim_trims_the_store_filesystem_for_root_alone(ext4_dir, make_mount, tmp_path, mode):
+    """generic/260, 288, 537: FITRIM through the mount trims the store's filesystem, which clamps the
+    range and answers as it does to FITRIM on itself (the trimmed length; EINVAL for a start past
+    its end); a user who is not root gets EPERM, as from ext4."""
+    store = ext4_dir / "store"
+    store.mkdir()
+    m = make_mount("-o", "allow_other", *MODES[mode], store=store)
+    m.mount()
+    sv = os.statvfs(ext4_dir)
+    size = sv.f_blocks * sv.f_frsize
+    # xfstests takes the filesystem's end from df of the mount.
+    assert os.statvfs(m.root).f_blocks * os.statvfs(m.root).f_frsize == size
+    (m.root / "f").write_bytes(os.urandom(4 * ONE_MIB))
+    sync_filesystem(ext4_dir)
+    os.unlink(m.root / "f")
+    sync_filesystem(ext4_dir)
+    trimmed = trim(m.root, 0, LAST_BYTE)
+    assert isinstance(trimmed, int) and size // 2 < trimmed <= size, trimmed
+    # Past the end and at the last byte: refused as by the store's filesystem itself.
+    for start in (2 * size, LAST_BYTE):
+        assert trim(m.root, start, ONE_MIB) == trim(ext4_dir, start, ONE_MIB) == "EINVAL"
+    # A length past the end is clamped: what is free from 10 MiB on, at most the rest.
+    assert isinstance(trim(m.root, 10 * ONE_MIB, 2 * size), int)
+    with open(m.root / "g", "w+b") as f:  # any handle of the mount, a file's too
+        f.write(b"x")
+        assert isinstance(trim(f.fileno(), 0, LAST_BYTE), int)
+    out = subprocess.run(["fstrim", "-v", str(m.root)], capture_output=True, text=True, check=True).stdout
+    assert "trimmed" in out
+    assert as_user(tmp_path, m.root, FITRIM, 24) == as_user(tmp_path, ext4_dir, FITRIM, 24) == "EPERM"
+    m.unmount()
+    m.mount()
+    assert (m.root / "g").read_bytes() == b"x"
+    assert isinstance(trim(m.root, 0, LAST_BYTE), int)
+
+
+def test_the_mount_has_a_label_of_its_own_that_survives_remounts(ext4_dir, make_mount, tmp_path):
+    """generic/492: FS_IOC_GETFSLABEL and FS_IOC_SETFSLABEL on any handle of the mount read and set
+    the mount's own label, not the store filesystem's; root alone sets it, anyone reads it; at most
+    255 bytes (FSLABEL_MAX with its NUL; EINVAL beyond, as ext4 answers); it is kept across
+    remounts, an empty label clears it, and a read-only mount refuses a new one."""
+    store = ext4_dir / "store"
+    store.mkdir()
+    m = make_mount("-o", "allow_other", store=store)
+    m.mount()
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"label.492") == b""
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"label.492"
+    out = subprocess.run(["xfs_io", "-c", "label", str(m.root)], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == 'label = "label.492"'
+    assert label_ioctl(ext4_dir, FS_IOC_GETFSLABEL) == b"", "the store's filesystem keeps its own"
+    with open(m.root / "f", "w") as f:
+        assert label_ioctl(f.fileno(), FS_IOC_GETFSLABEL) == b"label.492"
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"o" * 255) == b""
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"o" * 255
+    too_long = b"l" * 256  # no NUL within FSLABEL_MAX bytes
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, too_long) == label_ioctl(ext4_dir, FS_IOC_SETFSLABEL, too_long) == "EINVAL"
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"o" * 255
+    assert as_user(tmp_path, m.root, FS_IOC_SETFSLABEL, 256) == as_user(tmp_path, ext4_dir, FS_IOC_SETFSLABEL, 256) == "EPERM"
+    assert as_user(tmp_path, m.root, FS_IOC_GETFSLABEL, 256) == "ok"
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"kept") == b""
+    m.unmount()
+    assert (store / ".vexfs" / "label").read_bytes() == b"kept"
+    m.mount()
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"kept"
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"") == b""
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""
+    m.unmount()
+    assert not (store / ".vexfs" / "label").exists()
+    (store / ".vexfs" / "label").write_bytes(b"by hand\0rest")  # read up to its first NUL
+    m.mount("-o", "ro")
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"by hand"
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"new") == "EROFS"
+    m.unmount()
+    m.mount()
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"by hand"
+    # Anything but a file there is no label, and a new label replaces it (a link is not followed).
+    m.unmount()
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not a label")
+    (store / ".vexfs" / "label").unlink()
+    (store / ".vexfs" / "label").symlink_to(secret)
+    m.mount()
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"replaced") == b""
+    assert secret.read_bytes() == b"not a label"
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"replaced"
+    (store / ".vexfs" / "label").unlink()
+    os.mkfifo(store / ".vexfs" / "label")
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""

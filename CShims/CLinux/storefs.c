@@ -60,6 +60,10 @@ const unsigned long vx_FS_IOC_GETFLAGS = FS_IOC_GETFLAGS;
 const unsigned long vx_FS_IOC_SETFLAGS = FS_IOC_SETFLAGS;
 const unsigned long vx_FS_IOC_FSGETXATTR = FS_IOC_FSGETXATTR;
 const unsigned long vx_FS_IOC_FSSETXATTR = FS_IOC_FSSETXATTR;
+const unsigned long vx_FITRIM = FITRIM;
+const unsigned long vx_FS_IOC_GETFSLABEL = FS_IOC_GETFSLABEL;
+const unsigned long vx_FS_IOC_SETFSLABEL = FS_IOC_SETFSLABEL;
+const int vx_FSLABEL_MAX = FSLABEL_MAX;
 
 int vx_ioctl_ptr(int fd, unsigned long cmd, void *arg) { return ioctl(fd, cmd, arg); }
 

@@ -443,6 +443,7 @@ enum Handlers {
     /// The inode flags of chattr(1) and lsattr(1) (FS_IOC_GETFLAGS/SETFLAGS) and the extended ones
     /// of xfs_io (FS_IOC_FSGETXATTR/FSSETXATTR), on the backing file: the kernel has checked who may
     /// set them. It sends them on a handle it opened for the purpose (a file's or a directory's).
+    /// FITRIM and the filesystem label act on the whole filesystem (WholeFilesystemIoctls.swift).
     /// Any other command is not ours to pass on (ENOTTY).
     static func ioctl(_ req: fuse_req_t?, _ ino: fuse_ino_t, _ cmd: UInt32, _ fi: UnsafeMutablePointer<fuse_file_info>?,
                       _ flags: UInt32, _ input: UnsafeRawPointer?, _ inputSize: Int, _ outputSize: Int) {
@@ -455,6 +456,9 @@ enum Handlers {
         let size: Int
         let isSet: Bool
         switch UInt(cmd) {
+        case vx_FITRIM: return trim(req, fd, input, inputSize, outputSize)
+        case vx_FS_IOC_GETFSLABEL: return getLabel(req, outputSize)
+        case vx_FS_IOC_SETFSLABEL: return setLabel(req, input, inputSize)
         case vx_FS_IOC_GETFLAGS: (size, isSet) = (4, false)
         case vx_FS_IOC_SETFLAGS: (size, isSet) = (4, true)
         case vx_FS_IOC_FSGETXATTR: (size, isSet) = (28, false)  // struct fsxattr

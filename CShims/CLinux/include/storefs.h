@@ -24,6 +24,12 @@ extern const unsigned long vx_FS_IOC_GETFLAGS;
 extern const unsigned long vx_FS_IOC_SETFLAGS;
 extern const unsigned long vx_FS_IOC_FSGETXATTR;
 extern const unsigned long vx_FS_IOC_FSSETXATTR;
+/// fstrim(8)'s ioctl (struct fstrim_range: start, len, minlen, three u64s) and the filesystem label's
+/// (a buffer of FSLABEL_MAX bytes).
+extern const unsigned long vx_FITRIM;
+extern const unsigned long vx_FS_IOC_GETFSLABEL;
+extern const unsigned long vx_FS_IOC_SETFSLABEL;
+extern const int vx_FSLABEL_MAX;
 /// ioctl(2) with a pointer argument.
 int vx_ioctl_ptr(int fd, unsigned long cmd, void *arg);
 /// statx(2) of the file at `fd` (AT_EMPTY_PATH; a symlink's own) for what stat(2) lacks: its birth
