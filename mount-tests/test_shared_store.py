@@ -8,6 +8,7 @@ and asks again."""
 import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -25,6 +26,8 @@ from test_hostile import mallory, open_to_everyone, py  # noqa: F401 (mallory is
 # 5 s tick; the scan runs every second).
 SEEN_WITHIN = 5
 FOREIGN_WITHIN = 15
+# A dead mount's change log goes once every running mount read it: they look every 5 s (README).
+LOG_GONE_WITHIN = 20
 
 
 def ask(path, k=3):
@@ -515,3 +518,116 @@ def test_users_flock_excludes_users_of_other_machines(ceph_machines, make_mount)
         a.unmount(), b.unmount()
         mount(a), mount(b)
     a.unmount(), b.unmount()
+
+
+def logs_of(store, mount_id):
+    return sorted(p.name for p in (Path(store) / ".vexfs" / "shared" / "changes").glob(f"{mount_id}.*.log"))
+
+
+def test_a_dead_mounts_change_log_goes_once_every_running_mount_read_it(ceph_machines, make_mount):
+    """A third mount (machine C's, beside A on A's client) writes and is killed: its log goes within
+    the README's bound, and A and B keep all it wrote. Then B is paused (SIGSTOP) while a fourth
+    writes and is killed: that log stays while B has not read it, and when B runs again B applies it
+    and the log goes. Every answer equals a fresh index of the files."""
+    (ceph_machines.a / "s11").mkdir()
+    store = ceph_machines.a / "s11"
+    a, b = two(ceph_machines, make_mount, "s11")
+    (a / "c").mkdir()
+    os.setxattr(a / "c", "user.vexfs.dim", b"8")
+    rng = np.random.default_rng(11)
+    files = {}
+
+    def write(m, i):
+        files[f"v{i}.f32"] = rng.normal(size=8).astype(np.float32)
+        files[f"v{i}.f32"].tofile(m / "c" / f"v{i}.f32")
+
+    for i in range(10):
+        write(a, i)
+    q = rng.normal(size=8).astype(np.float32)
+    q.tofile(a / "c" / "q.f32.query")
+    q.tofile(b / "c" / "q.f32.query")
+
+    def fresh(m):
+        want = exact(files, q, 10)
+        return names(ask(m / "c" / "q.f32.query", 10)) == want and \
+            os.getxattr(m / "c", "user.vexfs.count") == str(len(files)).encode()
+
+    assert until(lambda: fresh(a) and fresh(b), SEEN_WITHIN) is not None
+    c = mount(shared(make_mount, ceph_machines.a / "s11", "machine-c"))
+    assert len(logs_of(store, "machine-c")) == 1
+    for i in range(10, 30):
+        write(c, i)
+    c.kill9()
+    began = time.monotonic()
+    took = until(lambda: not logs_of(store, "machine-c"), LOG_GONE_WITHIN)
+    assert took is not None, f"the killed mount's log stayed: {logs_of(store, 'machine-c')}"
+    print(f"the killed mount's change log went {time.monotonic() - began:.1f} s after kill -9")
+    # Logged before it died, or found on CephFS by the scan if it died between a write and its line.
+    assert until(lambda: fresh(a) and fresh(b), FOREIGN_WITHIN) is not None
+    assert stat_of(a, "vexfs_shared_change_logs_removed_total") + stat_of(b, "vexfs_shared_change_logs_removed_total") >= 1
+    c.cleanup()
+
+    # B paused past several rounds of removal: what D writes waits for B in D's log.
+    d = mount(shared(make_mount, ceph_machines.a / "s11", "machine-d"))
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        for i in range(30, 40):
+            write(d, i)
+        d.kill9()
+        assert until(lambda: fresh(a), SEEN_WITHIN) is not None
+        time.sleep(LOG_GONE_WITHIN / 2)
+        assert len(logs_of(store, "machine-d")) == 1, "a dead mount's log went before a paused mount read it"
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    assert until(lambda: fresh(b), SEEN_WITHIN) is not None
+    assert until(lambda: not logs_of(store, "machine-d"), LOG_GONE_WITHIN) is not None
+    d.cleanup()
+    # Only running mounts' logs are left (and their `.read` files), after remounts too.
+    a.unmount(), b.unmount()
+    mount(b), mount(a)
+    assert fresh(a) and fresh(b)
+    changes = store / ".vexfs" / "shared" / "changes"
+    assert until(lambda: sorted(p.name.split(".")[0] for p in changes.glob("*.log")) == ["machine-a", "machine-b"],
+                 LOG_GONE_WITHIN) is not None, sorted(p.name for p in changes.iterdir())
+    assert until(lambda: sorted(p.name.split(".")[0] for p in changes.glob("*.read")) == ["machine-a", "machine-b"],
+                 LOG_GONE_WITHIN) is not None, sorted(p.name for p in changes.iterdir())
+    a.unmount(), b.unmount()
+
+
+FLOCK_WAIT = r"""
+import errno, fcntl, sys
+f = open(sys.argv[1], "rb")
+try:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    print("locked")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+def test_a_flock_past_half_the_workers_is_answered_enolck_and_counted(ceph_machines, make_mount):
+    (ceph_machines.a / "s12").mkdir()
+    m = shared(make_mount, ceph_machines.a / "s12", "machine-a")
+    m.options += ["--threads", "2"]
+    mount(m)
+    if stat_of(m, "vexfs_shared_flock_across_machines") == 0:
+        m.unmount()
+        return  # io_uring asked for: flock(2) stays in the kernel, nothing waits in a worker
+    (m / "locked").write_bytes(b"x")
+    assert stat_of(m, "vexfs_flock_refused_total") == 0
+    # Held on CephFS itself: the mount's callers wait for it, at most one at a time (2 workers).
+    holder = subprocess.Popen(["flock", "-x", str(ceph_machines.a / "s12" / "locked"), "-c", "echo held; sleep 4"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    waiter = subprocess.Popen(["python3", "-c", FLOCK_WAIT, str(m / "locked")], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    second = subprocess.run(["python3", "-c", FLOCK_WAIT, str(m / "locked")], capture_output=True, text=True, timeout=30)
+    assert second.stdout == "ENOLCK\n"
+    assert waiter.communicate(timeout=30)[0] == "locked\n" and holder.wait(timeout=10) == 0
+    assert stat_of(m, "vexfs_flock_refused_total") == 1
+    m.unmount()
+    mount(m)
+    assert stat_of(m, "vexfs_flock_refused_total") == 0
+    assert subprocess.run(["python3", "-c", FLOCK_WAIT, str(m / "locked")], capture_output=True, text=True,
+                          timeout=30).stdout == "locked\n"
+    m.unmount()
