@@ -28,6 +28,8 @@ SEEN_WITHIN = 5
 FOREIGN_WITHIN = 15
 # A dead mount's change log goes once every running mount read it: they look every 5 s (README).
 LOG_GONE_WITHIN = 20
+# The kernel keeps a shared mount's attributes and entries 1 s (README); a loaded machine adds some.
+CACHED_WITHIN = 3
 
 
 def ask(path, k=3):
@@ -110,12 +112,22 @@ def test_two_mounts_serve_reads_writes_and_queries_of_one_store(ceph_machines, m
     assert r.returncode != 0 and "machine-a" in r.stderr
     plain = subprocess.run([VEXFS, "mount", str(again.store), str(again.root)], capture_output=True, text=True, timeout=60)
     assert plain.returncode != 0 and "-o shared" in plain.stderr
+    # One state directory, one daemon on the machine: another id given A's is refused.
+    same_state = subprocess.run([VEXFS, "mount", str(again.store), str(again.root), "-o", f"shared=machine-c,state={a.state}"],
+                                capture_output=True, text=True, timeout=60)
+    assert same_state.returncode != 0 and "in use by another vexfs on this machine" in same_state.stderr
     # A removal through A leaves B's answers.
     (a / "c" / "a.npy").unlink()
     assert until(lambda: os.getxattr(b / "c", "user.vexfs.count") == b"50", SEEN_WITHIN) is not None
     before = ask(a / "c" / "qb.f32.query")
     a.unmount(), b.unmount()
+    # State an earlier vexfs kept in the store goes at the next mount of its id.
+    legacy = a.store / ".vexfs" / "mounts" / a.mount_id
+    for old in ("index", "journal"):
+        (legacy / old / "c").mkdir(parents=True)
+        (legacy / old / "c" / "snapshot").write_bytes(b"old")
     mount(b), mount(a)
+    assert not (legacy / "index").exists() and not (legacy / "journal").exists()
     assert ask(a / "c" / "qb.f32.query") == before == ask(b / "c" / "qb.f32.query")
     a.unmount(), b.unmount()
 
@@ -141,10 +153,24 @@ def test_a_write_through_one_mount_is_seen_by_the_others_queries(ceph_machines, 
         v.tofile(writer / "c" / f"own{i}.f32.query")
         assert names(ask(writer / "c" / f"own{i}.f32.query", 1)) == [f"v{i}.f32"]
     print(f"cross-mount visibility: p50 {np.percentile(delays, 50):.3f} s, max {max(delays):.3f} s")
+    # The kernel keeps a shared mount's attributes and names 1 s: a size, a content and a new name
+    # changed through A are seen through B's stat, cat and lookup within about a second.
+    grow = np.arange(8, dtype=np.float32)
+    grow.tofile(a / "c" / "grow.bin")
+    assert until(lambda: os.stat(b / "c" / "grow.bin").st_size == 32, SEEN_WITHIN) is not None
+    assert not (b / "c" / "late.f32").exists()
+    with open(a / "c" / "grow.bin", "ab") as f:
+        f.write(grow.tobytes())
+    grow.tofile(a / "c" / "late.f32")
+    whole = (a / "c" / "grow.bin").read_bytes()
+    cached = until(lambda: os.stat(b / "c" / "grow.bin").st_size == 64 and (b / "c" / "grow.bin").read_bytes() == whole
+                   and (b / "c" / "late.f32").exists(), CACHED_WITHIN)
+    assert cached is not None, "B's kernel kept A's change past the shared mount's 1 s timeouts"
+    print(f"size, content and a new name through the other mount after {cached:.2f} s")
     assert stat_of(a, "vexfs_shared_changes_applied_total") > 0 and stat_of(b, "vexfs_shared_changes_applied_total") > 0
     a.unmount(), b.unmount()
     mount(a), mount(b)
-    assert os.getxattr(a / "c", "user.vexfs.count") == os.getxattr(b / "c", "user.vexfs.count") == b"20"
+    assert os.getxattr(a / "c", "user.vexfs.count") == os.getxattr(b / "c", "user.vexfs.count") == b"21"
     a.unmount(), b.unmount()
 
 
@@ -365,7 +391,11 @@ def test_a_removed_collection_takes_its_shared_files_and_check_sees_every_index(
                      SEEN_WITHIN) is not None, f"{c}: its published snapshot or lease stayed"
     assert (shared_dir / "index" / keys["kept"] / "snapshot").exists() and (shared_dir / "leases" / keys["kept"]).exists()
     assert until(lambda: not (b.state / "index" / keys["gone-a"]).exists(), SEEN_WITHIN) is not None
-    a.unmount(), b.unmount()
+    # --repair waits for every mount of the store to be gone, on any machine: here B's.
+    a.unmount()
+    r = subprocess.run([VEXFS, "check", str(a.store), "--repair"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "is mounted" in r.stderr, r.stdout + r.stderr
+    b.unmount()
     # check reads the published snapshot and both mounts' states, one line each.
     r = subprocess.run([VEXFS, "check", str(a.store), "--state", str(a.state), "--state", str(b.state)],
                        capture_output=True, text=True, timeout=120)
