@@ -5,6 +5,7 @@ CephFS is found; a mount opening a collection another built loads its published 
 the collection's owner hands the lease on with nothing lost; a random workload from both sides ends
 with both mounts agreeing on names, sizes, contents and answers. Every test unmounts, mounts again
 and asks again."""
+import mmap
 import os
 import random
 import shutil
@@ -661,3 +662,58 @@ def test_a_flock_past_half_the_workers_is_answered_enolck_and_counted(ceph_machi
     assert subprocess.run(["python3", "-c", FLOCK_WAIT, str(m / "locked")], capture_output=True, text=True,
                           timeout=30).stdout == "locked\n"
     m.unmount()
+
+
+HOLD_RECORD_LOCK = r"""
+import fcntl, sys, time
+f = open(sys.argv[1], "r+b")
+fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+TRY_RECORD_LOCK = r"""
+import fcntl, sys
+f = open(sys.argv[1], "r+b")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("locked")
+except OSError:
+    print("refused")
+"""
+
+
+def test_o_direct_acls_and_record_locks_over_ceph_fuse_are_as_the_readme_says(ceph_machines, make_mount):
+    """O_DIRECT through one mount, read back through the other; no FUSE ACLs over a ceph-fuse client
+    that keeps none (the stats say so); POSIX record locks stay per machine."""
+    (ceph_machines.a / "s13").mkdir()
+    a, b = two(ceph_machines, make_mount, "s13")
+    for m in (a, b):
+        assert stat_of(m, "vexfs_fuse_posix_acl") == 0
+    block = bytes(range(256)) * 16
+    buffer = mmap.mmap(-1, len(block))  # page-aligned, as O_DIRECT wants
+    buffer.write(block)
+    fd = os.open(a / "direct.bin", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+    try:
+        assert os.pwritev(fd, [buffer], 0) == len(block)
+        back = mmap.mmap(-1, len(block))
+        assert os.preadv(fd, [back], 0) == len(block) and back[:] == block
+    finally:
+        os.close(fd)
+    assert until(lambda: (b / "direct.bin").read_bytes() == block, SEEN_WITHIN) is not None
+    (a / "locked").write_bytes(b"x")
+    assert until(lambda: (b / "locked").exists(), SEEN_WITHIN) is not None
+    holder = subprocess.Popen(["python3", "-c", HOLD_RECORD_LOCK, str(a / "locked"), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+
+        def attempt(path):
+            return subprocess.run(["python3", "-c", TRY_RECORD_LOCK, str(path)], capture_output=True, text=True, timeout=30).stdout
+        assert attempt(a / "locked") == "refused\n"
+        assert attempt(b / "locked") == "locked\n", "a record lock crossed machines, which the README says it does not"
+    finally:
+        holder.wait(timeout=30)
+    a.unmount(), b.unmount()
+    mount(b), mount(a)
+    assert (a / "direct.bin").read_bytes() == (b / "direct.bin").read_bytes() == block
+    a.unmount(), b.unmount()
