@@ -2,8 +2,9 @@
 (scripts/ceph-up; the clients stand for machines A and B): both serve reads, writes and queries of
 every collection; a write through one is seen by the other's queries; a file copied straight onto
 CephFS is found; a mount opening a collection another built loads its published snapshot; kill -9 of
-the collection's owner hands the lease on with nothing lost; a random workload from both sides ends
-with both mounts agreeing on names, sizes, contents and answers. Every test unmounts, mounts again
+the collection's owner hands the lease on with nothing lost; the change log of a mount that died goes
+once the running mounts read it (a paused one too); a random workload from both sides ends with both
+mounts agreeing on names, sizes, contents and answers. Every test unmounts, mounts again
 and asks again."""
 import mmap
 import os
@@ -27,7 +28,8 @@ from test_hostile import mallory, open_to_everyone, py  # noqa: F401 (mallory is
 # 5 s tick; the scan runs every second).
 SEEN_WITHIN = 5
 FOREIGN_WITHIN = 15
-# A dead mount's change log goes once every running mount read it: they look every 5 s (README).
+# A dead mount's change log goes once every running mount read it: they look every LOG_ROUND s (README).
+LOG_ROUND = 5
 LOG_GONE_WITHIN = 20
 # The kernel keeps a shared mount's attributes and entries 1 s (README); a loaded machine adds some.
 CACHED_WITHIN = 3
@@ -588,6 +590,12 @@ def test_a_dead_mounts_change_log_goes_once_every_running_mount_read_it(ceph_mac
     assert len(logs_of(store, "machine-c")) == 1
     for i in range(10, 30):
         write(c, i)
+    # Read to its end by A and B, a running mount's log stays through rounds of removal.
+    assert until(lambda: fresh(a) and fresh(b), SEEN_WITHIN) is not None
+    time.sleep(LOG_ROUND + 1)
+    assert len(logs_of(store, "machine-c")) == 1, "a running mount's log went"
+    for i in range(30, 35):
+        write(c, i)
     c.kill9()
     began = time.monotonic()
     took = until(lambda: not logs_of(store, "machine-c"), LOG_GONE_WITHIN)
@@ -602,7 +610,7 @@ def test_a_dead_mounts_change_log_goes_once_every_running_mount_read_it(ceph_mac
     d = mount(shared(make_mount, ceph_machines.a / "s11", "machine-d"))
     os.kill(b.pid, signal.SIGSTOP)
     try:
-        for i in range(30, 40):
+        for i in range(35, 45):
             write(d, i)
         d.kill9()
         assert until(lambda: fresh(a), SEEN_WITHIN) is not None
