@@ -109,7 +109,8 @@ def test_two_mounts_serve_reads_writes_and_queries_of_one_store(ceph_machines, m
         assert (m.state / "journal").is_dir() and (m.state / "index").is_dir()
         assert not (m.store / ".vexfs" / "mounts" / m.mount_id / "index").exists()
         assert stat_of(m, "vexfs_shared") == 1
-    again = make_mount(store=ceph_machines.a / "s1")
+    # Through machine B: the id lock is on CephFS, so it holds across machines.
+    again = make_mount(store=ceph_machines.b / "s1")
     r = subprocess.run([VEXFS, "mount", str(again.store), str(again.root), "-o", "shared=machine-a"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "machine-a" in r.stderr
