@@ -2,12 +2,15 @@
 (scripts/ceph-up; the clients stand for machines A and B): both serve reads, writes and queries of
 every collection; a write through one is seen by the other's queries; a file copied straight onto
 CephFS is found; a mount opening a collection another built loads its published snapshot; kill -9 of
-the collection's owner hands the lease on with nothing lost; a random workload from both sides ends
-with both mounts agreeing on names, sizes, contents and answers. Every test unmounts, mounts again
+the collection's owner hands the lease on with nothing lost; the change log of a mount that died goes
+once the running mounts read it (a paused one too); a random workload from both sides ends with both
+mounts agreeing on names, sizes, contents and answers. Every test unmounts, mounts again
 and asks again."""
+import mmap
 import os
 import random
 import shutil
+import signal
 import subprocess
 import threading
 import time
@@ -25,6 +28,11 @@ from test_hostile import mallory, open_to_everyone, py  # noqa: F401 (mallory is
 # 5 s tick; the scan runs every second).
 SEEN_WITHIN = 5
 FOREIGN_WITHIN = 15
+# A dead mount's change log goes once every running mount read it: they look every LOG_ROUND s (README).
+LOG_ROUND = 5
+LOG_GONE_WITHIN = 20
+# The kernel keeps a shared mount's attributes and entries 1 s (README); a loaded machine adds some.
+CACHED_WITHIN = 3
 
 
 def ask(path, k=3):
@@ -101,18 +109,29 @@ def test_two_mounts_serve_reads_writes_and_queries_of_one_store(ceph_machines, m
         assert (m.state / "journal").is_dir() and (m.state / "index").is_dir()
         assert not (m.store / ".vexfs" / "mounts" / m.mount_id / "index").exists()
         assert stat_of(m, "vexfs_shared") == 1
-    again = make_mount(store=ceph_machines.a / "s1")
+    # Through machine B: the id lock is on CephFS, so it holds across machines.
+    again = make_mount(store=ceph_machines.b / "s1")
     r = subprocess.run([VEXFS, "mount", str(again.store), str(again.root), "-o", "shared=machine-a"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "machine-a" in r.stderr
     plain = subprocess.run([VEXFS, "mount", str(again.store), str(again.root)], capture_output=True, text=True, timeout=60)
     assert plain.returncode != 0 and "-o shared" in plain.stderr
+    # One state directory, one daemon on the machine: another id given A's is refused.
+    same_state = subprocess.run([VEXFS, "mount", str(again.store), str(again.root), "-o", f"shared=machine-c,state={a.state}"],
+                                capture_output=True, text=True, timeout=60)
+    assert same_state.returncode != 0 and "in use by another vexfs on this machine" in same_state.stderr
     # A removal through A leaves B's answers.
     (a / "c" / "a.npy").unlink()
     assert until(lambda: os.getxattr(b / "c", "user.vexfs.count") == b"50", SEEN_WITHIN) is not None
     before = ask(a / "c" / "qb.f32.query")
     a.unmount(), b.unmount()
+    # State an earlier vexfs kept in the store goes at the next mount of its id.
+    legacy = a.store / ".vexfs" / "mounts" / a.mount_id
+    for old in ("index", "journal"):
+        (legacy / old / "c").mkdir(parents=True)
+        (legacy / old / "c" / "snapshot").write_bytes(b"old")
     mount(b), mount(a)
+    assert not (legacy / "index").exists() and not (legacy / "journal").exists()
     assert ask(a / "c" / "qb.f32.query") == before == ask(b / "c" / "qb.f32.query")
     a.unmount(), b.unmount()
 
@@ -138,10 +157,24 @@ def test_a_write_through_one_mount_is_seen_by_the_others_queries(ceph_machines, 
         v.tofile(writer / "c" / f"own{i}.f32.query")
         assert names(ask(writer / "c" / f"own{i}.f32.query", 1)) == [f"v{i}.f32"]
     print(f"cross-mount visibility: p50 {np.percentile(delays, 50):.3f} s, max {max(delays):.3f} s")
+    # The kernel keeps a shared mount's attributes and names 1 s: a size, a content and a new name
+    # changed through A are seen through B's stat, cat and lookup within about a second.
+    grow = np.arange(8, dtype=np.float32)
+    grow.tofile(a / "c" / "grow.bin")
+    assert until(lambda: os.stat(b / "c" / "grow.bin").st_size == 32, SEEN_WITHIN) is not None
+    assert not (b / "c" / "late.f32").exists()
+    with open(a / "c" / "grow.bin", "ab") as f:
+        f.write(grow.tobytes())
+    grow.tofile(a / "c" / "late.f32")
+    whole = (a / "c" / "grow.bin").read_bytes()
+    cached = until(lambda: os.stat(b / "c" / "grow.bin").st_size == 64 and (b / "c" / "grow.bin").read_bytes() == whole
+                   and (b / "c" / "late.f32").exists(), CACHED_WITHIN)
+    assert cached is not None, "B's kernel kept A's change past the shared mount's 1 s timeouts"
+    print(f"size, content and a new name through the other mount after {cached:.2f} s")
     assert stat_of(a, "vexfs_shared_changes_applied_total") > 0 and stat_of(b, "vexfs_shared_changes_applied_total") > 0
     a.unmount(), b.unmount()
     mount(a), mount(b)
-    assert os.getxattr(a / "c", "user.vexfs.count") == os.getxattr(b / "c", "user.vexfs.count") == b"20"
+    assert os.getxattr(a / "c", "user.vexfs.count") == os.getxattr(b / "c", "user.vexfs.count") == b"21"
     a.unmount(), b.unmount()
 
 
@@ -362,7 +395,11 @@ def test_a_removed_collection_takes_its_shared_files_and_check_sees_every_index(
                      SEEN_WITHIN) is not None, f"{c}: its published snapshot or lease stayed"
     assert (shared_dir / "index" / keys["kept"] / "snapshot").exists() and (shared_dir / "leases" / keys["kept"]).exists()
     assert until(lambda: not (b.state / "index" / keys["gone-a"]).exists(), SEEN_WITHIN) is not None
-    a.unmount(), b.unmount()
+    # --repair waits for every mount of the store to be gone, on any machine: here B's.
+    a.unmount()
+    r = subprocess.run([VEXFS, "check", str(a.store), "--repair"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "is mounted" in r.stderr, r.stdout + r.stderr
+    b.unmount()
     # check reads the published snapshot and both mounts' states, one line each.
     r = subprocess.run([VEXFS, "check", str(a.store), "--state", str(a.state), "--state", str(b.state)],
                        capture_output=True, text=True, timeout=120)
@@ -514,4 +551,178 @@ def test_users_flock_excludes_users_of_other_machines(ceph_machines, make_mount)
             assert try_lock(path) == 0
         a.unmount(), b.unmount()
         mount(a), mount(b)
+    a.unmount(), b.unmount()
+
+
+def logs_of(store, mount_id):
+    return sorted(p.name for p in (Path(store) / ".vexfs" / "shared" / "changes").glob(f"{mount_id}.*.log"))
+
+
+def test_a_dead_mounts_change_log_goes_once_every_running_mount_read_it(ceph_machines, make_mount):
+    """A third mount (machine C's, beside A on A's client) writes and is killed: its log goes within
+    the README's bound, and A and B keep all it wrote. Then B is paused (SIGSTOP) while a fourth
+    writes and is killed: that log stays while B has not read it, and when B runs again B applies it
+    and the log goes. Every answer equals a fresh index of the files."""
+    (ceph_machines.a / "s11").mkdir()
+    store = ceph_machines.a / "s11"
+    a, b = two(ceph_machines, make_mount, "s11")
+    (a / "c").mkdir()
+    os.setxattr(a / "c", "user.vexfs.dim", b"8")
+    rng = np.random.default_rng(11)
+    files = {}
+
+    def write(m, i):
+        files[f"v{i}.f32"] = rng.normal(size=8).astype(np.float32)
+        files[f"v{i}.f32"].tofile(m / "c" / f"v{i}.f32")
+
+    for i in range(10):
+        write(a, i)
+    q = rng.normal(size=8).astype(np.float32)
+    q.tofile(a / "c" / "q.f32.query")
+    q.tofile(b / "c" / "q.f32.query")
+
+    def fresh(m):
+        want = exact(files, q, 10)
+        return names(ask(m / "c" / "q.f32.query", 10)) == want and \
+            os.getxattr(m / "c", "user.vexfs.count") == str(len(files)).encode()
+
+    assert until(lambda: fresh(a) and fresh(b), SEEN_WITHIN) is not None
+    c = mount(shared(make_mount, ceph_machines.a / "s11", "machine-c"))
+    assert len(logs_of(store, "machine-c")) == 1
+    for i in range(10, 30):
+        write(c, i)
+    # Read to its end by A and B, a running mount's log stays through rounds of removal.
+    assert until(lambda: fresh(a) and fresh(b), SEEN_WITHIN) is not None
+    time.sleep(LOG_ROUND + 1)
+    assert len(logs_of(store, "machine-c")) == 1, "a running mount's log went"
+    for i in range(30, 35):
+        write(c, i)
+    c.kill9()
+    began = time.monotonic()
+    took = until(lambda: not logs_of(store, "machine-c"), LOG_GONE_WITHIN)
+    assert took is not None, f"the killed mount's log stayed: {logs_of(store, 'machine-c')}"
+    print(f"the killed mount's change log went {time.monotonic() - began:.1f} s after kill -9")
+    # Logged before it died, or found on CephFS by the scan if it died between a write and its line.
+    assert until(lambda: fresh(a) and fresh(b), FOREIGN_WITHIN) is not None
+    assert stat_of(a, "vexfs_shared_change_logs_removed_total") + stat_of(b, "vexfs_shared_change_logs_removed_total") >= 1
+    c.cleanup()
+
+    # B paused past several rounds of removal: what D writes waits for B in D's log.
+    d = mount(shared(make_mount, ceph_machines.a / "s11", "machine-d"))
+    os.kill(b.pid, signal.SIGSTOP)
+    try:
+        for i in range(35, 45):
+            write(d, i)
+        d.kill9()
+        assert until(lambda: fresh(a), SEEN_WITHIN) is not None
+        time.sleep(LOG_GONE_WITHIN / 2)
+        assert len(logs_of(store, "machine-d")) == 1, "a dead mount's log went before a paused mount read it"
+    finally:
+        os.kill(b.pid, signal.SIGCONT)
+    assert until(lambda: fresh(b), SEEN_WITHIN) is not None
+    assert until(lambda: not logs_of(store, "machine-d"), LOG_GONE_WITHIN) is not None
+    d.cleanup()
+    # Only running mounts' logs are left (and their `.read` files), after remounts too.
+    a.unmount(), b.unmount()
+    mount(b), mount(a)
+    assert fresh(a) and fresh(b)
+    changes = store / ".vexfs" / "shared" / "changes"
+    assert until(lambda: sorted(p.name.split(".")[0] for p in changes.glob("*.log")) == ["machine-a", "machine-b"],
+                 LOG_GONE_WITHIN) is not None, sorted(p.name for p in changes.iterdir())
+    assert until(lambda: sorted(p.name.split(".")[0] for p in changes.glob("*.read")) == ["machine-a", "machine-b"],
+                 LOG_GONE_WITHIN) is not None, sorted(p.name for p in changes.iterdir())
+    a.unmount(), b.unmount()
+
+
+FLOCK_WAIT = r"""
+import errno, fcntl, sys
+f = open(sys.argv[1], "rb")
+try:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    print("locked")
+except OSError as e:
+    print(errno.errorcode[e.errno])
+"""
+
+
+def test_a_flock_past_half_the_workers_is_answered_enolck_and_counted(ceph_machines, make_mount):
+    (ceph_machines.a / "s12").mkdir()
+    m = shared(make_mount, ceph_machines.a / "s12", "machine-a")
+    m.options += ["--threads", "2"]
+    mount(m)
+    if stat_of(m, "vexfs_shared_flock_across_machines") == 0:
+        m.unmount()
+        return  # io_uring asked for: flock(2) stays in the kernel, nothing waits in a worker
+    (m / "locked").write_bytes(b"x")
+    assert stat_of(m, "vexfs_flock_refused_total") == 0
+    # Held on CephFS itself: the mount's callers wait for it, at most one at a time (2 workers).
+    holder = subprocess.Popen(["flock", "-x", str(ceph_machines.a / "s12" / "locked"), "-c", "echo held; sleep 4"],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    waiter = subprocess.Popen(["python3", "-c", FLOCK_WAIT, str(m / "locked")], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    second = subprocess.run(["python3", "-c", FLOCK_WAIT, str(m / "locked")], capture_output=True, text=True, timeout=30)
+    assert second.stdout == "ENOLCK\n"
+    assert waiter.communicate(timeout=30)[0] == "locked\n" and holder.wait(timeout=10) == 0
+    assert stat_of(m, "vexfs_flock_refused_total") == 1
+    m.unmount()
+    mount(m)
+    assert stat_of(m, "vexfs_flock_refused_total") == 0
+    assert subprocess.run(["python3", "-c", FLOCK_WAIT, str(m / "locked")], capture_output=True, text=True,
+                          timeout=30).stdout == "locked\n"
+    m.unmount()
+
+
+HOLD_RECORD_LOCK = r"""
+import fcntl, sys, time
+f = open(sys.argv[1], "r+b")
+fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+TRY_RECORD_LOCK = r"""
+import fcntl, sys
+f = open(sys.argv[1], "r+b")
+try:
+    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("locked")
+except OSError:
+    print("refused")
+"""
+
+
+def test_o_direct_acls_and_record_locks_over_ceph_fuse_are_as_the_readme_says(ceph_machines, make_mount):
+    """O_DIRECT through one mount, read back through the other; no FUSE ACLs over a ceph-fuse client
+    that keeps none (the stats say so); POSIX record locks stay per machine."""
+    (ceph_machines.a / "s13").mkdir()
+    a, b = two(ceph_machines, make_mount, "s13")
+    for m in (a, b):
+        assert stat_of(m, "vexfs_fuse_posix_acl") == 0
+    block = bytes(range(256)) * 16
+    buffer = mmap.mmap(-1, len(block))  # page-aligned, as O_DIRECT wants
+    buffer.write(block)
+    fd = os.open(a / "direct.bin", os.O_RDWR | os.O_CREAT | os.O_DIRECT, 0o644)
+    try:
+        assert os.pwritev(fd, [buffer], 0) == len(block)
+        back = mmap.mmap(-1, len(block))
+        assert os.preadv(fd, [back], 0) == len(block) and back[:] == block
+    finally:
+        os.close(fd)
+    assert until(lambda: (b / "direct.bin").read_bytes() == block, SEEN_WITHIN) is not None
+    (a / "locked").write_bytes(b"x")
+    assert until(lambda: (b / "locked").exists(), SEEN_WITHIN) is not None
+    holder = subprocess.Popen(["python3", "-c", HOLD_RECORD_LOCK, str(a / "locked"), "3"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+
+        def attempt(path):
+            return subprocess.run(["python3", "-c", TRY_RECORD_LOCK, str(path)], capture_output=True, text=True, timeout=30).stdout
+        assert attempt(a / "locked") == "refused\n"
+        assert attempt(b / "locked") == "locked\n", "a record lock crossed machines, which the README says it does not"
+    finally:
+        holder.wait(timeout=30)
+    a.unmount(), b.unmount()
+    mount(b), mount(a)
+    assert (a / "direct.bin").read_bytes() == (b / "direct.bin").read_bytes() == block
     a.unmount(), b.unmount()

@@ -26,6 +26,9 @@ final class Filesystem: Sendable {
     /// worker; at most half of libfuse's workers (10 unless -o threads= says) may.
     let flockWaiters = Atomic<Int>(0)
     var flockWaitLimit: Int { max(1, (options.threads > 0 ? options.threads : 10) / 2) }
+    /// Those answered ENOLCK because that many already waited, and when one was last logged
+    /// (monotonic seconds): at most one log line a minute says how many since.
+    let flockRefusals = FlockRefusals()
     /// Every figure `.vexfs/stats` shows: the FUSE layer's and, through swift-metrics, the vector layer's.
     let metrics: MountMetrics
     /// The vector layer. Set once, before the request loop starts its threads, and only read after;

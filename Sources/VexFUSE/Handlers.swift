@@ -1,6 +1,7 @@
 import CFuse
 import CLinux
 import Glibc
+import Logging
 import Synchronization
 import SystemPackage
 import VexSemantic
@@ -344,6 +345,7 @@ enum Handlers {
         guard errno == EWOULDBLOCK else { reply(req, status: -1); return }
         guard fs.flockWaiters.add(1, ordering: .relaxed).newValue <= fs.flockWaitLimit else {
             fs.flockWaiters.subtract(1, ordering: .relaxed)
+            fs.flockRefusals.refused(limit: fs.flockWaitLimit)
             fuse_reply_err(req, ENOLCK)
             return
         }
@@ -776,4 +778,27 @@ private func listVirtualDirectory(_ req: fuse_req_t?, _ fs: Filesystem, _ buffer
 @inline(__always)
 private func isDotOrDotDot(_ name: UnsafePointer<CChar>) -> Bool {
     name[0] == 0x2E && (name[1] == 0 || (name[1] == 0x2E && name[2] == 0))
+}
+
+/// Users' flock(2) calls answered ENOLCK (Handlers.flock): counted for the stats, and logged at most
+/// once a minute, with how many since the last line, so a crowd of waiters cannot flood the log.
+final class FlockRefusals: Sendable {
+    private static let logger = Logger(label: "vexfs")
+    private static let logEvery = 60
+    let count = Atomic<Int>(0)
+    /// Monotonic seconds of the last line, and the count it reported.
+    private let logged = Mutex<(at: Int, count: Int)>((Int.min / 2, 0))
+
+    func refused(limit: Int) {
+        let total = count.add(1, ordering: .relaxed).newValue
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        let since: Int? = logged.withLock { last in
+            guard now.tv_sec - last.at >= Self.logEvery else { return nil }
+            defer { last = (now.tv_sec, total) }
+            return total - last.count
+        }
+        guard let since else { return }
+        Self.logger.warning("flock: \(since) lock request(s) answered ENOLCK since the last such line: \(limit) already waited, half the workers (--threads raises it)")
+    }
 }

@@ -74,6 +74,8 @@ final class MountMetrics: Sendable {
         var backingFiles: Int
         var inodes: Int
         var descriptorsOpen: Int
+        /// Users' flock(2) calls answered ENOLCK (too many waited already).
+        var flockRefused: Int
     }
 
     /// The FUSE layer's families: name and help, each registered under one type.
@@ -114,6 +116,8 @@ final class MountMetrics: Sendable {
             "1 when the kernel reads and writes open files on the store itself (FUSE passthrough); 0 with the reason in the label.") }
         static var fuseTransport: MetricNameDescriptor { family("vexfs_fuse_transport",
             "How requests reach the daemon: 1 for io_uring queues; 0 for /dev/fuse, with the reason in the label.") }
+        static var flockRefusedTotal: MetricNameDescriptor { family("vexfs_flock_refused_total",
+            "Users' flock(2) calls on a shared store answered ENOLCK: half the workers already waited for locks.") }
         static var fuseRequestsTotal: MetricNameDescriptor { family("vexfs_fuse_requests_total",
             "FUSE requests answered, per operation.") }
         static var fuseRequestMicrosecondsTotal: MetricNameDescriptor { family("vexfs_fuse_request_microseconds_total",
@@ -132,6 +136,7 @@ final class MountMetrics: Sendable {
     private let backingFiles: Gauge
     private let inodes: Gauge
     private let descriptorsOpen: Gauge
+    private let flockRefused: Counter
 
     /// What the counters showed at the last reading, and the series registered since the mount.
     /// Held while a reading is copied in and rendered, so two readers never count a growth twice.
@@ -171,6 +176,7 @@ final class MountMetrics: Sendable {
         backingFiles = registry.makeGauge(descriptor: Family.fusePassthroughBackingFiles)
         inodes = registry.makeGauge(descriptor: Family.inodes)
         descriptorsOpen = registry.makeGauge(descriptor: Family.inodeDescriptorsOpen)
+        flockRefused = registry.makeCounter(descriptor: Family.flockRefusedTotal)
     }
 
     /// Copies `reading` into the registry and renders all of it: Prometheus text exposition, each
@@ -225,6 +231,7 @@ final class MountMetrics: Sendable {
             }
             inodes.set(to: Double(reading.inodes))
             descriptorsOpen.set(to: Double(reading.descriptorsOpen))
+            advance(flockRefused, "flockRefused", to: UInt64(reading.flockRefused))
             return registry.emitToString()
         }
     }
@@ -257,7 +264,8 @@ extension Filesystem {
             transport: String(cString: vexfs_transport_reason(transport)),
             transportIsRing: transport == Int32(VEXFS_TRANSPORT_URING.rawValue),
             backingFiles: backing.registeredCount,
-            inodes: store.inodes.count, descriptorsOpen: store.inodes.descriptors.openCount)
+            inodes: store.inodes.count, descriptorsOpen: store.inodes.descriptors.openCount,
+            flockRefused: flockRefusals.count.load(ordering: .relaxed))
         // The vector layer's gauges are set from its state now, never on the request path.
         semantic?.refreshGauges()
         return metrics.render(reading)

@@ -16,6 +16,10 @@ import VexStore
 ///   the truth: a line only says where to look, so a torn, forged or repeated one costs a stat.
 ///   `g`: the collection's directory was removed; the owner of its lease then removes its published
 ///   snapshot and its lease file (a line only makes a mount look: the directory must really be gone).
+///   The writer holds an exclusive flock on its log for its life, so a log nobody holds is over (its
+///   mount unmounted or died); each mount says how far it read every log in `changes/ID.START.read`,
+///   and a log that is over goes once every mount whose log is held read it to its end (a mount
+///   that starts later reconciles with the files and needs no log; a paused one keeps its place).
 /// - `leases/KEY`: one mount at a time owns each collection (an exclusive flock, which the distributed
 ///   filesystem arbitrates across machines and drops when the owner's process or client dies). The
 ///   owner publishes its snapshots to `index/KEY/`; a mount opening a collection loads the published
@@ -38,6 +42,8 @@ final class SharedStore: @unchecked Sendable {
     static let tick: useconds_t = 200_000
     static let rescanSeconds = 30
     static let maxLine = 4096
+    /// Dead change logs are looked for every this many ticks (5 s).
+    static let collectRounds = 25
 
     let stopping = Atomic<Bool>(false)
     var thread: pthread_t?
@@ -52,6 +58,8 @@ final class SharedStore: @unchecked Sendable {
     var since: timespec
     var lastPublished: [UInt64: (UInt64, Int64)] = [:]
     var lastRescan = 0
+    /// The offsets last written to this mount's `.read` file.
+    var cursorWritten: [String: Int] = [:]
     /// Collections whose directories were removed through this mount (any FUSE thread adds, the
     /// sharing thread takes): their shared files go, by this mount if it owns them, else by the owner.
     let removed = Mutex<[UInt64]>([])
@@ -71,12 +79,15 @@ final class SharedStore: @unchecked Sendable {
         for dir in [shared, changes, shared + "/leases", shared + "/index"] { mkdir(dir, 0o700) }
         let name = "\(id).\(now.tv_sec)\(String(UInt32.random(in: 0...UInt32.max), radix: 16)).log"
         logName = name
-        // This mount's earlier logs are over: the others read them to the end or see them go.
-        for old in ((try? StatePaths.entries(changes))?.files ?? []) where old.hasPrefix(id + ".") {
-            unlink(changes + "/" + old)
-        }
+        // This mount's earlier logs are over like any dead mount's: they go once the others read them.
         log = open(changes + "/" + name, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
         guard log >= 0 else { return nil }
+        // Held for life: the others take a log nobody holds for over, and remove it once read.
+        guard vx_flock(log, LOCK_EX | LOCK_NB) == 0 else {
+            Glibc.close(log)
+            unlink(changes + "/" + name)
+            return nil
+        }
         for other in ((try? StatePaths.entries(changes))?.files ?? []) where other != name {
             offsets[other] = Int((try? StatePaths.stat(changes + "/" + other))?.st_size ?? 0)
         }
@@ -86,6 +97,48 @@ final class SharedStore: @unchecked Sendable {
         Glibc.close(log)
         for fd in leaseFiles.values { Glibc.close(fd) }
         if scanLease >= 0 { Glibc.close(scanLease) }
+    }
+
+    /// The file where the mount writing log `name` says how far it read the others' logs.
+    static func cursorName(of name: String) -> String { String(name.dropLast(4)) + ".read" }
+
+    /// Writes this mount's offsets into its `.read` file when they moved: under a temporary name,
+    /// renamed over the old one, so a reader sees one whole list or the last.
+    func writeCursor() {
+        guard offsets != cursorWritten else { return }
+        let text = Array(offsets.map { "\($0.key)\t\($0.value)\n" }.joined().utf8)
+        let path = changes + "/" + SharedStore.cursorName(of: logName), temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { return }
+        let written = text.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) } == text.count
+        Glibc.close(fd)
+        guard written, rename(temporary, path) == 0 else { unlink(temporary); return }
+        cursorWritten = offsets
+    }
+
+    /// How far the mount writing log `name` read each other log, by its `.read` file; nil without one.
+    func cursor(of name: String) -> [String: Int]? {
+        guard let bytes = try? readFile(changes + "/" + SharedStore.cursorName(of: name), limit: 1 << 20) else { return nil }
+        var out: [String: Int] = [:]
+        for line in bytes.split(separator: 0x0A) {
+            let fields = line.split(separator: 0x09, omittingEmptySubsequences: false)
+            guard fields.count == 2, let offset = Int(String(decoding: fields[1], as: UTF8.self)) else { continue }
+            out[String(decoding: fields[0], as: UTF8.self)] = offset
+        }
+        return out
+    }
+
+    /// The length of the whole lines of log `fd` (`size` bytes): where a reader that read all of it
+    /// stands. A torn last line (its writer died inside a write) is never read, so it is not waited for.
+    static func wholeLines(_ fd: Int32, size: Int) -> Int {
+        let tail = min(size, maxLine)
+        guard tail > 0 else { return 0 }
+        var buffer = [UInt8](repeating: 0, count: tail)
+        let n = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, tail, off_t(size - tail)) }
+        guard n == tail else { return size }
+        if let last = buffer.lastIndex(of: 0x0A) { return size - tail + last + 1 }
+        // No line end in the last maxLine bytes: a reader skips such a run whole.
+        return size > maxLine ? size : 0
     }
 
     enum Change: UInt8 { case file = 0x72, settings = 0x73, gone = 0x67 }  // "r", "s", "g"
@@ -137,6 +190,8 @@ public final class SharedMetrics: Sendable {
     let snapshotsLoaded: Counter
     let foreignRescans: Counter
     let takeovers: Counter
+    let logsRemoved: Counter
+    let logsRead: Meter
     /// How files written past vexfs are found: 1 for the way in use (rctime, or rescan), 0 for the other.
     let detection: [String: Meter]
     /// 1: users' flock(2) through a mount is taken on the backing file, so the distributed filesystem
@@ -152,6 +207,8 @@ public final class SharedMetrics: Sendable {
         snapshotsLoaded = Counter(label: "vexfs_shared_snapshots_loaded_total", dimensions: [], factory: factory)
         foreignRescans = Counter(label: "vexfs_shared_foreign_rescans_total", dimensions: [], factory: factory)
         takeovers = Counter(label: "vexfs_shared_leases_taken_total", dimensions: [], factory: factory)
+        logsRemoved = Counter(label: "vexfs_shared_change_logs_removed_total", dimensions: [], factory: factory)
+        logsRead = Meter(label: "vexfs_shared_change_logs_read", dimensions: [], factory: factory)
         detection = Dictionary(uniqueKeysWithValues: ["rctime", "rescan"].map {
             ($0, Meter(label: "vexfs_shared_foreign_detection", dimensions: [("mode", $0)], factory: factory))
         })
@@ -159,6 +216,7 @@ public final class SharedMetrics: Sendable {
         flockAcrossMachines.set(0)
         shared.set(0)
         leasesHeld.set(0)
+        logsRead.set(0)
         for m in detection.values { m.set(0) }
     }
 }
@@ -209,7 +267,9 @@ extension SemanticLayer {
                 takeLeases()
                 for key in sharing.owned { publish(key) }
                 findForeignWrites()
+                sharing.writeCursor()
             }
+            if round % SharedStore.collectRounds == 0 { removeDeadLogs() }
             round += 1
             usleep(SharedStore.tick)
         }
@@ -257,6 +317,47 @@ extension SemanticLayer {
                 offset += end + 1
             }
             sharing.offsets[name] = offset
+        }
+        sharing.metrics.logsRead.set(names.count)
+    }
+
+    /// Removes the change logs that are over (no mount holds their lock: it unmounted or died) once
+    /// every mount whose log is held has read them to their end, by their `.read` files (this mount
+    /// by its own offsets). A mount paused in the middle (SIGSTOP, a stalled thread) still holds its
+    /// log, so what it has not read stays; one with no `.read` file yet holds everything back.
+    /// A lock taken here for a moment makes a log look held to the others: they just wait a round.
+    func removeDeadLogs() {
+        guard let sharing else { return }
+        let files = (try? StatePaths.entries(sharing.changes))?.files ?? []
+        var held: [String] = [], over: [(name: String, fd: Int32, end: Int)] = []
+        defer { for log in over { Glibc.close(log.fd) } }
+        for name in files where name.hasSuffix(".log") && name != sharing.logName {
+            let fd = Glibc.open(sharing.changes + "/" + name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+            guard fd >= 0 else { continue }
+            var st = stat()
+            if vx_flock(fd, LOCK_EX | LOCK_NB) == 0, fstat(fd, &st) == 0 {
+                over.append((name, fd, SharedStore.wholeLines(fd, size: Int(st.st_size))))
+            } else {
+                Glibc.close(fd)
+                held.append(name)
+            }
+        }
+        // A `.read` file (or its temporary) whose log is gone was left by a removal or a mount cut short.
+        let logs = Set(files.filter { $0.hasSuffix(".log") })
+        for name in files {
+            let base = name.hasSuffix(".read") ? name.dropLast(5) : name.hasSuffix(".read.tmp") ? name.dropLast(9) : nil
+            if let base, !logs.contains(String(base) + ".log") { unlink(sharing.changes + "/" + name) }
+        }
+        guard !over.isEmpty else { return }
+        let cursors = held.map { sharing.cursor(of: $0) }
+        for log in over where (sharing.offsets[log.name] ?? -1) >= log.end
+            && cursors.allSatisfy({ ($0?[log.name] ?? -1) >= log.end }) {
+            guard unlink(sharing.changes + "/" + log.name) == 0 else { continue }
+            let cursor = sharing.changes + "/" + SharedStore.cursorName(of: log.name)
+            unlink(cursor)
+            unlink(cursor + ".tmp")
+            sharing.metrics.logsRemoved.increment()
+            logger.info("shared store: removed the change log \(log.name): its mount is gone and every running mount read it")
         }
     }
 

@@ -13,7 +13,7 @@ import Testing
             stack: StackBudget.Report(highWater: Operation.names.map { ($0, 100) }, excesses: 0, firstExcess: nil),
             operations: operations.map { (operation: $0.0, count: $0.1, nanoseconds: $0.2) },
             killprivV2: true, posixACL: false, passthroughReason: passthrough, passthroughOn: passthrough == "on",
-            transport: "io_uring", transportIsRing: true, backingFiles: 0, inodes: 12, descriptorsOpen: 3)
+            transport: "io_uring", transportIsRing: true, backingFiles: 0, inodes: 12, descriptorsOpen: 3, flockRefused: 2)
     }
 
     /// Sample lines by name and labels.
@@ -37,7 +37,7 @@ import Testing
                        "vexfs_stack_high_water_bytes", "vexfs_stack_budget_exceeded_total", "vexfs_fuse_killpriv_v2",
                        "vexfs_fuse_posix_acl", "vexfs_fuse_passthrough", "vexfs_fuse_transport", "vexfs_fuse_passthrough_backing_files",
                        "vexfs_fuse_requests_total", "vexfs_fuse_request_microseconds_total", "vexfs_inodes",
-                       "vexfs_inode_descriptors_open"] {
+                       "vexfs_inode_descriptors_open", "vexfs_flock_refused_total"] {
             #expect(types.contains(Substring(family)), "\(family)")
         }
         let s = samples(text)
@@ -48,6 +48,7 @@ import Testing
         #expect(s["vexfs_fuse_requests_total{op=\"lookup\"}"] == nil, "an operation never asked for is not listed")
         #expect(s["vexfs_fuse_passthrough{reason=\"on\"}"].flatMap(Double.init) == 1)
         #expect(s["vexfs_inodes"].flatMap(Double.init) == 12)
+        #expect(s["vexfs_flock_refused_total"] == "2")
     }
 
     @Test func countersFollowTheirSourcesAcrossReadings() {
@@ -58,6 +59,7 @@ import Testing
         #expect(s["vexfs_fuse_request_microseconds_total{op=\"create\"}"] == "9")
         #expect(s["vexfs_fuse_requests_total{op=\"lookup\"}"] == "1")
         #expect(s["vexfs_buffer_pool_hits_total{tier=\"1k\"}"] == "7", "not counted twice")
+        #expect(s["vexfs_flock_refused_total"] == "2", "not counted twice")
     }
 
     @Test func aChangedPassthroughReasonReplacesItsSeries() {

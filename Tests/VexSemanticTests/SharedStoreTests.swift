@@ -1,3 +1,4 @@
+import CLinux
 import Glibc
 import Testing
 import VexIndex
@@ -35,8 +36,44 @@ import VexStore
         let first = try #require(SharedStore.parse(lines[0]))
         #expect(first.0 == 42 && first.1 == .file && first.2 == name && first.3 == FileName("a/b"))
         #expect(SharedStore.parse(lines[1])?.1 == .settings)
-        // A second start of the same id begins a new log and removes its old one.
+        // A second start of the same id begins a new log; the old one stays for the others to read.
         let again = try #require(SharedStore(storeRoot: store, id: "a", metrics: SharedMetrics()))
-        #expect(((try? StatePaths.entries(again.changes))?.files ?? []) == [again.logName])
+        #expect(Set((try? StatePaths.entries(again.changes))?.files ?? []) == [mine.logName, again.logName])
+        #expect(again.offsets[mine.logName] == bytes.count, "what the earlier one logged is not applied again")
+    }
+
+    /// A running mount holds its log: anyone else's lock on it fails until the mount is gone.
+    @Test func aLogIsHeldWhileItsMountRuns() throws {
+        let store = temporaryStore()
+        defer { StatePaths.removeTree(store) }
+        mkdir(store + "/.vexfs", 0o700)
+        var mine = try #require(SharedStore(storeRoot: store, id: "a", metrics: SharedMetrics()))
+        let path = mine.changes + "/" + mine.logName
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        defer { close(fd) }
+        #expect(vx_flock(fd, LOCK_EX | LOCK_NB) != 0)
+        mine = try #require(SharedStore(storeRoot: store, id: "b", metrics: SharedMetrics()))
+        #expect(vx_flock(fd, LOCK_EX | LOCK_NB) == 0, "the first mount is gone: its log is over")
+    }
+
+    /// How far a mount read the others' logs reads back as it was written; a torn last line is not
+    /// counted as something to read.
+    @Test func cursorsAndWholeLines() throws {
+        let store = temporaryStore()
+        defer { StatePaths.removeTree(store) }
+        mkdir(store + "/.vexfs", 0o700)
+        let mine = try #require(SharedStore(storeRoot: store, id: "a", metrics: SharedMetrics()))
+        #expect(mine.cursor(of: mine.logName) == nil)
+        mine.offsets = ["b.1.log": 120, "c.2.log": 0]
+        mine.writeCursor()
+        #expect(mine.cursor(of: mine.logName) == ["b.1.log": 120, "c.2.log": 0])
+        #expect(SharedStore.cursorName(of: "b.17ff.log") == "b.17ff.read")
+        let path = mine.changes + "/torn.log"
+        for (text, whole) in [("", 0), ("1\tr\ta\t\n", 7), ("1\tr\ta\t\n2\tr\tb", 7), ("no end", 0)] {
+            let fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+            defer { close(fd) }
+            _ = Array(text.utf8).withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            #expect(SharedStore.wholeLines(fd, size: text.utf8.count) == whole, "\(text)")
+        }
     }
 }
