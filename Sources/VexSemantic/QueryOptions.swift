@@ -6,10 +6,9 @@ import VexStore
 /// to look (`user.vexfs.scope`), which files may answer (`user.vexfs.filter`), how far
 /// (`user.vexfs.radius`) and how hard to look (`user.vexfs.ef`); for text, which passages must hold
 /// which words (`user.vexfs.match`) and how answers are ranked (`user.vexfs.mode`, and for hybrid
-/// answers `user.vexfs.fusion`). The options are ordinary extended
-/// attributes of the backing file, so they stay with the query file; they are checked when set (a
-/// bad value is EINVAL and never stored) and again when read, since the store can be written
-/// around the mount.
+/// answers `user.vexfs.fusion`). The options are ordinary extended attributes of the backing file,
+/// so they stay with the query file; they are checked when set (a bad value is EINVAL and never
+/// stored) and again when read, since the store can be written around the mount.
 public struct QueryOptions: Equatable, Sendable {
     public enum Scope: String, Sendable {
         case directory = "dir"

@@ -4,7 +4,8 @@ import VexKeyword
 
 // Questions answered by words (`user.vexfs.mode=keyword`) and by words and meaning fused
 // (`hybrid`, by scores or by ranks: `user.vexfs.fusion`): the FTS5 expression asked, the keyword
-// answer across the collections in scope, and the fusion of the two lists. Both go through the same admission check as vector answers.
+// answer across the collections in scope, and the fusion of the two lists. Both go through the same
+// admission check as vector answers.
 
 extension SemanticLayer {
     /// Refuses words options on a mount that keeps no keyword index (no embedder, or `keywords=off`).
