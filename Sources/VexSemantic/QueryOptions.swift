@@ -5,10 +5,10 @@ import VexStore
 /// How a query is to be answered, read from the query file's own attributes (PRODUCT.md §3): where
 /// to look (`user.vexfs.scope`), which files may answer (`user.vexfs.filter`), how far
 /// (`user.vexfs.radius`) and how hard to look (`user.vexfs.ef`); for text, which passages must hold
-/// which words (`user.vexfs.match`) and how answers are ranked (`user.vexfs.mode`). The options are ordinary extended
-/// attributes of the backing file, so they stay with the query file; they are checked when set (a
-/// bad value is EINVAL and never stored) and again when read, since the store can be written
-/// around the mount.
+/// which words (`user.vexfs.match`) and how answers are ranked (`user.vexfs.mode`, and for hybrid
+/// answers `user.vexfs.fusion`). The options are ordinary extended attributes of the backing file,
+/// so they stay with the query file; they are checked when set (a bad value is EINVAL and never
+/// stored) and again when read, since the store can be written around the mount.
 public struct QueryOptions: Equatable, Sendable {
     public enum Scope: String, Sendable {
         case directory = "dir"
@@ -30,8 +30,24 @@ public struct QueryOptions: Equatable, Sendable {
         case vector
         /// By words: BM25 over the keyword index (no embedder needed).
         case keyword
-        /// Both lists, `hybridDepth` x K deep each, fused by their scaled scores.
+        /// Both lists, `hybridDepth` x K deep each, fused as `fusion` says.
         case hybrid
+    }
+
+    /// How `hybrid` fuses its two lists (`SemanticLayer.fused`).
+    public enum Fusion: Equatable, Sendable {
+        /// By score: each list's scores scaled to [0, 1] over that list and averaged (`scores`).
+        case scores
+        /// By rank: reciprocal rank fusion, 1 / (k + rank) summed over the lists (`rrf`, `rrf:K`).
+        case ranks(k: Int)
+
+        /// The value that means this fusion (`scores`, `rrf:60`).
+        public var name: String {
+            switch self {
+            case .scores: "scores"
+            case .ranks(let k): "rrf:\(k)"
+            }
+        }
     }
 
     public var scope = Scope.directory
@@ -41,6 +57,8 @@ public struct QueryOptions: Equatable, Sendable {
     /// An FTS5 expression every answered passage matches.
     public var match: String?
     public var mode = Mode.vector
+    /// Scores by default: they beat rank fusion on the known-item benchmark (BENCHMARKS.md).
+    public var fusion = Fusion.scores
 
     public init() {}
 
@@ -51,12 +69,17 @@ public struct QueryOptions: Equatable, Sendable {
         case ef = "user.vexfs.ef"
         case match = "user.vexfs.match"
         case mode = "user.vexfs.mode"
+        case fusion = "user.vexfs.fusion"
     }
 
     /// Hybrid fusion (`mode=hybrid`, `SemanticLayer.fused`): each of the two lists is this many
     /// times K deep (at most `hybridMaxDepth`).
     public static let hybridDepth = 4
     public static let hybridMaxDepth = 1000
+    /// Reciprocal rank fusion's k when `rrf` names none (the value of Cormack et al., and the usual
+    /// default of search engines), and the k it may name.
+    public static let rankConstant = 60
+    public static let rankConstants = 1...10_000
 
     /// A filter holds at most this many bytes and conditions.
     public static let maxFilterBytes = 4096
@@ -94,9 +117,22 @@ public struct QueryOptions: Equatable, Sendable {
         case .mode:
             guard let m = Mode(rawValue: text) else { throw .invalid("user.vexfs.mode must be vector, keyword or hybrid") }
             mode = m
+        case .fusion:
+            fusion = try QueryOptions.fusion(text)
         case .filter:
             break
         }
+    }
+
+    /// `scores`, `rrf` or `rrf:K`.
+    static func fusion(_ text: String) throws(SemanticError) -> Fusion {
+        if text == "scores" { return .scores }
+        if text == "rrf" { return .ranks(k: rankConstant) }
+        let digits = text.dropFirst(4)
+        if text.hasPrefix("rrf:"), digits.allSatisfy({ ("0"..."9").contains($0) }), let k = Int(digits), rankConstants.contains(k) {
+            return .ranks(k: k)
+        }
+        throw .invalid("user.vexfs.fusion must be scores, rrf or rrf:K (K a whole number from \(rankConstants.lowerBound) to \(rankConstants.upperBound))")
     }
 
     /// The lines of a filter: `name=GLOB` or `user.KEY=VALUE`, empty lines ignored.

@@ -3,8 +3,9 @@ import VexStore
 import VexKeyword
 
 // Questions answered by words (`user.vexfs.mode=keyword`) and by words and meaning fused
-// (`hybrid`): the FTS5 expression asked, the keyword answer across the collections in scope, and
-// the fusion of the two lists. Both go through the same admission check as vector answers.
+// (`hybrid`, by scores or by ranks: `user.vexfs.fusion`): the FTS5 expression asked, the keyword
+// answer across the collections in scope, and the fusion of the two lists. Both go through the same
+// admission check as vector answers.
 
 extension SemanticLayer {
     /// Refuses words options on a mount that keeps no keyword index (no embedder, or `keywords=off`).
@@ -61,23 +62,38 @@ extension SemanticLayer {
     }
 
     /// Hybrid fusion of a list by meaning and a list by words (each best first, scores lower-is-better:
-    /// a distance, `bm25()`): each list's scores are scaled to [0, 1] over that list, its best 1 and
-    /// its worst 0 (all 1 when they are equal), and a name scores the mean of its two (0 from a list
-    /// it is not in). Scores, not ranks: reciprocal rank fusion gives a passage the words found far
-    /// better than any other no more than one a little better, and on known-item search it did no
-    /// better than meaning alone (BENCHMARKS.md). The answer is every name, best first (ties by
-    /// name), with its score negated so that, like a distance, lower is better: -1 is the best of both.
-    static func fused(_ vector: [(String, Float)], _ keyword: [(String, Float)]) -> [(String, Float)] {
+    /// a distance, `bm25()`), as `fusion` says. The answer is every name, best first (ties by name),
+    /// with its fused score negated so that, like a distance, lower is better.
+    /// - `scores`: each list's scores are scaled to [0, 1] over that list, its best 1 and its worst 0
+    ///   (all 1 when they are equal), and a name scores the mean of its two (0 from a list it is not
+    ///   in): -1 is the best of both. How far ahead a passage is counts, not only its place.
+    /// - `ranks(k)`: reciprocal rank fusion, a name scores 1 / (k + rank) from each list it is in
+    ///   (the best rank 1), summed: -2 / (k + 1) is the best of both. Ranks follow each list's scores
+    ///   with ties by name, so equal scores never rank by the order the index happened to find them.
+    static func fused(_ vector: [(String, Float)], _ keyword: [(String, Float)], by fusion: QueryOptions.Fusion = .scores) -> [(String, Float)] {
         var score: [String: Double] = [:]
         for list in [vector, keyword] {
-            guard let best = list.lazy.map({ Double($0.1) }).min(), let worst = list.lazy.map({ Double($0.1) }).max() else { continue }
-            for (name, s) in list {
-                let scaled = worst > best ? (worst - Double(s)) / (worst - best) : 1
-                score[name, default: 0] += scaled.isFinite ? scaled / 2 : 0
+            switch fusion {
+            case .scores:
+                guard let best = list.lazy.map({ Double($0.1) }).min(), let worst = list.lazy.map({ Double($0.1) }).max() else { continue }
+                for (name, s) in list {
+                    let scaled = worst > best ? (worst - Double(s)) / (worst - best) : 1
+                    score[name, default: 0] += scaled.isFinite ? scaled / 2 : 0
+                }
+            case .ranks(let k):
+                // A name counts once per list, at its best place.
+                var seen = Set<String>()
+                for (name, _) in list.sorted(by: SemanticLayer.bestFirst) where seen.insert(name).inserted {
+                    score[name, default: 0] += 1 / Double(k + seen.count)
+                }
             }
         }
-        return score.map { ($0.key, -Float($0.value)) }
-            .sorted { $0.1 < $1.1 || ($0.1 == $1.1 && Array($0.0.utf8).lexicographicallyPrecedes(Array($1.0.utf8))) }
+        return score.map { ($0.key, -Float($0.value)) }.sorted(by: SemanticLayer.bestFirst)
+    }
+
+    /// Lower score first, equal scores by name (bytewise): one order whatever order they came in.
+    static func bestFirst(_ a: (String, Float), _ b: (String, Float)) -> Bool {
+        a.1 < b.1 || (a.1 == b.1 && Array(a.0.utf8).lexicographicallyPrecedes(Array(b.0.utf8)))
     }
 }
 

@@ -26,7 +26,11 @@ struct Search: ParsableCommand {
     @Option(help: "Only neighbours at most this distance away.") var radius: Float?
     @Option(help: "Search breadth for this query (approximate indexes).") var ef: Int?
     @Option(help: "An FTS5 expression (words, \"phrases\", AND/OR/NOT, prefix*): only text passages that match.") var match: String?
-    @Option(help: "vector (by meaning), keyword (BM25) or hybrid (both lists, their scaled scores averaged).") var mode: String?
+    @Option(help: "vector (by meaning), keyword (BM25) or hybrid (both lists fused, as --fusion says).") var mode: String?
+    @Option(help: """
+        How hybrid fuses its two lists: scores (the default: each list's scores scaled to 0..1 and averaged; better on \
+        known-item search, see BENCHMARKS.md) or rrf, rrf:K (reciprocal rank fusion, 1/(K+rank) summed, K 60 unless given).
+        """) var fusion: String?
     @Flag(help: "JSON: an array of {name, distance}; an array of those for several query vectors.") var json = false
 
     func validate() throws {
@@ -90,6 +94,7 @@ struct Search: ParsableCommand {
         if let ef { options.append(("user.vexfs.ef", String(ef))) }
         if let match { options.append(("user.vexfs.match", match)) }
         if let mode { options.append(("user.vexfs.mode", mode)) }
+        if let fusion { options.append(("user.vexfs.fusion", fusion)) }
         for (name, value) in options where vx_lsetxattr(path, name, value, value.utf8.count, 0) != 0 {
             throw UserError("\(name): \(reason(path, errno))")
         }

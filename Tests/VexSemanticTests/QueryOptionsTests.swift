@@ -62,6 +62,49 @@ import VexStore
         #expect(SemanticLayer.fused([("a", 0.3), ("b", 0.3)], [("b", -1)]).map(\.0) == ["b", "a"])
     }
 
+    @Test func fusionIsScoresOrRankFusionWithItsK() throws {
+        var o = QueryOptions()
+        #expect(o.fusion == .scores)
+        try o.set(.fusion, Array("rrf\n".utf8))
+        #expect(o.fusion == .ranks(k: QueryOptions.rankConstant) && o.fusion.name == "rrf:60")
+        try o.set(.fusion, Array("rrf:1".utf8))
+        #expect(o.fusion == .ranks(k: 1))
+        try o.set(.fusion, Array("rrf:10000".utf8))
+        #expect(o.fusion == .ranks(k: 10_000))
+        try o.set(.fusion, Array("scores".utf8))
+        #expect(o.fusion == .scores && o.fusion.name == "scores")
+        for bad in ["", "rrf:", "rrf:0", "rrf:10001", "rrf:-5", "rrf:+5", "rrf:6 0", "rrf:1e3", "rrf:٦٠", "RRF", "rank", "scores:2", "rrf:99999999999999999999"] {
+            do { try o.set(.fusion, Array(bad.utf8)); Issue.record("accepted \(bad)") } catch { #expect(error.description.contains("user.vexfs.fusion")) }
+        }
+        #expect(o.fusion == .scores)
+    }
+
+    @Test func rankFusionSumsReciprocalRanksWithTiesByName() {
+        // By meaning a, b, c; by words c, d, a. With k = 60: a 1/61 + 1/63, c 1/63 + 1/61 (a tie, by
+        // name), b 1/62, d 1/62 (a tie).
+        let fused = SemanticLayer.fused([("a", 0.1), ("b", 0.2), ("c", 0.3)], [("c", -5), ("d", -4), ("a", -3)], by: .ranks(k: 60))
+        #expect(fused.map(\.0) == ["a", "c", "b", "d"])
+        #expect(fused.map(\.1) == [-Float(1.0 / 61 + 1.0 / 63), -Float(1.0 / 61 + 1.0 / 63), -Float(1.0 / 62), -Float(1.0 / 62)])
+        // Only places count: the words' far best ties meaning's narrow best (by name), where by
+        // scores it wins.
+        let far = ([("a", Float(0.10)), ("b", 0.11), ("c", 0.5)], [("b", Float(-20)), ("a", -2), ("c", -1)])
+        #expect(SemanticLayer.fused(far.0, far.1, by: .ranks(k: 60)).map(\.0) == ["a", "b", "c"])
+        #expect(SemanticLayer.fused(far.0, far.1, by: .scores).map(\.0) == ["b", "a", "c"])
+        // k weighs the first places: with k = 1 each list's first beats a name fourth in both; with
+        // k = 60 being in both counts for more.
+        let lists = ([("x", Float(0.1)), ("p", 0.2), ("q", 0.3), ("z", 0.4)], [("w", Float(-9)), ("r", -8), ("s", -7), ("z", -6)])
+        #expect(SemanticLayer.fused(lists.0, lists.1, by: .ranks(k: 1)).map(\.0) == ["w", "x", "z", "p", "r", "q", "s"])
+        #expect(SemanticLayer.fused(lists.0, lists.1, by: .ranks(k: 60)).map(\.0) == ["z", "w", "x", "p", "r", "q", "s"])
+        // Equal scores rank by name, whatever order the list came in: the same answer either way.
+        let one = SemanticLayer.fused([("m", 0.2), ("k", 0.2), ("z", 0.1)], [("k", -1), ("m", -1)], by: .ranks(k: 60))
+        let other = SemanticLayer.fused([("z", 0.1), ("k", 0.2), ("m", 0.2)], [("m", -1), ("k", -1)], by: .ranks(k: 60))
+        #expect(one.map(\.0) == other.map(\.0) && one.map(\.1) == other.map(\.1))
+        #expect(one.map(\.0) == ["k", "m", "z"])
+        // A name twice in a list counts once, at its best place; empty lists fuse to nothing.
+        #expect(SemanticLayer.fused([("a", 0.1), ("a", 0.2)], [], by: .ranks(k: 60)).map(\.1) == [-Float(1.0 / 61)])
+        #expect(SemanticLayer.fused([], [], by: .ranks(k: 60)).isEmpty)
+    }
+
     @Test func knnNamesKAndPages() throws {
         #expect(try SemanticLayer.knnRequest("") == (10, nil))
         #expect(try SemanticLayer.knnRequest(".7") == (7, nil))

