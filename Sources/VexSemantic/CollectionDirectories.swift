@@ -192,8 +192,15 @@ public final class CollectionDirectories: Sendable {
     /// reuses numbers without generations) counts as gone.
     private func reopen(_ slot: Slot) -> Int32 {
         guard let handle = slot.handle else { return -EBADF }
+        // A question runs with its asker's filesystem ids (`Caller.withAccess`), which take from the
+        // thread the capability open_by_handle_at needs: the daemon's are taken back for this one
+        // call. The descriptor is O_PATH and grants nothing: what the asker may do through it is
+        // still checked with their ids.
+        let asker = vx_thread_set_fsuid(0)
         let fd = vx_open_handle(mountFD, handle, Int32(handle.count))
-        guard fd >= 0 else { return -errno }
+        let failure = errno
+        if asker != 0 { _ = vx_thread_set_fsuid(asker) }
+        guard fd >= 0 else { return -failure }
         var st = stat()
         guard fstat(fd, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, UInt64(st.st_ino) == slot.inode, UInt64(st.st_dev) == slot.device,
               st.st_nlink > 0 else {
