@@ -257,11 +257,12 @@ public final class CollectionDirectories: Sendable {
     // MARK: the list, under the lock
 
     /// Takes the least recently used directories no one is using out of the list until at most
-    /// `bound` are open; their descriptors, for the caller to close after the lock.
+    /// `bound` are open; their descriptors, for the caller to close after the lock. The newest, just
+    /// used, stays even when all the others are in use: the set then exceeds the bound by those.
     private func evict(_ t: inout Table) -> [Int32] {
         var victims: [Int32] = []
         var at = t.oldest
-        while t.open > bound, let slot = at {
+        while t.open > bound, let slot = at, slot !== t.newest {
             at = slot.newer
             guard slot.users == 0 else { continue }
             unlink(slot, &t)

@@ -8,7 +8,8 @@ import VexTestSupport
 /// The bounded set of collections' directory descriptors: at most the bound open, the least
 /// recently used closed first, a closed one found again by its handle after a rename, a removed or
 /// replaced one never taken for another, one in use never closed under its user.
-@Suite struct CollectionDirectoriesTests {
+/// Serialized: two tests count this process's descriptors.
+@Suite(.serialized) struct CollectionDirectoriesTests {
     /// A store with `n` directories d0, d1, ...; its root (O_PATH) and the path.
     static func store(_ n: Int) -> (root: Int32, path: String) {
         let path = temporaryStore()
