@@ -18,8 +18,8 @@ import VexKernels
 ///    index's absorber, writes and linking locks, the graph's writer, the exact index's rows).
 /// 3. Leaves, under which nothing is taken: `attributeCarriers`, `tags`, the bridge's queue lock
 ///    (`hold`, `post`), the tuner's and linker's queues (`request`), the registry's two tables
-///    (collections and links), the directory descriptors' table (`CollectionDirectories`), the layer's `answers`, `problems`, `queryProblems` and `reporter`,
-///    the journal's buffer, the metrics.
+///    (collections and links), the directory descriptors' table (`CollectionDirectories`), the
+///    layer's `answers`, `problems`, `queryProblems` and `reporter`, the journal's buffer, the metrics.
 /// The bridge's worker and builder take `state` holding none of their own; the layer takes the
 /// registry's tables only to look up or register, never around `state`. Everything a collection
 /// asks of its host (`CollectionHost`) takes only leaves.
