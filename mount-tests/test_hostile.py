@@ -436,6 +436,87 @@ print(codes)
     assert b"max_user_collections" in os.getxattr(m / "c7", "user.vexfs.status")
 
 
+def test_idle_collections_give_their_descriptors_back(make_mount, mallory):
+    """Issue 24, attack 1 again: every collection, idle or not, kept its directory's descriptor until
+    unmount, so descriptors grew with collections. Now at most `open_collections` stay open, the
+    least recently used closed and reopened by handle when next used: an unprivileged user's many
+    collections (with the store's idle inodes bounded by `descriptor_budget`) cost the daemon that
+    bound plus a constant, and every collection still answers as its own, also after a `mv` of a
+    closed one's directory, and after unmount and mount."""
+    from test_posix import parse_prometheus
+    bound, budget, n = 6, 64, 60
+    m = make_mount("-o", f"allow_other,open_collections={bound},descriptor_budget={budget}")
+    m.mount()
+    open_to_everyone(m)
+
+    def descriptors():
+        return len(os.listdir(f"/proc/{m.pid}/fd"))
+
+    def stats():
+        return parse_prometheus((m.root / ".vexfs" / "stats").read_text())
+
+    def answers(where):
+        # Each collection's first file's two neighbours, named as that collection's own.
+        out = py("""
+import os, sys
+for i, d in enumerate(sys.argv[2:]):
+    print(os.getxattr(os.path.join(sys.argv[1], d, f"a{i}.vec"), "user.vexfs.knn.2").decode().replace("\\n", ";"))
+""", m.root, *where)
+        return [[l.split("\t")[0] for l in line.split(";") if l] for line in out.splitlines()]
+
+    fresh = descriptors()
+    py("""
+import os, sys
+for i in range(int(sys.argv[2])):
+    d = os.path.join(sys.argv[1], f"c{i}")
+    os.mkdir(d)
+    for name, v in ((f"a{i}.vec", f"{i} 0"), (f"b{i}.vec", f"{i} 1"), (f"c{i}.vec", f"{i} 3")):
+        open(os.path.join(d, name), "w").write(v)
+    os.getxattr(d, "user.vexfs.count")
+""", m.root, n)
+    where = [f"c{i}" for i in range(n)]
+    expected = [[f"b{i}.vec", f"c{i}.vec"] for i in range(n)]
+    assert answers(where) == expected
+    s = stats()
+    assert s[("vexfs_collections", "")] == n
+    assert s[("vexfs_collection_dirs_bound", "")] == bound
+    assert s[("vexfs_collection_dirs_open", "")] <= bound
+    assert s[("vexfs_collection_dirs_kept", "")] == 0, "the root daemon reopens by handle on this store"
+    assert s[("vexfs_collection_dirs_reopened", "")] >= n - bound
+    # Before, each collection held one descriptor: n more than at the start.
+    grown = descriptors() - fresh
+    assert grown <= bound + budget + 8, f"{grown} descriptors more for {n} collections"
+
+    # c0 was asked first, so it is closed now: moved (twice, under another directory), it is still
+    # itself, its files reached by its handle and its answers its own.
+    assert stats()[("vexfs_collection_dirs_open", "")] <= bound
+    py("""
+import os, sys
+os.mkdir(os.path.join(sys.argv[1], "elsewhere"))
+os.rename(os.path.join(sys.argv[1], "c0"), os.path.join(sys.argv[1], "moved0"))
+os.rename(os.path.join(sys.argv[1], "moved0"), os.path.join(sys.argv[1], "elsewhere", "c0"))
+""", m.root)
+    where[0] = "elsewhere/c0"
+    assert answers(where[:1]) == expected[:1]
+    assert os.getxattr(m / "elsewhere" / "c0", "user.vexfs.count") == b"3"
+    # A write in a closed collection is indexed there, and nowhere else.
+    py("open(__import__('sys').argv[1], 'w').write('5 0.5')", m / "c5" / "z5.vec")
+    assert os.getxattr(m / "c5", "user.vexfs.count") == b"4"
+    assert knn_of(os.getxattr(m / "c5" / "a5.vec", "user.vexfs.knn.1").decode())[0][0] == "z5.vec"
+    assert all(os.getxattr(m / d, "user.vexfs.count") == b"3" for d in where if d != "c5")
+
+    m.unmount()
+    m.mount()
+    fresh = descriptors()
+    expected[5] = ["z5.vec", "b5.vec"]
+    assert answers(where) == expected
+    assert stats()[("vexfs_collection_dirs_open", "")] <= bound
+    # The reconciliation at mount held every collection once; they are let go of as before.
+    grown = descriptors() - fresh
+    assert grown <= bound + budget + 8, f"{grown} descriptors more after asking {n} collections"
+    assert len(os.listdir(f"/proc/{m.pid}/fd")) <= bound + budget + 64
+
+
 @pytest.mark.parametrize("option", ["max_user_index_mb", "max_user_state_mb"])
 def test_one_user_cannot_take_all_index_memory_or_state_disk(make_mount, mallory, option):
     """Issue 24: index memory and the disk under STORE/.vexfs were bounded for the whole mount

@@ -47,3 +47,4 @@ int vx_thread_restore_capabilities(const uint32_t saved[6]) {
 }
 
 gid_t vx_thread_set_fsgid(gid_t gid) { return (gid_t)syscall(SYS_setfsgid, gid); }
+uid_t vx_thread_set_fsuid(uid_t uid) { return (uid_t)syscall(SYS_setfsuid, uid); }

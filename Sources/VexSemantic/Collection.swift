@@ -18,8 +18,8 @@ import VexKernels
 ///    index's absorber, writes and linking locks, the graph's writer, the exact index's rows).
 /// 3. Leaves, under which nothing is taken: `attributeCarriers`, `tags`, the bridge's queue lock
 ///    (`hold`, `post`), the tuner's and linker's queues (`request`), the registry's two tables
-///    (collections and links), the layer's `answers`, `problems`, `queryProblems` and `reporter`,
-///    the journal's buffer, the metrics.
+///    (collections and links), the directory descriptors' table (`CollectionDirectories`), the
+///    layer's `answers`, `problems`, `queryProblems` and `reporter`, the journal's buffer, the metrics.
 /// The bridge's worker and builder take `state` holding none of their own; the layer takes the
 /// registry's tables only to look up or register, never around `state`. Everything a collection
 /// asks of its host (`CollectionHost`) takes only leaves.
@@ -39,9 +39,11 @@ final class Collection: @unchecked Sendable {
     /// Files without a vector file name that carry `user.vexfs.vector`: their writes must reach the
     /// bridge too. Guarded by its own lock so a write never waits for a batch.
     let attributeCarriers = Mutex<Set<FileName>>([])
-    /// The backing directory, held (O_PATH) for the collection's life: every file is reached
-    /// relative to it, so a rename of the directory, or of one above it, changes nothing here.
-    let directory: Int32
+    /// The backing directory: every file is reached relative to its descriptor, so a rename of the
+    /// directory, or of one above it, changes nothing here. The descriptor is closed while the
+    /// collection is idle and reopened from the directory's handle (see `CollectionDirectories`);
+    /// use it only inside `withDirectory`.
+    let directory: CollectionDirectories.Slot
     /// Who owned the directory when it became a collection: the count against their bound.
     let owner: uid_t
     /// Set while a snapshot is asked for and not yet begun.
@@ -75,8 +77,7 @@ final class Collection: @unchecked Sendable {
         var keywords: KeywordIndex?
     }
 
-    /// Takes over `directory`, a descriptor of the collection's directory.
-    init(key: UInt64, path: FileName, directory: Int32, owner: uid_t = 0, host: any CollectionHost, configuration: CollectionConfiguration) {
+    init(key: UInt64, path: FileName, directory: CollectionDirectories.Slot, owner: uid_t = 0, host: any CollectionHost, configuration: CollectionConfiguration) {
         self.key = key
         self.owner = owner
         self.host = host
@@ -85,7 +86,20 @@ final class Collection: @unchecked Sendable {
         state = Mutex(State(path: path))
     }
 
-    deinit { Glibc.close(directory) }
+    deinit { directory.release() }
+
+    /// Runs `body` with a descriptor of the directory, open until `body` returns (reopened if it was
+    /// closed while idle); nil when the directory cannot be reached: it is gone (the layer then
+    /// drops the collection at its next use), or no descriptor is free now. Takes only a leaf lock.
+    func withDirectory<R>(_ body: (Int32) -> R) -> R? {
+        switch directory.use(body) {
+        case .success(let r): return r
+        case .failure(let failure):
+            let why = failure.isGone ? "it is gone, or another directory is in its place" : String(cString: strerror(failure.errno))
+            host.log(problems: ["the directory of collection \(key) cannot be reopened: \(why)"])
+            return nil
+        }
+    }
 
     var indexDirectory: String { "\(configuration.stateRoot)/index/\(key)" }
 
@@ -100,8 +114,8 @@ final class Collection: @unchecked Sendable {
     /// big enough to stream are always returned so.
     /// `files` is the directory's listing when the caller has just made it.
     func open(deferring: Bool = false, files listed: [FileName]? = nil) -> (changed: Int, problems: [String], toRead: [FileName]) {
-        let result = state.withLock { s in
-            let dir = directory
+        // A directory that cannot be reopened changes nothing (why is logged).
+        guard let result = withDirectory({ dir in state.withLock { s in
             s.settings = CollectionSettings(reading: dir)
             var problems: [String] = []
             if s.settings.dimension != nil {
@@ -174,7 +188,7 @@ final class Collection: @unchecked Sendable {
             published(s)
             considerMeasuring(&s)
             return (changed, problems, toRead)
-        }
+        } }) else { return (0, [], []) }
         sendSoon()
         return result
     }
@@ -231,7 +245,9 @@ final class Collection: @unchecked Sendable {
 
     /// Makes the index agree with the file `name` as it is now.
     func refresh(_ name: FileName, _ s: inout State) {
-        guard !name.isQuery, let st = (try? StoreFiles.stat(directory, name)) else {
+        // A directory that cannot be reopened changes nothing: the next mount reads the file again.
+        guard let found = withDirectory({ try? StoreFiles.stat($0, name) }) else { return }
+        guard !name.isQuery, let st = found else {
             forget(name, &s)
             return
         }
@@ -257,9 +273,11 @@ final class Collection: @unchecked Sendable {
         }
         let parsed: Result<ParsedVectors, FormatError>?
         if StoreFiles.isRegular(st) {
-            let dir = directory
-            parsed = VectorParser.vectors(name: name, read: { limit in FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(dir, name, limit: limit) } },
-                                          attribute: { (try? StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute)) })
+            guard let read = withDirectory({ dir in
+                VectorParser.vectors(name: name, read: { limit in FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(dir, name, limit: limit) } },
+                                     attribute: { (try? StoreFiles.attribute(dir, name, SemanticLayer.vectorAttribute)) })
+            }) else { return }
+            parsed = read
         } else {
             // A symlink, a directory, a device: never read; a vector name says why it is not one.
             parsed = name.vectorFormat != nil ? .failure(FormatError(FormatError.notRegular(st.st_mode))) : nil
@@ -322,7 +340,7 @@ final class Collection: @unchecked Sendable {
     func index(forDimension d: Int, _ s: inout State) -> PersistentIndex? {
         if s.settings.dimension == nil, d <= VectorParser.maxDimension {
             s.settings.dimension = d
-            Setting.dimension(d).write(to: directory)
+            _ = withDirectory { Setting.dimension(d).write(to: $0) }
             host.log(problems: openIndex(&s))
         }
         return d == s.settings.dimension ? s.index : nil

@@ -69,8 +69,11 @@ extension Collection {
             }
         }
         for (name, r) in s.files where !r.passages.isEmpty && held[name.bytes] != Collection.keywordSignature(r) {
-            guard let st = (try? StoreFiles.stat(directory, name)), r.sameSignature(st),
-                  let text = try? StoreFiles.read(directory, name, limit: SemanticLayer.maxTextBytes),
+            let read = withDirectory { dir -> [UInt8]? in
+                guard let st = (try? StoreFiles.stat(dir, name)), r.sameSignature(st) else { return nil }
+                return try? StoreFiles.read(dir, name, limit: SemanticLayer.maxTextBytes)
+            }
+            guard let text = read ?? nil,
                   r.passages.last.map({ $0.upperBound <= text.count }) ?? true else { continue }
             putKeywords(name, r, text, &s)
         }

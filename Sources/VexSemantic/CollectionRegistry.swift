@@ -6,9 +6,10 @@ import Synchronization
 /// every name each indexed file has in them (a write through one hard link refreshes all). Both
 /// tables are leaves in the lock order: nothing is called while either is held.
 final class CollectionRegistry: Sendable {
-    /// Collections at most: each holds a descriptor of its directory, and users make directories
-    /// at will, so 10,000, or an eighth of what the process may open if that is less (three
-    /// quarters go to the store's idle inodes, the rest to open files).
+    /// Collections at most: users make directories at will, and where directories cannot be
+    /// reopened by handle each collection keeps a descriptor of its own (see
+    /// `CollectionDirectories`), so 10,000, or an eighth of what the process may open if that is
+    /// less (three quarters go to the store's idle inodes, the rest to open files).
     let maxCollections: Int
 
     init(maxCollections: Int = CollectionRegistry.defaultMaxCollections) { self.maxCollections = maxCollections }
@@ -61,9 +62,11 @@ final class CollectionRegistry: Sendable {
         }
     }
 
-    func remove(_ key: UInt64) -> Collection? {
+    /// Drops the collection under `key` (with `ifStill`, only if it is still that one).
+    func remove(_ key: UInt64, ifStill expected: Collection? = nil) -> Collection? {
         collections.withLock { table in
-            guard let c = table.byKey.removeValue(forKey: key) else { return nil }
+            guard let c = table.byKey[key], expected.map({ $0 === c }) ?? true else { return nil }
+            table.byKey[key] = nil
             table.byOwner[c.owner, default: 1] -= 1
             if table.byOwner[c.owner] == 0 { table.byOwner[c.owner] = nil }
             return c
@@ -111,7 +114,13 @@ extension SemanticLayer {
     /// `collectionsPerUser` already: one user must not take every collection, nor the
     /// descriptors they hold.
     func register(_ dir: DirectoryRef) -> (Collection, Bool)? {
-        if let c = existing(dir.key) { return (c, false) }
+        if let c = existing(dir.key) {
+            guard c.directory.isGone else { return (c, false) }
+            // Its directory was found gone at a reopen (removed, perhaps replaced by one that got
+            // its inode number, behind the mount's back): this directory gets a collection of its
+            // own, and the index under the key agrees with its files when it is opened.
+            if let gone = registry.remove(dir.key, ifStill: c) { gone.forgetAllLinks() }
+        }
         let shown = dir.path.isEmpty ? "." : dir.path.escaped
         guard registry.count < registry.maxCollections else {
             log(problems: ["\(shown): not a collection: there are \(registry.maxCollections) already"])
@@ -131,7 +140,7 @@ extension SemanticLayer {
             log(problems: ["\(shown): not a collection: it is on another filesystem than the store's root"])
             return nil
         }
-        let fresh = Collection(key: dir.key, path: dir.path, directory: fd, owner: st.st_uid, host: self, configuration: configuration)
+        let fresh = Collection(key: dir.key, path: dir.path, directory: directories.adopt(fd), owner: st.st_uid, host: self, configuration: configuration)
         switch registry.register(fresh, perOwner: st.st_uid == 0 ? nil : collectionsPerUser) {
         case .registered(let c, let made): return (c, made)
         case .ownerFull:

@@ -111,11 +111,13 @@ extension Collection {
     /// Vector and keyword answers both go through it.
     func admission(requester: Caller, options: QueryOptions, admissions: Admissions) -> (FileName, UInt64) -> Bool {
         let mustCheck = !requester.seesEverything, filtered = !options.conditions.isEmpty
-        let dir = directory
         return { [self] (name: FileName, inode: UInt64) -> Bool in
             if let known = admissions.judged[name] { return known }
             var ok = true
-            if mustCheck { ok = (try? StoreFiles.stat(dir, name)).map(StoreFiles.isRegular) == true && StoreFiles.mayAccess(dir, name, R_OK) }
+            // A directory that cannot be reopened admits nothing.
+            if mustCheck {
+                ok = withDirectory { dir in (try? StoreFiles.stat(dir, name)).map(StoreFiles.isRegular) == true && StoreFiles.mayAccess(dir, name, R_OK) } ?? false
+            }
             if ok && filtered { ok = options.admits(name) { key, limit in tag(key, of: name, inode: inode, limit: limit) } }
             admissions.judged[name] = ok
             return ok
@@ -166,7 +168,8 @@ extension Collection {
             return known.flatMap { $0.count <= limit ? $0 : nil }
         }
         // Values longer than a filter can hold never match one: not kept.
-        let value = (try? StoreFiles.attribute(directory, name, key, limit: QueryOptions.maxFilterBytes))
+        guard let read = withDirectory({ try? StoreFiles.attribute($0, name, key, limit: QueryOptions.maxFilterBytes) }) else { return nil }
+        let value = read
         tags.withLock { table in
             if table.count >= Collection.maxTags { table.removeAll() }
             table[inode, default: [:]][key] = .some(value)

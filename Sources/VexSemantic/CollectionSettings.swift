@@ -124,12 +124,16 @@ extension Collection {
         // A change that re-reads every file is made beside the index in use (`rebuildBeside`),
         // even when it looks like no change: one asked before may not have landed yet.
         let rebuilding: (@Sendable (inout State) -> Void)? = try state.withLock { (s) throws(SemanticError) in
+            // Kept on the directory: a setting that cannot be written there is not taken.
+            func write() throws(SemanticError) {
+                guard withDirectory({ setting.write(to: $0) }) != nil else { throw .overloaded("the collection's directory cannot be reopened now") }
+            }
             switch setting {
             case .metric, .embed:
-                setting.write(to: directory)
+                try write()
                 return { $0.settings.apply(setting) }
             case .recall(let r):
-                setting.write(to: directory)
+                try write()
                 s.settings.recall = r
                 s.index?.recallTarget = r
                 s.measuredAt = 0
@@ -138,7 +142,7 @@ extension Collection {
             case .dimension(let d):
                 guard d != s.settings.dimension else { return nil }
                 guard s.files.values.allSatisfy({ $0.rows == 0 }) else { throw .busy("the collection holds vectors of dimension \(s.settings.dimension ?? 0)") }
-                setting.write(to: directory)
+                try write()
                 s.settings.dimension = d
                 rebuild(&s)
                 return nil
@@ -190,7 +194,8 @@ extension Collection {
 
     /// Every file a re-index reads: those in the catalog, and the text files of the directory.
     func indexedNames(_ s: borrowing State) -> Set<FileName> {
-        Set(s.files.keys).union(((try? StoreFiles.entries(directory)) ?? ([], [])).files.filter { isText($0, s) })
+        let listed: (files: [FileName], directories: [FileName])? = withDirectory({ try? StoreFiles.entries($0) }) ?? nil
+        return Set(s.files.keys).union((listed?.files ?? []).filter { isText($0, s) })
     }
 
     /// Throws the index away and reads every file again (a new dimension, while nothing is indexed).

@@ -50,7 +50,9 @@ extension Collection {
     func startStream(_ name: FileName, _ format: VectorFormat, _ record: inout FileRecord, replacing old: FileRecord?,
                              _ s: inout State) -> StreamJob? {
         let input: VectorStream
-        do { input = try VectorStream(directory, name, format) } catch {
+        let opened = withDirectory { dir in Result { () throws(FormatError) in try VectorStream(dir, name, format) } }
+            ?? .failure(FormatError("the directory cannot be reopened now"))
+        do { input = try opened.get() } catch {
             record.status = "not indexed: \(error)"
             release(old, &s)
             return nil
@@ -142,7 +144,7 @@ extension Collection {
     /// such a file (then it is applied the usual way).
     func applyStreamed(_ name: FileName) -> Bool {
         let begun = state.withLock { s -> (job: StreamJob?, record: FileRecord)? in
-            guard !name.isQuery, let st = (try? StoreFiles.stat(directory, name)), StoreFiles.isRegular(st), !isText(name, s),
+            guard !name.isQuery, let st = withDirectory({ try? StoreFiles.stat($0, name) }) ?? nil, StoreFiles.isRegular(st), !isText(name, s),
                   let format = configuration.streamedFormat(name, st) else { return nil }
             if let r = s.files[name], r.sameSignature(st) { return (nil, r) }
             var record = FileRecord(st)

@@ -62,7 +62,8 @@ extension Collection {
     /// `embedded`); until then it holds none, and its status says so.
     func readText(_ name: FileName, _ st: stat, _ record: inout FileRecord, _ s: inout State) {
         let text: [UInt8]
-        switch FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(directory, name, limit: SemanticLayer.maxTextBytes) } {
+        let read = withDirectory { dir in FormatError.reading { () throws(ReadRefusal) in try StoreFiles.read(dir, name, limit: SemanticLayer.maxTextBytes) } }
+        switch read ?? .failure(FormatError("the directory cannot be reopened now")) {
         case .failure(let e):
             record.status = "not indexed: \(e)"
             return
@@ -98,7 +99,7 @@ extension Collection {
                 return false
             case .success(let vectors):
                 s.embedding[name] = nil
-                guard let st = (try? StoreFiles.stat(directory, name)) else { return false }
+                guard let st = withDirectory({ try? StoreFiles.stat($0, name) }) ?? nil else { return false }
                 // Changed since it was read: a write is read again at its close, but a chmod or an
                 // attribute set after the write (cp -p) is no write. Read again now; the passages
                 // that did not change come back from the embedding cache.

@@ -142,7 +142,7 @@ extension SemanticLayer {
     /// holds 262,144 vectors of dimension 1): the bridge's builder does it, so the worker that
     /// every other collection's changes (and the questions that wait for them) need stays free.
     func isLong(_ event: Bridge.Event) -> Bool {
-        guard let c = existing(event.key.collection), let st = (try? StoreFiles.stat(c.directory, event.key.name)) else { return false }
+        guard let c = existing(event.key.collection), let st = c.withDirectory({ try? StoreFiles.stat($0, event.key.name) }) ?? nil else { return false }
         return configuration.streamedFormat(event.key.name, st) != nil
             || (StoreFiles.isRegular(st) && event.key.name.vectorFormat != nil && Int(st.st_size) >= configuration.longFileBytes)
     }

@@ -3,9 +3,10 @@
 // its index), the parsing of vector files, the bridge that carries the filesystem's events to the
 // indexes in batches, the answers to the `user.vexfs.*` attributes, text files sent to VexEmbed and
 // their vectors taken back, the semantic journal and the reconciliation at mount. It reads STORE only
-// through descriptors (a collection holds its directory's; a request lends the file's), never by a
-// path rebuilt from names and never through the mount (the daemon must not call into itself). The
-// files are the truth: a collection's index and catalog are rebuilt from them whenever they disagree.
+// through descriptors (a collection's directory's, closed while idle and reopened by handle; a
+// request lends the file's), never by a path rebuilt from names and never through the mount (the
+// daemon must not call into itself). The files are the truth: a collection's index and catalog are
+// rebuilt from them whenever they disagree.
 //
 // Where things are:
 // - SemanticLayer.swift (this file): the facade FUSE holds, its state, mount and unmount.
@@ -13,6 +14,7 @@
 // - SemanticAttributes.swift: computed attributes out (status, dim, settings, query options).
 // - QueryEngine.swift: knn answers: scope, vectors of the question, search, paging, the answer cache.
 // - CollectionRegistry.swift: the collections by directory inode, and the hard-link table.
+// - CollectionDirectories.swift: the collections' directory descriptors, a bounded set.
 // - Collection*.swift: one directory's index and catalog (CollectionHost.swift: what it asks of us).
 // - Bridge.swift, CollectionWorker.swift: the threads that apply changes, link, tune and snapshot.
 // - VectorFormats.swift, VectorStream.swift, QueryOptions.swift, FileName.swift: formats and names.
@@ -68,6 +70,8 @@ public final class SemanticLayer: @unchecked Sendable {
     private let stopping = Atomic<Bool>(false)
     var isStopping: Bool { stopping.load(ordering: .acquiring) }
     let registry = CollectionRegistry()
+    /// The collections' directory descriptors: at most `openCollections` open (see `CollectionDirectories`).
+    let directories: CollectionDirectories
     /// How many questions a user may have running, and for how long each.
     let budget: QueryBudget
     /// Collections whose directories one user other than root may own.
@@ -97,7 +101,8 @@ public final class SemanticLayer: @unchecked Sendable {
                 maxQueriesPerUser: Int = SemanticOptions.defaultMaxQueriesPerUser, querySeconds: Double = SemanticOptions.defaultQuerySeconds,
                 collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, indexMiBPerUser: Int? = nil,
                 stateMiBPerUser: Int? = nil, sharedID: String? = nil,
-                stateDirectory: String? = nil, flockAcrossMachines: Bool = false, keywords: Bool = true) {
+                stateDirectory: String? = nil, flockAcrossMachines: Bool = false, keywords: Bool = true,
+                openCollections: Int? = nil) {
         self.storeRoot = storeRoot
         self.collectionsPerUser = collectionsPerUser
         indexMemory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / 2
@@ -134,6 +139,7 @@ public final class SemanticLayer: @unchecked Sendable {
         rootFD = Glibc.open(storeRoot, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
         var rootStat = stat()
         storeDevice = fstat(rootFD, &rootStat) == 0 ? UInt64(rootStat.st_dev) : 0
+        directories = CollectionDirectories(root: rootFD, bound: openCollections ?? CollectionDirectories.defaultBound)
         mkdir(stateRoot, 0o700)
         mkdir(stateRoot + "/index", 0o700)
         journal = Journal(directory: stateRoot + "/journal")
@@ -301,6 +307,11 @@ public final class SemanticLayer: @unchecked Sendable {
     public func refreshGauges() {
         let all = registry.all
         metrics.collections.set(all.count)
+        let dirs = directories.counts
+        metrics.collectionDirectoriesOpen.set(dirs.open)
+        metrics.collectionDirectoriesBound.set(directories.bound)
+        metrics.collectionDirectoriesKept.set(dirs.kept)
+        metrics.collectionDirectoriesReopened.set(dirs.reopened)
         metrics.vectors.set(all.reduce(0) { $0 + $1.vectorCount.load(ordering: .relaxed) })
         metrics.depth.set(bridge.depth)
         metrics.journalBytes.set(journal.size)

@@ -12,6 +12,12 @@ public final class SemanticMetrics: Sendable {
     let cached: Counter
     let bridge: Bridge.Counters
     let collections: Meter
+    /// Collections' directory descriptors: open now (in the bounded set), its bound, those kept
+    /// open for good because handles are refused, and reopens so far.
+    let collectionDirectoriesOpen: Meter
+    let collectionDirectoriesBound: Meter
+    let collectionDirectoriesKept: Meter
+    let collectionDirectoriesReopened: Meter
     let vectors: Meter
     let depth: Meter
     let journalBytes: Meter
@@ -35,6 +41,10 @@ public final class SemanticMetrics: Sendable {
         cached = Counter(label: "vexfs_query_cached_total", dimensions: [], factory: factory)
         bridge = Bridge.Counters(factory: factory)
         collections = Meter(label: "vexfs_collections", dimensions: [], factory: factory)
+        collectionDirectoriesOpen = Meter(label: "vexfs_collection_dirs_open", dimensions: [], factory: factory)
+        collectionDirectoriesBound = Meter(label: "vexfs_collection_dirs_bound", dimensions: [], factory: factory)
+        collectionDirectoriesKept = Meter(label: "vexfs_collection_dirs_kept", dimensions: [], factory: factory)
+        collectionDirectoriesReopened = Meter(label: "vexfs_collection_dirs_reopened", dimensions: [], factory: factory)
         vectors = Meter(label: "vexfs_index_vectors", dimensions: [], factory: factory)
         depth = Meter(label: "vexfs_bridge_queue_depth", dimensions: [], factory: factory)
         journalBytes = Meter(label: "vexfs_journal_bytes", dimensions: [], factory: factory)

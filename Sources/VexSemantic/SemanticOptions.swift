@@ -29,6 +29,10 @@ public struct SemanticOptions: Sendable, Equatable {
     /// `max_user_collections=N`: collections whose directories one user other than root may own.
     public var collectionsPerUser = SemanticOptions.defaultCollectionsPerUser
     public static let defaultCollectionsPerUser = 1000
+    /// `open_collections=N`: collections' directory descriptors kept open at most, the least
+    /// recently used closed first (see `CollectionDirectories`; nil: a sixteenth of the descriptor
+    /// limit as the mount raised it, at most 4,096).
+    public var openCollections: Int?
     /// `max_user_index_mb=N`: index memory the collections of one user other than root may hold
     /// (nil: half of the mount's, which is half of the machine's memory).
     public var indexMiBPerUser: Int?
@@ -87,6 +91,9 @@ public struct SemanticOptions: Sendable, Equatable {
         case "max_user_collections":
             guard let value, let n = Int(value), (1...10_000).contains(n) else { throw BadValue() }
             collectionsPerUser = n
+        case "open_collections":
+            guard let value, let n = Int(value), (1...1_000_000).contains(n) else { throw BadValue() }
+            openCollections = n
         case "max_user_index_mb", "max_user_state_mb":
             guard let value, let n = Int(value), (1...(1 << 30)).contains(n) else { throw BadValue() }
             if key == "max_user_index_mb" { indexMiBPerUser = n } else { stateMiBPerUser = n }

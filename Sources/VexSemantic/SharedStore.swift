@@ -384,10 +384,7 @@ extension SemanticLayer {
     func takeLeases() {
         guard let sharing else { return }
         // A collection whose directory another mount removed goes here too (no line need say so).
-        for c in registry.all {
-            var st = stat()
-            if fstat(c.directory, &st) == 0 && st.st_nlink == 0 { collectionGone(c.key) }
-        }
+        for c in registry.all where c.directory.isUnlinked { collectionGone(c.key) }
         let all = registry.all
         let keys = Set(all.map(\.key))
         for (key, fd) in sharing.leaseFiles where !keys.contains(key) {
@@ -429,9 +426,8 @@ extension SemanticLayer {
     @discardableResult func collectionGone(_ key: UInt64) -> Bool {
         guard let sharing else { return true }
         if let c = existing(key) {
-            var st = stat()
             // Another mount's word is only a hint: the directory decides.
-            guard fstat(c.directory, &st) == 0, st.st_nlink == 0 else { return true }
+            guard c.directory.isUnlinked else { return true }
             bridge.settle(key)
             if let c = registry.remove(key) {
                 c.forgetAllLinks()
@@ -603,8 +599,10 @@ extension SemanticLayer {
 
 extension Collection {
     /// The files of the directory that differ from the catalog (changed, new and indexable, gone);
-    /// nil while a long build holds the collection.
-    func foreignChanges() -> [FileName]? {
+    /// nil while a long build holds the collection, or while its directory cannot be reopened.
+    func foreignChanges() -> [FileName]? { withDirectory { foreignChanges(in: $0) } ?? nil }
+
+    private func foreignChanges(in directory: Int32) -> [FileName]? {
         let listed = ((try? StoreFiles.entries(directory)) ?? ([], [])).files
         return state.withLockIfAvailable { s in
             var out: [FileName] = []
@@ -626,7 +624,7 @@ extension Collection {
     /// beside the index in use, a new dimension (only while nothing is indexed) rebuilds, a recall
     /// target is taken as it is.
     func adoptSettings() {
-        let now = CollectionSettings(reading: directory)
+        guard let now = withDirectory({ CollectionSettings(reading: $0) }) else { return }
         let rebuilding: (@Sendable (inout State) -> Void)? = state.withLock { s in
             if now.recall != s.settings.recall {
                 s.settings.recall = now.recall

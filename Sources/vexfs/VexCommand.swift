@@ -49,7 +49,7 @@ struct Mount: ParsableCommand {
         clone_fd, no_clone_fd, killpriv, no_killpriv, io_uring, no_io_uring, attr_timeout=S, entry_timeout=S, negative_timeout=S, \
         timeout=S, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, \
         index=auto|auto:N|flat|hnsw, hnsw_m=N, ef_construction=N, ef_search=N, embedder=URL, \
-        embed_model=NAME, embed_query_model=NAME, embed_chunk=N, embed_batch=N, keywords=on|off, max_user_queries=N, query_seconds=S, max_user_collections=N, max_user_index_mb=N, max_user_state_mb=N, \
+        embed_model=NAME, embed_query_model=NAME, embed_chunk=N, embed_batch=N, keywords=on|off, max_user_queries=N, query_seconds=S, max_user_collections=N, open_collections=N, max_user_index_mb=N, max_user_state_mb=N, \
         log_level=LEVEL; anything else \
         (allow_other, ro, ...) goes to the kernel mount.
         """)
@@ -168,7 +168,8 @@ struct Mount: ParsableCommand {
                                              indexMiBPerUser: mountOptions.semantic.indexMiBPerUser,
                                              stateMiBPerUser: mountOptions.semantic.stateMiBPerUser,
                                              sharedID: sharedID, stateDirectory: stateDirectory,
-                                             flockAcrossMachines: mountOptions.forwardsFlock, keywords: mountOptions.semantic.keywords)
+                                             flockAcrossMachines: mountOptions.forwardsFlock, keywords: mountOptions.semantic.keywords,
+                                             openCollections: mountOptions.semantic.openCollections)
                 // Progress goes to a service manager (STATUS=), to a person at the terminal of a
                 // foreground mount (one line redrawn), else to the log.
                 notifier?.status("reconciling \(storePath)")

@@ -21,5 +21,7 @@ int vx_thread_restore_capabilities(const uint32_t saved[6]);
 /// Sets the calling thread's filesystem gid alone (no capability moves with it) and returns the
 /// one it had.
 gid_t vx_thread_set_fsgid(gid_t gid);
+/// Sets this thread's filesystem uid; returns the previous one ((uid_t)-1 only reads it).
+uid_t vx_thread_set_fsuid(uid_t uid);
 
 #endif
