@@ -95,6 +95,28 @@ import VexTestSupport
         #expect(low.recall >= 0.8 && high.recall >= 0.97)
     }
 
+    @Test func queriesUnlikeTheCalibrationSampleWalkBroader() throws {
+        // Queries from clusters twice as wide as the rows': their 10th neighbour is farther than
+        // nearly every held-out row's, and the breadth chosen on those rows is too narrow for them.
+        var rng = SplitMix64(state: 89)
+        let far = clusteredSet(count: 400, dimension: Self.dim, clusters: 12, seed: 79).map { v in
+            v.map { ($0 + Float.random(in: -0.5...0.5, using: &rng)) * 0.6 }
+        }
+        let all = Self.data(11_000, seed: 73)
+        let rows = Array(all[..<10_000]), like = Array(all[10_000...])
+        let index = try build(rows, target: 0.9, parameters: Self.sound)
+        let m = try #require(index.measurement)
+        #expect(m.reach != nil, "\(m)")
+        var table: [UInt64: [Float]] = [:]
+        for (i, v) in rows.enumerated() { table[UInt64(i)] = v }
+        // A breadth named by the asker is walked as named; the default one widens past the reach.
+        let (farNamed, farDefault) = (try heldOutRecall(index, table, far, ef: m.ef), try heldOutRecall(index, table, far))
+        #expect(farDefault >= 0.9 && farDefault > farNamed + 0.03, "far queries: \(farDefault) by default, \(farNamed) at ef \(m.ef)")
+        // Queries like the rows mostly walk once: their recall is the target's, not far above.
+        let (likeNamed, likeDefault) = (try heldOutRecall(index, table, like, ef: m.ef), try heldOutRecall(index, table, like))
+        #expect(likeDefault - likeNamed < 0.03 && likeDefault <= 0.96, "like the rows: \(likeDefault) by default, \(likeNamed) at ef \(m.ef)")
+    }
+
     @Test func theGraphIsCalibratedAgainOnlyOnceItHasGrownByHalf() throws {
         let rows = Self.data(16_000, seed: 47)
         let index = try build(Array(rows[..<8000]), target: 0.9)
@@ -182,6 +204,14 @@ import VexTestSupport
         #expect(RecallMeasurement(section: never.encoded) == never)
         let asked = RecallMeasurement(ef: 120, recall: 0.955, vectors: 9000, target: 0.95, sample: .asked, optimism: -0.002)
         #expect(RecallMeasurement(section: asked.encoded) == asked)
+        let reaching = RecallMeasurement(ef: 32, recall: 0.961, vectors: 50_000, target: 0.95, sample: .heldOut, optimism: 0.01, reach: 0.497)
+        #expect(RecallMeasurement(section: reaching.encoded) == reaching)
+        // The last version's section has no reach: its searches never walk broader.
+        let noReach = RecallMeasurement(ef: 32, recall: 0.961, vectors: 50_000, target: 0.95, sample: .heldOut, optimism: 0.01)
+        #expect(RecallMeasurement(section: Array(reaching.encoded.prefix(37))) == noReach)
+        var negative = reaching.encoded
+        negative.replaceSubrange(37..<41, with: withUnsafeBytes(of: Float(-1).bitPattern.littleEndian) { Array($0) })
+        #expect(RecallMeasurement(section: negative) == nil)
         // An older version's section (measured on the graph's own vectors only) is measured again.
         #expect(RecallMeasurement(section: Array(m.encoded.prefix(28))) == nil)
         var bad = m.encoded
