@@ -167,7 +167,9 @@ import VexTestSupport
         #expect(!tuned.heldOut && tuned.optimism == calibrated.optimism)
         var table: [UInt64: [Float]] = [:]
         for (i, v) in rows.enumerated() { table[UInt64(i)] = v }
-        let recall = try heldOutRecall(index, table, queries)
+        // The breadth the tuner chose, as named (queries past the reach walk broader than it by
+        // default, which lifts the mean above the band on clustered data: BENCHMARKS.md).
+        let recall = try heldOutRecall(index, table, queries, ef: tuned.ef)
         #expect(recall >= 0.92 - 0.015 && recall <= 0.92 + 0.035, "held-out recall@10 \(recall) at ef \(tuned.ef) (calibrated \(calibrated.ef))")
     }
 
