@@ -109,9 +109,9 @@ def wait_for_calibration_on_queries_asked(c):
 def test_the_rarest_words_asked_of_the_most_frequent(make_mount, tmp_path):
     """GloVe is ordered by frequency: the first WORDS words copied in, the last QUERIES asked. The
     build holds out the file's last rows as one of its calibration groups, the rarest it has; the
-    words asked are rarer still, so the first answers may fall short (BENCHMARKS.md, "Recall set
-    against recall measured"): that shortfall is reported, not hidden. Once the collection has
-    calibrated on the queries asked, and after a remount, the recall is the target's."""
+    words asked are rarer still, unlike any row it calibrated on (at the breadth chosen, recall@10
+    about 0.7), and walk broader than the breadth from the first answer on. Once the collection has
+    calibrated on the queries asked, and after a remount, the recall is the target's too."""
     words = glove_words()
     base, queries = words[:WORDS], words[len(words) - QUERIES:]
     truth = exact_cosine(base, queries)
@@ -123,6 +123,7 @@ def test_the_rarest_words_asked_of_the_most_frequent(make_mount, tmp_path):
     assert "on held-out vectors" in first_index and "target 0.95" in first_index, first_index
     # The first 400 only: the 400th has the collection calibrate on the queries asked.
     first = recall_through_getxattr(c, queries[:400], truth[:400])
+    assert 0.95 - BELOW <= first <= 0.95 + ABOVE, (first, first_index)
     index = wait_for_calibration_on_queries_asked(c)
     assert "on queries asked" in index and "target 0.95" in index, index
     calibrated = recall_through_getxattr(c, queries, truth)
@@ -134,5 +135,3 @@ def test_the_rarest_words_asked_of_the_most_frequent(make_mount, tmp_path):
     again = recall_through_getxattr(c, queries, truth)
     assert 0.95 - BELOW <= again <= 0.95 + ABOVE, (again, index)
     m.unmount()
-    if not 0.95 - BELOW <= first <= 0.95 + ABOVE:
-        pytest.xfail(f"first answer before any query was asked: recall@10 {first:.3f} ({first_index})")

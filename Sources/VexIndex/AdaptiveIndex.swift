@@ -74,6 +74,9 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     private let tuned = Mutex<RecallMeasurement?>(nil)
     /// `tuned`'s ef, read by every search without a lock; 0 until measured.
     private let tunedEf = Atomic<Int>(0)
+    /// `tuned`'s reach, as its bit pattern (NaN: none): a search at the tuned breadth whose 10th
+    /// answer is farther walks broader.
+    private let tunedReach = Atomic<UInt32>(Float.nan.bitPattern)
     /// The last queries asked at the default breadth, kept while `askedDue` (a calibration on
     /// them is wanted): the sample of the distribution queries really come from.
     private let asked = Mutex<AskedQueries>(AskedQueries())
@@ -121,6 +124,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         if let m = measured, index is HNSWIndex {
             tuned.withLock { $0 = m }
             tunedEf.store(m.ef, ordering: .relaxed)
+            tunedReach.store((m.reach ?? .nan).bitPattern, ordering: .relaxed)
         }
     }
 
@@ -383,7 +387,15 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         if ef == nil && filter.excluding == nil && filter.accept == nil && measured > 0 && askedDue.load(ordering: .relaxed) == 1 {
             keepAsked(query)
         }
-        var found = try active.search(query, k: min(k + beingLinked.count, 1000), ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
+        let now = active, wanted = min(k + beingLinked.count, 1000)
+        var found: [Neighbor]
+        // At the measured breadth, a query unlike those it was measured on walks broader.
+        let reach = Float(bitPattern: tunedReach.load(ordering: .relaxed))
+        if ef == nil && measured > 0 && !reach.isNaN, let graph = now as? HNSWIndex {
+            found = try graph.search(query, k: wanted, ef: measured, filter: filter, avoiding: nil, widenBeyond: reach)
+        } else {
+            found = try now.search(query, k: wanted, ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
+        }
         if !beingLinked.isEmpty { found.removeAll { beingLinked.contains($0.label) } }
         if found.count > k { found.removeLast(found.count - k) }
         guard !waiting.isEmpty else { return found }
@@ -425,6 +437,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     private func keep(_ m: RecallMeasurement) {
         tuned.withLock { $0 = m }
         tunedEf.store(m.ef, ordering: .relaxed)
+        tunedReach.store((m.reach ?? .nan).bitPattern, ordering: .relaxed)
         // Any measurement but one on queries asked wants the queries' own next (they may differ
         // from the collection's vectors).
         if m.sample != .asked { askedDue.store(1, ordering: .relaxed) }

@@ -14,7 +14,9 @@ public enum RecallSampleKind: UInt8, Sendable {
 /// What a graph's recall measurement found: the search breadth chosen, the recall@10 it gave on the
 /// sample, what the sample was, and the size of the graph when measured. `optimism`: how much the
 /// graph's own vectors, asked as if new, overstated held-out recall at this breadth when last
-/// calibrated (nil: never calibrated).
+/// calibrated (nil: never calibrated). `reach`: the distance (as users see it) of the walk's 10th
+/// answer at that breadth that `HNSWIndex.reachQuantile` of the sample stay within; a query whose
+/// 10th answer is farther walks broader (`HNSWIndex.search(widenBeyond:)`; nil: never).
 public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
     public let ef: Int
     public let recall: Double
@@ -22,13 +24,15 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
     public let target: Double
     public let sample: RecallSampleKind
     public let optimism: Double?
-    init(ef: Int, recall: Double, vectors: Int, target: Double, sample: RecallSampleKind, optimism: Double?) {
+    public let reach: Float?
+    init(ef: Int, recall: Double, vectors: Int, target: Double, sample: RecallSampleKind, optimism: Double?, reach: Float? = nil) {
         self.ef = ef
         self.recall = recall
         self.vectors = vectors
         self.target = target
         self.sample = sample
         self.optimism = optimism
+        self.reach = reach
     }
 
     /// Measured on vectors the graph did not hold when it answered them.
@@ -38,21 +42,23 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
     var encoded: [UInt8] {
         var w = ByteWriter()
         w.put(UInt32(ef)); w.put(recall.bitPattern); w.put(UInt64(vectors)); w.put(target.bitPattern)
-        w.put(sample.rawValue); w.put((optimism ?? .nan).bitPattern)
+        w.put(sample.rawValue); w.put((optimism ?? .nan).bitPattern); w.put((reach ?? .nan).bitPattern)
         return w.bytes
     }
 
-    /// Read back from a TUNE section; nil when it is not one this version wrote (it is then measured
-    /// again; an older version's was measured on the graph's own vectors only).
+    /// Read back from a TUNE section; nil when it is not one this version or the last wrote (it is
+    /// then measured again; an older version's was measured on the graph's own vectors only). The
+    /// last version's has no reach: its queries never walk broader until the next measurement.
     init?(section bytes: [UInt8]?) {
-        guard let bytes, bytes.count == 37 else { return nil }
+        guard let bytes, bytes.count == 37 || bytes.count == 41 else { return nil }
         var r = ByteReader(bytes)
         guard let ef = try? r.get(UInt32.self), let recall = try? r.get(UInt64.self), let vectors = try? r.get(UInt64.self),
               let target = try? r.get(UInt64.self), let held = try? r.get(UInt8.self), let optimism = try? r.get(UInt64.self) else { return nil }
         let (rc, t, o) = (Double(bitPattern: recall), Double(bitPattern: target), Double(bitPattern: optimism))
+        let reach = bytes.count == 41 ? (try? r.get(UInt32.self)).map { Float(bitPattern: $0) } ?? .nan : .nan
         guard (1...4096).contains(ef), (0...1).contains(rc), (0...1).contains(t), let kind = RecallSampleKind(rawValue: held),
-              o.isNaN || (-1...1).contains(o), let n = Int(exactly: vectors) else { return nil }
-        self.init(ef: Int(ef), recall: rc, vectors: n, target: t, sample: kind, optimism: o.isNaN ? nil : o)
+              o.isNaN || (-1...1).contains(o), reach.isNaN || (reach.isFinite && reach >= 0), let n = Int(exactly: vectors) else { return nil }
+        self.init(ef: Int(ef), recall: rc, vectors: n, target: t, sample: kind, optimism: o.isNaN ? nil : o, reach: reach.isNaN ? nil : reach)
     }
 
     public var description: String {
@@ -62,7 +68,8 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
         case .heldOut: "on held-out vectors"
         case .asked: "on queries asked"
         }
-        return "ef \(ef) (recall@10 \(r) measured \(asked) at \(vectors) vectors, target \(target))"
+        let wider = reach.map { "; broader for queries whose 10th answer is past distance \(($0 * 1000).rounded() / 1000)" } ?? ""
+        return "ef \(ef) (recall@10 \(r) measured \(asked) at \(vectors) vectors, target \(target)\(wider))"
     }
 }
 
@@ -122,7 +129,36 @@ extension HNSWIndex {
 
     /// Recall@10 of each of `queries` (prepared rows) at breadth `ef` against `truths`; a node in
     /// `avoiding` is walked around as if not in the graph.
-    func recalls(_ queries: UnsafePointer<Float>, _ truths: [Set<UInt64>], ef: Int, excluding: [UInt64]? = nil,
+    /// The share of a calibration sample whose walk's 10th answer `reach` stays within: one query
+    /// in twenty of the sampled kind walks broader than the breadth chosen, and queries unlike the
+    /// sample (GloVe-50's rarest words asked of its most frequent: nine in ten beyond it) do.
+    static let reachQuantile = 0.95
+
+    /// The distance the walk's 10th answer at breadth `ef` stays within for `reachQuantile` of
+    /// `count` prepared query rows (nil: too few answers), searched as `recalls` searches them.
+    func reach(_ queries: UnsafePointer<Float>, count n: Int, ef: Int, limit: Int, excluding: [UInt64]? = nil, avoiding: [UInt32]? = nil,
+               threads: Int = 1) -> Float? {
+        let out = UnsafeMutablePointer<Float>.allocate(capacity: n)
+        defer { out.deallocate() }
+        let (q, slots) = (UnsafeSendable(queries), UnsafeSendable(out))
+        let next = Atomic<Int>(0)
+        runParallel(max(1, min(threads, n / 16))) { [self] in
+            while true {
+                let i = next.add(1, ordering: .relaxed).oldValue
+                if i >= n { break }
+                let query = UnsafeBufferPointer(start: UnsafePointer(q.pointer) + i * dimension, count: dimension)
+                let got = (try? search(query, k: HNSWIndex.reachRank, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i],
+                                       nodesBelow: limit)) ?? []
+                slots.pointer[i] = got.count == HNSWIndex.reachRank ? got[HNSWIndex.reachRank - 1].distance : .nan
+            }
+        }
+        let tenths = UnsafeBufferPointer(start: out, count: n).filter { !$0.isNaN }.sorted()
+        guard tenths.count >= 20 else { return nil }
+        return tenths[min(tenths.count - 1, Int((Double(tenths.count) * HNSWIndex.reachQuantile).rounded(.down)))]
+    }
+
+    /// `limit`: the nodes the exact answers were taken over (the walk sees no others).
+    func recalls(_ queries: UnsafePointer<Float>, _ truths: [Set<UInt64>], ef: Int, limit: Int, excluding: [UInt64]? = nil,
                  avoiding: [UInt32]? = nil, threads: Int = 1) -> [Double] {
         let n = truths.count
         let out = UnsafeMutablePointer<Double>.allocate(capacity: n)
@@ -134,7 +170,8 @@ extension HNSWIndex {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 if i >= n { break }
                 let query = UnsafeBufferPointer(start: UnsafePointer(q.pointer) + i * dimension, count: dimension)
-                let got = (try? search(query, k: 10, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i])) ?? []
+                let got = (try? search(query, k: 10, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i],
+                                     nodesBelow: limit)) ?? []
                 slots.pointer[i] = truths[i].isEmpty ? 1 : Double(got.filter { truths[i].contains($0.label) }.count) / Double(truths[i].count)
             }
         }
@@ -183,8 +220,9 @@ extension HNSWIndex {
         let truths = nearest.map { Set($0.map(\.label)) }
         let (ef, sample) = prepared.withUnsafeBufferPointer { q in
             HNSWIndex.smallestEf(passing: { $0.lowerBound >= target },
-                                 recallAt: { RecallSample(weakestOf: recalls(q.baseAddress!, truths, ef: $0, threads: threads), parts: groups) })
+                                 recallAt: { RecallSample(weakestOf: recalls(q.baseAddress!, truths, ef: $0, limit: limit, threads: threads), parts: groups) })
         }
+        let reach = prepared.withUnsafeBufferPointer { q in self.reach(q.baseAddress!, count: held.count, ef: ef, limit: limit, threads: threads) }
         try heldRows.withUnsafeBufferPointer { (p) throws(IndexError) in try insert(batch: heldLabels, vectors: p, threads: threads) }
 
         // The same rows as the graph's own vectors: their answers now may hold the other held-out
@@ -203,13 +241,16 @@ extension HNSWIndex {
             }
         }
         let nodes = writer.withLock { s in heldLabels.map { s.nodeOfLabel[$0] } }
-        guard nodes.allSatisfy({ $0 != nil }) else { return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: nil) }
+        guard nodes.allSatisfy({ $0 != nil }) else {
+            return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: nil, reach: reach)
+        }
         // A self-measurement asks nodes drawn from the whole graph, like the first group: what it
         // finds there, less the recall the breadth was chosen for, is what it overstates.
         let own = prepared.withUnsafeBufferPointer { q in
-            RecallSample(Array(recalls(q.baseAddress!, after, ef: ef, excluding: heldLabels, avoiding: nodes.map { $0! }, threads: threads)[groups[0]]))
+            RecallSample(Array(recalls(q.baseAddress!, after, ef: ef, limit: published.load(ordering: .acquiring), excluding: heldLabels, avoiding: nodes.map { $0! }, threads: threads)[groups[0]]))
         }
-        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: own.mean - sample.mean)
+        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: own.mean - sample.mean,
+                                 reach: reach)
     }
 
     /// Chooses the breadth for `target` on `count` queries the collection was asked (rows of
@@ -233,9 +274,10 @@ extension HNSWIndex {
         defer { vectors.releaseAll() }
         let (ef, sample) = prepared.withUnsafeBufferPointer { q in
             HNSWIndex.smallestEf(passing: { $0.lowerBound >= target },
-                                 recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, threads: threads)) })
+                                 recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, limit: limit, threads: threads)) })
         }
-        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: self.count, target: target, sample: .asked, optimism: optimism)
+        let reach = prepared.withUnsafeBufferPointer { q in self.reach(q.baseAddress!, count: count, ef: ef, limit: limit, threads: threads) }
+        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: self.count, target: target, sample: .asked, optimism: optimism, reach: reach)
     }
 
     /// Measures recall@10 against the exact answer (a scan of every live vector) on `samples` of the
@@ -247,9 +289,11 @@ extension HNSWIndex {
     /// others held out at random: -0.002, none to speak of; the rarest words asked of the frequent
     /// ones are harder, a difference of distribution only the queries asked show). With none
     /// known, the bar is the target plus 0.4 of what remains to 1. Runs beside searches and the writer:
-    /// it takes no lock, and reads only nodes published when it starts (their vectors never change).
-    public func measureRecall(target: Double, optimism: Double? = nil, samples: Int = 400, seed: UInt64 = 0x7e57) -> RecallMeasurement? {
-        let limit = published.load(ordering: .acquiring)
+    /// it takes no lock, and reads only nodes published when it starts (their vectors never change),
+    /// or the first `nodesBelow` of them.
+    public func measureRecall(target: Double, optimism: Double? = nil, samples: Int = 400, seed: UInt64 = 0x7e57,
+                              nodesBelow: Int? = nil) -> RecallMeasurement? {
+        let limit = min(published.load(ordering: .acquiring), nodesBelow ?? .max)
         guard limit > 0 else { return nil }
         var random = SplitMixRandom(seed: seed)
         var chosen: [UInt32] = []
@@ -278,9 +322,11 @@ extension HNSWIndex {
             HNSWIndex.smallestEf(passing: { r in
                 if let optimism { return r.lowerBound - optimism >= target }
                 return r.mean >= target + (1 - target) * 0.4
-            }, recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, excluding: labels, avoiding: chosen)) })
+            }, recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, limit: limit, excluding: labels, avoiding: chosen)) })
         }
-        return RecallMeasurement(ef: ef, recall: sample.mean - (optimism ?? 0), vectors: count, target: target, sample: .own, optimism: optimism)
+        let reach = queries.withUnsafeBufferPointer { q in self.reach(q.baseAddress!, count: chosen.count, ef: ef, limit: limit, excluding: labels, avoiding: chosen) }
+        return RecallMeasurement(ef: ef, recall: sample.mean - (optimism ?? 0), vectors: count, target: target, sample: .own, optimism: optimism,
+                                 reach: reach)
     }
 
     /// For each of `count` prepared query rows, the `k` live nodes nearest to it (by label, with
