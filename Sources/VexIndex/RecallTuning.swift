@@ -127,8 +127,6 @@ extension HNSWIndex {
         return (last, recallAt(last))
     }
 
-    /// Recall@10 of each of `queries` (prepared rows) at breadth `ef` against `truths`; a node in
-    /// `avoiding` is walked around as if not in the graph.
     /// The share of a calibration sample whose walk's 10th answer `reach` stays within: one query
     /// in twenty of the sampled kind walks broader than the breadth chosen, and queries unlike the
     /// sample (GloVe-50's rarest words asked of its most frequent: nine in ten beyond it) do.
@@ -138,29 +136,28 @@ extension HNSWIndex {
     /// `count` prepared query rows (nil: too few answers), searched as `recalls` searches them.
     func reach(_ queries: UnsafePointer<Float>, count n: Int, ef: Int, limit: Int, excluding: [UInt64]? = nil, avoiding: [UInt32]? = nil,
                threads: Int = 1) -> Float? {
-        let out = UnsafeMutablePointer<Float>.allocate(capacity: n)
-        defer { out.deallocate() }
-        let (q, slots) = (UnsafeSendable(queries), UnsafeSendable(out))
-        let next = Atomic<Int>(0)
-        runParallel(max(1, min(threads, n / 16))) { [self] in
-            while true {
-                let i = next.add(1, ordering: .relaxed).oldValue
-                if i >= n { break }
-                let query = UnsafeBufferPointer(start: UnsafePointer(q.pointer) + i * dimension, count: dimension)
-                let got = (try? search(query, k: HNSWIndex.reachRank, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i],
-                                       nodesBelow: limit)) ?? []
-                slots.pointer[i] = got.count == HNSWIndex.reachRank ? got[HNSWIndex.reachRank - 1].distance : .nan
-            }
-        }
-        let tenths = UnsafeBufferPointer(start: out, count: n).filter { !$0.isNaN }.sorted()
+        let tenths = measure(queries, count: n, k: HNSWIndex.reachRank, ef: ef, limit: limit, excluding: excluding, avoiding: avoiding,
+                             threads: threads) { _, got in
+            got.count == HNSWIndex.reachRank ? Double(got[HNSWIndex.reachRank - 1].distance) : .nan
+        }.filter { !$0.isNaN }.sorted()
         guard tenths.count >= 20 else { return nil }
-        return tenths[min(tenths.count - 1, Int((Double(tenths.count) * HNSWIndex.reachQuantile).rounded(.down)))]
+        return Float(tenths[min(tenths.count - 1, Int((Double(tenths.count) * HNSWIndex.reachQuantile).rounded(.down)))])
     }
 
-    /// `limit`: the nodes the exact answers were taken over (the walk sees no others).
+    /// Recall@10 of each of `queries` (prepared rows) at breadth `ef` against `truths`; a node in
+    /// `avoiding` is walked around as if not in the graph. `limit`: the nodes the exact answers
+    /// were taken over (the walk sees no others).
     func recalls(_ queries: UnsafePointer<Float>, _ truths: [Set<UInt64>], ef: Int, limit: Int, excluding: [UInt64]? = nil,
                  avoiding: [UInt32]? = nil, threads: Int = 1) -> [Double] {
-        let n = truths.count
+        measure(queries, count: truths.count, k: 10, ef: ef, limit: limit, excluding: excluding, avoiding: avoiding, threads: threads) { i, got in
+            truths[i].isEmpty ? 1 : Double(got.filter { truths[i].contains($0.label) }.count) / Double(truths[i].count)
+        }
+    }
+
+    /// `score` of each of `count` prepared query rows' answers (`k` at breadth `ef`, over the first
+    /// `limit` nodes, the row's own label and node left out), the rows searched on `threads` threads.
+    private func measure(_ queries: UnsafePointer<Float>, count n: Int, k: Int, ef: Int, limit: Int, excluding: [UInt64]?, avoiding: [UInt32]?,
+                         threads: Int, score: @escaping @Sendable (Int, [Neighbor]) -> Double) -> [Double] {
         let out = UnsafeMutablePointer<Double>.allocate(capacity: n)
         defer { out.deallocate() }
         let (q, slots) = (UnsafeSendable(queries), UnsafeSendable(out))
@@ -170,9 +167,9 @@ extension HNSWIndex {
                 let i = next.add(1, ordering: .relaxed).oldValue
                 if i >= n { break }
                 let query = UnsafeBufferPointer(start: UnsafePointer(q.pointer) + i * dimension, count: dimension)
-                let got = (try? search(query, k: 10, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i],
-                                     nodesBelow: limit)) ?? []
-                slots.pointer[i] = truths[i].isEmpty ? 1 : Double(got.filter { truths[i].contains($0.label) }.count) / Double(truths[i].count)
+                let got = (try? search(query, k: k, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i],
+                                       nodesBelow: limit)) ?? []
+                slots.pointer[i] = score(i, got)
             }
         }
         return Array(UnsafeBufferPointer(start: out, count: n))
