@@ -57,7 +57,7 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
         let (rc, t, o) = (Double(bitPattern: recall), Double(bitPattern: target), Double(bitPattern: optimism))
         let reach = bytes.count == 41 ? (try? r.get(UInt32.self)).map { Float(bitPattern: $0) } ?? .nan : .nan
         guard (1...4096).contains(ef), (0...1).contains(rc), (0...1).contains(t), let kind = RecallSampleKind(rawValue: held),
-              o.isNaN || (-1...1).contains(o), reach.isNaN || (reach.isFinite && reach >= 0), let n = Int(exactly: vectors) else { return nil }
+              o.isNaN || (-1...1).contains(o), reach.isNaN || reach.isFinite, let n = Int(exactly: vectors) else { return nil }
         self.init(ef: Int(ef), recall: rc, vectors: n, target: t, sample: kind, optimism: o.isNaN ? nil : o, reach: reach.isNaN ? nil : reach)
     }
 

@@ -215,9 +215,13 @@ import VexTestSupport
         // The last version's section has no reach: its searches never walk broader.
         let noReach = RecallMeasurement(ef: 32, recall: 0.961, vectors: 50_000, target: 0.95, sample: .heldOut, optimism: 0.01)
         #expect(RecallMeasurement(section: Array(reaching.encoded.prefix(37))) == noReach)
-        var negative = reaching.encoded
-        negative.replaceSubrange(37..<41, with: withUnsafeBytes(of: Float(-1).bitPattern.littleEndian) { Array($0) })
-        #expect(RecallMeasurement(section: negative) == nil)
+        // Inner products are distances below zero: a reach of -58.1 is a reach (refusing it had a
+        // dot collection measured again at every mount, with another sample and other answers).
+        let dot = RecallMeasurement(ef: 148, recall: 0.97, vectors: 1350, target: 0.95, sample: .own, optimism: nil, reach: -58.098)
+        #expect(RecallMeasurement(section: dot.encoded) == dot)
+        var infinite = reaching.encoded
+        infinite.replaceSubrange(37..<41, with: withUnsafeBytes(of: Float.infinity.bitPattern.littleEndian) { Array($0) })
+        #expect(RecallMeasurement(section: infinite) == nil)
         // An older version's section (measured on the graph's own vectors only) is measured again.
         #expect(RecallMeasurement(section: Array(m.encoded.prefix(28))) == nil)
         var bad = m.encoded
