@@ -1013,12 +1013,7 @@ final class SearchScratch: @unchecked Sendable {
     func spill(_ d: Float, _ id: UInt32) {
         if spillCount == spillCapacity {
             spillCapacity *= 2
-            let (distances, ids) = (UnsafeMutablePointer<Float>.allocate(capacity: spillCapacity), UnsafeMutablePointer<UInt32>.allocate(capacity: spillCapacity))
-            distances.update(from: spillDistances, count: spillCount)
-            ids.update(from: spillIds, count: spillCount)
-            spillDistances.deallocate()
-            spillIds.deallocate()
-            (spillDistances, spillIds) = (distances, ids)
+            SearchScratch.move(&spillDistances, &spillIds, keeping: spillCount, into: spillCapacity)
         }
         spillDistances[spillCount] = d
         spillIds[spillCount] = id
@@ -1064,12 +1059,18 @@ final class SearchScratch: @unchecked Sendable {
     func reservePool(_ entries: Int, keeping: Int = 0) {
         guard entries > poolCapacity else { return }
         poolCapacity = max(entries, 2 * poolCapacity)
-        let (distances, ids) = (UnsafeMutablePointer<Float>.allocate(capacity: poolCapacity), UnsafeMutablePointer<UInt32>.allocate(capacity: poolCapacity))
-        distances.update(from: poolDistances, count: keeping)
-        ids.update(from: poolIds, count: keeping)
-        poolDistances.deallocate()
-        poolIds.deallocate()
-        (poolDistances, poolIds) = (distances, ids)
+        SearchScratch.move(&poolDistances, &poolIds, keeping: keeping, into: poolCapacity)
+    }
+
+    /// Moves a list of (distance, node) pairs, kept as two parallel buffers, into buffers of
+    /// `capacity`, its first `keeping` kept.
+    private static func move(_ distances: inout UnsafeMutablePointer<Float>, _ ids: inout UnsafeMutablePointer<UInt32>, keeping: Int, into capacity: Int) {
+        let (d, i) = (UnsafeMutablePointer<Float>.allocate(capacity: capacity), UnsafeMutablePointer<UInt32>.allocate(capacity: capacity))
+        d.update(from: distances, count: keeping)
+        i.update(from: ids, count: keeping)
+        distances.deallocate()
+        ids.deallocate()
+        (distances, ids) = (d, i)
     }
 
     func nextEpoch() -> UInt8 {
