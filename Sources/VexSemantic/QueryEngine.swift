@@ -163,7 +163,7 @@ extension SemanticLayer {
 
     func answer(_ file: FileRef, _ st: stat, attribute: String, k: Int, requester: Caller,
                 deadline: QueryBudget.Deadline = QueryBudget.Deadline(seconds: nil)) throws(SemanticError) -> [UInt8] {
-        var t0 = timespec(), t1 = timespec()
+        var t0 = timespec()
         clock_gettime(CLOCK_MONOTONIC, &t0)
         let options = file.name.isQuery ? try QueryOptions.read(opath: file.fd) : QueryOptions()
         try keywordsKept(for: options)

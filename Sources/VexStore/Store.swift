@@ -155,18 +155,25 @@ public final class Store: Sendable {
 
     /// Identity and type of what is at (parent, name), known to the kernel or not.
     public func child(_ parent: Inode, _ name: UnsafePointer<CChar>) -> (key: InodeKey, isDirectory: Bool)? {
-        var st = stat()
-        let found = try? inodes.using(parent) { dir throws(Errno) in try check(fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW)) }
-        guard found != nil else { return nil }
+        guard let st = entry(parent, name) else { return nil }
         return (InodeKey(device: UInt64(st.st_dev), number: UInt64(st.st_ino)), st.st_mode & S_IFMT == S_IFDIR)
     }
 
     /// The inode the kernel knows at (parent, name), if any.
     public func known(_ parent: Inode, _ name: UnsafePointer<CChar>) -> Inode? {
-        var st = stat()
-        let found = try? inodes.using(parent) { dir throws(Errno) in try check(fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW)) }
-        guard found != nil else { return nil }
+        guard let st = entry(parent, name) else { return nil }
         return inodes.existing(InodeKey(device: UInt64(st.st_dev), number: UInt64(st.st_ino)))
+    }
+
+    /// What is at (parent, name) itself (a link is not followed), or nil when nothing is there.
+    private func entry(_ parent: Inode, _ name: UnsafePointer<CChar>) -> stat? {
+        var st = stat()
+        do {
+            try inodes.using(parent) { dir throws(Errno) in try check(fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW)) }
+        } catch {
+            return nil
+        }
+        return st
     }
 
     /// The inode the kernel knows with inode number `number` on `parent`'s filesystem (as a
@@ -545,6 +552,8 @@ public final class Store: Sendable {
             defer { close(fd) }
             var st = stat()
             guard fstatat(fd, "", &st, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) == 0 else { return }
+            // Made by root for root (or already the caller's): a chown would change nothing.
+            guard st.st_uid != caller.uid || st.st_gid != gid else { return }
             _ = fchownat(fd, "", caller.uid, gid, vx_AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
             if st.st_mode & (S_ISUID | S_ISGID) != 0 && st.st_mode & S_IFMT != S_IFDIR && st.st_mode & S_IFMT != S_IFLNK {
                 _ = vx_chmod(fd, st.st_mode & 0o7777)
@@ -556,7 +565,9 @@ public final class Store: Sendable {
     private func giveToCaller(_ fd: Int32, _ parent: Inode, _ caller: Caller) {
         var st = stat()
         guard fstat(fd, &st) == 0 else { return }
-        _ = fchown(fd, caller.uid, inheritedGroup(parent, caller))
+        let gid = inheritedGroup(parent, caller)
+        guard st.st_uid != caller.uid || st.st_gid != gid else { return }
+        _ = fchown(fd, caller.uid, gid)
         if st.st_mode & (S_ISUID | S_ISGID) != 0 { _ = fchmod(fd, st.st_mode & 0o7777) }
     }
 }
