@@ -139,3 +139,31 @@ def test_hard_links_truncate_and_rename_under_passthrough(either):
         f.truncate(0)
     assert os.getxattr(a / "q.f32", "user.vexfs.knn") == b""
     assert os.stat(b / "w.f32").st_size == 0
+
+
+def test_a_readers_close_costs_no_flush_and_a_writers_close_still_indexes(either):
+    """close(2) of a handle opened read-only sends no FLUSH (the kernel keeps POSIX locks itself and
+    nothing was written); a handle that can write is flushed, so its vectors answer right after the
+    close, also after a remount."""
+    coll = either.root / "c"
+    coll.mkdir()
+    (coll / "q.f32").write_bytes(struct.pack("<3f", 0, 0, 0))
+    for i in range(20):
+        (coll / f"v{i}.f32").write_bytes(struct.pack("<3f", i + 1, 0, 0))
+    before = requests(either, "flush")
+    for i in range(20):
+        with open(coll / f"v{i}.f32", "rb") as f:
+            assert f.read() == struct.pack("<3f", i + 1, 0, 0)
+    subprocess.run(["cat", *(str(coll / f"v{i}.f32") for i in range(20))], check=True, stdout=subprocess.DEVNULL)
+    assert requests(either, "flush") == before
+    # Every handle that can write is still flushed, written through or not.
+    fd = os.open(coll / "v0.f32", os.O_RDWR)
+    os.close(fd)
+    with open(coll / "v1.f32", "r+b") as f:
+        f.write(struct.pack("<3f", 0.5, 0, 0))
+    assert requests(either, "flush") == before + 2
+    assert knn(coll / "q.f32")[0] == ("v1.f32", 0.5)
+    either.unmount()
+    either.mount()
+    assert knn(coll / "q.f32")[0] == ("v1.f32", 0.5)
+    assert (coll / "v7.f32").read_bytes() == struct.pack("<3f", 8, 0, 0)

@@ -39,6 +39,7 @@
 #define VX_FUSE_OVER_IO_URING_FLAGS2 (1u << 9)
 // OPEN/CREATE reply: fuse_open_out's last field (7.38's "padding") is the backing id.
 #define VX_FOPEN_PASSTHROUGH (1u << 7)
+#define VX_FOPEN_NOFLUSH (1u << 5)
 struct vx_open_out {
     uint64_t fh;
     uint32_t open_flags;
@@ -200,8 +201,9 @@ int vexfs_req_backing_close(fuse_req_t req, int backing_id) {
 
 // libfuse 3.14 zero-fills backing_id and knows no FOPEN_PASSTHROUGH, so these replies are made here:
 // the same bytes fuse_reply_open and fuse_reply_create send, with the two fields set.
-int vexfs_reply_open_backing(fuse_req_t req, uint64_t fh, int backing_id) {
-    struct vx_open_out out = {.fh = fh, .open_flags = VX_FOPEN_PASSTHROUGH, .backing_id = backing_id};
+int vexfs_reply_open_backing(fuse_req_t req, uint64_t fh, int backing_id, int noflush) {
+    struct vx_open_out out = {.fh = fh, .open_flags = VX_FOPEN_PASSTHROUGH | (noflush ? VX_FOPEN_NOFLUSH : 0),
+                              .backing_id = backing_id};
     return fuse_reply_buf(req, (const char *)&out, sizeof out);
 }
 

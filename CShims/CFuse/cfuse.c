@@ -415,7 +415,8 @@ void vexfs_fi_set_cache_dir(struct fuse_file_info *fi) {
     fi->keep_cache = 1;
 }
 
-void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache) {
+void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache, int noflush) {
     fi->direct_io = direct_io ? 1 : 0;
     fi->keep_cache = keep_cache ? 1 : 0;
+    fi->noflush = noflush ? 1 : 0;
 }

@@ -221,7 +221,7 @@ enum Handlers {
             if ino == VirtualNode.stats || ino == VirtualNode.journal {
                 guard fi!.pointee.flags & O_ACCMODE == O_RDONLY, fi!.pointee.flags & O_TRUNC == 0 else { throw .permissionDenied }
                 Filesystem.store(try fs.openVirtual(req, ino), in: fi)
-                vexfs_fi_set_open_flags(fi, 1, 0)  // made anew at each open: no page cache, no size
+                vexfs_fi_set_open_flags(fi, 1, 0, 1)  // made anew at each open: no page cache, no size
                 if fuse_reply_open(req, fi) != 0 { Filesystem.releaseHandle(fi, as: OpenFile.self) }
                 return
             }
@@ -232,11 +232,15 @@ enum Handlers {
             }
             if let error = dropPrivilegesBeforePassthrough(req, file) { throw error }
             Filesystem.store(file, in: fi)
+            // A flush has nothing to do for a handle that cannot write (no setlk here: the kernel
+            // keeps POSIX locks itself): a reader's close(2) then costs no round trip. Every handle
+            // that can write is still flushed, so its close reaches the index before close returns.
+            let noflush: Int32 = fi!.pointee.flags & O_ACCMODE == O_RDONLY && fi!.pointee.flags & O_TRUNC == 0 ? 1 : 0
             if let id = fs.backing.attach(req, file) {
-                if vexfs_reply_open_backing(req, fi!.pointee.fh, id) != 0 { closeUnanswered(req, fs, file, fi) }
+                if vexfs_reply_open_backing(req, fi!.pointee.fh, id, noflush) != 0 { closeUnanswered(req, fs, file, fi) }
                 return
             }
-            vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
+            vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0, noflush)
             if fuse_reply_open(req, fi) != 0 { closeUnanswered(req, fs, file, fi) }
         } catch { reply(req, error: error) }
     }
@@ -260,7 +264,7 @@ enum Handlers {
             if let id = fs.backing.attach(req, file) {
                 answered = vexfs_reply_create_backing(req, &ep, fi!.pointee.fh, id)
             } else {
-                vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0)
+                vexfs_fi_set_open_flags(fi, 0, fs.options.keepCache ? 1 : 0, 0)
                 answered = fuse_reply_create(req, &ep, fi)
             }
             if answered != 0 {

@@ -76,6 +76,7 @@ def operations(root, n):
         ("create+write+close", "file", create),
         ("stat, first time", "file", stat),
         ("stat, again", "file", stat),
+        ("cat (names seen)", "file", lambda: run("cat", *names("cold"))),
         ("ls -l, first time", "file", lambda: run("ls", "-l", os.path.join(root, "list"))),
         ("ls -l, again", "file", lambda: run("ls", "-l", os.path.join(root, "list"))),
         ("rm (names unseen)", "file", lambda: run("rm", "-f", *names("rm"))),

@@ -180,7 +180,7 @@ int vexfs_reply_read_fd(fuse_req_t req, int fd, size_t size, off_t off);
 ssize_t vexfs_write_bufvec_to_fd(struct fuse_bufvec *in, int fd, off_t off);
 
 /// fuse_file_info bit-fields, set from Swift.
-void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache);
+void vexfs_fi_set_open_flags(struct fuse_file_info *fi, int direct_io, int keep_cache, int noflush);
 /// An opened directory whose entries the kernel may cache and keep across opens (FOPEN_CACHE_DIR,
 /// FOPEN_KEEP_CACHE).
 void vexfs_fi_set_cache_dir(struct fuse_file_info *fi);
@@ -195,8 +195,9 @@ void vexfs_fi_set_cache_dir(struct fuse_file_info *fi);
 int vexfs_req_backing_open(fuse_req_t req, int fd);
 /// Releases a backing id; 0 or -errno.
 int vexfs_req_backing_close(fuse_req_t req, int backing_id);
-/// Answers OPEN with handle `fh`, read and written by the kernel through `backing_id`.
-int vexfs_reply_open_backing(fuse_req_t req, uint64_t fh, int backing_id);
+/// Answers OPEN with handle `fh`, read and written by the kernel through `backing_id`; with
+/// `noflush`, close(2) sends no FLUSH (FOPEN_NOFLUSH).
+int vexfs_reply_open_backing(fuse_req_t req, uint64_t fh, int backing_id, int noflush);
 /// Answers CREATE with the new entry and handle `fh`, read and written through `backing_id`.
 int vexfs_reply_create_backing(fuse_req_t req, const struct fuse_entry_param *e, uint64_t fh, int backing_id);
 
