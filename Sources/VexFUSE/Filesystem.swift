@@ -42,7 +42,8 @@ final class Filesystem: Sendable {
         poolConfiguration.preallocated = options.poolBuffers
         pool = BufferPool(poolConfiguration)
         stack = StackBudget(budget: options.stackBudget, handlerNames: Operation.names)
-        metrics = MountMetrics(stackSize: options.stackSize, stackBudget: stack.budget, handlerNames: Operation.names)
+        metrics = MountMetrics(stackSize: options.stackSize, stackBudget: stack.budget, handlerNames: Operation.names,
+                               norecovery: options.norecovery)
     }
 
     // MARK: the vector layer's names for things

@@ -13,11 +13,16 @@ extension Handlers {
     /// FITRIM trims the store's filesystem, which holds the mount's blocks and shares them with
     /// whatever else lives on it: the store's filesystem checks and clamps the range as it would for
     /// fstrim on it, and its answer (the trimmed length in `len`, or its errno: EOPNOTSUPP without
-    /// discard, EINVAL for a start past its end) is the mount's.
+    /// discard, EINVAL for a start past its end) is the mount's. Refused (EROFS) under `norecovery`,
+    /// as ext4 refuses it before its journal is replayed: a mount that writes nothing trims nothing.
     static func trim(_ req: fuse_req_t?, _ fd: Int32, _ input: UnsafeRawPointer?, _ inputSize: Int, _ outputSize: Int) {
         let rangeSize = 3 * MemoryLayout<UInt64>.size  // struct fstrim_range: start, len, minlen
         guard caller(req).uid == 0 else {
             fuse_reply_err(req, EPERM)
+            return
+        }
+        guard !fs(req).options.norecovery else {
+            fuse_reply_err(req, EROFS)
             return
         }
         guard let input, inputSize >= rangeSize else {
