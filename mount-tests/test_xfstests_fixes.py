@@ -996,6 +996,31 @@ def test_the_mount_has_a_label_of_its_own_that_survives_remounts(ext4_dir, make_
     assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""
 
 
+def test_a_new_label_is_refused_after_a_remount_read_only(ext4_dir, make_mount):
+    """`mount -o remount,ro` reaches the daemon as no request, yet a new label is refused (EROFS)
+    until `remount,rw`, as on ext4; the label set before stays."""
+    store = ext4_dir / "store"
+    store.mkdir()
+    m = make_mount("-o", "allow_other", store=store)
+
+    def steps(root):
+        assert label_ioctl(root, FS_IOC_SETFSLABEL, b"rw") == b""
+        subprocess.run(["mount", "-i", "-o", "remount,ro", str(root)], check=True)
+        try:
+            assert label_ioctl(root, FS_IOC_SETFSLABEL, b"ro") == "EROFS"
+            assert label_ioctl(root, FS_IOC_GETFSLABEL) == b"rw"
+        finally:
+            subprocess.run(["mount", "-i", "-o", "remount,rw", str(root)], check=True)
+        assert label_ioctl(root, FS_IOC_SETFSLABEL, b"rw again") == b""
+
+    m.mount()
+    steps(m.root)
+    m.unmount()
+    steps(ext4_dir)  # with no daemon holding files open on it for writing, which would keep it rw
+    m.mount()
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"rw again"
+
+
 # generic/537: ro,norecovery, a mount that brings nothing up to date and writes nothing
 
 

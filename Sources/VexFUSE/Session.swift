@@ -35,7 +35,7 @@ public enum Session {
         do throws(Errno) {
             try store.reachThroughPrivateMount(atime: options.atime, nodiratime: options.nodiratime, readOnly: options.norecovery)
         } catch { throw .accessTimes(error.description) }
-        let fs = Filesystem(store: store, options: options)
+        let fs = Filesystem(store: store, options: options, mountpoint: mountpoint)
         let context = Unmanaged.passRetained(fs)
         defer { context.release() }
 
