@@ -1026,10 +1026,12 @@ def test_a_new_label_is_refused_after_a_remount_read_only(ext4_dir, make_mount):
 
 def tree(store):
     """Every path under `store` (STORE/.vexfs included) and the store itself, with its type, size,
-    mtime and ctime: what any write into the store or its state would change."""
+    mtime and ctime, and a file's atime: what any write into the store or its state would change, or
+    any read of a file (a directory's atime is left out: this walk reads them itself)."""
     def entry(p):
         st = os.lstat(p)
-        return stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ctime_ns
+        atime = st.st_atime_ns if stat.S_ISREG(st.st_mode) else None
+        return stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ctime_ns, atime
     out = {".": entry(store)}
     for top, dirs, files in os.walk(store):
         for n in dirs + files:

@@ -126,8 +126,22 @@ struct Mount: ParsableCommand {
             }
             throw UserError("store \(storePath) is already mounted by another vexfs (mounts on several machines need -o shared)")
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
+        // Under norecovery the vector layer reads the store and its state through a private noatime
+        // copy of the store's mount (its descriptor, held for good, named through /proc): what it
+        // reads moves no access time either. (The daemon's files go through a read-only one.)
+        let semanticRoot: String
+        if !norecovery {
+            semanticRoot = storePath
+        } else {
+            let top = open(storePath, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+            let copy = top >= 0 ? vx_private_mount(top, vx_MOUNT_ATTR_NOATIME, 0, 0) : -1
+            let why = errno
+            if top >= 0 { close(top) }
+            guard copy >= 0 else { throw UserError("cannot mount \(storePath): no private mount of it for norecovery: \(String(cString: strerror(why)))") }
+            semanticRoot = "/proc/self/fd/\(copy)"
+        }
         do {
-            if norecovery { try StoreFormat.check(stateRoot: storePath + "/.vexfs") } else { try StoreFormat.adopt(stateRoot: storePath + "/.vexfs") }
+            if norecovery { try StoreFormat.check(stateRoot: semanticRoot + "/.vexfs") } else { try StoreFormat.adopt(stateRoot: storePath + "/.vexfs") }
         } catch { throw UserError("cannot mount \(storePath): \(error)") }
         // A shared mount's private state is on a local disk (its lock, like the store's, is held
         // until the process ends).
@@ -170,7 +184,7 @@ struct Mount: ParsableCommand {
             }, prepare: { factory in
                 // Made here, after the fork: the HTTP client's threads would not survive it.
                 let embedder = mountOptions.semantic.embedderConfiguration(apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
-                let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.semantic.indexKind,
+                let semantic = SemanticLayer(storeRoot: semanticRoot, kernels: kernels, indexKind: mountOptions.semantic.indexKind,
                                              parameters: mountOptions.semantic.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder,
                                              maxQueriesPerUser: mountOptions.semantic.maxQueriesPerUser,
                                              querySeconds: mountOptions.semantic.querySeconds,
