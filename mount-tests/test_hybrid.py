@@ -626,3 +626,53 @@ def test_words_options_on_a_mount_without_text_say_why(make_mount):
         os.setxattr(m / "v" / "q.query", "user.vexfs.mode", b"keyword")
         m.unmount()
         m.mount()
+
+
+def test_norecovery_asks_the_snapshot_in_words_and_refuses_keywords(make_mount, proxy):
+    """`-o ro,norecovery` with an embedder: a question in words is answered from the snapshot as
+    written (the question goes to the endpoint), a keyword question is refused with its reason (no
+    keyword index is opened), and neither the keyword index nor the embedding cache, SQLite files
+    both, is touched."""
+    from test_xfstests_fixes import serving_pid, tree
+    m = make_mount(*options(proxy))
+    m.mount()
+    docs = descriptions(12)
+    (m / "pkgs").mkdir()
+    for name, text in docs.items():
+        (m / "pkgs" / f"{name}.txt").write_text(text + "\n")
+    wait_indexed([m / "pkgs" / f"{n}.txt" for n in docs])
+    q = m / "pkgs" / "ask.query"
+    q.write_text(QUESTIONS[0])
+    before_answer = [n for n, _ in lines(q)]
+    os.setxattr(q, "user.vexfs.mode", b"keyword")
+    assert lines(q), "the keyword index answers on a mount that brings it up to date"
+    m.unmount()
+    assert list(m.store.glob(".vexfs/index/*/keywords.sqlite")) and (m.store / ".vexfs" / "embeddings.sqlite").exists()
+    before = tree(m.store)
+
+    m.mount(*options(proxy, "ro", "norecovery"))
+    m.pid = serving_pid(m)
+    try:
+        with pytest.raises(OSError) as e:
+            lines(q)
+        assert e.value.errno == errno.EINVAL
+        assert "norecovery" in os.getxattr(q, "user.vexfs.status").decode()
+    finally:
+        m.unmount()
+    assert tree(m.store) == before
+    # The mode is kept on the query file, which this read-only mount cannot change: a plain mount
+    # takes it off, then the question in words is asked under norecovery.
+    m.mount()
+    os.removexattr(q, "user.vexfs.mode")
+    assert [n for n, _ in lines(q)] == before_answer
+    m.unmount()
+    before = tree(m.store)
+    asked = proxy.requests
+    m.mount(*options(proxy, "ro", "norecovery"))
+    m.pid = serving_pid(m)
+    try:
+        assert [n for n, _ in lines(q)] == before_answer, "from the snapshot, the question embedded by the endpoint"
+        assert proxy.requests > asked
+    finally:
+        m.unmount()
+    assert tree(m.store) == before

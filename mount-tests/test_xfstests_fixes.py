@@ -994,3 +994,146 @@ def test_the_mount_has_a_label_of_its_own_that_survives_remounts(ext4_dir, make_
     (store / ".vexfs" / "label").unlink()
     os.mkfifo(store / ".vexfs" / "label")
     assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b""
+
+
+def test_a_new_label_is_refused_after_a_remount_read_only(ext4_dir, make_mount):
+    """`mount -o remount,ro` reaches the daemon as no request, yet a new label is refused (EROFS)
+    until `remount,rw`, as on ext4; the label set before stays."""
+    store = ext4_dir / "store"
+    store.mkdir()
+    m = make_mount("-o", "allow_other", store=store)
+
+    def steps(root):
+        assert label_ioctl(root, FS_IOC_SETFSLABEL, b"rw") == b""
+        subprocess.run(["mount", "-i", "-o", "remount,ro", str(root)], check=True)
+        try:
+            assert label_ioctl(root, FS_IOC_SETFSLABEL, b"ro") == "EROFS"
+            assert label_ioctl(root, FS_IOC_GETFSLABEL) == b"rw"
+        finally:
+            subprocess.run(["mount", "-i", "-o", "remount,rw", str(root)], check=True)
+        assert label_ioctl(root, FS_IOC_SETFSLABEL, b"rw again") == b""
+
+    m.mount()
+    steps(m.root)
+    m.unmount()
+    steps(ext4_dir)  # with no daemon holding files open on it for writing, which would keep it rw
+    m.mount()
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"rw again"
+
+
+# generic/537: ro,norecovery, a mount that brings nothing up to date and writes nothing
+
+
+def tree(store):
+    """Every path under `store` (STORE/.vexfs included) and the store itself, with its type, size,
+    mtime and ctime, and a file's atime: what any write into the store or its state would change, or
+    any read of a file (a directory's atime is left out: this walk reads them itself)."""
+    def entry(p):
+        st = os.lstat(p)
+        atime = st.st_atime_ns if stat.S_ISREG(st.st_mode) else None
+        return stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ctime_ns, atime
+    out = {".": entry(store)}
+    for top, dirs, files in os.walk(store):
+        for n in dirs + files:
+            out[os.path.relpath(os.path.join(top, n), store)] = entry(os.path.join(top, n))
+    return out
+
+
+def knn_names(path, k=10):
+    return [line.split("\t")[0] for line in os.getxattr(path, f"user.vexfs.knn.{k}").decode().splitlines()]
+
+
+def gauge(m, name):
+    """The value of an unlabelled line of `.vexfs/stats`."""
+    for line in (m.root / ".vexfs" / "stats").read_text().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def serving_pid(m):
+    """The daemon serving `m`, found by its command line: a norecovery daemon records no pid in the
+    store's lock, which still names the last daemon that did."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            args = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if b"mount" in args and os.fsencode(str(m.root)) in args and os.fsencode(str(m.store)) in args:
+            return int(pid)
+    return None
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_norecovery_answers_from_the_snapshot_and_writes_nothing(make_mount, mode):
+    """generic/537: `-o ro,norecovery` answers from the snapshots as written (a file added since is
+    not read), refuses FITRIM and a new label (EROFS), shows itself in the stats, and leaves every
+    file of the store and of its state as it was; without ro it is refused; the next mount without
+    it reads the new file."""
+    m = make_mount("-o", "allow_other", *MODES[mode])
+    m.mount()
+    c = m.root / "c"
+    c.mkdir()
+    for i in range(5):
+        (c / f"v{i}.vec").write_text(f"{i} 0\n")
+    assert knn_names(c / "v0.vec") == ["v1.vec", "v2.vec", "v3.vec", "v4.vec"]
+    assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"before") == b""
+    m.unmount()
+    # Changed behind the mount's back, as a crash between a write and a snapshot would leave it.
+    (m.store / "c" / "v9.vec").write_text("0.5 0\n")
+    before = tree(m.store)
+
+    m.mount("-o", "ro,norecovery")
+    m.pid = serving_pid(m)
+    try:
+        assert knn_names(c / "v0.vec") == ["v1.vec", "v2.vec", "v3.vec", "v4.vec"], "as the snapshot holds them"
+        status = os.getxattr(c, "user.vexfs.status").decode()
+        assert "snapshot loaded as written (norecovery), 1 file changed since not read" in status, status
+        assert gauge(m, "vexfs_norecovery") == 1
+        assert trim(m.root, 0, LAST_BYTE) == "EROFS"
+        assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"before"
+        assert label_ioctl(m.root, FS_IOC_SETFSLABEL, b"after") == "EROFS"
+        with pytest.raises(OSError) as e:
+            (c / "new.vec").write_text("1 1\n")
+        assert e.value.errno == errno.EROFS
+        assert (m.root / ".vexfs" / "journal").read_bytes()  # what was kept, shown
+        assert (c / "v9.vec").read_text() == "0.5 0\n"
+    finally:
+        m.unmount()
+    assert tree(m.store) == before
+
+    out = subprocess.run([VEXFS_BIN, "mount", str(m.store), str(m.root), "-o", "norecovery"], capture_output=True, text=True)
+    assert out.returncode != 0 and "norecovery needs ro" in out.stderr, out.stderr
+    assert tree(m.store) == before
+
+    m.mount()
+    assert knn_names(c / "v0.vec") == ["v9.vec", "v1.vec", "v2.vec", "v3.vec", "v4.vec"]
+    assert "1 files read again" in os.getxattr(c, "user.vexfs.status").decode()
+    assert gauge(m, "vexfs_norecovery") == 0
+    m.unmount()
+    m.mount()
+    assert knn_names(c / "v0.vec") == ["v9.vec", "v1.vec", "v2.vec", "v3.vec", "v4.vec"]
+    assert label_ioctl(m.root, FS_IOC_GETFSLABEL) == b"before"
+
+
+def test_norecovery_makes_no_state_in_a_store_never_mounted(make_mount):
+    """A store vexfs never mounted gets no STORE/.vexfs from a norecovery mount, and its files serve."""
+    m = make_mount("-o", "allow_other")
+    (m.store / "c").mkdir()
+    (m.store / "c" / "a.vec").write_text("1 2\n")
+    before = tree(m.store)
+    m.mount("-o", "ro,norecovery")
+    m.pid = serving_pid(m)
+    try:
+        assert (m.root / "c" / "a.vec").read_text() == "1 2\n"
+        assert "not a collection yet" in os.getxattr(m.root / "c", "user.vexfs.status").decode()
+    finally:
+        m.unmount()
+    assert tree(m.store) == before
+    assert not (m.store / ".vexfs").exists()
+    m.mount()
+    assert knn_names(m.root / "c" / "a.vec") == []
+    assert os.getxattr(m.root / "c", "user.vexfs.dim") == b"2"
+    m.unmount()
+    m.mount()
+    assert os.getxattr(m.root / "c", "user.vexfs.dim") == b"2"

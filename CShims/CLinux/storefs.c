@@ -15,6 +15,7 @@
 #define VX_OPEN_TREE_CLONE 1
 #define VX_AT_RECURSIVE 0x8000
 #define VX_ATTR_ATIME_MASK 0x70ull
+#define VX_MOUNT_ATTR_RDONLY 0x1ull
 struct vx_mount_attr {
     uint64_t attr_set;
     uint64_t attr_clr;
@@ -27,7 +28,7 @@ const uint64_t vx_MOUNT_ATTR_NOATIME = 0x10;
 const uint64_t vx_MOUNT_ATTR_STRICTATIME = 0x20;
 const uint64_t vx_MOUNT_ATTR_NODIRATIME = 0x80;
 
-int vx_private_mount(int dirfd, uint64_t atime, int nodiratime) {
+int vx_private_mount(int dirfd, uint64_t atime, int nodiratime, int readonly) {
     int fd = (int)syscall(SYS_open_tree, dirfd, "", VX_OPEN_TREE_CLONE | O_CLOEXEC | AT_EMPTY_PATH | VX_AT_RECURSIVE);
     if (fd < 0) return -1;
     struct vx_mount_attr attr = {0};
@@ -36,6 +37,7 @@ int vx_private_mount(int dirfd, uint64_t atime, int nodiratime) {
         attr.attr_clr |= VX_ATTR_ATIME_MASK;
     }
     if (nodiratime) attr.attr_set |= vx_MOUNT_ATTR_NODIRATIME;
+    if (readonly) attr.attr_set |= VX_MOUNT_ATTR_RDONLY;
     if ((attr.attr_set || attr.attr_clr) &&
         syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | VX_AT_RECURSIVE, &attr, sizeof attr) != 0) {
         int e = errno;

@@ -14,6 +14,8 @@ typealias Inode = VexStore.Inode
 final class Filesystem: Sendable {
     let store: Store
     let options: MountOptions
+    /// Where the kernel mounted it (absolute; "" when served without a mount, in tests).
+    let mountpoint: String
     /// Scratch memory for the handlers (directory listings, stored attribute values and lists).
     let pool: BufferPool
     let stack: StackBudget
@@ -35,14 +37,16 @@ final class Filesystem: Sendable {
     /// nil only when a mount is served without one.
     nonisolated(unsafe) var semantic: (any SemanticService)?
 
-    init(store: Store, options: MountOptions) {
+    init(store: Store, options: MountOptions, mountpoint: String = "") {
         self.store = store
         self.options = options
+        self.mountpoint = mountpoint
         var poolConfiguration = BufferPool.Configuration()
         poolConfiguration.preallocated = options.poolBuffers
         pool = BufferPool(poolConfiguration)
         stack = StackBudget(budget: options.stackBudget, handlerNames: Operation.names)
-        metrics = MountMetrics(stackSize: options.stackSize, stackBudget: stack.budget, handlerNames: Operation.names)
+        metrics = MountMetrics(stackSize: options.stackSize, stackBudget: stack.budget, handlerNames: Operation.names,
+                               norecovery: options.norecovery)
     }
 
     // MARK: the vector layer's names for things

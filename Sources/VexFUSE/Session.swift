@@ -15,7 +15,7 @@ public enum Session {
         case accessTimes(String)
         public var description: String {
             switch self {
-            case .accessTimes(let why): "cannot apply the atime options to the store: \(why)"
+            case .accessTimes(let why): "cannot reach the store through a private mount (for the atime options or norecovery): \(why)"
             case .badOptions(let o): "libfuse rejected the mount options: \(o)"
             case .mountFailed(let m): "cannot mount on \(m)"
             case .signalHandlers: "cannot install signal handlers"
@@ -33,9 +33,9 @@ public enum Session {
                            served: (_ stats: @escaping @Sendable () -> String) -> Void = { _ in },
                            stopping: () -> Void = {}) throws(Failure) {
         do throws(Errno) {
-            try store.reachThroughPrivateMount(atime: options.atime, nodiratime: options.nodiratime)
+            try store.reachThroughPrivateMount(atime: options.atime, nodiratime: options.nodiratime, readOnly: options.norecovery)
         } catch { throw .accessTimes(error.description) }
-        let fs = Filesystem(store: store, options: options)
+        let fs = Filesystem(store: store, options: options, mountpoint: mountpoint)
         let context = Unmanaged.passRetained(fs)
         defer { context.release() }
 

@@ -118,6 +118,8 @@ final class MountMetrics: Sendable {
             "How requests reach the daemon: 1 for io_uring queues; 0 for /dev/fuse, with the reason in the label.") }
         static var flockRefusedTotal: MetricNameDescriptor { family("vexfs_flock_refused_total",
             "Users' flock(2) calls on a shared store answered ENOLCK: half the workers already waited for locks.") }
+        static var norecovery: MetricNameDescriptor { family("vexfs_norecovery",
+            "1 when mounted ro,norecovery: nothing brought up to date, nothing written into the store or its state; collections answer from their snapshots as written.") }
         static var fuseRequestsTotal: MetricNameDescriptor { family("vexfs_fuse_requests_total",
             "FUSE requests answered, per operation.") }
         static var fuseRequestMicrosecondsTotal: MetricNameDescriptor { family("vexfs_fuse_request_microseconds_total",
@@ -150,7 +152,7 @@ final class MountMetrics: Sendable {
     }
     private let copied = Mutex(Copied())
 
-    init(stackSize: Int, stackBudget: Int, handlerNames: [String]) {
+    init(stackSize: Int, stackBudget: Int, handlerNames: [String], norecovery: Bool = false) {
         let registry = PrometheusCollectorRegistry()
         self.registry = registry
         let tiers = BufferPool.Tier.allCases
@@ -167,6 +169,7 @@ final class MountMetrics: Sendable {
         registry.makeGauge(descriptor: Family.stackBudgetBytes)
             .set(to: Double(stackBudget))
         registry.makeGauge(descriptor: Family.stackSizeBytes).set(to: Double(stackSize))
+        registry.makeGauge(descriptor: Family.norecovery).set(to: norecovery ? 1 : 0)
         stackHighWater = handlerNames.map {
             registry.makeGauge(descriptor: Family.stackHighWaterBytes, labels: [("handler", $0)])
         }

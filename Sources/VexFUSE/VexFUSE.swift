@@ -125,6 +125,11 @@ public struct MountOptions: Sendable, Equatable {
     /// kernel leaves a FUSE file's atime to the filesystem underneath.
     public var atime = AccessTimeRule.store
     public var nodiratime = false
+    /// `norecovery` (with `ro` only): the mount brings nothing up to date and writes nothing into the
+    /// store or its state, as ext4's `ro,norecovery` replays no journal. Collections answer from
+    /// their snapshots as they were written (files changed since are not read again), the daemon
+    /// reaches the store through a read-only private mount of it, and fstrim is refused (EROFS).
+    public var norecovery = false
     /// How much the daemon logs (`log_level=`): trace, debug, info (default), notice, warning, error, critical.
     public var logLevel = "info"
     /// Users' flock(2) taken on the backing files (`shared`: other machines lock them too), not
@@ -140,6 +145,20 @@ public struct MountOptions: Sendable, Equatable {
     public var metrics: ListenAddress?
 
     public init() {}
+
+    /// Whether the kernel mount is read-only (`ro`; the last of `ro` and `rw` wins, as in mount(8)).
+    public var readOnly: Bool { kernelOptions.last { $0 == "ro" || $0 == "rw" } == "ro" }
+
+    /// Why these options cannot go together, which no option alone says; nil when they can.
+    /// `norecovery` asks for `ro`, as ext4's does: a mount that may write brings its state up to
+    /// date first. Nor on a shared store, whose mounts hear of each other's changes through it.
+    public var conflict: String? {
+        if norecovery && !readOnly {
+            return "norecovery needs ro (-o ro,norecovery): a mount that may write brings the store's state up to date first"
+        }
+        if norecovery && semantic.sharedID != nil { return "norecovery is for a store of one mount, not with -o shared" }
+        return nil
+    }
 
     public enum ParseError: Error, CustomStringConvertible {
         case badValue(String)
@@ -192,6 +211,8 @@ public struct MountOptions: Sendable, Equatable {
             // without a word to the daemon). Passthrough reads reach it anyway.
             case "strictatime": atime = .strictatime; keepCache = false
             case "nodiratime": nodiratime = true
+            // The daemon's own: libfuse and the kernel's FUSE mount know no such option.
+            case "norecovery": norecovery = true
             case "attr_timeout": attrTimeout = try seconds()
             case "entry_timeout": entryTimeout = try seconds()
             case "negative_timeout": negativeTimeout = try seconds()

@@ -12,8 +12,11 @@ public struct RecoveryReport: Sendable, CustomStringConvertible {
     public var setAside: PersistenceError?
     public var rejected: SnapshotRejection? { setAside?.rejection }
 
+    /// Opened read-only: an unusable snapshot is left where it is, not set aside.
+    var leavesSnapshot = false
+
     mutating func setAside(_ error: PersistenceError) {
-        problems.append("\(error); set aside")
+        problems.append("\(error); \(leavesSnapshot ? "not used (read-only)" : "set aside")")
         setAside = error
     }
 
@@ -72,11 +75,15 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// `empty`: an index to be built beside the one in use in the same directory (a rebuild): the
     /// snapshot there is neither read nor touched, and no file is removed, until this index's
     /// first checkpoint replaces them.
+    ///
+    /// `readOnly`: nothing in `directory` is made, set aside or removed (the caller never
+    /// snapshots the index either); a snapshot that cannot be used is only reported.
     public static func open(directory: String, dimension: Int, metric: Metric, kind: IndexKind,
                             parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels,
-                            empty: Bool = false) throws(PersistenceError) -> PersistentIndex {
-        try makeDirectories(directory)
+                            empty: Bool = false, readOnly: Bool = false) throws(PersistenceError) -> PersistentIndex {
+        if !readOnly { try makeDirectories(directory) }
         var report = RecoveryReport()
+        report.leavesSnapshot = readOnly
         let storage = VectorStorage.files(directory: directory)
         var index = AdaptiveIndex(dimension: dimension, metric: metric, kind: kind, parameters: parameters, kernels: kernels, storage: storage)
         if empty { return PersistentIndex(directory: directory, index: index, recovery: report, attachments: [:]) }
@@ -87,10 +94,11 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
                                   storage: storage)
             attachments = extra
             report.snapshotLoaded = true
-        } else if access(snapshotPath, F_OK) == 0 {
+        } else if !readOnly && access(snapshotPath, F_OK) == 0 {
             // Kept for a post-mortem, out of the way of the next snapshot; one at a time.
             if rename(snapshotPath, snapshotPath + ".bad") != 0 { unlink(snapshotPath) }
         }
+        if readOnly { return PersistentIndex(directory: directory, index: index, recovery: report, attachments: attachments) }
         // Write-ahead logs of earlier versions: what they hold, the owner reads again from the files.
         for path in try entries(in: directory, prefix: "wal.") { unlink(path) }
         try removeVectorFiles(in: directory, keeping: [(index.active as? HNSWIndex)?.vectors.path])

@@ -126,9 +126,9 @@ final class Collection: @unchecked Sendable {
                     } catch {
                         // What the snapshot's labels mean is lost with it: start from an empty
                         // index, which replaces the snapshot at the checkpoint after the files are read.
-                        problems.append("\(shown(s)): \(index.directory)/snapshot: \(error); set aside")
+                        problems.append("\(shown(s)): \(index.directory)/snapshot: \(error); \(configuration.norecovery ? "not used (norecovery)" : "set aside")")
                         noteSetAside(error, &s)
-                        rename(index.directory + "/snapshot", index.directory + "/snapshot.bad")
+                        if !configuration.norecovery { rename(index.directory + "/snapshot", index.directory + "/snapshot.bad") }
                         problems += openIndex(&s, beside: true)
                     }
                     for (name, r) in s.files {
@@ -156,13 +156,19 @@ final class Collection: @unchecked Sendable {
             } else {
                 s.files = [:]
             }
-            // Every file now: new or changed ones are read, vanished ones removed.
+            // Every file now: new or changed ones are read, vanished ones removed (under norecovery
+            // only counted: the snapshot answers as it was written).
             var seen = Set<FileName>()
             var toRead: [FileName] = []
+            var notRead = 0
             for name in listed ?? ((try? StoreFiles.entries(dir)) ?? ([], [])).files {
                 seen.insert(name)
                 // A text file whose vectors never came (the endpoint was away) is asked for again.
                 if let r = s.files[name], let st = (try? StoreFiles.stat(dir, name)), r.sameSignature(st), r.rows > 0 || r.passages.isEmpty { continue }
+                if configuration.norecovery {
+                    if s.files[name] != nil || rules(s).kind(of: name, carriesVector: { hasVectorAttribute(dir, name) }).isIndexed { notRead += 1 }
+                    continue
+                }
                 if s.files[name] != nil || rules(s).kind(of: name, carriesVector: { hasVectorAttribute(dir, name) }).isIndexed {
                     // A vector file long enough for the builder goes there even now (a megabyte of
                     // numbers of dimension 1 is a graph of 250,000 nodes): the mount serves
@@ -174,6 +180,12 @@ final class Collection: @unchecked Sendable {
                     changed += 1
                     host.progressed("\(shown(s)): \(changed) files read again")
                 }
+            }
+            if configuration.norecovery {
+                notRead += s.files.keys.filter { !seen.contains($0) }.count
+                s.recovery = Collection.unrecovered(snapshot: s.index?.recovery.snapshotLoaded == true, setAside: s.recovery, notRead: notRead)
+                published(s)
+                return (0, problems, [FileName]())
             }
             for name in Array(s.files.keys) where !seen.contains(name) { forget(name, &s); changed += 1 }
             repairKeywords(&s)
@@ -200,7 +212,8 @@ final class Collection: @unchecked Sendable {
         if !beside { host.adoptPublished(key, into: indexDirectory) }
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.settings.metric, kind: configuration.indexKind,
-                                                 parameters: configuration.parameters, kernels: configuration.kernels, empty: beside)
+                                                 parameters: configuration.parameters, kernels: configuration.kernels, empty: beside,
+                                                 readOnly: configuration.norecovery)
             index.recallTarget = s.settings.recall
             // Queries asked at the default breadth are a sample of what is really asked: the tuner
             // calibrates on them once there are enough.
@@ -216,7 +229,17 @@ final class Collection: @unchecked Sendable {
     /// A snapshot set aside at open: counted, and said in the directory's status (without the path).
     func noteSetAside(_ error: PersistenceError, _ s: inout State) {
         host.metrics.rejected(error.rejection)
-        s.recovery = "snapshot set aside (\(error.rejection.rawValue): \(error.reason)); rebuilt from the files"
+        s.recovery = configuration.norecovery ? "snapshot not usable (\(error.rejection.rawValue): \(error.reason))"
+            : "snapshot set aside (\(error.rejection.rawValue): \(error.reason)); rebuilt from the files"
+    }
+
+    /// The status of a collection opened under norecovery: what it answers from, and how many of
+    /// its files it does not know as they are now (new, changed or gone since the snapshot).
+    static func unrecovered(snapshot loaded: Bool, setAside: String, notRead: Int) -> String {
+        let from = loaded ? "snapshot loaded as written" : setAside.isEmpty ? "no snapshot: nothing indexed" : setAside + ": nothing indexed"
+        let files = "\(notRead) file\(notRead == 1 ? "" : "s")"
+        let since = notRead == 0 ? "" : loaded ? ", \(files) changed since not read" : ", \(files) not read"
+        return "\(from) (norecovery)\(since)"
     }
 
     // MARK: applying changes (bridge worker)

@@ -76,6 +76,10 @@ struct CollectionConfiguration: @unchecked Sendable {
     let embedChunk: Int
     /// Whether text collections keep a keyword index (`-o keywords=off`: not).
     var keywords = true
+    /// `-o ro,norecovery`: every collection is opened from its snapshot as it was written and
+    /// brought up to date with nothing (no file read again, nothing linked, measured or embedded),
+    /// and nothing is written under the state root. See `SemanticLayer.norecovery`.
+    var norecovery = false
 
     /// Vectors that may wait beside a graph (every query scans them) before the linker links them in
     /// while writes go on: 4 MiB of them (a scan well under a millisecond), at least 2,048. Below

@@ -16,6 +16,8 @@ public final class Journal: Sendable {
     let directory: String
     let segmentBytes: Int
     let maxSegments: Int
+    /// false under `-o ro,norecovery`: the segments kept are shown, nothing is recorded or written.
+    let records: Bool
     /// Events recorded since the mount: a view made at one count is the journal until the next.
     let recorded = Atomic<UInt64>(0)
     /// Guards the events not yet in a segment and the segment numbers on disk.
@@ -36,11 +38,12 @@ public final class Journal: Sendable {
 
     static let magic: [UInt8] = Array("VXJ\0".utf8) + [1]
 
-    public init(directory: String, segmentBytes: Int = 256 << 10, maxSegments: Int = 32) {
+    public init(directory: String, segmentBytes: Int = 256 << 10, maxSegments: Int = 32, records: Bool = true) {
         self.directory = directory
         self.segmentBytes = segmentBytes
         self.maxSegments = maxSegments
-        mkdir(directory, 0o700)
+        self.records = records
+        if records { mkdir(directory, 0o700) }
         var state = State()
         for name in ((try? StatePaths.entries(directory))?.files ?? []) where name.hasSuffix(".lz4") {
             if let n = UInt64(name.dropLast(4)) { state.segments.append(n) }
@@ -59,6 +62,7 @@ public final class Journal: Sendable {
     /// Appends one event; one made by `asker` (other than root) only while they have not had their
     /// share of the segment (past it, it is counted, and the count recorded when the segment ends).
     public func record(_ event: JournalEvent, by asker: uid_t? = nil) {
+        guard records else { return }
         recorded.add(1, ordering: .relaxed)
         buffer.withLock { s in
             let before = s.events.bytes.count
@@ -82,7 +86,7 @@ public final class Journal: Sendable {
     }
 
     /// Writes what is in memory as a segment (at unmount).
-    public func flush() { buffer.withLock { persist(&$0) } }
+    public func flush() { if records { buffer.withLock { persist(&$0) } } }
 
     /// Every event still kept, oldest first.
     public func events() -> [JournalEvent] {

@@ -8,9 +8,11 @@ import VexKeyword
 // admission check as vector answers.
 
 extension SemanticLayer {
-    /// Refuses words options on a mount that keeps no keyword index (no embedder, or `keywords=off`).
+    /// Refuses words options on a mount that keeps no keyword index (no embedder, `keywords=off`,
+    /// or `norecovery`, under which SQLite's writes as it reads are not allowed).
     func keywordsKept(for options: QueryOptions) throws(SemanticError) {
         guard options.mode != .vector || options.match != nil else { return }
+        guard !norecovery else { throw .invalid("a norecovery mount opens no keyword index (SQLite writes as it reads)") }
         guard embedQueue != nil else { throw .invalid("keyword search is over text files, and this mount embeds none (-o embedder=URL)") }
         guard configuration.keywords else { throw .invalid("this mount keeps no keyword index (-o keywords=off)") }
     }

@@ -94,6 +94,13 @@ public final class SemanticLayer: @unchecked Sendable {
     let logger = Logger(label: "vexfs")
     /// With `-o shared`: the other mounts of the store, what they changed and who owns what.
     let sharing: SharedStore?
+    /// `-o ro,norecovery`: the layer reads its state and writes none, and brings nothing up to
+    /// date. Collections answer from their snapshots as they were written (a file changed since
+    /// is not read again, one without a snapshot holds nothing, each says so in its status); the
+    /// journal shows the segments kept and records nothing; no text is embedded, so no keyword
+    /// index is opened; no graph is linked, measured or snapshotted. The mount is read-only, so no
+    /// change of a file reaches the layer meanwhile.
+    public var norecovery: Bool { configuration.norecovery }
 
     public init(storeRoot: String, kernels: DistanceKernels, indexKind: IndexKind = .automatic(threshold: IndexKind.defaultThreshold),
                 parameters: HNSWParameters = HNSWParameters(), metrics: SemanticMetrics = SemanticMetrics(), exactScanRows: Int = 4096,
@@ -102,7 +109,7 @@ public final class SemanticLayer: @unchecked Sendable {
                 collectionsPerUser: Int = SemanticOptions.defaultCollectionsPerUser, indexMiBPerUser: Int? = nil,
                 stateMiBPerUser: Int? = nil, sharedID: String? = nil,
                 stateDirectory: String? = nil, flockAcrossMachines: Bool = false, keywords: Bool = true,
-                openCollections: Int? = nil) {
+                openCollections: Int? = nil, norecovery: Bool = false) {
         self.storeRoot = storeRoot
         self.collectionsPerUser = collectionsPerUser
         indexMemory = Int(sysconf(Int32(_SC_PHYS_PAGES))) * Int(sysconf(Int32(_SC_PAGESIZE))) / 2
@@ -119,18 +126,21 @@ public final class SemanticLayer: @unchecked Sendable {
         }
         configuration = CollectionConfiguration(stateRoot: stateRoot, kernels: kernels, indexKind: indexKind, parameters: parameters,
                                                 exactScanRows: exactScanRows, streamThreshold: streamThreshold,
-                                                embedChunk: embedder?.chunk ?? 2000, keywords: keywords)
+                                                embedChunk: embedder?.chunk ?? 2000, keywords: keywords, norecovery: norecovery)
         let client = embedder.map { EmbeddingClient($0) }
         embedClient = client
-        mkdir(stateRoot, 0o700)
+        if !norecovery { mkdir(stateRoot, 0o700) }
         var fs = statvfs()
         let stateDisk = statvfs(stateRoot, &fs) == 0 ? Int(fs.f_blocks) * Int(fs.f_frsize) : Int.max / 2
         stateBytesPerUser = stateMiBPerUser.map { $0 << 20 } ?? stateDisk / 4
-        let cache = embedder.flatMap { SemanticLayer.embeddingCache(stateRoot, $0) }
+        // Under norecovery neither: the cache is written as it is read, and the queue would embed
+        // the files whose vectors never came (bringing them up to date). Questions in words still
+        // go to the endpoint.
+        let cache = norecovery ? nil : embedder.flatMap { SemanticLayer.embeddingCache(stateRoot, $0) }
         embeddingCache = cache
         // The queue and the bridge call back into `self`: a weak box breaks the cycle.
         let back = WeakLayer()
-        embedQueue = client.map { c in
+        embedQueue = norecovery ? nil : client.map { c in
             EmbedQueue<Bridge.Key>.start(client: c, metrics: metrics.embed, memory: cache) { key, token, result, retrying in
                 back.layer?.existing(key.collection)?.embedded(key.name, token: token, result, retrying: retrying)
             }
@@ -140,12 +150,14 @@ public final class SemanticLayer: @unchecked Sendable {
         var rootStat = stat()
         storeDevice = fstat(rootFD, &rootStat) == 0 ? UInt64(rootStat.st_dev) : 0
         directories = CollectionDirectories(root: rootFD, bound: openCollections ?? CollectionDirectories.defaultBound)
-        mkdir(stateRoot, 0o700)
-        mkdir(stateRoot + "/index", 0o700)
-        journal = Journal(directory: stateRoot + "/journal")
+        if !norecovery {
+            mkdir(stateRoot, 0o700)
+            mkdir(stateRoot + "/index", 0o700)
+        }
+        journal = Journal(directory: stateRoot + "/journal", records: !norecovery)
         sharing = sharedID.flatMap { SharedStore(storeRoot: storeRoot, id: $0, metrics: metrics.shared) }
         metrics.shared.flockAcrossMachines.set(flockAcrossMachines ? 1 : 0)
-        bridge = Bridge(counters: metrics.bridge, idle: { back.layer?.absorbSome() ?? false },
+        bridge = Bridge(counters: metrics.bridge, idle: { norecovery ? false : back.layer?.absorbSome() ?? false },
                         isLong: { event in back.layer?.isLong(event) ?? false },
                         owner: { key in back.layer?.existing(key)?.owner ?? 0 }) { events in back.layer?.apply(events) }
         back.layer = self
@@ -193,7 +205,7 @@ public final class SemanticLayer: @unchecked Sendable {
             log(problems: result.problems)
             progressed("\(directories) directories, \(opened) collections, \(changed) files re-read")
         }
-        for stale in indexed { StatePaths.removeTree("\(stateRoot)/index/\(stale)") }
+        if !norecovery { for stale in indexed { StatePaths.removeTree("\(stateRoot)/index/\(stale)") } }
         bridge.nudge()
         startSharing()
         return (opened, changed)
@@ -213,7 +225,7 @@ public final class SemanticLayer: @unchecked Sendable {
         embedClient?.shutdown()
         tuner.stop()
         linker.stop()
-        for c in registry.all { c.close() }
+        if !norecovery { for c in registry.all { c.close() } }
         stopSharing(beforeSnapshots: false)
         journal.flush()
         journalViews.withLock { views in
@@ -261,11 +273,11 @@ public final class SemanticLayer: @unchecked Sendable {
 
     func names(of inode: UInt64, in collection: UInt64) -> [FileName] { registry.names(of: inode, in: collection) }
 
-    func measureRecallSoon(_ collection: Collection) { tuner.request(collection) }
+    func measureRecallSoon(_ collection: Collection) { if !norecovery { tuner.request(collection) } }
 
-    func linkSoon(_ collection: Collection) { linker.request(collection) }
+    func linkSoon(_ collection: Collection) { if !norecovery { linker.request(collection) } }
 
-    func sendSoon(_ collection: Collection) { sender.request(collection) }
+    func sendSoon(_ collection: Collection) { if !norecovery { sender.request(collection) } }
 
     func nextEmbedToken() -> UInt64 { embedTokens.add(1, ordering: .relaxed).newValue }
 

@@ -27,10 +27,15 @@ public enum StoreFormat {
         return Int(String(decoding: bytes.filter { $0 != 0x0A && $0 != 0x20 }, as: UTF8.self))
     }
 
-    /// Refuses a store this vexfs cannot read; writes the format into one that has none yet.
-    public static func adopt(stateRoot: String) throws(StoreFormatError) {
+    /// Refuses a store this vexfs cannot read; writes nothing.
+    public static func check(stateRoot: String) throws(StoreFormatError) {
         guard let found = read(stateRoot: stateRoot) else { throw .unreadable(path(stateRoot)) }
         guard found <= current else { throw .newer(found) }
+    }
+
+    /// Refuses a store this vexfs cannot read; writes the format into one that has none yet.
+    public static func adopt(stateRoot: String) throws(StoreFormatError) {
+        try check(stateRoot: stateRoot)
         guard access(path(stateRoot), F_OK) != 0 else { return }
         let tmp = path(stateRoot) + ".tmp"
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)

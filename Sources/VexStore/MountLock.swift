@@ -23,6 +23,23 @@ public enum MountLock {
         return fd
     }
 
+    /// The same for a mount that writes nothing into the store (`-o ro,norecovery`): the lock file
+    /// is taken if it is there, never made or written (flock needs no write access). -1 when there
+    /// is none: the store has never been mounted, so no daemon's state can change under this one.
+    public static func acquireExisting(storePath: String) throws(Failure) -> Int32 {
+        let fd = open(path(storePath), O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else {
+            if errno == ENOENT { return -1 }
+            throw .system(Errno.current)
+        }
+        if vx_flock(fd, LOCK_EX | LOCK_NB) != 0 {
+            let e = errno
+            close(fd)
+            throw e == EWOULDBLOCK ? .held : .system(Errno(rawValue: e))
+        }
+        return fd
+    }
+
     /// Writes the serving daemon's pid into the lock file, for people and tests that need to find it.
     public static func record(pid: pid_t, in fd: Int32) {
         let text = "\(pid)\n"

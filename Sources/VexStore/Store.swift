@@ -78,7 +78,9 @@ public final class Store: Sendable {
 
     /// Opens STORE, an existing directory; creates STORE/.vexfs/. At most `descriptorBudget`
     /// descriptors are kept open for idle inodes (see `Descriptors`).
-    public init(rootPath: String, descriptorBudget: Int = Store.defaultDescriptorBudget) throws(Errno) {
+    /// `makesState`: makes STORE/.vexfs (root's alone) if it is not there; false for a mount that
+    /// writes nothing into the store (`-o ro,norecovery`).
+    public init(rootPath: String, descriptorBudget: Int = Store.defaultDescriptorBudget, makesState: Bool = true) throws(Errno) {
         self.rootPath = rootPath
         let fd = Glibc.open(rootPath, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
         guard fd >= 0 else { throw Errno.current }
@@ -96,6 +98,7 @@ public final class Store: Sendable {
             throw error
         }
         canChown = geteuid() == 0
+        guard makesState else { return }
         // vexfs's state holds every user's vectors and paths: root's alone, whatever it was before.
         if mkdirat(fd, Store.reservedName, 0o700) != 0 && errno != EEXIST { throw Errno.current }
         if geteuid() == 0 {
@@ -605,10 +608,11 @@ extension Store {
     /// daemon opens then lives on that copy, and so do the backing files the kernel reads under
     /// passthrough: reads and execs through the mount move atime (in the store too) as the rule
     /// says, while the store's own mount keeps its rule for everyone else. Nothing to do for `.store`
-    /// without `nodiratime`. Call it before any request is served: only the root may be known.
-    /// Needs CAP_SYS_ADMIN (EPERM otherwise).
-    public func reachThroughPrivateMount(atime rule: AccessTimeRule, nodiratime: Bool) throws(Errno) {
-        guard rule != .store || nodiratime else { return }
+    /// without `nodiratime`. `readOnly`: the copy is read-only, so the kernel refuses every write
+    /// the daemon could make through it, access times included (`-o ro,norecovery`). Call it before
+    /// any request is served: only the root may be known. Needs CAP_SYS_ADMIN (EPERM otherwise).
+    public func reachThroughPrivateMount(atime rule: AccessTimeRule, nodiratime: Bool, readOnly: Bool = false) throws(Errno) {
+        guard rule != .store || nodiratime || readOnly else { return }
         let attribute: UInt64 = switch rule {
         case .store: .max
         case .relatime: vx_MOUNT_ATTR_RELATIME
@@ -616,7 +620,7 @@ extension Store {
         case .strictatime: vx_MOUNT_ATTR_STRICTATIME
         }
         let top = try inodes.using(root) { fd throws(Errno) in
-            let top = vx_private_mount(fd, attribute, nodiratime ? 1 : 0)
+            let top = vx_private_mount(fd, attribute, nodiratime ? 1 : 0, readOnly ? 1 : 0)
             guard top >= 0 else { throw Errno.current }
             return top
         }

@@ -50,7 +50,7 @@ struct Mount: ParsableCommand {
         timeout=S, descriptor_budget=N, stack_size=BYTES, stack_budget=BYTES, pool_buffers=S:M:L, \
         index=auto|auto:N|flat|hnsw, hnsw_m=N, ef_construction=N, ef_search=N, embedder=URL, \
         embed_model=NAME, embed_query_model=NAME, embed_chunk=N, embed_batch=N, keywords=on|off, max_user_queries=N, query_seconds=S, max_user_collections=N, open_collections=N, max_user_index_mb=N, max_user_state_mb=N, \
-        log_level=LEVEL; anything else \
+        log_level=LEVEL, norecovery (with ro: bring nothing up to date, write nothing); anything else \
         (allow_other, ro, ...) goes to the kernel mount.
         """)
     var options: [String] = []
@@ -65,6 +65,8 @@ struct Mount: ParsableCommand {
         do {
             for list in options { try mountOptions.apply(list) }
         } catch { throw UserError(error.description) }
+        if let conflict = mountOptions.conflict { throw UserError(conflict) }
+        let norecovery = mountOptions.norecovery
 
         // Detached, the daemon has no terminal: its log goes to syslog (journald), as sshfs's does.
         let level = Logger.Level(rawValue: mountOptions.logLevel) ?? .info
@@ -92,7 +94,8 @@ struct Mount: ParsableCommand {
         raiseDescriptorLimit()
         let store: Store
         do {
-            store = try Store(rootPath: storePath, descriptorBudget: mountOptions.descriptorBudget ?? Store.defaultDescriptorBudget)
+            store = try Store(rootPath: storePath, descriptorBudget: mountOptions.descriptorBudget ?? Store.defaultDescriptorBudget,
+                              makesState: !norecovery)
         } catch {
             throw UserError("cannot open store \(storePath): \(error)")
         }
@@ -101,6 +104,8 @@ struct Mount: ParsableCommand {
         // A second mount of a store this machine serves already: the kernel's mount of it appears at
         // the new mountpoint too, as a second mount of one ext4 device shares its superblock.
         if sharedID == nil, let served = servingMount(of: storePath) {
+            // That daemon has brought the state up to date and writes it: not what norecovery asks.
+            if norecovery { throw UserError("store \(storePath) is served already, on \(served): norecovery mounts only a store no vexfs serves") }
             let readOnly = mountOptions.kernelOptions.contains("ro")
             guard vx_bind_mount(served, mountPath, readOnly ? 1 : 0) == 0 else {
                 throw UserError("cannot mount \(storePath) a second time on \(mountPath): \(String(cString: strerror(errno)))")
@@ -110,6 +115,8 @@ struct Mount: ParsableCommand {
         do {
             if let sharedID {
                 lock = try acquireLock(storePath) { () throws(MountLock.Failure) in try MountLock.acquireShared(storePath: storePath, id: sharedID).mount }
+            } else if norecovery {
+                lock = try acquireLock(storePath) { () throws(MountLock.Failure) in try MountLock.acquireExisting(storePath: storePath) }
             } else {
                 lock = try acquireLock(storePath) { () throws(MountLock.Failure) in try MountLock.acquire(storePath: storePath) }
             }
@@ -119,7 +126,23 @@ struct Mount: ParsableCommand {
             }
             throw UserError("store \(storePath) is already mounted by another vexfs (mounts on several machines need -o shared)")
         } catch { throw UserError("cannot lock store \(storePath): \(error)") }
-        do { try StoreFormat.adopt(stateRoot: storePath + "/.vexfs") } catch { throw UserError("cannot mount \(storePath): \(error)") }
+        // Under norecovery the vector layer reads the store and its state through a private noatime
+        // copy of the store's mount (its descriptor, held for good, named through /proc): what it
+        // reads moves no access time either. (The daemon's files go through a read-only one.)
+        let semanticRoot: String
+        if !norecovery {
+            semanticRoot = storePath
+        } else {
+            let top = open(storePath, vx_O_PATH | O_DIRECTORY | O_CLOEXEC)
+            let copy = top >= 0 ? vx_private_mount(top, vx_MOUNT_ATTR_NOATIME, 0, 0) : -1
+            let why = errno
+            if top >= 0 { close(top) }
+            guard copy >= 0 else { throw UserError("cannot mount \(storePath): no private mount of it for norecovery: \(String(cString: strerror(why)))") }
+            semanticRoot = "/proc/self/fd/\(copy)"
+        }
+        do {
+            if norecovery { try StoreFormat.check(stateRoot: semanticRoot + "/.vexfs") } else { try StoreFormat.adopt(stateRoot: storePath + "/.vexfs") }
+        } catch { throw UserError("cannot mount \(storePath): \(error)") }
         // A shared mount's private state is on a local disk (its lock, like the store's, is held
         // until the process ends).
         var stateDirectory: String?
@@ -156,11 +179,12 @@ struct Mount: ParsableCommand {
         var server: MetricsServer?
         do {
             try Session.run(store: store, mountpoint: mountPath, options: mountOptions, detached: {
-                MountLock.record(pid: getpid(), mountpoint: mountPath, in: lock)
+                // Under norecovery the lock file is read-only here (or absent): nothing is recorded.
+                if !norecovery { MountLock.record(pid: getpid(), mountpoint: mountPath, in: lock) }
             }, prepare: { factory in
                 // Made here, after the fork: the HTTP client's threads would not survive it.
                 let embedder = mountOptions.semantic.embedderConfiguration(apiKey: ProcessInfo.processInfo.environment["VEXFS_EMBED_API_KEY"])
-                let semantic = SemanticLayer(storeRoot: storePath, kernels: kernels, indexKind: mountOptions.semantic.indexKind,
+                let semantic = SemanticLayer(storeRoot: semanticRoot, kernels: kernels, indexKind: mountOptions.semantic.indexKind,
                                              parameters: mountOptions.semantic.hnsw, metrics: SemanticMetrics(factory: factory), embedder: embedder,
                                              maxQueriesPerUser: mountOptions.semantic.maxQueriesPerUser,
                                              querySeconds: mountOptions.semantic.querySeconds,
@@ -169,7 +193,7 @@ struct Mount: ParsableCommand {
                                              stateMiBPerUser: mountOptions.semantic.stateMiBPerUser,
                                              sharedID: sharedID, stateDirectory: stateDirectory,
                                              flockAcrossMachines: mountOptions.forwardsFlock, keywords: mountOptions.semantic.keywords,
-                                             openCollections: mountOptions.semantic.openCollections)
+                                             openCollections: mountOptions.semantic.openCollections, norecovery: norecovery)
                 // Progress goes to a service manager (STATUS=), to a person at the terminal of a
                 // foreground mount (one line redrawn), else to the log.
                 notifier?.status("reconciling \(storePath)")

@@ -25,6 +25,20 @@ import Testing
         #expect(o.passthrough)
     }
 
+    @Test func norecoveryIsTheDaemonsAndAsksForReadOnly() throws {
+        var o = MountOptions()
+        try o.apply("norecovery")
+        #expect(o.norecovery && o.kernelOptions.isEmpty)
+        #expect(o.conflict?.contains("norecovery needs ro") == true)
+        try o.apply("ro")
+        #expect(o.readOnly && o.conflict == nil)
+        try o.apply("rw")
+        #expect(!o.readOnly && o.conflict != nil, "the last of ro and rw counts, as in mount(8)")
+        var shared = MountOptions()
+        try shared.apply("ro,norecovery,shared=a")
+        #expect(shared.conflict?.contains("-o shared") == true)
+    }
+
     @Test(arguments: ["attr_timeout=-1", "entry_timeout=x", "timeout", "negative_timeout=inf", "=", "=x"])
     func rejectsBadValues(_ option: String) {
         var o = MountOptions()

@@ -13,9 +13,10 @@ extern const uint64_t vx_MOUNT_ATTR_NODIRATIME;
 
 /// A detached copy of the mount tree at `dirfd` (open_tree(2) with OPEN_TREE_CLONE, submounts
 /// included) with the atime rule `atime` (one of the first three above, or UINT64_MAX to keep the
-/// store's) plus `nodiratime`. Returns an O_PATH descriptor of its top, or -1 with errno set. Needs
-/// CAP_SYS_ADMIN. The copy lives while any descriptor opened through it does.
-int vx_private_mount(int dirfd, uint64_t atime, int nodiratime);
+/// store's) plus `nodiratime`, and read-only with `readonly` (nothing written through it, atime
+/// included). Returns an O_PATH descriptor of its top, or -1 with errno set. Needs CAP_SYS_ADMIN.
+/// The copy lives while any descriptor opened through it does.
+int vx_private_mount(int dirfd, uint64_t atime, int nodiratime, int readonly);
 /// The atime rule and nodiratime of the mount `fd` lives on (from statfs(2)'s f_flags), as
 /// MOUNT_ATTR_* bits; for tests.
 uint64_t vx_mount_atime_of(int fd);
