@@ -203,7 +203,7 @@ final class Bridge: @unchecked Sendable {
 
     /// Has the worker look for idle work again (vectors a snapshot kept waiting beside a graph):
     /// it looks when it runs out of events, and at mount there were none yet.
-    func nudge() { locked { pthread_cond_signal(wake) } }
+    func nudge() { locked { _ = pthread_cond_signal(wake) } }
 
     func post(_ op: Op, collection: UInt64, name: FileName) {
         let key = Key(collection: collection, name: name)
