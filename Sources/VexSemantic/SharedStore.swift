@@ -22,8 +22,9 @@ import VexStore
 ///   that starts later reconciles with the files and needs no log; a paused one keeps its place).
 /// - `leases/KEY`: one mount at a time owns each collection (an exclusive flock, which the distributed
 ///   filesystem arbitrates across machines and drops when the owner's process or client dies). The
-///   owner publishes its snapshots to `index/KEY/`; a mount opening a collection loads the published
-///   snapshot instead of reading every vector file, then reads again only the files that changed.
+///   owner publishes its snapshots to `index/KEY/`; a mount opening a collection adopts the published
+///   snapshot instead of reading every vector file (it answers from it in place while it copies its
+///   vectors: `PersistentIndex.open(adoptingFrom:)`), then reads again only the files that changed.
 /// - `leases/scan`: its holder finds files written past vexfs (another machine's `cp` straight onto
 ///   the distributed filesystem) by walking only the directories whose `ceph.dir.rctime` moved, and
 ///   logs what it found for the others. Without rctime it re-lists every collection it serves every
