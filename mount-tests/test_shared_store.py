@@ -23,10 +23,16 @@ from conftest import VEXFS
 from test_data_path import stats
 from test_hostile import mallory, open_to_everyone, py  # noqa: F401 (mallory is a fixture)
 
-# What the README promises for a write through another mount (the other mount polls the change logs
-# every 0.2 s), and for a file written past vexfs (rctime reaches the store's root within the MDS's
-# 5 s tick; the scan runs every second).
+# What the README promises for one write through another mount, from its close: the other mount's
+# tail thread reads the change logs every 0.2 s and does nothing else, then re-reads the file (about
+# 0.25 s here, p99 0.26 s on a loaded machine). The test allows the issue's 2 s target: eight times
+# that p99, for a machine whose load stretches every step (CPU, the MDS's caps, the FUSE round trips).
+VISIBLE_WITHIN = 2
+# For what takes more than one write's visibility: many writes, a second of the keeper's lease and
+# publication round, a removal heard of and acted on.
 SEEN_WITHIN = 5
+# And for a file written past vexfs (rctime reaches the store's root within the MDS's 5 s tick; the
+# scan runs every second).
 FOREIGN_WITHIN = 15
 # A dead mount's change log goes once every running mount read it: they look every LOG_ROUND s (README).
 LOG_ROUND = 5
@@ -141,17 +147,18 @@ def test_a_write_through_one_mount_is_seen_by_the_others_queries(ceph_machines, 
     a, b = two(ceph_machines, make_mount, "s2")
     (a / "c").mkdir()
     os.setxattr(a / "c", "user.vexfs.dim", b"8")
-    until(lambda: (b / "c").is_dir(), SEEN_WITHIN)
+    assert until(lambda: (b / "c").is_dir(), CACHED_WITHIN) is not None
     delays = []
     for i in range(20):
         v = np.zeros(8, dtype=np.float32)
         v[i % 8] = 100 + i
         writer, reader = (a, b) if i % 2 == 0 else (b, a)
         v.tofile(reader / "c" / f"q{i}.f32.query")
-        began = time.monotonic()
+        # From the write's completion (its close), as the README's bound is.
         v.tofile(writer / "c" / f"v{i}.f32")
-        seen = until(lambda: names(ask(reader / "c" / f"q{i}.f32.query", 1)) == [f"v{i}.f32"], SEEN_WITHIN)
-        assert seen is not None, f"v{i}.f32 written through {writer.mount_id} not seen through {reader.mount_id}"
+        began = time.monotonic()
+        seen = until(lambda: names(ask(reader / "c" / f"q{i}.f32.query", 1)) == [f"v{i}.f32"], VISIBLE_WITHIN)
+        assert seen is not None, f"v{i}.f32 written through {writer.mount_id} not seen through {reader.mount_id} within {VISIBLE_WITHIN} s"
         delays.append(time.monotonic() - began)
         # Read-your-writes on the writing mount, at once.
         v.tofile(writer / "c" / f"own{i}.f32.query")
@@ -239,6 +246,60 @@ def test_a_second_mount_loads_the_published_snapshot_instead_of_reading_the_file
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "another store" in r.stderr
     assert (b.state / "index").is_dir()
+
+
+def test_a_published_snapshot_damaged_under_a_second_mount_gives_way_to_the_files(ceph_machines, make_mount):
+    """B answers from A's published snapshot at once, its vectors read where they lie while B copies
+    them and checks their checksums. Vectors damaged on CephFS fail that check: B reads the collection
+    again from the files (README: until then its answers may rank by the damaged vectors), says so in
+    its status and stats, and never adopts that snapshot again. A damaged snapshot file (the graph) is
+    not used at all: B reads the files."""
+    (ceph_machines.a / "s4d").mkdir()
+    a = mount(shared(make_mount, ceph_machines.a / "s4d", "machine-a"))
+    (a / "c").mkdir()
+    os.setxattr(a / "c", "user.vexfs.dim", b"32")
+    rows = np.random.default_rng(41).normal(size=(20000, 32)).astype(np.float32)
+    np.save(a / "c" / "d.npy", rows)
+    for i in (100, 123):
+        (rows[i] + 0.001).tofile(a / "c" / f"q{i}.f32.query")
+    assert names(ask(a / "c" / "q100.f32.query"))[0] == "d.npy#100"
+    # Unmounting publishes A's last snapshot; then its vector for row 100 is damaged on CephFS.
+    a.unmount()
+    published = next((ceph_machines.a / "s4d" / ".vexfs" / "shared" / "index").iterdir())
+    vectors = [p for p in published.iterdir() if p.name.startswith("vectors.")]
+    assert len(vectors) == 1
+    with open(vectors[0], "r+b") as f:
+        f.seek(100 * 128)  # row 100: 32 float32, one 128-byte row each
+        f.write(np.full(32, 1e6, dtype=np.float32).tobytes())
+    b = mount(shared(make_mount, ceph_machines.b / "s4d", "machine-b"))
+    assert names(ask(b / "c" / "q123.f32.query"))[0] == "d.npy#123"
+
+    def rebuilt():
+        status = os.getxattr(b / "c", "user.vexfs.status")
+        return b"vectors were set aside (checksum" in status and b"rebuilt from the files" in status \
+            and names(ask(b / "c" / "q100.f32.query"))[0] == "d.npy#100"
+    assert until(rebuilt, SEEN_WITHIN) is not None, os.getxattr(b / "c", "user.vexfs.status")
+    assert stats(b).get(("vexfs_snapshot_rejected_total", 'reason="checksum"'), 0) >= 1
+    assert os.getxattr(b / "c", "user.vexfs.count") == b"20000"
+    b.unmount()
+    # B's own snapshot, of the files, is newer than the damaged one: B opens it, not that.
+    mount(b)
+    assert names(ask(b / "c" / "q100.f32.query"))[0] == "d.npy#100"
+    assert not os.getxattr(b / "c", "user.vexfs.status").startswith(b"indexed: 20000 vectors; at mount: snapshot loaded (another")
+    b.unmount()
+    # A damaged published snapshot file is not used; B's lost state is rebuilt from the files.
+    shutil.rmtree(b.state)
+    snapshot = next((ceph_machines.a / "s4d" / ".vexfs" / "shared" / "index").iterdir()) / "snapshot"
+    with open(snapshot, "r+b") as f:
+        f.seek(snapshot.stat().st_size // 2)
+        f.write(b"\xff" * 64)
+    os.utime(snapshot)  # newer than anything B has
+    mount(b)
+    assert names(ask(b / "c" / "q100.f32.query"))[0] == "d.npy#100"
+    assert os.getxattr(b / "c", "user.vexfs.count") == b"20000"
+    status = os.getxattr(b / "c", "user.vexfs.status")
+    assert status.startswith(b"indexed: 20000 vectors; at mount: no snapshot") and b"published snapshot was not used (" in status, status
+    b.unmount()
 
 
 def exact(files, query, k):

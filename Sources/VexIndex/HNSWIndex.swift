@@ -1172,12 +1172,13 @@ extension HNSWIndex {
         return collector.sections
     }
 
-    /// The graph of a snapshot's sections; a `VECF` vector file is opened in `directory`.
+    /// The graph of a snapshot's sections; a `VECF` vector file is opened in `directory`, or with
+    /// `copyingTo`, read there in place while it is copied into that directory (`VectorSlab.adopting`).
     static func restore(_ s: [String: [UInt8]], dimension: Int, metric: Metric, kernels: DistanceKernels,
-                        directory: String?) throws(PersistenceError) -> HNSWIndex {
+                        directory: String?, copyingTo local: String? = nil) throws(PersistenceError) -> HNSWIndex {
         let short = PersistenceError.corrupt(path: directory ?? "snapshot", reason: "the graph's sections do not fit together")
         do {
-            return try restore(s, dimension: dimension, metric: metric, kernels: kernels, directory: directory, short: short)
+            return try restore(s, dimension: dimension, metric: metric, kernels: kernels, directory: directory, local: local, short: short)
         } catch let e as PersistenceError {
             throw e
         } catch {
@@ -1186,7 +1187,7 @@ extension HNSWIndex {
     }
 
     private static func restore(_ s: [String: [UInt8]], dimension: Int, metric: Metric, kernels: DistanceKernels,
-                                directory: String?, short: PersistenceError) throws -> HNSWIndex {
+                                directory: String?, local: String?, short: PersistenceError) throws -> HNSWIndex {
         guard let m = s["HNSW"], let blocks = s["BLKS"], let labels = s["LABL"], let upper = s["UPPR"] else { throw short }
         var meta = ByteReader(m)
         let p = HNSWParameters(m: Int(try meta.get(UInt32.self)), efConstruction: Int(try meta.get(UInt32.self)),
@@ -1214,8 +1215,14 @@ extension HNSWIndex {
                 guard count <= maxChunks else { throw short }
                 sums = try (0..<count).map { _ in try r.get(UInt32.self) }
             }
-            slab = try VectorSlab.existing(dimension: dimension, directory: directory, name: name, nodes: n, sums: sums)
-            storage = .files(directory: directory)
+            if let local {
+                guard let sums else { throw PersistenceError.corrupt(path: directory, reason: "its vector file has no checksums to check a copy by") }
+                slab = try VectorSlab.adopting(dimension: dimension, source: directory, name: name, into: local, nodes: n, sums: sums)
+                storage = .files(directory: local)
+            } else {
+                slab = try VectorSlab.existing(dimension: dimension, directory: directory, name: name, nodes: n, sums: sums)
+                storage = .files(directory: directory)
+            }
         } else {
             guard let rows = s["VECS"], rows.count == n * 4 * dimension else { throw short }
             slab = VectorSlab.memory(dimension: dimension)

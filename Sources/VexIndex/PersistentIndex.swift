@@ -5,6 +5,11 @@ import VexKernels
 /// What opening a persisted index found and did.
 public struct RecoveryReport: Sendable, CustomStringConvertible {
     public var snapshotLoaded = false
+    /// The snapshot loaded is another directory's (`open(adoptingFrom:)`), its vectors read there
+    /// until `finishAdopting` has copied and checked them.
+    public var adopted = false
+    /// Why a snapshot to adopt was not used (`open(adoptingFrom:)`).
+    public var notAdopted: PersistenceError?
     /// Problems met and repaired (a damaged snapshot, a changed dimension); the index may then lack
     /// vectors, which the owner's reconciliation with the files restores.
     public var problems: [String] = []
@@ -51,6 +56,13 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// See `AdaptiveIndex.roughCount`.
     public var roughCount: Int { index.roughCount }
 
+    /// The vector file of a snapshot adopted from another directory while it is still read there,
+    /// and whether `finishAdopting` has yet to run (also for a snapshot without one: its own
+    /// snapshot is written here only then).
+    private let adoptedVectors: VectorSlab?
+    private let adopting: Atomic<Bool>
+    public var isAdopting: Bool { adopting.load(ordering: .acquiring) }
+
     /// Vectors inserted or removed since the last snapshot.
     public var unsaved: Int { changes.load(ordering: .relaxed) }
     private let changes = Atomic<Int>(0)
@@ -62,11 +74,14 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         var generation = 0
     }
 
-    private init(directory: String, index: AdaptiveIndex, recovery: RecoveryReport, attachments: [String: [UInt8]]) {
+    private init(directory: String, index: AdaptiveIndex, recovery: RecoveryReport, attachments: [String: [UInt8]],
+                 adoptedVectors: VectorSlab? = nil) {
         self.directory = directory
         self.index = index
         self.recovery = recovery
         self.attachments = attachments
+        self.adoptedVectors = adoptedVectors
+        adopting = Atomic(recovery.adopted)
     }
 
     /// Opens the index in `directory` (created when missing). A snapshot for another dimension or
@@ -77,10 +92,21 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// first checkpoint replaces them.
     ///
     /// `readOnly`: nothing in `directory` is made, set aside or removed (the caller never
-    /// snapshots the index either); a snapshot that cannot be used is only reported.
+    /// snapshots the index either; nor is anything adopted); a snapshot that cannot be used is
+    /// only reported.
+    ///
+    /// `adoptingFrom`: a directory holding a newer snapshot of the same index that another process
+    /// wrote (a shared store's publication), read-only here. Its snapshot is read and checked
+    /// whole (the graph), but its vector file is read in place, so the index answers as soon as
+    /// the graph is in memory; `finishAdopting` then copies the vectors into `directory`, checking
+    /// every chunk, and only then is a snapshot written here (`isAdopting` until then). The
+    /// snapshot in `directory`, older, is removed. When the adopted one cannot be read (damaged,
+    /// or replaced three times while being opened), `directory`'s is opened as usual and the
+    /// reason is in the report's problems.
     public static func open(directory: String, dimension: Int, metric: Metric, kind: IndexKind,
                             parameters: HNSWParameters = HNSWParameters(), kernels: DistanceKernels,
-                            empty: Bool = false, readOnly: Bool = false) throws(PersistenceError) -> PersistentIndex {
+                            empty: Bool = false, readOnly: Bool = false,
+                            adoptingFrom source: String? = nil) throws(PersistenceError) -> PersistentIndex {
         if !readOnly { try makeDirectories(directory) }
         var report = RecoveryReport()
         report.leavesSnapshot = readOnly
@@ -89,7 +115,17 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         if empty { return PersistentIndex(directory: directory, index: index, recovery: report, attachments: [:]) }
         let snapshotPath = directory + "/snapshot"
         var attachments: [String: [UInt8]] = [:]
-        if let (restored, waiting, extra, tuned) = loadSnapshot(snapshotPath, directory: directory, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
+        var adopted: VectorSlab?
+        if !readOnly, let source, let (restored, waiting, extra, tuned) = adopt(source, into: directory, dimension: dimension, metric: metric, kernels: kernels,
+                                                                    report: &report) {
+            index = AdaptiveIndex(restoring: restored, fresh: waiting, tuned: tuned, kind: kind, parameters: parameters, kernels: kernels,
+                                  storage: storage)
+            attachments = extra
+            report.snapshotLoaded = true
+            report.adopted = true
+            adopted = (restored as? HNSWIndex)?.vectors
+            unlink(snapshotPath)
+        } else if let (restored, waiting, extra, tuned) = loadSnapshot(snapshotPath, directory: directory, dimension: dimension, metric: metric, kernels: kernels, report: &report) {
             index = AdaptiveIndex(restoring: restored, fresh: waiting, tuned: tuned, kind: kind, parameters: parameters, kernels: kernels,
                                   storage: storage)
             attachments = extra
@@ -102,7 +138,51 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         // Write-ahead logs of earlier versions: what they hold, the owner reads again from the files.
         for path in try entries(in: directory, prefix: "wal.") { unlink(path) }
         try removeVectorFiles(in: directory, keeping: [(index.active as? HNSWIndex)?.vectors.path])
-        return PersistentIndex(directory: directory, index: index, recovery: report, attachments: attachments)
+        return PersistentIndex(directory: directory, index: index, recovery: report, attachments: attachments, adoptedVectors: adopted)
+    }
+
+    /// The index of the snapshot in `source`, its vector file read there while copied into
+    /// `directory` (see `open`); nil, with the reason in `report`'s problems, when it cannot be used.
+    private static func adopt(_ source: String, into directory: String, dimension: Int, metric: Metric, kernels: DistanceKernels,
+                              report: inout RecoveryReport) -> ((any VectorIndex), FlatIndex?, [String: [UInt8]], RecallMeasurement?)? {
+        let path = source + "/snapshot"
+        var last: PersistenceError?
+        // The owner renames a new snapshot and new vector files into place while this reads: a vector
+        // file gone between reading the snapshot and opening it is met by reading the newer snapshot.
+        for _ in 0..<3 {
+            do throws(PersistenceError) {
+                let sections = try readSnapshot(path: path)
+                let (index, waiting, extra) = try restore(sections, path: path, directory: source, copyingTo: directory, dimension: dimension,
+                                                          metric: metric, kernels: kernels)
+                return (index, waiting, extra, RecallMeasurement(section: sections["TUNE"]))
+            } catch {
+                last = error
+                guard case .io(_, ENOENT) = error else { break }
+            }
+        }
+        if let last {
+            report.problems.append("the published snapshot was not used: \(last)")
+            report.notAdopted = last
+        }
+        return nil
+    }
+
+    /// For an index opened with `adoptingFrom`: copies the adopted vector file's remaining chunks
+    /// into this directory, checking each against the snapshot's checksums (see `VectorSlab.adopting`);
+    /// once all are, snapshots may be written here again (the next counts as due: `unsaved` is
+    /// raised). False when `giveUp` said so between chunks (the mount is stopping: the rest stays
+    /// read in place, and no snapshot is written). A chunk that fails its checksum or cannot be
+    /// read throws: answers given so far may have ranked by damaged vectors, and the caller must
+    /// rebuild from the truth.
+    public func finishAdopting(giveUp: () -> Bool) throws(PersistenceError) -> Bool {
+        guard isAdopting else { return true }
+        if let adoptedVectors {
+            let copied = try adoptedVectors.copyRemaining(giveUp: giveUp)
+            if !copied { return false }
+        }
+        adopting.store(false, ordering: .releasing)
+        changes.add(max(1, index.count), ordering: .relaxed)
+        return true
     }
 
     /// The index in the snapshot at `path`; nil when there is none or it cannot be used (said in
@@ -145,7 +225,9 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
 
     /// The index, the vectors waiting beside a graph and the owner's attachments in `sections`.
     /// `directory`: where a graph's vector file is (nil: only snapshots that hold their vectors).
-    public static func restore(_ sections: [String: [UInt8]], path: String, directory: String?, dimension: Int, metric: Metric,
+    /// `copyingTo`: the graph's vector file is adopted from `directory` into this one (see `open`).
+    public static func restore(_ sections: [String: [UInt8]], path: String, directory: String?, copyingTo local: String? = nil,
+                               dimension: Int, metric: Metric,
                                kernels: DistanceKernels) throws(PersistenceError) -> ((any VectorIndex), FlatIndex?, [String: [UInt8]]) {
         let unfit = PersistenceError.corrupt(path: path, reason: "its sections do not fit together")
         let (d, m, isGraph) = try meta(sections, path: path)
@@ -154,7 +236,7 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
         }
         let restored: any VectorIndex
         if isGraph {
-            restored = try HNSWIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels, directory: directory)
+            restored = try HNSWIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels, directory: directory, copyingTo: local)
         } else {
             do { restored = try FlatIndex.restore(sections, dimension: dimension, metric: metric, kernels: kernels) } catch { throw unfit }
         }
@@ -251,7 +333,9 @@ public final class PersistentIndex: VectorIndex, @unchecked Sendable {
     /// changes. A newer snapshot prepared before an older one commits commits the older one first,
     /// so snapshots land in order and never share a temporary file.
     public func prepareCheckpoint(attachments: [(String, [UInt8])] = []) throws(PersistenceError) -> PreparedSnapshot {
-        try snapshotting.withLock { (state) throws(PersistenceError) in
+        // A snapshot naming an adopted vector file before it is all copied would not open after a crash.
+        guard !isAdopting else { throw .io(path: directory, errno: EAGAIN) }
+        return try snapshotting.withLock { (state) throws(PersistenceError) in
             if let older = state.prepared {
                 state.prepared = nil
                 try commitHeld(older)

@@ -34,6 +34,18 @@ final class VectorSlab: @unchecked Sendable {
     /// reopen checks the file against them: a vector file is derived data, and a damaged one would
     /// give wrong distances silently; found, the index is rebuilt from the store's files.
     private(set) var sums: [UInt32] = []
+    /// A slab adopted from another directory's file (`adopting`): that file's descriptor, read for
+    /// the chunks below `remoteEnd` from `copied` on; -1 otherwise. Once every chunk is copied it
+    /// is made a second descriptor of this slab's own file (dup2), so a reader that chose it just
+    /// before reads the same rows from here.
+    private var remoteFD: Int32 = -1
+    private var remoteEnd = 0
+    /// Chunks below this are copied into this slab's file, checked, and mapped from it.
+    private let copied = Atomic<Int>(0)
+    /// The checksums the remote chunks are checked against (the writer may append to `sums`).
+    private var remoteSums: [UInt32] = []
+    /// Set once the remote descriptor was made one of this file's (by `copyRemaining`'s caller only).
+    private var switched = false
 
     private init(dimension: Int, file: (name: String, path: String, fd: Int32)?) {
         self.dimension = dimension
@@ -96,12 +108,125 @@ final class VectorSlab: @unchecked Sendable {
         return slab
     }
 
+    /// A slab whose first `nodes` rows are those of the file `name` in `source` (another mount's
+    /// published snapshot, on the distributed filesystem), answering at once: the chunks wholly
+    /// below `nodes` are mapped read-only from that file and read there, the last partial one (which
+    /// the writer may still add rows to) is copied and checked now, and `copyRemaining` copies the
+    /// rest into `directory`'s file of the same name, checking each chunk against `sums`, and maps
+    /// it from there in place of the remote one. Nothing writes a row below `nodes` (new nodes get
+    /// new rows), so the two mappings hold the same bytes, and a search reading a row while its
+    /// chunk switches over reads the same vector from either. The owner publishes by renaming
+    /// whole new files over the old names: the file opened here stays as it was.
+    static func adopting(dimension: Int, source: String, name: String, into directory: String, nodes: Int,
+                         sums: [UInt32]) throws(PersistenceError) -> VectorSlab {
+        let remotePath = source + "/" + name, path = directory + "/" + name
+        guard name.hasPrefix("vectors."), !name.contains("/") else { throw .corrupt(path: remotePath, reason: "not a vector file's name") }
+        let remote = open(remotePath, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard remote >= 0 else { throw .io(path: remotePath, errno: errno) }
+        // An earlier copy cut short by a crash: no snapshot names it any more.
+        unlink(path)
+        let fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        guard fd >= 0 else { let e = errno; close(remote); throw .io(path: path, errno: e) }
+        let slab = VectorSlab(dimension: dimension, file: (name, path, fd))
+        slab.remoteFD = remote
+        let chunks = (nodes + HNSWIndex.chunkNodes - 1) / HNSWIndex.chunkNodes
+        var st = stat()
+        guard fstat(remote, &st) == 0, st.st_mode & S_IFMT == S_IFREG, Int(st.st_size) >= chunks * slab.chunkBytes else {
+            throw .corrupt(path: remotePath, reason: "shorter than the \(nodes) vectors the snapshot names", kind: .short)
+        }
+        guard sums.count == chunks else { throw .corrupt(path: remotePath, reason: "the snapshot's checksums do not fit the vector file") }
+        slab.sums = sums
+        slab.remoteSums = sums
+        slab.remoteEnd = nodes / HNSWIndex.chunkNodes
+        for c in 0..<chunks {
+            // This mount's blocks are reserved now, for the copy and for rows added later.
+            let e = posix_fallocate(fd, off_t(c * slab.chunkBytes), off_t(slab.chunkBytes))
+            if e != 0 { throw .io(path: path, errno: e) }
+            let remoteChunk = c < slab.remoteEnd
+            let p = mmap(nil, slab.chunkBytes, remoteChunk ? PROT_READ : PROT_READ | PROT_WRITE, remoteChunk ? MAP_PRIVATE : MAP_SHARED,
+                         remoteChunk ? remote : fd, off_t(c * slab.chunkBytes))
+            guard let p, p != MAP_FAILED else { throw .io(path: remoteChunk ? remotePath : path, errno: errno) }
+            slab.bases[c] = p
+            slab.made.store(c + 1, ordering: .releasing)
+        }
+        if slab.remoteEnd < chunks { try slab.copy(chunk: slab.remoteEnd, rows: nodes - slab.remoteEnd * HNSWIndex.chunkNodes, remap: false) }
+        return slab
+    }
+
+    /// Whether chunks are still read from another mount's file (see `adopting`).
+    var isAdopting: Bool { copied.load(ordering: .acquiring) < remoteEnd }
+
+    /// Copies the chunks still read from the remote file into this slab's own, checking each against
+    /// its checksum, and maps each from here as it is done; returns false when `giveUp` said so
+    /// between chunks (the rest stays remote). A chunk that fails its checksum, or cannot be read,
+    /// is an error: the caller's index answered from damaged vectors and must be rebuilt.
+    func copyRemaining(giveUp: () -> Bool) throws(PersistenceError) -> Bool {
+        while copied.load(ordering: .acquiring) < remoteEnd {
+            if giveUp() { return false }
+            try copy(chunk: copied.load(ordering: .acquiring), rows: HNSWIndex.chunkNodes, remap: true)
+        }
+        guard remoteFD >= 0, !switched else { return true }
+        if fdatasync(fd) != 0 { throw .io(path: path!, errno: errno) }
+        // A reader that chose the remote descriptor a moment ago now reads this file (the same rows),
+        // and the remote file is let go of.
+        if dup2(fd, remoteFD) < 0 { throw .io(path: path!, errno: errno) }
+        switched = true
+        return true
+    }
+
+    /// Copies chunk `c`'s first `rows` rows from the remote file into this one and checks them;
+    /// with `remap` (a remote chunk), then maps the chunk from this file over the remote mapping
+    /// (MAP_FIXED replaces it at the same address at once: a search never sees it unmapped) and
+    /// counts it copied.
+    private func copy(chunk c: Int, rows: Int, remap: Bool) throws(PersistenceError) {
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: chunkBytes, alignment: 64)
+        defer { buffer.deallocate() }
+        let first = c * HNSWIndex.chunkNodes, bytes = rows * stride, at = off_t(c * chunkBytes)
+        guard VectorSlab.readAll(remoteFD, buffer, bytes, at) else { throw .io(path: path!, errno: errno == 0 ? EIO : errno) }
+        var crc: UInt32 = 0
+        for r in 0..<rows { crc = vx_crc32c(crc, buffer + r * stride, 4 * dimension) }
+        guard crc == remoteSums[c] else {
+            throw .corrupt(path: path!, reason: "vectors \(first) to \(first + rows - 1) of the adopted snapshot do not match their checksum", kind: .checksum)
+        }
+        var done = 0
+        while done < bytes {
+            let n = pwrite(fd, buffer + done, bytes - done, at + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw .io(path: path!, errno: errno) }
+            done += n
+        }
+        // The remote file's pages are not needed again here.
+        posix_fadvise(remoteFD, at, off_t(bytes), POSIX_FADV_DONTNEED)
+        guard remap else { return }
+        let p = mmap(bases[c], chunkBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, at)
+        guard let p, p != MAP_FAILED, p == bases[c] else { throw .io(path: path!, errno: errno) }
+        copied.store(c + 1, ordering: .releasing)
+    }
+
+    /// `count` bytes of `fd` at `offset` into `buffer`; false on an error or a short file.
+    private static func readAll(_ fd: Int32, _ buffer: UnsafeMutableRawPointer, _ count: Int, _ offset: off_t) -> Bool {
+        var done = 0
+        while done < count {
+            let n = pread(fd, buffer + done, count - done, offset + off_t(done))
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { if n == 0 { errno = EIO }; return false }
+            done += n
+        }
+        return true
+    }
+
+    /// The descriptor that holds chunk `c`'s rows now: the remote file's until the chunk is copied.
+    @inline(__always) private func descriptor(chunk c: Int) -> Int32 {
+        c < remoteEnd && c >= copied.load(ordering: .acquiring) ? remoteFD : fd
+    }
+
     deinit {
         for c in 0..<made.load(ordering: .acquiring) {
             if fd >= 0 { munmap(bases[c], chunkBytes) } else { free(bases[c]) }
         }
         bases.deallocate()
         if fd >= 0 { close(fd) }
+        if remoteFD >= 0 { close(remoteFD) }
     }
 
     var isFile: Bool { fd >= 0 }
@@ -124,19 +249,18 @@ final class VectorSlab: @unchecked Sendable {
     /// Copies row `node` of the file into `buffer` (a read, not a touch of the map); false if the
     /// read failed (the caller then reads the map).
     func read(_ node: UInt32, into buffer: UnsafeMutablePointer<Float>) -> Bool {
-        pread(fd, buffer, 4 * dimension, off_t(Int(node) * stride)) == 4 * dimension
+        pread(descriptor(chunk: Int(node) >> HNSWIndex.chunkShift), buffer, 4 * dimension, off_t(Int(node) * stride)) == 4 * dimension
     }
 
     /// Copies rows `first ..< first + count` (at `stride` bytes each) into `buffer`; false if the
     /// read failed.
     func readRows(_ first: Int, _ count: Int, into buffer: UnsafeMutableRawPointer) -> Bool {
-        var done = 0
-        let total = count * stride
-        while done < total {
-            let n = pread(fd, buffer + done, total - done, off_t(first * stride + done))
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            done += n
+        // A chunk at a time: an adopted slab's chunks may be in two files.
+        var row = first
+        while row < first + count {
+            let c = row >> HNSWIndex.chunkShift, rows = min(first + count, (c + 1) * HNSWIndex.chunkNodes) - row
+            guard VectorSlab.readAll(descriptor(chunk: c), buffer + (row - first) * stride, rows * stride, off_t(row * stride)) else { return false }
+            row += rows
         }
         return true
     }

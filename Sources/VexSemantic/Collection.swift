@@ -195,10 +195,15 @@ final class Collection: @unchecked Sendable {
             if changed > 0 && !deferring { checkpoint(&s) }
             if s.recovery.isEmpty, let index = s.index {
                 s.recovery = index.recovery.snapshotLoaded ? "snapshot loaded" : "no snapshot; read from the files"
+                if index.recovery.adopted { s.recovery += " (another mount's, published: its vectors are read there until copied here and checked)" }
+                if let e = index.recovery.notAdopted {
+                    s.recovery += "; another mount's published snapshot was not used (\(e.rejection.rawValue): \(e.reason))"
+                }
                 if index.recovery.snapshotLoaded && changed > 0 { s.recovery += ", \(changed) files read again" }
             }
             published(s)
             considerMeasuring(&s)
+            if s.index?.isAdopting == true { host.finishAdoptingSoon(self) }
             return (changed, problems, toRead)
         } }) else { return (0, [], []) }
         sendSoon()
@@ -206,14 +211,17 @@ final class Collection: @unchecked Sendable {
     }
 
     /// Opens the collection's index into `s`; `beside`: a new, empty one, built beside the one in
-    /// use (see `rebuildBeside`).
-    func openIndex(_ s: inout State, beside: Bool = false) -> [String] {
+    /// use (see `rebuildBeside`). On a shared store, a snapshot another mount published that is
+    /// newer than this mount's own is adopted (`PersistentIndex.open(adoptingFrom:)`), unless
+    /// `adopting` is false.
+    func openIndex(_ s: inout State, beside: Bool = false, adopting: Bool = true) -> [String] {
         guard let d = s.settings.dimension else { return [] }
-        if !beside { host.adoptPublished(key, into: indexDirectory) }
+        let published = beside || !adopting ? nil : host.publishedSnapshot(key, newerThan: indexDirectory)
         do {
             let index = try PersistentIndex.open(directory: indexDirectory, dimension: d, metric: s.settings.metric, kind: configuration.indexKind,
                                                  parameters: configuration.parameters, kernels: configuration.kernels, empty: beside,
-                                                 readOnly: configuration.norecovery)
+                                                 readOnly: configuration.norecovery, adoptingFrom: published)
+            if index.recovery.adopted { host.adoptedPublished() }
             index.recallTarget = s.settings.recall
             // Queries asked at the default breadth are a sample of what is really asked: the tuner
             // calibrates on them once there are enough.
@@ -434,6 +442,36 @@ final class Collection: @unchecked Sendable {
         let labels = Array(record.firstLabel..<(record.firstLabel + UInt64(record.rows)))
         s.index?.remove(labels: labels)
         for l in labels { s.owner[l] = nil }
+    }
+
+    /// Copies and checks the vectors of a snapshot adopted from another mount's publication, off
+    /// every lock (the copier's work; see `PersistentIndex.finishAdopting`), then asks for this
+    /// mount's own snapshot. Damaged vectors mean answers may have ranked by them since the mount:
+    /// the files decide, and the collection is read again from them on the builder (queries wait
+    /// for it), never from a published snapshot.
+    func finishAdopting() {
+        guard let index = state.withLock({ $0.index }), index.isAdopting else { return }
+        do throws(PersistenceError) {
+            guard try index.finishAdopting(giveUp: { host.isStopping }) else { return }
+            state.withLock { s in
+                guard s.index === index else { return }
+                s.recovery = "snapshot loaded (another mount's, published; its vectors copied here and checked)"
+                considerCheckpoint(&s)
+            }
+        } catch {
+            host.metrics.rejected(error.rejection)
+            let why = "the published snapshot's vectors were set aside (\(error.rejection.rawValue): \(error.reason))"
+            host.log(problems: ["collection \(key): \(why); rebuilding from the files"])
+            host.bridge.hold(key) { [weak self] in
+                guard let self else { return nil }
+                state.withLock { s in
+                    guard s.index === index else { return }
+                    rebuild(&s, adopting: false)
+                    s.recovery = "\(why); rebuilt from the files"
+                }
+                return nil
+            }
+        }
     }
 
     /// Snapshots the index with its catalog if either changed since the last snapshot (unmount).

@@ -44,9 +44,13 @@ protocol CollectionHost: AnyObject, Sendable {
     /// A new number for an embedding request: a late answer to an older request is dropped.
     func nextEmbedToken() -> UInt64
 
-    /// On a shared store: copies into `directory` the snapshot another mount published for the
-    /// collection `key`, when it is newer than the one there.
-    func adoptPublished(_ key: UInt64, into directory: String)
+    /// On a shared store: the directory of the snapshot another mount published for the collection
+    /// `key`, when it is newer than the one in `directory` (nil otherwise, or on a store not shared).
+    func publishedSnapshot(_ key: UInt64, newerThan directory: String) -> String?
+    /// Counts a published snapshot opened.
+    func adoptedPublished()
+    /// Asks the copier to copy and check an adopted snapshot's vectors (`Collection.finishAdopting`).
+    func finishAdoptingSoon(_ collection: Collection)
 }
 
 /// How many vectors a file may still bring, and which bound says so (for its status).

@@ -70,7 +70,7 @@ extension Collection {
     }
 
     func isDue(_ index: PersistentIndex, _ s: borrowing State) -> Bool {
-        max(index.unsaved, s.unsavedFiles) >= max(configuration.snapshotMinimum, index.count)
+        !index.isAdopting && max(index.unsaved, s.unsavedFiles) >= max(configuration.snapshotMinimum, index.count)
     }
 
 
@@ -83,7 +83,8 @@ extension Collection {
     /// The half of `checkpoint` that must see the index and the catalog agree (see
     /// `PersistentIndex.prepareCheckpoint`).
     func prepareCheckpoint(_ s: inout State) -> PersistentIndex.PreparedSnapshot? {
-        guard let index = s.index else { return nil }
+        // An adopted snapshot's vectors still being copied: this mount's snapshot is written after.
+        guard let index = s.index, !index.isAdopting else { return nil }
         do {
             let prepared = try index.prepareCheckpoint(attachments: [("CAT", Catalog.encode(s.files, nextLabel: s.nextLabel))])
             s.unsavedFiles = 0

@@ -198,12 +198,13 @@ extension Collection {
         return Set(s.files.keys).union((listed?.files ?? []).filter { isText($0, s) })
     }
 
-    /// Throws the index away and reads every file again (a new dimension, while nothing is indexed).
-    func rebuild(_ s: inout State) {
+    /// Throws the index away and reads every file again (a new dimension, while nothing is indexed;
+    /// damaged vectors of an adopted snapshot, then without `adopting` another mount's again).
+    func rebuild(_ s: inout State, adopting: Bool = true) {
         s.index = nil
         s.keywords = nil
         StatePaths.removeTree(indexDirectory)
-        host.log(problems: openIndex(&s))
+        host.log(problems: openIndex(&s, adopting: adopting))
         let names = indexedNames(s)
         dropLinks(s)
         s.files = [:]

@@ -62,6 +62,9 @@ public final class SemanticLayer: @unchecked Sendable {
     let tuner = CollectionWorker { $0.measureRecall(); return false }
     /// One thread links the vectors waiting beside a graph into it past `freshBound`.
     let linker = CollectionWorker { $0.linkWaiting() }
+    /// On a shared store, one thread copies the vectors of snapshots adopted from other mounts'
+    /// publications into this mount's state, checking them, while the collections answer.
+    let copier = CollectionWorker { $0.finishAdopting(); return false }
     /// One thread hands text to the embedder's queue, each user's collections in turn.
     let sender = CollectionWorker { $0.sendOutbox() }
     public let journal: Journal
@@ -225,6 +228,7 @@ public final class SemanticLayer: @unchecked Sendable {
         embedClient?.shutdown()
         tuner.stop()
         linker.stop()
+        copier.stop()
         if !norecovery { for c in registry.all { c.close() } }
         stopSharing(beforeSnapshots: false)
         journal.flush()
@@ -276,6 +280,9 @@ public final class SemanticLayer: @unchecked Sendable {
     func measureRecallSoon(_ collection: Collection) { if !norecovery { tuner.request(collection) } }
 
     func linkSoon(_ collection: Collection) { if !norecovery { linker.request(collection) } }
+
+    // Only a shared store's mount adopts a published snapshot, and norecovery is never shared.
+    func finishAdoptingSoon(_ collection: Collection) { copier.request(collection) }
 
     func sendSoon(_ collection: Collection) { if !norecovery { sender.request(collection) } }
 

@@ -22,13 +22,15 @@ import VexStore
 ///   that starts later reconciles with the files and needs no log; a paused one keeps its place).
 /// - `leases/KEY`: one mount at a time owns each collection (an exclusive flock, which the distributed
 ///   filesystem arbitrates across machines and drops when the owner's process or client dies). The
-///   owner publishes its snapshots to `index/KEY/`; a mount opening a collection loads the published
-///   snapshot instead of reading every vector file, then reads again only the files that changed.
+///   owner publishes its snapshots to `index/KEY/`; a mount opening a collection adopts the published
+///   snapshot instead of reading every vector file (it answers from it in place while it copies its
+///   vectors: `PersistentIndex.open(adoptingFrom:)`), then reads again only the files that changed.
 /// - `leases/scan`: its holder finds files written past vexfs (another machine's `cp` straight onto
 ///   the distributed filesystem) by walking only the directories whose `ceph.dir.rctime` moved, and
 ///   logs what it found for the others. Without rctime it re-lists every collection it serves every
 ///   `rescanSeconds` (the fallback, shown in `.vexfs/stats`).
-/// Only the sharing thread touches the poller's state; `note` (any FUSE thread) only appends.
+/// Two threads share the work (`thread`, `keeper`), each with its own state below; `note` (any FUSE
+/// thread) only appends.
 final class SharedStore: @unchecked Sendable {
     let id: String
     let directory: String
@@ -46,9 +48,18 @@ final class SharedStore: @unchecked Sendable {
     static let collectRounds = 25
 
     let stopping = Atomic<Bool>(false)
+    /// The tail thread reads the other mounts' logs every tick and does nothing that can take long,
+    /// so a change another mount logged is applied within a tick and a pass; the keeper takes
+    /// leases, publishes (a copy of a snapshot through the distributed filesystem: gigabytes for a
+    /// big collection), finds foreign writes and applies settings and removals, once a second.
     var thread: pthread_t?
-    /// The poller's own state (the sharing thread only).
+    var keeper: pthread_t?
+    /// The tail thread's own state: how far it read each log, and what it wrote in its `.read` file.
     var offsets: [String: Int] = [:]
+    /// Collections another mount said were removed (`g`) or given new settings (`s`): the tail
+    /// thread hears of them, the keeper acts (a rebuild for new settings can take minutes).
+    let heard = Mutex<(gone: [UInt64], settings: Set<UInt64>)>(([], []))
+    /// The keeper's own state.
     var leaseFiles: [UInt64: Int32] = [:]
     var owned: Set<UInt64> = []
     var scanLease: Int32 = -1
@@ -58,10 +69,10 @@ final class SharedStore: @unchecked Sendable {
     var since: timespec
     var lastPublished: [UInt64: (UInt64, Int64)] = [:]
     var lastRescan = 0
-    /// The offsets last written to this mount's `.read` file.
+    /// The offsets last written to this mount's `.read` file (the tail thread's).
     var cursorWritten: [String: Int] = [:]
     /// Collections whose directories were removed through this mount (any FUSE thread adds, the
-    /// sharing thread takes): their shared files go, by this mount if it owns them, else by the owner.
+    /// keeper takes): their shared files go, by this mount if it owns them, else by the owner.
     let removed = Mutex<[UInt64]>([])
 
     /// Makes the shared directories and this mount's new change log, and notes where every other
@@ -221,20 +232,26 @@ public final class SharedMetrics: Sendable {
     }
 }
 
-// MARK: the sharing thread
+// MARK: the sharing threads
 
 extension SemanticLayer {
-    /// Starts the thread that tails the other mounts' logs, takes leases, publishes snapshots and
-    /// finds foreign writes (after the reconciliation at mount).
+    /// Starts the thread that tails the other mounts' logs and the keeper, which takes leases,
+    /// publishes snapshots and finds foreign writes (after the reconciliation at mount).
     func startSharing() {
         guard let sharing else { return }
         sharing.metrics.shared.set(1)
         var t = pthread_t()
         let rc = pthread_create(&t, nil, { arg in
-            Unmanaged<SemanticLayer>.fromOpaque(arg!).takeUnretainedValue().shareLoop()
+            Unmanaged<SemanticLayer>.fromOpaque(arg!).takeUnretainedValue().tailLoop()
             return nil
         }, Unmanaged.passUnretained(self).toOpaque())
         if rc == 0 { sharing.thread = t } else { logger.error("shared store: no sharing thread (error \(rc)): other mounts' changes are not applied") }
+        var k = pthread_t()
+        let rk = pthread_create(&k, nil, { arg in
+            Unmanaged<SemanticLayer>.fromOpaque(arg!).takeUnretainedValue().keepLoop()
+            return nil
+        }, Unmanaged.passUnretained(self).toOpaque())
+        if rk == 0 { sharing.keeper = k } else { logger.error("shared store: no keeper thread (error \(rk)): no leases are taken, nothing is published") }
     }
 
     /// Stops the thread; after the collections' last snapshots, publishes those this mount owns and
@@ -244,7 +261,9 @@ extension SemanticLayer {
         if beforeSnapshots {
             sharing.stopping.store(true, ordering: .relaxed)
             if let t = sharing.thread { pthread_join(t, nil) }
+            if let k = sharing.keeper { pthread_join(k, nil) }
             sharing.thread = nil
+            sharing.keeper = nil
             return
         }
         for key in sharing.owned { publish(key) }
@@ -253,25 +272,35 @@ extension SemanticLayer {
         sharing.owned = []
     }
 
-    func shareLoop() {
+    /// The logs every tick; this mount's `.read` file once a second, dead logs every 5 s.
+    func tailLoop() {
+        guard let sharing else { return }
+        var round = 0
+        while !sharing.stopping.load(ordering: .relaxed) {
+            tailChanges()
+            if round % 5 == 0 { sharing.writeCursor() }
+            if round % SharedStore.collectRounds == 0 { removeDeadLogs() }
+            round += 1
+            usleep(SharedStore.tick)
+        }
+    }
+
+    /// Once a second: removals and settings heard of, leases, publication and foreign writes.
+    func keepLoop() {
         guard let sharing else { return }
         sweepPublished()
-        var round = 0
         while !sharing.stopping.load(ordering: .relaxed) {
             for key in sharing.removed.withLock({ r in defer { r = [] }; return r }) {
                 if !collectionGone(key) { sharing.note(.gone, collection: key, path: nil) }
             }
-            tailChanges()
-            // Leases, publication and foreign writes once a second; the logs every tick.
-            if round % 5 == 0 {
-                takeLeases()
-                for key in sharing.owned { publish(key) }
-                findForeignWrites()
-                sharing.writeCursor()
-            }
-            if round % SharedStore.collectRounds == 0 { removeDeadLogs() }
-            round += 1
-            usleep(SharedStore.tick)
+            let (gone, settings) = sharing.heard.withLock { h in defer { h = ([], []) }; return h }
+            for key in gone { collectionGone(key) }
+            for key in settings { existing(key)?.adoptSettings() }
+            takeLeases()
+            for key in sharing.owned { publish(key) }
+            findForeignWrites()
+            // A second in ticks, waking to stop.
+            for _ in 0..<5 where !sharing.stopping.load(ordering: .relaxed) { usleep(SharedStore.tick) }
         }
     }
 
@@ -302,14 +331,14 @@ extension SemanticLayer {
                 for line in buffer[...end].split(separator: 0x0A) {
                     guard let (key, change, file, path) = SharedStore.parse(line) else { continue }
                     if change == .gone {
-                        collectionGone(key)
+                        sharing.heard.withLock { $0.gone.append(key) }
                         sharing.metrics.applied.increment()
                         continue
                     }
-                    guard let c = existing(key) ?? path.flatMap({ discover(key, at: $0) }) else { continue }
+                    guard existing(key) ?? path.flatMap({ discover(key, at: $0) }) != nil else { continue }
                     switch change {
                     case .file: bridge.post(.refresh, collection: key, name: file)
-                    case .settings: c.adoptSettings()
+                    case .settings: sharing.heard.withLock { _ = $0.settings.insert(key) }
                     case .gone: break
                     }
                     sharing.metrics.applied.increment()
@@ -501,23 +530,16 @@ extension SemanticLayer {
         sharing.metrics.snapshotsPublished.increment()
     }
 
-    /// Before a collection's index is opened: when another mount published a snapshot newer than this
-    /// mount's own, it is copied in and opened instead (then checked against the files as always).
-    func adoptPublished(_ key: UInt64, into directory: String) {
-        guard let sharing, let theirs = try? StatePaths.stat("\(sharing.published)/\(key)/snapshot") else { return }
-        if let mine = try? StatePaths.stat(directory + "/snapshot"), nanoseconds(mine.st_mtim) >= nanoseconds(theirs.st_mtim) { return }
-        let source = "\(sharing.published)/\(key)"
-        guard SharedCopy.makeDirectories(directory) else { return }
-        let temporary = directory + "/.snapshot.adopted"
-        guard SharedCopy.copy(source + "/snapshot", to: temporary) else { unlink(temporary); return }
-        for name in ((try? StatePaths.entries(source))?.files ?? []) where name.hasPrefix("vectors.") && !name.hasSuffix(".tmp")
-            && !SharedCopy.copy(source + "/" + name, to: directory + "/" + name) {
-            unlink(temporary)
-            return
-        }
-        guard rename(temporary, directory + "/snapshot") == 0 else { unlink(temporary); return }
-        sharing.metrics.snapshotsLoaded.increment()
+    /// Before a collection's index is opened: the directory of the snapshot another mount published
+    /// for it, when that is newer than this mount's own; the index then adopts it (read in place,
+    /// copied here in the background: `PersistentIndex.open(adoptingFrom:)`).
+    func publishedSnapshot(_ key: UInt64, newerThan directory: String) -> String? {
+        guard let sharing, let theirs = try? StatePaths.stat("\(sharing.published)/\(key)/snapshot") else { return nil }
+        if let mine = try? StatePaths.stat(directory + "/snapshot"), nanoseconds(mine.st_mtim) >= nanoseconds(theirs.st_mtim) { return nil }
+        return "\(sharing.published)/\(key)"
     }
+
+    func adoptedPublished() { sharing?.metrics.snapshotsLoaded.increment() }
 
     /// Finds files written past vexfs, while this mount holds the scan lease: by rctime where the
     /// filesystem keeps it, else by listing every collection every `rescanSeconds`.
@@ -556,7 +578,7 @@ extension SemanticLayer {
     }
 
     /// Lists collection `c` and re-reads what differs from its catalog, logging it for the others;
-    /// false when a long build holds the collection (the sharing thread never waits for one).
+    /// false when a long build holds the collection (the keeper never waits for one).
     @discardableResult func rescan(_ c: Collection) -> Bool {
         guard let sharing else { return true }
         guard let changed = c.foreignChanges() else { return false }

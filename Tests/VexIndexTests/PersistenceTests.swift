@@ -387,3 +387,79 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         #expect(c.recovery.snapshotLoaded && c.recovery.problems.isEmpty, "\(c.recovery)")
     }
 }
+
+/// A snapshot adopted from another directory (a shared store's publication): answered from at once,
+/// its vectors read there until copied and checked (`PersistentIndex.open(adoptingFrom:)`).
+@Suite struct AdoptedSnapshotTests {
+    static let kernels = try! DistanceKernels.forProcess.get()
+    let checksums = VectorFileChecksumTests()
+
+    func adopt(_ dir: String, from source: String) throws -> PersistentIndex {
+        try PersistentIndex.open(directory: dir, dimension: 6, metric: .l2, kind: .hnsw,
+                                 parameters: HNSWParameters(m: 6, efConstruction: 24), kernels: Self.kernels, adoptingFrom: source)
+    }
+
+    /// 10,000 rows: two chunks read in place, the last (partial) one copied at open. The answers are
+    /// the owner's before and after the copy, rows added meanwhile stay, and once the copy is done
+    /// a snapshot is due, written here, and opens here alone.
+    @Test func anAdoptedSnapshotAnswersAtOnceAndLandsHereAfterItsCopy() throws {
+        let source = scratchDirectory(), dir = scratchDirectory()
+        defer { removeTree(source); removeTree(dir) }
+        let (a, _, data) = try checksums.build(source, rows: 10_000)
+        let answers = try data.prefix(30).map { try a.search($0, k: 10) }
+        let b = try adopt(dir, from: source)
+        #expect(b.recovery.snapshotLoaded && b.recovery.adopted && b.isAdopting, "\(b.recovery)")
+        #expect(try data.prefix(30).map { try b.search($0, k: 10) } == answers)
+        let sample = Array(stride(from: 0, to: 10_000, by: 97))
+        #expect(sample.allSatisfy { b.vector(of: UInt64($0)) == data[$0] })
+        #expect(throws: PersistenceError.self) { try b.checkpoint() }
+        for i in 0..<100 { try b.insert(label: UInt64(20_000 + i), vector: data[i]) }
+        #expect(try b.finishAdopting(giveUp: { false }))
+        #expect(!b.isAdopting && b.unsaved >= b.count)
+        #expect(sample.allSatisfy { b.vector(of: UInt64($0)) == data[$0] })
+        b.index.absorb()
+        try b.checkpoint()
+        removeTree(source)
+        let c = try checksums.reopen(dir)
+        #expect(c.recovery.snapshotLoaded && c.recovery.problems.isEmpty && c.count == 10_100, "\(c.recovery)")
+        #expect(sample.allSatisfy { c.vector(of: UInt64($0)) == data[$0] })
+        #expect((0..<100).allSatisfy { c.vector(of: UInt64(20_000 + $0)) == data[$0] })
+    }
+
+    /// A row damaged in a chunk read in place is found by the copy's check (after answers may have
+    /// been given): an error, never a snapshot written. One damaged in the last, partial chunk, or
+    /// a damaged snapshot file, is found at open: the adopted snapshot is not used.
+    @Test(arguments: [17, 9_000])
+    func damageInTheAdoptedFilesIsFound(_ row: Int) throws {
+        let source = scratchDirectory(), dir = scratchDirectory()
+        defer { removeTree(source); removeTree(dir) }
+        let (_, graph, _) = try checksums.build(source, rows: 10_000)
+        let fd = open(graph.vectors.path!, O_RDWR)
+        var byte: UInt8 = 0
+        let at = off_t(row * graph.vectors.stride + 5)
+        #expect(pread(fd, &byte, 1, at) == 1)
+        byte ^= 0x10
+        #expect(pwrite(fd, &byte, 1, at) == 1)
+        close(fd)
+        let b = try adopt(dir, from: source)
+        if row < 8192 {
+            #expect(b.recovery.adopted && b.isAdopting)
+            #expect(throws: PersistenceError.self) { _ = try b.finishAdopting(giveUp: { false }) }
+            #expect(b.isAdopting)
+            #expect(throws: PersistenceError.self) { try b.checkpoint() }
+        } else {
+            #expect(!b.recovery.adopted && !b.recovery.snapshotLoaded && b.count == 0)
+            #expect(b.recovery.notAdopted?.rejection == .checksum, "\(b.recovery)")
+        }
+    }
+
+    /// Stopped between chunks, the rest stays read in place and nothing is written here.
+    @Test func aCopyGivenUpLeavesNoSnapshot() throws {
+        let source = scratchDirectory(), dir = scratchDirectory()
+        defer { removeTree(source); removeTree(dir) }
+        _ = try checksums.build(source, rows: 10_000)
+        let b = try adopt(dir, from: source)
+        #expect(try !b.finishAdopting(giveUp: { true }))
+        #expect(b.isAdopting && access(dir + "/snapshot", F_OK) != 0)
+    }
+}
