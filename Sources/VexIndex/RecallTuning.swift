@@ -128,8 +128,10 @@ extension HNSWIndex {
             guard passes(r) else { below = ef; continue }
             var (high, best) = (ef, r)
             var low = below
-            // Within 4% of the smallest: finer steps cost samples' searches, not recall.
-            while high - low > max(2, high / 25) {
+            // Within 4% of the smallest: finer steps cost samples' searches, not recall. Below
+            // ef 50 to the one: there a step is worth more (clustered 768-d at 0.95 with the reach:
+            // 0.973 at ef 12, short of the bar at 10).
+            while high - low > max(1, high / 25) {
                 let mid = (low + high) / 2
                 let m = recallAt(mid)
                 if passes(m) { (high, best) = (mid, m) } else { low = mid }
