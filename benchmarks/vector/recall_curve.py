@@ -6,7 +6,8 @@ bench index --target T`: the same AdaptiveIndex, which holds 800 rows of the bat
 400 drawn from all of it and its last 400, asks them, keeps the smallest breadth that reaches the
 target on each group, then links them), and then
 answers 1,000 held-out queries at the breadth it chose, one query at a time on one thread:
-recall@10 against the exact answer, and p50.
+recall@10 against the exact answer, and p50. "ef" is the breadth queries walk at, "from" the one a
+query past the calibrated reach walks on from (the same when the file drifts toward its end).
 
     python3 benchmarks/vector/recall_curve.py                       # every data set
     python3 benchmarks/vector/recall_curve.py --data glove-last --n 200000
