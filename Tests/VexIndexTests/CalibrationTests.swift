@@ -89,6 +89,18 @@ import VexTestSupport
         #expect(RecallSample(weakestOf: perQuery, parts: [0..<8]).mean == RecallSample(perQuery).mean)
     }
 
+    @Test func aFileDriftsWhenItsTailAnswersWorseThanItsWhole() {
+        // 400 rows each: the whole file's at 0.96, the tail's at 0.915, past two standard errors of
+        // the difference (about 0.034 here); then the same recall in both groups, give or take one row.
+        let whole = (0..<400).map { $0 % 25 == 0 ? 0.0 : 1.0 }, tail = (0..<400).map { $0 % 12 == 0 ? 0.0 : 1.0 }
+        let like = (0..<400).map { $0 % 24 == 0 ? 0.0 : 1.0 }
+        #expect(RecallSample.drifts(whole + tail, parts: [0..<400, 400..<800]))
+        #expect(!RecallSample.drifts(whole + like, parts: [0..<400, 400..<800]))
+        // A tail that answers better is no drift; nor is a sample of one group.
+        #expect(!RecallSample.drifts(tail + whole, parts: [0..<400, 400..<800]))
+        #expect(!RecallSample.drifts(whole + tail, parts: [0..<800]))
+    }
+
     @Test func aHigherTargetChoosesABroaderSearch() throws {
         let rows = Self.data(8000, seed: 43)
         let low = try #require(try build(rows, target: 0.8).measurement)
