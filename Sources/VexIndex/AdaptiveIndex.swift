@@ -77,6 +77,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
     /// `tuned`'s reach, as its bit pattern (NaN: none): a search at the tuned breadth whose 10th
     /// answer is farther walks broader.
     private let tunedReach = Atomic<UInt32>(Float.nan.bitPattern)
+    /// `tuned`'s `widenFrom`: the breadth a search past the reach walks on from.
+    private let tunedFrom = Atomic<Int>(0)
     /// The last queries asked at the default breadth, kept while `askedDue` (a calibration on
     /// them is wanted): the sample of the distribution queries really come from.
     private let asked = Mutex<AskedQueries>(AskedQueries())
@@ -125,6 +127,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
             tuned.withLock { $0 = m }
             tunedEf.store(m.ef, ordering: .relaxed)
             tunedReach.store((m.reach ?? .nan).bitPattern, ordering: .relaxed)
+            tunedFrom.store(m.widenFrom, ordering: .relaxed)
         }
     }
 
@@ -392,7 +395,8 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         // At the measured breadth, a query unlike those it was measured on walks broader.
         let reach = Float(bitPattern: tunedReach.load(ordering: .relaxed))
         if ef == nil && measured > 0 && !reach.isNaN, let graph = now as? HNSWIndex {
-            found = try graph.search(query, k: wanted, ef: measured, filter: filter, avoiding: nil, widenBeyond: reach)
+            found = try graph.search(query, k: wanted, ef: measured, filter: filter, avoiding: nil, widenBeyond: reach,
+                                     widenFrom: tunedFrom.load(ordering: .relaxed))
         } else {
             found = try now.search(query, k: wanted, ef: ef ?? (measured > 0 ? measured : nil), filter: filter)
         }
@@ -438,6 +442,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         tuned.withLock { $0 = m }
         tunedEf.store(m.ef, ordering: .relaxed)
         tunedReach.store((m.reach ?? .nan).bitPattern, ordering: .relaxed)
+        tunedFrom.store(m.widenFrom, ordering: .relaxed)
         // Any measurement but one on queries asked wants the queries' own next (they may differ
         // from the collection's vectors).
         if m.sample != .asked { askedDue.store(1, ordering: .relaxed) }

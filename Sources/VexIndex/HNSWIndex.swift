@@ -488,7 +488,7 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// the writer links meanwhile would otherwise crowd them out of the answers compared (seen:
     /// recall@10 0.6 at ef 1,000 on 1,500 vectors while they were being written).
     func search(_ query: UnsafeBufferPointer<Float>, k: Int, ef: Int?, filter: SearchFilter, avoiding: UInt32?,
-                nodesBelow: Int? = nil, widenBeyond reach: Float? = nil) throws(IndexError) -> [Neighbor] {
+                nodesBelow: Int? = nil, widenBeyond reach: Float? = nil, widenFrom from: Int? = nil) throws(IndexError) -> [Neighbor] {
         guard (1...1000).contains(k) else { throw .badK(k) }
         try validate(query, dimension: dimension)
         // The entry is published after its node, so it is below the limit read first, but may not
@@ -506,17 +506,19 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
             let measure = CodeMeasure(index: self, query: s.code, l2: metric == .l2)
             if let avoiding {
                 found = answer(top: top, ef: breadth, k: k, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter,
-                               reach: reach, scratch: s)
+                               reach: reach, from: from ?? breadth, scratch: s)
             } else {
-                found = answer(top: top, ef: breadth, k: k, limit: limit, measure: measure, filter: filter, reach: reach, scratch: s)
+                found = answer(top: top, ef: breadth, k: k, limit: limit, measure: measure, filter: filter, reach: reach, from: from ?? breadth,
+                               scratch: s)
             }
         } else {
             let measure = FloatMeasure(index: self, query: s.query)
             if let avoiding {
                 found = answer(top: top, ef: breadth, k: k, limit: limit, measure: Avoiding(inner: measure, node: avoiding), filter: filter,
-                               reach: reach, scratch: s)
+                               reach: reach, from: from ?? breadth, scratch: s)
             } else {
-                found = answer(top: top, ef: breadth, k: k, limit: limit, measure: measure, filter: filter, reach: reach, scratch: s)
+                found = answer(top: top, ef: breadth, k: k, limit: limit, measure: measure, filter: filter, reach: reach, from: from ?? breadth,
+                               scratch: s)
             }
         }
         return found.prefix(k).map { Neighbor(label: $0.label, distance: userDistance(ranking: $0.distance)) }
@@ -537,9 +539,13 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
     /// breadth says nothing about it (GloVe-50's 2,000 rarest words asked of its 50,000 most
     /// frequent: recall@10 0.68 at the breadth that gives held-out words 0.95). Queries like the
     /// samples walk once, as before. Without filter or deletes a round resumes the walk it widens
-    /// (the pool kept, nodes measured stay measured); with them it walks again.
+    /// (the pool kept, nodes measured stay measured); with them it walks again. A query past the
+    /// reach goes on first to `from`, when that is broader than `ef`, and doubles from there: the
+    /// rounds of a query unlike the sample are those of the breadth the sample passed at without
+    /// widening, however narrow the breadth its like walk at (doubling from the narrower one, it
+    /// stopped sooner: GloVe's rarest words lost their band, BENCHMARKS.md).
     private func answer<M: NodeMeasure>(top: UInt64, ef: Int, k: Int, limit: Int, measure: M, filter: SearchFilter, reach: Float?,
-                                        scratch s: SearchScratch) -> [Neighbor] {
+                                        from: Int, scratch s: SearchScratch) -> [Neighbor] {
         s.spilling = reach != nil
         defer { s.spilling = false }
         walk(top: top, ef: ef, limit: limit, measure: measure, filter: filter, scratch: s)
@@ -547,15 +553,22 @@ public final class HNSWIndex: VectorIndex, @unchecked Sendable {
         let want = max(k, HNSWIndex.reachRank)
         var found = rerank(k: want, scratch: s)
         guard found.count >= HNSWIndex.reachRank, userDistance(ranking: found[HNSWIndex.reachRank - 1].distance) > reach else { return found }
-        var breadth = ef, unchanged = 0
-        while unchanged < 2 && breadth < HNSWIndex.widestBreadth {
-            breadth = min(2 * breadth, HNSWIndex.widestBreadth)
+        func broaden(to breadth: Int) -> [Neighbor] {
             if s.pooled {
                 resumePool(ef: breadth, limit: limit, measure: measure, hopWidth: max(1, min(parameters.hopWidth, SearchScratch.widest)), scratch: s)
             } else {
                 walk(top: top, ef: breadth, limit: limit, measure: measure, filter: filter, scratch: s)
             }
-            let wider = rerank(k: want, scratch: s)
+            return rerank(k: want, scratch: s)
+        }
+        var breadth = ef, unchanged = 0
+        if from > ef {
+            breadth = min(from, HNSWIndex.widestBreadth)
+            found = broaden(to: breadth)
+        }
+        while unchanged < 2 && breadth < HNSWIndex.widestBreadth {
+            breadth = min(2 * breadth, HNSWIndex.widestBreadth)
+            let wider = broaden(to: breadth)
             unchanged = wider.map(\.label) == found.map(\.label) ? unchanged + 1 : 0
             found = wider
         }

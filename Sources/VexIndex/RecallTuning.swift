@@ -13,10 +13,13 @@ public enum RecallSampleKind: UInt8, Sendable {
 
 /// What a graph's recall measurement found: the search breadth chosen, the recall@10 it gave on the
 /// sample, what the sample was, and the size of the graph when measured. `optimism`: how much the
-/// graph's own vectors, asked as if new, overstated held-out recall at this breadth when last
-/// calibrated (nil: never calibrated). `reach`: the distance (as users see it) of the walk's 10th
-/// answer at that breadth that `HNSWIndex.reachQuantile` of the sample stay within; a query whose
-/// 10th answer is farther walks broader (`HNSWIndex.search(widenBeyond:)`; nil: never).
+/// graph's own vectors, asked as if new, overstated held-out recall when last calibrated, at the
+/// breadth that passed with no query widened (nil: never calibrated). `reach`: the distance (as users see it) of the walk's 10th
+/// answer, at the breadth that passes without walking broader (`widenFrom`), that
+/// `HNSWIndex.reachQuantile` of the sample stay within; a query whose 10th answer is farther walks
+/// broader (`HNSWIndex.search(widenBeyond:)`; nil: never). `widenFrom`: the breadth such a query
+/// walks on from, before doubling (at least `ef`): with a reach, `ef` is the smallest breadth whose
+/// recall, those queries widened, passes (`HNSWIndex.chooseBreadths`).
 public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
     public let ef: Int
     public let recall: Double
@@ -25,7 +28,9 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
     public let sample: RecallSampleKind
     public let optimism: Double?
     public let reach: Float?
-    init(ef: Int, recall: Double, vectors: Int, target: Double, sample: RecallSampleKind, optimism: Double?, reach: Float? = nil) {
+    public let widenFrom: Int
+    init(ef: Int, recall: Double, vectors: Int, target: Double, sample: RecallSampleKind, optimism: Double?, reach: Float? = nil,
+         widenFrom: Int? = nil) {
         self.ef = ef
         self.recall = recall
         self.vectors = vectors
@@ -33,6 +38,7 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
         self.sample = sample
         self.optimism = optimism
         self.reach = reach
+        self.widenFrom = max(widenFrom ?? ef, ef)
     }
 
     /// Measured on vectors the graph did not hold when it answered them.
@@ -43,22 +49,27 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
         var w = ByteWriter()
         w.put(UInt32(ef)); w.put(recall.bitPattern); w.put(UInt64(vectors)); w.put(target.bitPattern)
         w.put(sample.rawValue); w.put((optimism ?? .nan).bitPattern); w.put((reach ?? .nan).bitPattern)
+        w.put(UInt32(widenFrom))
         return w.bytes
     }
 
-    /// Read back from a TUNE section; nil when it is not one this version or the last wrote (it is
-    /// then measured again; an older version's was measured on the graph's own vectors only). The
-    /// last version's has no reach: its queries never walk broader until the next measurement.
+    /// Read back from a TUNE section; nil when it is not one this version or the two before it
+    /// wrote (it is then measured again; an older version's was measured on the graph's own vectors
+    /// only). The last version's walks past the reach from its one breadth, as it did; the one
+    /// before it has no reach: its queries never walk broader until the next measurement.
     init?(section bytes: [UInt8]?) {
-        guard let bytes, bytes.count == 37 || bytes.count == 41 else { return nil }
+        guard let bytes, [37, 41, 45].contains(bytes.count) else { return nil }
         var r = ByteReader(bytes)
         guard let ef = try? r.get(UInt32.self), let recall = try? r.get(UInt64.self), let vectors = try? r.get(UInt64.self),
               let target = try? r.get(UInt64.self), let held = try? r.get(UInt8.self), let optimism = try? r.get(UInt64.self) else { return nil }
         let (rc, t, o) = (Double(bitPattern: recall), Double(bitPattern: target), Double(bitPattern: optimism))
-        let reach = bytes.count == 41 ? (try? r.get(UInt32.self)).map { Float(bitPattern: $0) } ?? .nan : .nan
-        guard (1...4096).contains(ef), (0...1).contains(rc), (0...1).contains(t), let kind = RecallSampleKind(rawValue: held),
-              o.isNaN || (-1...1).contains(o), reach.isNaN || reach.isFinite, let n = Int(exactly: vectors) else { return nil }
-        self.init(ef: Int(ef), recall: rc, vectors: n, target: t, sample: kind, optimism: o.isNaN ? nil : o, reach: reach.isNaN ? nil : reach)
+        let reach = bytes.count >= 41 ? (try? r.get(UInt32.self)).map { Float(bitPattern: $0) } ?? .nan : .nan
+        let from = bytes.count >= 45 ? (try? r.get(UInt32.self)) ?? 0 : ef
+        guard (1...4096).contains(ef), (ef...4096).contains(from), (0...1).contains(rc), (0...1).contains(t),
+              let kind = RecallSampleKind(rawValue: held), o.isNaN || (-1...1).contains(o), reach.isNaN || reach.isFinite,
+              let n = Int(exactly: vectors) else { return nil }
+        self.init(ef: Int(ef), recall: rc, vectors: n, target: t, sample: kind, optimism: o.isNaN ? nil : o, reach: reach.isNaN ? nil : reach,
+                  widenFrom: Int(from))
     }
 
     public var description: String {
@@ -68,7 +79,8 @@ public struct RecallMeasurement: Equatable, Sendable, CustomStringConvertible {
         case .heldOut: "on held-out vectors"
         case .asked: "on queries asked"
         }
-        let wider = reach.map { "; broader for queries whose 10th answer is past distance \(($0 * 1000).rounded() / 1000)" } ?? ""
+        let from = widenFrom > ef ? ", from ef \(widenFrom)" : ""
+        let wider = reach.map { "; broader for queries whose 10th answer is past distance \(($0 * 1000).rounded() / 1000)\(from)" } ?? ""
         return "ef \(ef) (recall@10 \(r) measured \(asked) at \(vectors) vectors, target \(target)\(wider))"
     }
 }
@@ -93,6 +105,24 @@ struct RecallSample {
         let samples = parts.filter { !$0.isEmpty }.map { RecallSample(Array(perQuery[$0])) }
         self = samples.min { $0.lowerBound < $1.lowerBound } ?? RecallSample(perQuery)
     }
+    /// Whether a file drifts toward its end: a later group of `perQuery` (held-out rows of the
+    /// file's tail) answers worse than the first (rows drawn from all of it) by more than two
+    /// standard errors of the difference. Queries past the end of such a file are likely further
+    /// along, unlike the tail in a way the reach does not tell: GloVe's 1,000 rarest words asked of
+    /// its 200,000 most frequent have 10th neighbours as near as the held-out rows', yet at the
+    /// breadth a two-breadth choice gave (ef 88, those past the reach from 108) answered 0.934,
+    /// against 0.948 at 108 for all.
+    static func drifts(_ perQuery: [Double], parts: [Range<Int>]) -> Bool {
+        guard let first = parts.first, !first.isEmpty else { return false }
+        let whole = RecallSample(Array(perQuery[first]))
+        return parts.dropFirst().contains { part in
+            guard !part.isEmpty else { return false }
+            let later = RecallSample(Array(perQuery[part]))
+            let spread = (whole.standardError * whole.standardError + later.standardError * later.standardError).squareRoot()
+            return whole.mean - later.mean > 2 * spread
+        }
+    }
+
     /// 1.5 standard errors: with 400 sampled queries (about 0.005 on GloVe-50 at recall 0.95) the
     /// breadth chosen gives held-out recall about 0.008 above the target, and one query in 15 of
     /// such samples falls short of it.
@@ -104,27 +134,58 @@ extension HNSWIndex {
     /// smallest passing breadth is then found by halving the interval.
     static let efLadder = [16, 24, 32, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768, 1000]
 
-    /// The smallest breadth whose recall (`recallAt`) passes `passes`; the largest on the ladder
+    /// The smallest breadth up to `widest` whose recall (`recallAt`) passes `passes`; `widest`
     /// when none does. Recall grows with the breadth, so a halving search between two rungs finds
     /// the smallest to within a few percent.
-    static func smallestEf(passing passes: (RecallSample) -> Bool, recallAt: (Int) -> RecallSample) -> (Int, RecallSample) {
+    static func smallestEf(passing passes: (RecallSample) -> Bool, upTo widest: Int = efLadder[efLadder.count - 1],
+                           recallAt: (Int) -> RecallSample) -> (Int, RecallSample) {
         // A breadth below k is k (the walk keeps at least k): 10, the k measured, is the least.
         var below = 9
-        for ef in efLadder {
+        for ef in efLadder.filter({ $0 < widest }) + [widest] {
             let r = recallAt(ef)
             guard passes(r) else { below = ef; continue }
             var (high, best) = (ef, r)
             var low = below
-            // Within 4% of the smallest: finer steps cost samples' searches, not recall.
-            while high - low > max(2, high / 25) {
+            // Within 4% of the smallest: finer steps cost samples' searches, not recall. Below
+            // ef 50 to the one: there a step is worth more (clustered 768-d at 0.95 with the reach:
+            // 0.973 at ef 12, short of the bar at 10).
+            while high - low > max(1, high / 25) {
                 let mid = (low + high) / 2
                 let m = recallAt(mid)
                 if passes(m) { (high, best) = (mid, m) } else { low = mid }
             }
             return (high, best)
         }
-        let last = efLadder[efLadder.count - 1]
-        return (last, recallAt(last))
+        return (widest, recallAt(widest))
+    }
+
+    /// What a measurement chose on its sample: the breadth searches walk at, the sample's recall
+    /// there (queries past the reach widened), the reach, and the breadth a query past it walks on
+    /// from; `plain`: the sample's recall at `from` with none widened.
+    struct Breadths {
+        let ef: Int
+        let sample: RecallSample
+        let reach: Float?
+        let from: Int
+        let plain: RecallSample
+    }
+
+    /// Chooses the breadths for a sample. `from` is the smallest breadth whose recall passes with
+    /// no query widened (`recallAt(ef, nil)`), and the reach is taken there (`reachAt`). With a
+    /// reach, `ef` is the smallest breadth up to `from` whose recall passes with the queries past
+    /// the reach walking on from `from` (`recallAt(ef, (reach, from))`): widening them on top of a
+    /// breadth that passed already overshot, most on clustered 768-d data, where they are nearly
+    /// all of that breadth's misses (0.996 at target 0.95). A query unlike the sample is past the
+    /// reach at either breadth and walks on from `from`, as it did with one breadth. `drifting(from)`
+    /// true keeps the one breadth: the queries to come are likely unlike the sample in a way the
+    /// reach does not tell (`RecallSample.drifts`).
+    static func chooseBreadths(passing passes: (RecallSample) -> Bool, recallAt: (Int, (reach: Float, from: Int)?) -> RecallSample,
+                               reachAt: (Int) -> Float?, drifting: (Int) -> Bool = { _ in false }) -> Breadths {
+        let (from, plain) = smallestEf(passing: passes, recallAt: { recallAt($0, nil) })
+        let measured = reachAt(from)
+        guard let reach = measured, !drifting(from) else { return Breadths(ef: from, sample: plain, reach: measured, from: from, plain: plain) }
+        let (ef, sample) = smallestEf(passing: passes, upTo: from, recallAt: { recallAt($0, (reach, from)) })
+        return Breadths(ef: ef, sample: sample, reach: reach, from: from, plain: plain)
     }
 
     /// The share of a calibration sample whose walk's 10th answer `reach` stays within: one query
@@ -146,18 +207,21 @@ extension HNSWIndex {
 
     /// Recall@10 of each of `queries` (prepared rows) at breadth `ef` against `truths`; a node in
     /// `avoiding` is walked around as if not in the graph. `limit`: the nodes the exact answers
-    /// were taken over (the walk sees no others).
-    func recalls(_ queries: UnsafePointer<Float>, _ truths: [Set<UInt64>], ef: Int, limit: Int, excluding: [UInt64]? = nil,
-                 avoiding: [UInt32]? = nil, threads: Int = 1) -> [Double] {
-        measure(queries, count: truths.count, k: 10, ef: ef, limit: limit, excluding: excluding, avoiding: avoiding, threads: threads) { i, got in
+    /// were taken over (the walk sees no others). `widening`: a query whose 10th answer is past
+    /// the reach walks on from that breadth, as a search at the tuned breadth does.
+    func recalls(_ queries: UnsafePointer<Float>, _ truths: [Set<UInt64>], ef: Int, widening: (reach: Float, from: Int)? = nil, limit: Int,
+                 excluding: [UInt64]? = nil, avoiding: [UInt32]? = nil, threads: Int = 1) -> [Double] {
+        measure(queries, count: truths.count, k: 10, ef: ef, widening: widening, limit: limit, excluding: excluding, avoiding: avoiding,
+                threads: threads) { i, got in
             truths[i].isEmpty ? 1 : Double(got.filter { truths[i].contains($0.label) }.count) / Double(truths[i].count)
         }
     }
 
-    /// `score` of each of `count` prepared query rows' answers (`k` at breadth `ef`, over the first
-    /// `limit` nodes, the row's own label and node left out), the rows searched on `threads` threads.
-    private func measure(_ queries: UnsafePointer<Float>, count n: Int, k: Int, ef: Int, limit: Int, excluding: [UInt64]?, avoiding: [UInt32]?,
-                         threads: Int, score: @escaping @Sendable (Int, [Neighbor]) -> Double) -> [Double] {
+    /// `score` of each of `count` prepared query rows' answers (`k` at breadth `ef`, widened as
+    /// `recalls` says, over the first `limit` nodes, the row's own label and node left out), the
+    /// rows searched on `threads` threads.
+    private func measure(_ queries: UnsafePointer<Float>, count n: Int, k: Int, ef: Int, widening: (reach: Float, from: Int)? = nil, limit: Int,
+                         excluding: [UInt64]?, avoiding: [UInt32]?, threads: Int, score: @escaping @Sendable (Int, [Neighbor]) -> Double) -> [Double] {
         let out = UnsafeMutablePointer<Double>.allocate(capacity: n)
         defer { out.deallocate() }
         let (q, slots) = (UnsafeSendable(queries), UnsafeSendable(out))
@@ -168,7 +232,7 @@ extension HNSWIndex {
                 if i >= n { break }
                 let query = UnsafeBufferPointer(start: UnsafePointer(q.pointer) + i * dimension, count: dimension)
                 let got = (try? search(query, k: k, ef: ef, filter: SearchFilter(excluding: excluding?[i]), avoiding: avoiding?[i],
-                                       nodesBelow: limit)) ?? []
+                                       nodesBelow: limit, widenBeyond: widening?.reach, widenFrom: widening?.from)) ?? []
                 slots.pointer[i] = score(i, got)
             }
         }
@@ -215,11 +279,12 @@ extension HNSWIndex {
         let nearest = prepared.withUnsafeBufferPointer { exactNearest(queries: $0.baseAddress!, count: held.count, k: 10, limit: limit, threads: threads) }
         defer { vectors.releaseAll() }
         let truths = nearest.map { Set($0.map(\.label)) }
-        let (ef, sample) = prepared.withUnsafeBufferPointer { q in
-            HNSWIndex.smallestEf(passing: { $0.lowerBound >= target },
-                                 recallAt: { RecallSample(weakestOf: recalls(q.baseAddress!, truths, ef: $0, limit: limit, threads: threads), parts: groups) })
+        let chosen = prepared.withUnsafeBufferPointer { q in
+            HNSWIndex.chooseBreadths(passing: { $0.lowerBound >= target }, recallAt: { ef, widening in
+                RecallSample(weakestOf: recalls(q.baseAddress!, truths, ef: ef, widening: widening, limit: limit, threads: threads), parts: groups)
+            }, reachAt: { self.reach(q.baseAddress!, count: held.count, ef: $0, limit: limit, threads: threads) },
+               drifting: { RecallSample.drifts(recalls(q.baseAddress!, truths, ef: $0, limit: limit, threads: threads), parts: groups) })
         }
-        let reach = prepared.withUnsafeBufferPointer { q in self.reach(q.baseAddress!, count: held.count, ef: ef, limit: limit, threads: threads) }
         try heldRows.withUnsafeBufferPointer { (p) throws(IndexError) in try insert(batch: heldLabels, vectors: p, threads: threads) }
 
         // The same rows as the graph's own vectors: their answers now may hold the other held-out
@@ -239,15 +304,18 @@ extension HNSWIndex {
         }
         let nodes = writer.withLock { s in heldLabels.map { s.nodeOfLabel[$0] } }
         guard nodes.allSatisfy({ $0 != nil }) else {
-            return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: nil, reach: reach)
+            return RecallMeasurement(ef: chosen.ef, recall: chosen.sample.mean, vectors: count, target: target, sample: .heldOut, optimism: nil,
+                                     reach: chosen.reach, widenFrom: chosen.from)
         }
         // A self-measurement asks nodes drawn from the whole graph, like the first group: what it
-        // finds there, less the recall the breadth was chosen for, is what it overstates.
+        // finds there, less the recall the breadth was chosen for, is what it overstates (at the
+        // breadth that passes with none widened).
         let own = prepared.withUnsafeBufferPointer { q in
-            RecallSample(Array(recalls(q.baseAddress!, after, ef: ef, limit: published.load(ordering: .acquiring), excluding: heldLabels, avoiding: nodes.map { $0! }, threads: threads)[groups[0]]))
+            RecallSample(Array(recalls(q.baseAddress!, after, ef: chosen.from, limit: published.load(ordering: .acquiring), excluding: heldLabels,
+                                       avoiding: nodes.map { $0! }, threads: threads)[groups[0]]))
         }
-        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: count, target: target, sample: .heldOut, optimism: own.mean - sample.mean,
-                                 reach: reach)
+        return RecallMeasurement(ef: chosen.ef, recall: chosen.sample.mean, vectors: count, target: target, sample: .heldOut,
+                                 optimism: own.mean - chosen.plain.mean, reach: chosen.reach, widenFrom: chosen.from)
     }
 
     /// Chooses the breadth for `target` on `count` queries the collection was asked (rows of
@@ -269,12 +337,13 @@ extension HNSWIndex {
         let truths = prepared.withUnsafeBufferPointer { exactNearest(queries: $0.baseAddress!, count: count, k: 10, limit: limit, threads: threads) }
             .map { Set($0.map(\.label)) }
         defer { vectors.releaseAll() }
-        let (ef, sample) = prepared.withUnsafeBufferPointer { q in
-            HNSWIndex.smallestEf(passing: { $0.lowerBound >= target },
-                                 recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, limit: limit, threads: threads)) })
+        let chosen = prepared.withUnsafeBufferPointer { q in
+            HNSWIndex.chooseBreadths(passing: { $0.lowerBound >= target }, recallAt: { ef, widening in
+                RecallSample(recalls(q.baseAddress!, truths, ef: ef, widening: widening, limit: limit, threads: threads))
+            }, reachAt: { self.reach(q.baseAddress!, count: count, ef: $0, limit: limit, threads: threads) })
         }
-        let reach = prepared.withUnsafeBufferPointer { q in self.reach(q.baseAddress!, count: count, ef: ef, limit: limit, threads: threads) }
-        return RecallMeasurement(ef: ef, recall: sample.mean, vectors: self.count, target: target, sample: .asked, optimism: optimism, reach: reach)
+        return RecallMeasurement(ef: chosen.ef, recall: chosen.sample.mean, vectors: self.count, target: target, sample: .asked, optimism: optimism,
+                                 reach: chosen.reach, widenFrom: chosen.from)
     }
 
     /// Measures recall@10 against the exact answer (a scan of every live vector) on `samples` of the
@@ -315,15 +384,16 @@ extension HNSWIndex {
         // The exact scan read every vector: let the pages go from the resident set (in a file, the
         // kernel keeps them in its cache).
         defer { vectors.releaseAll() }
-        let (ef, sample) = queries.withUnsafeBufferPointer { q in
-            HNSWIndex.smallestEf(passing: { r in
+        let breadths = queries.withUnsafeBufferPointer { q in
+            HNSWIndex.chooseBreadths(passing: { r in
                 if let optimism { return r.lowerBound - optimism >= target }
                 return r.mean >= target + (1 - target) * 0.4
-            }, recallAt: { RecallSample(recalls(q.baseAddress!, truths, ef: $0, limit: limit, excluding: labels, avoiding: chosen)) })
+            }, recallAt: { ef, widening in
+                RecallSample(recalls(q.baseAddress!, truths, ef: ef, widening: widening, limit: limit, excluding: labels, avoiding: chosen))
+            }, reachAt: { self.reach(q.baseAddress!, count: chosen.count, ef: $0, limit: limit, excluding: labels, avoiding: chosen) })
         }
-        let reach = queries.withUnsafeBufferPointer { q in self.reach(q.baseAddress!, count: chosen.count, ef: ef, limit: limit, excluding: labels, avoiding: chosen) }
-        return RecallMeasurement(ef: ef, recall: sample.mean - (optimism ?? 0), vectors: count, target: target, sample: .own, optimism: optimism,
-                                 reach: reach)
+        return RecallMeasurement(ef: breadths.ef, recall: breadths.sample.mean - (optimism ?? 0), vectors: count, target: target, sample: .own,
+                                 optimism: optimism, reach: breadths.reach, widenFrom: breadths.from)
     }
 
     /// For each of `count` prepared query rows, the `k` live nodes nearest to it (by label, with

@@ -71,7 +71,7 @@ struct IndexBench: ParsableCommand {
         print(#"{"engine":"vexfs","kind":"\#(kind)","n":\#(n),"build_s":\#(build),"build_threads":\#(buildThreads),"rss_bytes":\#(rss),"index_bytes":\#(accounted),"raw_bytes":\#(n * dim * 4),"unreachable":\#(hnsw?.unreachableCount() ?? 0)}"#)
         fflush(nil)
         if let target, let m = adaptive?.measurement {
-            print(#"{"engine":"vexfs","target":\#(target),"calibrated_ef":\#(m.ef),"held_out_sample_recall":\#(m.recall),"optimism":\#(m.optimism ?? 0)}"#)
+            print(#"{"engine":"vexfs","target":\#(target),"calibrated_ef":\#(m.ef),"widen_from":\#(m.widenFrom),"reach":\#(m.reach.map { "\($0)" } ?? "null"),"held_out_sample_recall":\#(m.recall),"optimism":\#(m.optimism ?? 0)}"#)
             fflush(nil)
         }
         if let target = tuneRecall, let h = hnsw {

@@ -6,7 +6,8 @@ bench index --target T`: the same AdaptiveIndex, which holds 800 rows of the bat
 400 drawn from all of it and its last 400, asks them, keeps the smallest breadth that reaches the
 target on each group, then links them), and then
 answers 1,000 held-out queries at the breadth it chose, one query at a time on one thread:
-recall@10 against the exact answer, and p50.
+recall@10 against the exact answer, and p50. "ef" is the breadth queries walk at, "from" the one a
+query past the calibrated reach walks on from (the same when the file drifts toward its end).
 
     python3 benchmarks/vector/recall_curve.py                       # every data set
     python3 benchmarks/vector/recall_curve.py --data glove-last --n 200000
@@ -64,7 +65,7 @@ def curve(args, name, base, queries, targets):
             built = next(r for r in got if "build_s" in r)
             cal = next((r for r in got if "calibrated_ef" in r), {})
             asked = next(r for r in got if "qps" in r)
-            row = {"data": name, "n": len(base), "target": target, "ef": cal.get("calibrated_ef"),
+            row = {"data": name, "n": len(base), "target": target, "ef": cal.get("calibrated_ef"), "widen_from": cal.get("widen_from"),
                    "sample_recall": cal.get("held_out_sample_recall"), "optimism": cal.get("optimism"),
                    "recall": asked["recall"], "p50_us": asked["p50_us"], "build_s": built["build_s"]}
             print(json.dumps(row), flush=True)
@@ -92,12 +93,13 @@ def main():
         rows += curve(args, f"clustered {args.dim}-d", *clustered(args.n or 100_000, args.dim, args.queries), args.targets)
 
     print()
-    print(f"{'data':<18}{'vectors':>9}{'target':>8}{'ef':>6}{'sample':>8}{'held-out recall@10':>20}{'in band':>9}{'p50 us':>8}")
+    print(f"{'data':<18}{'vectors':>9}{'target':>8}{'ef':>6}{'from':>6}{'sample':>8}{'held-out recall@10':>20}{'in band':>9}{'p50 us':>8}")
     for r in rows:
         # In band: at least the target, at most 0.02 above it.
         band = "yes" if r["target"] <= r["recall"] <= r["target"] + 0.02 else "no"
         sample = f"{r['sample_recall']:.3f}" if r["sample_recall"] is not None else "-"
-        print(f"{r['data']:<18}{r['n']:>9}{r['target']:>8.2f}{r['ef'] or '-':>6}{sample:>8}{r['recall']:>20.3f}{band:>9}{r['p50_us']:>8.0f}")
+        print(f"{r['data']:<18}{r['n']:>9}{r['target']:>8.2f}{r['ef'] or '-':>6}{r['widen_from'] or '-':>6}{sample:>8}{r['recall']:>20.3f}{band:>9}"
+              f"{r['p50_us']:>8.0f}")
 
 
 if __name__ == "__main__":
