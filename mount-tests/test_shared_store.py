@@ -263,7 +263,9 @@ def test_a_published_snapshot_damaged_under_a_second_mount_gives_way_to_the_file
     for i in (100, 123):
         (rows[i] + 0.001).tofile(a / "c" / f"q{i}.f32.query")
     assert names(ask(a / "c" / "q100.f32.query"))[0] == "d.npy#100"
-    # Unmounting publishes A's last snapshot; then its vector for row 100 is damaged on CephFS.
+    # The owner publishes at its unmount, and A owns the collection once its lease is taken (leases
+    # are taken once a second); then A's vector for row 100 is damaged on CephFS.
+    assert until(lambda: stat_of(a, "vexfs_shared_leases_held") >= 1, 10) is not None
     a.unmount()
     published = next((ceph_machines.a / "s4d" / ".vexfs" / "shared" / "index").iterdir())
     vectors = [p for p in published.iterdir() if p.name.startswith("vectors.")]

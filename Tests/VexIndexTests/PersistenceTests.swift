@@ -12,6 +12,16 @@ func scratchDirectory() -> String {
 
 func removeTree(_ path: String) { _ = system("rm -rf '\(path)'") }
 
+/// Damage of one bit at `offset` in the file at `path`, as a failing disk would leave it.
+func flipBit(in path: String, at offset: off_t) {
+    let fd = open(path, O_RDWR)
+    var byte: UInt8 = 0
+    #expect(pread(fd, &byte, 1, offset) == 1)
+    byte ^= 0x10
+    #expect(pwrite(fd, &byte, 1, offset) == 1)
+    close(fd)
+}
+
 func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
     var bytes = try readFile(from)
     if let length { bytes.removeLast(bytes.count - length) }
@@ -338,13 +348,7 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         let dir = scratchDirectory()
         defer { removeTree(dir) }
         let (_, graph, _) = try build(dir)
-        let fd = open(graph.vectors.path!, O_RDWR)
-        var byte: UInt8 = 0
-        let at = off_t(row * graph.vectors.stride + 5)
-        #expect(pread(fd, &byte, 1, at) == 1)
-        byte ^= 0x10
-        #expect(pwrite(fd, &byte, 1, at) == 1)
-        close(fd)
+        flipBit(in: graph.vectors.path!, at: off_t(row * graph.vectors.stride + 5))
         let b = try reopen(dir)
         #expect(!b.recovery.snapshotLoaded && b.count == 0)
         #expect(b.recovery.problems.contains { $0.contains("do not match their checksum") }, "\(b.recovery)")
@@ -434,13 +438,7 @@ func copyFile(_ from: String, _ to: String, length: Int? = nil) throws {
         let source = scratchDirectory(), dir = scratchDirectory()
         defer { removeTree(source); removeTree(dir) }
         let (_, graph, _) = try checksums.build(source, rows: 10_000)
-        let fd = open(graph.vectors.path!, O_RDWR)
-        var byte: UInt8 = 0
-        let at = off_t(row * graph.vectors.stride + 5)
-        #expect(pread(fd, &byte, 1, at) == 1)
-        byte ^= 0x10
-        #expect(pwrite(fd, &byte, 1, at) == 1)
-        close(fd)
+        flipBit(in: graph.vectors.path!, at: off_t(row * graph.vectors.stride + 5))
         let b = try adopt(dir, from: source)
         if row < 8192 {
             #expect(b.recovery.adopted && b.isAdopting)
