@@ -123,12 +123,7 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         self.storage = storage
         current = Mutex(index)
         fresh = waiting ?? FlatIndex(dimension: dimension, metric: metric, kernels: kernels)
-        if let m = measured, index is HNSWIndex {
-            tuned.withLock { $0 = m }
-            tunedEf.store(m.ef, ordering: .relaxed)
-            tunedReach.store((m.reach ?? .nan).bitPattern, ordering: .relaxed)
-            tunedFrom.store(m.widenFrom, ordering: .relaxed)
-        }
+        if let m = measured, index is HNSWIndex { use(m) }
     }
 
     /// The recall@10 searches that name no breadth should reach: big batches calibrate the breadth
@@ -438,11 +433,16 @@ public final class AdaptiveIndex: VectorIndex, @unchecked Sendable {
         return m
     }
 
-    private func keep(_ m: RecallMeasurement) {
+    /// Searches at the default breadth walk as `m` chose from now on.
+    private func use(_ m: RecallMeasurement) {
         tuned.withLock { $0 = m }
         tunedEf.store(m.ef, ordering: .relaxed)
         tunedReach.store((m.reach ?? .nan).bitPattern, ordering: .relaxed)
         tunedFrom.store(m.widenFrom, ordering: .relaxed)
+    }
+
+    private func keep(_ m: RecallMeasurement) {
+        use(m)
         // Any measurement but one on queries asked wants the queries' own next (they may differ
         // from the collection's vectors).
         if m.sample != .asked { askedDue.store(1, ordering: .relaxed) }
